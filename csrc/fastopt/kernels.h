@@ -1,0 +1,79 @@
+/*
+ * fastopt/kernels.h -- the C API of the fused update loops.
+ *
+ * One call updates every tensor of a parameter group: the tensors go down as an array of
+ * segments (parameter, gradient, up to three state buffers, length), and the work is split
+ * across OpenMP threads over their total length. No allocation, no Python, no global state.
+ *
+ *     int fo_<opt>_step_<f32|f64>(const fo_segment_<f32|f64> *segments, int64_t n_segments,
+ *                                 const fo_<opt>_hp *hp, int n_threads);
+ *
+ * `hp` holds the per-step scalars in double precision (see rules.h for their meaning); they are
+ * converted to the element type once per call. Returns 0, or -1 for invalid arguments
+ * (negative lengths or counts); the bindings check buffers before calling, so -1 means a bug.
+ */
+#ifndef FASTOPT_KERNELS_H
+#define FASTOPT_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FO_MAX_STATE 3
+
+typedef struct {
+    float *param;
+    const float *grad;
+    float *state[FO_MAX_STATE];
+    int64_t n;
+} fo_segment_f32;
+
+typedef struct {
+    double *param;
+    const double *grad;
+    double *state[FO_MAX_STATE];
+    int64_t n;
+} fo_segment_f64;
+
+/* Per-step scalars, computed once per step by the caller (src/fastopt/functional.py). */
+typedef struct { double lr, momentum, dampening, weight_decay; int flags; } fo_sgd_hp;
+typedef struct { double clr, eps, weight_decay; int flags; } fo_adagrad_hp;
+typedef struct { double lr, alpha, eps, weight_decay, momentum; int flags; } fo_rmsprop_hp;
+typedef struct {
+    double step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay_factor;
+    int flags;
+} fo_adam_hp;
+typedef struct { double lr, rho, eps, weight_decay; int flags; } fo_adadelta_hp;
+typedef struct { double clr, beta1, beta2, eps, weight_decay; int flags; } fo_adamax_hp;
+
+#define FO_DECLARE(opt)                                                                       \
+    int fo_##opt##_step_f32(const fo_segment_f32 *segments, int64_t n_segments,              \
+                            const fo_##opt##_hp *hp, int n_threads);                          \
+    int fo_##opt##_step_f64(const fo_segment_f64 *segments, int64_t n_segments,              \
+                            const fo_##opt##_hp *hp, int n_threads);
+
+FO_DECLARE(sgd)
+FO_DECLARE(adagrad)
+FO_DECLARE(rmsprop)
+FO_DECLARE(adam)
+FO_DECLARE(adadelta)
+FO_DECLARE(adamax)
+#undef FO_DECLARE
+
+/* Below this many elements in a group, a step runs on the calling thread. */
+extern int64_t fo_parallel_threshold;
+
+/* The OpenMP runtime's view: max threads (respects OMP_NUM_THREADS) and whether built with it. */
+int fo_omp_max_threads(void);
+int fo_has_openmp(void);
+
+/* In-place update stream kernel b += s * c, the machine's update bandwidth yardstick. */
+void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads);
+void fo_stream_axpy_f64(double *b, const double *c, double s, int64_t n, int n_threads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTOPT_KERNELS_H */

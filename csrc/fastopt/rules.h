@@ -1,0 +1,78 @@
+/*
+ * fastopt/rules.h -- the per-element update rules, written once.
+ *
+ * Design note
+ * -----------
+ * Every optimizer's arithmetic lives here and nowhere else. A rule updates element `i` of one
+ * parameter tensor and its state buffers in place, given the gradient and a small struct `k`
+ * of scalars that depend only on the hyperparameters and the step (bias corrections, the
+ * scheduled learning rate, ...). Those scalars are computed once per step by the caller
+ * (src/fastopt/functional.py) and converted to the element type once per call (kernels.c),
+ * never inside the element loop.
+ *
+ * All rules share one signature,
+ *
+ *     rule(i, p, g, s0, s1, s2, k)
+ *
+ * with `p` the parameter, `g` the gradient and s0..s2 the optimizer's state buffers in the
+ * order its registry entry (src/fastopt/_specs.py) lists them. Unused buffers are never read.
+ * The one signature lets the CPU loop (kernels.c) and the CUDA kernel (src/fastopt/cuda.py)
+ * be written once for all optimizers.
+ *
+ * The header is plain C99 and also valid CUDA C++: FO_DEVICE becomes `__device__` under nvcc
+ * and NVRTC. The bodies are written once, generically over the element type, in
+ * rules_impl.h, which this header includes twice (float -> *_f32, double -> *_f64).
+ *
+ * The arithmetic follows torch.optim's single-tensor implementations operation by operation
+ * (same order, same lerp, same placement of eps), so float64 trajectories agree to rounding.
+ */
+#ifndef FASTOPT_RULES_H
+#define FASTOPT_RULES_H
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define FO_DEVICE __device__ __forceinline__ static
+#define FO_RESTRICT __restrict__
+typedef long long fo_index;
+#else
+#include <math.h>
+#include <stdint.h>
+#define FO_DEVICE static inline
+#define FO_RESTRICT restrict
+typedef int64_t fo_index;
+#endif
+
+/* Flags shared by the rules (bit set in k.flags). */
+#define FO_MAXIMIZE 1        /* ascend: use -g */
+#define FO_NESTEROV 2        /* SGD: Nesterov momentum */
+#define FO_FIRST 4           /* SGD: first step, momentum buffer starts as the gradient */
+#define FO_SUTSKEVER 8       /* SGD: lecture form v = mu v - lr g, p += v */
+#define FO_AMSGRAD 16        /* Adam: keep the running max of the second moment */
+#define FO_CENTERED 32       /* RMSprop: subtract the squared mean gradient */
+#define FO_EPS_IN_SQRT 64    /* Adagrad/RMSprop: sqrt(v + eps) instead of sqrt(v) + eps */
+#define FO_MOMENTUM 128      /* SGD/RMSprop: momentum buffer in use */
+#define FO_DECOUPLED 256     /* Adam: decoupled weight decay (AdamW) */
+
+/* NaN-propagating max, like torch.maximum (fmax would drop a NaN). */
+#define FO_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
+
+#define FO_T float
+#define FO_NAME(name) name##_f32
+#define FO_SQRT sqrtf
+#define FO_FABS fabsf
+#include "rules_impl.h"
+#undef FO_T
+#undef FO_NAME
+#undef FO_SQRT
+#undef FO_FABS
+
+#define FO_T double
+#define FO_NAME(name) name##_f64
+#define FO_SQRT sqrt
+#define FO_FABS fabs
+#include "rules_impl.h"
+#undef FO_T
+#undef FO_NAME
+#undef FO_SQRT
+#undef FO_FABS
+
+#endif /* FASTOPT_RULES_H */

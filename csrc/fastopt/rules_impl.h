@@ -1,0 +1,187 @@
+/*
+ * The update rules, generic over FO_T (float or double). Included by rules.h only, once per
+ * element type, with FO_T, FO_NAME, FO_SQRT and FO_FABS defined. No include guard on purpose.
+ *
+ * Notation in the comments: p parameter, g gradient (negated when maximizing, plus wd*p for
+ * coupled weight decay), lr the scheduled learning rate of this step.
+ */
+
+/* torch's lerp: self + w (end - self) for |w| < 1/2, else end - (end - self)(1 - w). */
+FO_DEVICE FO_T FO_NAME(fo_lerp)(FO_T self, FO_T end, FO_T w, FO_T one_minus_w, int small_w)
+{
+    return small_w ? self + w * (end - self) : end - (end - self) * one_minus_w;
+}
+
+/* ---------------------------------------------------------------- SGD
+ * torch:      b = g (first step) | mu b + (1 - dampening) g;  d = g + mu b (nesterov) | b
+ *             p -= lr d
+ * sutskever:  v = mu v - lr g;  p += v  (nesterov: p += mu v - lr g)
+ * state: s0 = momentum_buffer
+ */
+typedef struct {
+    FO_T lr, momentum, one_minus_dampening, weight_decay;
+    int flags;
+} FO_NAME(fo_sgd_k);
+
+FO_DEVICE void FO_NAME(fo_sgd_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                    FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                    FO_T *FO_RESTRICT s2, FO_NAME(fo_sgd_k) k)
+{
+    (void)s1; (void)s2;
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.flags & FO_MOMENTUM) {
+        if (k.flags & FO_SUTSKEVER) {
+            FO_T v = k.momentum * s0[i] - k.lr * g;
+            s0[i] = v;
+            p[i] = (k.flags & FO_NESTEROV) ? p[i] + (k.momentum * v - k.lr * g) : p[i] + v;
+            return;
+        }
+        FO_T b = (k.flags & FO_FIRST) ? g : k.momentum * s0[i] + k.one_minus_dampening * g;
+        s0[i] = b;
+        g = (k.flags & FO_NESTEROV) ? g + k.momentum * b : b;
+    }
+    p[i] = p[i] + (-k.lr) * g;
+}
+
+/* ---------------------------------------------------------------- Adagrad
+ * s += g^2;  p -= clr g / (sqrt(s) + eps),  clr = lr / (1 + (t - 1) lr_decay)
+ * eps_in_sqrt:  p -= clr g / sqrt(s + eps)
+ * state: s0 = sum
+ */
+typedef struct {
+    FO_T clr, eps, weight_decay;
+    int flags;
+} FO_NAME(fo_adagrad_k);
+
+FO_DEVICE void FO_NAME(fo_adagrad_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                        FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                        FO_T *FO_RESTRICT s2, FO_NAME(fo_adagrad_k) k)
+{
+    (void)s1; (void)s2;
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    FO_T s = s0[i] + g * g;
+    s0[i] = s;
+    FO_T std = (k.flags & FO_EPS_IN_SQRT) ? FO_SQRT(s + k.eps) : FO_SQRT(s) + k.eps;
+    p[i] = p[i] + (-k.clr) * (g / std);
+}
+
+/* ---------------------------------------------------------------- RMSprop
+ * v = alpha v + (1 - alpha) g^2
+ * centered: m = lerp(m, g, 1 - alpha);  a = sqrt(v - m^2) + eps   else a = sqrt(v) + eps
+ * momentum: b = mu b + g / a;  p -= lr b      else p -= lr g / a
+ * eps_in_sqrt: a = sqrt(v (- m^2) + eps)
+ * state: s0 = square_avg, s1 = momentum_buffer, s2 = grad_avg
+ */
+typedef struct {
+    FO_T lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
+    int flags;
+} FO_NAME(fo_rmsprop_k);
+
+FO_DEVICE void FO_NAME(fo_rmsprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                        FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                        FO_T *FO_RESTRICT s2, FO_NAME(fo_rmsprop_k) k)
+{
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    FO_T v = s0[i] * k.alpha + k.one_minus_alpha * g * g;
+    s0[i] = v;
+    if (k.flags & FO_CENTERED) {
+        FO_T m = FO_NAME(fo_lerp)(s2[i], g, k.one_minus_alpha, k.alpha, k.one_minus_alpha < (FO_T)0.5);
+        s2[i] = m;
+        v = v + (FO_T)(-1) * m * m;
+    }
+    FO_T a = (k.flags & FO_EPS_IN_SQRT) ? FO_SQRT(v + k.eps) : FO_SQRT(v) + k.eps;
+    if (k.flags & FO_MOMENTUM) {
+        FO_T b = s1[i] * k.momentum + g / a;
+        s1[i] = b;
+        p[i] = p[i] + (-k.lr) * b;
+    } else {
+        p[i] = p[i] + (-k.lr) * (g / a);
+    }
+}
+
+/* ---------------------------------------------------------------- Adam / AdamW
+ * decoupled (AdamW): p *= 1 - lr wd        else g += wd p
+ * m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2;  amsgrad: vmax = max(vmax, v)
+ * p -= step_size m / (sqrt(v or vmax) / bc2_sqrt + eps)
+ * with step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t)
+ * state: s0 = exp_avg, s1 = exp_avg_sq, s2 = max_exp_avg_sq
+ */
+typedef struct {
+    FO_T step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps;
+    FO_T weight_decay, decay_factor;
+    int flags;
+} FO_NAME(fo_adam_k);
+
+FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                     FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                     FO_T *FO_RESTRICT s2, FO_NAME(fo_adam_k) k)
+{
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    FO_T x = p[i];
+    if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
+    else if (k.weight_decay != 0) g = g + k.weight_decay * x;
+    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
+    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
+    s0[i] = m;
+    s1[i] = v;
+    if (k.flags & FO_AMSGRAD) {
+        v = FO_MAX(s2[i], v);
+        s2[i] = v;
+    }
+    FO_T denom = FO_SQRT(v) / k.bc2_sqrt + k.eps;
+    p[i] = x + (-k.step_size) * (m / denom);
+}
+
+/* ---------------------------------------------------------------- Adadelta
+ * v = rho v + (1 - rho) g^2;  d = sqrt(u + eps) / sqrt(v + eps) g;  u = rho u + (1 - rho) d^2
+ * p -= lr d
+ * state: s0 = square_avg, s1 = acc_delta
+ */
+typedef struct {
+    FO_T lr, rho, one_minus_rho, eps, weight_decay;
+    int flags;
+} FO_NAME(fo_adadelta_k);
+
+FO_DEVICE void FO_NAME(fo_adadelta_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                         FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                         FO_T *FO_RESTRICT s2, FO_NAME(fo_adadelta_k) k)
+{
+    (void)s2;
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    FO_T v = s0[i] * k.rho + k.one_minus_rho * g * g;
+    s0[i] = v;
+    FO_T std = FO_SQRT(v + k.eps);
+    FO_T d = FO_SQRT(s1[i] + k.eps) / std * g;
+    s1[i] = s1[i] * k.rho + k.one_minus_rho * d * d;
+    p[i] = p[i] + (-k.lr) * d;
+}
+
+/* ---------------------------------------------------------------- Adamax
+ * m = lerp(m, g, 1 - beta1);  u = max(beta2 u, |g| + eps);  p -= clr m / u,
+ * clr = lr / (1 - beta1^t)
+ * state: s0 = exp_avg, s1 = exp_inf
+ */
+typedef struct {
+    FO_T clr, beta1, one_minus_beta1, beta2, eps, weight_decay;
+    int flags;
+} FO_NAME(fo_adamax_k);
+
+FO_DEVICE void FO_NAME(fo_adamax_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                       FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                       FO_T *FO_RESTRICT s2, FO_NAME(fo_adamax_k) k)
+{
+    (void)s2;
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
+    FO_T a = s1[i] * k.beta2;
+    FO_T b = FO_FABS(g) + k.eps;
+    FO_T u = FO_MAX(a, b);
+    s0[i] = m;
+    s1[i] = u;
+    p[i] = p[i] + (-k.clr) * (m / u);
+}

@@ -1,0 +1,449 @@
+# cython: language_level=3
+"""Cython bindings of the fused update kernels (csrc/kernels.c).
+
+Design note
+-----------
+This module checks buffers, releases the GIL and calls C; it holds no math. A ``Plan`` is built
+once per parameter group: it checks the parameters (ndarray, float32/float64, C-contiguous,
+aligned, native byte order, writable, no two sharing memory), keeps references to them and to
+their state buffers, and lays out the C segment arrays. Each step then only checks the
+gradients (count, type, dtype, shape, layout, no overlap with parameters or state) and calls
+one C function per element type present in the group. Every check runs before any element is
+written, so an error leaves parameters and state untouched.
+"""
+import numpy as np
+cimport numpy as cnp
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport int64_t, intptr_t
+
+cnp.import_array()
+
+# Flags of rules.h (kept in sync by tests/test_registry.py, which reads the header).
+MAXIMIZE = 1
+NESTEROV = 2
+FIRST = 4
+SUTSKEVER = 8
+AMSGRAD = 16
+CENTERED = 32
+EPS_IN_SQRT = 64
+MOMENTUM = 128
+DECOUPLED = 256
+
+cdef int _n_threads = 0
+
+
+def set_num_threads(int n):
+    """Threads used by every kernel; 0 restores the OpenMP default (OMP_NUM_THREADS)."""
+    global _n_threads
+    if n < 0:
+        raise ValueError(f"n_threads must be >= 0, got {n}")
+    _n_threads = n
+
+
+def get_num_threads():
+    """Threads a kernel call uses now (the OpenMP default unless set_num_threads was called)."""
+    return _n_threads if _n_threads > 0 else fo_omp_max_threads()
+
+
+cdef inline int _threads() noexcept nogil:
+    return _n_threads if _n_threads > 0 else fo_omp_max_threads()
+
+
+def has_openmp():
+    """Whether the extension was built with OpenMP."""
+    return bool(fo_has_openmp())
+
+
+def get_parallel_threshold():
+    """Group size (elements) below which a step runs on the calling thread."""
+    return fo_parallel_threshold
+
+
+def set_parallel_threshold(int64_t n):
+    global fo_parallel_threshold
+    if n < 1:
+        raise ValueError(f"threshold must be >= 1, got {n}")
+    fo_parallel_threshold = n
+
+
+cdef str _describe(object a):
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return f"{type(a).__module__}.{type(a).__qualname__}"
+
+
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(b):
+        return False
+    for d in range(nd):
+        if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(b, d):
+            return False
+    return True
+
+
+cdef int _check_float_array(object a, str what) except -1:
+    """Type and layout checks shared by parameters, state and gradients."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError(f"{what} must have dtype float32 or float64, got {a.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}; "
+                         f"use arr.astype(a.dtype.newbyteorder('='))")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{what} must be C-contiguous; got strides {a.strides} for shape "
+                         f"{a.shape} (use numpy.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{what} must be aligned to its element size")
+    return 0
+
+
+cdef class Plan:
+    """The C segment layout of one parameter group (parameters + state buffers)."""
+    cdef fo_segment_f32 *seg32
+    cdef fo_segment_f64 *seg64
+    cdef Py_ssize_t n, n32, n64
+    cdef Py_ssize_t *slot          # slot[i] >= 0: seg32[slot[i]]; < 0: seg64[-slot[i]-1]
+    cdef intptr_t *lo
+    cdef intptr_t *hi
+    cdef Py_ssize_t n_intervals
+    cdef readonly list params
+    cdef readonly list states      # states[k] is None or a list of n arrays
+    cdef readonly str name
+
+    def __cinit__(self, params, str name="params"):
+        self.seg32 = NULL
+        self.seg64 = NULL
+        self.slot = NULL
+        self.lo = NULL
+        self.hi = NULL
+
+    def __init__(self, params, str name="params"):
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
+        self.name = name
+        self.params = list(params)
+        self.states = [None] * FO_MAX_STATE
+        self.n = len(self.params)
+        cdef Py_ssize_t i
+        cdef cnp.ndarray p
+        for i in range(self.n):
+            _check_float_array(self.params[i], f"{name}[{i}]")
+            p = <cnp.ndarray>self.params[i]
+            if not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError(f"{name}[{i}] must be writable (it is updated in place)")
+        self.seg32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
+        self.seg64 = <fo_segment_f64 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f64))
+        self.slot = <Py_ssize_t *>PyMem_Calloc(self.n + 1, sizeof(Py_ssize_t))
+        if self.seg32 == NULL or self.seg64 == NULL or self.slot == NULL:
+            raise MemoryError()
+        self.n32 = 0
+        self.n64 = 0
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            if cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT:
+                self.seg32[self.n32].param = <float *>cnp.PyArray_DATA(p)
+                self.seg32[self.n32].n = cnp.PyArray_SIZE(p)
+                self.slot[i] = self.n32
+                self.n32 += 1
+            else:
+                self.seg64[self.n64].param = <double *>cnp.PyArray_DATA(p)
+                self.seg64[self.n64].n = cnp.PyArray_SIZE(p)
+                self.slot[i] = -(self.n64 + 1)
+                self.n64 += 1
+        self._rebuild_intervals(True)
+
+    def __dealloc__(self):
+        PyMem_Free(self.seg32)
+        PyMem_Free(self.seg64)
+        PyMem_Free(self.slot)
+        PyMem_Free(self.lo)
+        PyMem_Free(self.hi)
+
+    def __len__(self):
+        return self.n
+
+    cdef _rebuild_intervals(self, bint params_only):
+        """Sorted memory intervals of params and state; overlaps among them are errors."""
+        items = []
+        cdef cnp.ndarray a
+        cdef Py_ssize_t i, k
+        for i in range(self.n):
+            a = <cnp.ndarray>self.params[i]
+            if cnp.PyArray_NBYTES(a) > 0:
+                items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"{self.name}[{i}]"))
+        if not params_only:
+            for k in range(FO_MAX_STATE):
+                if self.states[k] is None:
+                    continue
+                for i in range(self.n):
+                    a = <cnp.ndarray>self.states[k][i]
+                    if cnp.PyArray_NBYTES(a) > 0:
+                        items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"state {k} of {self.name}[{i}]"))
+        items.sort()
+        for i in range(1, len(items)):
+            if items[i][0] < items[i - 1][1]:
+                raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; every parameter "
+                                 f"must be a separate buffer (pass each parameter once)")
+        PyMem_Free(self.lo)
+        PyMem_Free(self.hi)
+        self.lo = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
+        self.hi = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
+        if self.lo == NULL or self.hi == NULL:
+            raise MemoryError()
+        for i in range(len(items)):
+            self.lo[i] = items[i][0]
+            self.hi[i] = items[i][1]
+        self.n_intervals = len(items)
+
+    def set_state(self, int k, arrays):
+        """Attach state buffer k (a list of arrays shaped and typed like the params), or None."""
+        if k < 0 or k >= FO_MAX_STATE:
+            raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
+        cdef Py_ssize_t i, j
+        cdef cnp.ndarray a, p
+        if arrays is not None:
+            arrays = list(arrays)
+            if len(arrays) != self.n:
+                raise ValueError(f"state slot {k}: expected {self.n} arrays, got {len(arrays)}")
+            for i in range(self.n):
+                _check_float_array(arrays[i], f"state buffer {k} of {self.name}[{i}]")
+                a = <cnp.ndarray>arrays[i]
+                p = <cnp.ndarray>self.params[i]
+                if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p) or not _same_shape(a, p):
+                    raise ValueError(f"state buffer {k} of {self.name}[{i}] must be {_describe(p)}, "
+                                     f"got {_describe(a)}")
+                if not cnp.PyArray_ISWRITEABLE(a):
+                    raise ValueError(f"state buffer {k} of {self.name}[{i}] must be writable")
+        old = self.states[k]
+        self.states[k] = arrays
+        try:
+            self._rebuild_intervals(False)
+        except Exception:
+            self.states[k] = old
+            self._rebuild_intervals(False)
+            raise
+        for i in range(self.n):
+            j = self.slot[i]
+            if arrays is None:
+                if j >= 0:
+                    self.seg32[j].state[k] = NULL
+                else:
+                    self.seg64[-j - 1].state[k] = NULL
+                continue
+            a = <cnp.ndarray>arrays[i]
+            if j >= 0:
+                self.seg32[j].state[k] = <float *>cnp.PyArray_DATA(a)
+            else:
+                self.seg64[-j - 1].state[k] = <double *>cnp.PyArray_DATA(a)
+
+    cdef bint _overlaps(self, intptr_t a, intptr_t b):
+        """Whether [a, b) intersects a param or state interval (binary search)."""
+        cdef Py_ssize_t lo = 0, hi = self.n_intervals, mid
+        while lo < hi:                      # first interval whose end is > a
+            mid = (lo + hi) // 2
+            if self.hi[mid] <= a:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < self.n_intervals and self.lo[lo] < b
+
+    def check_grads(self, grads, str name="grads"):
+        """Check gradients against the params without keeping them (raises on any problem)."""
+        self._load(grads, name, False)
+
+    cdef int _load(self, grads, str name, bint store) except -1:
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
+                            f"{_describe(grads)}")
+        if len(grads) != self.n:
+            raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        cdef Py_ssize_t i, j
+        cdef cnp.ndarray g, p
+        cdef intptr_t start
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            if not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError(f"{self.name}[{i}] became read-only; parameters are updated in place")
+            obj = grads[i]
+            if not isinstance(obj, np.ndarray):
+                raise TypeError(f"{name}[{i}] must be a numpy.ndarray of {(<object>p).dtype} like "
+                                f"{self.name}[{i}], got {_describe(obj)}")
+            g = <cnp.ndarray>obj
+            if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
+                raise TypeError(f"{name}[{i}] must have dtype {(<object>p).dtype} like {self.name}[{i}], "
+                                f"got {obj.dtype.str if not cnp.PyArray_ISNOTSWAPPED(g) else obj.dtype}")
+            if not _same_shape(g, p):
+                raise ValueError(f"{name}[{i}] must have shape {(<object>p).shape} like {self.name}[{i}], "
+                                 f"got {obj.shape}")
+            if not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g):
+                raise ValueError(f"{name}[{i}] must be C-contiguous and aligned; got strides "
+                                 f"{obj.strides} (use numpy.ascontiguousarray)")
+            start = <intptr_t>cnp.PyArray_DATA(g)
+            if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
+                raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
+                                 f"pass a separate gradient buffer")
+        if store:
+            for i in range(self.n):
+                g = <cnp.ndarray>grads[i]
+                j = self.slot[i]
+                if j >= 0:
+                    self.seg32[j].grad = <const float *>cnp.PyArray_DATA(g)
+                else:
+                    self.seg64[-j - 1].grad = <const double *>cnp.PyArray_DATA(g)
+        return 0
+
+    cdef void _forget_grads(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.n32):
+            self.seg32[i].grad = NULL
+        for i in range(self.n64):
+            self.seg64[i].grad = NULL
+
+    cdef int _require(self, int mask) except -1:
+        cdef int k
+        for k in range(FO_MAX_STATE):
+            if (mask >> k) & 1 and self.states[k] is None:
+                raise RuntimeError(f"state slot {k} is required by these options but not attached")
+        return 0
+
+
+cdef int _fail(int rc) except -1:
+    if rc != 0:
+        raise RuntimeError("fastopt kernel rejected its arguments (internal error)")
+    return 0
+
+
+def sgd(Plan plan, grads, double lr, double momentum, double dampening, double weight_decay,
+        int flags, str name="grads"):
+    """SGD step over the plan (see rules.h for the equations)."""
+    plan._require(1 if flags & MOMENTUM else 0)
+    plan._load(grads, name, True)
+    cdef fo_sgd_hp hp
+    hp.lr = lr; hp.momentum = momentum; hp.dampening = dampening
+    hp.weight_decay = weight_decay; hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_sgd_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_sgd_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def adagrad(Plan plan, grads, double clr, double eps, double weight_decay, int flags,
+            str name="grads"):
+    """Adagrad step over the plan (see rules.h for the equations)."""
+    plan._require(1)
+    plan._load(grads, name, True)
+    cdef fo_adagrad_hp hp
+    hp.clr = clr; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_adagrad_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_adagrad_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def rmsprop(Plan plan, grads, double lr, double alpha, double eps, double weight_decay,
+            double momentum, int flags, str name="grads"):
+    """RMSprop step over the plan (see rules.h for the equations)."""
+    plan._require(1 | (2 if flags & MOMENTUM else 0) | (4 if flags & CENTERED else 0))
+    plan._load(grads, name, True)
+    cdef fo_rmsprop_hp hp
+    hp.lr = lr; hp.alpha = alpha; hp.eps = eps; hp.weight_decay = weight_decay
+    hp.momentum = momentum; hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_rmsprop_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_rmsprop_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def adam(Plan plan, grads, double step_size, double beta1, double beta2, double bc2_sqrt,
+         double eps, double weight_decay, double decay_factor, int flags, str name="grads"):
+    """Adam/AdamW step over the plan (see rules.h for the equations)."""
+    plan._require(3 | (4 if flags & AMSGRAD else 0))
+    plan._load(grads, name, True)
+    cdef fo_adam_hp hp
+    hp.step_size = step_size; hp.beta1 = beta1; hp.beta2 = beta2; hp.bc2_sqrt = bc2_sqrt
+    hp.eps = eps; hp.weight_decay = weight_decay; hp.decay_factor = decay_factor
+    hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_adam_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_adam_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def adadelta(Plan plan, grads, double lr, double rho, double eps, double weight_decay, int flags,
+             str name="grads"):
+    """Adadelta step over the plan (see rules.h for the equations)."""
+    plan._require(3)
+    plan._load(grads, name, True)
+    cdef fo_adadelta_hp hp
+    hp.lr = lr; hp.rho = rho; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_adadelta_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_adadelta_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
+           double weight_decay, int flags, str name="grads"):
+    """Adamax step over the plan (see rules.h for the equations)."""
+    plan._require(3)
+    plan._load(grads, name, True)
+    cdef fo_adamax_hp hp
+    hp.clr = clr; hp.beta1 = beta1; hp.beta2 = beta2; hp.eps = eps
+    hp.weight_decay = weight_decay; hp.flags = flags
+    cdef int r32 = 0, r64 = 0, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_adamax_step_f32(plan.seg32, plan.n32, &hp, nt)
+        if plan.n64:
+            r64 = fo_adamax_step_f64(plan.seg64, plan.n64, &hp, nt)
+    plan._forget_grads()
+    _fail(r32 | r64)
+
+
+def stream_axpy(cnp.ndarray b, cnp.ndarray c, double s):
+    """b += s * c in place (the bandwidth yardstick of `fastopt bench`)."""
+    _check_float_array(b, "b")
+    _check_float_array(c, "c")
+    if cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(c) or not _same_shape(b, c) or not cnp.PyArray_ISWRITEABLE(b):
+        raise ValueError("b and c must be writable/readable arrays of one dtype and shape")
+    cdef int64_t n = cnp.PyArray_SIZE(b)
+    cdef int nt = _threads()
+    cdef float *b32
+    cdef const float *c32
+    cdef double *b64
+    cdef const double *c64
+    cdef float s32 = <float>s
+    if cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT:
+        b32 = <float *>cnp.PyArray_DATA(b)
+        c32 = <const float *>cnp.PyArray_DATA(c)
+        with nogil:
+            fo_stream_axpy_f32(b32, c32, s32, n, nt)
+    else:
+        b64 = <double *>cnp.PyArray_DATA(b)
+        c64 = <const double *>cnp.PyArray_DATA(c)
+        with nogil:
+            fo_stream_axpy_f64(b64, c64, s, n, nt)
