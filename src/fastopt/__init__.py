@@ -1,2 +1,20 @@
-"""fastopt: fused, in-place optimization update rules in C/OpenMP for NumPy (and CuPy) arrays."""
+"""fastopt: fused, in-place optimizer update rules in C/OpenMP for NumPy (and CuPy) arrays.
+
+>>> import numpy as np, fastopt as fo
+>>> w = np.zeros(3, np.float32)
+>>> opt = fo.Adam([w], lr=1e-3)
+>>> opt.step([np.ones(3, np.float32)])
+>>> w.round(6)
+array([-0.001, -0.001, -0.001], dtype=float32)
+"""
+from . import functional
+from ._kernels import get_num_threads, has_openmp, set_num_threads
+from .checkpoint import load, save
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Optimizer, RMSprop
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Optimizer",
+    "functional", "save", "load", "set_num_threads", "get_num_threads", "has_openmp",
+]

@@ -113,28 +113,30 @@ cdef class Plan:
     cdef readonly list params
     cdef readonly list states      # states[k] is None or a list of n arrays
     cdef readonly str name
+    cdef readonly Py_ssize_t offset  # index of params[0] in the caller's numbering (messages)
 
-    def __cinit__(self, params, str name="params"):
+    def __cinit__(self, params, str name="params", Py_ssize_t offset=0):
         self.seg32 = NULL
         self.seg64 = NULL
         self.slot = NULL
         self.lo = NULL
         self.hi = NULL
 
-    def __init__(self, params, str name="params"):
+    def __init__(self, params, str name="params", Py_ssize_t offset=0):
         if not isinstance(params, (list, tuple)):
             raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
         self.name = name
+        self.offset = offset
         self.params = list(params)
         self.states = [None] * FO_MAX_STATE
         self.n = len(self.params)
         cdef Py_ssize_t i
         cdef cnp.ndarray p
         for i in range(self.n):
-            _check_float_array(self.params[i], f"{name}[{i}]")
+            _check_float_array(self.params[i], f"{name}[{i + offset}]")
             p = <cnp.ndarray>self.params[i]
             if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{name}[{i}] must be writable (it is updated in place)")
+                raise ValueError(f"{name}[{i + offset}] must be writable (it is updated in place)")
         self.seg32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
         self.seg64 = <fo_segment_f64 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f64))
         self.slot = <Py_ssize_t *>PyMem_Calloc(self.n + 1, sizeof(Py_ssize_t))
@@ -174,7 +176,7 @@ cdef class Plan:
         for i in range(self.n):
             a = <cnp.ndarray>self.params[i]
             if cnp.PyArray_NBYTES(a) > 0:
-                items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"{self.name}[{i}]"))
+                items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"{self.name}[{i + self.offset}]"))
         if not params_only:
             for k in range(FO_MAX_STATE):
                 if self.states[k] is None:
@@ -182,7 +184,7 @@ cdef class Plan:
                 for i in range(self.n):
                     a = <cnp.ndarray>self.states[k][i]
                     if cnp.PyArray_NBYTES(a) > 0:
-                        items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"state {k} of {self.name}[{i}]"))
+                        items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"state {k} of {self.name}[{i + self.offset}]"))
         items.sort()
         for i in range(1, len(items)):
             if items[i][0] < items[i - 1][1]:
@@ -199,8 +201,11 @@ cdef class Plan:
             self.hi[i] = items[i][1]
         self.n_intervals = len(items)
 
-    def set_state(self, int k, arrays):
-        """Attach state buffer k (a list of arrays shaped and typed like the params), or None."""
+    def set_state(self, int k, arrays, str name=None):
+        """Attach state buffer k (a list of arrays shaped and typed like the params), or None.
+
+        `name` is the buffer's name in error messages (default "state buffer k of params[i]").
+        """
         if k < 0 or k >= FO_MAX_STATE:
             raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
         cdef Py_ssize_t i, j
@@ -208,16 +213,18 @@ cdef class Plan:
         if arrays is not None:
             arrays = list(arrays)
             if len(arrays) != self.n:
-                raise ValueError(f"state slot {k}: expected {self.n} arrays, got {len(arrays)}")
+                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one per "
+                                 f"parameter), got {len(arrays)}")
             for i in range(self.n):
-                _check_float_array(arrays[i], f"state buffer {k} of {self.name}[{i}]")
+                what = f"{name}[{i + self.offset}]" if name else f"state buffer {k} of {self.name}[{i + self.offset}]"
+                _check_float_array(arrays[i], what)
                 a = <cnp.ndarray>arrays[i]
                 p = <cnp.ndarray>self.params[i]
                 if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p) or not _same_shape(a, p):
-                    raise ValueError(f"state buffer {k} of {self.name}[{i}] must be {_describe(p)}, "
-                                     f"got {_describe(a)}")
+                    raise ValueError(f"{what} must be a {_describe(p)} like "
+                                     f"{self.name}[{i + self.offset}], got {_describe(a)}")
                 if not cnp.PyArray_ISWRITEABLE(a):
-                    raise ValueError(f"state buffer {k} of {self.name}[{i}] must be writable")
+                    raise ValueError(f"{what} must be writable (it is updated in place)")
         old = self.states[k]
         self.states[k] = arrays
         try:
@@ -267,24 +274,24 @@ cdef class Plan:
         for i in range(self.n):
             p = <cnp.ndarray>self.params[i]
             if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{self.name}[{i}] became read-only; parameters are updated in place")
+                raise ValueError(f"{self.name}[{i + self.offset}] became read-only; parameters are updated in place")
             obj = grads[i]
             if not isinstance(obj, np.ndarray):
-                raise TypeError(f"{name}[{i}] must be a numpy.ndarray of {(<object>p).dtype} like "
-                                f"{self.name}[{i}], got {_describe(obj)}")
+                raise TypeError(f"{name}[{i + self.offset}] must be a numpy.ndarray of {(<object>p).dtype} like "
+                                f"{self.name}[{i + self.offset}], got {_describe(obj)}")
             g = <cnp.ndarray>obj
             if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
-                raise TypeError(f"{name}[{i}] must have dtype {(<object>p).dtype} like {self.name}[{i}], "
+                raise TypeError(f"{name}[{i + self.offset}] must have dtype {(<object>p).dtype} like {self.name}[{i + self.offset}], "
                                 f"got {obj.dtype.str if not cnp.PyArray_ISNOTSWAPPED(g) else obj.dtype}")
             if not _same_shape(g, p):
-                raise ValueError(f"{name}[{i}] must have shape {(<object>p).shape} like {self.name}[{i}], "
+                raise ValueError(f"{name}[{i + self.offset}] must have shape {(<object>p).shape} like {self.name}[{i + self.offset}], "
                                  f"got {obj.shape}")
             if not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g):
-                raise ValueError(f"{name}[{i}] must be C-contiguous and aligned; got strides "
+                raise ValueError(f"{name}[{i + self.offset}] must be C-contiguous and aligned; got strides "
                                  f"{obj.strides} (use numpy.ascontiguousarray)")
             start = <intptr_t>cnp.PyArray_DATA(g)
             if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
-                raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
+                raise ValueError(f"{name}[{i + self.offset}] shares memory with a parameter or optimizer state; "
                                  f"pass a separate gradient buffer")
         if store:
             for i in range(self.n):

@@ -1,0 +1,202 @@
+"""Stateless, in-place optimizer steps: the per-step scalar math of every optimizer.
+
+Each function updates `param` (one array or a list of arrays) and its state buffers in place,
+in one fused pass per element type, and returns None. The per-element rules live in
+csrc/fastopt/rules.h; what is computed here is what depends only on the step and the
+hyperparameters (bias corrections, decayed step sizes, option flags), once per call.
+
+Arrays may be NumPy arrays (C/OpenMP kernels) or CuPy arrays (CUDA kernels, `fastopt[gpu]`);
+all arrays of one call must be of one kind. `step` is the 1-based index of the step being taken.
+Every check happens before any element is written: on error nothing is modified.
+
+These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
+call the same `_<name>` runners with cached plans.
+"""
+import math
+
+from . import _kernels
+
+__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "backend_for"]
+
+
+def backend_for(arrays):
+    """The kernel module for these arrays: fastopt._kernels (NumPy) or fastopt.cuda (CuPy)."""
+    first = arrays[0] if arrays else None
+    if first is not None and type(first).__module__.startswith("cupy"):
+        from . import cuda
+        return cuda
+    return _kernels
+
+
+def _listify(x, name):
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if x is None:
+        raise TypeError(f"{name} must be an array or a list of arrays, got None")
+    return [x]
+
+
+def _plan(param, states, name="param"):
+    """A one-off plan over `param` with `states` = [(slot, name, arrays or None), ...]."""
+    params = _listify(param, name)
+    mod = backend_for(params)
+    plan = mod.Plan(params, name)
+    for slot, state_name, arrays in states:
+        if arrays is not None:
+            plan.set_state(slot, _listify(arrays, state_name), state_name)
+    return mod, plan
+
+
+def _check_step(step):
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or step < 1 or step != int(step):
+        raise ValueError(f"step must be a positive integer (1 for the first step), got {step!r}")
+    return int(step)
+
+
+def _check_lr(lr):
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    return float(lr)
+
+
+def _flag(cond, bit):
+    return bit if cond else 0
+
+
+# --------------------------------------------------------------------------------------- SGD
+def _sgd(mod, plan, grads, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
+         sutskever, name="grads"):
+    # `first`: the momentum buffer is new; torch's form then starts it at the gradient
+    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(nesterov, mod.NESTEROV)
+             | _flag(momentum != 0, mod.MOMENTUM) | _flag(sutskever, mod.SUTSKEVER)
+             | _flag(first and not sutskever, mod.FIRST))
+    mod.sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name)
+
+
+def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+         nesterov=False, maximize=False, sutskever=False, step=None):
+    """SGD / gradient descent step, in place; equations in :class:`fastopt.SGD`.
+
+    With momentum, pass the `momentum_buffer` and the 1-based `step` (at step 1 the buffer is
+    set to the gradient, as in torch; with ``sutskever=True`` it starts from its zeros).
+    """
+    lr = _check_lr(lr)
+    if momentum != 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum_buffer is required when momentum != 0")
+        if step is None:
+            raise ValueError("step is required when momentum != 0 (1 marks the first step)")
+        step = _check_step(step)
+    else:
+        step = 0
+    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else None)])
+    _sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening, weight_decay, nesterov,
+         maximize, sutskever, "grad")
+
+
+# ----------------------------------------------------------------------------------- Adagrad
+def _adagrad(mod, plan, grads, step, lr, lr_decay, weight_decay, eps, maximize, eps_in_sqrt,
+             name="grads"):
+    clr = lr / (1 + (step - 1) * lr_decay)
+    flags = _flag(maximize, mod.MAXIMIZE) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT)
+    mod.adagrad(plan, grads, clr, eps, weight_decay, flags, name)
+
+
+def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+             maximize=False, eps_in_sqrt=False):
+    """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
+    lr, step = _check_lr(lr), _check_step(step)
+    mod, plan = _plan(param, [(0, "state_sum", state_sum)])
+    _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
+             eps_in_sqrt, "grad")
+
+
+# ----------------------------------------------------------------------------------- RMSprop
+def _rmsprop(mod, plan, grads, step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
+             eps_in_sqrt, name="grads"):
+    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(centered, mod.CENTERED)
+             | _flag(momentum > 0, mod.MOMENTUM) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT))
+    mod.rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name)
+
+
+def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, step=1, lr,
+             alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
+             eps_in_sqrt=False):
+    """RMSprop step, in place; equations in :class:`fastopt.RMSprop`.
+
+    `momentum_buffer` is required when momentum > 0, `grad_avg` when centered.
+    """
+    lr, step = _check_lr(lr), _check_step(step)
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError("momentum_buffer is required when momentum > 0")
+    if centered and grad_avg is None:
+        raise ValueError("grad_avg is required when centered=True")
+    mod, plan = _plan(param, [(0, "square_avg", square_avg),
+                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else None),
+                              (2, "grad_avg", grad_avg if centered else None)])
+    _rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay, momentum,
+             centered, maximize, eps_in_sqrt, "grad")
+
+
+# -------------------------------------------------------------------------------------- Adam
+def _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+          decoupled_weight_decay, name="grads"):
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(amsgrad, mod.AMSGRAD)
+             | _flag(decoupled_weight_decay, mod.DECOUPLED))
+    mod.adam(plan, grads, lr / bias_correction1, beta1, beta2, bias_correction2 ** 0.5, eps,
+             weight_decay, 1 - lr * weight_decay, flags, name)
+
+
+def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False,
+          decoupled_weight_decay=False):
+    """Adam step, in place; equations in :class:`fastopt.Adam` (AdamW with decoupled decay).
+
+    `max_exp_avg_sq` is required when amsgrad=True.
+    """
+    lr, step = _check_lr(lr), _check_step(step)
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError("max_exp_avg_sq is required when amsgrad=True")
+    mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
+                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else None)])
+    _adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, amsgrad,
+          maximize, decoupled_weight_decay, "grad")
+
+
+def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False):
+    """AdamW step (Adam with decoupled weight decay), in place; see :class:`fastopt.AdamW`."""
+    adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+          weight_decay=weight_decay, amsgrad=amsgrad, max_exp_avg_sq=max_exp_avg_sq,
+          maximize=maximize, decoupled_weight_decay=True)
+
+
+# ---------------------------------------------------------------------------------- Adadelta
+def _adadelta(mod, plan, grads, step, lr, rho, eps, weight_decay, maximize, name="grads"):
+    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, _flag(maximize, mod.MAXIMIZE), name)
+
+
+def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
+              weight_decay=0.0, maximize=False):
+    """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
+    lr, step = _check_lr(lr), _check_step(step)
+    mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
+    _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
+
+
+# ------------------------------------------------------------------------------------ Adamax
+def _adamax(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, maximize, name="grads"):
+    clr = lr / (1 - beta1 ** step)
+    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, _flag(maximize, mod.MAXIMIZE),
+               name)
+
+
+def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+            weight_decay=0.0, maximize=False):
+    """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
+    lr, step = _check_lr(lr), _check_step(step)
+    mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
+    _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
+            "grad")

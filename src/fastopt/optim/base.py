@@ -1,0 +1,352 @@
+"""The stateful optimizer base: param groups, state, state_dict, validation, one lock.
+
+Design note
+-----------
+An optimizer owns its param groups (mutable dicts, as in torch.optim) and its state buffers.
+Each group has a record with a kernel plan (fastopt._kernels.Plan, or fastopt.cuda.Plan for
+CuPy arrays) that holds the C segment layout of its parameters and state, built once; a step
+only checks the gradients and calls one fused kernel per group. The classes therefore do no
+elementwise math in Python. Order of work in `step`, so that an error changes nothing:
+
+1. check the gradient list, evaluate scheduled learning rates, check every gradient array;
+2. allocate state buffers that the group's options now need (first step, or an option turned
+   on through `param_groups`);
+3. run the kernels, then advance the step counters.
+
+State is keyed by the parameter's position in the optimizer (0, 1, ... over all groups), which
+is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors).
+"""
+import copy
+import math
+import threading
+
+import numpy as np
+
+from .. import _kernels
+from ..functional import backend_for
+
+__all__ = ["Optimizer"]
+
+
+def _address_range(a):
+    """(start, end) of an array's memory, NumPy or CuPy."""
+    if isinstance(a, np.ndarray):
+        start = a.__array_interface__["data"][0]
+    else:
+        start = a.data.ptr
+    return start, start + a.nbytes
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _copy_into(dst, src):
+    """dst[...] = src across host/device, casting to dst's dtype."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, _to_host(src), casting="unsafe")
+    else:
+        dst.set(np.ascontiguousarray(_to_host(src), dtype=dst.dtype))
+
+
+class _GroupRecord:
+    """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present."""
+    __slots__ = ("plan", "mod", "step", "present", "offset")
+
+    def __init__(self, plan, mod, offset, n_state):
+        self.plan = plan
+        self.mod = mod
+        self.offset = offset
+        self.step = 0
+        self.present = (False,) * n_state
+
+
+class Optimizer:
+    """Base class of the first-order optimizers (driven by a registry entry, `spec`).
+
+    Parameters are float32 or float64 arrays, C-contiguous and writable, each passed once.
+    `step(grads)` takes the gradients in the order of the parameters (over all groups).
+    """
+
+    spec = None  # a fastopt._specs.Spec; set by each subclass
+
+    def __init__(self, params, **hyperparameters):
+        unknown = set(hyperparameters) - set(self.spec.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
+                            f"{sorted(unknown)}")
+        self.defaults = {**self.spec.defaults, **hyperparameters}
+        self.param_groups = []
+        self.state = {}
+        self._records = []
+        self._lock = threading.Lock()
+        self._fresh_none = (False,) * len(self.spec.state)
+        groups = self._normalize(params)
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------------- construction
+    @staticmethod
+    def _normalize(params):
+        if isinstance(params, dict) or hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
+            raise TypeError("params must be a list of arrays or a list of dicts with a 'params' "
+                            f"key, got a single {type(params).__name__}; wrap it in a list")
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError("params must be a list of arrays or a list of dicts with a 'params' "
+                            f"key, got {type(params).__name__}") from None
+        if not items:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(x, dict) for x in items):
+            return items
+        if any(isinstance(x, dict) for x in items):
+            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+        return [{"params": items}]
+
+    def add_param_group(self, param_group):
+        """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError("a param group must be a dict with a 'params' key")
+        group = dict(param_group)
+        params = group["params"]
+        if hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
+            params = [params]
+        params = list(params)
+        if not params:
+            raise ValueError(f"param group {len(self.param_groups)} has no parameters")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        self.spec.validate(group)
+        offset = sum(len(g["params"]) for g in self.param_groups)
+        mod = backend_for(params)
+        plan = mod.Plan(params, "params", offset)
+        self._check_disjoint(params, offset)
+        group["params"] = params
+        self.param_groups.append(group)
+        self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
+
+    def _check_disjoint(self, new_params, offset):
+        """No parameter of the new group shares memory with one of an existing group."""
+        spans = [(*_address_range(p), i) for i, p in enumerate(self._all_params()) if p.nbytes]
+        spans += [(*_address_range(p), offset + j) for j, p in enumerate(new_params) if p.nbytes]
+        spans.sort()
+        for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise ValueError(f"params[{max(i0, i1)}] shares memory with params[{min(i0, i1)}]; "
+                                 "pass each parameter once")
+
+    def _all_params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    # --------------------------------------------------------------------------------- step
+    def _lr_of(self, group, rec):
+        lr = group["lr"]
+        if callable(lr):
+            value = lr(rec.step)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"the lr schedule returned {value!r} at step {rec.step}; "
+                                 "expected a finite number >= 0")
+            return float(value)
+        return lr
+
+    def _ensure_state(self, gi, uses):
+        """Create the buffers group gi needs now; returns which ones are new."""
+        group, rec = self.param_groups[gi], self._records[gi]
+        fresh = []
+        for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
+            if needed and not present:
+                fill = self.spec.init.get(name, lambda g: 0.0)(group)
+                arrays = [np.full_like(p, fill) for p in group["params"]]
+                rec.plan.set_state(slot, arrays)
+                for i, a in enumerate(arrays):
+                    self.state.setdefault(rec.offset + i, {})[name] = a
+            fresh.append(needed and not present)
+        rec.present = tuple(bool(p or u) for p, u in zip(rec.present, uses))
+        return tuple(fresh)
+
+    def step(self, grads):
+        """Apply one update with `grads` (a list of arrays in the order of the parameters).
+
+        Raises TypeError/ValueError, with parameters and state unchanged, on a bad gradient.
+        """
+        if not isinstance(grads, (list, tuple)):
+            if hasattr(grads, "__array_interface__") or hasattr(grads, "__cuda_array_interface__"):
+                grads = [grads]
+            else:
+                raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}")
+        with self._lock:
+            groups, records, spec = self.param_groups, self._records, self.spec
+            if len(groups) == 1:
+                group, rec = groups[0], records[0]
+                lr = self._lr_of(group, rec)
+                uses = spec.uses(group)
+                fresh = self._fresh_none
+                if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
+                    if len(grads) != len(rec.plan):
+                        raise ValueError(f"grads has {len(grads)} arrays but the optimizer has "
+                                         f"{len(rec.plan)} parameters")
+                    rec.plan.check_grads(grads)
+                    fresh = self._ensure_state(0, uses)
+                spec.run(rec.mod, rec.plan, grads, group, rec.step + 1, lr, fresh)
+                rec.step += 1
+                return
+            total = sum(len(r.plan) for r in records)
+            if len(grads) != total:
+                raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
+                                 "parameters")
+            lrs, slices = [], []
+            for group, rec in zip(groups, records):
+                lrs.append(self._lr_of(group, rec))
+                sl = list(grads[rec.offset:rec.offset + len(rec.plan)])
+                rec.plan.check_grads(sl)
+                slices.append(sl)
+            for gi, (group, rec) in enumerate(zip(groups, records)):
+                uses = spec.uses(group)
+                fresh = self._fresh_none
+                if any(u and not p for u, p in zip(uses, rec.present)):
+                    fresh = self._ensure_state(gi, uses)
+                spec.run(rec.mod, rec.plan, slices[gi], group, rec.step + 1, lrs[gi], fresh)
+                rec.step += 1
+
+    # --------------------------------------------------------------------------- state dict
+    def state_dict(self):
+        """Copy of the state in torch's layout: {'state': {i: {...}}, 'param_groups': [...]}.
+
+        Buffers are copies (NumPy or CuPy, like the parameters); 'step' is a float per
+        parameter, as torch stores it. Only parameters that have taken a step have state.
+        """
+        with self._lock:
+            state, groups = {}, []
+            for group, rec in zip(self.param_groups, self._records):
+                n = len(group["params"])
+                for i in range(rec.offset, rec.offset + n):
+                    if rec.step > 0 or self.state.get(i):
+                        entry = {"step": float(rec.step)}
+                        for name in self.spec.state:
+                            if name in self.state.get(i, {}):
+                                entry[name] = self.state[i][name].copy()
+                        state[i] = entry
+                hyper = {k: (copy.deepcopy(v) if not callable(v) else v)
+                         for k, v in group.items() if k != "params"}
+                hyper["params"] = list(range(rec.offset, rec.offset + n))
+                groups.append(hyper)
+            return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict (ours or torch's layout, arrays or tensors converted by the caller).
+
+        Checks structure, hyperparameters, shapes and dtypes first; on error nothing changes.
+        Buffers are copied into this optimizer's own arrays (cast to the parameter dtype).
+        """
+        with self._lock:
+            plan = self._plan_load(state_dict)
+            for gi, (hyper, steps, buffers) in enumerate(plan):
+                group, rec = self.param_groups[gi], self._records[gi]
+                for key in list(group):
+                    if key != "params" and key not in hyper:
+                        del group[key]
+                group.update(hyper)
+                uses = tuple(all(name in b for b in buffers) and len(buffers) > 0
+                             for name in self.spec.state)
+                for slot, name in enumerate(self.spec.state):
+                    if uses[slot]:
+                        arrays = []
+                        for i, p in enumerate(group["params"]):
+                            mine = self.state.get(rec.offset + i, {}).get(name)
+                            if mine is None:
+                                mine = np.empty_like(p)
+                            _copy_into(mine, buffers[i][name])
+                            arrays.append(mine)
+                            self.state.setdefault(rec.offset + i, {})[name] = mine
+                        rec.plan.set_state(slot, arrays)
+                    else:
+                        rec.plan.set_state(slot, None)
+                        for i in range(len(group["params"])):
+                            self.state.get(rec.offset + i, {}).pop(name, None)
+                rec.present = uses
+                rec.step = steps
+
+    def _plan_load(self, sd):
+        """Validate a state_dict against this optimizer; returns per group (hyper, step, bufs)."""
+        if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        groups, state = sd["param_groups"], sd["state"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, (list, tuple)) else '?'} "
+                             f"param groups, the optimizer has {len(self.param_groups)}")
+        if not isinstance(state, dict):
+            raise ValueError("state_dict['state'] must be a dict")
+        plan = []
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"param_groups[{gi}] must be a dict with a 'params' list")
+            ids = list(saved["params"])
+            if len(ids) != len(group["params"]):
+                raise ValueError(f"param_groups[{gi}] has {len(ids)} params, the optimizer's "
+                                 f"group has {len(group['params'])}")
+            hyper = {k: copy.deepcopy(v) if not callable(v) else v
+                     for k, v in saved.items() if k != "params"}
+            if isinstance(hyper.get("betas"), list):
+                hyper["betas"] = tuple(hyper["betas"])
+            try:
+                self.spec.validate({**self.defaults, **hyper})
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
+            hyper = {**{k: v for k, v in self.defaults.items()}, **hyper}
+            entries = [state.get(i, state.get(str(i))) for i in ids]
+            have = [e is not None and len(e) > 0 for e in entries]
+            if any(have) and not all(have):
+                raise ValueError(f"param_groups[{gi}]: some parameters have state and others do "
+                                 "not; fastopt steps all parameters of a group together")
+            steps, buffers = 0, []
+            if all(have):
+                step_values = {float(_to_host(e.get("step", 0))) for e in entries}
+                if len(step_values) != 1:
+                    raise ValueError(f"param_groups[{gi}]: parameters have different step counts "
+                                     f"{sorted(step_values)}; fastopt keeps one per group")
+                steps = step_values.pop()
+                if steps < 0 or steps != int(steps):
+                    raise ValueError(f"param_groups[{gi}]: invalid step count {steps}")
+                steps = int(steps)
+                for j, (i, e, p) in enumerate(zip(ids, entries, group["params"])):
+                    bufs = {}
+                    for name, value in e.items():
+                        if name == "step":
+                            continue
+                        if name not in self.spec.state:
+                            raise ValueError(f"state[{i}] has unknown buffer {name!r}; "
+                                             f"{type(self).__name__} keeps {list(self.spec.state)}")
+                        if value is None:      # torch's SGD before its first momentum step
+                            continue
+                        shape = getattr(value, "shape", None)
+                        dtype = getattr(value, "dtype", None)
+                        if shape is None or tuple(shape) != p.shape:
+                            raise ValueError(f"state[{i}][{name!r}] has shape {shape}, expected "
+                                             f"{p.shape} like params[{self._records[gi].offset + j}]")
+                        if dtype is None or np.dtype(dtype).kind != "f":
+                            raise TypeError(f"state[{i}][{name!r}] must be a floating array, got "
+                                            f"dtype {dtype}")
+                        bufs[name] = value
+                    buffers.append(bufs)
+                needed = self.spec.uses(hyper)
+                for slot, name in enumerate(self.spec.state):
+                    if needed[slot] and not all(name in b for b in buffers) and steps > 0 \
+                            and not (self.spec.name == "sgd"):
+                        raise ValueError(f"param_groups[{gi}]: state buffer {name!r} is missing "
+                                         "for these options")
+            plan.append((hyper, steps, buffers))
+        return plan
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+

@@ -1,0 +1,56 @@
+"""Run torch.optim on the recorded gradient sequence (used to write and to live-check goldens).
+
+The scenario, shared with tests/test_torch_parity.py: two param groups (shapes (7, 3) and (5,)
+in group 0; (11,) in group 1 with its own lr), N_STEPS steps of fixed gradients, and the lr of
+group 0 halved through `param_groups` after step LR_CHANGE_AT.
+"""
+import numpy as np
+
+SHAPES = [(7, 3), (5,), (11,)]
+N_STEPS = 150
+LR_CHANGE_AT = 75
+RECORD_AT = (1, 2, 10, 50, 75, 76, 100, 150)
+
+
+def scenario(seed=1234):
+    """Initial params and the gradient sequence, in float64."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s) for s in SHAPES]
+    grads = []
+    for t in range(N_STEPS):
+        scale = 10.0 ** rng.uniform(-2, 1)
+        step = [scale * rng.standard_normal(s) for s in SHAPES]
+        if t % 37 == 5:
+            step[1][:] = 0.0          # a zero gradient now and then
+        grads.append(step)
+    return params, grads
+
+
+def groups_for(hyper, params):
+    """Two groups: group 1 overrides lr (x2); the rest comes from the constructor's keywords."""
+    return [{"params": params[:2]}, {"params": params[2:], "lr": hyper.get("lr", 1e-3) * 2}]
+
+
+TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam",
+               "adamw": "AdamW", "adadelta": "Adadelta", "adamax": "Adamax"}
+
+
+def run_torch(name, hyper, dtype):
+    """Trajectory {step: [params...]} and final state of torch.optim on the scenario."""
+    import torch
+    params0, grads = scenario()
+    tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    params = [torch.tensor(p.astype(dtype), dtype=tdtype) for p in params0]
+    opt = getattr(torch.optim, TORCH_CLASS[name])(groups_for(hyper, params), foreach=False, **hyper)
+    out = {}
+    for t in range(1, N_STEPS + 1):
+        for p, g in zip(params, grads[t - 1]):
+            p.grad = torch.tensor(g.astype(dtype), dtype=tdtype)
+        opt.step()
+        if t == LR_CHANGE_AT:
+            opt.param_groups[0]["lr"] *= 0.5
+        if t in RECORD_AT:
+            out[t] = [p.detach().numpy().copy() for p in params]
+    state = {i: {k: v.numpy().copy() for k, v in opt.state[p].items() if k != "step"}
+             for i, p in enumerate(params)}
+    return out, state

@@ -1,0 +1,138 @@
+"""The independent oracle: each optimizer's update in plain NumPy float64, from the equations.
+
+Written from the documented equations (the docstrings of fastopt's classes and torch.optim's
+documentation), never derived from the kernels. `reference_step` advances one parameter and its
+state dict by one step; `ReferenceOptimizer` adds torch's param-group mechanics (one step count
+per group, lr read from the group each step, buffers created when first needed).
+"""
+import numpy as np
+
+NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax")
+
+
+def _grad(p, g, h):
+    g = -g if h.get("maximize", False) else g
+    if h.get("weight_decay", 0) != 0 and not h.get("decoupled_weight_decay", False):
+        g = g + h["weight_decay"] * p
+    return g
+
+
+def sgd(p, g, s, h, t, lr):
+    g = _grad(p, g, h)
+    mu = h.get("momentum", 0.0)
+    if mu == 0:
+        return p - lr * g
+    if h.get("sutskever", False):
+        v = mu * s.get("momentum_buffer", np.zeros_like(p)) - lr * g
+        s["momentum_buffer"] = v
+        return p + (mu * v - lr * g if h.get("nesterov", False) else v)
+    if s.get("momentum_buffer") is None:
+        b = g.copy()
+    else:
+        b = mu * s["momentum_buffer"] + (1 - h.get("dampening", 0.0)) * g
+    s["momentum_buffer"] = b
+    d = g + mu * b if h.get("nesterov", False) else b
+    return p - lr * d
+
+
+def adagrad(p, g, s, h, t, lr):
+    g = _grad(p, g, h)
+    clr = lr / (1 + (t - 1) * h.get("lr_decay", 0.0))
+    total = s.get("sum", np.full_like(p, h.get("initial_accumulator_value", 0.0))) + g * g
+    s["sum"] = total
+    eps = h.get("eps", 1e-10)
+    denom = np.sqrt(total + eps) if h.get("eps_in_sqrt", False) else np.sqrt(total) + eps
+    return p - clr * g / denom
+
+
+def rmsprop(p, g, s, h, t, lr):
+    g = _grad(p, g, h)
+    alpha, eps = h.get("alpha", 0.99), h.get("eps", 1e-8)
+    v = alpha * s.get("square_avg", np.zeros_like(p)) + (1 - alpha) * g * g
+    s["square_avg"] = v
+    if h.get("centered", False):
+        m = alpha * s.get("grad_avg", np.zeros_like(p)) + (1 - alpha) * g
+        s["grad_avg"] = m
+        v = v - m * m
+    a = np.sqrt(v + eps) if h.get("eps_in_sqrt", False) else np.sqrt(v) + eps
+    mu = h.get("momentum", 0.0)
+    if mu > 0:
+        b = mu * s.get("momentum_buffer", np.zeros_like(p)) + g / a
+        s["momentum_buffer"] = b
+        return p - lr * b
+    return p - lr * g / a
+
+
+def adam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    if h.get("decoupled_weight_decay", False):
+        p = p * (1 - lr * h.get("weight_decay", 0.0))
+    g = _grad(p, g, h)
+    m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
+    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
+    s["exp_avg"], s["exp_avg_sq"] = m, v
+    if h.get("amsgrad", False):
+        v = np.maximum(s.get("max_exp_avg_sq", np.zeros_like(p)), v)
+        s["max_exp_avg_sq"] = v
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    return p - lr * m_hat / (np.sqrt(v_hat) + h.get("eps", 1e-8))
+
+
+def adamw(p, g, s, h, t, lr):
+    return adam(p, g, s, {**h, "decoupled_weight_decay": True}, t, lr)
+
+
+def adadelta(p, g, s, h, t, lr):
+    g = _grad(p, g, h)
+    rho, eps = h.get("rho", 0.9), h.get("eps", 1e-6)
+    v = rho * s.get("square_avg", np.zeros_like(p)) + (1 - rho) * g * g
+    u = s.get("acc_delta", np.zeros_like(p))
+    delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+    s["square_avg"] = v
+    s["acc_delta"] = rho * u + (1 - rho) * delta * delta
+    return p - lr * delta
+
+
+def adamax(p, g, s, h, t, lr):
+    g = _grad(p, g, h)
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
+    u = np.maximum(b2 * s.get("exp_inf", np.zeros_like(p)), np.abs(g) + h.get("eps", 1e-8))
+    s["exp_avg"], s["exp_inf"] = m, u
+    return p - lr / (1 - b1 ** t) * m / u
+
+
+REFERENCES = {name: globals()[name] for name in NAMES}
+
+
+def reference_step(name, p, g, state, hyper, step, lr=None):
+    """One step of optimizer `name` on float64 copies; returns the new parameter."""
+    lr = hyper["lr"] if lr is None else lr
+    return REFERENCES[name](np.asarray(p, np.float64), np.asarray(g, np.float64), state, hyper,
+                            step, lr)
+
+
+class ReferenceOptimizer:
+    """torch-style groups over the reference rules, in float64."""
+
+    def __init__(self, name, groups):
+        self.name = name
+        self.groups = [dict(g, params=[np.array(p, np.float64) for p in g["params"]])
+                       for g in groups]
+        self.states = [[{} for _ in g["params"]] for g in self.groups]
+        self.steps = [0] * len(self.groups)
+
+    def step(self, grads):
+        k = 0
+        for gi, group in enumerate(self.groups):
+            lr = group["lr"](self.steps[gi]) if callable(group["lr"]) else group["lr"]
+            self.steps[gi] += 1
+            for j, p in enumerate(group["params"]):
+                group["params"][j] = reference_step(self.name, p, grads[k], self.states[gi][j],
+                                                    group, self.steps[gi], lr)
+                k += 1
+
+    @property
+    def params(self):
+        return [p for g in self.groups for p in g["params"]]

@@ -1,0 +1,82 @@
+"""Parity with torch.optim 2.13 on a recorded scenario (tests/golden), and live when installed.
+
+Scenario (tests/golden/torch_runner.py): two param groups with different lr, 150 steps of fixed
+gradients, group 0's lr halved through `param_groups` after step 75. Error measure per tensor:
+max|fastopt - torch| / max|torch|; bounds 2e-5 (float32) and 1e-11 (float64).
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from cases import CASES
+from golden.torch_runner import LR_CHANGE_AT, N_STEPS, RECORD_AT, groups_for, run_torch, scenario
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "torch_trajectories.npz")
+TOL = {np.float32: 2e-5, np.float64: 1e-11}
+CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
+           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+PARAMS = [(name, i, dtype) for name, cases in CASES.items() for i in range(len(cases))
+          for dtype in (np.float32, np.float64)]
+
+
+def run_fastopt(name, hyper, dtype):
+    params0, grads = scenario()
+    params = [p.astype(dtype) for p in params0]
+    opt = CLASSES[name](groups_for(hyper, params), **hyper)
+    out = {}
+    for t in range(1, N_STEPS + 1):
+        opt.step([g.astype(dtype) for g in grads[t - 1]])
+        if t == LR_CHANGE_AT:
+            opt.param_groups[0]["lr"] *= 0.5
+        if t in RECORD_AT:
+            out[t] = [p.copy() for p in params]
+    return out, opt
+
+
+def rel_err(a, b):
+    scale = max(float(np.max(np.abs(b))), 1e-30)
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("name,i,dtype", PARAMS,
+                         ids=[f"{n}-{i}-{np.dtype(d).name}" for n, i, d in PARAMS])
+def test_matches_recorded_torch_trajectory(golden, name, i, dtype):
+    hyper = CASES[name][i]
+    traj, opt = run_fastopt(name, hyper, dtype)
+    key = f"{name}/{i}/{np.dtype(dtype).name}"
+    worst = 0.0
+    for t in RECORD_AT:
+        for j, p in enumerate(traj[t]):
+            worst = max(worst, rel_err(p, golden[f"{key}/step{t}/param{j}"]))
+    assert worst <= TOL[dtype], f"{key}: max rel. error {worst:.3g} > {TOL[dtype]}"
+    for j in range(3):
+        for buf in fo.SGD.spec.state + opt.spec.state:
+            gk = f"{key}/state{j}/{buf}"
+            if gk in golden:
+                assert rel_err(opt.state[j][buf], golden[gk]) <= 10 * TOL[dtype], gk
+
+
+def test_golden_file_covers_every_case(golden):
+    for name, i, dtype in PARAMS:
+        assert f"{name}/{i}/{np.dtype(dtype).name}/step150/param0" in golden
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name,i,dtype", PARAMS,
+                         ids=[f"{n}-{i}-{np.dtype(d).name}" for n, i, d in PARAMS])
+def test_matches_live_torch(name, i, dtype):
+    pytest.importorskip("torch", reason="live parity needs torch (pip install 'fastopt[torch]')")
+    hyper = CASES[name][i]
+    ours, _ = run_fastopt(name, hyper, dtype)
+    theirs, _ = run_torch(name, hyper, dtype)
+    for t in RECORD_AT:
+        for a, b in zip(ours[t], theirs[t]):
+            assert rel_err(a, b) <= TOL[dtype]
