@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["save", "load", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "write_state_dict", "read_state_dict", "FORMAT", "VERSION"]
 
 FORMAT = "fastopt-checkpoint"
 VERSION = 1
@@ -63,7 +63,15 @@ def _digest(meta_bytes, arrays):
 
 def save(opt, path):
     """Write `opt.state_dict()` to `path` (.npz) atomically, with a format version and digest."""
-    sd = opt.state_dict()
+    write_state_dict(opt.state_dict(), type(opt).__name__, path)
+
+
+def write_state_dict(sd, optimizer_name, path):
+    """Write a state_dict of an `optimizer_name` optimizer to `path`, as `save` does.
+
+    For state that does not live in one optimizer object (e.g. gathered from the ranks of a
+    sharded optimizer); `load` into an `optimizer_name` instance reads it.
+    """
     arrays, scalars = {}, {}
     for i, entry in sd["state"].items():
         scalars[str(i)] = {}
@@ -73,7 +81,7 @@ def save(opt, path):
             else:
                 arrays[f"state/{i}/{name}"] = _host(value)
     meta = {
-        "format": FORMAT, "version": VERSION, "optimizer": type(opt).__name__,
+        "format": FORMAT, "version": VERSION, "optimizer": optimizer_name,
         "param_groups": [{k: _encode_value(v) for k, v in g.items()} for g in sd["param_groups"]],
         "scalars": scalars,
     }
