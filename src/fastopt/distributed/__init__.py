@@ -7,7 +7,7 @@ gradients on its 1/N of the global batch.
   bucketed in-place ``Allreduce``, then `opt`'s fused step runs.
 * `ShardedOptimizer(opt_cls, params, comm, **hyperparameters)`: ZeRO stage 1, each rank keeps
   and updates the state of 1/N of the parameters (``Reduce_scatter`` + ``Allgatherv``).
-* `SyncBatchNorm(comm, ...)`: `fastopt.nn.BatchNorm` with batch statistics over all ranks.
+* `SyncBatchNorm(comm, num_features, ...)`: `fastopt.nn.BatchNorm` with batch statistics over all ranks.
 
 Needs the ``[mpi]`` extra (``pip install "fastopt[mpi]"``: mpi4py and the mpich wheel, which
 puts ``mpiexec`` next to the Python executable) or mpi4py built against a system MPI. mpi4py
@@ -15,5 +15,6 @@ is imported (and MPI initialised) only when one of these objects is created.
 """
 from .data_parallel import DistributedOptimizer
 from .sharded import ShardedOptimizer
+from .sync_batchnorm import SyncBatchNorm
 
-__all__ = ["DistributedOptimizer", "ShardedOptimizer"]
+__all__ = ["DistributedOptimizer", "ShardedOptimizer", "SyncBatchNorm"]

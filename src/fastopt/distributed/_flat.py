@@ -11,7 +11,7 @@ elements (the first T % N ranks take one more), the split MPI's ``*v`` collectiv
 """
 import numpy as np
 
-__all__ = ["check_param", "check_grads", "signature", "FlatLayout", "Shards"]
+__all__ = ["check_param", "signature", "FlatLayout", "Shards"]
 
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
@@ -30,21 +30,6 @@ def check_param(p, name):
         raise ValueError(f"{name} must be writable (it is updated in place)")
 
 
-def check_grads(grads, params):
-    """Error message (str) if `grads` does not match `params` one to one, else None."""
-    if not isinstance(grads, (list, tuple)):
-        return f"grads must be a list of arrays, got {type(grads).__name__}"
-    if len(grads) != len(params):
-        return f"grads has {len(grads)} arrays but the optimizer has {len(params)} parameters"
-    for i, (g, p) in enumerate(zip(grads, params)):
-        if not isinstance(g, np.ndarray):
-            return f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}"
-        if g.shape != p.shape or g.dtype != p.dtype:
-            return (f"grads[{i}] must be a {p.dtype} array of shape {p.shape} like params[{i}], "
-                    f"got {g.dtype} {g.shape}")
-    return None
-
-
 def signature(params):
     """What every rank must agree on: each parameter's dtype and shape."""
     return [(f"params[{i}]", f"{p.dtype} array of shape {p.shape}") for i, p in enumerate(params)]
@@ -53,7 +38,8 @@ def signature(params):
 class FlatLayout:
     """Where each parameter lies in the flat buffer of its dtype.
 
-    Attributes: ``dtypes`` (buffer order), ``sizes`` (elements per buffer), and per parameter
+    Attributes: ``dtypes`` (buffer order), ``sizes`` (elements per buffer), ``members[b]``
+    (indices of the parameters in buffer b, in order), and per parameter
     ``where[i] = (buffer index, offset, size)``.
     """
 
@@ -65,28 +51,53 @@ class FlatLayout:
             b = self.dtypes.index(p.dtype)
             self.where.append((b, self.sizes[b], p.size))
             self.sizes[b] += p.size
+        self.members = [[i for i, w in enumerate(self.where) if w[0] == b]
+                        for b in range(len(self.dtypes))]
+        self._shapes = [p.shape for p in params]
+        self._param_dtypes = [p.dtype for p in params]
 
-    def members(self, b):
-        """Indices of the parameters in buffer `b`, in buffer order."""
-        return [i for i, (bi, _, _) in enumerate(self.where) if bi == b]
+    def grad_problem(self, grads):
+        """Error message (str) unless `grads` matches the parameters one to one, else None."""
+        if not isinstance(grads, (list, tuple)):
+            return f"grads must be a list of arrays, got {type(grads).__name__}"
+        if len(grads) != len(self._shapes):
+            return (f"grads has {len(grads)} arrays but the optimizer has {len(self._shapes)} "
+                    "parameters")
+        if all(isinstance(g, np.ndarray) for g in grads) \
+                and [g.shape for g in grads] == self._shapes \
+                and [g.dtype for g in grads] == self._param_dtypes:
+            return None
+        for i, (g, shape, dtype) in enumerate(zip(grads, self._shapes, self._param_dtypes)):
+            if not isinstance(g, np.ndarray):
+                return f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}"
+            if g.shape != shape or g.dtype != dtype:
+                return (f"grads[{i}] must be a {dtype} array of shape {shape} like params[{i}], "
+                        f"got {g.dtype} {g.shape}")
+        return None
 
     def empty(self, extra=0):
         """Fresh buffers, one per dtype, each `extra` elements longer than its parameters."""
         return [np.empty(n + extra, d) for n, d in zip(self.sizes, self.dtypes)]
 
     def pack(self, arrays, buffers):
-        """Copy each array (shaped like its parameter) into its place in `buffers`."""
-        for (b, off, n), a in zip(self.where, arrays):
-            buffers[b][off:off + n] = a.reshape(-1)
+        """Copy the arrays (shaped like the parameters) into the head of each buffer."""
+        for b, members in enumerate(self.members):
+            np.concatenate([arrays[i].reshape(-1) for i in members],
+                           out=buffers[b][:self.sizes[b]])
 
-    def unpack(self, buffers, arrays):
-        """Copy each parameter's place in `buffers` into the array (in place)."""
-        for (b, off, n), a in zip(self.where, arrays):
-            a.reshape(-1)[...] = buffers[b][off:off + n]
+    def views(self, buffers, shapes=None):
+        """Per parameter, a view of its place in `buffers` (flat, or shaped as `shapes`)."""
+        out = [buffers[b][off:off + n] for b, off, n in self.where]
+        return out if shapes is None else [v.reshape(s) for v, s in zip(out, shapes)]
 
-    def views(self, buffers, shapes):
-        """Arrays of the given shapes viewing each parameter's place in `buffers`."""
-        return [buffers[b][off:off + n].reshape(s) for (b, off, n), s in zip(self.where, shapes)]
+    def unpacker(self, buffers, arrays):
+        """A function copying each parameter's place in `buffers` into its array, in place."""
+        pairs = [(a.reshape(-1), v) for a, v in zip(arrays, self.views(buffers))]
+
+        def unpack():
+            for dst, src in pairs:
+                dst[...] = src
+        return unpack
 
 
 class Shards:

@@ -44,21 +44,25 @@ def mpi_type(dtype):
     return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[np.dtype(dtype)]
 
 
+_KINDS = (FileNotFoundError, PermissionError, TypeError, ValueError, OSError)
+
+
 def agree(comm, local, *args):
     """Run `local(*args)` on every rank; return its result, or raise the same error everywhere.
 
-    Catches TypeError and ValueError only (the errors of bad input); the first failing rank's
-    error is raised on every rank as the same type, prefixed with that rank's number.
+    Catches the errors of bad input and of files (TypeError, ValueError, OSError); the first
+    failing rank's error is raised on every rank, as the same built-in type, prefixed with
+    that rank's number.
     """
     try:
         result, failure = local(*args), None
-    except (TypeError, ValueError) as e:
-        result, failure = None, (type(e).__name__, str(e))
+    except _KINDS as e:
+        kind = next(k for k in _KINDS if isinstance(e, k))
+        result, failure = None, (_KINDS.index(kind), str(e))
     failures = comm.allgather(failure)
     for rank, f in enumerate(failures):
         if f is not None:
-            kind = TypeError if f[0] == "TypeError" else ValueError
-            raise kind(f"on rank {rank} of {comm.Get_size()}: {f[1]}")
+            raise _KINDS[f[0]](f"on rank {rank} of {comm.Get_size()}: {f[1]}")
     return result
 
 

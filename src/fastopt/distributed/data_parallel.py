@@ -102,7 +102,7 @@ class DistributedOptimizer:
         for b, start, stop in self._buckets:
             self.comm.Bcast(self._buffers[b][start:stop], root=0)
         if self.comm.Get_rank() != 0:
-            self._layout.unpack(self._buffers, self._params)
+            self._layout.unpacker(self._buffers, self._params)()
 
     def step(self, grads):
         """Average `grads` (this rank's, in parameter order) over all ranks, then step.
@@ -110,7 +110,7 @@ class DistributedOptimizer:
         Collective. Invalid gradients on any rank raise ValueError on every rank, with
         parameters and state unchanged everywhere.
         """
-        problem = _flat.check_grads(grads, self._params)
+        problem = self._layout.grad_problem(grads)
         flag = self._buffers[-1][-1:]
         if problem is None:
             self._layout.pack(grads, self._buffers)
@@ -146,14 +146,14 @@ class DistributedOptimizer:
         def write():
             if self.comm.Get_rank() == 0:
                 checkpoint.save(self.opt, path)
-        agree(self.comm, _os_errors_as_value(write))
+        agree(self.comm, write)
 
     def load(self, path):
         """Collective: rank 0 reads a ``fastopt.save`` checkpoint, every rank loads it."""
         def read():
             if self.comm.Get_rank() == 0:
                 return read_checkpoint(path, type(self.opt).__name__)
-        sd = agree(self.comm, _os_errors_as_value(read))
+        sd = agree(self.comm, read)
         self.load_state_dict(sd)
 
     def __repr__(self):
@@ -169,12 +169,3 @@ def read_checkpoint(path, class_name):
         raise ValueError(f"{path}: checkpoint of a {saved}, cannot load into a {class_name}")
     return sd
 
-
-def _os_errors_as_value(fn):
-    """`fn` with OSError (missing file, no permission) turned into ValueError for `agree`."""
-    def run():
-        try:
-            return fn()
-        except OSError as e:
-            raise ValueError(f"{type(e).__name__}: {e}") from e
-    return run

@@ -31,7 +31,7 @@ from .. import checkpoint
 from ..optim.base import Optimizer
 from . import _flat
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
-from .data_parallel import _os_errors_as_value, read_checkpoint
+from .data_parallel import read_checkpoint
 
 __all__ = ["ShardedOptimizer"]
 
@@ -79,19 +79,25 @@ class ShardedOptimizer:
         self._layout = layout = _flat.FlatLayout(self._params)
         self._shards = [_flat.Shards(n, self.size) for n in layout.sizes]
         self._flat = layout.empty()
+        self._unpack = layout.unpacker(self._flat, self._params)
         layout.pack(self._params, self._flat)
         for buf in self._flat:
             comm.Bcast(buf, root=0)
-        layout.unpack(self._flat, self._params)
+        self._unpack()
         self._group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self._group_start = [self._group_of.index(gi) for gi in range(len(groups))]
         self._pieces = self._cut(self._group_of)
-        self._grad_pieces = self._grad_destinations()
+        self._shard_in = self._shard_sources()
+        self._send_order = [self._send_order_of(b) for b in range(len(layout.dtypes))]
         self._flag_slots = [[d + c + r for r, (d, c) in enumerate(zip(s.displs, s.counts))]
                             for s in self._shards]
+        self._flag = [np.zeros(1, d) for d in layout.dtypes]
         self._send = [np.empty(n + self.size, d) for n, d in zip(layout.sizes, layout.dtypes)]
         self._recv = [np.empty(s.counts[self.rank] + 1, d)
                       for s, d in zip(self._shards, layout.dtypes)]
+        lo = [s.bounds(self.rank)[0] for s in self._shards]
+        self._inner_grads = [self._recv[pc.buf][pc.start - lo[pc.buf]:pc.stop - lo[pc.buf]]
+                             for pc in self._pieces]
         self._inner = agree(comm, self._build_inner, groups, hyperparameters)
         self.param_groups = [{**{k: v for k, v in ig.items() if k != "params"},
                               "params": g["params"]}
@@ -125,7 +131,7 @@ class ShardedOptimizer:
         for b in range(len(self._layout.dtypes)):
             lo, hi = self._shards[b].bounds(self.rank)
             runs = {}
-            for i in self._layout.members(b):
+            for i in self._layout.members[b]:
                 _, off, n = self._layout.where[i]
                 start, stop = runs.get(group_of[i], (off, off))
                 runs[group_of[i]] = (start, off + n)
@@ -135,17 +141,28 @@ class ShardedOptimizer:
         pieces.sort(key=lambda pc: (pc.group, pc.buf))
         return pieces
 
-    def _grad_destinations(self):
-        """Per parameter: (source start, source stop, send-buffer start) pieces.
+    def _send_order_of(self, b):
+        """What goes where in buffer b's send buffer: rank 0's shard, a flag slot, rank 1's...
 
-        In the send buffer, rank r's shard starts at displs[r] + r (one flag slot per rank).
+        Items are (param index, start, stop) within the parameter, or (None, 0, 0) for a flag.
         """
-        dest = []
-        for b, off, n in self._layout.where:
-            shards = self._shards[b]
-            dest.append([(a - off, z - off, a + r)
-                         for r, a, z in shards.owner_pieces(off, off + n)])
-        return dest
+        shards = self._shards[b]
+        per_rank = [[] for _ in range(self.size)]
+        for i in self._layout.members[b]:
+            _, off, n = self._layout.where[i]
+            for r, a, z in shards.owner_pieces(off, off + n):
+                per_rank[r].append((i, a - off, z - off))
+        return [item for items in per_rank for item in items + [(None, 0, 0)]]
+
+    def _shard_sources(self):
+        """(flat buffer view, user parameter view) pairs covering this rank's shard."""
+        pairs = []
+        for i, (b, off, n) in enumerate(self._layout.where):
+            lo, hi = self._shards[b].bounds(self.rank)
+            a, z = max(off, lo), min(off + n, hi)
+            if a < z:
+                pairs.append((self._flat[b][a:z], self._params[i].reshape(-1)[a - off:z - off]))
+        return pairs
 
     def _build_inner(self, groups, hyperparameters):
         inner_groups = []
@@ -166,45 +183,35 @@ class ShardedOptimizer:
 
         Invalid gradients on any rank raise ValueError on every rank, nothing updated.
         """
-        problem = _flat.check_grads(grads, self._params)
+        problem = self._layout.grad_problem(grads)
         self._sync_hyperparameters()
-        self._take_shard()
+        for dst, src in self._shard_in:          # the user's arrays are the truth
+            dst[...] = src
+        flat = [g.reshape(-1) for g in grads] if problem is None else None
         for b, send in enumerate(self._send):
             if problem is None:
-                for i in self._layout.members(b):
-                    g = grads[i].reshape(-1)
-                    for s0, s1, d0 in self._grad_pieces[i]:
-                        send[d0:d0 + s1 - s0] = g[s0:s1]
+                np.concatenate([self._flag[b] if i is None else flat[i][a:z]
+                                for i, a, z in self._send_order[b]], out=send)
             else:
                 send.fill(0)
-            send[self._flag_slots[b]] = problem is not None
+                send[self._flag_slots[b]] = 1
         MPI = mpi()
         for b, (send, recv) in enumerate(zip(self._send, self._recv)):
             counts = [c + 1 for c in self._shards[b].counts]
             self.comm.Reduce_scatter([send, mpi_type(send.dtype)], [recv, mpi_type(recv.dtype)],
                                      counts, op=MPI.SUM)
-        n_bad = int(round(float(self._recv[0][-1]))) if self._recv else 0
+        n_bad = int(round(float(self._recv[0][-1])))
         if n_bad:
             where = problem if problem is not None else "see the error on the other rank(s)"
             raise ValueError(f"invalid gradients on {n_bad} of {self.size} ranks, nothing was "
                              f"updated: {where}")
         for recv in self._recv:
             recv *= self._inv_size
-        lo = [s.bounds(self.rank)[0] for s in self._shards]
-        self._inner.step([self._recv[pc.buf][pc.start - lo[pc.buf]:pc.stop - lo[pc.buf]]
-                          for pc in self._pieces])
+        self._inner.step(self._inner_grads)
         for b, buf in enumerate(self._flat):
             s = self._shards[b]
             self.comm.Allgatherv(MPI.IN_PLACE, [buf, (s.counts, s.displs), mpi_type(buf.dtype)])
-        self._layout.unpack(self._flat, self._params)
-
-    def _take_shard(self):
-        """Copy this rank's shard of the user's parameters into the flat buffers."""
-        for i, (b, off, n) in enumerate(self._layout.where):
-            lo, hi = self._shards[b].bounds(self.rank)
-            a, z = max(off, lo), min(off + n, hi)
-            if a < z:
-                self._flat[b][a:z] = self._params[i].reshape(-1)[a - off:z - off]
+        self._unpack()
 
     def _sync_hyperparameters(self):
         """Carry edits of `param_groups` (e.g. a new lr) to the inner groups."""
@@ -328,14 +335,14 @@ class ShardedOptimizer:
         def write():
             if self.rank == 0:
                 checkpoint.write_state_dict(sd, self.opt_cls.__name__, path)
-        agree(self.comm, _os_errors_as_value(write))
+        agree(self.comm, write)
 
     def load(self, path):
         """Collective: rank 0 reads a checkpoint (from any number of ranks, or fastopt.save)."""
         def read():
             if self.rank == 0:
                 return read_checkpoint(path, self.opt_cls.__name__)
-        self.load_state_dict(agree(self.comm, _os_errors_as_value(read)))
+        self.load_state_dict(agree(self.comm, read))
 
     def __repr__(self):
         lo_hi = [s.bounds(self.rank) for s in self._shards]
