@@ -11,8 +11,8 @@ Parts (each reports its own failure and the script goes on):
      GPU vs the CPU kernels: the largest relative error and how many runs are bit-identical;
   3. the Adam step on 1e8 float32 parameters: median of 20 CUDA-event timings, the achieved
      bandwidth counted from the minimal traffic (reads p, g, m, v and writes p, m, v:
-     28 bytes per parameter) against a device-to-device copy of the same number of bytes, for
-     a few launch configurations; the other optimizers at the default configuration;
+     28 bytes per parameter) against a device-to-device copy of the same number of bytes; the
+     same for every optimizer over a few launch configurations (block, chunk, unroll);
   4. torch's fused CUDA Adam (and foreach Adam) on the same size, when torch with CUDA imports;
   5. launch overhead: 200 tensors of 10,000 elements, host time per step, fastopt vs torch.
 Prints a markdown table and writes it (with the pytest log) under $OUT when set.
@@ -174,55 +174,59 @@ def bandwidth():
     rng = cp.random.default_rng(0)
     p = rng.standard_normal(N, dtype=cp.float32)
     g = rng.standard_normal(N, dtype=cp.float32)
-    states = [rng.random(N, dtype=cp.float32) * 0.01 for _ in range(3)]
-    defaults = (cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS)
-    configs = [defaults, (256, 16384, 0), (512, 8192, 0), (256, 4096, 8), (128, 2048, 0)]
-    seen = set()
-    best = None
-    for block, chunk, min_blocks in configs:
-        if (block, chunk, min_blocks) in seen:
-            continue
-        seen.add((block, chunk, min_blocks))
-        cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS = block, chunk, min_blocks
+    init = [rng.random(N, dtype=cp.float32) * 0.01 for _ in range(3)]
+    states = [cp.empty_like(a) for a in init]
+    # label -> (minimal bytes per parameter, step)
+    steps = {
+        "Adam": (28, lambda plan: cuda.adam(plan, [g], 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.0, 1.0, 0)),
+        "AdamW amsgrad": (36, lambda plan: cuda.adam(plan, [g], 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.01,
+                                                     0.99999, cuda.AMSGRAD | cuda.DECOUPLED)),
+        "SGD momentum": (20, lambda plan: cuda.sgd(plan, [g], 1e-3, 0.9, 0.0, 0.0, cuda.MOMENTUM)),
+        "Adagrad": (20, lambda plan: cuda.adagrad(plan, [g], 1e-2, 1e-10, 0.0, 0)),
+        "RMSprop": (20, lambda plan: cuda.rmsprop(plan, [g], 1e-3, 0.99, 1e-8, 0.0, 0.0, 0)),
+        "Adadelta": (28, lambda plan: cuda.adadelta(plan, [g], 1.0, 0.9, 1e-6, 0.0, 0)),
+        "Adamax": (28, lambda plan: cuda.adamax(plan, [g], 2e-3, 0.9, 0.999, 1e-8, 0.0, 0)),
+    }
+    defaults = (cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS, cuda.UNROLL)
+    configs = [defaults] + [(256, 4096, 0, u) for u in (1, 2, 4, 8)] + [(128, 4096, 0, 4),
+                                                                        (512, 8192, 0, 4),
+                                                                        (256, 4096, 8, 4)]
+    configs = list(dict.fromkeys(configs))
+    sweep = {name: [] for name in steps}
+    for cfg in configs:
+        cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS, cuda.UNROLL = cfg
         try:
             plan = cuda.Plan([p])
-            plan.set_state(0, [states[0]])
-            plan.set_state(1, [states[1]])
-            ms = median_ms(cp, lambda: cuda.adam(plan, [g], 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.0,
-                                                  1.0, 0))
+            for k in range(3):
+                plan.set_state(k, [states[k]])
+            for name, (bpp, step) in steps.items():
+                for s, s0 in zip(states, init):
+                    s[...] = s0
+                ms = median_ms(cp, lambda: step(plan))
+                if not bool(cp.isfinite(p).all()):
+                    raise FloatingPointError(f"{name} made the parameters non-finite")
+                gbs = bpp * N / ms / 1e6
+                sweep[name].append((ms, gbs / copy_gbs))
+                if cfg == defaults and name == "Adam":
+                    STATE["adam_ms"] = ms
+                    ROWS.append((f"fastopt Adam 1e8 float32 (block {cfg[0]}, chunk {cfg[1]}, "
+                                 f"unroll {cfg[3]})",
+                                 f"{ms:.3f} ms, {gbs:.0f} GB/s = {gbs / copy_gbs:.0%} of copy"))
         finally:
-            cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS = defaults
-        gbs = 28 * N / ms / 1e6
-        tag = " (default)" if (block, chunk, min_blocks) == defaults else ""
-        ROWS.append((f"fastopt Adam, block {block}, chunk {chunk}, min blocks/SM {min_blocks}{tag}",
-                     f"{ms:.3f} ms, {gbs:.0f} GB/s = {gbs / copy_gbs:.0%} of copy"))
-        if tag:
-            STATE["adam_ms"] = ms
-        best = min(best or (ms, block, chunk, min_blocks), (ms, block, chunk, min_blocks))
-    STATE["best"] = best
-
-    # the other optimizers at the default configuration: (bytes/param, call)
-    plan = cuda.Plan([p])
-    for k in range(3):
-        plan.set_state(k, [states[k]])
-    others = {
-        "SGD momentum (20 B/param)": (20, lambda: cuda.sgd(plan, [g], 1e-3, 0.9, 0.0, 0.0,
-                                                               cuda.MOMENTUM)),
-        "Adagrad (20 B/param)": (20, lambda: cuda.adagrad(plan, [g], 1e-2, 1e-10, 0.0, 0)),
-        "RMSprop (20 B/param)": (20, lambda: cuda.rmsprop(plan, [g], 1e-3, 0.99, 1e-8, 0.0,
-                                                          0.0, 0)),
-        "AdamW amsgrad (36 B/param)": (36, lambda: cuda.adam(plan, [g], 1e-3, 0.9, 0.999, 0.5,
-                                                             1e-8, 0.01, 0.99999,
-                                                             cuda.AMSGRAD | cuda.DECOUPLED)),
-        "Adadelta (28 B/param)": (28, lambda: cuda.adadelta(plan, [g], 1.0, 0.9, 1e-6, 0.0, 0)),
-        "Adamax (28 B/param)": (28, lambda: cuda.adamax(plan, [g], 2e-3, 0.9, 0.999, 1e-8,
-                                                        0.0, 0)),
-    }
-    for label, (bpp, fn) in others.items():
-        ms = median_ms(cp, fn)
-        gbs = bpp * N / ms / 1e6
-        ROWS.append((f"fastopt {label}", f"{ms:.3f} ms, {gbs:.0f} GB/s = {gbs / copy_gbs:.0%} of copy"))
-    assert np.isfinite(float(p[:1000].sum()))
+            cuda.BLOCK, cuda.CHUNK, cuda.MIN_BLOCKS, cuda.UNROLL = defaults
+    head = ["optimizer (bytes/param)"] + [
+        f"b{c[0]} c{c[1]} u{c[3]}" + (f" mb{c[2]}" if c[2] else "") + (" (default)" if c == defaults else "")
+        for c in configs]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, vals in sweep.items():
+        cells = [f"{ms:.3f} ms, {frac:.0%}" for ms, frac in vals]
+        lines.append(f"| {name} ({steps[name][0]}) | " + " | ".join(cells) + " |")
+    STATE["sweep"] = ("Step time on 1e8 float32 parameters and achieved bandwidth as a fraction of "
+                      "the device-to-device copy, per launch configuration (b block, c chunk, "
+                      "u unroll, mb min blocks/SM):\n\n" + "\n".join(lines))
+    for name, vals in sweep.items():
+        i = min(range(len(vals)), key=lambda j: vals[j][0])
+        STATE.setdefault("best", []).append(f"{name}: {head[i + 1]}")
 
 
 @part("torch fused Adam on 1e8 float32")
@@ -305,10 +309,10 @@ def report():
     lines = ["| check | result |", "| --- | --- |"]
     lines += [f"| {a} | {b} |" for a, b in ROWS]
     if "best" in STATE:
-        ms, block, chunk, mb = STATE["best"]
-        lines.append(f"| fastest Adam configuration | block {block}, chunk {chunk}, "
-                     f"min blocks/SM {mb}: {ms:.3f} ms |")
+        lines.append("| fastest configuration per optimizer | " + "; ".join(STATE["best"]) + " |")
     table = "\n".join(lines)
+    if "sweep" in STATE:
+        table += "\n\n" + STATE["sweep"]
     print("\n" + table, flush=True)
     if OUT:
         Path(OUT).mkdir(parents=True, exist_ok=True)

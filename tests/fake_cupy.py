@@ -180,9 +180,10 @@ class _Kernel:
 
     def __call__(self, grid, block, args):
         from fastopt import _kernels as K
-        table, nseg, chunks, nchunks, *scalars, flags = args
+        table, nseg, chunks, nchunks, *scalars, flags, used = args
         nseg, nchunks = int(nseg), int(nchunks)
-        assert isinstance(flags, np.int32) and all(isinstance(s, np.float64) for s in scalars)
+        assert isinstance(flags, np.int32) and isinstance(used, np.int32)
+        assert all(isinstance(s, np.float64) for s in scalars)
         assert grid == (nchunks,) and block == (self.block,), (grid, block)
         log["launches"].append((self.opt, self.dtype, nchunks))
         tab = table._a.view(np.uint64)
@@ -193,7 +194,7 @@ class _Kernel:
             p, g = (_view(rows[r], hi, self.dtype)[lo:] for r in (0, 1))
             plan = K.Plan([p])
             for k in range(3):
-                if rows[2 + k]:
+                if rows[2 + k] and int(used) >> k & 1:   # the kernel touches only used state
                     plan.set_state(k, [_view(rows[2 + k], hi, self.dtype)[lo:]])
             getattr(K, self.opt)(plan, [g], *(float(x) for x in scalars), int(flags))
 

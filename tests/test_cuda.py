@@ -72,6 +72,19 @@ def test_parity_with_cpu_kernels(cp, case, dtype, layout):
     assert_parity(got, want, dtype, f"{case}/{np.dtype(dtype)}/{layout}")
 
 
+@pytest.mark.parametrize("unroll", sorted({1, 2, 8} - {cuda.UNROLL}))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parity_other_unroll_factors(cp, monkeypatch, case, dtype, unroll):
+    monkeypatch.setattr(cuda, "UNROLL", unroll)
+    shapes = layouts()["many"] + [(cuda.CHUNK - 1,)]
+    dtypes = [dtype] * len(shapes)
+    params, grads = make_problem(shapes, dtypes, STEPS, seed=unroll)
+    want = run_cpu(case, params, grads, dtypes)
+    got = run_backend(cuda, on_gpu(cp), to_host, case, params, grads)
+    assert_parity(got, want, dtype, f"{case}/{np.dtype(dtype)}/unroll {unroll}")
+
+
 @pytest.mark.parametrize("case", DEFAULT_CASES)
 def test_parity_one_million_elements(cp, case):
     shapes, dtypes = [(1_000_003,)], [np.float32]

@@ -21,7 +21,8 @@ def test_source_is_include_free_and_complete():
     for opt in OPTIMIZERS:
         for sfx in ("f32", "f64"):
             assert f'extern "C" __global__ void __launch_bounds__(FO_BOUNDS)\nfo_{opt}_multi_{sfx}(' in src
-            assert f"fo_{opt}_rule_{sfx}(i, p, g, s0, s1, s2, k)" in src
+            assert f"fo_{opt}_rule_{sfx}(i, p, g, s0, s1, s2, k)" in src     # FO_UNROLL == 1
+            assert f"fo_{opt}_rule_{sfx}(u, rp, rg, r0, r1, r2, k)" in src   # FO_UNROLL > 1
             assert f"fo_{opt}_constants_{sfx}(&hp)" in src
     # rules_impl.h is expanded once per element type
     assert src.count("begin fastopt/rules_impl.h") == 2
@@ -44,6 +45,11 @@ def test_kernel_arguments_follow_hp_h_and_the_bindings():
         assert params[2:-2] == fields[opt], opt
 
 
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="unroll"):
+        cuda.generate_cuda_source(unroll=0)
+
+
 def test_flags_match_rules_h():
     text = (cuda._header_dir() / "rules.h").read_text()
     defined = dict(re.findall(r"#define FO_([A-Z_]+) (\d+)\s", text))
@@ -56,10 +62,10 @@ NVCC = shutil.which("nvcc")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CUDA toolkit not installed)")
-@pytest.mark.parametrize("block, min_blocks", [(None, None), (128, 8)])
-def test_generated_source_compiles_with_nvcc(tmp_path, block, min_blocks):
+@pytest.mark.parametrize("block, min_blocks, unroll", [(None, None, None), (128, 8, 1), (512, 0, 8)])
+def test_generated_source_compiles_with_nvcc(tmp_path, block, min_blocks, unroll):
     cu = tmp_path / "fastopt_kernels.cu"
-    cu.write_text(cuda.generate_cuda_source(block, min_blocks))
+    cu.write_text(cuda.generate_cuda_source(block, min_blocks, unroll))
     obj = tmp_path / "fastopt_kernels.o"
     cmd = [NVCC, "-c", "-std=c++17", "--fmad=false", "-Werror", "all-warnings",
            "-o", str(obj), str(cu)]

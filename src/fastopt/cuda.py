@@ -68,6 +68,7 @@ FO_MAX_STATE = 3
 BLOCK = 256            # threads per block (the kernels' __launch_bounds__)
 CHUNK = 256 * 16       # elements per block; read when a Plan is made
 MIN_BLOCKS = 0         # resident blocks per SM asked of the register allocator (0: none)
+UNROLL = 4             # elements a thread loads before updating them (1: plain loop)
 NVRTC_OPTIONS = ("--fmad=false",)
 _MAX_SLOTS = 64        # pinned upload buffers per plan before the host waits for one
 _PREALLOC_SLOTS = 8    # pinned upload buffers made with each plan
@@ -202,11 +203,13 @@ def _kernel_name(opt, sfx):
 def _kernel_text(opt, sfx, ctype, names):
     args = "".join(f"    double {n},\n" for n in names)
     init = ", ".join(names + ["flags"])
+    name = _kernel_name(opt, sfx)
+    rule = f"fo_{opt}_rule_{sfx}"
     return f"""
 extern "C" __global__ void __launch_bounds__(FO_BOUNDS)
-{_kernel_name(opt, sfx)}(const unsigned long long *__restrict__ table, long long nseg,
-{" " * len(_kernel_name(opt, sfx))} const long long *__restrict__ chunks, long long nchunks,
-{args}    int flags)
+{name}(const unsigned long long *__restrict__ table, long long nseg,
+{" " * len(name)} const long long *__restrict__ chunks, long long nchunks,
+{args}    int flags, int used)
 {{
     const long long c = (long long)blockIdx.x;
     const long long s = chunks[c], lo = chunks[nchunks + c], hi = chunks[2 * nchunks + c];
@@ -217,8 +220,41 @@ extern "C" __global__ void __launch_bounds__(FO_BOUNDS)
     {ctype} *s2 = ({ctype} *)table[4 * nseg + s];
     const fo_{opt}_hp hp = {{{init}}};
     const fo_{opt}_k_{sfx} k = fo_{opt}_constants_{sfx}(&hp);
+#if FO_UNROLL == 1
+    (void)used;
     for (long long i = lo + (long long)threadIdx.x; i < hi; i += FO_BLOCK)
-        fo_{opt}_rule_{sfx}(i, p, g, s0, s1, s2, k);
+        {rule}(i, p, g, s0, s1, s2, k);
+#else
+    /* FO_UNROLL elements per thread and pass: every load is issued before any store, so each
+       thread keeps several loads in flight; the rule then runs on registers. `used` says which
+       state buffers the rule reads and writes (the bits of the binding's state mask). */
+    for (long long base = lo + (long long)threadIdx.x; base < hi; base += FO_BLOCK * FO_UNROLL) {{
+        {ctype} rp[FO_UNROLL], rg[FO_UNROLL], r0[FO_UNROLL], r1[FO_UNROLL], r2[FO_UNROLL];
+#pragma unroll
+        for (int u = 0; u < FO_UNROLL; ++u) {{
+            const long long i = base + (long long)u * FO_BLOCK;
+            const bool in = i < hi;
+            rp[u] = in ? p[i] : ({ctype})0;
+            rg[u] = in ? g[i] : ({ctype})0;
+            r0[u] = (in && (used & 1)) ? s0[i] : ({ctype})0;
+            r1[u] = (in && (used & 2)) ? s1[i] : ({ctype})0;
+            r2[u] = (in && (used & 4)) ? s2[i] : ({ctype})0;
+        }}
+#pragma unroll
+        for (int u = 0; u < FO_UNROLL; ++u)
+            {rule}(u, rp, rg, r0, r1, r2, k);
+#pragma unroll
+        for (int u = 0; u < FO_UNROLL; ++u) {{
+            const long long i = base + (long long)u * FO_BLOCK;
+            if (i < hi) {{
+                p[i] = rp[u];
+                if (used & 1) s0[i] = r0[u];
+                if (used & 2) s1[i] = r1[u];
+                if (used & 4) s2[i] = r2[u];
+            }}
+        }}
+    }}
+#endif
 }}
 """
 
@@ -228,21 +264,27 @@ _MODULES = {}
 _KERNELS = {}
 
 
-def generate_cuda_source(block=None, min_blocks=None):
+def generate_cuda_source(block=None, min_blocks=None, unroll=None):
     """The complete CUDA C++ text of fastopt's kernels, free of ``#include`` lines.
 
     It holds rules.h (with rules_impl.h for float and double), hp.h and constants.h expanded
     in place (the ``#include <math.h>``-style lines of their host-only branches are commented
     out), then one ``extern "C"`` kernel ``fo_<opt>_multi_<f32|f64>`` per optimizer and
     element type, taking ``(table, nseg, chunks, nchunks, <the double fields of fo_<opt>_hp in
-    order>, flags)``. ``block`` (default ``BLOCK``) is the block size the kernels are built
-    for, ``min_blocks`` (default ``MIN_BLOCKS``; 0 for none) the resident blocks per
-    multiprocessor asked of the register allocator. The text compiles with NVRTC (what
-    :class:`Plan` uses, through CuPy) and with ``nvcc -c`` (tests/test_cuda_source.py).
+    order>, flags, used)`` with ``used`` the bit mask of state buffers the rule touches.
+    ``block`` (default ``BLOCK``) is the block size the kernels are built for, ``min_blocks``
+    (default ``MIN_BLOCKS``; 0 for none) the resident blocks per multiprocessor asked of the
+    register allocator, ``unroll`` (default ``UNROLL``) the elements each thread loads before
+    it updates them. The text compiles with NVRTC (what :class:`Plan` uses, through CuPy) and
+    with ``nvcc -c`` (tests/test_cuda_source.py).
     """
     block = int(BLOCK if block is None else block)
     min_blocks = int(MIN_BLOCKS if min_blocks is None else min_blocks)
-    key = (block, min_blocks)
+    unroll = int(UNROLL if unroll is None else unroll)
+    if block < 1 or min_blocks < 0 or unroll < 1:
+        raise ValueError(f"block and unroll must be >= 1 and min_blocks >= 0, got {block}, "
+                         f"{min_blocks}, {unroll}")
+    key = (block, min_blocks, unroll)
     if key not in _SOURCES:
         hdr = _header_dir()
         fields = _hp_fields((hdr / "hp.h").read_text())
@@ -254,7 +296,7 @@ def generate_cuda_source(block=None, min_blocks=None):
         parts = [
             "/* fastopt CUDA kernels: generated by fastopt.cuda.generate_cuda_source() from the\n"
             " * package's headers. Every rule below is the one the CPU loops use. */\n",
-            f"#define FO_BLOCK {block}\n#define FO_BOUNDS {bounds}\n",
+            f"#define FO_BLOCK {block}\n#define FO_BOUNDS {bounds}\n#define FO_UNROLL {unroll}\n",
             headers,
             "\n/* ---------------------------------------------- multi-tensor kernels */\n",
         ]
@@ -266,12 +308,12 @@ def generate_cuda_source(block=None, min_blocks=None):
 
 
 def _kernel(opt, sfx):
-    """The compiled kernel fo_<opt>_multi_<sfx> for the current BLOCK and MIN_BLOCKS.
+    """The compiled kernel fo_<opt>_multi_<sfx> for the current BLOCK, MIN_BLOCKS and UNROLL.
 
     The module is compiled once per configuration, at first use; CuPy also caches the binary
     on disk by source text and options.
     """
-    key = (opt, sfx, int(BLOCK), int(MIN_BLOCKS))
+    key = (opt, sfx, int(BLOCK), int(MIN_BLOCKS), int(UNROLL))
     kern = _KERNELS.get(key)
     if kern is None:
         cupy = require_cupy()
@@ -553,7 +595,8 @@ class Plan:
         """Validate, refresh the gradient row where it changed, launch one kernel per type."""
         self._require(mask)
         ptrs = self._load(grads, name)
-        args_tail = tuple(np.float64(x) for x in scalars) + (np.int32(flags),)
+        args_tail = tuple(np.float64(float(x)) for x in scalars) + (np.int32(flags),
+                                                                    np.int32(mask))
         with self._device:
             stream = self._enter_stream()
             for grp in self._groups:
