@@ -9,7 +9,7 @@
  *                                 const fo_<opt>_hp *hp, int n_threads);
  *
  * `hp` holds the per-step scalars in double precision (see rules.h for their meaning); they are
- * converted to the element type once per call. Returns 0, or -1 for invalid arguments
+ * converted to the element type once per call (fastopt/constants.h). Returns 0, or -1 for invalid arguments
  * (negative lengths or counts); the bindings check buffers before calling, so -1 means a bug.
  */
 #ifndef FASTOPT_KERNELS_H
