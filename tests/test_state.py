@@ -148,3 +148,24 @@ def test_option_turned_on_mid_run_creates_its_buffer():
     np.testing.assert_allclose(opt.state[0]["momentum_buffer"], 1.0)
     opt.step([np.ones(3)])
     np.testing.assert_allclose(p, 0.8 - 0.1 * 1.9)
+
+
+def test_schedule_object_drives_the_optimizer_and_survives_checkpoints(tmp_path):
+    from fastopt import schedules as S
+    sched = S.warmup_cosine(peak=0.1, warmup_steps=3, total_steps=10)
+    p = np.zeros(2)
+    opt = fo.SGD([p], lr=sched)
+    expected = np.zeros(2)
+    for t in range(5):
+        opt.step([np.ones(2)])
+        expected -= sched(t)
+    np.testing.assert_allclose(p, expected, rtol=1e-15)
+    fo.save(opt, tmp_path / "s.npz")
+    q = p.copy()
+    other = fo.SGD([q], lr=0.5)
+    fo.load(other, tmp_path / "s.npz")
+    assert other.param_groups[0]["lr"] == sched
+    for t in range(5, 10):
+        opt.step([np.ones(2)])
+        other.step([np.ones(2)])
+    assert np.array_equal(p, q)

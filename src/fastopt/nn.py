@@ -1,4 +1,4 @@
-"""Batch normalization (Ioffe & Szegedy, 2015) for NumPy arrays: forward, backward, running stats.
+r"""Batch normalization (Ioffe & Szegedy, 2015) for NumPy arrays: forward, backward, running stats.
 
 :class:`BatchNorm` normalizes each channel of an (N, C) or (N, C, *spatial) input (e.g.
 (N, C, H, W)) over every axis but the channel axis, with torch's semantics (``BatchNorm1d`` /
@@ -12,20 +12,24 @@
 
 Synchronized batch norm
 -----------------------
-Every cross-example reduction goes through two hooks, so that a data-parallel variant only has
-to sum a few per-channel numbers across replicas:
+Every cross-example reduction goes through three hooks, so that a data-parallel variant only has
+to agree on a shift and sum a few per-channel numbers across replicas:
 
+* :meth:`BatchNorm.stats_shift` returns the per-channel shift :math:`s` (float64, C) of the
+  moment sums below. Any value gives the same statistics in exact arithmetic; a value near the
+  batch mean avoids cancellation in :math:`\sum (x-s)^2 / m - (\sum (x-s) / m)^2`. Here it is
+  the local batch mean (a two-pass computation). It must be *identical on every replica*: a
+  synchronized variant returns ``running_mean`` (kept identical on all replicas, since every
+  replica applies the same reduced update), or the all-reduced batch mean (exact, one more
+  message).
 * :meth:`BatchNorm.reduce_stats` receives ``stats``, a float64 vector of length ``2 C + 1``
-  laid out as ``[sum_x (C), sum_x2 (C), count (1)]`` -- the per-channel sums of
-  :math:`x - s` and :math:`(x - s)^2` over this replica's examples and pixels, where the
-  shift :math:`s` is ``running_mean`` (identical on every replica, because every replica
-  applies the same reduced update; the shift only improves the accuracy of the variance) --
-  and returns the same quantities summed over all replicas.
+  laid out as ``[sum(x - s) (C), sum((x - s)^2) (C), count (1)]`` over this replica's
+  examples and positions, and returns the same quantities summed over all replicas.
 * :meth:`BatchNorm.reduce_grad_sums` receives ``sums``, a float64 vector of length ``2 C``,
-  ``[sum_dy (C), sum_dy_xhat (C)]``, and returns it summed over all replicas.
+  ``[sum(dy) (C), sum(dy * xhat) (C)]``, and returns it summed over all replicas.
 
-Both return their argument unchanged here. A ``SyncBatchNorm`` overrides them with one
-``Allreduce(SUM)`` each (one message per forward, one per backward) and inherits everything
+The two reductions return their argument unchanged here. A ``SyncBatchNorm`` overrides them with
+one ``Allreduce(SUM)`` each (one message per forward, one per backward) and inherits everything
 else; the mean and variance are then those of the global batch and the input gradient is the
 exact gradient of the global-batch normalization. ``grad_weight`` and ``grad_bias`` stay the
 replica's own sums (computed before the reduction), as in torch, to be averaged with the other
@@ -136,6 +140,14 @@ class BatchNorm:
 
     # ---------------------------------------------------------------------------- hooks
 
+    def stats_shift(self, x3):
+        """Per-channel shift s (float64, C) of the moment sums; must agree across replicas.
+
+        ``x3`` is the input viewed as (N, C, L). Here: the local batch mean. Override in a
+        synchronized variant (e.g. ``return self.running_mean.astype(np.float64)``).
+        """
+        return x3.mean(axis=(0, 2), dtype=np.float64)
+
     def reduce_stats(self, stats):
         """Sum ``[sum_x (C), sum_x2 (C), count]`` (float64, 2C+1) over replicas; identity here.
 
@@ -164,11 +176,11 @@ class BatchNorm:
         """A per-channel float64 vector broadcast against (N, C, L)."""
         return np.asarray(v, np.float64).reshape(1, -1, 1)
 
-    def local_stats(self, x3):
-        """``[sum(x - s), sum((x - s)^2), count]`` of this replica, float64, shift s = running_mean."""
+    def local_stats(self, x3, shift):
+        """``[sum(x - s) (C), sum((x - s)^2) (C), count]`` of this replica's input, float64."""
         c = self.num_features
         stats = np.empty(2 * c + 1)
-        centered = x3 - self._channel(self.running_mean)  # float64 (N, C, L)
+        centered = x3 - self._channel(shift)  # float64 (N, C, L)
         stats[:c] = centered.sum(axis=(0, 2))
         stats[c:2 * c] = np.einsum("ncl,ncl->c", centered, centered)
         stats[2 * c] = x3.shape[0] * x3.shape[2]
@@ -188,14 +200,16 @@ class BatchNorm:
             self._cache = ("eval", xhat, inv_std, x.shape)
             return (xhat * gamma + beta).astype(x.dtype, copy=False).reshape(x.shape)
 
-        stats = np.asarray(self.reduce_stats(self.local_stats(x3)), np.float64)
+        shift = np.asarray(self.stats_shift(x3), np.float64)
+        if shift.shape != (c,):
+            raise ValueError(f"stats_shift must return shape ({c},), got {shift.shape}")
+        stats = np.asarray(self.reduce_stats(self.local_stats(x3, shift)), np.float64)
         if stats.shape != (2 * c + 1,):
             raise ValueError(f"reduce_stats must return shape ({2 * c + 1},), got {stats.shape}")
         count = stats[2 * c]
         if count <= 1:
             raise ValueError(f"batch norm in training mode needs more than one value per "
                              f"channel, got input of shape {x.shape}")
-        shift = np.asarray(self.running_mean, np.float64)
         mean_shifted = stats[:c] / count
         var = np.maximum(stats[c:2 * c] / count - mean_shifted ** 2, 0.0)  # biased
         mean = shift + mean_shifted
@@ -205,7 +219,7 @@ class BatchNorm:
         self.num_batches_tracked += 1
         rho = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
         unbiased = var * (count / (count - 1.0))
-        self.running_mean[...] = (1.0 - rho) * shift + rho * mean
+        self.running_mean[...] = (1.0 - rho) * np.asarray(self.running_mean, np.float64) + rho * mean
         self.running_var[...] = (1.0 - rho) * np.asarray(self.running_var, np.float64) + rho * unbiased
         self._cache = ("train", xhat, inv_std, x.shape, count)
         return (xhat * gamma + beta).astype(x.dtype, copy=False).reshape(x.shape)

@@ -81,7 +81,7 @@ def _blend_rows(src, perm, a, b, out):
         hi = min(n, lo + step)
         tmp = scratch[: hi - lo]
         np.multiply(src[lo:hi], a, out=out[lo:hi])
-        np.take(src, perm[lo:hi], axis=0, out=tmp)
+        np.take(src, perm[lo:hi], axis=0, out=tmp, mode="clip")  # unbuffered; perm is valid
         np.multiply(tmp, b, out=tmp)
         np.add(out[lo:hi], tmp, out=out[lo:hi])
     return out
