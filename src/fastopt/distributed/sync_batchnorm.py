@@ -2,10 +2,11 @@
 
 Design note
 -----------
-`BatchNorm` routes its two cross-example reductions through hooks; this class only overrides
-them with one in-place ``Allreduce(SUM)`` each: in the forward pass of the per-channel sums of
-``x - s`` and ``(x - s)^2`` and the count, in the backward pass of ``sum dy`` and
-``sum dy * xhat``. The mean, variance and input gradient are then those of BatchNorm on the
+`BatchNorm` routes its cross-example reductions through hooks; this class overrides the two
+reductions with one in-place ``Allreduce(SUM)`` each: in the forward pass of the per-channel
+sums of ``x - s`` and ``(x - s)^2`` and the count, in the backward pass of ``sum dy`` and
+``sum dy * xhat``; and the shift ``s`` with the running mean, which is the same on every
+rank (every rank applies the same reduced update to it), so no message is needed for it. The mean, variance and input gradient are then those of BatchNorm on the
 concatenated global batch. Each message carries one more element, an error flag: a rank whose
 input is rejected before it reaches the reduction still joins it with the flag set, so every
 rank raises instead of waiting.
@@ -47,6 +48,10 @@ class SyncBatchNorm(BatchNorm):
             raise ValueError(f"{type(self).__name__}: the input was rejected on "
                              f"{int(buf[-1])} other rank(s); see the error there")
         return buf[:-1]
+
+    def stats_shift(self, x3):
+        """The running mean: identical on every rank, so the shifted sums add up."""
+        return self.running_mean.astype(np.float64)
 
     def reduce_stats(self, stats):
         return self._allreduce(stats, 0)
