@@ -6,6 +6,8 @@ save: 10 steps with a ShardedOptimizer (Adam, two param groups, a schedule as lr
 load: the parameters and checkpoints are read back on this number of ranks, 10 steps are
       taken the same way, and the trajectories are written to DIR/continued-<size>.npz. On a
       single rank the sharded checkpoint also goes into a plain fastopt.Adam via fastopt.load.
+      The state also makes the round trip through a plain fastopt.Adam and fastopt.save into
+      another ShardedOptimizer, which must then hold exactly the same state.
 """
 import os
 import sys
@@ -70,6 +72,21 @@ else:
         p[...] = v
     sharded.load(os.path.join(directory, "sharded.npz"))
     dist.load(os.path.join(directory, "dist.npz"))
+    # a plain fastopt.save file (here: the same state through a plain Adam) loads as well
+    resaved = os.path.join(directory, f"resaved-{size}.npz")
+    if rank == 0:
+        plain = fo.Adam(groups([v.copy() for v in saved[:3]]), betas=(0.8, 0.99))
+        fo.load(plain, os.path.join(directory, "sharded.npz"))
+        fo.save(plain, resaved)
+    comm.Barrier()
+    again = ShardedOptimizer(fo.Adam, groups([v.copy() for v in saved[:3]]), comm,
+                             betas=(0.8, 0.99))
+    again.load(resaved)
+    mine, theirs = sharded.state_dict(), again.state_dict()
+    same_state = rank != 0 or (len(mine["state"]) == 3 and mine["state"].keys() == theirs["state"].keys() and all(
+        mine["state"][i].keys() == theirs["state"][i].keys()
+        and all(np.array_equal(mine["state"][i][k], theirs["state"][i][k])
+                for k in mine["state"][i]) for i in mine["state"]))
     traj = run(sharded, s_params, dist, d_params, 10)
     if size == 1:                        # the sharded checkpoint is a plain fastopt.save file
         ps = [v.copy() for v in saved[:3]]
@@ -84,4 +101,4 @@ else:
         np.savez(os.path.join(directory, "plain.npz"), **plain_traj)
     if rank == 0:
         np.savez(os.path.join(directory, f"continued-{size}.npz"), **traj)
-    report(rank, size=size)
+    report(rank, size=size, plain_file_loads_the_same_state=bool(same_state))

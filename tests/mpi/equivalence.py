@@ -1,7 +1,7 @@
 """N ranks on 1/N of each global batch vs one process on the whole batch (run under mpiexec).
 
-For DistributedOptimizer and ShardedOptimizer with SGD-momentum, Adam and Adagrad: 50 steps,
-then the relative error of every parameter against a plain fastopt optimizer stepped here on
+For DistributedOptimizer and ShardedOptimizer with SGD-momentum, Adam and Adagrad: 50 steps
+(lr halved through param_groups half-way), then the relative error of every parameter against a plain fastopt optimizer stepped here on
 the whole-batch gradients. Also reports the Allreduce count of one DistributedOptimizer step
 over many small tensors and the per-rank state memory of ShardedOptimizer.
 """
@@ -41,6 +41,9 @@ def train(make, opt_cls, hyper):
             p += 1.0
     opt = make(opt_cls, params, hyper)
     for t in range(STEPS):
+        if t == STEPS // 2:             # an lr edited through param_groups takes effect
+            for o in (ref, opt):
+                o.param_groups[0]["lr"] *= 0.5
         x, y = batch(t)
         ref.step(grads(ref_params, x, y))
         opt.step(grads(params, local_rows(x, rank, size), local_rows(y, rank, size)))

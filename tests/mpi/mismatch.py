@@ -40,13 +40,14 @@ def step_with_bad_grads(make):
     return message, unchanged
 
 
+mine = np.full(3, float(rank))          # differs per rank: a failed constructor must not broadcast
 results = {
     "distributed_shapes": outcome(lambda: DistributedOptimizer(fo.Adam(params()), comm)),
     "sharded_shapes": outcome(lambda: ShardedOptimizer(fo.Adam, params(), comm)),
     "sharded_dtype": outcome(lambda: ShardedOptimizer(
         fo.SGD, [np.zeros(3, np.float32 if odd else np.float64)], comm)),
     "sharded_bad_hyper": outcome(lambda: ShardedOptimizer(
-        fo.Adam, [np.zeros(3)], comm, lr=-1.0 if odd else 1e-3)),
+        fo.Adam, [mine], comm, lr=-1.0 if odd else 1e-3)),
     "sharded_not_array": outcome(lambda: ShardedOptimizer(
         fo.Adam, [[1.0, 2.0] if odd else np.zeros(2)], comm)),
 }
@@ -55,6 +56,7 @@ for name, make in [("distributed", lambda ps: DistributedOptimizer(fo.SGD(ps, lr
     message, unchanged = step_with_bad_grads(make)
     results[f"{name}_grads"] = message
     results[f"{name}_grads_unchanged"] = unchanged
+results["params_kept_after_failed_construction"] = bool(np.all(mine == rank))
 sharded = ShardedOptimizer(fo.Adam, [np.zeros(3)], comm)
 results["load_missing_file"] = outcome(lambda: sharded.load("/nonexistent/fastopt-ckpt.npz"))
 report(rank, size=size, odd=odd, results=results)

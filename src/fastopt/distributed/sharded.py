@@ -80,10 +80,6 @@ class ShardedOptimizer:
         self._shards = [_flat.Shards(n, self.size) for n in layout.sizes]
         self._flat = layout.empty()
         self._unpack = layout.unpacker(self._flat, self._params)
-        layout.pack(self._params, self._flat)
-        for buf in self._flat:
-            comm.Bcast(buf, root=0)
-        self._unpack()
         self._group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self._group_start = [self._group_of.index(gi) for gi in range(len(groups))]
         self._pieces = self._cut(self._group_of)
@@ -103,6 +99,10 @@ class ShardedOptimizer:
                               "params": g["params"]}
                              for g, ig in zip(groups, self._first_inner_groups())]
         self._inv_size = 1.0 / self.size
+        layout.pack(self._params, self._flat)         # last: an error above changes nothing
+        for buf in self._flat:
+            comm.Bcast(buf, root=0)
+        self._unpack()
 
     # ------------------------------------------------------------------------- construction
     @staticmethod
