@@ -233,20 +233,21 @@ class ShardedOptimizer:
         groups, so ``opt_cls(params).load_state_dict(sd)`` accepts it.
         """
         self._sync_hyperparameters()
-        records = self._inner._records
+        inner = self._inner.state_dict()["state"]      # this shard, one entry per piece
         names = self._inner.spec.state
         full = {}
         for b, buf in enumerate(self._flat):
             s = self._shards[b]
             lo, hi = s.bounds(self.rank)
-            for slot, name in enumerate(names):
-                has = [rec.present[slot] for pc, rec in zip(self._pieces, records) if pc.buf == b]
-                if not any(has):
+            for name in names:
+                have = [k for k, pc in enumerate(self._pieces)
+                        if pc.buf == b and name in inner.get(k, {})]
+                if not have:                      # the same on every rank: same groups, steps
                     continue
                 local = np.zeros(hi - lo, buf.dtype)
-                for k, (pc, rec) in enumerate(zip(self._pieces, records)):
-                    if pc.buf == b and rec.present[slot]:
-                        local[pc.start - lo:pc.stop - lo] = self._inner.state[k][name]
+                for k in have:
+                    pc = self._pieces[k]
+                    local[pc.start - lo:pc.stop - lo] = inner[k][name]
                 whole = np.empty(buf.size, buf.dtype) if self.rank == 0 else None
                 self.comm.Gatherv([local, mpi_type(buf.dtype)],
                                   [whole, (s.counts, s.displs), mpi_type(buf.dtype)]
@@ -259,14 +260,14 @@ class ShardedOptimizer:
             first_piece.setdefault(pc.group, k)
         state = {}
         for i, (b, off, n) in enumerate(self._layout.where):
-            rec = records[first_piece[self._group_of[i]]]
-            if rec.step == 0 and not any(rec.present):
+            group_entry = inner.get(first_piece[self._group_of[i]])
+            if group_entry is None:               # the group has not stepped yet
                 continue
-            entry = {"step": float(rec.step)}
-            for slot, name in enumerate(names):
-                if rec.present[slot] and (b, name) in full:
-                    entry[name] = full[(b, name)][off:off + n].reshape(self._params[i].shape).copy()
-            state[i] = entry
+            state[i] = {"step": group_entry["step"]}
+            for name in names:
+                if name in group_entry:
+                    state[i][name] = full[(b, name)][off:off + n].reshape(
+                        self._params[i].shape).copy()
         groups, index = [], 0
         for g in self.param_groups:
             n = len(g["params"])
