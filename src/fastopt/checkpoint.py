@@ -21,7 +21,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["save", "load", "write_state_dict", "read_state_dict", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "write_state_dict", "read_state_dict", "read_state_dict_of",
+           "FORMAT", "VERSION"]
 
 FORMAT = "fastopt-checkpoint"
 VERSION = 1
@@ -147,11 +148,16 @@ def read_state_dict(path):
     return {"state": state, "param_groups": groups, "optimizer": meta.get("optimizer")}
 
 
-def load(opt, path):
-    """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
+def read_state_dict_of(path, optimizer_name):
+    """`read_state_dict`, checking that the file holds an `optimizer_name` optimizer's state."""
     sd = read_state_dict(path)
     saved_cls = sd.pop("optimizer")
-    if saved_cls != type(opt).__name__:
+    if saved_cls != optimizer_name:
         raise ValueError(f"{path}: checkpoint of a {saved_cls}, cannot load into a "
-                         f"{type(opt).__name__}")
-    opt.load_state_dict(sd)
+                         f"{optimizer_name}")
+    return sd
+
+
+def load(opt, path):
+    """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
+    opt.load_state_dict(read_state_dict_of(path, type(opt).__name__))

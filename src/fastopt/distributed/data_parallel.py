@@ -152,20 +152,11 @@ class DistributedOptimizer:
         """Collective: rank 0 reads a ``fastopt.save`` checkpoint, every rank loads it."""
         def read():
             if self.comm.Get_rank() == 0:
-                return read_checkpoint(path, type(self.opt).__name__)
+                return checkpoint.read_state_dict_of(path, type(self.opt).__name__)
         sd = agree(self.comm, read)
         self.load_state_dict(sd)
 
     def __repr__(self):
         return (f"DistributedOptimizer(rank {self.comm.Get_rank()} of {self.comm.Get_size()}, "
                 f"{len(self._buckets)} bucket(s), {self.opt!r})")
-
-
-def read_checkpoint(path, class_name):
-    """Read and verify a checkpoint of a `class_name` optimizer (rank-local)."""
-    sd = checkpoint.read_state_dict(path)
-    saved = sd.pop("optimizer")
-    if saved != class_name:
-        raise ValueError(f"{path}: checkpoint of a {saved}, cannot load into a {class_name}")
-    return sd
 

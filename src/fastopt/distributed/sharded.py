@@ -31,7 +31,6 @@ from .. import checkpoint
 from ..optim.base import Optimizer
 from . import _flat
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
-from .data_parallel import read_checkpoint
 
 __all__ = ["ShardedOptimizer"]
 
@@ -342,7 +341,7 @@ class ShardedOptimizer:
         """Collective: rank 0 reads a checkpoint (from any number of ranks, or fastopt.save)."""
         def read():
             if self.rank == 0:
-                return read_checkpoint(path, self.opt_cls.__name__)
+                return checkpoint.read_state_dict_of(path, self.opt_cls.__name__)
         self.load_state_dict(agree(self.comm, read))
 
     def __repr__(self):
