@@ -69,6 +69,11 @@ extern int64_t fo_parallel_threshold;
 int fo_omp_max_threads(void);
 int fo_has_openmp(void);
 
+/* Whether the loops were compiled for several instruction sets (picked at load time), and the
+ * one this machine runs ("avx512f", "avx2", "baseline"). */
+int fo_has_clones(void);
+const char *fo_vector_isa(void);
+
 /* In-place update stream kernel b += s * c, the machine's update bandwidth yardstick. */
 void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads);
 void fo_stream_axpy_f64(double *b, const double *c, double s, int64_t n, int n_threads);
