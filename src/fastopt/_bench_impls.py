@@ -132,7 +132,7 @@ def make_fastopt_flat(name, params, grads):
 def _textbook(name, p, g, s, t, h):
     """One step on one tensor as the equations read; s: state dict (rebound), t: step."""
     if name == "sgd":
-        b = g if t == 1 else h["momentum"] * s["b"] + g
+        b = g.copy() if t == 1 else h["momentum"] * s["b"] + g
         s["b"] = b
         p -= h["lr"] * b
     elif name == "adagrad":

@@ -67,21 +67,26 @@ def _address(a):
 
 
 def consecutive_runs(arrays):
-    """Split indices 0..n-1 into maximal runs of NumPy arrays that continue each other.
+    """Group indices 0..n-1 into runs of NumPy arrays that continue each other in memory.
 
-    Arrays i and i+1 are in one run when both are C-contiguous NumPy arrays of one dtype and
-    array i+1 starts where array i ends. Returns a list of ``range`` objects.
+    Within each dtype, in index order (the order the kernels walk a group's tensors), an array
+    joins the dtype's current run when it is C-contiguous and starts where the run's last
+    non-empty array ends; empty arrays join any run. Other arrays (CuPy, strided) are runs of
+    their own. Returns a list of index lists, ordered by their first index.
     """
-    runs, start = [], 0
-    for i in range(1, len(arrays) + 1):
-        if i < len(arrays):
-            a, b = arrays[i - 1], arrays[i]
-            if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                    and a.flags.c_contiguous and b.flags.c_contiguous
-                    and _address(a) + a.nbytes == _address(b)):
-                continue
-        runs.append(range(start, i))
-        start = i
+    runs, current = [], {}          # dtype -> [indices, end address of the run]
+    for i, a in enumerate(arrays):
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+            runs.append([i])
+            continue
+        run = current.get(a.dtype)
+        if run is not None and (a.size == 0 or run[1] is None or _address(a) == run[1]):
+            run[0].append(i)
+        else:
+            run = current[a.dtype] = [[i], None]
+            runs.append(run[0])
+        if a.size:
+            run[1] = _address(a) + a.nbytes
     return runs
 
 
