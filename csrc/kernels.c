@@ -15,8 +15,10 @@
  *   write the same cache line of a parameter (state buffers from the same allocator share
  *   the parameter's alignment). Every thread computes the same splits, so the chunks tile the
  *   range exactly.
- * - A serial path: below fo_parallel_threshold elements (set from `fastopt bench`'s
- *   crossover measurement) the loop runs on the caller's thread, with no fork/join.
+ * - A serial path: a step whose work, elements times the optimizer's relative cost per
+ *   element (FO_COST_<opt>: 1 for SGD's few flops up to 4 for Adadelta's two square roots and
+ *   a division, measured in cache), is below fo_parallel_threshold runs on the caller's
+ *   thread, with no fork/join. Both numbers come from `fastopt bench`'s crossover section.
  * - Scalars hoisted: the rule's constants `k` are converted to the element type once per call.
  * - Option flags specialized: a rule's store-affecting options (AMSGRAD, DECOUPLED, CENTERED,
  *   MOMENTUM, ...) are made compile-time constants by one loop instance per meaningful
@@ -100,13 +102,13 @@ const char *fo_vector_isa(void)
 #endif
 }
 
-/* Threads actually used: at most n_threads, one per half-threshold share of the work. */
-static int fo_team_size(int64_t total, int n_threads)
+/* Threads actually used for `work` units: at most n_threads, one per half-threshold share. */
+static int fo_team_size(int64_t work, int n_threads)
 {
     if (n_threads < 1) n_threads = 1;
-    if (total < fo_parallel_threshold || n_threads == 1) return 1;
+    if (work < fo_parallel_threshold || n_threads == 1) return 1;
     int64_t share = fo_parallel_threshold / 2 > 0 ? fo_parallel_threshold / 2 : 1;
-    int64_t useful = total / share;
+    int64_t useful = work / share;
     if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
     return n_threads;
 }
@@ -157,7 +159,7 @@ FO_SPLIT(f64, double)
         fo_##OPT##_loop_##SFX(segs, nseg, lo, hi, k);                                         \
         return;
 
-#define FO_STAMP(OPT, SFX, T, MASK)                                                           \
+#define FO_STAMP(OPT, SFX, T, MASK, COST)                                                     \
     FO_INLINE void fo_##OPT##_loop_##SFX(const fo_segment_##SFX *segs, int64_t nseg,          \
                                          int64_t lo, int64_t hi, fo_##OPT##_k_##SFX k)        \
     {                                                                                         \
@@ -199,7 +201,7 @@ FO_SPLIT(f64, double)
             total += segs[s].n;                                                               \
         }                                                                                     \
         const fo_##OPT##_k_##SFX k = fo_##OPT##_constants_##SFX(hp);                          \
-        const int nt = fo_team_size(total, n_threads);                                        \
+        const int nt = fo_team_size(total * (COST), n_threads);                               \
         if (nt == 1) {                                                                        \
             fo_##OPT##_range_##SFX(segs, nseg, 0, total, k);                                  \
             return 0;                                                                         \
@@ -287,7 +289,16 @@ FO_CONSTANTS(f64, double)
 #define FO_CASES_adadelta(C, O, S, M) C(O, S, M, 0)
 #define FO_CASES_adamax(C, O, S, M) C(O, S, M, 0)
 
-#define FO_STAMP_BOTH(OPT, MASK) FO_STAMP(OPT, f32, float, MASK) FO_STAMP(OPT, f64, double, MASK)
+/* Relative cost per element (SGD = 1), from single-thread steps on cache-resident float32. */
+#define FO_COST_sgd 1
+#define FO_COST_adagrad 2
+#define FO_COST_rmsprop 2
+#define FO_COST_adam 3
+#define FO_COST_adadelta 4
+#define FO_COST_adamax 2
+
+#define FO_STAMP_BOTH(OPT, MASK)                                                              \
+    FO_STAMP(OPT, f32, float, MASK, FO_COST_##OPT) FO_STAMP(OPT, f64, double, MASK, FO_COST_##OPT)
 FO_STAMP_BOTH(sgd, FO_SGD_MASK)
 FO_STAMP_BOTH(adagrad, 0)
 FO_STAMP_BOTH(rmsprop, FO_RMSPROP_MASK)

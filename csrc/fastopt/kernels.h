@@ -62,7 +62,8 @@ FO_DECLARE(adadelta)
 FO_DECLARE(adamax)
 #undef FO_DECLARE
 
-/* Below this many elements in a group, a step runs on the calling thread. */
+/* Below this much work in a group (elements times the optimizer's relative cost per element,
+ * 1 for SGD), a step runs on the calling thread. */
 extern int64_t fo_parallel_threshold;
 
 /* The OpenMP runtime's view: max threads (respects OMP_NUM_THREADS) and whether built with it. */

@@ -69,7 +69,8 @@ def has_isa_clones():
 
 
 def get_parallel_threshold():
-    """Group size (elements) below which a step runs on the calling thread."""
+    """Work below which a step runs on the calling thread: elements times the optimizer's
+    relative cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c)."""
     return fo_parallel_threshold
 
 

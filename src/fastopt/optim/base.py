@@ -187,7 +187,9 @@ class Optimizer:
             groups, records, spec = self.param_groups, self._records, self.spec
             if len(groups) == 1:
                 group, rec = groups[0], records[0]
-                lr = self._lr_of(group, rec)
+                lr = group["lr"]
+                if callable(lr):
+                    lr = self._lr_of(group, rec)
                 uses = spec.uses(group)
                 fresh = self._fresh_none
                 if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
