@@ -62,7 +62,7 @@ class Method:
 class Trace:
     """One method's run. Arrays are per record point: grad_evals (samples), epochs
     (grad_evals / n), time (seconds), loss, subopt (loss - f_star; may touch 0 or go slightly
-    negative at machine precision)."""
+    negative at machine precision); w: the final parameters."""
     name: str
     label: str
     grad_evals: np.ndarray
@@ -73,6 +73,7 @@ class Trace:
     batch_size: int
     hyperparameters: dict
     stop_reason: str
+    w: np.ndarray = None
 
 
 @dataclass
@@ -224,6 +225,6 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
             name=method.name, label=method.label, grad_evals=hist.grad_evals,
             epochs=hist.grad_evals / n, time=hist.time, loss=hist.loss,
             subopt=hist.loss - f_star, batch_size=batch, hyperparameters=_plain(hyper),
-            stop_reason=hist.stop_reason)
+            stop_reason=hist.stop_reason, w=hist.w)
     return Comparison(problem=repr(problem), n_samples=n, f_star=float(f_star), w_star=w_star,
                       traces=traces)
