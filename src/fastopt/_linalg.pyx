@@ -96,14 +96,15 @@ cdef void _gram_blocks(const real[:, ::1] X, const real[:, ::1] P, bint softmax,
 
     softmax=False: one block, weights P[:, 0].  softmax=True: K = P.shape[1] classes, block
     (k, m) has weights P[i,k] (delta_km - P[i,m]); weights of blocks k < m are <= 0, so they are
-    accumulated as -alpha * sum (sqrt(P_ik P_im) x_i)(...)^T.
+    accumulated as -alpha * sum (sqrt(P_ik P_im) x_i)(...)^T. On the diagonal, 1 - P[i,k] is
+    summed from the other classes, which keeps its relative precision when P[i,k] -> 1.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
     cdef Py_ssize_t K = P.shape[1] if softmax else 1
     cdef Py_ssize_t p = d * K
     cdef Py_ssize_t start, r, j, k, m
     cdef int b
-    cdef real s, pk
+    cdef real s, pk, q
     cdef real a_pos = <real>alpha
     cdef real a_neg = <real>(-alpha)
     start = 0
@@ -115,8 +116,12 @@ cdef void _gram_blocks(const real[:, ::1] X, const real[:, ::1] P, bint softmax,
                     pk = P[start + r, k]
                     if not softmax:
                         s = sqrt(pk)
-                    elif k == m:
-                        s = sqrt(pk * (1 - pk)) if pk < 1 else 0
+                    elif k == m:        # 1 - p_k summed from the others: no cancellation
+                        q = 0
+                        for j in range(K):
+                            if j != k:
+                                q = q + P[start + r, j]
+                        s = sqrt(pk * q)
                     else:
                         s = sqrt(pk * P[start + r, m])
                     for j in range(d):

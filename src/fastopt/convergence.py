@@ -194,6 +194,9 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
     problem = default_problem() if problem is None else problem
     if methods is None:
         methods = list(METHODS.values())
+    unknown = [m for m in methods if isinstance(m, str) and m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     methods = [METHODS[m] if isinstance(m, str) else m for m in methods]
     for m in methods:
         if not isinstance(m, Method):
