@@ -193,3 +193,19 @@ def test_cli_and_python_m(tmp_path):
     assert "Newton" in proc.stdout and "AdaGrad" not in proc.stdout
     assert proc.stderr == ""                      # stderr is a pipe: no tqdm bar
     assert (tmp_path / "demo_table.txt").exists()
+
+
+def test_progress_bar_on_request_and_threadpoolctl_optional(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    result = demo.run("breast_cancer", ["gd", "newton"], quick=True, progress=True)
+    captured = capsys.readouterr()
+    assert "breast_cancer" in captured.err and "run" in captured.err     # the tqdm bar
+    assert result.table in captured.out
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    again = demo.run("breast_cancer", ["gd", "newton"], quick=True, progress=False)
+    assert again.single_threaded_blas is False
+    assert capsys.readouterr().err == ""
+    # the numbers do not depend on the BLAS thread count beyond rounding
+    a = result.datasets["breast_cancer"].comparison["gd"]
+    b = again.datasets["breast_cancer"].comparison["gd"]
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)

@@ -14,8 +14,8 @@ state), so they work on headless machines and inside other programs.
 """
 import numpy as np
 
-__all__ = ["require_matplotlib", "STYLES", "style", "save_png", "convergence_figure", "trajectory_figure",
-           "trajectory_animation"]
+__all__ = ["require_matplotlib", "STYLES", "style", "save_png", "convergence_figure",
+           "trajectory_figure", "trajectory_animation"]
 
 PLOT_EXTRA = 'pip install "fastopt[plot]"'
 
@@ -84,24 +84,76 @@ def _figure(**kwargs):
 
 
 def _palette_for(img):
-    """A 256-colour palette image for `img` (RGB): the exact colours of :data:`STYLES`, the
+    """A (256, 3) uint8 palette for `img` (RGB): the exact colours of :data:`STYLES`, the
     markers and a grey ramp, then the image's most frequent other colours (median cut)."""
     from matplotlib.colors import to_rgb
     from PIL import Image
     named = [c for c, _ in STYLES.values()] + list(_EXTRA_COLOURS) + ["gold", "black", "white"]
     fixed = [tuple(round(255 * v) for v in to_rgb(c)) for c in named]
     fixed += [(g, g, g) for g in np.linspace(0, 255, 48).round().astype(int)]
-    fixed = list(dict.fromkeys(fixed))
+    fixed = np.array(list(dict.fromkeys(fixed)), dtype=np.uint8)
     rest = img.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT,
                         dither=Image.Dither.NONE)
-    holder = Image.new("P", (1, 1))
-    holder.putpalette([v for c in fixed for v in c] + rest.getpalette()[:3 * (256 - len(fixed))])
-    return holder
+    extra = np.array(rest.getpalette()[:3 * (256 - len(fixed))], dtype=np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:len(fixed)] = fixed
+    palette[len(fixed):len(fixed) + len(extra)] = extra
+    return palette
+
+
+def _keys(pixels):
+    """One integer R + 256 G + 65536 B per pixel of an (..., 3) RGB or (..., 4) RGBA uint8
+    array (for C-contiguous RGBA a single masked view, no arithmetic per channel)."""
+    if pixels.shape[-1] == 4 and pixels.flags.c_contiguous:
+        return pixels.view("<u4")[..., 0] & np.uint32(0xFFFFFF)
+    p = pixels.astype(np.uint32)
+    return p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+
+
+def _nearest(keys, palette):
+    """Palette index of each colour key (see :func:`_keys`): the nearest palette colour,
+    Euclidean in RGB, exact (colours in the palette map to themselves)."""
+    uniq, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+    colours = np.stack([uniq & 255, (uniq >> 8) & 255, uniq >> 16], axis=1).astype(np.float32)
+    # |c - p|^2 = |p|^2 - 2 c.p + |c|^2 (|c|^2 is the same for every p); all terms are
+    # integers below 2^24, exact in float32
+    pal = palette.astype(np.float32)
+    pal_sq = (pal * pal).sum(axis=1)
+    nearest = np.empty(len(uniq), np.uint8)
+    for start in range(0, len(uniq), 16384):
+        c = colours[start:start + 16384]
+        nearest[start:start + 16384] = (pal_sq - 2 * (c @ pal.T)).argmin(axis=1)
+    return nearest[inverse.reshape(-1)]
+
+
+def _palette_image(index, palette):
+    """A "P" image from a (height, width) uint8 index array and a (256, 3) palette."""
+    from PIL import Image
+    index = np.ascontiguousarray(index, dtype=np.uint8)
+    out = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
+    out.putpalette(palette.ravel().tolist())
+    return out
 
 
 def _quantize(img, palette):
-    from PIL import Image
-    return img.quantize(palette=palette, dither=Image.Dither.NONE)
+    """`img` (a PIL image) as a palette image, every pixel its nearest palette colour."""
+    keys = _keys(np.asarray(img.convert("RGB")))
+    return _palette_image(_nearest(keys, palette).reshape(keys.shape), palette)
+
+
+def _quantize_frames(frames, palette):
+    """Palette images of RGBA `frames` ((height, width, 4) uint8 arrays) that mostly equal
+    the first one: only the pixels that differ from it are matched again."""
+    base = _keys(frames[0])
+    base_index = _nearest(base, palette).reshape(base.shape)
+    out = []
+    for frame in frames:
+        keys = _keys(frame)
+        changed = keys != base
+        index = base_index.copy()
+        index[changed] = _nearest(keys[changed], palette)
+        out.append(_palette_image(index, palette))
+    return out
 
 
 def save_png(fig, path, dpi):
@@ -153,6 +205,9 @@ def convergence_figure(comparison, path=None, *, title=None, floor=1e-15, dpi=10
         ax.grid(True, which="minor", axis="y", alpha=0.12)
         ax.set_ylabel(r"suboptimality $f(w) - f^\star$ (log scale)")
     ax_time.set_xscale("log")
+    ax_evals.text(0.99, 0.01, f"values below {floor:.0e} are drawn at {floor:.0e}",
+                  transform=ax_evals.transAxes, ha="right", va="bottom", fontsize=8,
+                  color="0.4")
     ax_evals.set_xlabel(f"gradient evaluations / n  (passes over the n = {n} training samples)")
     ax_time.set_xlabel("wall time of the optimization [s] (log scale)")
     ax_evals.set_title("convergence per gradient evaluation")
@@ -223,7 +278,8 @@ def trajectory_figure(panels, path=None, *, dpi=90, title=None):
             kw = _line_kwargs(name, i, lw=1.6)
             ax.plot(xy[:, 0], xy[:, 1], **kw)
             ax.plot(xy[-1, 0], xy[-1, 1], marker="o", ms=4, color=kw["color"])
-            handles[name] = Line2D([], [], label=panel.labels[name], **kw)
+            handles[name] = Line2D([], [], label=panel.labels[name],
+                                   **{**kw, "lw": max(kw["lw"], 2.6)})
     _legend(fig, panels, handles)
     if title:
         fig.suptitle(title, fontsize=12)
@@ -243,12 +299,12 @@ def _blit_gif_writer(fps, hold):
 
     class BlitPaletteWriter(PillowWriter):
         def grab_frame(self, **savefig_kwargs):
-            rgba = np.asarray(self.fig.canvas.buffer_rgba())
-            self._frames.append(Image.fromarray(np.ascontiguousarray(rgba[..., :3])))
+            self._frames.append(np.array(self.fig.canvas.buffer_rgba()))
 
         def finish(self):
-            palette = _palette_for(self._frames[-1])
-            frames = [_quantize(f, palette) for f in self._frames]
+            last = np.ascontiguousarray(self._frames[-1][..., :3])
+            palette = _palette_for(Image.fromarray(last))
+            frames = _quantize_frames(self._frames, palette)
             frames += [frames[-1]] * hold
             frames[0].save(self.outfile, save_all=True, append_images=frames[1:],
                            duration=int(1000 / self.fps), loop=0, optimize=True)
@@ -276,12 +332,13 @@ def trajectory_animation(panels, path, *, frames=60, fps=12, dpi=72, title=None,
     for ax, panel in zip(axes, panels):
         _contours(ax, panel)
         for i, (name, xy) in enumerate(panel.paths.items()):
-            kw = _line_kwargs(name, i, lw=1.6)
+            kw = _line_kwargs(name, i, lw=2.0)
             (line,) = ax.plot([], [], animated=True, **kw)
             (head,) = ax.plot([], [], marker="o", ms=5, color=kw["color"], animated=True)
             artists.append((ax, xy, line, head))
             longest = max(longest, len(xy) - 1)
-            handles[name] = Line2D([], [], label=panel.labels[name], **kw)
+            handles[name] = Line2D([], [], label=panel.labels[name],
+                                   **{**kw, "lw": max(kw["lw"], 2.6)})
     _legend(fig, panels, handles)
     fig.suptitle(title or "", fontsize=12)
     counter = fig.text(0.985, 0.985, "", ha="right", va="top", fontsize=11, animated=True)
