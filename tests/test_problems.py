@@ -434,3 +434,42 @@ def test_digits():
 def test_standardize_does_not_divide_by_zero():
     Z = standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
     np.testing.assert_array_equal(Z, [[-1.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("work", ["gram", "cholesky"])
+def test_linear_algebra_releases_the_gil(work):
+    """Another Python thread runs while a large syrk / potrf is in progress.
+
+    With a long switch interval, a thread holding the GIL is not preempted: the counting loop
+    (which gives the GIL away at every sleep(0)) could then only run after the worker ends.
+    """
+    import sys
+    import threading
+    import time
+    rng = np.random.default_rng(0)
+    if work == "gram":
+        X = rng.standard_normal((20000, 150))
+        call = lambda: _linalg.weighted_gram(X, np.ones(len(X)))  # noqa: E731
+    else:
+        A = rng.standard_normal((500, 500))
+        H = A @ A.T + np.eye(500)
+        call = lambda: [_linalg.cholesky_solve(H, np.ones(500)) for _ in range(3)]  # noqa: E731
+    started = threading.Event()
+
+    def worker():
+        started.set()
+        call()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        count = 0
+        while t.is_alive():
+            count += 1
+            time.sleep(0)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 20
