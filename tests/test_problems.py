@@ -61,6 +61,28 @@ def test_softmax_gram_matches_blocks(dtype, tol):
     assert np.array_equal(H, H.T)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_products_match_numpy(dtype, tol):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((23, 6)).astype(dtype)
+    Xf = X.astype(float)
+    w, W = rng.standard_normal(6), rng.standard_normal((3, 6))
+    r, R = rng.standard_normal(23), rng.standard_normal((23, 3))
+    cases = [(_linalg.scores(X, w, 2.0), 2 * Xf @ w), (_linalg.scores(X, W), Xf @ W.T),
+             (_linalg.transpose_times(X, r, 0.5), 0.5 * Xf.T @ r),
+             (_linalg.transpose_times(X, R), R.T @ Xf)]
+    for got, expect in cases:
+        assert got.dtype == dtype and got.shape == expect.shape
+        np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
+    assert _linalg.scores(np.ones((0, 3)), np.ones(3)).shape == (0,)
+    np.testing.assert_array_equal(_linalg.transpose_times(np.ones((0, 3)), np.ones((0, 2))),
+                                  np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"shape \(6,\) or \(K, 6\)"):
+        _linalg.scores(X, np.ones(5))
+    with pytest.raises(ValueError, match=r"shape \(23,\) or \(23, K\)"):
+        _linalg.transpose_times(X, np.ones((22, 2)))
+
+
 def test_gram_out_argument_and_empty_rows():
     X = np.ones((0, 3))
     assert np.array_equal(_linalg.weighted_gram(X, np.ones(0)), np.zeros((3, 3)))

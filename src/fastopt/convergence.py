@@ -203,15 +203,15 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
         opt, hyper = _make(method, problem, w)
         batch = n if method.batch_size is None else min(method.batch_size, n)
         steps_per_epoch = -(-n // batch)
-        if method.optimizer == "Newton":
-            run_epochs, record_every, max_evals = newton_iters, 1, None
-            gtol = 1e-15 * max(1.0, abs(f_star))
+        if method.optimizer == "Newton":      # until f reaches f* (to rounding)
+            run_epochs, record_every, max_evals, ftol = newton_iters, 1, None, 0.0
         else:
             run_epochs = math.ceil(epochs) + 1
             record_every = max(1, round(steps_per_epoch / records_per_epoch))
-            max_evals, gtol = int(epochs * n), None
+            max_evals, ftol = int(epochs * n), None
         hist = train(problem, opt, epochs=run_epochs, batch_size=method.batch_size, seed=seed,
-                     record_every=record_every, max_evals=max_evals, gtol=gtol, progress=False)
+                     record_every=record_every, max_evals=max_evals, ftol=ftol, f_star=f_star,
+                     progress=False)
         traces[method.name] = Trace(
             name=method.name, label=method.label, grad_evals=hist.grad_evals,
             epochs=hist.grad_evals / n, time=hist.time, loss=hist.loss,
