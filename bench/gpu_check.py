@@ -6,7 +6,8 @@ Run from the repository root on a machine with a CUDA GPU and CuPy (see bench/gp
 
 Parts (each reports its own failure and the script goes on):
   0. build fastopt in place if its extension is missing (python3 setup.py build_ext --inplace);
-  1. pytest -q tests/test_cuda.py tests/test_cuda_source.py tests/test_cuda_host.py;
+  1. pytest -q tests/test_cuda.py tests/test_cuda_source.py tests/test_cuda_host.py
+     tests/test_cuda_optim.py;
   2. parity figures: every optimizer case, float32 and float64, many tensors, 100 steps,
      GPU vs the CPU kernels: the largest relative error and how many runs are bit-identical;
   3. the Adam step on 1e8 float32 parameters: median of 20 CUDA-event timings, the achieved
@@ -92,7 +93,8 @@ def run_tests():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), env_get("PYTHONPATH")]),
                HYPOTHESIS_PROFILE="ci")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-           "tests/test_cuda.py", "tests/test_cuda_source.py", "tests/test_cuda_host.py"]
+           "tests/test_cuda.py", "tests/test_cuda_source.py", "tests/test_cuda_host.py",
+           "tests/test_cuda_optim.py"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     text = out.stdout + out.stderr
     if OUT:

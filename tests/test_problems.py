@@ -61,6 +61,28 @@ def test_softmax_gram_matches_blocks(dtype, tol):
     assert np.array_equal(H, H.T)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_products_match_numpy(dtype, tol):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((23, 6)).astype(dtype)
+    Xf = X.astype(float)
+    w, W = rng.standard_normal(6), rng.standard_normal((3, 6))
+    r, R = rng.standard_normal(23), rng.standard_normal((23, 3))
+    cases = [(_linalg.scores(X, w, 2.0), 2 * Xf @ w), (_linalg.scores(X, W), Xf @ W.T),
+             (_linalg.transpose_times(X, r, 0.5), 0.5 * Xf.T @ r),
+             (_linalg.transpose_times(X, R), R.T @ Xf)]
+    for got, expect in cases:
+        assert got.dtype == dtype and got.shape == expect.shape
+        np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
+    assert _linalg.scores(np.ones((0, 3)), np.ones(3)).shape == (0,)
+    np.testing.assert_array_equal(_linalg.transpose_times(np.ones((0, 3)), np.ones((0, 2))),
+                                  np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"shape \(6,\) or \(K, 6\)"):
+        _linalg.scores(X, np.ones(5))
+    with pytest.raises(ValueError, match=r"shape \(23,\) or \(23, K\)"):
+        _linalg.transpose_times(X, np.ones((22, 2)))
+
+
 def test_gram_out_argument_and_empty_rows():
     X = np.ones((0, 3))
     assert np.array_equal(_linalg.weighted_gram(X, np.ones(0)), np.zeros((3, 3)))
@@ -434,3 +456,42 @@ def test_digits():
 def test_standardize_does_not_divide_by_zero():
     Z = standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
     np.testing.assert_array_equal(Z, [[-1.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("work", ["gram", "cholesky"])
+def test_linear_algebra_releases_the_gil(work):
+    """Another Python thread runs while a large syrk / potrf is in progress.
+
+    With a long switch interval, a thread holding the GIL is not preempted: the counting loop
+    (which gives the GIL away at every sleep(0)) could then only run after the worker ends.
+    """
+    import sys
+    import threading
+    import time
+    rng = np.random.default_rng(0)
+    if work == "gram":
+        X = rng.standard_normal((20000, 150))
+        call = lambda: _linalg.weighted_gram(X, np.ones(len(X)))  # noqa: E731
+    else:
+        A = rng.standard_normal((500, 500))
+        H = A @ A.T + np.eye(500)
+        call = lambda: [_linalg.cholesky_solve(H, np.ones(500)) for _ in range(3)]  # noqa: E731
+    started = threading.Event()
+
+    def worker():
+        started.set()
+        call()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        count = 0
+        while t.is_alive():
+            count += 1
+            time.sleep(0)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 20

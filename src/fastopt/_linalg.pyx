@@ -21,12 +21,18 @@ Wright, Numerical Optimization, Algorithm 3.3); the shift used is returned, neve
 from inside LAPACK. BLAS and LAPACK come from ``scipy.linalg.cython_blas`` /
 ``cython_lapack`` (no link-time dependency), float32 (``s*``) and float64 (``d*``) from one fused
 type; all numeric work runs with the GIL released.
+
+`scores` and `transpose_times` (the products ``X W^T`` and ``R^T X`` of a linear model's loss
+and gradient) use the same BLAS (``gemv``/``gemm``), so that a Newton iteration runs in one
+BLAS library and one thread pool: alternating NumPy's and SciPy's OpenBLAS leaves the idle pool's
+threads spinning against the busy one's, which made whole fits several times slower on a
+2-core machine.
 """
 import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport fabs, sqrt
-from scipy.linalg.cython_blas cimport dsyrk, ssyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, sgemm, sgemv, ssyrk
 from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
 
 cnp.import_array()
@@ -362,3 +368,93 @@ def cholesky_solve(H, b, double damping=0.0):
         raise ValueError("hessian: no multiple of the identity made it positive definite "
                          "(entries too large for its dtype?)")
     return np.ascontiguousarray(x), shift
+
+
+# ------------------------------------------------------------------------------ products
+cdef void _gemv(char trans, int m, int n, real alpha, const real *a, int lda, const real *x,
+                real beta, real *y) noexcept nogil:
+    cdef int one = 1
+    if real is float:
+        sgemv(&trans, &m, &n, &alpha, <float *>a, &lda, <float *>x, &one, &beta, y, &one)
+    else:
+        dgemv(&trans, &m, &n, &alpha, <double *>a, &lda, <double *>x, &one, &beta, y, &one)
+
+
+cdef void _gemm(char ta, char tb, int m, int n, int k, real alpha, const real *a, int lda,
+                const real *b, int ldb, real *c, int ldc) noexcept nogil:
+    cdef real zero = 0
+    if real is float:
+        sgemm(&ta, &tb, &m, &n, &k, &alpha, <float *>a, &lda, <float *>b, &ldb, &zero, c, &ldc)
+    else:
+        dgemm(&ta, &tb, &m, &n, &k, &alpha, <double *>a, &lda, <double *>b, &ldb, &zero, c, &ldc)
+
+
+cdef _product(X, V, double alpha, bint transpose):
+    """transpose=False: alpha X V^T (V (K, d) or (d,)); True: alpha V^T X (V (n, K) or (n,))."""
+    X = _check_matrix(X, "X", 2)
+    cdef int n = X.shape[0], d = X.shape[1]
+    V = np.asarray(V)
+    cdef int inner = n if transpose else d
+    if V.ndim not in (1, 2) or V.shape[V.ndim - 1 if not transpose else 0] != inner:
+        want = f"({n},) or ({n}, K)" if transpose else f"({d},) or (K, {d})"
+        raise ValueError(f"expected an array of shape {want} to multiply with X {X.shape}, "
+                         f"got {V.shape}")
+    V = np.ascontiguousarray(V, dtype=X.dtype)
+    cdef int K = 1 if V.ndim == 1 else V.shape[1 if transpose else 0]
+    cdef list shape = [d if transpose else n]
+    if V.ndim == 2:
+        shape = [K, d] if transpose else [n, K]
+    out = np.empty(tuple(shape), dtype=X.dtype)
+    if out.size == 0:
+        return out
+    if n == 0 or d == 0:
+        out.fill(0)
+        return out
+    cdef cnp.ndarray Xa = X, Va = V, Oa = out
+    cdef char T = b'T', N = b'N'
+    cdef bint f32 = X.dtype == np.float32
+    cdef bint vector = V.ndim == 1
+    # C-contiguous X (n-by-d) is the Fortran matrix A = X^T (d-by-n, lda = d)
+    with nogil:
+        if vector:
+            if transpose:      # A v: (d,)
+                if f32:
+                    _gemv(N, d, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
+                          <float *>cnp.PyArray_DATA(Va), 0, <float *>cnp.PyArray_DATA(Oa))
+                else:
+                    _gemv(N, d, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
+                          <double *>cnp.PyArray_DATA(Va), 0, <double *>cnp.PyArray_DATA(Oa))
+            else:              # A^T v: (n,)
+                if f32:
+                    _gemv(T, d, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
+                          <float *>cnp.PyArray_DATA(Va), 0, <float *>cnp.PyArray_DATA(Oa))
+                else:
+                    _gemv(T, d, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
+                          <double *>cnp.PyArray_DATA(Va), 0, <double *>cnp.PyArray_DATA(Oa))
+        elif transpose:        # out (K, d) row-major = Fortran (d, K) = A R^T, R row-major (n, K)
+            if f32:
+                _gemm(N, T, d, K, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
+                      <float *>cnp.PyArray_DATA(Va), K, <float *>cnp.PyArray_DATA(Oa), d)
+            else:
+                _gemm(N, T, d, K, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
+                      <double *>cnp.PyArray_DATA(Va), K, <double *>cnp.PyArray_DATA(Oa), d)
+        else:                  # out (n, K) row-major = Fortran (K, n) = W A, W row-major (K, d)
+            if f32:
+                _gemm(T, N, K, n, d, <float>alpha, <float *>cnp.PyArray_DATA(Va), d,
+                      <float *>cnp.PyArray_DATA(Xa), d, <float *>cnp.PyArray_DATA(Oa), K)
+            else:
+                _gemm(T, N, K, n, d, alpha, <double *>cnp.PyArray_DATA(Va), d,
+                      <double *>cnp.PyArray_DATA(Xa), d, <double *>cnp.PyArray_DATA(Oa), K)
+    return out
+
+
+def scores(X, W, double alpha=1.0):
+    """``alpha * X @ W`` for W of shape (d,), or ``alpha * X @ W.T`` for W of shape (K, d)
+    (BLAS gemv / gemm in X's dtype; W is cast to it)."""
+    return _product(X, W, alpha, False)
+
+
+def transpose_times(X, R, double alpha=1.0):
+    """``alpha * X.T @ R`` for R of shape (n,), or ``alpha * R.T @ X`` (shape (K, d)) for R of
+    shape (n, K) (BLAS gemv / gemm in X's dtype; R is cast to it)."""
+    return _product(X, R, alpha, True)

@@ -32,7 +32,8 @@ svrg               1      SVRG, lr = 1/(4 L), snapshot every epoch (n inner step
 newton             all    Newton, lr = 1, Armijo line search
 =================  =====  =====================================================================
 
-(L is ``problem.L``; t counts steps from 0.) Pass ``methods=[...]`` with names or your own
+(L is ``problem.L``; t counts steps from 0; the 1/t schedules are
+:class:`fastopt.schedules.inverse_time`.) Pass ``methods=[...]`` with names or your own
 :class:`Method` objects to change them.
 """
 import math
@@ -42,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from . import optim
+from .schedules import inverse_time
 from .train import train
 
 __all__ = ["Method", "Trace", "Comparison", "METHODS", "compare", "solve", "default_problem"]
@@ -92,19 +94,6 @@ class Comparison:
         return list(self.traces)
 
 
-class _Decay:
-    """lr_t = lr0 / (1 + t / t0): a picklable 1/t schedule."""
-
-    def __init__(self, lr0, t0):
-        self.lr0, self.t0 = float(lr0), float(t0)
-
-    def __call__(self, t):
-        return self.lr0 / (1.0 + t / self.t0)
-
-    def __repr__(self):
-        return f"{self.lr0:.4g} / (1 + t / {self.t0:.4g})"
-
-
 def _mb_steps(problem, batch):
     return max(1.0, problem.n_samples / batch)
 
@@ -112,9 +101,9 @@ def _mb_steps(problem, batch):
 METHODS = {m.name: m for m in [
     Method("gd", "gradient descent", "SGD", None, lambda p: dict(lr=1.0 / p.L)),
     Method("sgd", "SGD, 1/t steps", "SGD", 1,
-           lambda p: dict(lr=_Decay(0.5 / p.L, p.n_samples))),
+           lambda p: dict(lr=inverse_time(0.5 / p.L, decay=1.0 / p.n_samples))),
     Method("minibatch_sgd", "minibatch SGD (32)", "SGD", 32,
-           lambda p: dict(lr=_Decay(2.0 / p.L, 4 * _mb_steps(p, 32)))),
+           lambda p: dict(lr=inverse_time(2.0 / p.L, decay=1.0 / (4 * _mb_steps(p, 32))))),
     Method("momentum", "momentum (heavy ball)", "SGD", None,
            lambda p: dict(lr=1.0 / p.L, momentum=0.7)),
     Method("nesterov", "Nesterov momentum", "SGD", None,
@@ -215,15 +204,15 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
         opt, hyper = _make(method, problem, w)
         batch = n if method.batch_size is None else min(method.batch_size, n)
         steps_per_epoch = -(-n // batch)
-        if method.optimizer == "Newton":
-            run_epochs, record_every, max_evals = newton_iters, 1, None
-            gtol = 1e-15 * max(1.0, abs(f_star))
+        if method.optimizer == "Newton":      # until f reaches f* (to rounding)
+            run_epochs, record_every, max_evals, ftol = newton_iters, 1, None, 0.0
         else:
             run_epochs = math.ceil(epochs) + 1
             record_every = max(1, round(steps_per_epoch / records_per_epoch))
-            max_evals, gtol = int(epochs * n), None
+            max_evals, ftol = int(epochs * n), None
         hist = train(problem, opt, epochs=run_epochs, batch_size=method.batch_size, seed=seed,
-                     record_every=record_every, max_evals=max_evals, gtol=gtol, progress=False)
+                     record_every=record_every, max_evals=max_evals, ftol=ftol, f_star=f_star,
+                     progress=False)
         traces[method.name] = Trace(
             name=method.name, label=method.label, grad_evals=hist.grad_evals,
             epochs=hist.grad_evals / n, time=hist.time, loss=hist.loss,

@@ -239,9 +239,11 @@ class LogisticRegression(Problem):
         return w, np.ascontiguousarray(w.reshape(self.shape), dtype=self.dtype)
 
     def _scores(self, Xb, W):
-        """Margins (binary, (m,)) or logits (multinomial, (m, K)), in float64."""
-        z = Xb @ W.T if self.multinomial else Xb @ W
-        return z.astype(np.float64, copy=False)
+        """Margins (binary, (m,)) or logits (multinomial, (m, K)), in float64.
+
+        Products with X go through fastopt._linalg (the BLAS that forms the Hessian), so a
+        Newton iteration uses one BLAS thread pool."""
+        return _linalg.scores(Xb, W).astype(np.float64, copy=False)
 
     @staticmethod
     def _sigmoid_parts(z):
@@ -286,11 +288,11 @@ class LogisticRegression(Problem):
             lse, P = self._softmax(z)
             loss = float(np.mean(lse - z[np.arange(m), yb]))
             P[np.arange(m), yb] -= 1.0
-            G = (P.astype(self.dtype, copy=False).T @ Xb) / self.dtype.type(m)
+            G = _linalg.transpose_times(Xb, P, 1.0 / m)
         else:
             loss = float(np.mean(np.logaddexp(0.0, z) - yb * z))
             p, _ = self._sigmoid_parts(z)
-            G = (Xb.T @ (p - yb).astype(self.dtype, copy=False)) / self.dtype.type(m)
+            G = _linalg.transpose_times(Xb, p - yb, 1.0 / m)
         G = G.astype(_out_dtype(w, self.dtype), copy=False)
         if self.l2:
             G = G + self.l2 * W.astype(G.dtype, copy=False)
@@ -332,10 +334,10 @@ class LogisticRegression(Problem):
             _, P = self._softmax(z)
             R = P * u
             R -= P * R.sum(axis=1, keepdims=True)
-            out = (R.astype(self.dtype, copy=False).T @ Xb) / self.dtype.type(m)
+            out = _linalg.transpose_times(Xb, R, 1.0 / m)
         else:
             _, s = self._sigmoid_parts(z)
-            out = (Xb.T @ (s * u).astype(self.dtype, copy=False)) / self.dtype.type(m)
+            out = _linalg.transpose_times(Xb, s * u, 1.0 / m)
         out = out.astype(_out_dtype(v, self.dtype), copy=False)
         if self.l2:
             out = out + self.l2 * V.astype(out.dtype, copy=False)

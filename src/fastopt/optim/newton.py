@@ -81,7 +81,7 @@ def _check_finite(grads, name, offset=0):
             raise ValueError(f"{name}[{i + offset}] contains NaN or inf")
 
 
-def _solve(params, grads, hessians, dampings, offset=0, name="params"):
+def _solve(params, grads, hessians, dampings, offset=0, name="params", stacklevel=3):
     """x_i = (H_i + (damping_i + shift_i) I)^{-1} g_i in each parameter's dtype, with the
     shifts and the summed decrement g^T x; warns once per shifted Hessian."""
     xs, shifts, dec = [], [], 0.0
@@ -90,7 +90,7 @@ def _solve(params, grads, hessians, dampings, offset=0, name="params"):
         if shift > 0:
             warnings.warn(f"the Hessian of {name}[{i + offset}] is not positive definite "
                           f"(with damping {damping:g}); added {shift:.3g} * I",
-                          HessianShiftWarning, stacklevel=4)
+                          HessianShiftWarning, stacklevel=stacklevel)
         xs.append(x.reshape(p.shape))
         shifts.append(float(shift))
         dec += float(np.dot(g.reshape(-1).astype(np.float64), x.astype(np.float64)))
@@ -110,7 +110,8 @@ def _newton_step(param, grad, hessian, lr, damping):
     if callable(lr):
         raise TypeError("lr must be a number here (schedules belong to fastopt.Newton)")
     _check_finite(grads, "grad")
-    xs, shifts, _ = _solve(params, grads, hessians, [float(damping)] * len(params), name="param")
+    xs, shifts, _ = _solve(params, grads, hessians, [float(damping)] * len(params), name="param",
+                           stacklevel=4)
     for p, x in zip(params, xs):
         p -= (float(lr) * x).astype(p.dtype, copy=False)
     return shifts[0] if single else shifts
