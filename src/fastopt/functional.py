@@ -16,7 +16,8 @@ import math
 
 from . import _kernels
 
-__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "backend_for"]
+__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
+           "backend_for"]
 
 
 def backend_for(arrays):
@@ -196,3 +197,16 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")
+
+
+# ------------------------------------------------------------------------------------ Newton
+def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
+    """Newton step, in place: ``param -= lr * (H + (damping + shift) I)^{-1} grad``.
+
+    `hessian` is the (p, p) Hessian of `param` (p = param.size; one per array for lists),
+    solved by Cholesky (fastopt._linalg); see :class:`fastopt.Newton`. Returns the identity
+    shift that made the Hessian positive definite (0.0 when none was needed), one per array for
+    lists. NumPy arrays only.
+    """
+    from .optim.newton import _newton_step
+    return _newton_step(param, grad, hessian, lr, damping)
