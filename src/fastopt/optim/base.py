@@ -121,12 +121,20 @@ class Optimizer:
             group["betas"] = tuple(group["betas"])
         self.spec.validate(group)
         offset = sum(len(g["params"]) for g in self.param_groups)
-        mod = backend_for(params)
-        plan = mod.Plan(params, "params", offset)
+        mod, plan = self._plan_for(params, offset)
         self._check_disjoint(params, offset)
         group["params"] = params
         self.param_groups.append(group)
         self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
+
+    def _plan_for(self, params, offset):
+        """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
+        mod = backend_for(params)
+        return mod, mod.Plan(params, "params", offset)
+
+    def _state_like(self, param, fill):
+        """A new state buffer for `param`, filled with `fill` (a hook: see fastopt.mixed)."""
+        return np.full_like(param, fill)
 
     def _check_disjoint(self, new_params, offset):
         """No parameter of the new group shares memory with one of an existing group."""
@@ -160,7 +168,7 @@ class Optimizer:
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
                 fill = self.spec.init.get(name, lambda g: 0.0)(group)
-                arrays = [np.full_like(p, fill) for p in group["params"]]
+                arrays = [self._state_like(p, fill) for p in group["params"]]
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -258,7 +266,7 @@ class Optimizer:
                         for i, p in enumerate(group["params"]):
                             mine = self.state.get(rec.offset + i, {}).get(name)
                             if mine is None:
-                                mine = np.empty_like(p)
+                                mine = self._state_like(p, 0.0)
                             _copy_into(mine, buffers[i][name])
                             arrays.append(mine)
                             self.state.setdefault(rec.offset + i, {})[name] = mine
