@@ -26,6 +26,7 @@ C_SOURCES = {
     "fastopt._kernels": [f"{CSRC}/kernels.c"],
     "fastopt._linalg": [],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
+    "fastopt._tricks": [f"{CSRC}/resize.c"],
 }
 
 

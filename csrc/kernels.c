@@ -14,7 +14,7 @@
  */
 #include "fastopt/kernels.h"
 #include "fastopt/rules.h"
-#include "fastopt/constants.h"
+#include "fastopt/constants.h"   /* fo_<opt>_constants_<sfx>: hp -> k, shared with CUDA */
 
 #ifndef FASTOPT_NO_OPENMP
 #include <omp.h>
