@@ -77,7 +77,7 @@ def candidates(params, lr=1e-3):
     return out
 
 
-def stream(n_threads):
+def stream():
     b = np.zeros(N_FLOATS, np.float32)
     c = np.ones(N_FLOATS, np.float32)
     return lambda: _kernels.stream_axpy(b, c, 1e-7)
@@ -93,7 +93,7 @@ def main():
     fo.set_num_threads(args.threads)
     params = make_params()
     runs = candidates(params)
-    runs["stream b += s*c (yardstick)"] = stream(args.threads)
+    runs["stream b += s*c (yardstick)"] = stream()
     for fn in runs.values():                     # warm up: state allocation, first touch
         fn()
         fn()

@@ -79,7 +79,6 @@ cdef extern from "fastopt/mixed.h" nogil:
 __all__ = ["Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "ROUNDINGS"]
 
 ROUNDINGS = ("nearest", "stochastic")
-_DTYPE_NAMES = {FO_DT_F32: "float32", FO_DT_F16: "float16", FO_DT_BF16: "bfloat16"}
 cdef int _half_num = np.dtype(np.float16).num
 cdef int _userdef_num = 256      # NPY_USERDEF: first type number of dtypes defined by packages
 cdef int _bf16_num = -1          # NumPy type number of bfloat16, once one has been seen
