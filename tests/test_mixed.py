@@ -336,6 +336,13 @@ def test_nonfinite_gradients_skip_the_step(bad, grad_dtype):
     assert opt.step(grads[2]) is True
 
 
+def test_module_level_all_finite_matches_the_plan():
+    g = [np.ones(3, np.float16), np.array([1, np.inf], np.float16)]
+    plan = _mixed.Plan([np.zeros(3, np.float16), np.zeros(2, np.float16)])
+    assert _mixed.all_finite(plan, g) is False
+    assert _mixed.all_finite(plan, [g[0], np.ones(2, np.float16)]) is True
+
+
 def test_overflow_after_unscaling_counts_as_nonfinite():
     w = np.ones(4, np.float32)
     opt = MixedPrecision(fo.SGD, [w], loss_scale=0.5, lr=0.1)

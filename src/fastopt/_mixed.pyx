@@ -76,7 +76,8 @@ cdef extern from "fastopt/mixed.h" nogil:
     void fo_f32_to_bf16_stochastic(const float *, uint16_t *, int64_t, uint64_t, uint64_t,
                                    uint64_t)
 
-__all__ = ["Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "ROUNDINGS"]
+__all__ = ["Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "all_finite",
+           "ROUNDINGS"]
 
 ROUNDINGS = ("nearest", "stochastic")
 cdef int _half_num = np.dtype(np.float16).num
@@ -534,6 +535,11 @@ def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
     plan._forget_grads()
     plan.counter += 1
     _fail(r)
+
+
+def all_finite(Plan plan, grads, str name="grads"):
+    """Whether every gradient divided by ``plan.grad_scale`` is finite (reads gradients only)."""
+    return plan.all_finite(grads, name)
 
 
 # ------------------------------------------------------------------ conversions (for tests)
