@@ -237,8 +237,8 @@ class MixedPrecision(Optimizer):
         self._mp_plans[offset] = plan
         return _mixed, plan
 
-    def _state_like(self, param, fill):
-        return np.full(param.shape, fill, dtype=np.float32)
+    def _state_like(self, params, fill=None):
+        return [np.full(p.shape, 0.0 if fill is None else fill, dtype=np.float32) for p in params]
 
     def _plans(self):
         """(offset, plan) of each param group, in order."""

@@ -137,9 +137,10 @@ class Optimizer:
         mod = backend_for(params)
         return mod, mod.Plan(params, "params", offset)
 
-    def _state_like(self, param, fill):
-        """A new state buffer for `param`, filled with `fill` (a hook: see fastopt.mixed)."""
-        return np.full_like(param, fill)
+    def _state_like(self, params, fill=None):
+        """New state buffers for a group's `params`, filled with `fill` or uninitialized (a
+        hook: fastopt.mixed keeps float32 state for 16-bit parameters)."""
+        return [np.empty_like(p) if fill is None else np.full_like(p, fill) for p in params]
 
     def _check_disjoint(self, new_params, offset):
         """No parameter of the new group shares memory with one of an existing group."""
@@ -173,7 +174,7 @@ class Optimizer:
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
                 fill = self.spec.init.get(name, lambda g: 0.0)(group)
-                arrays = [self._state_like(p, fill) for p in group["params"]]
+                arrays = self._state_like(group["params"], fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -267,11 +268,13 @@ class Optimizer:
                              for name in self.spec.state)
                 for slot, name in enumerate(self.spec.state):
                     if uses[slot]:
-                        arrays = []
+                        arrays, spare = [], None
                         for i, p in enumerate(group["params"]):
                             mine = self.state.get(rec.offset + i, {}).get(name)
                             if mine is None:
-                                mine = self._state_like(p, 0.0)
+                                if spare is None:
+                                    spare = self._state_like(group["params"])
+                                mine = spare[i]
                             _copy_into(mine, buffers[i][name])
                             arrays.append(mine)
                             self.state.setdefault(rec.offset + i, {})[name] = mine
