@@ -13,6 +13,9 @@ import sys
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS = {
+    "demo": ("fastopt.demo", "every optimizer on real logistic-regression problems: table and "
+                             "convergence figures"),
+    "viz": ("fastopt.viz", "optimizer trajectories on 2-D test functions: PNG and animated GIF"),
     "bench": ("fastopt.bench", "measure update speed against memory bandwidth, NumPy and torch"),
 }
 

@@ -65,7 +65,7 @@ class Trace:
     """One method's run. Arrays are per record point: grad_evals (sample-gradients), epochs
     (grad_evals / n), hess_evals (sample-Hessians; Newton only, else zeros), time (seconds
     spent optimizing), loss, subopt (loss - f_star; may touch 0 or go slightly negative at
-    machine precision: clip before a log plot)."""
+    machine precision: clip before a log plot); w: the final parameters."""
     name: str
     label: str
     grad_evals: np.ndarray
@@ -77,6 +77,7 @@ class Trace:
     batch_size: int
     hyperparameters: dict
     stop_reason: str
+    w: np.ndarray = None
 
 
 @dataclass
@@ -218,6 +219,6 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
             name=method.name, label=method.label, grad_evals=hist.grad_evals,
             epochs=hist.grad_evals / n, hess_evals=hist.hess_evals, time=hist.time,
             loss=hist.loss, subopt=hist.loss - f_star, batch_size=batch,
-            hyperparameters=_plain(hyper), stop_reason=hist.stop_reason)
+            hyperparameters=_plain(hyper), stop_reason=hist.stop_reason, w=hist.w)
     return Comparison(problem=repr(problem), n_samples=n, f_star=float(f_star), w_star=w_star,
                       traces=traces)
