@@ -20,7 +20,8 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "backend_for"]
+__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
+           "backend_for"]
 
 
 def backend_for(arrays):
@@ -85,17 +86,13 @@ def _check_lr(lr):
     return float(lr)
 
 
-def _flag(cond, bit):
-    return bit if cond else 0
-
-
 # --------------------------------------------------------------------------------------- SGD
 def _sgd(mod, plan, grads, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
          sutskever, name="grads"):
     # `first`: the momentum buffer is new; torch's form then starts it at the gradient
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(nesterov, mod.NESTEROV)
-             | _flag(momentum != 0, mod.MOMENTUM) | _flag(sutskever, mod.SUTSKEVER)
-             | _flag(first and not sutskever, mod.FIRST))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.NESTEROV if nesterov else 0)
+             | (mod.MOMENTUM if momentum != 0 else 0) | (mod.SUTSKEVER if sutskever else 0)
+             | (mod.FIRST if first and not sutskever else 0))
     mod.sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name)
 
 
@@ -124,7 +121,7 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
 def _adagrad(mod, plan, grads, step, lr, lr_decay, weight_decay, eps, maximize, eps_in_sqrt,
              name="grads"):
     clr = lr / (1 + (step - 1) * lr_decay)
-    flags = _flag(maximize, mod.MAXIMIZE) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT)
+    flags = (mod.MAXIMIZE if maximize else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0)
     mod.adagrad(plan, grads, clr, eps, weight_decay, flags, name)
 
 
@@ -140,8 +137,8 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
 # ----------------------------------------------------------------------------------- RMSprop
 def _rmsprop(mod, plan, grads, step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
              eps_in_sqrt, name="grads"):
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(centered, mod.CENTERED)
-             | _flag(momentum > 0, mod.MOMENTUM) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.CENTERED if centered else 0)
+             | (mod.MOMENTUM if momentum > 0 else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0))
     mod.rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name)
 
 
@@ -169,8 +166,8 @@ def _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, 
           decoupled_weight_decay, name="grads"):
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(amsgrad, mod.AMSGRAD)
-             | _flag(decoupled_weight_decay, mod.DECOUPLED))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.AMSGRAD if amsgrad else 0)
+             | (mod.DECOUPLED if decoupled_weight_decay else 0))
     mod.adam(plan, grads, lr / bias_correction1, beta1, beta2, bias_correction2 ** 0.5, eps,
              weight_decay, 1 - lr * weight_decay, flags, name)
 
@@ -201,7 +198,7 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 # ---------------------------------------------------------------------------------- Adadelta
 def _adadelta(mod, plan, grads, step, lr, rho, eps, weight_decay, maximize, name="grads"):
-    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, _flag(maximize, mod.MAXIMIZE), name)
+    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, (mod.MAXIMIZE if maximize else 0), name)
 
 
 def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
@@ -215,7 +212,7 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
 # ------------------------------------------------------------------------------------ Adamax
 def _adamax(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, maximize, name="grads"):
     clr = lr / (1 - beta1 ** step)
-    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, _flag(maximize, mod.MAXIMIZE),
+    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, (mod.MAXIMIZE if maximize else 0),
                name)
 
 
@@ -226,3 +223,16 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")
+
+
+# ------------------------------------------------------------------------------------ Newton
+def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
+    """Newton step, in place: ``param -= lr * (H + (damping + shift) I)^{-1} grad``.
+
+    `hessian` is the (p, p) Hessian of `param` (p = param.size; one per array for lists),
+    solved by Cholesky (fastopt._linalg); see :class:`fastopt.Newton`. Returns the identity
+    shift that made the Hessian positive definite (0.0 when none was needed), one per array for
+    lists. NumPy arrays only.
+    """
+    from .optim.newton import _newton_step
+    return _newton_step(param, grad, hessian, lr, damping)

@@ -13,6 +13,10 @@ elementwise math in Python. Order of work in `step`, so that an error changes no
    on through `param_groups`);
 3. run the kernels, then advance the step counters.
 
+State buffers of parameters that continue each other in memory (views from
+`fastopt.flatten`) are allocated as views of one buffer (`fastopt.flat.state_like`), so the
+kernels step such a run of parameters as one segment.
+
 State is keyed by the parameter's position in the optimizer (0, 1, ... over all groups), which
 is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors).
 """
@@ -23,6 +27,7 @@ import threading
 import numpy as np
 
 from .. import _kernels
+from ..flat import state_like
 from ..functional import backend_for
 
 __all__ = ["Optimizer"]
@@ -138,9 +143,10 @@ class Optimizer:
         return mod, mod.Plan(params, "params", offset)
 
     def _state_like(self, params, fill=None):
-        """New state buffers for a group's `params`, filled with `fill` or uninitialized (a
-        hook: fastopt.mixed keeps float32 state for 16-bit parameters)."""
-        return [np.empty_like(p) if fill is None else np.full_like(p, fill) for p in params]
+        """New state buffers for a group's `params`, filled with `fill` or uninitialized
+        (`fastopt.flat.state_like`; a hook: fastopt.mixed keeps float32 state for 16-bit
+        parameters)."""
+        return state_like(params, fill)
 
     def _check_disjoint(self, new_params, offset):
         """No parameter of the new group shares memory with one of an existing group."""
@@ -196,7 +202,9 @@ class Optimizer:
             groups, records, spec = self.param_groups, self._records, self.spec
             if len(groups) == 1:
                 group, rec = groups[0], records[0]
-                lr = self._lr_of(group, rec)
+                lr = group["lr"]
+                if callable(lr):
+                    lr = self._lr_of(group, rec)
                 uses = spec.uses(group)
                 fresh = self._fresh_none
                 if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
