@@ -370,3 +370,9 @@ def test_step_counts_are_views_of_one_buffer_but_state_dicts_do_not_alias():
     assert [float(opt.state[p]["step"]) for p in model.parameters()] == [2.0] * 4
     assert [float(other.state[p]["step"]) for p in other_model] == [3.0] * 4
     assert float(saved["state"][0]["step"]) == 2.0
+
+
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(ft, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

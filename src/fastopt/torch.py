@@ -23,9 +23,10 @@ Parameters, gradients and state must be dense, contiguous CPU tensors of dtype f
 float64; anything else raises ``TypeError``/``ValueError`` naming the tensor, before anything
 is modified. The kernel plans (the C segment tables) are cached per group and per set of
 parameters that have gradients, and checked against the tensors at every step (identity and
-data pointer of each parameter and state tensor), so replacing ``p.data`` or a state tensor is
-picked up; the common step (every parameter has a gradient, one step count) costs a pass
-over the gradient list and one kernel call.
+data pointer of each parameter, identity of each state tensor), so replacing ``p.data`` or a
+state tensor is picked up; the common step (every parameter has a gradient, one step count)
+costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
+of a group are views into one counter buffer, advanced by one NumPy operation.
 
 >>> import torch, fastopt.torch
 >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))

@@ -143,9 +143,9 @@ class Optimizer:
         return mod, mod.Plan(params, "params", offset)
 
     def _state_like(self, params, fill=None):
-        """New state buffers for a group's `params`, filled with `fill` or uninitialized (a
-        hook: fastopt.mixed keeps float32 state for 16-bit parameters). Parameters that continue
-        each other in memory get views of one buffer (`fastopt.flat.state_like`)."""
+        """New state buffers for a group's `params`, filled with `fill` or uninitialized
+        (`fastopt.flat.state_like`; a hook: fastopt.mixed keeps float32 state for 16-bit
+        parameters)."""
         return state_like(params, fill)
 
     def _check_disjoint(self, new_params, offset):
