@@ -47,7 +47,8 @@ static int fo_team_size(int64_t total, int n_threads)
 {
     if (n_threads < 1) n_threads = 1;
     if (total < fo_parallel_threshold || n_threads == 1) return 1;
-    int64_t useful = total / (fo_parallel_threshold / 2);
+    const int64_t half = fo_parallel_threshold / 2;      /* a threshold of 1 gives 0 */
+    int64_t useful = total / (half > 0 ? half : 1);
     if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
     return n_threads;
 }

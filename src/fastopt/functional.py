@@ -8,6 +8,7 @@ hyperparameters (bias corrections, decayed step sizes, option flags), once per c
 Arrays may be NumPy arrays (C/OpenMP kernels) or CuPy arrays (CUDA kernels, `fastopt[gpu]`);
 all arrays of one call must be of one kind. `step` is the 1-based index of the step being taken.
 Every check happens before any element is written: on error nothing is modified.
+Hyperparameters are checked with the same rules as the classes' (fastopt._specs).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
 call the same `_<name>` runners with cached plans.
@@ -59,6 +60,16 @@ def _check_lr(lr):
     return float(lr)
 
 
+def _check_hyper(name, **values):
+    """Check hyperparameters with the registry's rules, those the classes apply to groups."""
+    from . import _specs  # imported here: _specs imports this module
+    spec = _specs.SPECS[name]
+    for key, value in values.items():
+        spec.rules.get(key, _specs.unit_open)(key, value)   # beta1, beta2: in [0, 1)
+    if spec.check is not None:
+        spec.check({**spec.defaults, **values})
+
+
 def _flag(cond, bit):
     return bit if cond else 0
 
@@ -81,6 +92,8 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
     set to the gradient, as in torch; with ``sutskever=True`` it starts from its zeros).
     """
     lr = _check_lr(lr)
+    _check_hyper("sgd", momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                 nesterov=nesterov, maximize=maximize, sutskever=sutskever)
     if momentum != 0:
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
@@ -106,6 +119,8 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
              maximize=False, eps_in_sqrt=False):
     """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                 maximize=maximize, eps_in_sqrt=eps_in_sqrt)
     mod, plan = _plan(param, [(0, "state_sum", state_sum)])
     _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
              eps_in_sqrt, "grad")
@@ -127,6 +142,8 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     `momentum_buffer` is required when momentum > 0, `grad_avg` when centered.
     """
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("rmsprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                 centered=centered, maximize=maximize, eps_in_sqrt=eps_in_sqrt)
     if momentum > 0 and momentum_buffer is None:
         raise ValueError("momentum_buffer is required when momentum > 0")
     if centered and grad_avg is None:
@@ -157,6 +174,9 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
     `max_exp_avg_sq` is required when amsgrad=True.
     """
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adam", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                 amsgrad=amsgrad, maximize=maximize,
+                 decoupled_weight_decay=decoupled_weight_decay)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
@@ -182,6 +202,7 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
               weight_decay=0.0, maximize=False):
     """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
     _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
 
@@ -197,6 +218,8 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
             weight_decay=0.0, maximize=False):
     """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                 maximize=maximize)
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")
