@@ -14,6 +14,7 @@
  */
 #include "fastopt/kernels.h"
 #include "fastopt/rules.h"
+#include "fastopt/constants.h"   /* fo_<opt>_constants_<sfx>: hp -> k, shared with CUDA */
 
 #ifndef FASTOPT_NO_OPENMP
 #include <omp.h>
@@ -115,48 +116,6 @@ static inline void fo_share(int64_t total, int t, int nt, int64_t *lo, int64_t *
 #else
 #define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
 #endif
-
-/* Per-call conversion of the double-precision step scalars to the element type. */
-#define FO_CONSTANTS(SFX, T)                                                                  \
-    static inline fo_sgd_k_##SFX fo_sgd_constants_##SFX(const fo_sgd_hp *h)                   \
-    {                                                                                         \
-        fo_sgd_k_##SFX k = {(T)h->lr, (T)h->momentum, (T)(1.0 - h->dampening),                \
-                            (T)h->weight_decay, h->flags};                                    \
-        return k;                                                                             \
-    }                                                                                         \
-    static inline fo_adagrad_k_##SFX fo_adagrad_constants_##SFX(const fo_adagrad_hp *h)       \
-    {                                                                                         \
-        fo_adagrad_k_##SFX k = {(T)h->clr, (T)h->eps, (T)h->weight_decay, h->flags};          \
-        return k;                                                                             \
-    }                                                                                         \
-    static inline fo_rmsprop_k_##SFX fo_rmsprop_constants_##SFX(const fo_rmsprop_hp *h)       \
-    {                                                                                         \
-        fo_rmsprop_k_##SFX k = {(T)h->lr, (T)h->alpha, (T)(1.0 - h->alpha), (T)h->eps,        \
-                                (T)h->weight_decay, (T)h->momentum, h->flags};                \
-        return k;                                                                             \
-    }                                                                                         \
-    static inline fo_adam_k_##SFX fo_adam_constants_##SFX(const fo_adam_hp *h)                \
-    {                                                                                         \
-        fo_adam_k_##SFX k = {(T)h->step_size, (T)h->beta1, (T)(1.0 - h->beta1), (T)h->beta2,  \
-                             (T)(1.0 - h->beta2), (T)h->bc2_sqrt, (T)h->eps,                  \
-                             (T)h->weight_decay, (T)h->decay_factor, h->flags};               \
-        return k;                                                                             \
-    }                                                                                         \
-    static inline fo_adadelta_k_##SFX fo_adadelta_constants_##SFX(const fo_adadelta_hp *h)    \
-    {                                                                                         \
-        fo_adadelta_k_##SFX k = {(T)h->lr, (T)h->rho, (T)(1.0 - h->rho), (T)h->eps,           \
-                                 (T)h->weight_decay, h->flags};                               \
-        return k;                                                                             \
-    }                                                                                         \
-    static inline fo_adamax_k_##SFX fo_adamax_constants_##SFX(const fo_adamax_hp *h)          \
-    {                                                                                         \
-        fo_adamax_k_##SFX k = {(T)h->clr, (T)h->beta1, (T)(1.0 - h->beta1), (T)h->beta2,      \
-                               (T)h->eps, (T)h->weight_decay, h->flags};                      \
-        return k;                                                                             \
-    }
-
-FO_CONSTANTS(f32, float)
-FO_CONSTANTS(f64, double)
 
 #define FO_STAMP_BOTH(OPT) FO_STAMP(OPT, f32, float) FO_STAMP(OPT, f64, double)
 FO_STAMP_BOTH(sgd)

@@ -12,7 +12,7 @@ seconds="${1:-600}"
 report="$(mktemp "${TMPDIR:-/tmp}/fastopt-fuzz.XXXXXX.json")"
 trap 'rm -f "$report"' EXIT
 export PYTHONPATH="src:tests${PYTHONPATH:+:$PYTHONPATH}"
-HYPOTHESIS_PROFILE=fuzz FASTOPT_RUN_SLOW=1 FASTOPT_FUZZ_SECONDS="$seconds" \
+HYPOTHESIS_PROFILE=fuzz FASTOPT_FUZZ_SECONDS="$seconds" \
 FASTOPT_FUZZ_REPORT="$report" \
     python -m pytest tests/test_fuzz.py -m slow -k test_fuzz_for_a_while -q -p no:cacheprovider
 python - "$report" <<'PY'

@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src:tests${PYTHONPATH:+:$PYTHONPATH}"
-export FASTOPT_RUN_SLOW=1
 exec python -m pytest tests -m slow -s -q -p no:cacheprovider "$@"

@@ -8,14 +8,19 @@ read-only, byte-swapped, not an array at all), placed fresh, right next to, insi
 another array, or as the very same object. Values are a dyadic grid (k/8, exact in both float
 types) with optional special values (NaN, +-Inf, huge, subnormal, -0.0) at drawn positions.
 
-The contract that decides whether a call must succeed (`layout_ok`, `overlapping`, the
+Drivers register with `entry_point` (tests/fuzz_*.py); `run` gives one a fresh Example. The
+contract that decides whether a call must succeed (`layout_ok`, `overlapping`, the
 invalid-hyperparameter table) is written here from DESIGN.md, independently of the bindings;
 results of accepted calls are compared with tests/reference.py.
 """
+import contextlib
 import math
 
 import numpy as np
 from hypothesis import strategies as st
+
+import fastopt as fo
+from fastopt import _kernels
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 TOL = {np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-11}
@@ -340,3 +345,42 @@ def same_state_dict(a, b):
             elif v != w:
                 return False
     return True
+
+
+# ------------------------------------------------------------------------------ the registry
+ENTRY_POINTS = {}    # "entry:name" -> (driver, name)
+COUNTS = {}          # examples run per key (reported by scripts/fuzz.sh)
+ERRORS = (TypeError, ValueError)
+
+
+def entry_point(*names):
+    """Register `fuzz_x(ex, name)` as the driver of entry point x, once per name in `names`."""
+    def register(fn):
+        for name in names:
+            ENTRY_POINTS[f"{fn.__name__[len('fuzz_'):]}:{name}"] = (fn, name)
+        return fn
+    return register
+
+
+@contextlib.contextmanager
+def kernel_config(ex):
+    """Run with 1 or 2 threads and a parallel threshold low enough to split small arrays."""
+    threads = ex.draw(st.sampled_from([1, 2]), "threads")
+    threshold = ex.draw(st.sampled_from([32768, 16, 1]), "parallel threshold")
+    old = _kernels.get_parallel_threshold()
+    fo.set_num_threads(threads)
+    _kernels.set_parallel_threshold(threshold)
+    try:
+        yield
+    finally:
+        fo.set_num_threads(0)
+        _kernels.set_parallel_threshold(old)
+
+
+def run(key, data):
+    """One example of the driver registered under `key`."""
+    fn, name = ENTRY_POINTS[key]
+    ex = Example(data)
+    with kernel_config(ex):
+        fn(ex, name)
+    COUNTS[key] = COUNTS.get(key, 0) + 1

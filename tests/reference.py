@@ -105,6 +105,9 @@ def adamax(p, g, s, h, t, lr):
 
 REFERENCES = {name: globals()[name] for name in NAMES}
 
+# torch.optim's documented defaults that differ from the neutral values used above
+DEFAULTS = {"adamw": {"weight_decay": 1e-2}}
+
 
 def reference_step(name, p, g, state, hyper, step, lr=None):
     """One step of optimizer `name` on float64 copies; returns the new parameter."""
@@ -118,7 +121,8 @@ class ReferenceOptimizer:
 
     def __init__(self, name, groups):
         self.name = name
-        self.groups = [dict(g, params=[np.array(p, np.float64) for p in g["params"]])
+        self.groups = [{**DEFAULTS.get(name, {}), **g,
+                        "params": [np.array(p, np.float64) for p in g["params"]]}
                        for g in groups]
         self.states = [[{} for _ in g["params"]] for g in self.groups]
         self.steps = [0] * len(self.groups)

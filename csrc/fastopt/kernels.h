@@ -9,7 +9,7 @@
  *                                 const fo_<opt>_hp *hp, int n_threads);
  *
  * `hp` holds the per-step scalars in double precision (see rules.h for their meaning); they are
- * converted to the element type once per call. Returns 0, or -1 for invalid arguments
+ * converted to the element type once per call (fastopt/constants.h). Returns 0, or -1 for invalid arguments
  * (negative lengths or counts); the bindings check buffers before calling, so -1 means a bug.
  */
 #ifndef FASTOPT_KERNELS_H
@@ -37,16 +37,8 @@ typedef struct {
     int64_t n;
 } fo_segment_f64;
 
-/* Per-step scalars, computed once per step by the caller (src/fastopt/functional.py). */
-typedef struct { double lr, momentum, dampening, weight_decay; int flags; } fo_sgd_hp;
-typedef struct { double clr, eps, weight_decay; int flags; } fo_adagrad_hp;
-typedef struct { double lr, alpha, eps, weight_decay, momentum; int flags; } fo_rmsprop_hp;
-typedef struct {
-    double step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay_factor;
-    int flags;
-} fo_adam_hp;
-typedef struct { double lr, rho, eps, weight_decay; int flags; } fo_adadelta_hp;
-typedef struct { double clr, beta1, beta2, eps, weight_decay; int flags; } fo_adamax_hp;
+/* Per-step scalars fo_<opt>_hp, computed once per step by the caller (src/fastopt/functional.py). */
+#include "hp.h"
 
 #define FO_DECLARE(opt)                                                                       \
     int fo_##opt##_step_f32(const fo_segment_f32 *segments, int64_t n_segments,              \

@@ -7,7 +7,8 @@
  * parameter tensor and its state buffers in place, given the gradient and a small struct `k`
  * of scalars that depend only on the hyperparameters and the step (bias corrections, the
  * scheduled learning rate, ...). Those scalars are computed once per step by the caller
- * (src/fastopt/functional.py) and converted to the element type once per call (kernels.c),
+ * (src/fastopt/functional.py) and converted to the element type by fastopt/constants.h, once
+ * per call on the CPU (kernels.c) and once per thread on the GPU (src/fastopt/cuda.py),
  * never inside the element loop.
  *
  * All rules share one signature,

@@ -70,12 +70,17 @@ class Spec:
     state: tuple                     # state buffer names, in the C rule's slot order
     uses: Callable                   # group -> tuple of bools: which state buffers are needed
     run: Callable                    # (mod, plan, grads, group, step, lr, fresh, name) -> None
+    kernel: str = ""                 # C kernel family (fo_<kernel>_step_*); default: name
     init: dict = field(default_factory=dict)   # state name -> group -> fill value (default 0)
     # `fresh` (a tuple of bools, one per state buffer) marks buffers created for this step
     check: Callable = None           # extra cross-field check(group)
 
     def validate(self, group):
         validate_group(self, group)
+
+    @property
+    def kernel_name(self):
+        return self.kernel or self.name
 
 
 def validate_group(spec, group):
@@ -158,7 +163,7 @@ ADAM = Spec(
 )
 
 ADAMW = Spec(
-    name="adamw", class_name="AdamW",
+    name="adamw", class_name="AdamW", kernel="adam",
     defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                   maximize=False, decoupled_weight_decay=True),
     rules=_ADAM_RULES,

@@ -22,7 +22,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["save", "load", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "write_state_dict", "read_state_dict", "read_state_dict_of",
+           "FORMAT", "VERSION"]
 
 FORMAT = "fastopt-checkpoint"
 VERSION = 1
@@ -64,7 +65,15 @@ def _digest(meta_bytes, arrays):
 
 def save(opt, path):
     """Write `opt.state_dict()` to `path` (.npz) atomically, with a format version and digest."""
-    sd = opt.state_dict()
+    write_state_dict(opt.state_dict(), type(opt).__name__, path)
+
+
+def write_state_dict(sd, optimizer_name, path):
+    """Write a state_dict of an `optimizer_name` optimizer to `path`, as `save` does.
+
+    For state that does not live in one optimizer object (e.g. gathered from the ranks of a
+    sharded optimizer); `load` into an `optimizer_name` instance reads it.
+    """
     arrays, scalars = {}, {}
     for i, entry in sd["state"].items():
         scalars[str(i)] = {}
@@ -74,7 +83,7 @@ def save(opt, path):
             else:
                 arrays[f"state/{i}/{name}"] = _host(value)
     meta = {
-        "format": FORMAT, "version": VERSION, "optimizer": type(opt).__name__,
+        "format": FORMAT, "version": VERSION, "optimizer": optimizer_name,
         "param_groups": [{k: _encode_value(v) for k, v in g.items()} for g in sd["param_groups"]],
         "scalars": scalars,
     }
@@ -146,13 +155,19 @@ def read_state_dict(path):
     return {"state": state, "param_groups": groups, "optimizer": meta.get("optimizer")}
 
 
-def load(opt, path):
-    """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
+def read_state_dict_of(path, optimizer_name):
+    """`read_state_dict`, checking that the file holds an `optimizer_name` optimizer's state."""
     sd = read_state_dict(path)
     saved_cls = sd.pop("optimizer")
-    if saved_cls != type(opt).__name__:
+    if saved_cls != optimizer_name:
         raise ValueError(f"{path}: checkpoint of a {saved_cls}, cannot load into a "
-                         f"{type(opt).__name__}")
+                         f"{optimizer_name}")
+    return sd
+
+
+def load(opt, path):
+    """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
+    sd = read_state_dict_of(path, type(opt).__name__)
     try:
         opt.load_state_dict(sd)
     except (TypeError, ValueError) as e:

@@ -140,6 +140,11 @@ class Optimizer:
         self.spec.validate(group)
         offset = sum(len(g["params"]) for g in self.param_groups)
         mod = backend_for(params)
+        if self._records and mod is not self._records[0].mod:
+            raise TypeError(f"param group {len(self.param_groups)} holds "
+                            f"{type(params[0]).__module__} arrays but the optimizer's other "
+                            "groups do not; one optimizer steps arrays of one kind (all NumPy or "
+                            "all CuPy on one device)")
         plan = mod.Plan(params, "params", offset)
         self._check_disjoint(params, offset)
         group["params"] = params

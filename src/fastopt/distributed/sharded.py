@@ -1,0 +1,355 @@
+"""ZeRO stage 1: optimizer state split over the ranks, each rank updating only its shard.
+
+Design note
+-----------
+The parameters are packed into one flat buffer per dtype (``_flat.FlatLayout``) and each
+buffer is split into N contiguous shards (``_flat.Shards``; uneven lengths allowed). This rank
+builds an ordinary fastopt optimizer over *views of its own shard* of the flat parameter
+buffers, one inner param group per (param group, dtype) piece that falls in the shard, so the
+inner optimizer allocates state for the shard only: per rank, state memory is total / N (up
+to one element per buffer). A step is
+
+1. copy this rank's shard of the parameters out of the user's arrays (they stay the truth);
+2. pack the local gradients into a send buffer and ``Reduce_scatter`` it (sum), so this rank
+   receives the summed gradients of its shard only; scale by 1/N;
+3. run the inner optimizer's fused kernel on the shard;
+4. ``Allgatherv`` the updated shards in place into the flat parameter buffers, and copy them
+   back into the user's arrays.
+
+The send buffer has one slot after each rank's shard that carries an error flag (a rank with
+invalid gradients sends zeros and sets it), so every rank receives the sum of the flags with
+its shard and all raise together, nothing changed, without an extra message.
+
+Checkpoints are gathered on rank 0 into the single-process layout, ``fastopt.save``'s format
+with the inner class's name: such a file loads into a plain optimizer with ``fastopt.load``,
+and a ``ShardedOptimizer`` on any number of ranks loads either kind (rank 0 reads, checks,
+and scatters each state buffer along the new shards).
+"""
+import numpy as np
+
+from .. import checkpoint
+from ..optim.base import Optimizer
+from . import _flat
+from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
+
+__all__ = ["ShardedOptimizer"]
+
+
+class _Piece:
+    """One inner param group: the part of user group `group` in buffer `buf` on this rank."""
+    __slots__ = ("group", "buf", "start", "stop")
+
+    def __init__(self, group, buf, start, stop):
+        self.group, self.buf, self.start, self.stop = group, buf, start, stop
+
+
+class ShardedOptimizer:
+    """An optimizer whose state is split over the ranks of `comm` (ZeRO stage 1).
+
+    Each step averages the gradients over the ranks, :math:`\\bar g = \\frac1N \\sum_r g^{(r)}`,
+    and applies `opt_cls`'s update rule with :math:`\\bar g`, the same numbers a
+    `DistributedOptimizer` (or one process on the global batch) computes, but each rank keeps
+    the state of only a contiguous 1/N of the flattened parameters and updates only those.
+
+    Parameters
+    ----------
+    opt_cls : a fastopt optimizer class (``fastopt.Adam``, ``fastopt.SGD``, ...)
+    params : list of arrays, or of param-group dicts (as for `opt_cls`)
+        NumPy float32/float64 arrays, updated in place on every rank after each step.
+    comm : mpi4py communicator, default ``MPI.COMM_WORLD``
+    **hyperparameters : passed to `opt_cls` (``lr``, ``betas``, ``momentum``, ...)
+
+    Construction, `step`, `state_dict`, `load_state_dict`, `save` and `load` are collective.
+
+    >>> opt = ShardedOptimizer(fo.Adam, [w, b], lr=1e-3)    # doctest: +SKIP
+    >>> opt.step([gw, gb])                                  # doctest: +SKIP
+    >>> opt.save("ckpt.npz")          # one file, loads on any number of ranks  # doctest: +SKIP
+    """
+
+    def __init__(self, opt_cls, params, comm=None, **hyperparameters):
+        self.comm = comm = world(comm)
+        self.opt_cls = opt_cls
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        groups = agree(comm, self._check_args, opt_cls, params)
+        self._params = [p for g in groups for p in g["params"]]
+        check_same(comm, [("optimizer", getattr(opt_cls, "__name__", "?")), ("param groups",
+                   [len(g["params"]) for g in groups])] + _flat.signature(self._params),
+                   "the optimizers or parameters")
+        self._layout = layout = _flat.FlatLayout(self._params)
+        self._shards = [_flat.Shards(n, self.size) for n in layout.sizes]
+        self._flat = layout.empty()
+        self._unpack = layout.unpacker(self._flat, self._params)
+        self._group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
+        self._group_start = [self._group_of.index(gi) for gi in range(len(groups))]
+        self._pieces = self._cut(self._group_of)
+        self._shard_in = self._shard_sources()
+        self._send_order = [self._send_order_of(b) for b in range(len(layout.dtypes))]
+        self._flag_slots = [[d + c + r for r, (d, c) in enumerate(zip(s.displs, s.counts))]
+                            for s in self._shards]
+        self._flag = [np.zeros(1, d) for d in layout.dtypes]
+        self._send = [np.empty(n + self.size, d) for n, d in zip(layout.sizes, layout.dtypes)]
+        self._recv = [np.empty(s.counts[self.rank] + 1, d)
+                      for s, d in zip(self._shards, layout.dtypes)]
+        lo = [s.bounds(self.rank)[0] for s in self._shards]
+        self._inner_grads = [self._recv[pc.buf][pc.start - lo[pc.buf]:pc.stop - lo[pc.buf]]
+                             for pc in self._pieces]
+        self._inner = agree(comm, self._build_inner, groups, hyperparameters)
+        self.param_groups = [{**{k: v for k, v in ig.items() if k != "params"},
+                              "params": g["params"]}
+                             for g, ig in zip(groups, self._first_inner_groups())]
+        self._inv_size = 1.0 / self.size
+        layout.pack(self._params, self._flat)         # last: an error above changes nothing
+        for buf in self._flat:
+            comm.Bcast(buf, root=0)
+        self._unpack()
+
+    # ------------------------------------------------------------------------- construction
+    @staticmethod
+    def _check_args(opt_cls, params):
+        if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)):
+            raise TypeError(f"opt_cls must be a fastopt optimizer class (e.g. fastopt.Adam), got "
+                            f"{opt_cls!r}")
+        groups = Optimizer._normalize(params)
+        out, index = [], 0
+        for gi, g in enumerate(groups):
+            if not isinstance(g, dict) or "params" not in g:
+                raise TypeError("a param group must be a dict with a 'params' key")
+            ps = g["params"]
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+            if not ps:
+                raise ValueError(f"param group {gi} has no parameters")
+            for p in ps:
+                _flat.check_param(p, f"params[{index}]")
+                index += 1
+            out.append({**g, "params": ps})
+        return out
+
+    def _cut(self, group_of):
+        """The inner param groups: each (user group, buffer) run, clipped to this shard."""
+        pieces = []
+        for b in range(len(self._layout.dtypes)):
+            lo, hi = self._shards[b].bounds(self.rank)
+            runs = {}
+            for i in self._layout.members[b]:
+                _, off, n = self._layout.where[i]
+                start, stop = runs.get(group_of[i], (off, off))
+                runs[group_of[i]] = (start, off + n)
+            for gi, (start, stop) in sorted(runs.items()):
+                a, z = max(start, lo), min(stop, hi)
+                pieces.append(_Piece(gi, b, a, z) if a < z else _Piece(gi, b, lo, lo))
+        pieces.sort(key=lambda pc: (pc.group, pc.buf))
+        return pieces
+
+    def _send_order_of(self, b):
+        """What goes where in buffer b's send buffer: rank 0's shard, a flag slot, rank 1's...
+
+        Items are (param index, start, stop) within the parameter, or (None, 0, 0) for a flag.
+        """
+        shards = self._shards[b]
+        per_rank = [[] for _ in range(self.size)]
+        for i in self._layout.members[b]:
+            _, off, n = self._layout.where[i]
+            for r, a, z in shards.owner_pieces(off, off + n):
+                per_rank[r].append((i, a - off, z - off))
+        return [item for items in per_rank for item in items + [(None, 0, 0)]]
+
+    def _shard_sources(self):
+        """(flat buffer view, user parameter view) pairs covering this rank's shard."""
+        pairs = []
+        for i, (b, off, n) in enumerate(self._layout.where):
+            lo, hi = self._shards[b].bounds(self.rank)
+            a, z = max(off, lo), min(off + n, hi)
+            if a < z:
+                pairs.append((self._flat[b][a:z], self._params[i].reshape(-1)[a - off:z - off]))
+        return pairs
+
+    def _build_inner(self, groups, hyperparameters):
+        inner_groups = []
+        for pc in self._pieces:
+            hyper = {k: v for k, v in groups[pc.group].items() if k != "params"}
+            inner_groups.append({**hyper, "params": [self._flat[pc.buf][pc.start:pc.stop]]})
+        return self.opt_cls(inner_groups, **hyperparameters)
+
+    def _first_inner_groups(self):
+        firsts = {}
+        for pc, ig in zip(self._pieces, self._inner.param_groups):
+            firsts.setdefault(pc.group, ig)
+        return [firsts[g] for g in sorted(firsts)]
+
+    # --------------------------------------------------------------------------------- step
+    def step(self, grads):
+        """Average `grads` over the ranks and update every parameter (collective).
+
+        Invalid gradients on any rank raise ValueError on every rank, nothing updated.
+        """
+        problem = self._layout.grad_problem(grads)
+        self._sync_hyperparameters()
+        for dst, src in self._shard_in:          # the user's arrays are the truth
+            dst[...] = src
+        flat = [g.reshape(-1) for g in grads] if problem is None else None
+        for b, send in enumerate(self._send):
+            if problem is None:
+                np.concatenate([self._flag[b] if i is None else flat[i][a:z]
+                                for i, a, z in self._send_order[b]], out=send)
+            else:
+                send.fill(0)
+                send[self._flag_slots[b]] = 1
+        MPI = mpi()
+        for b, (send, recv) in enumerate(zip(self._send, self._recv)):
+            counts = [c + 1 for c in self._shards[b].counts]
+            self.comm.Reduce_scatter([send, mpi_type(send.dtype)], [recv, mpi_type(recv.dtype)],
+                                     counts, op=MPI.SUM)
+        n_bad = int(round(float(self._recv[0][-1])))
+        if n_bad:
+            where = problem if problem is not None else "see the error on the other rank(s)"
+            raise ValueError(f"invalid gradients on {n_bad} of {self.size} ranks, nothing was "
+                             f"updated: {where}")
+        for recv in self._recv:
+            recv *= self._inv_size
+        self._inner.step(self._inner_grads)
+        for b, buf in enumerate(self._flat):
+            s = self._shards[b]
+            self.comm.Allgatherv(MPI.IN_PLACE, [buf, (s.counts, s.displs), mpi_type(buf.dtype)])
+        self._unpack()
+
+    def _sync_hyperparameters(self):
+        """Carry edits of `param_groups` (e.g. a new lr) to the inner groups."""
+        for pc, ig in zip(self._pieces, self._inner.param_groups):
+            for k, v in self.param_groups[pc.group].items():
+                if k != "params":
+                    ig[k] = v
+
+    # ------------------------------------------------------------------------------ memory
+    def state_nbytes(self):
+        """Bytes of optimizer state held by this rank (its shard's buffers only)."""
+        return sum(a.nbytes for entry in self._inner.state.values() for a in entry.values())
+
+    # ------------------------------------------------------------------------- checkpoints
+    def state_dict(self):
+        """Collective: the full state in the single-process layout on rank 0, None elsewhere.
+
+        The layout is `opt_cls`'s own (torch's): ``state[i]`` for parameter ``i`` over all
+        groups, so ``opt_cls(params).load_state_dict(sd)`` accepts it.
+        """
+        self._sync_hyperparameters()
+        inner = self._inner.state_dict()["state"]      # this shard, one entry per piece
+        names = self._inner.spec.state
+        full = {}
+        for b, buf in enumerate(self._flat):
+            s = self._shards[b]
+            lo, hi = s.bounds(self.rank)
+            for name in names:
+                have = [k for k, pc in enumerate(self._pieces)
+                        if pc.buf == b and name in inner.get(k, {})]
+                if not have:                      # the same on every rank: same groups, steps
+                    continue
+                local = np.zeros(hi - lo, buf.dtype)
+                for k in have:
+                    pc = self._pieces[k]
+                    local[pc.start - lo:pc.stop - lo] = inner[k][name]
+                whole = np.empty(buf.size, buf.dtype) if self.rank == 0 else None
+                self.comm.Gatherv([local, mpi_type(buf.dtype)],
+                                  [whole, (s.counts, s.displs), mpi_type(buf.dtype)]
+                                  if self.rank == 0 else None, root=0)
+                full[(b, name)] = whole
+        if self.rank != 0:
+            return None
+        first_piece = {}
+        for k, pc in enumerate(self._pieces):
+            first_piece.setdefault(pc.group, k)
+        state = {}
+        for i, (b, off, n) in enumerate(self._layout.where):
+            group_entry = inner.get(first_piece[self._group_of[i]])
+            if group_entry is None:               # the group has not stepped yet
+                continue
+            state[i] = {"step": group_entry["step"]}
+            for name in names:
+                if name in group_entry:
+                    state[i][name] = full[(b, name)][off:off + n].reshape(
+                        self._params[i].shape).copy()
+        groups, index = [], 0
+        for g in self.param_groups:
+            n = len(g["params"])
+            groups.append({**{k: v for k, v in g.items() if k != "params"},
+                           "params": list(range(index, index + n))})
+            index += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Collective: load rank 0's `state_dict` (single-process layout), re-sharded here.
+
+        Rank 0 checks it against `opt_cls` over the full parameters (the same checks as
+        ``opt_cls.load_state_dict``); any problem raises on every rank, nothing changed.
+        """
+        plan = agree(self.comm, self._plan_on_root, state_dict)
+        meta = bcast_tree(self.comm, [(hyper, steps, _common_names(bufs))
+                                      for hyper, steps, bufs in plan] if self.rank == 0 else None)
+        names = self._inner.spec.state
+        shard_state = {}
+        for b, buf in enumerate(self._flat):
+            s = self._shards[b]
+            for name in names:
+                if not any(name in m[2] for m in meta):
+                    continue
+                whole = None
+                if self.rank == 0:
+                    whole = np.zeros(buf.size, buf.dtype)
+                    for i, (bi, off, n) in enumerate(self._layout.where):
+                        gi = self._group_of[i]
+                        if bi == b and name in meta[gi][2]:
+                            k = i - self._group_start[gi]
+                            whole[off:off + n] = np.asarray(plan[gi][2][k][name]).reshape(-1)
+                mine = np.empty(s.counts[self.rank], buf.dtype)
+                self.comm.Scatterv([whole, (s.counts, s.displs), mpi_type(buf.dtype)]
+                                   if self.rank == 0 else None, [mine, mpi_type(buf.dtype)],
+                                   root=0)
+                shard_state[(b, name)] = mine
+        inner_state, inner_groups = {}, []
+        for k, pc in enumerate(self._pieces):
+            hyper, steps, bufnames = meta[pc.group]
+            lo = self._shards[pc.buf].bounds(self.rank)[0]
+            if bufnames or steps:
+                inner_state[k] = {"step": float(steps)}
+                for name in bufnames:
+                    inner_state[k][name] = shard_state[(pc.buf, name)][pc.start - lo:pc.stop - lo]
+            inner_groups.append({**hyper, "params": [k]})
+        agree(self.comm, self._inner.load_state_dict,
+              {"state": inner_state, "param_groups": inner_groups})
+        for gi, (hyper, _, _) in enumerate(meta):
+            params = self.param_groups[gi]["params"]
+            self.param_groups[gi].clear()
+            self.param_groups[gi].update({**hyper, "params": params})
+
+    def _plan_on_root(self, state_dict):
+        """Rank 0: validate against `opt_cls` over the full parameters (no state allocated)."""
+        if self.rank != 0:
+            return None
+        full = self.opt_cls([{**{k: v for k, v in g.items() if k != "params"},
+                              "params": g["params"]} for g in self.param_groups])
+        return full._plan_load(state_dict)
+
+    def save(self, path):
+        """Collective: gather the state on rank 0 and write it atomically (fastopt.save format)."""
+        sd = self.state_dict()
+
+        def write():
+            if self.rank == 0:
+                checkpoint.write_state_dict(sd, self.opt_cls.__name__, path)
+        agree(self.comm, write)
+
+    def load(self, path):
+        """Collective: rank 0 reads a checkpoint (from any number of ranks, or fastopt.save)."""
+        def read():
+            if self.rank == 0:
+                return checkpoint.read_state_dict_of(path, self.opt_cls.__name__)
+        self.load_state_dict(agree(self.comm, read))
+
+    def __repr__(self):
+        lo_hi = [s.bounds(self.rank) for s in self._shards]
+        return (f"ShardedOptimizer({self.opt_cls.__name__}, rank {self.rank} of {self.size}, "
+                f"shard {lo_hi} of {self._layout.sizes} elements per dtype)")
+
+
+def _common_names(buffers):
+    """State buffer names that every parameter of a group has (sorted)."""
+    return sorted(set.intersection(*(set(b) for b in buffers))) if buffers else []

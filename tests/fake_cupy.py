@@ -1,0 +1,218 @@
+"""A stand-in for the parts of CuPy that fastopt.cuda's host logic touches, backed by host memory.
+
+It lets CI (no GPU) test what fastopt.cuda does around the kernels: validation and its
+messages, the pointer and chunk tables, the gradient-row refresh, the pinned-buffer ring,
+stream ordering. "Device" arrays are NumPy arrays tagged with a device id, whose ``data.ptr``
+is their real host address; ``memcpyAsync`` is a memmove. A launched kernel is emulated chunk
+by chunk: it reads the pointer and chunk tables it was given, views the memory they point at,
+and applies the CPU binding ``fastopt._kernels`` to each chunk's slice. The per-element rule
+is the same, so a correct table layout gives results bit-identical to the CPU on whole arrays,
+and a wrong one (a chunk missed or applied twice, a stale gradient pointer, a state row in the
+wrong place) does not. What it cannot check, the real compilation and launch, is covered by
+tests/test_cuda_source.py (nvcc) and tests/test_cuda.py (a GPU).
+"""
+import ctypes
+import re
+import types
+
+import numpy as np
+
+_current_device = [0]
+log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": []}
+pending_events = [False]          # when True, new events stay "in flight" until released
+_in_flight = []
+
+
+def reset():
+    _current_device[0] = 0
+    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[])
+    pending_events[0] = False
+    _in_flight.clear()
+    _Stream.current = _Stream.null
+
+
+def release_events():
+    """Complete every pending event (the device catching up)."""
+    for ev in _in_flight:
+        ev._done = True
+    _in_flight.clear()
+
+
+class _Flags:
+    def __init__(self, a):
+        self.c_contiguous = a.flags.c_contiguous
+
+
+class _Data:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class _Device:
+    def __init__(self, device=None):
+        self.id = _current_device[0] if device is None else int(device)
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(_current_device[0])
+        _current_device[0] = self.id
+        return self
+
+    def __exit__(self, *exc):
+        _current_device[0] = self._prev.pop()
+
+
+class ndarray:
+    def __init__(self, a, device=None):
+        self._a = a
+        self.device = _Device(device)
+
+    dtype = property(lambda self: self._a.dtype)
+    shape = property(lambda self: self._a.shape)
+    strides = property(lambda self: self._a.strides)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    ndim = property(lambda self: self._a.ndim)
+    flags = property(lambda self: _Flags(self._a))
+    data = property(lambda self: _Data(self._a.ctypes.data))
+    T = property(lambda self: ndarray(self._a.T, self.device.id))
+
+    def __getitem__(self, idx):
+        return ndarray(self._a[idx], self.device.id)
+
+    def reshape(self, *shape):
+        return ndarray(self._a.reshape(*shape), self.device.id)
+
+    def get(self):
+        return self._a.copy()
+
+
+def asarray(a, dtype=None):
+    if isinstance(a, ndarray):
+        return a
+    return ndarray(np.array(a, dtype=dtype, copy=True))
+
+
+def array(a, copy=True):
+    src = a._a if isinstance(a, ndarray) else a
+    return ndarray(np.array(src, copy=True))
+
+
+def empty(shape, dtype=np.float64):
+    return ndarray(np.empty(shape, dtype=dtype))
+
+
+def zeros_like(a):
+    return ndarray(np.zeros_like(a._a), a.device.id)
+
+
+class _Stream:
+    null = None
+    current = None
+
+    def __init__(self, ptr=None):
+        self.ptr = id(self) if ptr is None else ptr
+        self._prev = []
+
+    def wait_event(self, ev):
+        log["waits"] += 1
+
+    def __enter__(self):
+        self._prev.append(_Stream.current)
+        _Stream.current = self
+        return self
+
+    def __exit__(self, *exc):
+        _Stream.current = self._prev.pop()
+
+
+_Stream.null = _Stream(0)
+_Stream.current = _Stream.null
+
+
+class _Event:
+    def __init__(self, block=False, disable_timing=False):
+        self._done = True
+
+    def record(self, stream=None):
+        self._done = not pending_events[0]
+        if not self._done:
+            _in_flight.append(self)
+
+    @property
+    def done(self):
+        return self._done
+
+    def synchronize(self):
+        log["syncs"] += 1
+        self._done = True
+
+
+class _Pinned:
+    def __init__(self, n):
+        self._buf = (ctypes.c_char * n)()
+        self.ptr = ctypes.addressof(self._buf)
+
+
+def _memcpy_async(dst, src, n, kind, stream):
+    assert kind == 1, "only host-to-device copies are expected"
+    log["copies"] += 1
+    ctypes.memmove(dst, src, n)
+
+
+runtime = types.SimpleNamespace(memcpyAsync=_memcpy_async, memcpyHostToDevice=1,
+                                getDeviceCount=lambda: 2)
+
+
+def _view(ptr, n, dtype):
+    if n == 0 or ptr == 0:
+        return np.empty(0, dtype)
+    buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(buf, dtype=dtype, count=n)
+
+
+class _Kernel:
+    def __init__(self, name, block):
+        m = re.fullmatch(r"fo_(\w+)_multi_(f32|f64)", name)
+        assert m, name
+        self.opt, self.dtype = m.group(1), np.dtype(np.float32 if m.group(2) == "f32" else np.float64)
+        self.block = block
+
+    def __call__(self, grid, block, args):
+        from fastopt import _kernels as K
+        table, nseg, chunks, nchunks, *scalars, flags, used = args
+        nseg, nchunks = int(nseg), int(nchunks)
+        assert isinstance(flags, np.int32) and isinstance(used, np.int32)
+        assert all(isinstance(s, np.float64) for s in scalars)
+        assert grid == (nchunks,) and block == (self.block,), (grid, block)
+        log["launches"].append((self.opt, self.dtype, nchunks))
+        tab = table._a.view(np.uint64)
+        ch = chunks._a
+        for c in range(nchunks):
+            s, lo, hi = (int(x) for x in ch[[c, nchunks + c, 2 * nchunks + c]])
+            rows = [int(tab[r * nseg + s]) for r in range(5)]
+            p, g = (_view(rows[r], hi, self.dtype)[lo:] for r in (0, 1))
+            plan = K.Plan([p])
+            for k in range(3):
+                if rows[2 + k] and int(used) >> k & 1:   # the kernel touches only used state
+                    plan.set_state(k, [_view(rows[2 + k], hi, self.dtype)[lo:]])
+            getattr(K, self.opt)(plan, [g], *(float(x) for x in scalars), int(flags))
+
+
+class RawModule:
+    def __init__(self, code=None, options=()):
+        m = re.search(r"#define FO_BLOCK (\d+)", code)
+        self.block = int(m.group(1))
+        self.code = code
+        log["modules"].append((code, options))
+
+    def get_function(self, name):
+        assert f" {name}(" in self.code or f"\n{name}(" in self.code, name
+        return _Kernel(name, self.block)
+
+
+cuda = types.SimpleNamespace(
+    Device=_Device, Event=_Event, Stream=_Stream, runtime=runtime,
+    get_current_stream=lambda: _Stream.current,
+    alloc_pinned_memory=_Pinned,
+)

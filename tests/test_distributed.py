@@ -1,0 +1,231 @@
+"""fastopt.distributed: worker scripts in tests/mpi/ launched with `mpiexec -n N`.
+
+Each rank of a worker writes its results as JSON to a file; the assertions are made here. Needs
+mpi4py and an MPI launcher (``pip install "fastopt[mpi]"`` gives both: mpi4py and the mpich
+wheel, whose ``mpiexec`` lands next to the Python executable); without them the MPI tests are
+skipped, saying so. Every launch runs under a timeout, so a hang fails instead of blocking.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastopt
+
+HERE = Path(__file__).parent
+WORKERS = HERE / "mpi"
+TIMEOUT_S = 60
+
+
+def _mpiexec():
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
+needs_mpi = pytest.mark.skipif(
+    not HAVE_MPI, reason='needs mpi4py and mpiexec: pip install "fastopt[mpi]" (mpi4py + mpich)')
+
+
+def run_workers(n, script, *args, timeout=TIMEOUT_S):
+    """Run tests/mpi/<script> on n ranks; returns the per-rank result dicts, rank order."""
+    with tempfile.TemporaryDirectory() as results_dir:
+        out, err = _launch(n, script, args, timeout, results_dir)
+        results = []
+        for rank in range(n):
+            path = Path(results_dir) / f"rank{rank}.json"
+            assert path.exists(), f"rank {rank} of {script} reported nothing:\n{out}\n{err}"
+            results.append(json.loads(path.read_text()))
+    return results
+
+
+def _launch(n, script, args, timeout, results_dir):
+    env = dict(os.environ, FASTOPT_MPI_RESULTS=results_dir)
+    package_root = str(Path(fastopt.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_root, str(WORKERS), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(WORKERS / script), *map(str, args)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{script} on {n} ranks did not finish in {timeout} s (a hang)\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    assert proc.returncode == 0, f"{script} on {n} ranks failed:\n{out}\n{err}"
+    return out, err
+
+
+# --------------------------------------------------------------------- without MPI at all
+def test_import_fastopt_does_not_need_mpi4py():
+    code = ("import sys; sys.modules['mpi4py'] = None; import fastopt, fastopt.distributed\n"
+            "from fastopt.distributed import ShardedOptimizer\n"
+            "try:\n    ShardedOptimizer(fastopt.Adam, [__import__('numpy').zeros(3)])\n"
+            "except ImportError as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(fastopt.__file__).resolve().parent.parent))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr
+    assert 'pip install "fastopt[mpi]"' in out.stdout
+
+
+@pytest.mark.parametrize("total", [0, 1, 2, 7, 55, 100])
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_shards_cover_the_buffer_contiguously(total, n):
+    from fastopt.distributed._flat import Shards
+    s = Shards(total, n)
+    assert sum(s.counts) == total
+    assert max(s.counts) - min(s.counts) <= 1
+    assert [s.bounds(r)[0] for r in range(n)] == s.displs
+    assert all(s.bounds(r)[1] == s.bounds(r + 1)[0] for r in range(n - 1))
+    pieces = s.owner_pieces(total // 3, total)
+    assert sum(b - a for _, a, b in pieces) == total - total // 3
+
+
+def test_flat_layout_round_trip():
+    from fastopt.distributed._flat import FlatLayout
+    params = [np.arange(6.0).reshape(2, 3), np.arange(4, dtype=np.float32), np.arange(2.0)]
+    layout = FlatLayout(params)
+    assert [d.name for d in layout.dtypes] == ["float64", "float32"]
+    assert layout.sizes == [8, 4]
+    buffers = layout.empty()
+    layout.pack(params, buffers)
+    np.testing.assert_array_equal(buffers[0], [0, 1, 2, 3, 4, 5, 0, 1])
+    out = [np.zeros_like(p) for p in params]
+    layout.unpacker(buffers, out)()
+    for a, b in zip(out, params):
+        np.testing.assert_array_equal(a, b)
+    assert layout.grad_problem([np.ones_like(p) for p in params]) is None
+    assert "grads[1] must be a float32 array of shape (4,)" in layout.grad_problem(
+        [params[0], np.ones(4), params[2]])
+    assert "grads has 2 arrays" in layout.grad_problem(params[:2])
+
+
+# ------------------------------------------------------------------------------ with MPI
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
+def equivalence(request):
+    """tests/mpi/equivalence.py on 2 and on 3 ranks, run once for the tests that read it."""
+    if not HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec: pip install "fastopt[mpi]" (mpi4py + mpich)')
+    return request.param, run_workers(request.param, "equivalence.py")
+
+
+@pytest.mark.mpi
+def test_n_ranks_equal_one_process_on_the_global_batch(equivalence):
+    n, results = equivalence
+    for r in results:
+        assert r["size"] == n
+        assert len(r["errors"]) == 6          # {Distributed, Sharded} x {SGD-momentum, Adam, Adagrad}
+        for case, err in r["errors"].items():
+            assert err["float64"] < 1e-12, (case, r["rank"], err)
+            assert err["float32"] < 1e-5, (case, r["rank"], err)
+
+
+@pytest.mark.mpi
+def test_one_allreduce_for_many_small_tensors(equivalence):
+    n, results = equivalence
+    for r in results:           # 100 tensors of 3 elements, default bucket size
+        assert r["allreduce_calls"] == 1
+        assert r["small_step_ok"]
+
+
+@pytest.mark.mpi
+def test_sharded_state_memory_is_one_nth(equivalence):
+    n, results = equivalence
+    total = results[0]["total_state_nbytes"]
+    assert sum(r["state_nbytes"] for r in results) == total
+    for r in results:
+        assert abs(r["state_nbytes"] - total / n) <= 0.05 * total / n, r
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(n):
+    results = run_workers(n, "syncbn.py")
+    for r in results:
+        for layout, steps in r["errors"].items():
+            for step, errs in steps.items():
+                for name, e in errs.items():
+                    assert e < 1e-12, (layout, step, name, r["rank"], e)
+        message = r["bad_input_error"]
+        assert message is not None, f"rank {r['rank']} did not raise"
+        if r["rank"] == n - 1:
+            assert "must have shape (N, 3, ...)" in message
+        else:
+            assert "rejected on 1 other rank" in message
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_checkpoint_saved_on_3_ranks_continues_identically_on_2_and_1(tmp_path):
+    run_workers(3, "checkpoint.py", "save", tmp_path)
+    for n in (2, 1):
+        results = run_workers(n, "checkpoint.py", "load", tmp_path)
+        assert all(r["plain_file_loads_the_same_state"] for r in results)
+    with np.load(tmp_path / "saved-3.npz") as z:
+        saved = {k: z[k] for k in z.files}
+    n_sharded = {"float64": 55, "float32": 10}      # the sharded model's part of each row
+    for name in ["continued-2", "continued-1", "plain"]:
+        with np.load(tmp_path / f"{name}.npz") as z:
+            for dtype, tol in [("float64", 1e-12), ("float32", 1e-5)]:
+                got, want = z[dtype], saved[dtype]
+                if name == "plain":
+                    want = want[:, :n_sharded[dtype]]
+                assert got.shape == want.shape
+                err = np.abs(got - want).max() / np.abs(want).max()
+                assert err < tol, (name, dtype, err)
+    # the trajectory moved after the checkpoint, so equality is not trivial
+    assert np.abs(np.diff(saved["float64"], axis=0)).max() > 1e-4
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_mismatch_on_one_rank_raises_on_every_rank(n):
+    results = run_workers(n, "mismatch.py", timeout=30)
+    for r in results:
+        res = r["results"]
+        for case in ["distributed_shapes", "sharded_shapes"]:
+            assert res[case] is not None, (case, r["rank"])
+            assert res[case].startswith("ValueError: the optimizers or parameters differ across "
+                                        f"ranks: params[1] is float64 array of shape (6,) on rank "
+                                        f"{n - 1}"), res[case]
+        assert "float32 array" in res["sharded_dtype"]
+        assert res["sharded_bad_hyper"].startswith(f"ValueError: on rank {n - 1} of {n}: Invalid "
+                                                   "learning rate")
+        assert res["params_kept_after_failed_construction"]
+        assert res["sharded_not_array"].startswith(f"TypeError: on rank {n - 1} of {n}")
+        for name in ["distributed", "sharded"]:
+            message = res[f"{name}_grads"]
+            assert message.startswith(f"ValueError: invalid gradients on 1 of {n} ranks"), message
+            if r["odd"]:
+                assert "grads[1] must be a float64 array of shape (5,)" in message
+            assert res[f"{name}_grads_unchanged"]
+        assert res["load_missing_file"].startswith(f"FileNotFoundError: on rank 0 of {n}")
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_example_distributed_logreg_runs_on_2_ranks(tmp_path):
+    example = HERE.parent / "examples" / "distributed_logreg.py"
+    if not example.exists():
+        pytest.skip("examples/ is not shipped with this copy of the tests")
+    out, _ = _launch(2, example, ["--steps", "150", "--checkpoint", tmp_path / "c.npz"],
+                     TIMEOUT_S, str(tmp_path))
+    accuracy = float(out.split("training accuracy")[1].split()[0])
+    assert accuracy > 0.95, out
+    assert (tmp_path / "c.npz").exists()
