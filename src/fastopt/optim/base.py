@@ -216,9 +216,10 @@ class Optimizer:
         finite = getattr(rec.mod, "all_finite", None)
         if finite is not None:
             ok = finite(rec.plan, grads)
-        else:
+        else:                               # e.g. CuPy: one reduction per array, one sync
             rec.plan.check_grads(grads)
-            ok = all(bool(_module_of(g).isfinite(g).all()) for g in grads)
+            xp = _module_of(grads[0])
+            ok = bool(xp.all(xp.stack([xp.isfinite(g).all() for g in grads])))
         if not ok and nonfinite == "raise":
             bad = next(i for i, g in enumerate(grads) if not _module_of(g).isfinite(g).all())
             raise ValueError(f"grads[{rec.offset + bad}] contains NaN or Inf; nothing was "
