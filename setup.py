@@ -60,7 +60,7 @@ class BuildExt(build_ext):
             if openmp:
                 cflags.append("/openmp")
         else:
-            cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+            cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wall",
                       "-Wno-unused-function", "-Wno-unknown-pragmas"]
             lflags = []
             if openmp:

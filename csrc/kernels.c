@@ -4,17 +4,39 @@
  * Design note
  * -----------
  * One loop shape serves every optimizer and both element types; FO_STAMP writes it out per
- * (optimizer, type). A group's segments are treated as one array of `total` elements; thread t
- * of T takes the elements [t*total/T, (t+1)*total/T), boundaries rounded to 16 elements (one
- * 64-byte cache line of floats), and walks the segments that overlap its range. Hundreds of
- * small tensors thus cost one parallel region, not hundreds. Below fo_parallel_threshold
- * elements the loop runs serially on the caller's thread (no fork/join cost). Each inner loop
- * is a plain `omp simd` loop over one contiguous segment; the rule's option flags are
- * loop-invariant, so the compiler unswitches them out of the loop.
+ * (optimizer, type). A step is bound by memory bandwidth for large groups, by vector width
+ * for cache-resident ones and by call and thread start-up cost for small ones, so:
+ *
+ * - One parallel region per group. A group's segments are treated as one array of `total`
+ *   elements; thread t of T takes [split(t), split(t+1)) and walks the segments that overlap
+ *   it. Hundreds of small tensors thus cost one fork/join, not hundreds.
+ * - Static, cache-line-aligned chunks. split(t) starts from t*total/T and is moved down to the
+ *   nearest element whose parameter address is a multiple of 64 bytes, so no two threads
+ *   write the same cache line of a parameter (state buffers from the same allocator share
+ *   the parameter's alignment). Every thread computes the same splits, so the chunks tile the
+ *   range exactly.
+ * - A serial path: a step whose work, elements times the optimizer's relative cost per
+ *   element (FO_COST_<opt>: 1 for SGD's few flops up to 4 for Adadelta's two square roots and
+ *   a division, measured in cache), is below fo_parallel_threshold runs on the caller's
+ *   thread, with no fork/join. Both numbers come from `fastopt bench`'s crossover section.
+ * - Scalars hoisted: the rule's constants `k` are converted to the element type once per call.
+ * - Option flags specialized: a rule's store-affecting options (AMSGRAD, DECOUPLED, CENTERED,
+ *   MOMENTUM, ...) are made compile-time constants by one loop instance per meaningful
+ *   combination (FO_CASES_<opt>), so every instance is a branch-free `omp simd` loop; the
+ *   remaining flags (MAXIMIZE, EPS_IN_SQRT, a zero weight decay) are loop-invariant selects.
+ *   Other combinations run the generic instance, which is correct but may stay scalar.
+ * - Vector code a portable build can use. On x86-64 with GCC and an ifunc-capable libc the
+ *   range functions are compiled for AVX-512F, AVX2 and the baseline ISA
+ *   (`target_clones`), and the loader picks one per machine. setup.py passes
+ *   -ffp-contract=off, so every instance rounds exactly like the baseline (no FMA
+ *   contraction): results do not depend on the CPU. -DFASTOPT_NO_CLONES=1 turns this off;
+ *   MSVC and clang builds get the baseline loop.
  */
 #include "fastopt/kernels.h"
 #include "fastopt/rules.h"
 #include "fastopt/constants.h"   /* fo_<opt>_constants_<sfx>: hp -> k, shared with CUDA */
+
+#include <stdint.h>
 
 #ifndef FASTOPT_NO_OPENMP
 #include <omp.h>
@@ -22,6 +44,25 @@
 #else
 #define FO_PRAGMA(x)
 #endif
+
+#if defined(_MSC_VER)
+#define FO_INLINE static __forceinline
+#elif defined(__GNUC__)
+#define FO_INLINE static inline __attribute__((always_inline))
+#else
+#define FO_INLINE static inline
+#endif
+
+#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
+    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FO_HAS_CLONES 1
+#else
+#define FO_CLONES
+#define FO_HAS_CLONES 0
+#endif
+
+#define FO_CACHE_LINE 64
 
 int64_t fo_parallel_threshold = 32768;
 
@@ -43,31 +84,85 @@ int fo_has_openmp(void)
 #endif
 }
 
-/* Threads actually used: at most n_threads, one per threshold-sized share of the work. */
-static int fo_team_size(int64_t total, int n_threads)
+int fo_has_clones(void) { return FO_HAS_CLONES; }
+
+/* The instruction set the range functions run with on this machine (for reports). */
+const char *fo_vector_isa(void)
+{
+#if FO_HAS_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (__builtin_cpu_supports("avx2")) return "avx2";
+    return "baseline";
+#elif defined(__AVX512F__)
+    return "avx512f (compile-time)";
+#elif defined(__AVX2__)
+    return "avx2 (compile-time)";
+#else
+    return "baseline";
+#endif
+}
+
+/* Threads actually used for `work` units: at most n_threads, one per half-threshold share. */
+static int fo_team_size(int64_t work, int n_threads)
 {
     if (n_threads < 1) n_threads = 1;
-    if (total < fo_parallel_threshold || n_threads == 1) return 1;
-    const int64_t half = fo_parallel_threshold / 2;      /* a threshold of 1 gives 0 */
-    int64_t useful = total / (half > 0 ? half : 1);
+    if (work < fo_parallel_threshold || n_threads == 1) return 1;
+    int64_t share = fo_parallel_threshold / 2 > 0 ? fo_parallel_threshold / 2 : 1;
+    int64_t useful = work / share;
     if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
     return n_threads;
 }
 
-/* Thread t's share of [0, total), boundaries on 16-element multiples. */
-static inline void fo_share(int64_t total, int t, int nt, int64_t *lo, int64_t *hi)
-{
-    int64_t a = (int64_t)((double)total * t / nt);
-    int64_t b = (int64_t)((double)total * (t + 1) / nt);
-    a &= ~(int64_t)15;
-    b = (t + 1 == nt) ? total : (b & ~(int64_t)15);
-    *lo = a;
-    *hi = b;
-}
+#ifndef FASTOPT_NO_OPENMP
+#define FO_THREAD_ID(t, team) do { t = omp_get_thread_num(); team = omp_get_num_threads(); } while (0)
+#else
+#define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
+#endif
 
-#define FO_STAMP(OPT, SFX, T)                                                                 \
-    static void fo_##OPT##_range_##SFX(const fo_segment_##SFX *segs, int64_t nseg,            \
-                                       int64_t lo, int64_t hi, fo_##OPT##_k_##SFX k)          \
+/*
+ * Start of thread t's chunk of the concatenated segments (t in [0, nt]): t*total/nt moved down
+ * to the nearest element of the same segment whose parameter address is cache-line aligned.
+ * Monotone in t, split(0) = 0, split(nt) = total.
+ */
+#define FO_SPLIT(SFX, T)                                                                      \
+    static int64_t fo_split_##SFX(const fo_segment_##SFX *segs, int64_t nseg, int64_t total,  \
+                                  int t, int nt)                                              \
+    {                                                                                         \
+        if (t <= 0) return 0;                                                                 \
+        if (t >= nt) return total;                                                            \
+        int64_t raw = (int64_t)((double)total * t / nt), start = 0;                           \
+        for (int64_t s = 0; s < nseg; ++s) {                                                  \
+            const int64_t n = segs[s].n;                                                      \
+            if (raw < start + n) {                                                            \
+                int64_t off = raw - start;                                                    \
+                const uintptr_t addr = (uintptr_t)(segs[s].param + off);                      \
+                off -= (int64_t)((addr % FO_CACHE_LINE) / sizeof(T));                         \
+                return start + (off > 0 ? off : 0);                                           \
+            }                                                                                 \
+            start += n;                                                                       \
+        }                                                                                     \
+        return total;                                                                         \
+    }
+FO_SPLIT(f32, float)
+FO_SPLIT(f64, double)
+
+/*
+ * FO_STAMP(OPT, SFX, T, MASK): for optimizer OPT and element type T,
+ *   fo_OPT_loop_SFX   the element loop over [lo, hi) of the concatenated segments (inlined);
+ *   fo_OPT_range_SFX  the ISA-cloned entry that fixes the MASK bits of k.flags to constants
+ *                     (one loop instance per combination listed in FO_CASES_OPT);
+ *   fo_OPT_step_SFX   the public step: checks, constants, serial path or one parallel region.
+ */
+#define FO_CASE(OPT, SFX, MASK, V)                                                            \
+    case (V):                                                                                 \
+        k.flags = (k.flags & ~(MASK)) | (V);                                                  \
+        fo_##OPT##_loop_##SFX(segs, nseg, lo, hi, k);                                         \
+        return;
+
+#define FO_STAMP(OPT, SFX, T, MASK, COST)                                                     \
+    FO_INLINE void fo_##OPT##_loop_##SFX(const fo_segment_##SFX *segs, int64_t nseg,          \
+                                         int64_t lo, int64_t hi, fo_##OPT##_k_##SFX k)        \
     {                                                                                         \
         int64_t start = 0;                                                                    \
         for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \
@@ -75,14 +170,26 @@ static inline void fo_share(int64_t total, int t, int nt, int64_t *lo, int64_t *
             if (end > lo) {                                                                   \
                 const int64_t a = lo > start ? lo - start : 0;                                \
                 const int64_t b = hi < end ? hi - start : n;                                  \
-                T *p = segs[s].param;                                                         \
-                const T *g = segs[s].grad;                                                    \
-                T *s0 = segs[s].state[0], *s1 = segs[s].state[1], *s2 = segs[s].state[2];     \
+                T *FO_RESTRICT p = segs[s].param;                                             \
+                const T *FO_RESTRICT g = segs[s].grad;                                        \
+                T *FO_RESTRICT s0 = segs[s].state[0];                                         \
+                T *FO_RESTRICT s1 = segs[s].state[1];                                         \
+                T *FO_RESTRICT s2 = segs[s].state[2];                                         \
                 FO_PRAGMA(omp simd)                                                           \
                 for (int64_t i = a; i < b; ++i)                                               \
                     fo_##OPT##_rule_##SFX(i, p, g, s0, s1, s2, k);                            \
             }                                                                                 \
             start = end;                                                                      \
+        }                                                                                     \
+    }                                                                                         \
+    FO_CLONES static void fo_##OPT##_range_##SFX(const fo_segment_##SFX *segs, int64_t nseg,  \
+                                                 int64_t lo, int64_t hi,                      \
+                                                 fo_##OPT##_k_##SFX k)                        \
+    {                                                                                         \
+        switch (k.flags & (MASK)) {                                                           \
+            FO_CASES_##OPT(FO_CASE, OPT, SFX, MASK)                                           \
+        default:                                                                              \
+            fo_##OPT##_loop_##SFX(segs, nseg, lo, hi, k);                                     \
         }                                                                                     \
     }                                                                                         \
     int fo_##OPT##_step_##SFX(const fo_segment_##SFX *segs, int64_t nseg,                     \
@@ -95,7 +202,7 @@ static inline void fo_share(int64_t total, int t, int nt, int64_t *lo, int64_t *
             total += segs[s].n;                                                               \
         }                                                                                     \
         const fo_##OPT##_k_##SFX k = fo_##OPT##_constants_##SFX(hp);                          \
-        const int nt = fo_team_size(total, n_threads);                                        \
+        const int nt = fo_team_size(total * (COST), n_threads);                               \
         if (nt == 1) {                                                                        \
             fo_##OPT##_range_##SFX(segs, nseg, 0, total, k);                                  \
             return 0;                                                                         \
@@ -104,39 +211,86 @@ static inline void fo_share(int64_t total, int t, int nt, int64_t *lo, int64_t *
         {                                                                                     \
             int t = 0, team = 1;                                                              \
             FO_THREAD_ID(t, team);                                                            \
-            int64_t lo, hi;                                                                   \
-            fo_share(total, t, team, &lo, &hi);                                               \
-            fo_##OPT##_range_##SFX(segs, nseg, lo, hi, k);                                    \
+            const int64_t lo = fo_split_##SFX(segs, nseg, total, t, team);                    \
+            const int64_t hi = fo_split_##SFX(segs, nseg, total, t + 1, team);                \
+            if (hi > lo) fo_##OPT##_range_##SFX(segs, nseg, lo, hi, k);                       \
         }                                                                                     \
         return 0;                                                                             \
     }
 
-#ifndef FASTOPT_NO_OPENMP
-#define FO_THREAD_ID(t, team) do { t = omp_get_thread_num(); team = omp_get_num_threads(); } while (0)
-#else
-#define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
-#endif
 
-#define FO_STAMP_BOTH(OPT) FO_STAMP(OPT, f32, float) FO_STAMP(OPT, f64, double)
-FO_STAMP_BOTH(sgd)
-FO_STAMP_BOTH(adagrad)
-FO_STAMP_BOTH(rmsprop)
-FO_STAMP_BOTH(adam)
-FO_STAMP_BOTH(adadelta)
-FO_STAMP_BOTH(adamax)
+/*
+ * The option combinations that get their own loop instance: those the Python layer can send
+ * (see src/fastopt/functional.py). SGD's FIRST only comes with MOMENTUM and never with
+ * SUTSKEVER; NESTEROV only with MOMENTUM.
+ */
+#define FO_SGD_MASK (FO_MOMENTUM | FO_SUTSKEVER | FO_FIRST | FO_NESTEROV)
+#define FO_CASES_sgd(C, O, S, M)                                                              \
+    C(O, S, M, 0)                                                                             \
+    C(O, S, M, FO_MOMENTUM)                                                                   \
+    C(O, S, M, FO_MOMENTUM | FO_FIRST)                                                        \
+    C(O, S, M, FO_MOMENTUM | FO_NESTEROV)                                                     \
+    C(O, S, M, FO_MOMENTUM | FO_NESTEROV | FO_FIRST)                                          \
+    C(O, S, M, FO_MOMENTUM | FO_SUTSKEVER)                                                    \
+    C(O, S, M, FO_MOMENTUM | FO_SUTSKEVER | FO_NESTEROV)
+#define FO_RMSPROP_MASK (FO_CENTERED | FO_MOMENTUM)
+#define FO_CASES_rmsprop(C, O, S, M)                                                          \
+    C(O, S, M, 0)                                                                             \
+    C(O, S, M, FO_CENTERED)                                                                   \
+    C(O, S, M, FO_MOMENTUM)                                                                   \
+    C(O, S, M, FO_CENTERED | FO_MOMENTUM)
+#define FO_ADAM_MASK (FO_AMSGRAD | FO_DECOUPLED)
+#define FO_CASES_adam(C, O, S, M)                                                             \
+    C(O, S, M, 0)                                                                             \
+    C(O, S, M, FO_AMSGRAD)                                                                    \
+    C(O, S, M, FO_DECOUPLED)                                                                  \
+    C(O, S, M, FO_AMSGRAD | FO_DECOUPLED)
+#define FO_CASES_adagrad(C, O, S, M) C(O, S, M, 0)
+#define FO_CASES_adadelta(C, O, S, M) C(O, S, M, 0)
+#define FO_CASES_adamax(C, O, S, M) C(O, S, M, 0)
 
+/* Relative cost per element (SGD = 1), from single-thread steps on cache-resident float32. */
+#define FO_COST_sgd 1
+#define FO_COST_adagrad 2
+#define FO_COST_rmsprop 2
+#define FO_COST_adam 3
+#define FO_COST_adadelta 4
+#define FO_COST_adamax 2
+
+#define FO_STAMP_BOTH(OPT, MASK)                                                              \
+    FO_STAMP(OPT, f32, float, MASK, FO_COST_##OPT) FO_STAMP(OPT, f64, double, MASK, FO_COST_##OPT)
+FO_STAMP_BOTH(sgd, FO_SGD_MASK)
+FO_STAMP_BOTH(adagrad, 0)
+FO_STAMP_BOTH(rmsprop, FO_RMSPROP_MASK)
+FO_STAMP_BOTH(adam, FO_ADAM_MASK)
+FO_STAMP_BOTH(adadelta, 0)
+FO_STAMP_BOTH(adamax, 0)
+
+/* The bandwidth yardstick b += s * c, split and vectorized exactly like the update loops. */
 #define FO_STREAM(SFX, T)                                                                     \
+    FO_CLONES static void fo_stream_range_##SFX(T *FO_RESTRICT b, const T *FO_RESTRICT c,     \
+                                                T s, int64_t lo, int64_t hi)                  \
+    {                                                                                         \
+        FO_PRAGMA(omp simd)                                                                   \
+        for (int64_t i = lo; i < hi; ++i) b[i] += s * c[i];                                   \
+    }                                                                                         \
     void fo_stream_axpy_##SFX(T *b, const T *c, T s, int64_t n, int n_threads)                \
     {                                                                                         \
         const int nt = fo_team_size(n, n_threads);                                            \
-        FO_PRAGMA(omp parallel num_threads(nt) if (nt > 1))                                   \
+        if (nt == 1) {                                                                        \
+            fo_stream_range_##SFX(b, c, s, 0, n);                                             \
+            return;                                                                           \
+        }                                                                                     \
+        fo_segment_##SFX seg = {0};                                                           \
+        seg.param = b;                                                                        \
+        seg.n = n;                                                                            \
+        FO_PRAGMA(omp parallel num_threads(nt))                                               \
         {                                                                                     \
             int t = 0, team = 1;                                                              \
             FO_THREAD_ID(t, team);                                                            \
-            int64_t lo, hi;                                                                   \
-            fo_share(n, t, team, &lo, &hi);                                                   \
-            FO_PRAGMA(omp simd)                                                               \
-            for (int64_t i = lo; i < hi; ++i) b[i] += s * c[i];                               \
+            const int64_t lo = fo_split_##SFX(&seg, 1, n, t, team);                           \
+            const int64_t hi = fo_split_##SFX(&seg, 1, n, t + 1, team);                       \
+            if (hi > lo) fo_stream_range_##SFX(b, c, s, lo, hi);                              \
         }                                                                                     \
     }
 FO_STREAM(f32, float)

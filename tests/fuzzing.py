@@ -353,11 +353,12 @@ COUNTS = {}          # examples run per key (reported by scripts/fuzz.sh)
 ERRORS = (TypeError, ValueError)
 
 
-def entry_point(*names):
-    """Register `fuzz_x(ex, name)` as the driver of entry point x, once per name in `names`."""
+def entry_point(*names, entry=None):
+    """Register `fuzz_x(ex, name)` as the driver of entry point x (or `entry`), once per name
+    in `names`; its keys are "x:name"."""
     def register(fn):
         for name in names:
-            ENTRY_POINTS[f"{fn.__name__[len('fuzz_'):]}:{name}"] = (fn, name)
+            ENTRY_POINTS[f"{entry or fn.__name__[len('fuzz_'):]}:{name}"] = (fn, name)
         return fn
     return register
 

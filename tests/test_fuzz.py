@@ -4,7 +4,7 @@ TypeError/ValueError with parameters, state and every other input bit-identical.
 Each entry point has one driver, `fuzz_<entry>(ex, name)`, registered with `@entry_point(...)`
 in tests/fuzz_optim.py (optimizers, functional steps, checkpoints, threads) or
 tests/fuzz_extras.py (schedules, training tricks, BatchNorm). Adding an entry point is one
-driver there. `test_entry_point` runs every (driver, name) pair under hypothesis; the arrays,
+driver there (tests/fuzz_second_order.py: Newton, SVRG, flatten). `test_entry_point` runs every (driver, name) pair under hypothesis; the arrays,
 the contract that says whether a call must succeed, and the comparisons are in
 tests/fuzzing.py.
 
@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 
 import fastopt as fo
 from fastopt import functional as F
-from fastopt import nn
+from fastopt import nn, optim
 from fastopt import schedules as S
 from fastopt import tricks as T
 from fastopt._specs import SPECS
 import fuzz_extras  # noqa: F401  (registers its drivers)
 import fuzz_optim  # noqa: F401  (registers its drivers)
+import fuzz_second_order  # noqa: F401  (registers its drivers)
 from fuzzing import COUNTS, ENTRY_POINTS, run
 
 # the float64 references meet the same NaN/Inf/overflow as the code under test; numpy's
@@ -53,15 +54,18 @@ def test_every_public_entry_point_has_a_driver():
         covered |= {"save", "load"}
     if "set_num_threads:threads" in keys:
         covered.add("set_num_threads")
-    no_arguments = {"get_num_threads", "has_openmp"}
+    no_arguments = {"get_num_threads", "has_openmp",
+                    # results and warning classes, nothing to call
+                    "NewtonStep", "HessianShiftWarning", "LineSearchWarning"}
     members = {
+        "optim": [n for n in optim.__all__ if n not in no_arguments],
         "functional": [f"functional:{n[:-1]}" for n in F.__all__ if n.endswith("_")],
         "schedules": [f"schedule:{n}" for n in S.__all__ if n != "Schedule"],
         "tricks": [n for n in T.__all__ if n != "LAYOUTS"],
         "nn": list(nn.__all__),
     }
     missing = []
-    for name in fo.__all__:
+    for name in list(fo.__all__) + ["optim"]:
         if name in members:
             missing += [f"{name}: {m}" for m in members[name] if m not in keys and m not in covered]
         elif name not in covered and name not in no_arguments:

@@ -54,12 +54,18 @@ FO_DECLARE(adadelta)
 FO_DECLARE(adamax)
 #undef FO_DECLARE
 
-/* Below this many elements in a group, a step runs on the calling thread. */
+/* Below this much work in a group (elements times the optimizer's relative cost per element,
+ * 1 for SGD), a step runs on the calling thread. */
 extern int64_t fo_parallel_threshold;
 
 /* The OpenMP runtime's view: max threads (respects OMP_NUM_THREADS) and whether built with it. */
 int fo_omp_max_threads(void);
 int fo_has_openmp(void);
+
+/* Whether the loops were compiled for several instruction sets (picked at load time), and the
+ * one this machine runs ("avx512f", "avx2", "baseline"). */
+int fo_has_clones(void);
+const char *fo_vector_isa(void);
 
 /* In-place update stream kernel b += s * c, the machine's update bandwidth yardstick. */
 void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads);

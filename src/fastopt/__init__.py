@@ -11,6 +11,7 @@ array([-0.001, -0.001, -0.001], dtype=float32)
 from . import functional, nn, schedules, tricks
 from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .checkpoint import load, save
+from .flat import flatten
 from .nn import BatchNorm
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Optimizer, RMSprop
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Optimizer",
-    "functional", "save", "load", "set_num_threads", "get_num_threads", "has_openmp",
+    "functional", "save", "load", "flatten", "set_num_threads", "get_num_threads", "has_openmp",
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes",
 ]

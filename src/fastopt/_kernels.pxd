@@ -51,6 +51,8 @@ cdef extern from "fastopt/kernels.h" nogil:
     int64_t fo_parallel_threshold
     int fo_omp_max_threads()
     int fo_has_openmp()
+    int fo_has_clones()
+    const char *fo_vector_isa()
     void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads)
     void fo_stream_axpy_f64(double *b, const double *c, double s, int64_t n, int n_threads)
 

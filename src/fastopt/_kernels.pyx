@@ -10,6 +10,10 @@ their state buffers, and lays out the C segment arrays. Each step then only chec
 gradients (count, type, dtype, shape, layout, no overlap with parameters or state) and calls
 one C function per element type present in the group. Every check runs before any element is
 written, so an error leaves parameters and state untouched.
+
+Segments that continue each other in memory (parameter, gradient and every state buffer each
+starting where the previous tensor's ends, as for views made by ``fastopt.flatten``) are
+merged into one before the call, so a flattened model is stepped as one long segment.
 """
 import numpy as np
 cimport numpy as cnp
@@ -63,8 +67,19 @@ def has_openmp():
     return bool(fo_has_openmp())
 
 
+def vector_isa():
+    """The instruction set the update loops run with here: 'avx512f', 'avx2' or 'baseline'."""
+    return fo_vector_isa().decode()
+
+
+def has_isa_clones():
+    """Whether the loops were compiled for several instruction sets, chosen at load time."""
+    return bool(fo_has_clones())
+
+
 def get_parallel_threshold():
-    """Group size (elements) below which a step runs on the calling thread."""
+    """Work below which a step runs on the calling thread: elements times the optimizer's
+    relative cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c)."""
     return fo_parallel_threshold
 
 
@@ -110,11 +125,69 @@ cdef int _check_float_array(object a, str what) except -1:
     return 0
 
 
+cdef Py_ssize_t _merge_f32(const fo_segment_f32 *src, Py_ssize_t n, fo_segment_f32 *dst) noexcept nogil:
+    """Copy the non-empty segments src[:n] to dst, joining each to the previous one when every
+    pointer continues it; returns the number written."""
+    cdef Py_ssize_t i, m = 0
+    cdef int k
+    cdef bint join
+    cdef fo_segment_f32 *prev
+    for i in range(n):
+        if src[i].n == 0:
+            continue
+        if m > 0:
+            prev = &dst[m - 1]
+            join = prev.param + prev.n == src[i].param and prev.grad + prev.n == src[i].grad
+            for k in range(FO_MAX_STATE):
+                if prev.state[k] == NULL or src[i].state[k] == NULL:
+                    join = join and prev.state[k] == src[i].state[k]
+                else:
+                    join = join and prev.state[k] + prev.n == src[i].state[k]
+            if join:
+                prev.n += src[i].n
+                continue
+        dst[m] = src[i]
+        m += 1
+    return m
+
+
+cdef Py_ssize_t _merge_f64(const fo_segment_f64 *src, Py_ssize_t n, fo_segment_f64 *dst) noexcept nogil:
+    """_merge_f32 for float64 segments."""
+    cdef Py_ssize_t i, m = 0
+    cdef int k
+    cdef bint join
+    cdef fo_segment_f64 *prev
+    for i in range(n):
+        if src[i].n == 0:
+            continue
+        if m > 0:
+            prev = &dst[m - 1]
+            join = prev.param + prev.n == src[i].param and prev.grad + prev.n == src[i].grad
+            for k in range(FO_MAX_STATE):
+                if prev.state[k] == NULL or src[i].state[k] == NULL:
+                    join = join and prev.state[k] == src[i].state[k]
+                else:
+                    join = join and prev.state[k] + prev.n == src[i].state[k]
+            if join:
+                prev.n += src[i].n
+                continue
+        dst[m] = src[i]
+        m += 1
+    return m
+
+
 cdef class Plan:
-    """The C segment layout of one parameter group (parameters + state buffers)."""
-    cdef fo_segment_f32 *seg32
+    """The C segment layout of one parameter group (parameters + state buffers).
+
+    ``segments_used`` is the number of C segments the last step ran over (after merging
+    tensors that continue each other in memory).
+    """
+    cdef fo_segment_f32 *seg32     # one segment per float32 tensor, in parameter order
     cdef fo_segment_f64 *seg64
-    cdef Py_ssize_t n, n32, n64
+    cdef fo_segment_f32 *run32     # the merged segments of the current step
+    cdef fo_segment_f64 *run64
+    cdef Py_ssize_t n, n32, n64, r32, r64
+    cdef readonly Py_ssize_t segments_used
     cdef Py_ssize_t *slot          # slot[i] >= 0: seg32[slot[i]]; < 0: seg64[-slot[i]-1]
     cdef intptr_t *lo
     cdef intptr_t *hi
@@ -127,6 +200,8 @@ cdef class Plan:
     def __cinit__(self, params, str name="params", Py_ssize_t offset=0):
         self.seg32 = NULL
         self.seg64 = NULL
+        self.run32 = NULL
+        self.run64 = NULL
         self.slot = NULL
         self.lo = NULL
         self.hi = NULL
@@ -148,8 +223,11 @@ cdef class Plan:
                 raise ValueError(f"{name}[{i + offset}] must be writable (it is updated in place)")
         self.seg32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
         self.seg64 = <fo_segment_f64 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f64))
+        self.run32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
+        self.run64 = <fo_segment_f64 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f64))
         self.slot = <Py_ssize_t *>PyMem_Calloc(self.n + 1, sizeof(Py_ssize_t))
-        if self.seg32 == NULL or self.seg64 == NULL or self.slot == NULL:
+        if self.seg32 == NULL or self.seg64 == NULL or self.run32 == NULL or self.run64 == NULL \
+                or self.slot == NULL:
             raise MemoryError()
         self.n32 = 0
         self.n64 = 0
@@ -170,6 +248,8 @@ cdef class Plan:
     def __dealloc__(self):
         PyMem_Free(self.seg32)
         PyMem_Free(self.seg64)
+        PyMem_Free(self.run32)
+        PyMem_Free(self.run64)
         PyMem_Free(self.slot)
         PyMem_Free(self.lo)
         PyMem_Free(self.hi)
@@ -310,6 +390,9 @@ cdef class Plan:
                     self.seg32[j].grad = <const float *>cnp.PyArray_DATA(g)
                 else:
                     self.seg64[-j - 1].grad = <const double *>cnp.PyArray_DATA(g)
+            self.r32 = _merge_f32(self.seg32, self.n32, self.run32)
+            self.r64 = _merge_f64(self.seg64, self.n64, self.run64)
+            self.segments_used = self.r32 + self.r64
         return 0
 
     cdef void _forget_grads(self) noexcept:
@@ -318,6 +401,8 @@ cdef class Plan:
             self.seg32[i].grad = NULL
         for i in range(self.n64):
             self.seg64[i].grad = NULL
+        self.r32 = 0
+        self.r64 = 0
 
     cdef int _require(self, int mask) except -1:
         cdef int k
@@ -343,10 +428,10 @@ def sgd(Plan plan, grads, double lr, double momentum, double dampening, double w
     hp.weight_decay = weight_decay; hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_sgd_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_sgd_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_sgd_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_sgd_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 
@@ -360,10 +445,10 @@ def adagrad(Plan plan, grads, double clr, double eps, double weight_decay, int f
     hp.clr = clr; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_adagrad_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_adagrad_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_adagrad_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_adagrad_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 
@@ -378,10 +463,10 @@ def rmsprop(Plan plan, grads, double lr, double alpha, double eps, double weight
     hp.momentum = momentum; hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_rmsprop_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_rmsprop_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_rmsprop_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_rmsprop_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 
@@ -397,10 +482,10 @@ def adam(Plan plan, grads, double step_size, double beta1, double beta2, double 
     hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_adam_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_adam_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_adam_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_adam_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 
@@ -414,10 +499,10 @@ def adadelta(Plan plan, grads, double lr, double rho, double eps, double weight_
     hp.lr = lr; hp.rho = rho; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_adadelta_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_adadelta_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_adadelta_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_adadelta_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 
@@ -432,10 +517,10 @@ def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
     hp.weight_decay = weight_decay; hp.flags = flags
     cdef int r32 = 0, r64 = 0, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_adamax_step_f32(plan.seg32, plan.n32, &hp, nt)
-        if plan.n64:
-            r64 = fo_adamax_step_f64(plan.seg64, plan.n64, &hp, nt)
+        if plan.r32:
+            r32 = fo_adamax_step_f32(plan.run32, plan.r32, &hp, nt)
+        if plan.r64:
+            r64 = fo_adamax_step_f64(plan.run64, plan.r64, &hp, nt)
     plan._forget_grads()
     _fail(r32 | r64)
 

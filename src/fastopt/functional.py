@@ -17,7 +17,8 @@ import math
 
 from . import _kernels
 
-__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "backend_for"]
+__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
+           "backend_for"]
 
 
 def backend_for(arrays):
@@ -37,13 +38,19 @@ def _listify(x, name):
     return [x]
 
 
+_UNUSED = object()   # a state buffer these options do not use
+
+
 def _plan(param, states, name="param"):
-    """A one-off plan over `param` with `states` = [(slot, name, arrays or None), ...]."""
+    """A one-off plan over `param` with `states` = [(slot, name, arrays or _UNUSED), ...].
+
+    A buffer the options use must be given: None there is a TypeError naming it.
+    """
     params = _listify(param, name)
     mod = backend_for(params)
     plan = mod.Plan(params, name)
     for slot, state_name, arrays in states:
-        if arrays is not None:
+        if arrays is not _UNUSED:
             plan.set_state(slot, _listify(arrays, state_name), state_name)
     return mod, plan
 
@@ -70,17 +77,13 @@ def _check_hyper(name, **values):
         spec.check({**spec.defaults, **values})
 
 
-def _flag(cond, bit):
-    return bit if cond else 0
-
-
 # --------------------------------------------------------------------------------------- SGD
 def _sgd(mod, plan, grads, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
          sutskever, name="grads"):
     # `first`: the momentum buffer is new; torch's form then starts it at the gradient
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(nesterov, mod.NESTEROV)
-             | _flag(momentum != 0, mod.MOMENTUM) | _flag(sutskever, mod.SUTSKEVER)
-             | _flag(first and not sutskever, mod.FIRST))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.NESTEROV if nesterov else 0)
+             | (mod.MOMENTUM if momentum != 0 else 0) | (mod.SUTSKEVER if sutskever else 0)
+             | (mod.FIRST if first and not sutskever else 0))
     mod.sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name)
 
 
@@ -102,7 +105,7 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
         step = _check_step(step)
     else:
         step = 0
-    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else None)])
+    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else _UNUSED)])
     _sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening, weight_decay, nesterov,
          maximize, sutskever, "grad")
 
@@ -111,7 +114,7 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
 def _adagrad(mod, plan, grads, step, lr, lr_decay, weight_decay, eps, maximize, eps_in_sqrt,
              name="grads"):
     clr = lr / (1 + (step - 1) * lr_decay)
-    flags = _flag(maximize, mod.MAXIMIZE) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT)
+    flags = (mod.MAXIMIZE if maximize else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0)
     mod.adagrad(plan, grads, clr, eps, weight_decay, flags, name)
 
 
@@ -129,8 +132,8 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
 # ----------------------------------------------------------------------------------- RMSprop
 def _rmsprop(mod, plan, grads, step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
              eps_in_sqrt, name="grads"):
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(centered, mod.CENTERED)
-             | _flag(momentum > 0, mod.MOMENTUM) | _flag(eps_in_sqrt, mod.EPS_IN_SQRT))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.CENTERED if centered else 0)
+             | (mod.MOMENTUM if momentum > 0 else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0))
     mod.rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name)
 
 
@@ -149,8 +152,8 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     if centered and grad_avg is None:
         raise ValueError("grad_avg is required when centered=True")
     mod, plan = _plan(param, [(0, "square_avg", square_avg),
-                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else None),
-                              (2, "grad_avg", grad_avg if centered else None)])
+                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else _UNUSED),
+                              (2, "grad_avg", grad_avg if centered else _UNUSED)])
     _rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay, momentum,
              centered, maximize, eps_in_sqrt, "grad")
 
@@ -160,8 +163,8 @@ def _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, 
           decoupled_weight_decay, name="grads"):
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
-    flags = (_flag(maximize, mod.MAXIMIZE) | _flag(amsgrad, mod.AMSGRAD)
-             | _flag(decoupled_weight_decay, mod.DECOUPLED))
+    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.AMSGRAD if amsgrad else 0)
+             | (mod.DECOUPLED if decoupled_weight_decay else 0))
     mod.adam(plan, grads, lr / bias_correction1, beta1, beta2, bias_correction2 ** 0.5, eps,
              weight_decay, 1 - lr * weight_decay, flags, name)
 
@@ -180,7 +183,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
-                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else None)])
+                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else _UNUSED)])
     _adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, amsgrad,
           maximize, decoupled_weight_decay, "grad")
 
@@ -195,7 +198,7 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 # ---------------------------------------------------------------------------------- Adadelta
 def _adadelta(mod, plan, grads, step, lr, rho, eps, weight_decay, maximize, name="grads"):
-    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, _flag(maximize, mod.MAXIMIZE), name)
+    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, (mod.MAXIMIZE if maximize else 0), name)
 
 
 def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
@@ -210,7 +213,7 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
 # ------------------------------------------------------------------------------------ Adamax
 def _adamax(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, maximize, name="grads"):
     clr = lr / (1 - beta1 ** step)
-    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, _flag(maximize, mod.MAXIMIZE),
+    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, (mod.MAXIMIZE if maximize else 0),
                name)
 
 
@@ -223,3 +226,16 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")
+
+
+# ------------------------------------------------------------------------------------ Newton
+def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
+    """Newton step, in place: ``param -= lr * (H + (damping + shift) I)^{-1} grad``.
+
+    `hessian` is the (p, p) Hessian of `param` (p = param.size; one per array for lists),
+    solved by Cholesky (fastopt._linalg); see :class:`fastopt.Newton`. Returns the identity
+    shift that made the Hessian positive definite (0.0 when none was needed), one per array for
+    lists. NumPy arrays only.
+    """
+    from .optim.newton import _newton_step
+    return _newton_step(param, grad, hessian, lr, damping)

@@ -16,6 +16,10 @@ elementwise math in Python. Order of work in `step`, so that an error changes no
    on through `param_groups`);
 3. run the kernels, then advance the step counters.
 
+State buffers of parameters that continue each other in memory (views from
+`fastopt.flatten`) are allocated as views of one buffer (`fastopt.flat.state_like`), so the
+kernels step such a run of parameters as one segment.
+
 State is keyed by the parameter's position in the optimizer (0, 1, ... over all groups), which
 is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors).
 """
@@ -26,6 +30,7 @@ import threading
 import numpy as np
 
 from .. import _kernels
+from ..flat import state_like
 from ..functional import backend_for
 
 __all__ = ["Optimizer"]
@@ -184,7 +189,7 @@ class Optimizer:
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
                 fill = self.spec.init.get(name, lambda g: 0.0)(group)
-                arrays = [np.full_like(p, fill) for p in group["params"]]
+                arrays = state_like(group["params"], fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -255,7 +260,9 @@ class Optimizer:
             if len(groups) == 1:
                 group, rec = groups[0], records[0]
                 self._check_group(0)
-                lr = self._lr_of(group, rec)
+                lr = group["lr"]
+                if callable(lr):
+                    lr = self._lr_of(group, rec)
                 if check and not self._finite(rec, grads, nonfinite):
                     return False
                 uses = spec.uses(group)
@@ -337,11 +344,13 @@ class Optimizer:
                              for name in self.spec.state)
                 for slot, name in enumerate(self.spec.state):
                     if uses[slot]:
-                        arrays = []
+                        arrays, spare = [], None
                         for i, p in enumerate(group["params"]):
                             mine = self.state.get(rec.offset + i, {}).get(name)
                             if mine is None:
-                                mine = np.empty_like(p)
+                                if spare is None:
+                                    spare = state_like(group["params"])
+                                mine = spare[i]
                             _copy_into(mine, buffers[i][name])
                             arrays.append(mine)
                             self.state.setdefault(rec.offset + i, {})[name] = mine

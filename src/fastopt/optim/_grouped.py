@@ -1,0 +1,259 @@
+"""Param groups, state and state_dict for optimizers outside the first-order registry.
+
+Design note
+-----------
+Newton and SVRG take more than one gradient list per step, so they do not fit the registry's
+``step(grads)`` runner, but they keep the conventions of :class:`fastopt.optim.Optimizer`:
+params as a list of arrays or of group dicts (hyperparameters per group, mutable through
+``param_groups``), parameters checked by a kernel plan (float32/float64, C-contiguous,
+writable, none passed twice), ``lr`` a number or a schedule ``step -> lr``, state keyed by the
+parameter's global index, torch's ``state_dict`` layout, and every check before any write.
+A subclass declares ``DEFAULTS`` (hyperparameters), ``RULES`` (name -> check(name, value)),
+``BUFFERS`` (names of per-parameter state arrays) and ``SCALARS`` (names of per-parameter
+state floats besides ``step``).
+"""
+import copy
+import math
+import threading
+
+import numpy as np
+
+from .. import _kernels
+from .base import Optimizer, _address_range
+
+__all__ = ["GroupedOptimizer"]
+
+
+class GroupedOptimizer:
+    """Base of Newton and SVRG (see the module docstring)."""
+
+    DEFAULTS = {}
+    RULES = {}
+    BUFFERS = ()
+    SCALARS = ()
+
+    def __init__(self, params, **hyperparameters):
+        self.defaults = {**self.DEFAULTS, **hyperparameters}
+        self.param_groups = []
+        self.state = {}
+        self._plans = []
+        self._steps = []
+        self._lock = threading.Lock()
+        for group in Optimizer._normalize(params):
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------------- groups
+    def _validate(self, group):
+        for key, rule in self.RULES.items():
+            if key not in group:
+                raise ValueError(f"param group is missing the hyperparameter {key!r}")
+            rule(key, group[key])
+
+    def add_param_group(self, param_group):
+        """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError("a param group must be a dict with a 'params' key")
+        group = dict(param_group)
+        params = group["params"]
+        if hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
+            params = [params]
+        params = list(params)
+        if not params:
+            raise ValueError(f"param group {len(self.param_groups)} has no parameters")
+        for p in params:
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{type(self).__name__} takes numpy.ndarray parameters, got "
+                                f"{type(p).__module__}.{type(p).__name__}")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._validate(group)
+        offset = self.n_params
+        plan = _kernels.Plan(params, "params", offset)
+        spans = [(*_address_range(p), i) for i, p in enumerate(self._all_params()) if p.nbytes]
+        spans += [(*_address_range(p), offset + j) for j, p in enumerate(params) if p.nbytes]
+        spans.sort()
+        for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise ValueError(f"params[{max(i0, i1)}] shares memory with params[{min(i0, i1)}]; "
+                                 "pass each parameter once")
+        group["params"] = params
+        self.param_groups.append(group)
+        self._plans.append(plan)
+        self._steps.append(0)
+
+    def _all_params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    @property
+    def n_params(self):
+        """Number of parameter arrays over all groups."""
+        return sum(len(g["params"]) for g in self.param_groups)
+
+    def _offsets(self):
+        out, k = [], 0
+        for g in self.param_groups:
+            out.append(k)
+            k += len(g["params"])
+        return out
+
+    def _lr_of(self, gi):
+        """Group gi's learning rate for this step, after re-checking its hyperparameters (they
+        may have been changed through `param_groups`); called before anything is written."""
+        try:
+            self._validate(self.param_groups[gi])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"param_groups[{gi}]: {e}") from None
+        lr = self.param_groups[gi]["lr"]
+        if callable(lr):
+            value = lr(self._steps[gi])
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"the lr schedule returned {value!r} at step {self._steps[gi]}; "
+                                 "expected a finite number >= 0")
+            return float(value)
+        return float(lr)
+
+    def _as_list(self, arrays, name):
+        if isinstance(arrays, np.ndarray):
+            arrays = [arrays]
+        if not isinstance(arrays, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
+                            f"{type(arrays).__name__}")
+        if len(arrays) != self.n_params:
+            raise ValueError(f"{name} has {len(arrays)} arrays but the optimizer has "
+                             f"{self.n_params} parameters")
+        return list(arrays)
+
+    def _check_like_params(self, arrays, name):
+        """Check a list of per-parameter arrays (dtype, shape, layout) without keeping them."""
+        arrays = self._as_list(arrays, name)
+        for off, plan in zip(self._offsets(), self._plans):
+            plan.check_grads(arrays[off:off + len(plan)], name)
+        if len(self._plans) > 1:      # each plan checked its own group; now across groups
+            _kernels.check_grads_disjoint(self._plans, arrays, name)
+        return arrays
+
+    # --------------------------------------------------------------------------- state dict
+    def state_dict(self):
+        """Copy of the state: {'state': {i: {'step': float, ...}}, 'param_groups': [...]}."""
+        with self._lock:
+            state, groups = {}, []
+            for gi, (group, off) in enumerate(zip(self.param_groups, self._offsets())):
+                n = len(group["params"])
+                for i in range(off, off + n):
+                    entry = self.state.get(i, {})
+                    if self._steps[gi] > 0 or entry:
+                        out = {"step": float(self._steps[gi])}
+                        for name in self.SCALARS:
+                            if name in entry:
+                                out[name] = float(entry[name])
+                        for name in self.BUFFERS:
+                            if name in entry:
+                                out[name] = entry[name].copy()
+                        state[i] = out
+                hyper = {k: (copy.deepcopy(v) if not callable(v) else v)
+                         for k, v in group.items() if k != "params"}
+                hyper["params"] = list(range(off, off + n))
+                groups.append(hyper)
+            return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict from `state_dict()`; checks everything first, then copies."""
+        with self._lock:
+            plan = self._plan_load(state_dict)
+            for gi, (hyper, steps, entries) in enumerate(plan):
+                group, off = self.param_groups[gi], self._offsets()[gi]
+                for key in list(group):
+                    if key != "params" and key not in hyper:
+                        del group[key]
+                group.update(hyper)
+                self._steps[gi] = steps
+                for j, (p, entry) in enumerate(zip(group["params"], entries)):
+                    mine = self.state.setdefault(off + j, {})
+                    for name in self.SCALARS:
+                        if name in entry:
+                            mine[name] = float(entry[name])
+                        else:
+                            mine.pop(name, None)
+                    for name in self.BUFFERS:
+                        if name in entry:
+                            buf = mine.get(name)
+                            if buf is None:
+                                buf = np.empty_like(p)
+                            np.copyto(buf, np.asarray(entry[name]), casting="unsafe")
+                            mine[name] = buf
+                        else:
+                            mine.pop(name, None)
+                    if not mine:
+                        del self.state[off + j]
+            self._after_load()
+
+    def _after_load(self):
+        """Hook for subclasses (state derived from the loaded buffers)."""
+
+    def _plan_load(self, sd):
+        if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        groups, state = sd["param_groups"], sd["state"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, (list, tuple)) else '?'} "
+                             f"param groups, the optimizer has {len(self.param_groups)}")
+        if not isinstance(state, dict):
+            raise ValueError("state_dict['state'] must be a dict")
+        plan = []
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"param_groups[{gi}] must be a dict with a 'params' list")
+            ids = list(saved["params"])
+            if len(ids) != len(group["params"]):
+                raise ValueError(f"param_groups[{gi}] has {len(ids)} params, the optimizer's "
+                                 f"group has {len(group['params'])}")
+            hyper = {**self.defaults, **{k: copy.deepcopy(v) if not callable(v) else v
+                                         for k, v in saved.items() if k != "params"}}
+            try:
+                self._validate(hyper)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
+            entries = [state.get(i, state.get(str(i))) or {} for i in ids]
+            steps = {float(np.asarray(e.get("step", 0))) for e in entries}
+            if len(steps) != 1:
+                raise ValueError(f"param_groups[{gi}]: parameters have different step counts "
+                                 f"{sorted(steps)}; fastopt keeps one per group")
+            step = steps.pop()
+            if step < 0 or step != int(step):
+                raise ValueError(f"param_groups[{gi}]: invalid step count {step}")
+            for i, e, p in zip(ids, entries, group["params"]):
+                for name, value in e.items():
+                    if name == "step":
+                        continue
+                    if name in self.SCALARS:
+                        v = np.asarray(value)
+                        if v.ndim != 0 or not np.isfinite(v):
+                            raise ValueError(f"state[{i}][{name!r}] must be a finite number")
+                        continue
+                    if name not in self.BUFFERS:
+                        raise ValueError(f"state[{i}] has unknown entry {name!r}; "
+                                         f"{type(self).__name__} keeps "
+                                         f"{list(self.BUFFERS) + list(self.SCALARS)}")
+                    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+                    if shape is None or tuple(shape) != p.shape:
+                        raise ValueError(f"state[{i}][{name!r}] has shape {shape}, expected "
+                                         f"{p.shape}")
+                    if dtype is None or np.dtype(dtype).kind != "f":
+                        raise TypeError(f"state[{i}][{name!r}] must be a floating array, got "
+                                        f"dtype {dtype}")
+            self._check_entries(gi, entries)
+            plan.append((hyper, int(step), entries))
+        return plan
+
+    def _check_entries(self, gi, entries):
+        """Hook for subclasses: cross-entry consistency of one group's loaded state."""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Newton's method with a Cholesky solve, an identity shift for indefinite Hessians, and an
+optional Armijo backtracking line search."""
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _kernels, _linalg
+from .._specs import boolean, learning_rate, nonneg
+from ._grouped import GroupedOptimizer
+
+__all__ = ["Newton", "NewtonStep", "HessianShiftWarning", "LineSearchWarning"]
+
+
+class HessianShiftWarning(RuntimeWarning):
+    """A Hessian was not (numerically) positive definite; a multiple of I was added."""
+
+
+class LineSearchWarning(RuntimeWarning):
+    """The backtracking line search found no step satisfying the Armijo condition."""
+
+
+@dataclass
+class NewtonStep:
+    """What one Newton step did.
+
+    shift: the largest identity shift added to a Hessian (0.0: every Hessian + damping
+    factored); shifts: one per parameter; step_size: the line-search multiplier t of the
+    direction ``-lr (H + (damping + shift) I)^{-1} g`` (1.0 without a line search, 0.0 when the
+    search failed and the parameters were left unchanged); backtracks: trial points rejected;
+    decrement: the squared Newton decrement ``g^T (H + (damping + shift) I)^{-1} g`` summed
+    over parameters (for a convex loss, half of it estimates f - f*); loss: the closure's value
+    at the accepted point (line search only, else None).
+    """
+    shift: float = 0.0
+    shifts: list = field(default_factory=list)
+    step_size: float = 1.0
+    backtracks: int = 0
+    decrement: float = 0.0
+    loss: float = None
+
+
+# ------------------------------------------------------------------------- validation + solve
+def _check_hessians(params, hessians, name, offset=0):
+    """Each Hessian as a (p, p) array: float, finite, symmetric. Returns the list."""
+    if isinstance(hessians, np.ndarray):
+        hessians = [hessians]
+    if not isinstance(hessians, (list, tuple)):
+        raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
+                        f"{type(hessians).__name__}")
+    if len(hessians) != len(params):
+        raise ValueError(f"{name} has {len(hessians)} arrays but there are {len(params)} "
+                         "parameters")
+    out = []
+    for i, (p, H) in enumerate(zip(params, hessians)):
+        what = f"{name}[{i + offset}]"
+        n = p.size
+        if not isinstance(H, np.ndarray):
+            raise TypeError(f"{what} must be a numpy.ndarray, got {type(H).__name__}")
+        if H.dtype.kind != "f" or H.dtype.itemsize not in (4, 8):
+            raise TypeError(f"{what} must be a float32 or float64 array, got dtype {H.dtype}")
+        if H.shape != (n, n) and H.shape != p.shape + p.shape:
+            raise ValueError(f"{what} must have shape ({n}, {n}) for a parameter of shape "
+                             f"{p.shape}, got {H.shape}")
+        H = H.reshape(n, n)
+        if not np.all(np.isfinite(H)):
+            raise ValueError(f"{what} contains NaN or inf")
+        scale = float(np.abs(H).max(initial=0.0))
+        tol = (1e-3 if H.dtype == np.float32 else 1e-6) * scale
+        if n and float(np.abs(H - H.T).max()) > tol:
+            raise ValueError(f"{what} is not symmetric (max |H - H^T| = "
+                             f"{float(np.abs(H - H.T).max()):.3g}); pass a Hessian")
+        out.append(H)
+    return out
+
+
+def _check_finite(grads, name, offset=0):
+    for i, g in enumerate(grads):
+        if not np.all(np.isfinite(g)):
+            raise ValueError(f"{name}[{i + offset}] contains NaN or inf")
+
+
+def _solve(params, grads, hessians, dampings, offset=0, name="params", stacklevel=3):
+    """x_i = (H_i + (damping_i + shift_i) I)^{-1} g_i in each parameter's dtype, with the
+    shifts and the summed decrement g^T x; warns once per shifted Hessian."""
+    xs, shifts, dec = [], [], 0.0
+    for i, (p, g, H, damping) in enumerate(zip(params, grads, hessians, dampings)):
+        x, shift = _linalg.cholesky_solve(H.astype(p.dtype, copy=False), g.reshape(-1), damping)
+        if shift > 0:
+            warnings.warn(f"the Hessian of {name}[{i + offset}] is not positive definite "
+                          f"(with damping {damping:g}); added {shift:.3g} * I",
+                          HessianShiftWarning, stacklevel=stacklevel)
+        xs.append(x.reshape(p.shape))
+        shifts.append(float(shift))
+        dec += float(np.dot(g.reshape(-1).astype(np.float64), x.astype(np.float64)))
+    return xs, shifts, dec
+
+
+def _newton_step(param, grad, hessian, lr, damping):
+    """The functional form (fastopt.functional.newton_)."""
+    single = not isinstance(param, (list, tuple))
+    params = [param] if single else list(param)
+    grads = [grad] if not isinstance(grad, (list, tuple)) else list(grad)
+    plan = _kernels.Plan(params, "param")
+    plan.check_grads(grads, "grad")
+    hessians = _check_hessians(params, hessian, "hessian")
+    learning_rate("lr", lr)
+    nonneg("damping", damping)
+    if callable(lr):
+        raise TypeError("lr must be a number here (schedules belong to fastopt.Newton)")
+    _check_finite(grads, "grad")
+    xs, shifts, _ = _solve(params, grads, hessians, [float(damping)] * len(params), name="param",
+                           stacklevel=4)
+    for p, x in zip(params, xs):
+        p -= (float(lr) * x).astype(p.dtype, copy=False)
+    return shifts[0] if single else shifts
+
+
+# ------------------------------------------------------------------------------- rules
+def _line_search(name, value):
+    if value not in (None, "armijo"):
+        raise ValueError(f"{name} must be None or 'armijo', got {value!r}")
+
+
+def _open_unit(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be in (0, 1))")
+
+
+def _count(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 0)")
+
+
+class Newton(GroupedOptimizer):
+    r"""Newton's method: a step along :math:`-(H + \delta I)^{-1} g` with a Cholesky solve.
+
+    With learning rate :math:`\gamma` (``lr``), damping :math:`\delta` (``damping``),
+    gradient :math:`g_t` and Hessian :math:`H_t` of each parameter (a parameter with p entries
+    has a p-by-p Hessian, entries in C order; parameters are solved independently, i.e. a
+    block-diagonal Hessian), each step does
+
+    .. math::
+        (H_t + (\delta + \tau_t) I)\, d_t = g_t, \qquad
+        \theta_t = \theta_{t-1} - s_t\, \gamma\, d_t .
+
+    :math:`\tau_t = 0` when :math:`H_t + \delta I` is positive definite; otherwise the
+    smallest of a growing sequence of shifts that makes it factor is used (Nocedal & Wright,
+    Algorithm 3.3; details in :func:`fastopt._linalg.cholesky_solve`), a
+    :class:`HessianShiftWarning` is issued, and the shift is reported in the returned
+    :class:`NewtonStep`. :math:`s_t = 1`, unless ``line_search="armijo"``: then
+    :math:`s_t = \beta^k` for the first k with
+    :math:`f(\theta_{t-1} - \beta^k \gamma d_t) \le f(\theta_{t-1}) - c_1 \beta^k \gamma\,
+    g_t^\top d_t` (``backtrack`` :math:`\beta`, ``c1``), at most ``max_backtracks`` halvings;
+    if none is accepted the parameters stay unchanged (:class:`LineSearchWarning`).
+
+    ``step(grads, hessians, closure=None, loss=None)``: the gradients and Hessians at the
+    current parameters (stochastic Newton: both on a minibatch); ``closure()`` returns the loss
+    at the current parameters (required by the line search; ``loss``, if given, is its value
+    before the step and saves one call). Returns a :class:`NewtonStep`.
+
+    Defaults: ``lr=1.0, damping=0.0, line_search=None, c1=1e-4, backtrack=0.5,
+    max_backtracks=30``. State: ``step`` and ``shift`` (the last identity shift) per parameter.
+    The Hessian is solved in the parameter's dtype (float32 uses LAPACK's ``s*`` routines).
+
+    >>> import numpy as np
+    >>> from fastopt.optim import Newton
+    >>> w = np.array([1.0, -2.0])
+    >>> A = np.array([[2.0, 0.5], [0.5, 1.0]])          # f(w) = w^T A w / 2
+    >>> info = Newton([w]).step([A @ w], [A])
+    >>> bool(np.abs(w).max() < 1e-15), info.shift
+    (True, 0.0)
+    """
+
+    DEFAULTS = dict(lr=1.0, damping=0.0, line_search=None, c1=1e-4, backtrack=0.5,
+                    max_backtracks=30)
+    RULES = dict(lr=learning_rate, damping=nonneg, line_search=_line_search, c1=_open_unit,
+                 backtrack=_open_unit, max_backtracks=_count)
+    SCALARS = ("shift",)
+
+    def __init__(self, params, lr=1.0, damping=0.0, *, line_search=None, c1=1e-4,
+                 backtrack=0.5, max_backtracks=30):
+        super().__init__(params, lr=lr, damping=damping, line_search=line_search, c1=c1,
+                         backtrack=backtrack, max_backtracks=max_backtracks)
+
+    def _search_settings(self):
+        groups = [g for g in self.param_groups if g["line_search"] == "armijo"]
+        if not groups:
+            return None
+        keys = ("c1", "backtrack", "max_backtracks")
+        first = tuple(groups[0][k] for k in keys)
+        if len(groups) != len(self.param_groups) or \
+                any(tuple(g[k] for k in keys) != first for g in groups):
+            raise ValueError("line_search, c1, backtrack and max_backtracks must be the same in "
+                             "every param group (one line search moves all parameters)")
+        return first
+
+    def step(self, grads, hessians, closure=None, loss=None):
+        """One Newton step; see the class docstring. Returns a :class:`NewtonStep`."""
+        with self._lock:
+            grads = self._check_like_params(grads, "grads")
+            params = self._all_params()
+            hessians = _check_hessians(params, hessians, "hessians")
+            _check_finite(grads, "grads")
+            search = self._search_settings()
+            if search is not None and closure is None:
+                raise ValueError("line_search='armijo' needs a closure() that returns the loss")
+            if loss is not None and not (isinstance(loss, (int, float, np.floating))
+                                         and math.isfinite(loss)):
+                raise ValueError(f"loss must be a finite number, got {loss!r}")
+            lrs, dampings = [], []
+            for gi, group in enumerate(self.param_groups):
+                lr = self._lr_of(gi)
+                lrs += [lr] * len(group["params"])
+                dampings += [float(group["damping"])] * len(group["params"])
+            xs, shifts, dec = _solve(params, grads, hessians, dampings)
+            dirs = [(lr * x).astype(p.dtype, copy=False) for lr, x, p in zip(lrs, xs, params)]
+            info = NewtonStep(shift=max(shifts, default=0.0), shifts=shifts, decrement=dec)
+            if search is None:
+                for p, d in zip(params, dirs):
+                    p -= d
+            else:
+                self._armijo(params, grads, dirs, closure, loss, search, info)
+            for i, s in enumerate(shifts):
+                self.state.setdefault(i, {})["shift"] = s
+            for gi in range(len(self.param_groups)):
+                self._steps[gi] += 1
+            return info
+
+    @staticmethod
+    def _armijo(params, grads, dirs, closure, f0, search, info):
+        c1, beta, max_backtracks = search
+        if f0 is None:
+            f0 = float(closure())
+        slope = -sum(float(np.dot(g.reshape(-1).astype(np.float64), d.reshape(-1)))
+                     for g, d in zip(grads, dirs))
+        start = [p.copy() for p in params]
+        t = 1.0
+        try:
+            for k in range(max_backtracks + 1):
+                for p, p0, d in zip(params, start, dirs):
+                    np.subtract(p0, (t * d).astype(p.dtype, copy=False), out=p)
+                f = float(closure())
+                if math.isfinite(f) and f <= f0 + c1 * t * slope:
+                    info.step_size, info.backtracks, info.loss = t, k, f
+                    return
+                t *= beta
+        except BaseException:
+            for p, p0 in zip(params, start):
+                np.copyto(p, p0)
+            raise
+        for p, p0 in zip(params, start):
+            np.copyto(p, p0)
+        info.step_size, info.backtracks, info.loss = 0.0, max_backtracks + 1, f0
+        warnings.warn(f"the Armijo line search accepted no step in {max_backtracks + 1} trials; "
+                      "parameters unchanged", LineSearchWarning, stacklevel=3)

@@ -1,0 +1,263 @@
+"""The training loop: drive an optimizer over a problem and record what it cost.
+
+``train(problem, optimizer, epochs=..., batch_size=...)`` runs epochs of minibatches over a
+problem from :mod:`fastopt.problems` (anything with ``n_samples``, ``loss(w, idx)`` and
+``grad(w, idx)``; Newton also needs ``hessian(w, idx)``). Each epoch visits the samples once, in
+a fresh random order (``shuffle=True``), in batches of ``batch_size`` (the last one may be
+smaller): ``batch_size=None`` (the whole set) is gradient descent, 1 is SGD. Per optimizer:
+
+* first-order optimizers (``fastopt.SGD``, ``Adam``, ...): ``step([grad on the batch])``;
+* :class:`fastopt.optim.SVRG`: a snapshot (full gradient, n sample-gradients) whenever
+  ``opt.needs_snapshot``, or every epoch when its ``snapshot_every`` is None, and
+  ``step([grad(w, B)], [grad(snapshot, B)])`` (2|B| sample-gradients) per batch;
+* :class:`fastopt.optim.Newton`: gradient and Hessian on the batch (stochastic Newton), or the
+  Hessian on a separate random subsample of ``hessian_batch_size`` samples (subsampled Newton);
+  the line search, when on, evaluates the loss on the same batch.
+
+The :class:`History` holds NumPy arrays recorded at the start, every ``record_every`` steps and
+at the end: full objective, full gradient norm, gradient evaluations counted in samples (a
+full gradient costs n, a batch gradient its size), Hessian and loss evaluations likewise, and
+the wall time spent in the optimization itself (the records are not timed). The loop stops
+after ``epochs``, or when the full gradient norm is <= ``gtol``, or ``f - f_star <= ftol``,
+or ``max_evals`` sample-gradients were spent, or the loss is no longer finite, or
+``callback`` returns True. A tqdm progress bar is shown when ``progress=True``, or by default
+when tqdm is installed, stderr is a terminal and not under pytest.
+"""
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .optim.newton import Newton
+from .optim.svrg import SVRG
+
+__all__ = ["train", "History"]
+
+
+@dataclass
+class History:
+    """What `train` recorded (one entry per record point; arrays of equal length).
+
+    step: optimizer steps taken; epoch: passes over the data (steps x batch / n);
+    loss: the full objective f(w); grad_norm: ||grad f(w)|| (full batch); grad_evals,
+    hess_evals, loss_evals: per-sample evaluations spent so far; time: seconds spent in the
+    optimization so far. stop_reason: 'epochs', 'gtol', 'ftol', 'max_evals', 'diverged' or
+    'callback'; converged: whether a tolerance was met; w: the final parameters (a copy).
+    """
+    step: np.ndarray
+    epoch: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    grad_evals: np.ndarray
+    hess_evals: np.ndarray
+    loss_evals: np.ndarray
+    time: np.ndarray
+    stop_reason: str = "epochs"
+    converged: bool = False
+    w: np.ndarray = None
+    info: dict = field(default_factory=dict)
+
+    def suboptimality(self, f_star):
+        """f(w) - f* at every record."""
+        return self.loss - float(f_star)
+
+    def __len__(self):
+        return len(self.step)
+
+
+def _progress_bar(progress, total):
+    if progress is None:
+        progress = (sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ)
+        if progress:
+            try:
+                import tqdm  # noqa: F401
+            except ImportError:
+                return None
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError('progress=True needs tqdm: pip install "fastopt[plot]" '
+                          "(or pip install tqdm)") from None
+    return tqdm(total=total, unit="step", leave=False)
+
+
+def _the_parameter(optimizer, problem):
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
+    params = [p for g in groups for p in g["params"]]
+    if len(params) != 1:
+        raise ValueError(f"train drives an optimizer over one parameter array, this one has "
+                         f"{len(params)}")
+    w = params[0]
+    if w.shape != tuple(problem.shape) and w.shape != (problem.n_params,):
+        raise ValueError(f"the optimizer's parameter has shape {w.shape}; the problem expects "
+                         f"{tuple(problem.shape)} (or ({problem.n_params},))")
+    return w
+
+
+def _positive_int(name, value, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _nonneg(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+    return float(value)
+
+
+def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=0,
+          schedule=None, gtol=None, ftol=None, f_star=None, max_evals=None,
+          record_every=None, hessian_batch_size=None, progress=None, callback=None):
+    """Run `optimizer` on `problem`; returns a :class:`History` (see the module docstring).
+
+    The optimizer must hold exactly one parameter array, shaped like ``problem.shape`` (or
+    flat); it is updated in place. ``schedule`` (a callable step -> lr), if given, replaces
+    the lr of every param group. ``record_every`` defaults to about ten records per epoch
+    (every step for full-batch methods). ``callback(record)`` gets a dict of the latest record
+    (and ``w``) and may return True to stop.
+    """
+    n = int(problem.n_samples)
+    epochs = _positive_int("epochs", epochs, allow_none=False)
+    batch = _positive_int("batch_size", batch_size)
+    batch = n if batch is None else min(batch, n)
+    hbatch = _positive_int("hessian_batch_size", hessian_batch_size)
+    max_evals = _positive_int("max_evals", max_evals)
+    gtol, ftol = _nonneg("gtol", gtol), _nonneg("ftol", ftol)
+    if ftol is not None and f_star is None:
+        raise ValueError("ftol needs f_star (the optimal value)")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable")
+    if schedule is not None and not callable(schedule):
+        raise TypeError("schedule must be a callable step -> lr")
+    steps_per_epoch = -(-n // batch)
+    record_every = _positive_int("record_every", record_every) or max(1, steps_per_epoch // 10)
+    w = _the_parameter(optimizer, problem)
+    if schedule is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = schedule
+    is_newton, is_svrg = isinstance(optimizer, Newton), isinstance(optimizer, SVRG)
+    if hbatch is not None and not is_newton:
+        raise ValueError("hessian_batch_size applies to fastopt.Newton only")
+    rng = np.random.default_rng(seed)
+    full = batch >= n
+
+    rec = {k: [] for k in ("step", "epoch", "loss", "grad_norm", "grad_evals", "hess_evals",
+                           "loss_evals", "time")}
+    counts = dict(step=0, grad_evals=0, hess_evals=0, loss_evals=0)
+    clock = [0.0]
+    since_snapshot = [0]
+
+    def record():
+        if hasattr(problem, "loss_grad"):
+            f, g = problem.loss_grad(w)
+        else:
+            f, g = problem.loss(w), problem.grad(w)
+        gn = float(np.linalg.norm(np.asarray(g, dtype=np.float64)))
+        for key, value in (("step", counts["step"]), ("grad_evals", counts["grad_evals"]),
+                           ("hess_evals", counts["hess_evals"]),
+                           ("loss_evals", counts["loss_evals"])):
+            rec[key].append(value)
+        rec["epoch"].append(counts["step"] * batch / n if not full else counts["step"])
+        rec["loss"].append(float(f))
+        rec["grad_norm"].append(gn)
+        rec["time"].append(clock[0])
+        if not (math.isfinite(f) and math.isfinite(gn)):
+            return "diverged"
+        if gtol is not None and gn <= gtol:
+            return "gtol"
+        if ftol is not None and f - f_star <= ftol:
+            return "ftol"
+        if callback is not None and callback({**{k: v[-1] for k, v in rec.items()}, "w": w}):
+            return "callback"
+        return None
+
+    def one_step(idx):
+        m = n if idx is None else len(idx)
+        if is_svrg:
+            snapshot_every = optimizer.param_groups[0]["snapshot_every"]
+            if optimizer.needs_snapshot or (snapshot_every is None
+                                            and since_snapshot[0] >= steps_per_epoch):
+                optimizer.snapshot([problem.grad(w)])
+                counts["grad_evals"] += n
+                since_snapshot[0] = 0
+            g = problem.grad(w, idx)
+            gs = problem.grad(optimizer.snapshot_params[0], idx)
+            optimizer.step([g], [gs])
+            counts["grad_evals"] += 2 * m
+            since_snapshot[0] += 1
+        elif is_newton:
+            if hasattr(problem, "loss_grad"):
+                f0, g = problem.loss_grad(w, idx)
+            else:
+                f0, g = problem.loss(w, idx), problem.grad(w, idx)
+            hidx = idx
+            if hbatch is not None and hbatch < n:
+                hidx = np.sort(rng.choice(n, size=hbatch, replace=False))
+            H = problem.hessian(w, hidx)
+            counts["grad_evals"] += m
+            counts["hess_evals"] += n if hidx is None else len(hidx)
+
+            def closure():
+                counts["loss_evals"] += m
+                return problem.loss(w, idx)
+            optimizer.step([g], [H], closure=closure, loss=f0)
+        else:
+            optimizer.step([problem.grad(w, idx)])
+            counts["grad_evals"] += m
+        counts["step"] += 1
+
+    reason = record()
+    bar = _progress_bar(progress, epochs * steps_per_epoch) if reason is None else None
+    try:
+        epoch = 0
+        while reason is None and epoch < epochs:
+            order = rng.permutation(n) if (shuffle and not full) else None
+            for start in range(0, n, batch):
+                if full:
+                    idx = None
+                elif order is not None:
+                    idx = np.sort(order[start:start + batch])
+                else:
+                    idx = np.arange(start, min(start + batch, n))
+                t0 = time.perf_counter()
+                one_step(idx)
+                clock[0] += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                if max_evals is not None and counts["grad_evals"] >= max_evals:
+                    reason = record() or "max_evals"
+                    break
+                if counts["step"] % record_every == 0:
+                    reason = record()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss'][-1]:.6g}", refresh=False)
+                    if reason is not None:
+                        break
+            epoch += 1
+        if reason is None:
+            reason = "epochs"
+            if rec["step"][-1] != counts["step"]:
+                reason = record() or "epochs"
+    finally:
+        if bar is not None:
+            bar.close()
+    ints = ("step", "grad_evals", "hess_evals", "loss_evals")
+    arrays = {k: np.asarray(v, dtype=np.int64 if k in ints else np.float64)
+              for k, v in rec.items()}
+    return History(**arrays, stop_reason=reason, converged=reason in ("gtol", "ftol"),
+                   w=np.array(w, copy=True),
+                   info=dict(batch_size=batch, n_samples=n, steps_per_epoch=steps_per_epoch))

@@ -1,0 +1,142 @@
+"""`fastopt bench` on tiny sizes: every section runs, the report is complete and consistent,
+and the contenders it compares compute the same update as fastopt. No timing is asserted."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _bench_impls as impls
+from fastopt import bench, cli
+from fastopt._specs import SPECS
+
+
+def _tiny_config(**overrides):
+    opts = dict(quick=True, sizes=(1000,), samples=2, batch_ms=0.2, cold_sizes=(1000,),
+                evict_mb=1, list_scale=4000, thread_sizes=(4096,), crossover_sizes=(1024,),
+                threads=(1, 2))
+    opts.update(overrides)
+    return bench.Config(**opts)
+
+
+def _finite_positive(x):
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench.run(_tiny_config(), progress=False)
+
+
+def test_every_section_has_rows(report):
+    cfg = _tiny_config()
+    assert len(report["sizes"]) == len(cfg.optimizers) * len(cfg.threads)
+    assert {r["optimizer"] for r in report["sizes"]} == set(impls.OPTIMIZERS)
+    assert [r["cache"] for r in report["cold"]] == ["cold"]
+    assert {r["list"] for r in report["lists"]} == {"resnet50", "1000x1000"}
+    assert report["threads"] and report["crossover"] and report["stream"]
+
+
+def test_case_rows_are_consistent(report):
+    for row in report["sizes"] + report["cold"] + report["lists"]:
+        f = row["fastopt"]
+        for key in ("median_ms", "gbs", "pct_bandwidth", "cpu_per_wall"):
+            assert _finite_positive(f[key]), (key, row)
+        assert f["spread_pct"] >= 0
+        itemsize = np.dtype(row["dtype"]).itemsize
+        expected = impls.TRAFFIC[row["optimizer"]] * itemsize * row["n"] / f["median_ms"] / 1e6
+        assert f["gbs"] == pytest.approx(expected)
+        for other in ("stream", "numpy_best", "numpy_textbook"):
+            assert _finite_positive(row[other]["median_ms"])
+            if other != "stream":
+                assert _finite_positive(row[other]["ratio"])
+        if "torch" in row:
+            assert row["torch"]["variant"] in impls.TORCH_VARIANTS[row["optimizer"]]
+    for row in report["lists"]:
+        assert _finite_positive(row["fastopt_flat"]["median_ms"])
+    resnet = next(r for r in report["lists"] if r["list"] == "resnet50")
+    assert resnet["tensors"] == len(impls.RESNET50_SHAPES)
+
+
+def test_threads_and_crossover_rows(report):
+    for row in report["threads"]:
+        assert _finite_positive(row["speedup"]) and _finite_positive(row["cpu_per_wall_all"])
+    for row in report["crossover"]:
+        assert _finite_positive(row["serial_us"]) and _finite_positive(row["parallel_us"])
+
+
+def test_report_formats_and_serializes(report):
+    text = bench.format_report(report)
+    for heading in ("Update bandwidth", "One tensor, warm cache", "caches evicted",
+                    "Lists of tensors", "1 thread vs all threads", "Serial vs parallel"):
+        assert heading in text
+    json.loads(json.dumps(report, default=str))
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status = cli.main(["bench", "--quick", "--sections", "sizes", "--sizes", "1e3",
+                       "--optimizers", "adam,sgd", "--samples", "2", "--batch-ms", "0.2",
+                       "--no-progress", "--json", str(path)])
+    assert status == 0
+    data = json.loads(path.read_text())
+    assert {r["optimizer"] for r in data["sizes"]} == {"adam", "sgd"}
+    assert {r["n"] for r in data["sizes"]} == {1000}
+    assert "One tensor, warm cache" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--optimizers", "adam,lbfgs"])
+    with pytest.raises(SystemExit):
+        cli.main(["nonsense"])
+
+
+def test_resnet50_shapes_are_the_real_model():
+    shapes = impls.RESNET50_SHAPES
+    assert len(shapes) == 161
+    assert sum(math.prod(s) for s in shapes) == 25_557_032
+    assert shapes[0] == (64, 3, 7, 7) and shapes[-2:] == ((1000, 2048), (1000,))
+    assert sum(len(s) == 4 for s in shapes) == 53          # 49 convolutions + 4 downsamples
+
+
+def test_measure_alternates_and_counts():
+    calls = []
+    contenders = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.measure(contenders, samples=4, batch_s=0.0)
+    assert [len(times[k]) for k in "ab"] == [4, 4]
+    assert all(t >= 0 for k in "ab" for t in times[k])
+    evicted = []
+    times = bench.measure(contenders, samples=3, evict=lambda: evicted.append(1))
+    assert len(evicted) == 3 * 2
+
+
+@pytest.mark.parametrize("name", impls.OPTIMIZERS)
+def test_contenders_compute_the_same_update(name):
+    """Textbook and best-effort NumPy (chunked path included) and torch match fastopt."""
+    rng = np.random.default_rng(0)
+    shapes = [(40_000,), (3, 5), (1,)]          # 40k float64 > one best-effort chunk
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    mine = [p.copy() for p in params]
+    opt = getattr(fo, SPECS[name].class_name)(mine, **impls.OVERRIDES.get(name, {}))
+    current = [np.empty_like(p) for p in params]
+    others = {style: impls.make_numpy(name, params, current, style)
+              for style in ("textbook", "best")}
+    for variant in impls.torch_variants(name):
+        others[variant] = impls.make_torch(name, params, current, variant)
+    for g in grads:
+        for dst, src in zip(current, g):
+            dst[...] = src
+        opt.step(current)
+        for step in others.values():
+            step()
+    for label, step in others.items():
+        for a, b in zip(step.params, mine):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=label)
+
+
+def test_make_numpy_rejects_unknown_style():
+    with pytest.raises(ValueError, match="style"):
+        impls.make_numpy("adam", [np.ones(3)], [np.ones(3)], "fancy")

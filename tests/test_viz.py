@@ -1,0 +1,118 @@
+"""`fastopt viz`: trajectories on the 2-D test functions, the PNG and the animated GIF."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from fastopt import cli, viz
+from fastopt.convergence import METHODS
+from fastopt.problems import Beale, Rosenbrock
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("viz")
+    panels, written = viz.run(str(out), quick=True, stream=False)
+    return panels, written, out
+
+
+def test_writes_a_png_and_an_animated_gif(quick):
+    from PIL import Image
+    panels, written, out = quick
+    assert [os.path.basename(p) for p in written] == ["trajectories.png", "trajectories.gif"]
+    with Image.open(written[0]) as png:
+        assert png.format == "PNG" and png.size[0] >= 1000
+        assert len(png.convert("RGB").getcolors(maxcolors=1 << 16)) > 12
+    with Image.open(written[1]) as gif:
+        assert gif.format == "GIF" and gif.is_animated
+        assert gif.n_frames >= 10
+        gif.seek(1)
+        first = np.asarray(gif.convert("RGB")).copy()
+        gif.seek(gif.n_frames - 1)
+        last = np.asarray(gif.convert("RGB"))
+        assert np.any(first != last)                  # the paths grow
+    for path in written:
+        assert os.path.getsize(path) > 20_000
+
+
+def test_every_optimizer_on_every_function(quick):
+    panels, _, _ = quick
+    assert [p.name for p in panels] == ["rosenbrock", "beale", "saddle", "quadratic"]
+    for panel in panels:
+        assert list(panel.paths) == list(METHODS)
+        for name, xy in panel.paths.items():
+            assert xy.ndim == 2 and xy.shape[1] == 2 and len(xy) >= 2, (panel.name, name)
+            np.testing.assert_array_equal(xy[0], panel.start)
+            assert np.all(np.isfinite(xy))
+            assert len(xy) - 1 <= viz.QUICK_STEPS
+
+
+def test_the_paths_do_what_the_functions_say(quick):
+    panels = {p.name: p for p in quick[0]}
+    quad = panels["quadratic"]
+    # Newton minimizes a quadratic in one step
+    assert len(quad.paths["newton"]) == 2
+    np.testing.assert_allclose(quad.paths["newton"][-1], 0, atol=1e-12)
+    # Newton with line search follows the Rosenbrock valley to (1, 1) within the quick budget
+    np.testing.assert_allclose(panels["rosenbrock"].paths["newton"][-1], [1, 1], atol=1e-8)
+    np.testing.assert_allclose(panels["beale"].paths["newton"][-1], [3, 0.5], atol=1e-8)
+    # every descent method lowers every function (on the saddle: leaves it downhill)
+    for panel in panels.values():
+        f0 = panel.problem.loss(np.array(panel.start))
+        for name, xy in panel.paths.items():
+            assert panel.problem.loss(xy[-1]) < f0, (panel.name, name)
+    saddle = panels["saddle"]
+    for name, xy in saddle.paths.items():
+        assert abs(xy[-1, 1]) > abs(xy[0, 1]), name      # away from the saddle along y
+
+
+def test_recorded_paths_are_the_optimizer_iterates():
+    """Gradient descent's path is w_{k+1} = w_k - lr grad f(w_k), recomputed here."""
+    panel = viz.trajectories(["beale"], ["gd"], steps=15)[0]
+    lr = viz.SETTINGS["beale"]["gd"]["lr"]
+    f = Beale()
+    w = np.array(f.start, dtype=np.float64)
+    expected = [w.copy()]
+    for _ in range(15):
+        w = w - lr * f.grad(w)
+        expected.append(w.copy())
+    np.testing.assert_allclose(panel.paths["gd"], np.array(expected), rtol=1e-12)
+
+
+def test_noisy_sum_averages_to_the_function():
+    f = Rosenbrock()
+    noisy = viz.NoisySum(f, sigma=3.0, n=8, seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        w = rng.uniform(-2, 2, 2)
+        losses = [noisy.loss(w, np.array([i])) for i in range(8)]
+        grads = [noisy.grad(w, np.array([i])) for i in range(8)]
+        assert np.mean(losses) == pytest.approx(f.loss(w), rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(np.mean(grads, axis=0), f.grad(w), rtol=1e-12, atol=1e-10)
+        assert np.std(grads, axis=0).min() > 0.1           # the samples do differ
+        h = 1e-6                                            # gradient of the i-th sample
+        i = np.array([3])
+        fd = [(noisy.loss(w + h * e, i) - noisy.loss(w - h * e, i)) / (2 * h) for e in np.eye(2)]
+        np.testing.assert_allclose(noisy.grad(w, i), fd, rtol=1e-6, atol=1e-4)
+
+
+def test_without_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"fastopt\[plot\]"):
+        viz.run(str(tmp_path / "v"), quick=True, stream=False)
+    assert cli.main(["viz", "--quick", "--out", str(tmp_path / "v")]) == 1
+    assert "fastopt[plot]" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="unknown function or optimizer"):
+        viz.trajectories(["himmelblau"])
+    with pytest.raises(ValueError, match="unknown function or optimizer"):
+        viz.trajectories(optimizers=["lbfgs"])
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        viz.trajectories(steps=0)
