@@ -4,7 +4,7 @@ Compiler flags are chosen per compiler in ``BuildExt`` (OpenMP: ``-fopenmp`` for
 ``-Xpreprocessor -fopenmp`` + libomp for Apple clang, ``/openmp`` for MSVC). Switches:
 
 * ``FASTOPT_NO_OPENMP=1``  build without OpenMP (every kernel runs on one thread).
-* ``FASTOPT_SANITIZE=address``  AddressSanitizer + UBSan build (``-O1 -g``), for tests/sanitize.sh.
+* ``FASTOPT_SANITIZE=address``  AddressSanitizer + UBSan build (``-O1 -g``), for scripts/sanitize.sh.
 * ``FASTOPT_NATIVE=1``  add ``-march=native`` (local benchmarking only; never in a wheel).
 """
 import os
@@ -23,7 +23,7 @@ CSRC = "csrc"
 
 # module name -> C sources compiled into it (besides the module's own .pyx)
 C_SOURCES = {
-    "fastopt._kernels": [f"{CSRC}/kernels.c"],
+    "fastopt._kernels": [f"{CSRC}/kernels.c", f"{CSRC}/finite.c"],
     "fastopt._linalg": [],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],

@@ -4,6 +4,7 @@
 >>> w = np.zeros(3, np.float32)
 >>> opt = fo.Adam([w], lr=1e-3)
 >>> opt.step([np.ones(3, np.float32)])
+True
 >>> w.round(6)
 array([-0.001, -0.001, -0.001], dtype=float32)
 """

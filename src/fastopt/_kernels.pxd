@@ -55,3 +55,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     const char *fo_vector_isa()
     void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads)
     void fo_stream_axpy_f64(double *b, const double *c, double s, int64_t n, int n_threads)
+
+cdef extern from "fastopt/finite.h" nogil:
+    int fo_all_finite_f32(const fo_segment_f32 *, int64_t, int)
+    int fo_all_finite_f64(const fo_segment_f64 *, int64_t, int)

@@ -19,6 +19,7 @@ import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int64_t, intptr_t
+from libc.stdlib cimport qsort
 
 cnp.import_array()
 
@@ -36,12 +37,20 @@ DECOUPLED = 256
 cdef int _n_threads = 0
 
 
-def set_num_threads(int n):
-    """Threads used by every kernel; 0 restores the OpenMP default (OMP_NUM_THREADS)."""
+MAX_THREADS = 1024
+
+
+def set_num_threads(n):
+    """Threads used by every kernel; 0 restores the OpenMP default (OMP_NUM_THREADS).
+
+    `n` is an int in [0, MAX_THREADS]; anything else raises TypeError/ValueError.
+    """
     global _n_threads
-    if n < 0:
-        raise ValueError(f"n_threads must be >= 0, got {n}")
-    _n_threads = n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n_threads must be an int, got {type(n).__name__}")
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"n_threads must be in [0, {MAX_THREADS}], got {n}")
+    _n_threads = <int>n
 
 
 def get_num_threads():
@@ -539,3 +548,74 @@ def stream_axpy(cnp.ndarray b, cnp.ndarray c, double s):
         c64 = <const double *>cnp.PyArray_DATA(c)
         with nogil:
             fo_stream_axpy_f64(b64, c64, s, n, nt)
+
+
+def all_finite(Plan plan, grads, str name="grads"):
+    """Whether every element of `grads` is finite (no NaN, no +-Inf).
+
+    The gradients are checked like a step's (count, dtype, shape, layout, no overlap with the
+    plan's parameters or state), then read once in parallel (csrc/finite.c); nothing is written.
+    """
+    plan._load(grads, name, True)
+    cdef int r32 = 1, r64 = 1, nt = _threads()
+    with nogil:
+        if plan.n32:
+            r32 = fo_all_finite_f32(plan.seg32, plan.n32, nt)
+        if plan.n64:
+            r64 = fo_all_finite_f64(plan.seg64, plan.n64, nt)
+    plan._forget_grads()
+    if r32 < 0 or r64 < 0:
+        _fail(-1)
+    return r32 == 1 and r64 == 1
+
+
+cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
+    cdef intptr_t x = (<const intptr_t *>a)[0], y = (<const intptr_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+def check_grads_disjoint(plans, grads, str name="grads"):
+    """Raise ValueError if any of `grads` shares memory with a parameter or state buffer of
+    any of `plans` (the param groups of one optimizer; `grads` numbered over all of them).
+
+    Each plan checks its own group's gradients; this catches a gradient of one group that is
+    (a view of) a parameter or state buffer of another group, which a step would otherwise read
+    after that group was updated.
+    """
+    cdef Plan plan
+    cdef Py_ssize_t total = 0, k = 0, i, lo, hi, mid
+    for plan in plans:
+        total += plan.n_intervals
+    cdef intptr_t *iv = <intptr_t *>PyMem_Calloc(2 * total + 2, sizeof(intptr_t))
+    if iv == NULL:
+        raise MemoryError()
+    cdef cnp.ndarray g
+    cdef intptr_t a, b
+    try:
+        for plan in plans:
+            for i in range(plan.n_intervals):
+                iv[2 * k] = plan.lo[i]
+                iv[2 * k + 1] = plan.hi[i]
+                k += 1
+        qsort(iv, total, 2 * sizeof(intptr_t), _cmp_interval)
+        for i in range(len(grads)):
+            obj = grads[i]
+            if not isinstance(obj, np.ndarray):
+                continue
+            g = <cnp.ndarray>obj
+            if cnp.PyArray_NBYTES(g) == 0:
+                continue
+            a = <intptr_t>cnp.PyArray_DATA(g)
+            b = a + cnp.PyArray_NBYTES(g)
+            lo, hi = 0, total
+            while lo < hi:                  # first interval whose end is > a
+                mid = (lo + hi) // 2
+                if iv[2 * mid + 1] <= a:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < total and iv[2 * lo] < b:
+                raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
+                                 f"pass a separate gradient buffer")
+    finally:
+        PyMem_Free(iv)

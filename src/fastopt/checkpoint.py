@@ -10,7 +10,8 @@ Writing goes to a temporary file in the same directory, is flushed and fsync'ed,
 over the target (and the directory fsync'ed), so a crash never leaves a half-written file.
 Reading checks the format, version and digest before touching the optimizer, then goes through
 `load_state_dict`, which checks shapes and dtypes; any problem raises ValueError with the
-optimizer unchanged.
+optimizer unchanged. A schedule stored as `lr` is unpickled on load: load only checkpoints
+you trust, as with any pickle.
 """
 import base64
 import hashlib
@@ -133,18 +134,24 @@ def read_state_dict(path):
         meta = json.loads(meta_bytes.decode("utf-8"))
     except ValueError as e:
         raise ValueError(f"{path}: unreadable metadata ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fastopt checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fastopt checkpoint (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint format version {meta.get('version')!r} is not "
                          f"supported (this fastopt reads version {VERSION})")
-    state = {}
-    for i, scalars in meta["scalars"].items():
-        state[int(i)] = dict(scalars)
-    for name, a in arrays.items():
-        _, i, buf = name.split("/", 2)
-        state.setdefault(int(i), {})[buf] = a
-    groups = [{k: _decode_value(v) for k, v in g.items()} for g in meta["param_groups"]]
+    try:
+        state = {}
+        for i, scalars in meta["scalars"].items():
+            state[int(i)] = dict(scalars)
+        for name, a in arrays.items():
+            kind, i, buf = name.split("/", 2)
+            if kind != "state":
+                raise ValueError(f"unexpected array {name!r}")
+            state.setdefault(int(i), {})[buf] = a
+        groups = [{k: _decode_value(v) for k, v in g.items()} for g in meta["param_groups"]]
+    except Exception as e:  # KeyError, TypeError, AttributeError, pickle errors, ...
+        raise ValueError(f"{path}: malformed checkpoint contents ({type(e).__name__}: {e})") from None
     return {"state": state, "param_groups": groups, "optimizer": meta.get("optimizer")}
 
 
@@ -160,4 +167,8 @@ def read_state_dict_of(path, optimizer_name):
 
 def load(opt, path):
     """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
-    opt.load_state_dict(read_state_dict_of(path, type(opt).__name__))
+    sd = read_state_dict_of(path, type(opt).__name__)
+    try:
+        opt.load_state_dict(sd)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the checkpoint does not fit this optimizer: {e}") from None

@@ -10,6 +10,7 @@ all arrays of one call must be of one kind. Any other CPU array that exposes ``_
 (a torch CPU tensor, a JAX CPU array, ...) is used through a NumPy view of its memory, without
 a copy; parameters and state must then be writable through DLPack. `step` is the 1-based index of the step being taken.
 Every check happens before any element is written: on error nothing is modified.
+Hyperparameters are checked with the same rules as the classes' (fastopt._specs).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
 call the same `_<name>` runners with cached plans.
@@ -63,13 +64,19 @@ def _from_dlpack(a, what, writable):
     return arr
 
 
+_UNUSED = object()   # a state buffer these options do not use
+
+
 def _plan(param, states, name="param"):
-    """A one-off plan over `param` with `states` = [(slot, name, arrays or None), ...]."""
+    """A one-off plan over `param` with `states` = [(slot, name, arrays or _UNUSED), ...].
+
+    A buffer the options use must be given: None there is a TypeError naming it.
+    """
     params = _listify(param, name)
     mod = backend_for(params)
     plan = mod.Plan(params, name)
     for slot, state_name, arrays in states:
-        if arrays is not None:
+        if arrays is not _UNUSED:
             plan.set_state(slot, _listify(arrays, state_name), state_name)
     return mod, plan
 
@@ -84,6 +91,16 @@ def _check_lr(lr):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     return float(lr)
+
+
+def _check_hyper(name, **values):
+    """Check hyperparameters with the registry's rules, those the classes apply to groups."""
+    from . import _specs  # imported here: _specs imports this module
+    spec = _specs.SPECS[name]
+    for key, value in values.items():
+        spec.rules.get(key, _specs.unit_open)(key, value)   # beta1, beta2: in [0, 1)
+    if spec.check is not None:
+        spec.check({**spec.defaults, **values})
 
 
 # --------------------------------------------------------------------------------------- SGD
@@ -104,6 +121,8 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
     set to the gradient, as in torch; with ``sutskever=True`` it starts from its zeros).
     """
     lr = _check_lr(lr)
+    _check_hyper("sgd", momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                 nesterov=nesterov, maximize=maximize, sutskever=sutskever)
     if momentum != 0:
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
@@ -112,7 +131,7 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
         step = _check_step(step)
     else:
         step = 0
-    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else None)])
+    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else _UNUSED)])
     _sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening, weight_decay, nesterov,
          maximize, sutskever, "grad")
 
@@ -129,6 +148,8 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
              maximize=False, eps_in_sqrt=False):
     """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                 maximize=maximize, eps_in_sqrt=eps_in_sqrt)
     mod, plan = _plan(param, [(0, "state_sum", state_sum)])
     _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
              eps_in_sqrt, "grad")
@@ -150,13 +171,15 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     `momentum_buffer` is required when momentum > 0, `grad_avg` when centered.
     """
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("rmsprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                 centered=centered, maximize=maximize, eps_in_sqrt=eps_in_sqrt)
     if momentum > 0 and momentum_buffer is None:
         raise ValueError("momentum_buffer is required when momentum > 0")
     if centered and grad_avg is None:
         raise ValueError("grad_avg is required when centered=True")
     mod, plan = _plan(param, [(0, "square_avg", square_avg),
-                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else None),
-                              (2, "grad_avg", grad_avg if centered else None)])
+                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else _UNUSED),
+                              (2, "grad_avg", grad_avg if centered else _UNUSED)])
     _rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay, momentum,
              centered, maximize, eps_in_sqrt, "grad")
 
@@ -180,10 +203,13 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
     `max_exp_avg_sq` is required when amsgrad=True.
     """
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adam", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                 amsgrad=amsgrad, maximize=maximize,
+                 decoupled_weight_decay=decoupled_weight_decay)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
-                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else None)])
+                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else _UNUSED)])
     _adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, amsgrad,
           maximize, decoupled_weight_decay, "grad")
 
@@ -205,6 +231,7 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
               weight_decay=0.0, maximize=False):
     """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
     _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
 
@@ -220,6 +247,8 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
             weight_decay=0.0, maximize=False):
     """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
     lr, step = _check_lr(lr), _check_step(step)
+    _check_hyper("adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                 maximize=maximize)
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")

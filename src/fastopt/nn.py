@@ -170,7 +170,7 @@ class BatchNorm:
             raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{name} must have shape (N, {self.num_features}, ...), got {x.shape}")
-        return x.reshape(x.shape[0], self.num_features, -1)
+        return x.reshape(x.shape[0], self.num_features, int(np.prod(x.shape[2:], dtype=np.int64)))
 
     def _channel(self, v):
         """A per-channel float64 vector broadcast against (N, C, L)."""

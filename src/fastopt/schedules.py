@@ -110,7 +110,14 @@ class Schedule:
     _name = "schedule"
 
     def __call__(self, step):
-        return float(self._value(_step(step)))
+        t = _step(step)
+        try:
+            value = float(self._value(t))
+        except OverflowError:           # e.g. gamma > 1 raised to a large step
+            value = math.inf
+        if not math.isfinite(value):
+            raise ValueError(f"{self!r} has no finite value at step {t} (it overflows)")
+        return value
 
     def _value(self, t):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -347,6 +347,9 @@ only reproduces the other axis exactly for finite inputs).
     layout = _layout(layout)
     out_h, out_w = _size_pair("size", size)
     _check_batch(batch, layout)
+    if isinstance(out, np.ndarray) and np.shares_memory(out, batch):
+        # checked here too: the batch may be copied to C order below, hiding the overlap
+        raise ValueError("out must not share memory with the batch")
     from fastopt import _tricks
 
     return _tricks.resize_bilinear(np.ascontiguousarray(batch), out_h, out_w, layout == "NHWC",

@@ -97,6 +97,12 @@ class GroupedOptimizer:
         return out
 
     def _lr_of(self, gi):
+        """Group gi's learning rate for this step, after re-checking its hyperparameters (they
+        may have been changed through `param_groups`); called before anything is written."""
+        try:
+            self._validate(self.param_groups[gi])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"param_groups[{gi}]: {e}") from None
         lr = self.param_groups[gi]["lr"]
         if callable(lr):
             value = lr(self._steps[gi])
@@ -123,6 +129,8 @@ class GroupedOptimizer:
         arrays = self._as_list(arrays, name)
         for off, plan in zip(self._offsets(), self._plans):
             plan.check_grads(arrays[off:off + len(plan)], name)
+        if len(self._plans) > 1:      # each plan checked its own group; now across groups
+            _kernels.check_grads_disjoint(self._plans, arrays, name)
         return arrays
 
     # --------------------------------------------------------------------------- state dict

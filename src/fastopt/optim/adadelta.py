@@ -22,6 +22,7 @@ class Adadelta(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.Adadelta([w], lr=1.0, rho=0.0, eps=1.0).step([np.array([1.0, 1.0])])
+    True
     >>> w.round(6)
     array([ 0.292893, -2.707107])
     """

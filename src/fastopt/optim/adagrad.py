@@ -22,6 +22,7 @@ class Adagrad(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.Adagrad([w], lr=0.5).step([2 * w])
+    True
     >>> w
     array([ 0.5, -1.5])
     """

@@ -26,6 +26,7 @@ class Adam(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.Adam([w], lr=0.1).step([2 * w])
+    True
     >>> w.round(6)
     array([ 0.9, -1.9])
     """
@@ -50,6 +51,7 @@ class AdamW(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.AdamW([w], lr=0.1, weight_decay=0.5).step([np.zeros(2)])
+    True
     >>> w
     array([ 0.95, -1.9 ])
     """

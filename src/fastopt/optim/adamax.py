@@ -22,6 +22,7 @@ class Adamax(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.Adamax([w], lr=0.1, eps=0.0).step([2 * w])
+    True
     >>> w
     array([ 0.9, -1.9])
     """

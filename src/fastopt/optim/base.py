@@ -8,7 +8,10 @@ CuPy arrays) that holds the C segment layout of its parameters and state, built 
 only checks the gradients and calls one fused kernel per group. The classes therefore do no
 elementwise math in Python. Order of work in `step`, so that an error changes nothing:
 
-1. check the gradient list, evaluate scheduled learning rates, check every gradient array;
+1. re-validate hyperparameters replaced through `param_groups`, evaluate scheduled learning
+   rates, check the gradient list and every gradient array (including against the parameters
+   and state of the other groups); with ``nonfinite="skip"|"raise"``, check that every
+   gradient element is finite (a read-only pass; "skip" returns False here);
 2. allocate state buffers that the group's options now need (first step, or an option turned
    on through `param_groups`);
 3. run the kernels, then advance the step counters.
@@ -31,6 +34,17 @@ from ..flat import state_like
 from ..functional import backend_for
 
 __all__ = ["Optimizer"]
+
+_NONFINITE = ("ignore", "skip", "raise")
+_UNSET = object()
+
+
+def _module_of(a):
+    """numpy for NumPy arrays, cupy for CuPy arrays (for the rare non-kernel paths)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import importlib
+    return importlib.import_module(type(a).__module__.split(".")[0])
 
 
 def _address_range(a):
@@ -56,7 +70,7 @@ def _copy_into(dst, src):
 
 class _GroupRecord:
     """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present."""
-    __slots__ = ("plan", "mod", "step", "present", "offset")
+    __slots__ = ("plan", "mod", "step", "present", "offset", "checked")
 
     def __init__(self, plan, mod, offset, n_state):
         self.plan = plan
@@ -64,6 +78,7 @@ class _GroupRecord:
         self.offset = offset
         self.step = 0
         self.present = (False,) * n_state
+        self.checked = None    # the hyperparameter values last validated (see _check_group)
 
 
 class Optimizer:
@@ -76,6 +91,9 @@ class Optimizer:
     spec = None  # a fastopt._specs.Spec; set by each subclass
 
     def __init__(self, params, **hyperparameters):
+        if self.spec is None:
+            raise TypeError(f"{type(self).__name__} is a base class without update rule; use "
+                            "an optimizer such as fastopt.SGD or fastopt.Adam")
         unknown = set(hyperparameters) - set(self.spec.defaults)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
@@ -136,6 +154,7 @@ class Optimizer:
         group["params"] = params
         self.param_groups.append(group)
         self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
+        self._records[-1].checked = {k: v for k, v in group.items() if k != "params"}
 
     def _plan_for(self, params, offset):
         """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
@@ -188,11 +207,59 @@ class Optimizer:
         rec.present = tuple(bool(p or u) for p, u in zip(rec.present, uses))
         return tuple(fresh)
 
-    def step(self, grads):
+    def _check_group(self, gi):
+        """Validate group gi's hyperparameters again if one was replaced since the last check.
+
+        Param groups are mutable dicts (as in torch.optim); checking here means a bad value
+        set through `param_groups` raises before any group is updated.
+        """
+        group, rec = self.param_groups[gi], self._records[gi]
+        seen = rec.checked
+        if seen is not None and len(seen) + 1 == len(group) \
+                and all(group.get(k, _UNSET) is v for k, v in seen.items()):
+            return
+        try:
+            self.spec.validate(group)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"param_groups[{gi}]: {e}") from None
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        rec.checked = {k: v for k, v in group.items() if k != "params"}
+
+    def _finite(self, rec, grads, nonfinite):
+        """Check one group's gradients, then whether all are finite ("raise": ValueError)."""
+        finite = getattr(rec.mod, "all_finite", None)
+        if finite is not None:
+            ok = finite(rec.plan, grads)
+        else:                               # e.g. CuPy: one reduction per array, one sync
+            rec.plan.check_grads(grads)
+            xp = _module_of(grads[0])
+            ok = bool(xp.all(xp.stack([xp.isfinite(g).all() for g in grads])))
+        if not ok and nonfinite == "raise":
+            bad = next(i for i, g in enumerate(grads) if not _module_of(g).isfinite(g).all())
+            raise ValueError(f"grads[{rec.offset + bad}] contains NaN or Inf; nothing was "
+                             "updated (nonfinite='raise')")
+        return ok
+
+    def step(self, grads, nonfinite="ignore"):
         """Apply one update with `grads` (a list of arrays in the order of the parameters).
 
-        Raises TypeError/ValueError, with parameters and state unchanged, on a bad gradient.
+        `nonfinite` says what to do when a gradient element is NaN or +-Inf:
+
+        * ``"ignore"`` (default, as torch.optim): update anyway; NaN/Inf reach the parameters
+          and state as the equations carry them.
+        * ``"skip"``: update nothing (parameters, state and step counts stay as they were)
+          and return False -- the dynamic loss-scaling pattern.
+        * ``"raise"``: raise ValueError, with nothing changed.
+
+        "skip" and "raise" read the gradients once more, before anything is written (a
+        parallel all-finite reduction, csrc/finite.c). Returns True when the update was
+        applied. Raises TypeError/ValueError, with parameters and state unchanged, on a bad
+        gradient or hyperparameter.
         """
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        check = nonfinite != "ignore"
         if not isinstance(grads, (list, tuple)):
             if hasattr(grads, "__array_interface__") or hasattr(grads, "__cuda_array_interface__"):
                 grads = [grads]
@@ -202,9 +269,12 @@ class Optimizer:
             groups, records, spec = self.param_groups, self._records, self.spec
             if len(groups) == 1:
                 group, rec = groups[0], records[0]
+                self._check_group(0)
                 lr = group["lr"]
                 if callable(lr):
                     lr = self._lr_of(group, rec)
+                if check and not self._finite(rec, grads, nonfinite):
+                    return False
                 uses = spec.uses(group)
                 fresh = self._fresh_none
                 if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
@@ -215,17 +285,24 @@ class Optimizer:
                     fresh = self._ensure_state(0, uses)
                 spec.run(rec.mod, rec.plan, grads, group, rec.step + 1, lr, fresh)
                 rec.step += 1
-                return
+                return True
             total = sum(len(r.plan) for r in records)
             if len(grads) != total:
                 raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
                                  "parameters")
             lrs, slices = [], []
-            for group, rec in zip(groups, records):
+            for gi, (group, rec) in enumerate(zip(groups, records)):
+                self._check_group(gi)
                 lrs.append(self._lr_of(group, rec))
                 sl = list(grads[rec.offset:rec.offset + len(rec.plan)])
                 rec.plan.check_grads(sl)
                 slices.append(sl)
+            if all(rec.mod is _kernels for rec in records):
+                _kernels.check_grads_disjoint([rec.plan for rec in records], grads)
+            if check:
+                for rec, sl in zip(records, slices):
+                    if not self._finite(rec, sl, nonfinite):
+                        return False
             for gi, (group, rec) in enumerate(zip(groups, records)):
                 uses = spec.uses(group)
                 fresh = self._fresh_none
@@ -233,6 +310,7 @@ class Optimizer:
                     fresh = self._ensure_state(gi, uses)
                 spec.run(rec.mod, rec.plan, slices[gi], group, rec.step + 1, lrs[gi], fresh)
                 rec.step += 1
+            return True
 
     # --------------------------------------------------------------------------- state dict
     def state_dict(self):

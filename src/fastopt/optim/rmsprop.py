@@ -26,6 +26,7 @@ class RMSprop(Optimizer):
     >>> import numpy as np, fastopt as fo
     >>> w = np.array([1.0, -2.0])
     >>> fo.RMSprop([w], lr=0.01, alpha=0.75, eps=0.0).step([2 * w])
+    True
     >>> w
     array([ 0.98, -1.98])
     """

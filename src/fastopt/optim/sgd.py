@@ -30,6 +30,7 @@ class SGD(Optimizer):
     >>> w = np.array([1.0, -2.0])
     >>> opt = fo.SGD([w], lr=0.1, momentum=0.9)
     >>> opt.step([2 * w])          # gradient of ||w||^2
+    True
     >>> w
     array([ 0.8, -1.6])
     """
