@@ -44,6 +44,15 @@
 
 #define FO_BLOCK 512
 
+/* Vector instances as in kernels.c: the range loops are compiled for AVX-512F, AVX2 and the
+ * baseline, and the loader picks one; with -ffp-contract=off (setup.py) all round alike. */
+#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
+    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FO_CLONES
+#endif
+
 /* ------------------------------------------------------------------------ bit conversions */
 static inline uint32_t fo_bits(float f)
 {
@@ -258,8 +267,49 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
 }
 
 /* ------------------------------------------------------------------------- the step loops */
+/* The rule over one block. The option flags that change what a rule stores are made
+ * compile-time constants by one loop instance per combination the Python layer sends (the
+ * combinations of kernels.c's FO_CASES_*), so each instance is a branch-free `omp simd` loop;
+ * other combinations run the generic loop, which is as correct and may stay scalar. */
+#define FO_MIXED_RULE_LOOP(OPT, K)                                                            \
+    do {                                                                                      \
+        FO_PRAGMA(omp simd)                                                                   \
+        for (int64_t i = 0; i < m; ++i)                                                       \
+            fo_##OPT##_rule_f32(i, p, g, s0, s1, s2, (K));                                    \
+    } while (0)
+
+#define FO_MIXED_CASE(OPT, V)                                                                 \
+    case (V): {                                                                               \
+        fo_##OPT##_k_f32 kv = k;                                                              \
+        kv.flags = (k.flags & ~FO_MIXED_MASK_##OPT) | (V);                                    \
+        FO_MIXED_RULE_LOOP(OPT, kv);                                                          \
+        break;                                                                                \
+    }
+
+#define FO_MIXED_MASK_sgd (FO_MOMENTUM | FO_SUTSKEVER | FO_FIRST | FO_NESTEROV)
+#define FO_MIXED_CASES_sgd(C, O)                                                              \
+    C(O, 0)                                                                                   \
+    C(O, FO_MOMENTUM)                                                                         \
+    C(O, FO_MOMENTUM | FO_FIRST)                                                              \
+    C(O, FO_MOMENTUM | FO_NESTEROV)                                                           \
+    C(O, FO_MOMENTUM | FO_NESTEROV | FO_FIRST)                                                \
+    C(O, FO_MOMENTUM | FO_SUTSKEVER)                                                          \
+    C(O, FO_MOMENTUM | FO_SUTSKEVER | FO_NESTEROV)
+#define FO_MIXED_MASK_rmsprop (FO_CENTERED | FO_MOMENTUM)
+#define FO_MIXED_CASES_rmsprop(C, O)                                                          \
+    C(O, 0) C(O, FO_CENTERED) C(O, FO_MOMENTUM) C(O, FO_CENTERED | FO_MOMENTUM)
+#define FO_MIXED_MASK_adam (FO_AMSGRAD | FO_DECOUPLED)
+#define FO_MIXED_CASES_adam(C, O)                                                             \
+    C(O, 0) C(O, FO_AMSGRAD) C(O, FO_DECOUPLED) C(O, FO_AMSGRAD | FO_DECOUPLED)
+#define FO_MIXED_MASK_adagrad 0
+#define FO_MIXED_CASES_adagrad(C, O) C(O, 0)
+#define FO_MIXED_MASK_adadelta 0
+#define FO_MIXED_CASES_adadelta(C, O) C(O, 0)
+#define FO_MIXED_MASK_adamax 0
+#define FO_MIXED_CASES_adamax(C, O) C(O, 0)
+
 #define FO_MIXED_STAMP(OPT)                                                                   \
-    static void fo_mixed_##OPT##_range(const fo_mixed_segment *segs, int64_t nseg,            \
+    FO_CLONES static void fo_mixed_##OPT##_range(const fo_mixed_segment *segs, int64_t nseg,  \
                                        int64_t lo, int64_t hi, fo_##OPT##_k_f32 k,            \
                                        const fo_mixed_opts *o)                                \
     {                                                                                         \
@@ -283,9 +333,11 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
                     float *s0 = FO_AT(sg->state[0], c);                                       \
                     float *s1 = FO_AT(sg->state[1], c);                                       \
                     float *s2 = FO_AT(sg->state[2], c);                                       \
-                    FO_PRAGMA(omp simd)                                                       \
-                    for (int64_t i = 0; i < m; ++i)                                           \
-                        fo_##OPT##_rule_f32(i, p, g, s0, s1, s2, k);                          \
+                    switch (k.flags & FO_MIXED_MASK_##OPT) {                                  \
+                        FO_MIXED_CASES_##OPT(FO_MIXED_CASE, OPT)                              \
+                    default:                                                                  \
+                        FO_MIXED_RULE_LOOP(OPT, k);                                           \
+                    }                                                                         \
                     if (sg->lowp)                                                             \
                         fo_store_lowp(sg, c, m, p, stochastic, key);                          \
                 }                                                                             \
@@ -330,7 +382,7 @@ static inline int fo_nonfinite_f32(float v)
     return (fo_bits(v) & 0x7f800000u) == 0x7f800000u;
 }
 
-static int fo_nonfinite_range(const fo_mixed_segment *segs, int64_t nseg, int64_t lo,
+FO_CLONES static int fo_nonfinite_range(const fo_mixed_segment *segs, int64_t nseg, int64_t lo,
                               int64_t hi, float scale, int scaled)
 {
     int64_t start = 0;
