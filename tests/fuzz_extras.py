@@ -668,7 +668,7 @@ def fuzz_batchnorm(ex, _):
                 assert _same_bn(state, bn.state_dict())
                 continue
             assert ok, "backward accepted an invalid dy"
-            g = np.asarray(dy, np.float64).reshape(x.shape[0], c, m // max(x.shape[0], 1))
+            g = np.asarray(dy, np.float64).reshape(x.shape[0], c, int(np.prod(x.shape[2:], dtype=np.int64)))
             w = np.asarray(bn.weight, np.float64) if bn.affine else np.ones(c)
             sg, sgx = g.sum(axis=(0, 2)), (g * xhat).sum(axis=(0, 2))
             if train:

@@ -559,10 +559,10 @@ def all_finite(Plan plan, grads, str name="grads"):
     plan._load(grads, name, True)
     cdef int r32 = 1, r64 = 1, nt = _threads()
     with nogil:
-        if plan.n32:
-            r32 = fo_all_finite_f32(plan.seg32, plan.n32, nt)
-        if plan.n64:
-            r64 = fo_all_finite_f64(plan.seg64, plan.n64, nt)
+        if plan.r32:
+            r32 = fo_all_finite_f32(plan.run32, plan.r32, nt)
+        if plan.r64:
+            r64 = fo_all_finite_f64(plan.run64, plan.r64, nt)
     plan._forget_grads()
     if r32 < 0 or r64 < 0:
         _fail(-1)
