@@ -105,8 +105,8 @@ def fuzz_newton_functional(ex, _):
     grads = [ex.array(p.shape, p.dtype, "grad", targets=params) if isinstance(p, np.ndarray)
              else np.zeros(1) for p in params]
     hs = [_hessian(ex, p) for p in params]
-    lr = ex.draw(st.sampled_from([1.0, 0.5, 0, 2, -1.0, float("nan"), "1", lambda t: 1.0]), "lr")
-    damping = ex.draw(st.sampled_from([0.0, 0.1, 1.0, -0.5, float("inf")]), "damping")
+    lr = ex.pick("lr", [1.0, 0.5, 0, 2], [-1.0, float("nan"), "1", lambda t: 1.0])
+    damping = ex.pick("damping", [0.0, 0.1, 1.0], [-0.5, float("inf")])
     single = len(params) == 1 and ex.draw(st.booleans(), "single")
     valid = (all(param_ok(p) for p in params) and disjoint(params)
              and all(layout_ok(g) and like(g, p) for g, p in zip(grads, params))
@@ -138,12 +138,12 @@ def fuzz_newton(ex, _):
     """optim.Newton: construction, param_groups changes, steps with or without a line search."""
     ex.special = False          # a solve mixes every entry: float32/float64 overflow differ
     groups, flat = _params(ex)
-    hyper = dict(lr=ex.draw(st.sampled_from([1.0, 0.5, 3.0, -1.0, "x"]), "lr"),
-                 damping=ex.draw(st.sampled_from([0.0, 0.25, -1.0]), "damping"),
-                 line_search=ex.draw(st.sampled_from([None, "armijo", "wolfe"]), "line search"),
-                 c1=ex.draw(st.sampled_from([1e-4, 0.3, 0.0, 1.0]), "c1"),
-                 backtrack=ex.draw(st.sampled_from([0.5, 0.8, 1.5]), "backtrack"),
-                 max_backtracks=ex.draw(st.sampled_from([30, 2, 0, -1, 2.5]), "max backtracks"))
+    hyper = dict(lr=ex.pick("lr", [1.0, 0.5, 3.0], [-1.0, "x"]),
+                 damping=ex.pick("damping", [0.0, 0.25], [-1.0]),
+                 line_search=ex.pick("line search", [None, "armijo"], ["wolfe"]),
+                 c1=ex.pick("c1", [1e-4, 0.3], [0.0, 1.0]),
+                 backtrack=ex.pick("backtrack", [0.5, 0.8], [1.5]),
+                 max_backtracks=ex.pick("max backtracks", [30, 2, 0], [-1, 2.5]))
     ok_hyper = (_lr_ok(hyper["lr"]) and _nonneg_ok(hyper["damping"])
                 and hyper["line_search"] in (None, "armijo") and 0 < hyper["c1"] < 1
                 and 0 < hyper["backtrack"] < 1 and isinstance(hyper["max_backtracks"], int)
@@ -168,7 +168,7 @@ def fuzz_newton(ex, _):
         grads = [ex.array(p.shape, p.dtype, "grad", targets=flat) for p in flat]
         hs = [_hessian(ex, p) for p in flat]
         # the quadratic with these gradients and Hessians at the current point
-        x0 = [np.asarray(p, np.float64).reshape(-1) for p in flat]
+        x0 = [np.array(p, np.float64).reshape(-1) for p in flat]     # copies: p changes
         hm = [np.asarray(h, np.float64).reshape(p.size, p.size) if ok and np.isfinite(np.asarray(h, np.float64)).all() else None
               for (h, ok), p in zip(hs, flat)]
         gv = [np.asarray(g, np.float64).reshape(-1) if isinstance(g, np.ndarray) and g.size == p.size else None
@@ -224,9 +224,9 @@ def fuzz_newton(ex, _):
 def fuzz_svrg(ex, _):
     """optim.SVRG: p -= lr (g - g_snapshot + mu + wd p), snapshots, order of calls."""
     groups, flat = _params(ex)
-    hyper = dict(lr=ex.draw(st.sampled_from([0.1, 0.5, 0.0, -0.1]), "lr"),
-                 weight_decay=ex.draw(st.sampled_from([0.0, 0.01, -1.0]), "wd"),
-                 snapshot_every=ex.draw(st.sampled_from([None, 1, 2, 0, 1.5, True]), "every"))
+    hyper = dict(lr=ex.pick("lr", [0.1, 0.5, 0.0], [-0.1]),
+                 weight_decay=ex.pick("wd", [0.0, 0.01], [-1.0]),
+                 snapshot_every=ex.pick("every", [None, 1, 2], [0, 1.5, True]))
     every = hyper["snapshot_every"]
     valid = (_lr_ok(hyper["lr"]) and _nonneg_ok(hyper["weight_decay"])
              and (every is None or (isinstance(every, int) and not isinstance(every, bool) and every >= 1))

@@ -133,6 +133,12 @@ class Example:
     def dtype(self):
         return np.dtype(self.draw(st.sampled_from([np.float32, np.float64]), "dtype"))
 
+    def pick(self, label, good, bad, pct=8):
+        """A value drawn from `good`, or, with chance `pct` percent, from `bad`."""
+        if self.chance(pct, f"bad {label}"):
+            return self.draw(st.sampled_from(bad), label)
+        return self.draw(good if isinstance(good, st.SearchStrategy) else st.sampled_from(good), label)
+
     def invalid_value(self, key):
         return self.draw(st.sampled_from(INVALID[KIND[key]]), f"invalid {key}")
 
