@@ -102,6 +102,22 @@ def test_state_like_allocates_one_buffer_per_run():
     assert not any(np.shares_memory(e, v) for e in empty for v in views)
 
 
+
+def test_state_like_puts_separate_tensors_of_one_dtype_in_one_aligned_arena():
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (3, 17, 1, 64)]
+    params += [rng.standard_normal((2, 5)), np.zeros(0, np.float32), np.ones(4, np.float32)[::2]]
+    states = state_like(params, 0.25)
+    for s, p in zip(states, params):
+        assert s.shape == p.shape and s.dtype == p.dtype and np.all(s == 0.25)
+        assert not any(np.shares_memory(s, q) for q in params)
+    f32 = [states[i] for i in (0, 1, 2, 3)]
+    assert all(np.shares_memory(f32[0].base, s) for s in f32)            # one buffer
+    assert all(_address(s) % 64 == 0 for s in f32)                       # each run aligned
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(f32) for b in f32[i + 1:])
+    assert states[4].dtype == np.float64 and not np.shares_memory(states[4], f32[0].base)
+    assert states[6].base is None or not np.shares_memory(states[6], f32[0].base)  # strided
+
 # ------------------------------------------------------------- optimizers on flat params
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

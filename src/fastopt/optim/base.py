@@ -16,9 +16,10 @@ elementwise math in Python. Order of work in `step`, so that an error changes no
    on through `param_groups`);
 3. run the kernels, then advance the step counters.
 
-State buffers of parameters that continue each other in memory (views from
-`fastopt.flatten`) are allocated as views of one buffer (`fastopt.flat.state_like`), so the
-kernels step such a run of parameters as one segment.
+A group's state buffers of one kind (``exp_avg``, ...) are views of one 64-byte-aligned
+buffer per dtype (`fastopt.flat.state_like`): one allocation, huge-page friendly, and the
+state of parameters that continue each other in memory (views from `fastopt.flatten`)
+continues too, so the kernels step such a run of parameters as one segment.
 
 State is keyed by the parameter's position in the optimizer (0, 1, ... over all groups), which
 is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors).
