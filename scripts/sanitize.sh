@@ -59,7 +59,9 @@ rm -f asan.* ubsan.*
 
 echo "sanitize: test suite under ASan+UBSan"
 set +e
-python -m pytest tests -q -p no:cacheprovider "$@" 2>&1 | tee suite.log
+# the nvcc compile test runs the CUDA compiler, which inherits LD_PRELOAD and crashes under it
+python -m pytest tests -q -p no:cacheprovider \
+    --deselect tests/test_cuda_source.py::test_generated_source_compiles_with_nvcc "$@" 2>&1 | tee suite.log
 rc=${PIPESTATUS[0]}
 set -e
 reports=$(cat suite.log asan.* ubsan.* 2>/dev/null | grep -cE "ERROR: AddressSanitizer|runtime error:" || true)
