@@ -25,6 +25,7 @@ CSRC = "csrc"
 C_SOURCES = {
     "fastopt._kernels": [f"{CSRC}/kernels.c", f"{CSRC}/finite.c"],
     "fastopt._linalg": [],
+    "fastopt._mixed": [f"{CSRC}/mixed.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
 }
 

@@ -154,7 +154,7 @@ def test_compare_returns_plain_arrays_for_every_method(breast_cancer):
     for name in res.names():
         tr = res[name]
         assert isinstance(tr, Trace) and tr.name == name
-        for arr in (tr.grad_evals, tr.epochs, tr.time, tr.loss, tr.subopt):
+        for arr in (tr.grad_evals, tr.epochs, tr.hess_evals, tr.time, tr.loss, tr.subopt):
             assert isinstance(arr, np.ndarray) and arr.shape == tr.grad_evals.shape
         assert tr.grad_evals[0] == 0 and np.all(np.diff(tr.grad_evals) > 0)
         assert np.all(np.diff(tr.time) >= 0)
@@ -167,6 +167,8 @@ def test_compare_returns_plain_arrays_for_every_method(breast_cancer):
         assert all(isinstance(v, (int, float, str, bool, type(None)))
                    for v in tr.hyperparameters.values())
     assert res["newton"].subopt[-1] <= 1e-15
+    np.testing.assert_array_equal(res["newton"].hess_evals, res["newton"].grad_evals)
+    assert not res["adam"].hess_evals.any()
     assert res["gd"].batch_size == n and res["sgd"].batch_size == 1
 
 

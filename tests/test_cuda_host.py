@@ -207,7 +207,7 @@ def test_plan_name_in_messages(fake):
 
 
 @pytest.mark.parametrize("arrays, exc, match", [
-    (lambda p: [dev(np.zeros(3, np.float32))], ValueError, "state slot 1: expected 2 arrays, got 1"),
+    (lambda p: [dev(np.zeros(3, np.float32))], ValueError, "state slot 1: expected 2 arrays \\(one per parameter\\), got 1"),
     (lambda p: [dev(np.zeros(3, np.float32)), np.zeros(4, np.float32)], TypeError,
      r"state buffer 1 of params\[1\] must be a cupy.ndarray"),
     (lambda p: [dev(np.zeros(3, np.float32)), dev(np.zeros(4))], ValueError,
@@ -246,6 +246,13 @@ def test_interface_mirrors_cpu_binding():
         assert getattr(cuda, flag) == getattr(K, flag)
     for attr in ("set_state", "check_grads", "__len__"):
         assert callable(getattr(cuda.Plan, attr))
+    for attr in ("set_state", "check_grads"):     # what optim/ and functional call
+        want = [p.name for p in inspect.signature(getattr(K.Plan, attr)).parameters.values()]
+        got = [p.name for p in inspect.signature(getattr(cuda.Plan, attr)).parameters.values()]
+        assert got == want, attr
+    got = [p.name for p in inspect.signature(cuda.Plan.__init__).parameters.values()]
+    assert got == ["self", "params", "name", "offset"]
+    K.Plan([np.zeros(2)], "params", 3)              # the CPU plan takes the same call
 
 
 def test_stream_change_waits_on_device_only(fake):

@@ -182,8 +182,9 @@ def test_bad_arguments_are_rejected(capsys):
 def test_cli_and_python_m(tmp_path):
     """`python -m fastopt demo` runs the same command; no progress bar when not interactive."""
     env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    import fastopt
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))  # the tested copy
+    env["PYTHONPATH"] = os.pathsep.join([where, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "fastopt", "demo", "--quick", "--dataset", "breast_cancer",
          "--optimizers", "gd,adam,newton", "--no-plot", "--out", str(tmp_path)],

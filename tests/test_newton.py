@@ -1,7 +1,6 @@
 """fastopt.Newton and fastopt.functional.newton_: the step against a NumPy float64 reference,
 the identity shift, the Armijo line search, stochastic Newton, validation, state, and the
 minimizer against scikit-learn's newton-cholesky solver."""
-import math
 import warnings
 
 import numpy as np
@@ -219,9 +218,12 @@ def _checks_leave_everything_unchanged(call, exc, match):
 @pytest.mark.parametrize("call,exc,match", [
     (lambda o: o.step([np.ones(2)], [np.array([[1.0, np.nan], [np.nan, 1.0]])]),
      ValueError, r"hessians\[0\] contains NaN"),
-    (lambda o: o.step([np.array([np.nan, 1.0])], [np.eye(2)]), ValueError, r"grads\[0\] contains NaN"),
-    (lambda o: o.step([np.ones(2)], [np.eye(3)]), ValueError, r"hessians\[0\] must have shape \(2, 2\)"),
-    (lambda o: o.step([np.ones(2)], [np.array([[1.0, 1.0], [0.0, 1.0]])]), ValueError, "not symmetric"),
+    (lambda o: o.step([np.array([np.nan, 1.0])], [np.eye(2)]), ValueError,
+     r"grads\[0\] contains NaN"),
+    (lambda o: o.step([np.ones(2)], [np.eye(3)]), ValueError,
+     r"hessians\[0\] must have shape \(2, 2\)"),
+    (lambda o: o.step([np.ones(2)], [np.array([[1.0, 1.0], [0.0, 1.0]])]), ValueError,
+     "not symmetric"),
     (lambda o: o.step([np.ones(2)], []), ValueError, "hessians has 0 arrays"),
     (lambda o: o.step([np.ones(3)], [np.eye(2)]), ValueError, r"grads\[0\] must have shape"),
     (lambda o: o.step([np.ones(2, np.float32)], [np.eye(2)]), TypeError, "dtype float64"),

@@ -324,7 +324,8 @@ def test_predict_proba_rows_sum_to_one():
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(X=np.array([[1.0, np.nan], [0.0, 1.0]]), y=[0, 1]), ValueError, r"NaN or inf \(first at X\[0, 1\]\)"),
+    (dict(X=np.array([[1.0, np.nan], [0.0, 1.0]]), y=[0, 1]), ValueError,
+     r"NaN or inf \(first at X\[0, 1\]\)"),
     (dict(X=np.array([[1.0, np.inf], [0.0, 1.0]]), y=[0, 1]), ValueError, "NaN or inf"),
     (dict(X=np.ones((2, 2)), y=[0, -1]), ValueError, "labels must be in 0..1"),
     (dict(X=np.ones((2, 2)), y=[0, 3], n_classes=3), ValueError, "labels must be in 0..2; got 3"),

@@ -37,7 +37,14 @@ typedef long long fo_index;
 #else
 #include <math.h>
 #include <stdint.h>
+/* Forced inline: every loop instance must hold the rule's body, never a per-element call. */
+#if defined(__GNUC__)
+#define FO_DEVICE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FO_DEVICE static __forceinline
+#else
 #define FO_DEVICE static inline
+#endif
 #define FO_RESTRICT restrict
 typedef int64_t fo_index;
 #endif

@@ -8,12 +8,14 @@ True
 >>> w.round(6)
 array([-0.001, -0.001, -0.001], dtype=float32)
 """
-from . import functional, nn, schedules, tricks
+from . import convergence, datasets, functional, nn, problems, schedules, train, tricks
 from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .checkpoint import load, save
 from .flat import flatten
+from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
-from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Optimizer, RMSprop
+from .optim import (SGD, SVRG, Adadelta, Adagrad, Adam, Adamax, AdamW, HessianShiftWarning,
+                    LineSearchWarning, Newton, NewtonStep, Optimizer, RMSprop)
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -22,5 +24,7 @@ __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Optimizer",
     "functional", "save", "load", "flatten", "set_num_threads", "get_num_threads", "has_openmp",
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
-    "random_resize", "RandomBatchShapes",
+    "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
+    "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
+    "train", "convergence",
 ]

@@ -7,7 +7,9 @@ The Hessian of a linear model's mean loss is a weighted Gram matrix,
 ``H = alpha * sum_i w_i x_i x_i^T`` (logistic regression: ``w_i = p_i (1 - p_i)``); for the
 softmax loss each (k, m) block of ``H`` is such a matrix with weights ``p_ik (delta_km - p_im)``.
 Here that sum is formed without any n-by-d temporary: rows are scaled by ``sqrt(|w_i|)`` a chunk
-at a time into one small buffer (`get_chunk_bytes()`, at least 64 rows), and each chunk is accumulated with BLAS
+at a time into one buffer (`get_chunk_bytes()`, 16 MiB by default, at least 64 rows: large
+enough that each syrk call runs near peak and a fit makes few BLAS calls, each of which is a
+synchronization of the BLAS threads), and each chunk is accumulated with BLAS
 ``syrk`` (``C += alpha * A A^T``, half the flops of ``gemm``). A C-contiguous n-by-d array is,
 to Fortran, the d-by-n matrix ``X^T``, so a chunk of scaled rows is passed as-is with
 ``trans='N'``. ``syrk`` fills one triangle of each block; the result is mirrored at the end so
@@ -44,7 +46,7 @@ ctypedef fused real:
 cdef enum:
     _MAX_SHIFT_TRIES = 200
 cdef double _SHIFT_GROWTH = 4.0
-cdef Py_ssize_t _chunk_bytes = 1 << 21
+cdef Py_ssize_t _chunk_bytes = 1 << 24     # 16 MiB: few, large syrk calls
 #: Factor by which the identity shift grows after a failed factorization.
 SHIFT_GROWTH = _SHIFT_GROWTH
 

@@ -438,14 +438,43 @@ def plan(cfg):
     return jobs
 
 
+class _Lines:
+    """Progress as one stderr line per case, where tqdm is missing or stderr is not a terminal."""
+
+    def __init__(self, total):
+        self.total, self.done, self.note = total, 0, ""
+
+    def set_postfix_str(self, text):
+        self.note = text
+
+    def update(self):
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {self.note}", file=sys.stderr, flush=True)
+
+    def close(self):
+        pass
+
+
 def _progress(total, enabled):
+    """A tqdm bar (optional dependency) on a terminal, else progress lines, or None."""
     if not enabled:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="fastopt bench", unit="case", leave=False, disable=None)
+    if sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=total, desc="fastopt bench", unit="case", leave=False)
+    return _Lines(total)
+
+
+def _describe_job(section, args):
+    if section in ("sizes", "cold", "lists"):
+        name, shapes, dtype, threads = args[:4]
+        what = args[4] if section == "lists" else f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
+        return f"{section} {name} {what} {dtype} {threads}t"
+    return f"{section} {args[0]} N={_fmt_n(args[1])}"
 
 
 def run(cfg, progress=True):
@@ -463,7 +492,7 @@ def run(cfg, progress=True):
         for section, args in jobs:
             t_job = time.perf_counter()
             if bar is not None:
-                bar.set_postfix_str(f"{section} {args[0]} {args[1] if section != 'sizes' and section != 'cold' else sum(math.prod(s) for s in args[1])}")
+                bar.set_postfix_str(_describe_job(section, args))
             if section in ("sizes", "cold"):
                 row = run_case(*args, cfg, inputs, evict if section == "cold" else None)
             elif section == "lists":

@@ -62,13 +62,15 @@ class Method:
 
 @dataclass
 class Trace:
-    """One method's run. Arrays are per record point: grad_evals (samples), epochs
-    (grad_evals / n), time (seconds), loss, subopt (loss - f_star; may touch 0 or go slightly
-    negative at machine precision); w: the final parameters."""
+    """One method's run. Arrays are per record point: grad_evals (sample-gradients), epochs
+    (grad_evals / n), hess_evals (sample-Hessians; Newton only, else zeros), time (seconds
+    spent optimizing), loss, subopt (loss - f_star; may touch 0 or go slightly negative at
+    machine precision: clip before a log plot); w: the final parameters."""
     name: str
     label: str
     grad_evals: np.ndarray
     epochs: np.ndarray
+    hess_evals: np.ndarray
     time: np.ndarray
     loss: np.ndarray
     subopt: np.ndarray
@@ -215,8 +217,8 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
                      progress=False)
         traces[method.name] = Trace(
             name=method.name, label=method.label, grad_evals=hist.grad_evals,
-            epochs=hist.grad_evals / n, time=hist.time, loss=hist.loss,
-            subopt=hist.loss - f_star, batch_size=batch, hyperparameters=_plain(hyper),
-            stop_reason=hist.stop_reason, w=hist.w)
+            epochs=hist.grad_evals / n, hess_evals=hist.hess_evals, time=hist.time,
+            loss=hist.loss, subopt=hist.loss - f_star, batch_size=batch,
+            hyperparameters=_plain(hyper), stop_reason=hist.stop_reason, w=hist.w)
     return Comparison(problem=repr(problem), n_samples=n, f_star=float(f_star), w_star=w_star,
                       traces=traces)

@@ -444,19 +444,20 @@ class Plan:
     parameters float32/float64, C-contiguous, all on one device, no two sharing memory.
     """
 
-    def __init__(self, params, name="params"):
+    def __init__(self, params, name="params", offset=0):
         cupy = require_cupy()
         if not isinstance(params, (list, tuple)):
             raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
         self.name = name
+        self.offset = int(offset)   # index of params[0] in the caller's numbering (messages)
         self.params = list(params)
         self.states = [None] * FO_MAX_STATE
         self.n = len(self.params)
         for i, p in enumerate(self.params):
-            _check_float_array(p, f"{name}[{i}]")
+            _check_float_array(p, f"{name}[{i + self.offset}]")
         self.device_id = self.params[0].device.id if self.n else cupy.cuda.Device().id
         for i, p in enumerate(self.params):
-            self._check_device(p, f"{name}[{i}]")
+            self._check_device(p, f"{name}[{i + self.offset}]")
         self._rebuild_intervals(True)
         self._cupy = cupy
         self._device = cupy.cuda.Device(self.device_id)
@@ -492,13 +493,13 @@ class Plan:
 
     def _rebuild_intervals(self, params_only):
         """Sorted memory intervals of params and state; overlaps among them are errors."""
-        items = [(*_interval(a), f"{self.name}[{i}]")
+        items = [(*_interval(a), f"{self.name}[{i + self.offset}]")
                  for i, a in enumerate(self.params) if a.nbytes > 0]
         if not params_only:
             for k in range(FO_MAX_STATE):
                 if self.states[k] is None:
                     continue
-                items += [(*_interval(a), f"state {k} of {self.name}[{i}]")
+                items += [(*_interval(a), f"state {k} of {self.name}[{i + self.offset}]")
                           for i, a in enumerate(self.states[k]) if a.nbytes > 0]
         items.sort()
         for i in range(1, len(items)):
@@ -523,17 +524,22 @@ class Plan:
         self._stream = stream
         return stream
 
-    def set_state(self, k, arrays):
-        """Attach state buffer k (a list of arrays shaped and typed like the params), or None."""
+    def set_state(self, k, arrays, name=None):
+        """Attach state buffer k (a list of arrays shaped and typed like the params), or None.
+
+        `name` is the buffer's name in error messages (default "state buffer k of params[i]").
+        """
         k = int(k)
         if k < 0 or k >= FO_MAX_STATE:
             raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
         if arrays is not None:
             arrays = list(arrays)
             if len(arrays) != self.n:
-                raise ValueError(f"state slot {k}: expected {self.n} arrays, got {len(arrays)}")
+                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one per "
+                                 f"parameter), got {len(arrays)}")
             for i, (a, p) in enumerate(zip(arrays, self.params)):
-                what = f"state buffer {k} of {self.name}[{i}]"
+                what = (f"{name}[{i + self.offset}]" if name else
+                        f"state buffer {k} of {self.name}[{i + self.offset}]")
                 _check_float_array(a, what)
                 if a.dtype != p.dtype or a.shape != p.shape:
                     raise ValueError(f"{what} must be {_describe(p)}, got {_describe(a)}")
@@ -567,21 +573,21 @@ class Plan:
         ptrs = []
         for i, (g, p) in enumerate(zip(grads, self.params)):
             if not is_cupy_array(g):
-                raise TypeError(f"{name}[{i}] must be a cupy.ndarray of {p.dtype} like "
-                                f"{self.name}[{i}], got {_describe(g)}")
+                raise TypeError(f"{name}[{i + self.offset}] must be a cupy.ndarray of {p.dtype} like "
+                                f"{self.name}[{i + self.offset}], got {_describe(g)}")
             if g.dtype != p.dtype:
-                raise TypeError(f"{name}[{i}] must have dtype {p.dtype} like {self.name}[{i}], "
+                raise TypeError(f"{name}[{i + self.offset}] must have dtype {p.dtype} like {self.name}[{i + self.offset}], "
                                 f"got {g.dtype}")
             if g.shape != p.shape:
-                raise ValueError(f"{name}[{i}] must have shape {p.shape} like {self.name}[{i}], "
+                raise ValueError(f"{name}[{i + self.offset}] must have shape {p.shape} like {self.name}[{i + self.offset}], "
                                  f"got {g.shape}")
             if not g.flags.c_contiguous:
-                raise ValueError(f"{name}[{i}] must be C-contiguous and aligned; got strides "
+                raise ValueError(f"{name}[{i + self.offset}] must be C-contiguous and aligned; got strides "
                                  f"{g.strides} (use cupy.ascontiguousarray)")
-            self._check_device(g, f"{name}[{i}]")
+            self._check_device(g, f"{name}[{i + self.offset}]")
             lo, hi = _interval(g)
             if hi > lo and self._overlaps(lo, hi):
-                raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
+                raise ValueError(f"{name}[{i + self.offset}] shares memory with a parameter or optimizer state; "
                                  f"pass a separate gradient buffer")
             ptrs.append(lo)
         return ptrs

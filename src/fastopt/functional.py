@@ -6,7 +6,9 @@ csrc/fastopt/rules.h; what is computed here is what depends only on the step and
 hyperparameters (bias corrections, decayed step sizes, option flags), once per call.
 
 Arrays may be NumPy arrays (C/OpenMP kernels) or CuPy arrays (CUDA kernels, `fastopt[gpu]`);
-all arrays of one call must be of one kind. `step` is the 1-based index of the step being taken.
+all arrays of one call must be of one kind. Any other CPU array that exposes ``__dlpack__``
+(a torch CPU tensor, a JAX CPU array, ...) is used through a NumPy view of its memory, without
+a copy; parameters and state must then be writable through DLPack. `step` is the 1-based index of the step being taken.
 Every check happens before any element is written: on error nothing is modified.
 Hyperparameters are checked with the same rules as the classes' (fastopt._specs).
 
@@ -14,6 +16,8 @@ These functions are usable as a backend by other frameworks; the classes in `fas
 call the same `_<name>` runners with cached plans.
 """
 import math
+
+import numpy as np
 
 from . import _kernels
 
@@ -31,11 +35,33 @@ def backend_for(arrays):
 
 
 def _listify(x, name):
+    """`x` (an array or a list of arrays) as a list, DLPack arrays viewed through NumPy."""
     if isinstance(x, (list, tuple)):
-        return list(x)
+        return [_from_dlpack(a, f"{name}[{i}]", name != "grad") for i, a in enumerate(x)]
     if x is None:
         raise TypeError(f"{name} must be an array or a list of arrays, got None")
-    return [x]
+    return [_from_dlpack(x, name, name != "grad")]
+
+
+def _from_dlpack(a, what, writable):
+    """A NumPy view (no copy) of a CPU array of another framework that exposes ``__dlpack__``
+    (torch CPU tensors, JAX CPU arrays, ...); NumPy and CuPy arrays are returned as they are.
+    Arrays updated in place (`writable`) must come out writable."""
+    if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack__") \
+            or type(a).__module__.startswith("cupy"):
+        return a
+    try:
+        try:
+            arr = np.from_dlpack(a, copy=False)
+        except TypeError:                      # NumPy < 2.1 (no `copy`), or an older producer
+            arr = np.from_dlpack(a)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise TypeError(f"{what}: cannot view a {type(a).__module__}.{type(a).__qualname__} as "
+                        f"a CPU array through DLPack ({e})") from None
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{what}: the {type(a).__qualname__} is read-only through DLPack, but "
+                         "it is updated in place; pass a writable array")
+    return arr
 
 
 _UNUSED = object()   # a state buffer these options do not use

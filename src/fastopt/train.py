@@ -69,18 +69,17 @@ class History:
 
 
 def _progress_bar(progress, total):
-    if progress is None:
-        progress = (sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ)
-        if progress:
-            try:
-                import tqdm  # noqa: F401
-            except ImportError:
-                return None
+    """A tqdm bar, or None. progress=None: only when interactive and tqdm is installed."""
+    auto = progress is None
+    if auto:
+        progress = sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
     if not progress:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        if auto:
+            return None
         raise ImportError('progress=True needs tqdm: pip install "fastopt[plot]" '
                           "(or pip install tqdm)") from None
     return tqdm(total=total, unit="step", leave=False)

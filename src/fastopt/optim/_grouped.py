@@ -196,8 +196,9 @@ class GroupedOptimizer:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
         groups, state = sd["param_groups"], sd["state"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, (list, tuple)) else '?'} "
-                             f"param groups, the optimizer has {len(self.param_groups)}")
+            count = len(groups) if isinstance(groups, (list, tuple)) else "?"
+            raise ValueError(f"state_dict has {count} param groups, the optimizer has "
+                             f"{len(self.param_groups)}")
         if not isinstance(state, dict):
             raise ValueError("state_dict['state'] must be a dict")
         plan = []

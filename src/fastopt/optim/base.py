@@ -144,18 +144,28 @@ class Optimizer:
             group["betas"] = tuple(group["betas"])
         self.spec.validate(group)
         offset = sum(len(g["params"]) for g in self.param_groups)
-        mod = backend_for(params)
+        mod, plan = self._plan_for(params, offset)
         if self._records and mod is not self._records[0].mod:
             raise TypeError(f"param group {len(self.param_groups)} holds "
                             f"{type(params[0]).__module__} arrays but the optimizer's other "
                             "groups do not; one optimizer steps arrays of one kind (all NumPy or "
                             "all CuPy on one device)")
-        plan = mod.Plan(params, "params", offset)
         self._check_disjoint(params, offset)
         group["params"] = params
         self.param_groups.append(group)
         self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
         self._records[-1].checked = tuple(group.values())
+
+    def _plan_for(self, params, offset):
+        """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
+        mod = backend_for(params)
+        return mod, mod.Plan(params, "params", offset)
+
+    def _state_like(self, params, fill=None):
+        """New state buffers for a group's `params`, filled with `fill` or uninitialized
+        (`fastopt.flat.state_like`; a hook: fastopt.mixed keeps float32 state for 16-bit
+        parameters)."""
+        return state_like(params, fill)
 
     def _check_disjoint(self, new_params, offset):
         """No parameter of the new group shares memory with one of an existing group."""
@@ -189,7 +199,7 @@ class Optimizer:
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
                 fill = self.spec.init.get(name, lambda g: 0.0)(group)
-                arrays = state_like(group["params"], fill)
+                arrays = self._state_like(group["params"], fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -350,7 +360,7 @@ class Optimizer:
                             mine = self.state.get(rec.offset + i, {}).get(name)
                             if mine is None:
                                 if spare is None:
-                                    spare = state_like(group["params"])
+                                    spare = self._state_like(group["params"])
                                 mine = spare[i]
                             _copy_into(mine, buffers[i][name])
                             arrays.append(mine)

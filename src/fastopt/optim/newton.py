@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _kernels, _linalg
-from .._specs import boolean, learning_rate, nonneg
+from .._specs import learning_rate, nonneg
 from ._grouped import GroupedOptimizer
 
 __all__ = ["Newton", "NewtonStep", "HessianShiftWarning", "LineSearchWarning"]

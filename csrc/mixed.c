@@ -1,0 +1,492 @@
+/*
+ * mixed.c -- mixed-precision loops over the rules of fastopt/rules.h (API: fastopt/mixed.h).
+ *
+ * Design note
+ * -----------
+ * Parameters held in float16 or bfloat16 are updated through float32, with the float32 rule of
+ * rules.h and float32 state, in one pass over memory. A thread walks its share of a group's
+ * elements in blocks of FO_BLOCK (a few KiB, resident in L1):
+ *
+ *   1. the block's gradients are widened to float32 (exactly) and divided by the loss scale
+ *      into a stack buffer (a float32 gradient that needs neither is used in place);
+ *   2. the float32 values to update are the master copy, or, without one, a stack buffer
+ *      holding the widened 16-bit parameter;
+ *   3. the rule runs over the block exactly as in kernels.c (same rule, same constants from
+ *      fastopt/constants.h), updating the float32 values and the state;
+ *   4. the 16-bit parameter is written from the updated float32 values, rounded to nearest
+ *      even, or (bfloat16 without master) stochastically.
+ *
+ * So each element's master, state and 16-bit copy are read and written once, and the float32
+ * master follows bit for bit the trajectory that kernels.c gives a float32 parameter with the
+ * same float32 gradients. Conversions are integer bit manipulations (no FPU mode or F16C
+ * needed), written branch-free so that they vectorize. Stochastic rounding draws 16 bits of
+ * noise from a counter-based hash of (seed, call counter, parameter index, element index), so
+ * results do not depend on the number of threads.
+ *
+ * Work is split like kernels.c: a group's segments form one range of `total` elements, thread t
+ * of T takes [t*total/T, (t+1)*total/T) with boundaries on multiples of 32 elements (one cache
+ * line of 16-bit values), and groups below `parallel_threshold` elements run on the caller's
+ * thread.
+ */
+#include <string.h>
+
+#include "fastopt/kernels.h"
+#include "fastopt/rules.h"
+#include "fastopt/constants.h"
+#include "fastopt/mixed.h"
+
+#ifndef FASTOPT_NO_OPENMP
+#include <omp.h>
+#define FO_PRAGMA(x) _Pragma(#x)
+#else
+#define FO_PRAGMA(x)
+#endif
+
+#define FO_BLOCK 512
+
+/* Vector instances as in kernels.c: the range loops are compiled for AVX-512F, AVX2 and the
+ * baseline, and the loader picks one; with -ffp-contract=off (setup.py) all round alike. */
+#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
+    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FO_CLONES
+#endif
+
+/* ------------------------------------------------------------------------ bit conversions */
+static inline uint32_t fo_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float fo_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* float16 -> float32, exact. Subnormals: the integer mantissa times 2^-24 (exact in float). */
+static inline float fo_h2f(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7fffu;
+    const uint32_t normal = (em << 13) + 0x38000000u;           /* exponent bias 15 -> 127 */
+    const uint32_t special = (em << 13) | 0x7f800000u;          /* inf, nan (payload kept) */
+    const uint32_t sub = fo_bits((float)(int32_t)em * 5.9604644775390625e-8f);
+    const uint32_t r = em >= 0x7c00u ? special : (em >= 0x0400u ? normal : sub);
+    return fo_float(sign | r);
+}
+
+/* float32 -> float16, round to nearest even. Normal results: drop 13 mantissa bits with a
+ * rounding bias of 0xfff plus the kept lowest bit (a carry moves into the exponent, and past
+ * 65504 into infinity). Subnormal results: adding 0.5f rounds |x| at 2^-24, the float16
+ * subnormal spacing, by the FPU's own round-to-nearest-even. */
+static inline uint16_t fo_f2h(float f)
+{
+    const uint32_t x = fo_bits(f);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t ax = x & 0x7fffffffu;
+    const uint32_t nan = 0x7e00u | ((ax >> 13) & 0x3ffu);
+    const uint32_t normal = (ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u)) >> 13;
+    const uint32_t sub = fo_bits(fo_float(ax) + 0.5f) - 0x3f000000u;
+    const uint32_t h = ax > 0x7f800000u ? nan
+                     : ax >= 0x477ff000u ? 0x7c00u              /* rounds to >= 65536: inf */
+                     : ax >= 0x38800000u ? normal               /* >= 2^-14 */
+                     : sub;
+    return (uint16_t)(sign | h);
+}
+
+static inline float fo_bf2f(uint16_t b)
+{
+    return fo_float((uint32_t)b << 16);
+}
+
+/* float32 -> bfloat16, round to nearest even; NaN stays a quiet NaN. */
+static inline uint16_t fo_f2bf(float f)
+{
+    const uint32_t x = fo_bits(f);
+    const uint32_t rne = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rne);
+}
+
+/* float32 -> bfloat16, stochastic: the magnitude rounds up with probability (low 16 bits)/2^16,
+ * so the expected result is x itself. `noise` is uniform in [0, 2^16). */
+static inline uint16_t fo_f2bf_sr(float f, uint32_t noise)
+{
+    const uint32_t x = fo_bits(f);
+    const uint32_t up = (x + noise) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : up);
+}
+
+/* ------------------------------------------------------------------ stochastic-rounding noise */
+static inline uint64_t fo_mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint32_t fo_hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline uint64_t fo_stream_key(uint64_t seed, uint64_t counter, uint64_t stream)
+{
+    return fo_mix64(seed ^ fo_mix64(counter ^ fo_mix64(stream)));
+}
+
+/* 16 bits of noise for element i of the stream with this key. */
+static inline uint32_t fo_noise(uint64_t key, int64_t i)
+{
+    const uint32_t lo = fo_hash32((uint32_t)i ^ (uint32_t)key);
+    return fo_hash32(lo ^ (uint32_t)(key >> 32) ^ (uint32_t)((uint64_t)i >> 32)) & 0xffffu;
+}
+
+/* ------------------------------------------------------------------------- block helpers */
+#define FO_AT(ptr, off) ((ptr) ? (ptr) + (off) : (ptr))
+
+/* The block's gradients as float32 divided by `scale`; in place when float32 and unscaled. */
+static inline const float *fo_load_grad(const fo_mixed_segment *sg, int64_t c, int64_t m,
+                                        float *FO_RESTRICT buf, float scale, int scaled)
+{
+    if (sg->grad_dtype == FO_DT_F32) {
+        const float *g = (const float *)sg->grad + c;
+        if (!scaled)
+            return g;
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) buf[i] = g[i] / scale;
+    } else if (sg->grad_dtype == FO_DT_F16) {
+        const uint16_t *g = (const uint16_t *)sg->grad + c;
+        if (scaled) {
+            FO_PRAGMA(omp simd)
+            for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(g[i]) / scale;
+        } else {
+            FO_PRAGMA(omp simd)
+            for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(g[i]);
+        }
+    } else {
+        const uint16_t *g = (const uint16_t *)sg->grad + c;
+        if (scaled) {
+            FO_PRAGMA(omp simd)
+            for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(g[i]) / scale;
+        } else {
+            FO_PRAGMA(omp simd)
+            for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(g[i]);
+        }
+    }
+    return buf;
+}
+
+/* The block's float32 values to update: the master, or the widened 16-bit parameter. */
+static inline float *fo_load_values(const fo_mixed_segment *sg, int64_t c, int64_t m,
+                                    float *FO_RESTRICT buf)
+{
+    if (sg->master)
+        return sg->master + c;
+    const uint16_t *p = (const uint16_t *)sg->lowp + c;
+    if (sg->lowp_dtype == FO_DT_F16) {
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(p[i]);
+    } else {
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(p[i]);
+    }
+    return buf;
+}
+
+/* Write the 16-bit parameter of the block from the updated float32 values. */
+static inline void fo_store_lowp(const fo_mixed_segment *sg, int64_t c, int64_t m,
+                                 const float *FO_RESTRICT v, int stochastic, uint64_t key)
+{
+    uint16_t *out = (uint16_t *)sg->lowp + c;
+    if (sg->lowp_dtype == FO_DT_F16) {
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_f2h(v[i]);
+    } else if (stochastic && !sg->master) {
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf_sr(v[i], fo_noise(key, c + i));
+    } else {
+        FO_PRAGMA(omp simd)
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf(v[i]);
+    }
+}
+
+/* ------------------------------------------------------------------------- work splitting */
+static int fo_mixed_team(int64_t total, int64_t threshold, int n_threads)
+{
+    if (n_threads < 1) n_threads = 1;
+    if (threshold < 2) threshold = 2;
+    if (total < threshold || n_threads == 1) return 1;
+    const int64_t useful = total / (threshold / 2);
+    if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
+    return n_threads;
+}
+
+static inline void fo_mixed_share(int64_t total, int t, int nt, int64_t *lo, int64_t *hi)
+{
+    int64_t a = (int64_t)((double)total * t / nt);
+    int64_t b = (int64_t)((double)total * (t + 1) / nt);
+    a &= ~(int64_t)31;
+    b = (t + 1 == nt) ? total : (b & ~(int64_t)31);
+    *lo = a;
+    *hi = b;
+}
+
+#ifndef FASTOPT_NO_OPENMP
+#define FO_THREAD_ID(t, team) do { t = omp_get_thread_num(); team = omp_get_num_threads(); } while (0)
+#else
+#define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
+#endif
+
+static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *total)
+{
+    if (nseg < 0 || (nseg > 0 && segs == 0)) return 0;
+    int64_t sum = 0;
+    for (int64_t s = 0; s < nseg; ++s) {
+        const fo_mixed_segment *sg = &segs[s];
+        if (sg->n < 0) return 0;
+        if (sg->n > 0 && (sg->grad == 0 || (sg->master == 0 && sg->lowp == 0))) return 0;
+        if (sg->grad_dtype < FO_DT_F32 || sg->grad_dtype > FO_DT_BF16) return 0;
+        if (sg->lowp && sg->lowp_dtype != FO_DT_F16 && sg->lowp_dtype != FO_DT_BF16) return 0;
+        sum += sg->n;
+    }
+    *total = sum;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------- the step loops */
+/* The rule over one block. The option flags that change what a rule stores are made
+ * compile-time constants by one loop instance per combination the Python layer sends (the
+ * combinations of kernels.c's FO_CASES_*), so each instance is a branch-free `omp simd` loop;
+ * other combinations run the generic loop, which is as correct and may stay scalar. */
+#define FO_MIXED_RULE_LOOP(OPT, K)                                                            \
+    do {                                                                                      \
+        FO_PRAGMA(omp simd)                                                                   \
+        for (int64_t i = 0; i < m; ++i)                                                       \
+            fo_##OPT##_rule_f32(i, p, g, s0, s1, s2, (K));                                    \
+    } while (0)
+
+#define FO_MIXED_CASE(OPT, V)                                                                 \
+    case (V): {                                                                               \
+        fo_##OPT##_k_f32 kv = k;                                                              \
+        kv.flags = (k.flags & ~FO_MIXED_MASK_##OPT) | (V);                                    \
+        FO_MIXED_RULE_LOOP(OPT, kv);                                                          \
+        break;                                                                                \
+    }
+
+#define FO_MIXED_MASK_sgd (FO_MOMENTUM | FO_SUTSKEVER | FO_FIRST | FO_NESTEROV)
+#define FO_MIXED_CASES_sgd(C, O)                                                              \
+    C(O, 0)                                                                                   \
+    C(O, FO_MOMENTUM)                                                                         \
+    C(O, FO_MOMENTUM | FO_FIRST)                                                              \
+    C(O, FO_MOMENTUM | FO_NESTEROV)                                                           \
+    C(O, FO_MOMENTUM | FO_NESTEROV | FO_FIRST)                                                \
+    C(O, FO_MOMENTUM | FO_SUTSKEVER)                                                          \
+    C(O, FO_MOMENTUM | FO_SUTSKEVER | FO_NESTEROV)
+#define FO_MIXED_MASK_rmsprop (FO_CENTERED | FO_MOMENTUM)
+#define FO_MIXED_CASES_rmsprop(C, O)                                                          \
+    C(O, 0) C(O, FO_CENTERED) C(O, FO_MOMENTUM) C(O, FO_CENTERED | FO_MOMENTUM)
+#define FO_MIXED_MASK_adam (FO_AMSGRAD | FO_DECOUPLED)
+#define FO_MIXED_CASES_adam(C, O)                                                             \
+    C(O, 0) C(O, FO_AMSGRAD) C(O, FO_DECOUPLED) C(O, FO_AMSGRAD | FO_DECOUPLED)
+#define FO_MIXED_MASK_adagrad 0
+#define FO_MIXED_CASES_adagrad(C, O) C(O, 0)
+#define FO_MIXED_MASK_adadelta 0
+#define FO_MIXED_CASES_adadelta(C, O) C(O, 0)
+#define FO_MIXED_MASK_adamax 0
+#define FO_MIXED_CASES_adamax(C, O) C(O, 0)
+
+#define FO_MIXED_STAMP(OPT)                                                                   \
+    FO_CLONES static void fo_mixed_##OPT##_range(const fo_mixed_segment *segs, int64_t nseg,  \
+                                       int64_t lo, int64_t hi, fo_##OPT##_k_f32 k,            \
+                                       const fo_mixed_opts *o)                                \
+    {                                                                                         \
+        float gbuf[FO_BLOCK], pbuf[FO_BLOCK];                                                 \
+        const float scale = (float)o->grad_scale;                                             \
+        const int scaled = o->grad_scale != 1.0;                                              \
+        const int stochastic = o->rounding == FO_ROUND_STOCHASTIC;                            \
+        int64_t start = 0;                                                                    \
+        for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \
+            const fo_mixed_segment *sg = &segs[s];                                            \
+            const int64_t end = start + sg->n;                                                \
+            if (end > lo) {                                                                   \
+                const int64_t a = lo > start ? lo - start : 0;                                \
+                const int64_t b = hi < end ? hi - start : sg->n;                              \
+                const uint64_t key = stochastic                                               \
+                    ? fo_stream_key(o->seed, o->counter, sg->stream) : 0;                     \
+                for (int64_t c = a; c < b; c += FO_BLOCK) {                                   \
+                    const int64_t m = b - c < FO_BLOCK ? b - c : FO_BLOCK;                    \
+                    const float *g = fo_load_grad(sg, c, m, gbuf, scale, scaled);             \
+                    float *p = fo_load_values(sg, c, m, pbuf);                                \
+                    float *s0 = FO_AT(sg->state[0], c);                                       \
+                    float *s1 = FO_AT(sg->state[1], c);                                       \
+                    float *s2 = FO_AT(sg->state[2], c);                                       \
+                    switch (k.flags & FO_MIXED_MASK_##OPT) {                                  \
+                        FO_MIXED_CASES_##OPT(FO_MIXED_CASE, OPT)                              \
+                    default:                                                                  \
+                        FO_MIXED_RULE_LOOP(OPT, k);                                           \
+                    }                                                                         \
+                    if (sg->lowp)                                                             \
+                        fo_store_lowp(sg, c, m, p, stochastic, key);                          \
+                }                                                                             \
+            }                                                                                 \
+            start = end;                                                                      \
+        }                                                                                     \
+    }                                                                                         \
+    int fo_mixed_##OPT##_step(const fo_mixed_segment *segs, int64_t nseg,                     \
+                              const fo_##OPT##_hp *hp, const fo_mixed_opts *o,                \
+                              int64_t threshold, int n_threads)                               \
+    {                                                                                         \
+        int64_t total = 0;                                                                    \
+        if (hp == 0 || o == 0 || !(o->grad_scale > 0) || !fo_mixed_valid(segs, nseg, &total)) \
+            return -1;                                                                        \
+        const fo_##OPT##_k_f32 k = fo_##OPT##_constants_f32(hp);                              \
+        const int nt = fo_mixed_team(total, threshold, n_threads);                            \
+        if (nt == 1) {                                                                        \
+            fo_mixed_##OPT##_range(segs, nseg, 0, total, k, o);                               \
+            return 0;                                                                         \
+        }                                                                                     \
+        FO_PRAGMA(omp parallel num_threads(nt))                                               \
+        {                                                                                     \
+            int t = 0, team = 1;                                                              \
+            FO_THREAD_ID(t, team);                                                            \
+            int64_t lo, hi;                                                                   \
+            fo_mixed_share(total, t, team, &lo, &hi);                                         \
+            fo_mixed_##OPT##_range(segs, nseg, lo, hi, k, o);                                 \
+        }                                                                                     \
+        return 0;                                                                             \
+    }
+
+FO_MIXED_STAMP(sgd)
+FO_MIXED_STAMP(adagrad)
+FO_MIXED_STAMP(rmsprop)
+FO_MIXED_STAMP(adam)
+FO_MIXED_STAMP(adadelta)
+FO_MIXED_STAMP(adamax)
+
+/* --------------------------------------------------------------------- the non-finite check */
+static inline int fo_nonfinite_f32(float v)
+{
+    return (fo_bits(v) & 0x7f800000u) == 0x7f800000u;
+}
+
+FO_CLONES static int fo_nonfinite_range(const fo_mixed_segment *segs, int64_t nseg, int64_t lo,
+                              int64_t hi, float scale, int scaled)
+{
+    int64_t start = 0;
+    for (int64_t s = 0; s < nseg && start < hi; ++s) {
+        const fo_mixed_segment *sg = &segs[s];
+        const int64_t end = start + sg->n;
+        if (end > lo) {
+            const int64_t a = lo > start ? lo - start : 0;
+            const int64_t b = hi < end ? hi - start : sg->n;
+            int bad = 0;
+            if (sg->grad_dtype == FO_DT_F32) {
+                const float *g = (const float *)sg->grad;
+                if (scaled) {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(g[i] / scale);
+                } else {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(g[i]);
+                }
+            } else if (sg->grad_dtype == FO_DT_F16) {
+                const uint16_t *g = (const uint16_t *)sg->grad;
+                if (scaled) {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(fo_h2f(g[i]) / scale);
+                } else {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= (g[i] & 0x7c00u) == 0x7c00u;
+                }
+            } else {
+                const uint16_t *g = (const uint16_t *)sg->grad;
+                if (scaled) {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(fo_bf2f(g[i]) / scale);
+                } else {
+                    FO_PRAGMA(omp simd reduction(|:bad))
+                    for (int64_t i = a; i < b; ++i) bad |= (g[i] & 0x7f80u) == 0x7f80u;
+                }
+            }
+            if (bad)
+                return 1;
+        }
+        start = end;
+    }
+    return 0;
+}
+
+int fo_mixed_all_finite(const fo_mixed_segment *segs, int64_t nseg, double grad_scale,
+                        int64_t threshold, int n_threads)
+{
+    int64_t total = 0;
+    if (!(grad_scale > 0) || nseg < 0 || (nseg > 0 && segs == 0)) return -1;
+    for (int64_t s = 0; s < nseg; ++s) {
+        if (segs[s].n < 0 || (segs[s].n > 0 && segs[s].grad == 0)) return -1;
+        if (segs[s].grad_dtype < FO_DT_F32 || segs[s].grad_dtype > FO_DT_BF16) return -1;
+        total += segs[s].n;
+    }
+    const float scale = (float)grad_scale;
+    const int scaled = grad_scale != 1.0;
+    const int nt = fo_mixed_team(total, threshold, n_threads);
+    int bad = 0;
+    if (nt == 1) {
+        bad = fo_nonfinite_range(segs, nseg, 0, total, scale, scaled);
+    } else {
+        FO_PRAGMA(omp parallel num_threads(nt) reduction(|:bad))
+        {
+            int t = 0, team = 1;
+            FO_THREAD_ID(t, team);
+            int64_t lo, hi;
+            fo_mixed_share(total, t, team, &lo, &hi);
+            bad |= fo_nonfinite_range(segs, nseg, lo, hi, scale, scaled);
+        }
+    }
+    return bad ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------ exported conversions */
+void fo_f32_to_f16(const float *x, uint16_t *out, int64_t n)
+{
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; ++i) out[i] = fo_f2h(x[i]);
+}
+
+void fo_f32_to_bf16(const float *x, uint16_t *out, int64_t n)
+{
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; ++i) out[i] = fo_f2bf(x[i]);
+}
+
+void fo_f16_to_f32(const uint16_t *x, float *out, int64_t n)
+{
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; ++i) out[i] = fo_h2f(x[i]);
+}
+
+void fo_bf16_to_f32(const uint16_t *x, float *out, int64_t n)
+{
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; ++i) out[i] = fo_bf2f(x[i]);
+}
+
+void fo_f32_to_bf16_stochastic(const float *x, uint16_t *out, int64_t n, uint64_t seed,
+                               uint64_t counter, uint64_t stream)
+{
+    const uint64_t key = fo_stream_key(seed, counter, stream);
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; ++i) out[i] = fo_f2bf_sr(x[i], fo_noise(key, i));
+}

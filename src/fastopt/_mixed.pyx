@@ -1,0 +1,594 @@
+# cython: language_level=3
+"""Cython bindings of the mixed-precision update loops (csrc/mixed.c).
+
+Design note
+-----------
+This module is a kernel backend with the interface of ``fastopt._kernels``: a ``Plan`` per
+param group, ``set_state``/``check_grads``, the option flags and one function per optimizer
+(``adam(plan, grads, step_size, ...)``) taking the per-step scalars that the runners of
+``fastopt.functional`` compute. The runners therefore drive it unchanged; only the plan differs.
+
+A mixed plan takes parameters of dtype float16, bfloat16 (``ml_dtypes.bfloat16``) or float32.
+With ``master_weights=True`` it keeps a float32 master copy of every 16-bit parameter (the
+update runs on the master and writes the 16-bit parameter rounded to nearest even); without,
+the update runs on the widened 16-bit value and writes it back rounded to nearest even or,
+for bfloat16, stochastically. float32 parameters are updated in place (they are their own
+master). State buffers are float32. Gradients may be float32, float16 or bfloat16, of any of
+the three for any parameter, and are divided by ``plan.grad_scale`` as they are read.
+
+As in ``_kernels``, every check runs before any element is written, so an error leaves
+parameters, masters and state untouched; the module holds no math.
+"""
+import numpy as np
+cimport numpy as cnp
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t, uint64_t
+
+from ._kernels cimport (fo_adadelta_hp, fo_adagrad_hp, fo_adam_hp, fo_adamax_hp,
+                        fo_rmsprop_hp, fo_sgd_hp)
+from . import _kernels
+from ._kernels import (AMSGRAD, CENTERED, DECOUPLED, EPS_IN_SQRT, FIRST, MAXIMIZE, MOMENTUM,
+                       NESTEROV, SUTSKEVER)
+
+cnp.import_array()
+
+cdef extern from "fastopt/mixed.h" nogil:
+    enum: FO_DT_F32
+    enum: FO_DT_F16
+    enum: FO_DT_BF16
+    enum: FO_ROUND_NEAREST
+    enum: FO_ROUND_STOCHASTIC
+
+    ctypedef struct fo_mixed_segment:
+        float *master
+        void *lowp
+        const void *grad
+        float *state[3]
+        int64_t n
+        int32_t lowp_dtype
+        int32_t grad_dtype
+        uint64_t stream
+
+    ctypedef struct fo_mixed_opts:
+        double grad_scale
+        int rounding
+        uint64_t seed
+        uint64_t counter
+
+    int fo_mixed_sgd_step(const fo_mixed_segment *, int64_t, const fo_sgd_hp *,
+                          const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_adagrad_step(const fo_mixed_segment *, int64_t, const fo_adagrad_hp *,
+                              const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_rmsprop_step(const fo_mixed_segment *, int64_t, const fo_rmsprop_hp *,
+                              const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_adam_step(const fo_mixed_segment *, int64_t, const fo_adam_hp *,
+                           const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_adadelta_step(const fo_mixed_segment *, int64_t, const fo_adadelta_hp *,
+                               const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_adamax_step(const fo_mixed_segment *, int64_t, const fo_adamax_hp *,
+                             const fo_mixed_opts *, int64_t, int)
+    int fo_mixed_all_finite(const fo_mixed_segment *, int64_t, double, int64_t, int)
+
+    void fo_f32_to_f16(const float *, uint16_t *, int64_t)
+    void fo_f32_to_bf16(const float *, uint16_t *, int64_t)
+    void fo_f16_to_f32(const uint16_t *, float *, int64_t)
+    void fo_bf16_to_f32(const uint16_t *, float *, int64_t)
+    void fo_f32_to_bf16_stochastic(const float *, uint16_t *, int64_t, uint64_t, uint64_t,
+                                   uint64_t)
+
+__all__ = ["Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "all_finite",
+           "ROUNDINGS"]
+
+ROUNDINGS = ("nearest", "stochastic")
+cdef int _half_num = np.dtype(np.float16).num
+cdef int _userdef_num = 256      # NPY_USERDEF: first type number of dtypes defined by packages
+cdef int _bf16_num = -1          # NumPy type number of bfloat16, once one has been seen
+
+
+cdef int _code(cnp.ndarray a):
+    """FO_DT_* of an array's dtype, or -1 when it is none of float32/float16/bfloat16."""
+    global _bf16_num
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT:
+        return FO_DT_F32
+    if t == _half_num:
+        return FO_DT_F16
+    if t == _bf16_num:
+        return FO_DT_BF16
+    if t >= _userdef_num and a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
+        _bf16_num = t
+        return FO_DT_BF16
+    return -1
+
+
+cdef str _describe(object a):
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return f"{type(a).__module__}.{type(a).__qualname__}"
+
+
+cdef int _check_layout(cnp.ndarray a, str what) except -1:
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what} must be C-contiguous; got strides {(<object>a).strides} for shape "
+                         f"{(<object>a).shape} (use numpy.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{what} must be aligned to its element size")
+    return 0
+
+
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(b):
+        return False
+    for d in range(nd):
+        if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(b, d):
+            return False
+    return True
+
+
+cdef class Plan:
+    """The segment layout of one mixed-precision parameter group (see the module docstring).
+
+    ``Plan(params, name="params", offset=0, *, master_weights=True, rounding="nearest",
+    seed=0)``. ``masters[i]`` is the float32 array the rule updates for ``params[i]`` (a new
+    master copy, the parameter itself when float32, or None without master weights).
+    ``grad_scale`` divides every gradient; ``seed`` and ``counter`` (kernel calls so far) key
+    the stochastic rounding noise.
+    """
+    cdef fo_mixed_segment *seg
+    cdef Py_ssize_t n
+    cdef intptr_t *lo
+    cdef intptr_t *hi
+    cdef Py_ssize_t n_intervals
+    cdef readonly list params
+    cdef readonly list masters
+    cdef readonly list states
+    cdef readonly str name
+    cdef readonly Py_ssize_t offset
+    cdef readonly bint master_weights
+    cdef readonly str rounding
+    cdef int _rounding
+    cdef double _grad_scale
+    cdef public uint64_t seed
+    cdef public uint64_t counter
+
+    def __cinit__(self, *args, **kwargs):
+        self.seg = NULL
+        self.lo = NULL
+        self.hi = NULL
+
+    def __init__(self, params, str name="params", Py_ssize_t offset=0, *, master_weights=True,
+                 rounding="nearest", seed=0):
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if rounding == "stochastic" and master_weights:
+            raise ValueError("rounding='stochastic' is for parameters without a master copy; "
+                             "pass master_weights=False (with a master copy the 16-bit "
+                             "parameter is always the master rounded to nearest even)")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        self.name = name
+        self.offset = offset
+        self.master_weights = bool(master_weights)
+        self.rounding = rounding
+        self._rounding = FO_ROUND_STOCHASTIC if rounding == "stochastic" else FO_ROUND_NEAREST
+        self._grad_scale = 1.0
+        self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        self.counter = 0
+        self.params = list(params)
+        self.n = len(self.params)
+        self.states = [None, None, None]
+        cdef Py_ssize_t i
+        cdef cnp.ndarray p
+        cdef int code
+        for i in range(self.n):
+            what = f"{name}[{i + offset}]"
+            obj = self.params[i]
+            if not isinstance(obj, np.ndarray):
+                raise TypeError(f"{what} must be a numpy.ndarray of float16, bfloat16 or "
+                                f"float32, got {_describe(obj)}")
+            p = <cnp.ndarray>obj
+            code = _code(p)
+            if code < 0:
+                raise TypeError(f"{what} must have dtype float16, bfloat16 (ml_dtypes) or "
+                                f"float32 for mixed precision, got {obj.dtype}")
+            _check_layout(p, what)
+            if not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError(f"{what} must be writable (it is updated in place)")
+            if code == FO_DT_F16 and self._rounding == FO_ROUND_STOCHASTIC:
+                raise ValueError(f"{what} is float16; stochastic rounding is implemented for "
+                                 "bfloat16 parameters only")
+        self.masters = []
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            code = _code(p)
+            if code == FO_DT_F32:
+                self.masters.append(p)
+            elif self.master_weights:
+                self.masters.append(np.ascontiguousarray(p, dtype=np.float32))
+            else:
+                self.masters.append(None)
+        self.seg = <fo_mixed_segment *>PyMem_Calloc(self.n + 1, sizeof(fo_mixed_segment))
+        if self.seg == NULL:
+            raise MemoryError()
+        cdef cnp.ndarray m
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            code = _code(p)
+            self.seg[i].n = cnp.PyArray_SIZE(p)
+            self.seg[i].stream = <uint64_t>(offset + i)
+            self.seg[i].grad_dtype = FO_DT_F32
+            if self.masters[i] is not None:
+                m = <cnp.ndarray>self.masters[i]
+                self.seg[i].master = <float *>cnp.PyArray_DATA(m)
+            if code != FO_DT_F32:
+                self.seg[i].lowp = cnp.PyArray_DATA(p)
+                self.seg[i].lowp_dtype = code
+        self._rebuild_intervals()
+
+    def __dealloc__(self):
+        PyMem_Free(self.seg)
+        PyMem_Free(self.lo)
+        PyMem_Free(self.hi)
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def grad_scale(self):
+        """Gradients are divided by this as they are read (the loss scale; 1: none)."""
+        return self._grad_scale
+
+    @grad_scale.setter
+    def grad_scale(self, value):
+        v = float(value)
+        if not (v > 0 and v < float("inf")):
+            raise ValueError(f"grad_scale must be a finite number > 0, got {value!r}")
+        self._grad_scale = v
+
+    cdef _rebuild_intervals(self):
+        """Sorted memory intervals of params, masters and state; overlaps are errors."""
+        items = []
+        cdef cnp.ndarray a
+        cdef Py_ssize_t i, k
+        for i in range(self.n):
+            a = <cnp.ndarray>self.params[i]
+            if cnp.PyArray_NBYTES(a) > 0:
+                items.append((<intptr_t>cnp.PyArray_DATA(a),
+                              <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
+                              f"{self.name}[{i + self.offset}]"))
+            if self.masters[i] is not None and self.masters[i] is not self.params[i]:
+                a = <cnp.ndarray>self.masters[i]
+                if cnp.PyArray_NBYTES(a) > 0:
+                    items.append((<intptr_t>cnp.PyArray_DATA(a),
+                                  <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
+                                  f"master copy of {self.name}[{i + self.offset}]"))
+        for k in range(3):
+            if self.states[k] is None:
+                continue
+            for i in range(self.n):
+                a = <cnp.ndarray>self.states[k][i]
+                if cnp.PyArray_NBYTES(a) > 0:
+                    items.append((<intptr_t>cnp.PyArray_DATA(a),
+                                  <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
+                                  f"state {k} of {self.name}[{i + self.offset}]"))
+        items.sort()
+        for i in range(1, len(items)):
+            if items[i][0] < items[i - 1][1]:
+                raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; every "
+                                 "parameter and state buffer must be a separate buffer")
+        PyMem_Free(self.lo)
+        PyMem_Free(self.hi)
+        self.lo = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
+        self.hi = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
+        if self.lo == NULL or self.hi == NULL:
+            raise MemoryError()
+        for i in range(len(items)):
+            self.lo[i] = items[i][0]
+            self.hi[i] = items[i][1]
+        self.n_intervals = len(items)
+
+    def set_state(self, int k, arrays, str name=None):
+        """Attach state buffer k: float32 arrays shaped like the params (or None to detach)."""
+        if k < 0 or k >= 3:
+            raise ValueError(f"state slot must be in [0, 3), got {k}")
+        cdef Py_ssize_t i
+        cdef cnp.ndarray a, p
+        if arrays is not None:
+            arrays = list(arrays)
+            if len(arrays) != self.n:
+                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one "
+                                 f"per parameter), got {len(arrays)}")
+            for i in range(self.n):
+                what = (f"{name}[{i + self.offset}]" if name else
+                        f"state buffer {k} of {self.name}[{i + self.offset}]")
+                if not isinstance(arrays[i], np.ndarray):
+                    raise TypeError(f"{what} must be a float32 numpy.ndarray, got "
+                                    f"{_describe(arrays[i])}")
+                a = <cnp.ndarray>arrays[i]
+                p = <cnp.ndarray>self.params[i]
+                if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or not _same_shape(a, p):
+                    raise ValueError(f"{what} must be a float32 array of shape "
+                                     f"{(<object>p).shape} (mixed-precision state is float32), "
+                                     f"got {_describe(arrays[i])}")
+                _check_layout(a, what)
+                if not cnp.PyArray_ISWRITEABLE(a):
+                    raise ValueError(f"{what} must be writable (it is updated in place)")
+        old = self.states[k]
+        self.states[k] = arrays
+        try:
+            self._rebuild_intervals()
+        except Exception:
+            self.states[k] = old
+            self._rebuild_intervals()
+            raise
+        for i in range(self.n):
+            if arrays is None:
+                self.seg[i].state[k] = NULL
+            else:
+                a = <cnp.ndarray>arrays[i]
+                self.seg[i].state[k] = <float *>cnp.PyArray_DATA(a)
+
+    cdef bint _overlaps(self, intptr_t a, intptr_t b):
+        cdef Py_ssize_t lo = 0, hi = self.n_intervals, mid
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.hi[mid] <= a:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < self.n_intervals and self.lo[lo] < b
+
+    def check_grads(self, grads, str name="grads"):
+        """Check gradients against the params without keeping them (raises on any problem)."""
+        self._load(grads, name, False)
+
+    cdef int _load(self, grads, str name, bint store) except -1:
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
+                            f"{_describe(grads)}")
+        if len(grads) != self.n:
+            raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        cdef Py_ssize_t i
+        cdef cnp.ndarray g, p
+        cdef intptr_t start
+        cdef int code
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            if not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError(f"{self.name}[{i + self.offset}] became read-only; parameters "
+                                 "are updated in place")
+            obj = grads[i]
+            what = f"{name}[{i + self.offset}]"
+            if not isinstance(obj, np.ndarray):
+                raise TypeError(f"{what} must be a numpy.ndarray of float32, float16 or "
+                                f"bfloat16, got {_describe(obj)}")
+            g = <cnp.ndarray>obj
+            code = _code(g)
+            if code < 0:
+                raise TypeError(f"{what} must have dtype float32, float16 or bfloat16, got "
+                                f"{obj.dtype}")
+            if not _same_shape(g, p):
+                raise ValueError(f"{what} must have shape {(<object>p).shape} like "
+                                 f"{self.name}[{i + self.offset}], got {obj.shape}")
+            _check_layout(g, what)
+            start = <intptr_t>cnp.PyArray_DATA(g)
+            if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
+                raise ValueError(f"{what} shares memory with a parameter, master copy or "
+                                 "optimizer state; pass a separate gradient buffer")
+        if store:
+            for i in range(self.n):
+                g = <cnp.ndarray>grads[i]
+                self.seg[i].grad = cnp.PyArray_DATA(g)
+                self.seg[i].grad_dtype = _code(g)
+        return 0
+
+    cdef void _forget_grads(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.seg[i].grad = NULL
+
+    cdef int _require(self, int mask) except -1:
+        cdef int k
+        for k in range(3):
+            if (mask >> k) & 1 and self.states[k] is None:
+                raise RuntimeError(f"state slot {k} is required by these options but not attached")
+        return 0
+
+    cdef fo_mixed_opts _opts(self):
+        cdef fo_mixed_opts o
+        o.grad_scale = self._grad_scale
+        o.rounding = self._rounding
+        o.seed = self.seed
+        o.counter = self.counter
+        return o
+
+    def all_finite(self, grads, str name="grads"):
+        """Whether every gradient divided by `grad_scale` is finite (reads the gradients only)."""
+        self._load(grads, name, True)
+        cdef int r
+        cdef int64_t threshold = _kernels.get_parallel_threshold()
+        cdef int nt = _kernels.get_num_threads()
+        with nogil:
+            r = fo_mixed_all_finite(self.seg, self.n, self._grad_scale, threshold, nt)
+        self._forget_grads()
+        _fail(r < 0)
+        return r == 1
+
+
+cdef int _fail(int bad) except -1:
+    if bad:
+        raise RuntimeError("fastopt mixed-precision kernel rejected its arguments (internal error)")
+    return 0
+
+
+cdef inline int64_t _threshold():
+    return _kernels.get_parallel_threshold()
+
+
+def sgd(Plan plan, grads, double lr, double momentum, double dampening, double weight_decay,
+        int flags, str name="grads"):
+    """SGD step over a mixed plan (see rules.h for the equations)."""
+    plan._require(1 if flags & MOMENTUM else 0)
+    plan._load(grads, name, True)
+    cdef fo_sgd_hp hp
+    hp.lr = lr; hp.momentum = momentum; hp.dampening = dampening
+    hp.weight_decay = weight_decay; hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_sgd_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def adagrad(Plan plan, grads, double clr, double eps, double weight_decay, int flags,
+            str name="grads"):
+    """Adagrad step over a mixed plan (see rules.h for the equations)."""
+    plan._require(1)
+    plan._load(grads, name, True)
+    cdef fo_adagrad_hp hp
+    hp.clr = clr; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_adagrad_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def rmsprop(Plan plan, grads, double lr, double alpha, double eps, double weight_decay,
+            double momentum, int flags, str name="grads"):
+    """RMSprop step over a mixed plan (see rules.h for the equations)."""
+    plan._require(1 | (2 if flags & MOMENTUM else 0) | (4 if flags & CENTERED else 0))
+    plan._load(grads, name, True)
+    cdef fo_rmsprop_hp hp
+    hp.lr = lr; hp.alpha = alpha; hp.eps = eps; hp.weight_decay = weight_decay
+    hp.momentum = momentum; hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_rmsprop_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def adam(Plan plan, grads, double step_size, double beta1, double beta2, double bc2_sqrt,
+         double eps, double weight_decay, double decay_factor, int flags, str name="grads"):
+    """Adam/AdamW step over a mixed plan (see rules.h for the equations)."""
+    plan._require(3 | (4 if flags & AMSGRAD else 0))
+    plan._load(grads, name, True)
+    cdef fo_adam_hp hp
+    hp.step_size = step_size; hp.beta1 = beta1; hp.beta2 = beta2; hp.bc2_sqrt = bc2_sqrt
+    hp.eps = eps; hp.weight_decay = weight_decay; hp.decay_factor = decay_factor
+    hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_adam_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def adadelta(Plan plan, grads, double lr, double rho, double eps, double weight_decay, int flags,
+             str name="grads"):
+    """Adadelta step over a mixed plan (see rules.h for the equations)."""
+    plan._require(3)
+    plan._load(grads, name, True)
+    cdef fo_adadelta_hp hp
+    hp.lr = lr; hp.rho = rho; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_adadelta_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
+           double weight_decay, int flags, str name="grads"):
+    """Adamax step over a mixed plan (see rules.h for the equations)."""
+    plan._require(3)
+    plan._load(grads, name, True)
+    cdef fo_adamax_hp hp
+    hp.clr = clr; hp.beta1 = beta1; hp.beta2 = beta2; hp.eps = eps
+    hp.weight_decay = weight_decay; hp.flags = flags
+    cdef fo_mixed_opts o = plan._opts()
+    cdef int64_t th = _threshold()
+    cdef int r, nt = _kernels.get_num_threads()
+    with nogil:
+        r = fo_mixed_adamax_step(plan.seg, plan.n, &hp, &o, th, nt)
+    plan._forget_grads()
+    plan.counter += 1
+    _fail(r)
+
+
+def all_finite(Plan plan, grads, str name="grads"):
+    """Whether every gradient divided by ``plan.grad_scale`` is finite (reads gradients only)."""
+    return plan.all_finite(grads, name)
+
+
+# ------------------------------------------------------------------ conversions (for tests)
+cdef cnp.ndarray _f32_input(x):
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    return a
+
+
+def f32_to_f16_bits(x):
+    """float16 bit patterns (uint16) of float32 values rounded to nearest even, as the loops do."""
+    cdef cnp.ndarray a = _f32_input(x)
+    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
+    fo_f32_to_f16(<const float *>cnp.PyArray_DATA(a), <uint16_t *>cnp.PyArray_DATA(out),
+                  cnp.PyArray_SIZE(a))
+    return out
+
+
+def f32_to_bf16_bits(x):
+    """bfloat16 bit patterns (uint16) of float32 values rounded to nearest even."""
+    cdef cnp.ndarray a = _f32_input(x)
+    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
+    fo_f32_to_bf16(<const float *>cnp.PyArray_DATA(a), <uint16_t *>cnp.PyArray_DATA(out),
+                   cnp.PyArray_SIZE(a))
+    return out
+
+
+def f32_to_bf16_bits_stochastic(x, uint64_t seed=0, uint64_t counter=0, uint64_t stream=0):
+    """bfloat16 bit patterns of float32 values rounded stochastically (element i of a stream)."""
+    cdef cnp.ndarray a = _f32_input(x)
+    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
+    fo_f32_to_bf16_stochastic(<const float *>cnp.PyArray_DATA(a),
+                              <uint16_t *>cnp.PyArray_DATA(out), cnp.PyArray_SIZE(a), seed,
+                              counter, stream)
+    return out
+
+
+def f16_bits_to_f32(bits):
+    """float32 values of float16 bit patterns (exact)."""
+    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
+    cdef cnp.ndarray out = np.empty((<object>a).shape, np.float32)
+    fo_f16_to_f32(<const uint16_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out),
+                  cnp.PyArray_SIZE(a))
+    return out
+
+
+def bf16_bits_to_f32(bits):
+    """float32 values of bfloat16 bit patterns (exact)."""
+    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
+    cdef cnp.ndarray out = np.empty((<object>a).shape, np.float32)
+    fo_bf16_to_f32(<const uint16_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out),
+                   cnp.PyArray_SIZE(a))
+    return out

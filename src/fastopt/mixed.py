@@ -1,0 +1,374 @@
+r"""Mixed precision: 16-bit parameters updated through float32, with loss scaling.
+
+``fo.MixedPrecision(fo.Adam, params, lr=1e-3)`` is an Adam (any optimizer class of fastopt)
+whose parameters are float16 or bfloat16 arrays (``ml_dtypes.bfloat16``, as in JAX), or float32
+arrays mixed in. Let :math:`\tilde\theta` be a 16-bit parameter, :math:`\theta` its float32
+master copy, :math:`\hat g` the gradient (float32, float16 or bfloat16) and :math:`S` the loss
+scale. One step is, per element and in one fused pass (csrc/mixed.c):
+
+.. math::
+    g &= \mathrm{fl}_{32}(\hat g) / S \\
+    (\theta, s) &\leftarrow \mathrm{rule}(\theta, g, s) \\
+    \tilde\theta &= \mathrm{rne}_{16}(\theta)
+
+where :math:`\mathrm{rule}` is the optimizer's float32 update with float32 state :math:`s`
+(exactly the one ``fo.Adam`` applies to a float32 parameter: the master trajectory equals, bit
+for bit, a float32 run on the gradients :math:`\mathrm{fl}_{32}(\hat g)/S`) and
+:math:`\mathrm{rne}_{16}` rounds to the nearest 16-bit value, ties to even (as NumPy's and
+ml_dtypes' casts do). Small updates that a 16-bit parameter cannot represent accumulate in
+:math:`\theta` instead of being lost.
+
+With ``master_weights=False`` there is no master: :math:`\theta = \mathrm{fl}_{32}(\tilde\theta)`
+is formed in registers and written back with :math:`\mathrm{rne}_{16}`, or, for bfloat16 with
+``rounding="stochastic"``, with stochastic rounding
+
+.. math::
+    \mathrm{sr}(\theta) = \lceil\theta\rceil \ \text{with probability}\
+    \frac{\theta - \lfloor\theta\rfloor}{\lceil\theta\rceil - \lfloor\theta\rfloor},
+    \ \text{else}\ \lfloor\theta\rfloor
+
+(the neighbouring bfloat16 values), so that :math:`\mathbb{E}[\tilde\theta] = \theta`. The noise
+comes from a counter-based hash of (seed, step, parameter index, element index): results do
+not depend on the number of threads and are reproducible from ``seed``.
+
+Loss scaling: with ``loss_scale`` set, the gradients are those of :math:`S \cdot \mathrm{loss}`
+(multiply the loss by ``opt.loss_scale`` before differentiating), and :math:`1/S` is applied as
+the gradients are read. A read-only pre-pass checks that every :math:`g` is finite; if one is
+not, the step is skipped (parameters, masters, state and step counts unchanged) and ``step``
+returns False. ``loss_scale="dynamic"`` (or a :class:`DynamicLossScale`) then multiplies
+:math:`S` by ``backoff_factor``, and by ``growth_factor`` after ``growth_interval`` finite steps
+in a row.
+
+>>> import numpy as np, fastopt as fo
+>>> from fastopt.mixed import MixedPrecision      # also fo.MixedPrecision
+>>> w = np.array([1.0, -2.0], np.float16)
+>>> opt = MixedPrecision(fo.SGD, [w], lr=0.1)
+>>> opt.step([np.array([1e-3, 1e-3], np.float16)])
+True
+>>> w                       # 1 - 1e-4 is not a float16 number: w rounds back to 1.0 ...
+array([ 1., -2.], dtype=float16)
+>>> opt.master_params[0].round(4)    # ... while the float32 master keeps the update
+array([ 0.9999, -2.0001], dtype=float32)
+"""
+import math
+import threading
+
+import numpy as np
+
+from . import _mixed
+from .optim.base import Optimizer
+
+__all__ = ["MixedPrecision", "DynamicLossScale"]
+
+
+class DynamicLossScale:
+    r"""A loss scale that backs off on overflow and grows after a run of finite steps.
+
+    After a step whose gradients are not all finite: :math:`S \leftarrow S \cdot
+    \text{backoff\_factor}` (the step is skipped); after ``growth_interval`` finite steps in a
+    row: :math:`S \leftarrow S \cdot \text{growth\_factor}`. Defaults follow
+    ``torch.amp.GradScaler``: ``init_scale=2**16, growth_factor=2, backoff_factor=0.5,
+    growth_interval=2000``.
+    """
+
+    def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
+                 growth_interval=2000):
+        _positive("init_scale", init_scale)
+        _positive("growth_factor", growth_factor)
+        if not growth_factor >= 1:
+            raise ValueError(f"growth_factor must be >= 1, got {growth_factor!r}")
+        _positive("backoff_factor", backoff_factor)
+        if not backoff_factor < 1:
+            raise ValueError(f"backoff_factor must be < 1, got {backoff_factor!r}")
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) \
+                or growth_interval < 1:
+            raise ValueError(f"growth_interval must be an integer >= 1, got {growth_interval!r}")
+        self.scale = float(init_scale)
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
+        self.growth_interval = growth_interval
+        self.growth_tracker = 0
+
+    def update(self, finite):
+        """Advance after a step: `finite` tells whether its gradients were all finite."""
+        if finite:
+            self.growth_tracker += 1
+            if self.growth_tracker == self.growth_interval:
+                grown = self.scale * self.growth_factor
+                if math.isfinite(grown):
+                    self.scale = grown
+                self.growth_tracker = 0
+        else:
+            self.scale = max(self.scale * self.backoff_factor, np.finfo(np.float32).tiny)
+            self.growth_tracker = 0
+
+    def state_dict(self):
+        return {"scale": self.scale, "growth_tracker": self.growth_tracker}
+
+    def load_state_dict(self, sd):
+        scale, tracker = sd["scale"], sd["growth_tracker"]
+        _positive("scale", scale)
+        if isinstance(tracker, bool) or int(tracker) != tracker or tracker < 0:
+            raise ValueError(f"growth_tracker must be an integer >= 0, got {tracker!r}")
+        self.scale, self.growth_tracker = float(scale), int(tracker)
+
+    def __repr__(self):
+        return (f"DynamicLossScale(scale={self.scale}, growth_factor={self.growth_factor}, "
+                f"backoff_factor={self.backoff_factor}, growth_interval={self.growth_interval})")
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+class _StaticLossScale:
+    def __init__(self, scale):
+        _positive("loss_scale", scale)
+        self.scale = float(scale)
+
+    def update(self, finite):
+        pass
+
+    def state_dict(self):
+        return {"scale": self.scale}
+
+    def load_state_dict(self, sd):
+        _positive("scale", sd["scale"])
+        self.scale = float(sd["scale"])
+
+
+def _make_scaler(loss_scale):
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, DynamicLossScale):
+        return loss_scale
+    if isinstance(loss_scale, str):
+        if loss_scale != "dynamic":
+            raise ValueError(f"loss_scale must be None, a number > 0, 'dynamic' or a "
+                             f"DynamicLossScale, got {loss_scale!r}")
+        return DynamicLossScale()
+    return _StaticLossScale(loss_scale)
+
+
+_SUBCLASSES = {}
+
+
+def _subclass(opt_cls):
+    if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)
+            and getattr(opt_cls, "spec", None) is not None):
+        raise TypeError("MixedPrecision's first argument must be a fastopt optimizer class "
+                        f"(fo.SGD, fo.Adam, ...), got {opt_cls!r}")
+    if issubclass(opt_cls, MixedPrecision):
+        raise TypeError(f"{opt_cls.__name__} is already a mixed-precision optimizer")
+    sub = _SUBCLASSES.get(opt_cls)
+    if sub is None:
+        sub = type(f"MixedPrecision{opt_cls.__name__}", (MixedPrecision, opt_cls),
+                   {"__module__": __name__, "_base_class": opt_cls,
+                    "__doc__": f"{opt_cls.__name__} over 16-bit parameters; see "
+                               "fastopt.MixedPrecision."})
+        _SUBCLASSES[opt_cls] = sub
+    return sub
+
+
+class MixedPrecision(Optimizer):
+    """``MixedPrecision(optimizer_class, params, *, master_weights=True, rounding="nearest",
+    seed=0, loss_scale=None, skip_nonfinite=None, **hyperparameters)``
+
+    An instance of ``optimizer_class`` (fo.SGD, fo.Adam, ...; the hyperparameters, param
+    groups, schedules and ``state_dict`` are that class's) over float16/bfloat16/float32
+    parameters, updated as described in the module :mod:`fastopt.mixed`.
+
+    - ``master_weights``: keep a float32 master copy of each 16-bit parameter (default).
+    - ``rounding``: ``"nearest"`` (even) or, without master weights and for bfloat16,
+      ``"stochastic"``; ``seed`` keys its noise.
+    - ``loss_scale``: None, a number :math:`S > 0`, ``"dynamic"`` or a
+      :class:`DynamicLossScale`; gradients are divided by the current ``opt.loss_scale``.
+    - ``skip_nonfinite``: skip steps whose gradients are not all finite (default: on when a
+      loss scale is set).
+
+    ``step(grads)`` returns True when the update was applied, False when it was skipped.
+    State buffers are float32; ``state_dict()`` adds each master copy as ``'master'`` in the
+    parameter's state and the loss scale as ``'mixed_precision'``.
+    """
+
+    _base_class = None
+
+    def __new__(cls, *args, **kwargs):
+        if cls is MixedPrecision:
+            if not args:
+                raise TypeError("MixedPrecision(optimizer_class, params, **options) needs the "
+                                "optimizer class, e.g. fo.MixedPrecision(fo.Adam, params)")
+            cls, args = _subclass(args[0]), args[1:]
+        self = object.__new__(cls)
+        self._mp_init(*args, **kwargs)
+        return self
+
+    def __init__(self, *args, **kwargs):
+        """Construction happens in __new__ (which picks the optimizer class)."""
+
+    def _mp_init(self, params, *, master_weights=True, rounding="nearest", seed=0,
+                 loss_scale=None, skip_nonfinite=None, **hyperparameters):
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
+        if rounding not in _mixed.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_mixed.ROUNDINGS}, got {rounding!r}")
+        if rounding == "stochastic" and master_weights:
+            raise ValueError("rounding='stochastic' needs master_weights=False (with a master "
+                             "copy the 16-bit parameter is the master rounded to nearest even)")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        self._mp_master = bool(master_weights)
+        self._mp_rounding = rounding
+        self._mp_seed = int(seed)
+        self._mp_scaler = _make_scaler(loss_scale)
+        self._mp_skip = (self._mp_scaler is not None) if skip_nonfinite is None \
+            else bool(skip_nonfinite)
+        self._mp_plans = {}
+        self.skipped_steps = 0
+        self._base_class.__init__(self, params, **hyperparameters)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------- base class hooks
+    def _plan_for(self, params, offset):
+        plan = _mixed.Plan(params, "params", offset, master_weights=self._mp_master,
+                           rounding=self._mp_rounding, seed=self._mp_seed)
+        self._mp_plans[offset] = plan
+        return _mixed, plan
+
+    def _state_like(self, params, fill=None):
+        return [np.full(p.shape, 0.0 if fill is None else fill, dtype=np.float32) for p in params]
+
+    def _plans(self):
+        """(offset, plan) of each param group, in order."""
+        out, offset = [], 0
+        for group in self.param_groups:
+            out.append((offset, self._mp_plans[offset]))
+            offset += len(group["params"])
+        return out
+
+    # ------------------------------------------------------------------------- public API
+    @property
+    def loss_scale(self):
+        """The current loss scale S (1.0 without loss scaling): differentiate S * loss."""
+        return self._mp_scaler.scale if self._mp_scaler is not None else 1.0
+
+    @property
+    def master_params(self):
+        """The float32 arrays the update runs on, in param order (None without a master)."""
+        return [m for _, plan in self._plans() for m in plan.masters]
+
+    def step(self, grads):
+        """Apply one update; returns False (and changes nothing) when it was skipped.
+
+        `grads` are float32, float16 or bfloat16 arrays in the order of the parameters, the
+        gradients of ``loss_scale * loss``.
+        """
+        if not isinstance(grads, (list, tuple)):
+            if hasattr(grads, "__array_interface__"):
+                grads = [grads]
+            else:
+                raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}")
+        with self._lock:
+            plans = self._plans()
+            total = sum(len(plan) for _, plan in plans)
+            if len(grads) != total:
+                raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
+                                 "parameters")
+            scale = self.loss_scale
+            for _, plan in plans:
+                plan.grad_scale = scale
+            if self._mp_skip:
+                finite = True
+                for offset, plan in plans:
+                    finite &= plan.all_finite(list(grads[offset:offset + len(plan)]))
+                if not finite:
+                    self.skipped_steps += 1
+                    if self._mp_scaler is not None:
+                        self._mp_scaler.update(False)
+                    return False
+            super().step(grads)
+            if self._mp_scaler is not None:
+                self._mp_scaler.update(True)
+            return True
+
+    # --------------------------------------------------------------------------- state dict
+    def state_dict(self):
+        """The optimizer's state_dict plus master copies and the loss-scale state."""
+        with self._lock:
+            sd = super().state_dict()
+            for offset, plan in self._plans():
+                for j, (p, m) in enumerate(zip(plan.params, plan.masters)):
+                    if m is not None and m is not p and offset + j in sd["state"]:
+                        sd["state"][offset + j]["master"] = m.copy()
+            sd["mixed_precision"] = {
+                "loss_scale": None if self._mp_scaler is None else self._mp_scaler.state_dict(),
+                "counters": [plan.counter for _, plan in self._plans()],
+                "skipped_steps": self.skipped_steps,
+            }
+            return sd
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict (of this class, or of the plain optimizer class).
+
+        Master copies found in it are loaded and the 16-bit parameters set to their rounding;
+        16-bit parameters without one get a master equal to their current value. Everything is
+        checked first; on error nothing changes.
+        """
+        with self._lock:
+            if not isinstance(state_dict, dict) or "state" not in state_dict \
+                    or not isinstance(state_dict["state"], dict):
+                raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+            plans = self._plans()
+            index = {}
+            for offset, plan in plans:
+                for j in range(len(plan)):
+                    index[offset + j] = (plan, j)
+            masters, state = {}, {}
+            for key, entry in state_dict["state"].items():
+                if isinstance(entry, dict) and "master" in entry:
+                    entry = dict(entry)
+                    m = entry.pop("master")
+                    i = int(key)
+                    if i not in index:
+                        raise ValueError(f"state[{key}] has a master copy but there is no "
+                                         f"parameter {key}")
+                    plan, j = index[i]
+                    m = np.asarray(m.get() if hasattr(m, "get") and not isinstance(m, np.ndarray)
+                                   else m)
+                    if m.shape != plan.params[j].shape or m.dtype.kind != "f":
+                        raise ValueError(f"state[{key}]['master'] must be a floating array of "
+                                         f"shape {plan.params[j].shape}, got {m.dtype} "
+                                         f"{m.shape}")
+                    masters[i] = m
+                state[key] = entry
+            extra = state_dict.get("mixed_precision")
+            scaler_sd = counters = None
+            if extra is not None:
+                scaler_sd = extra.get("loss_scale")
+                counters = extra.get("counters")
+                if counters is not None and len(counters) != len(plans):
+                    raise ValueError("state_dict['mixed_precision']['counters'] has "
+                                     f"{len(counters)} entries for {len(plans)} param groups")
+                if scaler_sd is not None and self._mp_scaler is not None:
+                    probe = DynamicLossScale() if isinstance(self._mp_scaler, DynamicLossScale) \
+                        else _StaticLossScale(1.0)
+                    probe.load_state_dict(scaler_sd)     # validates before anything changes
+            super().load_state_dict({**state_dict, "state": state})
+            for offset, plan in plans:
+                for j, (p, m) in enumerate(zip(plan.params, plan.masters)):
+                    if m is None or m is p:
+                        continue
+                    if offset + j in masters:
+                        np.copyto(m, masters[offset + j], casting="unsafe")
+                        p[...] = m.astype(p.dtype)
+                    else:
+                        m[...] = p.astype(np.float32)
+            if counters is not None:
+                for (_, plan), c in zip(plans, counters):
+                    plan.counter = int(c)
+            if scaler_sd is not None and self._mp_scaler is not None:
+                self._mp_scaler.load_state_dict(scaler_sd)
+            if extra is not None and "skipped_steps" in extra:
+                self.skipped_steps = int(extra["skipped_steps"])

@@ -1,0 +1,527 @@
+"""fastopt's fused kernels as ``torch.optim`` optimizers for CPU tensors (``fastopt[torch]``).
+
+``fastopt.torch.SGD, Adagrad, RMSprop, Adam, AdamW, Adadelta, Adamax`` are subclasses of
+``torch.optim.Optimizer`` with the keywords, defaults and equations of the fastopt classes of
+the same names (which follow torch.optim; see e.g. :class:`fastopt.Adam`). Each step reads
+``p.grad`` of every parameter and updates the parameters and their state in place through
+fastopt's C kernels: one fused pass per param group over all its tensors, on the tensors' own
+memory (``Tensor.numpy()`` shares it; nothing is copied).
+
+What carries over from torch.optim:
+
+- param groups, ``add_param_group``, and learning-rate schedulers (they change
+  ``group['lr']``, read at every step; a one-element tensor ``lr`` works too);
+- parameters whose ``grad`` is None are skipped, and each parameter counts its own steps, as
+  in torch (parameters are grouped by step count, one kernel call per distinct count);
+- ``state_dict()``/``load_state_dict()`` in torch's own layout: state keyed by parameter, with
+  ``'step'`` a 0-d float32 tensor and the buffers (``exp_avg``, ``exp_avg_sq``,
+  ``momentum_buffer``, ``sum``, ...) tensors like the parameter; a checkpoint of
+  ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and back;
+- ``closure``, step hooks, ``zero_grad``, pickling.
+
+Parameters, gradients and state must be dense, contiguous CPU tensors of dtype float32 or
+float64; anything else raises ``TypeError``/``ValueError`` naming the tensor, before anything
+is modified. The kernel plans (the C segment tables) are cached per group and per set of
+parameters that have gradients, and checked against the tensors at every step (identity and
+data pointer of each parameter, identity of each state tensor), so replacing ``p.data`` or a
+state tensor is picked up; the common step (every parameter has a gradient, one step count)
+costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
+of a group are views into one counter buffer, advanced by one NumPy operation.
+
+>>> import torch, fastopt.torch
+>>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+>>> opt = fastopt.torch.Adam([w], lr=0.1)
+>>> (w ** 2).sum().backward()
+>>> opt.step()
+>>> w.detach()
+tensor([ 0.9000, -1.9000])
+>>> opt.state[w]["step"]
+tensor(1.)
+"""
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError('fastopt.torch needs PyTorch: pip install "fastopt[torch]"') from e
+
+import inspect
+import math
+
+import numpy as np
+
+from . import _kernels
+from . import optim as _optim
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax"]
+
+_DTYPES = (torch.float32, torch.float64)
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_MAX_PLANS = 8          # cached plans per group (one per distinct set of params with grads)
+
+
+def _scalar_dtype():
+    """The dtype torch.optim gives 'step' (float32 unless the default dtype is float64)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _where(gi, j):
+    return f"param_groups[{gi}]['params'][{j}]"
+
+
+def _check_tensor(t, what, like=None):
+    """Raise a TypeError/ValueError if `t` cannot be handed to the CPU kernels."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{what} is a {t.layout} tensor; fastopt.torch needs dense tensors "
+                        "(sparse gradients are not supported)")
+    if t.device.type != "cpu":
+        raise TypeError(f"{what} is on {t.device}; fastopt.torch runs on CPU tensors "
+                        "(for CUDA, use torch.optim with fused=True or fastopt's CuPy backend)")
+    if like is None:
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{what} has dtype {t.dtype}; fastopt.torch optimizes float32 and "
+                            "float64 tensors (16-bit weights: keep float32 parameters, or use "
+                            "fastopt.MixedPrecision on NumPy arrays)")
+    else:
+        if t.dtype != like.dtype:
+            raise TypeError(f"{what} has dtype {t.dtype}, expected {like.dtype} like its "
+                            "parameter")
+        if t.shape != like.shape:
+            raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(like.shape)} "
+                             "like its parameter")
+    if t.is_conj() or t.is_neg():
+        raise ValueError(f"{what} has a pending conjugate/negation bit; call .resolve_conj() "
+                         "/ .resolve_neg() first")
+    if not t.is_contiguous():
+        raise ValueError(f"{what} must be contiguous; got strides {t.stride()} for shape "
+                         f"{tuple(t.shape)} (call .contiguous(), or use "
+                         "memory_format=torch.contiguous_format)")
+
+
+def _array(t):
+    """The NumPy view of a CPU tensor's memory (no copy)."""
+    return t.detach().numpy() if t.requires_grad else t.numpy()
+
+
+class _Entry:
+    """A kernel plan over the parameters at positions `idx` of a group, and what it holds."""
+    __slots__ = ("idx", "tensors", "ptrs", "plan", "states")
+
+    def __init__(self, idx, tensors, plan, n_state):
+        self.idx = idx
+        self.tensors = tensors
+        self.ptrs = [t.data_ptr() for t in tensors]
+        self.plan = plan
+        self.states = [None] * n_state          # the state tensors attached to each slot
+
+    def holds(self, params):
+        for k, j in enumerate(self.idx):
+            p = params[j]
+            if p is not self.tensors[k] or p.data_ptr() != self.ptrs[k]:
+                return False
+        return True
+
+
+class _Record:
+    """Per-group bookkeeping: the step counters and the cached plans.
+
+    ``steps`` holds every parameter's step count; the state's ``'step'`` tensors are 0-d views
+    into it (``steps_t[j]``), so one NumPy operation advances them all and reading them costs
+    nothing. A 'step' found in the state that is not such a view (after load_state_dict, or
+    set by the user) is copied into a fresh buffer, which is then linked to every parameter
+    (old views, perhaps held by an earlier state_dict, are left alone).
+    """
+    __slots__ = ("group", "params", "steps", "views", "entries")
+
+    def __init__(self, group):
+        self.group = group
+        self.params = group["params"]
+        self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[_scalar_dtype()])
+        self.views = list(torch.from_numpy(self.steps).unbind(0)) if len(self.params) else []
+        self.entries = {}
+
+
+class _Job:
+    """One kernel call of a step: a plan, its gradients and the per-step values."""
+    __slots__ = ("gi", "group", "rec", "entry", "grads", "step", "lr", "fresh", "link")
+
+    def __init__(self, gi, group, rec, entry, grads, step, lr, fresh, link):
+        self.gi, self.group, self.rec, self.entry = gi, group, rec, entry
+        self.grads, self.step, self.lr, self.fresh, self.link = grads, step, lr, fresh, link
+
+    @property
+    def creates_state(self):
+        return self.link or any(self.fresh)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of the fastopt.torch optimizers: torch.optim's bookkeeping, fastopt's kernels."""
+
+    spec = None  # a fastopt._specs.Spec, set by each class
+
+    def __init__(self, params, **hyperparameters):
+        unknown = set(hyperparameters) - set(self.spec.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
+                            f"{sorted(unknown)}")
+        defaults = {**self.spec.defaults, **hyperparameters}
+        self._fo_records = {}
+        self._fo_validate(defaults, "defaults")
+        super().__init__(params, defaults)
+        if self.spec.name == "adagrad":          # torch.optim.Adagrad creates its state here
+            for group in self.param_groups:
+                self._fo_create_state(group, self._fo_record(group),
+                                      range(len(group["params"])), (True,), True)
+
+    # ------------------------------------------------------------------ torch.optim protocol
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        gi = len(self.param_groups) - 1
+        try:
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
+            self._fo_validate(group, f"param_groups[{gi}]")
+            for j, p in enumerate(group["params"]):
+                _check_tensor(p, _where(gi, j))
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.spec.defaults.items():
+                group.setdefault(key, value)
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
+        self._fo_records = {}
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict in torch's layout (of torch.optim or of fastopt.torch).
+
+        Checks the hyperparameters, buffer shapes and step counts first; on error nothing
+        changes. Buffers are cast to the parameters' dtype, as torch.optim does.
+        """
+        self._fo_check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient; returns closure's loss, if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        jobs = []
+        for gi, group in enumerate(self.param_groups):
+            jobs.extend(self._fo_prepare(gi, group))
+        if len(jobs) > 1 or (jobs and jobs[0].creates_state):
+            for job in jobs:              # check every gradient before anything is written
+                try:
+                    job.entry.plan.check_grads(job.grads)
+                except (TypeError, ValueError):
+                    self._fo_diagnose(job)
+                    raise
+        touched = []
+        for job in jobs:
+            self._fo_run(job)
+            touched.extend(job.entry.tensors)
+        if touched:
+            torch.autograd.graph.increment_version(touched)
+        return loss
+
+    # ------------------------------------------------------------------------ validation
+    def _fo_lr(self, group, where):
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1:
+                raise ValueError(f"{where}: a tensor lr must have one element, got shape "
+                                 f"{tuple(lr.shape)}")
+            return float(lr.item())
+        if callable(lr):
+            raise TypeError(f"{where}: lr must be a number or a one-element tensor; for "
+                            "schedules use torch.optim.lr_scheduler")
+        return lr
+
+    def _fo_validate(self, group, where):
+        try:
+            self.spec.validate({**group, "lr": self._fo_lr(group, where)})
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+
+    def _fo_check_state_dict(self, sd):
+        if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups = sd["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, the optimizer "
+                             f"has {len(self.param_groups)}")
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} params in the "
+                                 f"state_dict, {len(group['params'])} in the optimizer")
+            hyper = {**self.spec.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            if isinstance(hyper.get("betas"), list):
+                hyper["betas"] = tuple(hyper["betas"])
+            self._fo_validate(hyper, f"state_dict['param_groups'][{gi}]")
+            for j, (pid, p) in enumerate(zip(saved["params"], group["params"])):
+                entry = sd["state"].get(pid)
+                if entry is None:
+                    continue
+                where = f"state_dict['state'][{pid!r}]"
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{where} must be a dict, got {type(entry).__name__}")
+                for name, value in entry.items():
+                    if name == "step":
+                        v = float(value.item() if isinstance(value, torch.Tensor) else value)
+                        if not math.isfinite(v) or v < 0:
+                            raise ValueError(f"{where}['step'] must be a finite count >= 0, "
+                                             f"got {v}")
+                    elif name in self.spec.state and value is not None:
+                        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                            raise TypeError(f"{where}[{name!r}] must be a floating tensor, got "
+                                            f"{type(value).__name__}")
+                        if value.shape != p.shape:
+                            raise ValueError(f"{where}[{name!r}] has shape {tuple(value.shape)}, "
+                                             f"expected {tuple(p.shape)} like {_where(gi, j)}")
+
+    def _fo_diagnose(self, job):
+        """Re-raise a failed gradient check with the name of the offending tensor."""
+        params = job.group["params"]
+        for j in job.entry.idx:
+            p = params[j]
+            _check_tensor(p.grad, _where(job.gi, j) + ".grad", like=p)
+        for k, j in enumerate(job.entry.idx):
+            g = job.grads[k]
+            for s in job.entry.states:
+                for t in s or ():
+                    if np.may_share_memory(g, t.detach().numpy()):
+                        raise ValueError(f"{_where(job.gi, j)}.grad shares memory with "
+                                         "optimizer state")
+            for q in params:
+                if np.may_share_memory(g, q.detach().numpy()):
+                    raise ValueError(f"{_where(job.gi, j)}.grad shares memory with a parameter")
+
+    # ---------------------------------------------------------------------------- steps
+    def _fo_record(self, group):
+        rec = self._fo_records.get(id(group))
+        if rec is None or rec.group is not group or rec.params is not group["params"] \
+                or len(rec.steps) != len(group["params"]):
+            rec = _Record(group)
+            self._fo_records[id(group)] = rec
+            self._fo_relink(rec)
+        return rec
+
+    def _fo_relink(self, rec):
+        """Point every 'step' of the group at views of a fresh counter buffer (see _Record)."""
+        if self.spec.name == "sgd":               # torch.optim.SGD keeps no step count
+            return
+        steps = rec.steps.copy()
+        views = list(torch.from_numpy(steps).unbind(0)) if len(steps) else []
+        for j, p in enumerate(rec.params):
+            st = self.state.get(p)
+            if not st or "step" not in st:
+                steps[j] = 0
+                continue
+            cur = st["step"]
+            if cur is not rec.views[j]:
+                value = float(cur.item() if isinstance(cur, torch.Tensor) else cur)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"state['step'] of a parameter is {value}; expected a "
+                                     "finite count >= 0")
+                steps[j] = value
+            st["step"] = views[j]
+        rec.steps, rec.views = steps, views
+
+    def _fo_prepare(self, gi, group):
+        """Check a group and plan its kernel calls; changes nothing the user can observe."""
+        where = f"param_groups[{gi}]"
+        lr = self._fo_lr(group, where)
+        self._fo_validate(group, where)
+        rec = self._fo_record(group)
+        params = rec.params
+        idx = [j for j, p in enumerate(params) if p.grad is not None]
+        if not idx:
+            return []
+        try:
+            grads = [_array(params[j].grad) for j in idx]
+        except (RuntimeError, TypeError, ValueError):
+            for j in idx:
+                _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j])
+            raise
+        uses = self.spec.uses(group)
+        # the common case: a cached plan whose tensors are all current, one step count
+        entry = rec.entries.get(tuple(idx))
+        if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses):
+            steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
+            if steps.min() == steps.max():
+                return [_Job(gi, group, rec, entry, grads, int(steps[0]) + 1, lr,
+                             self._fo_no_fresh, False)]
+        return self._fo_partition(gi, group, rec, idx, grads, uses, lr)
+
+    @property
+    def _fo_no_fresh(self):
+        return (False,) * len(self.spec.state)
+
+    def _fo_current(self, rec, entry, uses):
+        """Whether the entry's attached tensors are the state's, with every 'step' linked."""
+        slots = [slot for slot, used in enumerate(uses) if used]
+        if any(entry.states[slot] is None for slot in slots):
+            return False
+        counted = self.spec.name != "sgd"
+        if not slots and not counted:
+            return True
+        expected = [(self.spec.state[slot], entry.states[slot]) for slot in slots]
+        if counted:
+            expected.append(("step", [rec.views[j] for j in entry.idx]))
+        get = self.state.get
+        for k, p in enumerate(entry.tensors):
+            st = get(p)
+            if st is None:
+                return False
+            for name, tensors in expected:
+                if st.get(name) is not tensors[k]:
+                    return False
+        return True
+
+    def _fo_partition(self, gi, group, rec, idx, grads, uses, lr):
+        """Jobs for params of different step counts or with state still to create."""
+        params, state, names = rec.params, self.state, self.spec.state
+        counted = self.spec.name != "sgd"
+        if counted and any(self._fo_unlinked(rec, j) for j in idx):
+            self._fo_relink(rec)
+        parts = {}
+        for k, j in enumerate(idx):
+            st = state.get(params[j]) or {}
+            missing = tuple(bool(u) and st.get(n) is None for u, n in zip(uses, names))
+            link = counted and "step" not in st
+            step = float(rec.steps[j]) if counted and not link else 0.0
+            part = parts.setdefault((step, missing, link), ([], []))
+            part[0].append(j)
+            part[1].append(grads[k])
+        jobs = []
+        for (step, missing, link), (js, gs) in parts.items():
+            entry = self._fo_entry(gi, rec, js)
+            self._fo_attach(gi, entry, params, uses, missing)
+            jobs.append(_Job(gi, group, rec, entry, gs, int(step) + 1, lr, missing, link))
+        return jobs
+
+    def _fo_unlinked(self, rec, j):
+        st = self.state.get(rec.params[j])
+        return bool(st) and "step" in st and st["step"] is not rec.views[j]
+
+    def _fo_entry(self, gi, rec, js):
+        key = tuple(js)
+        entry = rec.entries.get(key)
+        if entry is not None and entry.holds(rec.params):
+            return entry
+        tensors = [rec.params[j] for j in js]
+        for j, p in zip(js, tensors):
+            _check_tensor(p, _where(gi, j))
+        try:
+            plan = _kernels.Plan([_array(p) for p in tensors], "params", 0)
+        except ValueError as e:
+            raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
+                             "have gradients)") from None
+        entry = _Entry(js, tensors, plan, len(self.spec.state))
+        if len(rec.entries) >= _MAX_PLANS:
+            rec.entries.pop(next(iter(rec.entries)))
+        rec.entries[key] = entry
+        return entry
+
+    def _fo_attach(self, gi, entry, params, uses, missing):
+        """Attach the existing state tensors of the entry's params to its plan."""
+        for slot, (name, used) in enumerate(zip(self.spec.state, uses)):
+            if not used or missing[slot]:
+                if entry.states[slot] is not None:
+                    entry.plan.set_state(slot, None)
+                    entry.states[slot] = None
+                continue
+            current = [self.state[params[j]][name] for j in entry.idx]
+            attached = entry.states[slot]
+            if attached is not None and all(a is b for a, b in zip(attached, current)):
+                continue
+            for j, t in zip(entry.idx, current):
+                _check_tensor(t, f"state[{_where(gi, j)}][{name!r}]", like=params[j])
+            entry.plan.set_state(slot, [_array(t) for t in current], name)
+            entry.states[slot] = current
+
+    def _fo_create_state(self, group, rec, js, fresh, link):
+        """State tensors for params `js` of a group: the buffers marked in `fresh`, and, when
+        `link`, a 'step' (starting at 0) for those that have none. Returns {slot: tensors}."""
+        params = group["params"]
+        uses = self.spec.uses(group)
+        created = {}
+        for slot, (name, used, new) in enumerate(zip(self.spec.state, uses, fresh)):
+            if used and new:
+                fill = self.spec.init.get(name, lambda g: 0.0)(group)
+                created[slot] = [torch.full_like(params[j], fill,
+                                                 memory_format=torch.preserve_format)
+                                 for j in js]
+        for slot, tensors in created.items():
+            for j, t in zip(js, tensors):
+                self.state[params[j]][self.spec.state[slot]] = t
+        if link and self.spec.name != "sgd":
+            for j in js:
+                st = self.state[params[j]]
+                if "step" not in st:
+                    rec.steps[j] = 0
+                    st["step"] = rec.views[j]
+        return created
+
+    def _fo_run(self, job):
+        entry, rec = job.entry, job.rec
+        if job.creates_state:
+            created = self._fo_create_state(job.group, rec, entry.idx, job.fresh, job.link)
+            for slot, tensors in created.items():
+                entry.plan.set_state(slot, [_array(t) for t in tensors], self.spec.state[slot])
+                entry.states[slot] = tensors
+        try:
+            self.spec.run(_kernels, entry.plan, job.grads, job.group, job.step, job.lr,
+                          job.fresh)
+        except (TypeError, ValueError):
+            self._fo_diagnose(job)
+            raise
+        if self.spec.name != "sgd":
+            if len(entry.idx) == len(rec.steps):
+                rec.steps += 1
+            else:
+                rec.steps[entry.idx] += 1
+
+
+def _doc(fo_cls):
+    """The adapter's docstring: fastopt's class description (equations), without its example."""
+    text = inspect.getdoc(fo_cls) or ""
+    cut = text.find("\n>>>")
+    body = text[:cut] if cut >= 0 else text
+    return (f"torch.optim.Optimizer running fastopt's fused {fo_cls.__name__} kernel on CPU "
+            f"tensors (see the module docstring).\n\n{body.rstrip()}\n")
+
+
+def _adapter(fo_cls):
+    """A fastopt.torch class with the signature, defaults and equations of fastopt's class."""
+    sig = inspect.signature(fo_cls.__init__)
+
+    def __init__(self, params, *args, **kwargs):
+        try:
+            bound = sig.bind(self, params, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{fo_cls.__name__}(): {e}") from None
+        hyper = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
+        Optimizer.__init__(self, params, **hyper)
+
+    __init__.__signature__ = sig
+    __init__.__qualname__ = f"{fo_cls.__name__}.__init__"
+    return type(fo_cls.__name__, (Optimizer,), {
+        "spec": fo_cls.spec, "__init__": __init__, "__doc__": _doc(fo_cls),
+        "__module__": __name__, "__qualname__": fo_cls.__name__})
+
+
+SGD = _adapter(_optim.SGD)
+Adagrad = _adapter(_optim.Adagrad)
+RMSprop = _adapter(_optim.RMSprop)
+Adam = _adapter(_optim.Adam)
+AdamW = _adapter(_optim.AdamW)
+Adadelta = _adapter(_optim.Adadelta)
+Adamax = _adapter(_optim.Adamax)
