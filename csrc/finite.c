@@ -15,8 +15,9 @@
  * An element is non-finite iff its exponent bits are all ones; the test is done on the bit
  * pattern (copied with memcpy, which the compiler turns into a plain load), so no floating-
  * point mode or optimisation flag can fold it away, and it vectorizes as an integer and/or
- * reduction. Each thread scans its share in blocks of FO_FINITE_BLOCK elements and stops at the
- * first block holding a non-finite element.
+ * reduction (compiled for AVX-512F, AVX2 and the baseline ISA where kernels.c is). Each thread
+ * scans its share in blocks of FO_FINITE_BLOCK elements and stops at the first block holding a
+ * non-finite element.
  */
 #include <string.h>
 
@@ -30,6 +31,14 @@
 #endif
 
 #define FO_FINITE_BLOCK 4096
+
+/* As kernels.c: AVX-512F / AVX2 / baseline instances picked at load time (x86-64 GCC, glibc). */
+#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
+    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define FO_FINITE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FO_FINITE_CLONES
+#endif
 
 /* The partition of kernels.c: threads used, and thread t's share on 16-element boundaries. */
 static int fo_finite_team(int64_t total, int n_threads)
@@ -53,8 +62,8 @@ static void fo_finite_share(int64_t total, int t, int nt, int64_t *lo, int64_t *
 
 #define FO_FINITE_STAMP(SFX, T, U, EXP)                                                       \
     /* 1 if grad elements [lo, hi) of the concatenated segments are all finite, else 0. */    \
-    static int fo_range_finite_##SFX(const fo_segment_##SFX *segs, int64_t nseg,             \
-                                     int64_t lo, int64_t hi)                                  \
+    FO_FINITE_CLONES static int fo_range_finite_##SFX(const fo_segment_##SFX *segs,          \
+                                                      int64_t nseg, int64_t lo, int64_t hi)   \
     {                                                                                         \
         int64_t start = 0;                                                                    \
         for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \

@@ -175,8 +175,6 @@ def test_failed_save_keeps_the_previous_checkpoint(saved, monkeypatch, failure):
     elif failure == "fsync":
         monkeypatch.setattr(checkpoint.os, "fsync", boom)
     else:
-        real = np.savez
-
         def half_then_boom(file, **arrays):     # write part of the archive, then fail
             file.write(b"PK\x03\x04" + b"\0" * 1000)
             boom()

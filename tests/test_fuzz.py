@@ -27,6 +27,7 @@ from fastopt import schedules as S
 from fastopt import tricks as T
 from fastopt._specs import SPECS
 import fuzz_extras  # noqa: F401  (registers its drivers)
+import fuzz_mixed  # noqa: F401  (registers its drivers)
 import fuzz_optim  # noqa: F401  (registers its drivers)
 import fuzz_second_order  # noqa: F401  (registers its drivers)
 from fuzzing import COUNTS, ENTRY_POINTS, run
@@ -47,7 +48,8 @@ def test_every_public_entry_point_has_a_driver():
     """A new public class, function or module member needs a fuzz driver (or a reason here)."""
     keys = set(ENTRY_POINTS)
     names = {key.split(":", 1)[1] for key in keys}
-    covered = names | {SPECS[n].class_name for n in names if f"optimizer:{n}" in keys}
+    covered = names | {key.split(":", 1)[0] for key in keys}
+    covered |= {SPECS[n].class_name for n in names if f"optimizer:{n}" in keys}
     if "base_class:base" in keys:
         covered.add("Optimizer")
     if all(f"checkpoint:{n}" in keys for n in SPECS):
@@ -60,8 +62,7 @@ def test_every_public_entry_point_has_a_driver():
                     # not yet driven here; each has its own property and bad-input tests
                     # (tests/test_mixed.py, test_problems.py, test_train.py,
                     # test_convergence.py); a fuzz driver for them is open work
-                    "MixedPrecision", "DynamicLossScale", "problems", "datasets", "train",
-                    "convergence"}
+                    "problems", "datasets", "train", "convergence"}
     members = {
         "optim": [n for n in optim.__all__ if n not in no_arguments],
         "functional": [f"functional:{n[:-1]}" for n in F.__all__ if n.endswith("_")],

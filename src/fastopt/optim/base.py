@@ -27,6 +27,7 @@ is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tens
 import copy
 import math
 import threading
+from operator import is_ as _is
 
 import numpy as np
 
@@ -37,7 +38,6 @@ from ..functional import backend_for
 __all__ = ["Optimizer"]
 
 _NONFINITE = ("ignore", "skip", "raise")
-_UNSET = object()
 
 
 def _module_of(a):
@@ -79,7 +79,7 @@ class _GroupRecord:
         self.offset = offset
         self.step = 0
         self.present = (False,) * n_state
-        self.checked = None    # the hyperparameter values last validated (see _check_group)
+        self.checked = ()      # the group's values last validated (see _check_group)
 
 
 class Optimizer:
@@ -155,7 +155,7 @@ class Optimizer:
         group["params"] = params
         self.param_groups.append(group)
         self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
-        self._records[-1].checked = {k: v for k, v in group.items() if k != "params"}
+        self._records[-1].checked = tuple(group.values())
 
     def _plan_for(self, params, offset):
         """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
@@ -215,9 +215,8 @@ class Optimizer:
         set through `param_groups` raises before any group is updated.
         """
         group, rec = self.param_groups[gi], self._records[gi]
-        seen = rec.checked
-        if seen is not None and len(seen) + 1 == len(group) \
-                and all(group.get(k, _UNSET) is v for k, v in seen.items()):
+        seen = rec.checked                  # the group's values (in order) when last validated
+        if len(seen) == len(group) and all(map(_is, group.values(), seen)):
             return
         try:
             self.spec.validate(group)
@@ -225,7 +224,7 @@ class Optimizer:
             raise type(e)(f"param_groups[{gi}]: {e}") from None
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
-        rec.checked = {k: v for k, v in group.items() if k != "params"}
+        rec.checked = tuple(group.values())
 
     def _finite(self, rec, grads, nonfinite):
         """Check one group's gradients, then whether all are finite ("raise": ValueError)."""
@@ -270,7 +269,9 @@ class Optimizer:
             groups, records, spec = self.param_groups, self._records, self.spec
             if len(groups) == 1:
                 group, rec = groups[0], records[0]
-                self._check_group(0)
+                seen = rec.checked          # (inline fast path of _check_group)
+                if len(seen) != len(group) or not all(map(_is, group.values(), seen)):
+                    self._check_group(0)
                 lr = group["lr"]
                 if callable(lr):
                     lr = self._lr_of(group, rec)
