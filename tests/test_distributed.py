@@ -211,11 +211,103 @@ def test_mismatch_on_one_rank_raises_on_every_rank(n):
         assert res["sharded_not_array"].startswith(f"TypeError: on rank {n - 1} of {n}")
         for name in ["distributed", "sharded"]:
             message = res[f"{name}_grads"]
-            assert message.startswith(f"ValueError: invalid gradients on 1 of {n} ranks"), message
+            assert message.startswith(f"ValueError: invalid input to step on 1 of {n} "
+                                      "ranks"), message
             if r["odd"]:
                 assert "grads[1] must be a float64 array of shape (5,)" in message
             assert res[f"{name}_grads_unchanged"]
         assert res["load_missing_file"].startswith(f"FileNotFoundError: on rank 0 of {n}")
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
+def nonfinite(request):
+    """tests/mpi/nonfinite.py on 2 and on 3 ranks, run once for the tests that read it."""
+    if not HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec: pip install "fastopt[mpi]" (mpi4py + mpich)')
+    return request.param, run_workers(request.param, "nonfinite.py", timeout=30)
+
+
+@pytest.mark.mpi
+def test_nonfinite_average_skips_or_raises_on_every_rank_with_nothing_changed(nonfinite):
+    n, results = nonfinite
+    for r in results:
+        assert r["size"] == n and len(r["results"]) == 6
+        for case, out in r["results"].items():
+            sharded = case.startswith("sharded")
+            assert out["first_step_skipped"] is False, (case, r["rank"])
+            assert out["first_step_no_state"], (case, r["rank"])
+            assert len(out["bad"]) == 2 * 6 * 2
+            for bad in out["bad"]:
+                what = (case, r["rank"], bad)
+                assert bad["unchanged"], what
+                if bad["mode"] == "skip":
+                    assert bad["got"] is False, what
+                else:
+                    expected = (f"ValueError: grads[{bad['first']}] averaged over the {n} ranks "
+                                "contains NaN or Inf; nothing was updated (nonfinite='raise')"
+                                if sharded else
+                                f"ValueError: grads[{bad['first']}] contains NaN or Inf; "
+                                "nothing was updated (nonfinite='raise')")
+                    assert bad["got"] == expected, what
+
+
+@pytest.mark.mpi
+def test_steps_after_skipped_ones_equal_one_process_that_never_saw_them(nonfinite):
+    n, results = nonfinite
+    for r in results:
+        for case, out in r["results"].items():
+            what = (case, r["rank"])
+            assert out["good_returns"] == [True] * 4, what
+            assert set(out["steps"]) == {4}, what         # skipped steps are not counted
+            assert out["same_mask"], what
+            assert out["errors"]["float64"] < 1e-12, (what, out["errors"])
+            assert out["errors"]["float32"] < 1e-5, (what, out["errors"])
+            # "ignore": the update runs, the NaN lands where the plain optimizer puts it
+            assert out["ignore_returns"] is True, what
+            assert out["ignore_reached_b2"] and out["ignore_same_mask"], what
+            assert out["ignore_errors"]["float64"] < 1e-12, (what, out["ignore_errors"])
+            assert out["ignore_errors"]["float32"] < 1e-5, (what, out["ignore_errors"])
+
+
+@pytest.mark.mpi
+def test_nonfinite_check_costs_one_small_allreduce_and_none_when_ignored(nonfinite):
+    n, results = nonfinite
+    for r in results:
+        calls = r["allreduce_calls"]
+        assert calls["sharded/ignore"] == 0, calls
+        assert calls["sharded/skip"] == calls["sharded/raise"] == 1, calls
+        assert calls["distributed/ignore"] == calls["distributed/skip"] \
+            == calls["distributed/raise"] > 0, calls
+
+
+@pytest.mark.mpi
+def test_invalid_nonfinite_raises_on_every_rank_instead_of_hanging(nonfinite):
+    n, results = nonfinite
+    for r in results:
+        for wrapper, out in r["invalid_mode"].items():
+            what = (wrapper, r["rank"], out)
+            assert out["everywhere"] == (
+                f"ValueError: invalid input to step on {n} of {n} ranks, nothing was updated: "
+                "nonfinite must be one of ('ignore', 'skip', 'raise'), got 'Skip'"), what
+            prefix = f"ValueError: invalid input to step on 1 of {n} ranks, nothing was updated: "
+            if r["rank"] == n - 1:
+                assert out["last_rank"] == prefix + ("nonfinite must be one of ('ignore', "
+                                                     "'skip', 'raise'), got None"), what
+            else:
+                assert out["last_rank"] == prefix + "see the error on the other rank(s)", what
+            assert out["everywhere_unchanged"] and out["last_rank_unchanged"], what
+            assert out["usable_after"] is True, what
+
+
+@pytest.mark.mpi
+def test_wrapped_mixed_precision_skips_on_every_rank(nonfinite):
+    n, results = nonfinite
+    for r in results:
+        m = r["mixed"]
+        assert m["results"][:2] == [False, False], m
+        assert m["results"][2].startswith("ValueError: grads[0] contains NaN or Inf after "
+                                          "division by the loss scale"), m
+        assert m["scale_ratio"] == 0.25 and m["skipped_steps"] == 2 and m["unchanged"], m
 
 
 @needs_mpi

@@ -99,3 +99,45 @@ def test_generic_loop_matches_specialized_one():
 def test_vector_isa_is_reported():
     assert _kernels.vector_isa().split()[0] in ("avx512f", "avx2", "baseline")
     assert isinstance(_kernels.has_isa_clones(), bool)
+
+
+# sizes whose sum (1,000,000) is above the default parallel threshold, so the split cuts
+# these unaligned segments at the default settings
+BIG_SIZES = [300_001, 17, 65_536, 1, 200_003, 99_999, 334_443]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_large_unaligned_groups_equal_serial_bit_for_bit(name):
+    cls = getattr(fo, SPECS[name].class_name)
+    hyper = (CASES.get(name) or [{}])[-1]
+    saved = _kernels.get_num_threads()
+    try:
+        for dtype in (np.float32, np.float64):
+            results = {}
+            for threads in (1, 2):
+                _kernels.set_num_threads(threads)
+                params = _unaligned(BIG_SIZES, dtype, 0)
+                opt = cls(params, **hyper)
+                for t in range(2):
+                    opt.step(_unaligned(BIG_SIZES, dtype, 100 + t, offset=3))
+                results[threads] = params
+            for a, b in zip(results[1], results[2]):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        _kernels.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_stream_kernel_large_sizes_touch_each_element_once(threads):
+    saved = _kernels.get_num_threads()
+    try:
+        _kernels.set_num_threads(threads)
+        for n in (1_000_003, 262_145):
+            base = np.zeros(n + 1, np.float32)
+            b = base[1:]
+            b[...] = 1.0
+            _kernels.stream_axpy(b, np.ones(n, np.float32), 0.5)
+            np.testing.assert_array_equal(b, np.full(n, 1.5, np.float32))
+            assert base[0] == 0
+    finally:
+        _kernels.set_num_threads(saved)

@@ -218,3 +218,67 @@ def test_class_doctests_show_the_returned_flag(module):
     mod = importlib.import_module(f"fastopt.optim.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------- the other steps that take grads
+def test_every_grads_step_takes_nonfinite_with_ignore_as_default():
+    """The wrappers of `Optimizer.step` (mixed precision, the MPI optimizers) accept it too."""
+    import inspect
+    from fastopt.distributed import DistributedOptimizer, ShardedOptimizer
+    for cls in (fo.Optimizer, fo.MixedPrecision, DistributedOptimizer, ShardedOptimizer):
+        param = inspect.signature(cls.step).parameters.get("nonfinite")
+        assert param is not None and param.default == "ignore", cls
+
+
+def _mixed_snapshot(opt, params):
+    sd = opt.state_dict()
+    state = sorted((i, k, v.tobytes() if isinstance(v, np.ndarray) else v)
+                   for i, entry in sd["state"].items() for k, v in entry.items())
+    mp = sd["mixed_precision"]
+    return ([p.tobytes() for p in params], [m.tobytes() for m in opt.master_params], state,
+            mp["counters"], repr(mp["loss_scale"]), opt.loss_scale, opt.skipped_steps)
+
+
+def test_mixed_precision_skip_works_without_a_loss_scale():
+    w = np.array([1.0, -2.0, 3.0], np.float16)
+    opt = fo.MixedPrecision(fo.Adam, [w], lr=0.1)           # skip_nonfinite is off
+    assert opt.step([np.ones(3, np.float16)], nonfinite="skip") is True
+    snap = _mixed_snapshot(opt, [w])
+    g = np.array([1.0, np.nan, 1.0], np.float16)
+    assert opt.step([g], nonfinite="skip") is False
+    now = _mixed_snapshot(opt, [w])
+    assert now[:-1] == snap[:-1] and now[-1] == 1         # counted, nothing else changed
+    ref_w = np.array([1.0, -2.0, 3.0], np.float16)
+    ref = fo.MixedPrecision(fo.Adam, [ref_w], lr=0.1)
+    ref.step([np.ones(3, np.float16)])
+    for o in (opt, ref):                                  # the skipped step is not counted
+        o.step([np.full(3, 0.5, np.float16)])
+    assert w.tobytes() == ref_w.tobytes()
+    assert opt.master_params[0].tobytes() == ref.master_params[0].tobytes()
+    assert opt.step([g]) is True and np.isnan(w[1])      # "ignore" still follows skip_nonfinite
+
+
+@pytest.mark.parametrize("loss_scale", [None, "dynamic", 0.5])
+def test_mixed_precision_raise_changes_nothing_not_even_the_loss_scale(loss_scale):
+    w = np.zeros((2, 3), np.float16)
+    v = np.zeros(4, np.float32)
+    opt = fo.MixedPrecision(fo.SGD, [w, v], lr=0.1, momentum=0.9, loss_scale=loss_scale)
+    opt.step([np.ones((2, 3), np.float16), np.ones(4, np.float32)])
+    snap = _mixed_snapshot(opt, [w, v])
+    bad = np.full(4, 3e38, np.float32) if loss_scale == 0.5 else np.array([1, 1, np.inf, 1],
+                                                                          np.float32)
+    with pytest.raises(ValueError, match=r"grads\[1\] contains NaN or Inf after division by "
+                                         r"the loss scale .*nonfinite='raise'"):
+        opt.step([np.ones((2, 3), np.float16), bad], nonfinite="raise")
+    assert _mixed_snapshot(opt, [w, v]) == snap
+    assert opt.step([np.ones((2, 3), np.float16), np.ones(4, np.float32)],
+                    nonfinite="raise") is True
+
+
+@pytest.mark.parametrize("bad", ["Skip", None, 1])
+def test_mixed_precision_rejects_an_unknown_mode(bad):
+    w = np.zeros(3, np.float16)
+    opt = fo.MixedPrecision(fo.SGD, [w], lr=0.1)
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        opt.step([np.ones(3, np.float16)], nonfinite=bad)
+    assert (w == 0).all() and opt.skipped_steps == 0

@@ -56,7 +56,7 @@ import threading
 import numpy as np
 
 from . import _mixed
-from .optim.base import Optimizer
+from .optim.base import _NONFINITE, Optimizer
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
 
@@ -115,6 +115,15 @@ class DynamicLossScale:
     def __repr__(self):
         return (f"DynamicLossScale(scale={self.scale}, growth_factor={self.growth_factor}, "
                 f"backoff_factor={self.backoff_factor}, growth_interval={self.growth_interval})")
+
+
+def _first_nonfinite(grads, scale):
+    """'grads[i]' for the first gradient with a NaN/Inf in fl32(g) / S (as csrc/mixed.c reads)."""
+    with np.errstate(all="ignore"):
+        for i, g in enumerate(grads):
+            if not np.isfinite(np.asarray(g, np.float32) / np.float32(scale)).all():
+                return f"grads[{i}]"
+    return "a gradient"
 
 
 def _positive(name, value):
@@ -259,12 +268,21 @@ class MixedPrecision(Optimizer):
         """The float32 arrays the update runs on, in param order (None without a master)."""
         return [m for _, plan in self._plans() for m in plan.masters]
 
-    def step(self, grads):
+    def step(self, grads, nonfinite="ignore"):
         """Apply one update; returns False (and changes nothing) when it was skipped.
 
         `grads` are float32, float16 or bfloat16 arrays in the order of the parameters, the
-        gradients of ``loss_scale * loss``.
+        gradients of ``loss_scale * loss``. `nonfinite` says what to do when a gradient the
+        rule would see, :math:`\\mathrm{fl}_{32}(\\hat g) / S`, is NaN or +-Inf:
+
+        * ``"ignore"`` (default): as ``skip_nonfinite`` says (on when a loss scale is set);
+        * ``"skip"``: skip the step even when ``skip_nonfinite`` is off (the loss scale
+          backs off and ``skipped_steps`` counts it, as for a skip by ``skip_nonfinite``);
+        * ``"raise"``: raise ValueError with nothing changed (parameters, masters, state,
+          the loss scale and ``skipped_steps`` included).
         """
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
         if not isinstance(grads, (list, tuple)):
             if hasattr(grads, "__array_interface__"):
                 grads = [grads]
@@ -279,11 +297,15 @@ class MixedPrecision(Optimizer):
             scale = self.loss_scale
             for _, plan in plans:
                 plan.grad_scale = scale
-            if self._mp_skip:
+            if self._mp_skip or nonfinite != "ignore":
                 finite = True
                 for offset, plan in plans:
                     finite &= plan.all_finite(list(grads[offset:offset + len(plan)]))
                 if not finite:
+                    if nonfinite == "raise":
+                        raise ValueError(f"{_first_nonfinite(grads, scale)} contains NaN or Inf "
+                                         f"after division by the loss scale {scale}; nothing "
+                                         "was updated (nonfinite='raise')")
                     self.skipped_steps += 1
                     if self._mp_scaler is not None:
                         self._mp_scaler.update(False)

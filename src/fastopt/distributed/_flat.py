@@ -11,7 +11,9 @@ elements (the first T % N ranks take one more), the split MPI's ``*v`` collectiv
 """
 import numpy as np
 
-__all__ = ["check_param", "signature", "FlatLayout", "Shards"]
+from ..optim.base import _NONFINITE as NONFINITE
+
+__all__ = ["check_param", "signature", "nonfinite_problem", "FlatLayout", "Shards"]
 
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
@@ -28,6 +30,13 @@ def check_param(p, name):
         raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
     if not p.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place)")
+
+
+def nonfinite_problem(nonfinite):
+    """Error message (str) unless `nonfinite` is one of "ignore", "skip", "raise", else None."""
+    if isinstance(nonfinite, str) and nonfinite in NONFINITE:
+        return None
+    return f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}"
 
 
 def signature(params):

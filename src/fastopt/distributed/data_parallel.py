@@ -11,9 +11,14 @@ fit, so many small tensors cost one message, not one each), scales by 1/N and ha
 the buffer to the wrapped optimizer's fused step. Memory: one gradient-sized buffer.
 
 One extra element at the end of the last buffer carries an error flag: a rank whose gradients
-are invalid still joins every ``Allreduce`` (with zeros) but sets the flag, so all ranks learn
-about the error in the same messages and raise together, with every parameter unchanged,
-instead of the others waiting for a rank that has left.
+(or ``nonfinite`` argument) are invalid still joins every ``Allreduce`` (with zeros) but sets
+the flag, so all ranks learn about the error in the same messages and raise together, with
+every parameter unchanged, instead of the others waiting for a rank that has left.
+
+Non-finite gradients: after the ``Allreduce`` every rank holds the same averaged buffer (a NaN
+or Inf on one rank, or a sum that overflows, is non-finite there on every rank), so the
+wrapped optimizer's own ``step(..., nonfinite=...)`` check reaches the same decision
+everywhere: every rank skips, or every rank raises, or every rank updates. No extra message.
 """
 import numpy as np
 
@@ -44,10 +49,13 @@ class DistributedOptimizer:
         Largest message of one ``Allreduce``.
 
     Construction and `step` are collective: every rank of `comm` must call them.
+    ``step(grads, nonfinite="ignore" | "skip" | "raise")`` treats NaN/Inf in :math:`\\bar g`
+    as `opt.step` does (see `fastopt.Optimizer.step`), on every rank alike.
 
     >>> from mpi4py import MPI                                  # doctest: +SKIP
     >>> opt = DistributedOptimizer(fo.Adam([w, b], lr=1e-3))    # doctest: +SKIP
     >>> opt.step([gw, gb])          # local gradients in, averaged update  # doctest: +SKIP
+    True
     """
 
     def __init__(self, opt, comm=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
@@ -104,13 +112,24 @@ class DistributedOptimizer:
         if self.comm.Get_rank() != 0:
             self._layout.unpacker(self._buffers, self._params)()
 
-    def step(self, grads):
+    def step(self, grads, nonfinite="ignore"):
         """Average `grads` (this rank's, in parameter order) over all ranks, then step.
 
-        Collective. Invalid gradients on any rank raise ValueError on every rank, with
-        parameters and state unchanged everywhere.
+        Collective. `nonfinite` decides what happens when an element of the averaged
+        gradients :math:`\\bar g` is NaN or +-Inf (a non-finite value on any one rank, or a
+        sum over the ranks that overflows, makes it so), with the same outcome on every rank:
+
+        * ``"ignore"`` (default): update anyway, as `opt.step` does;
+        * ``"skip"``: update nothing (parameters, state and step counts stay as they were
+          on every rank) and return False;
+        * ``"raise"``: raise ValueError on every rank, nothing changed.
+
+        Pass the same `nonfinite` on every rank. Returns True when the update was applied
+        (the wrapped optimizer's result). Invalid gradients, or an invalid `nonfinite`, on
+        any rank raise ValueError on every rank, with parameters and state unchanged
+        everywhere.
         """
-        problem = self._layout.grad_problem(grads)
+        problem = _flat.nonfinite_problem(nonfinite) or self._layout.grad_problem(grads)
         flag = self._buffers[-1][-1:]
         if problem is None:
             self._layout.pack(grads, self._buffers)
@@ -127,9 +146,11 @@ class DistributedOptimizer:
         if flag[0] != 0:
             n_bad = int(round(float(flag[0]) * self.comm.Get_size()))
             where = problem if problem is not None else "see the error on the other rank(s)"
-            raise ValueError(f"invalid gradients on {n_bad} of {self.comm.Get_size()} ranks, "
-                             f"nothing was updated: {where}")
-        self.opt.step(self._grad_views)
+            raise ValueError(f"invalid input to step on {n_bad} of {self.comm.Get_size()} "
+                             f"ranks, nothing was updated: {where}")
+        if nonfinite == "ignore":
+            return self.opt.step(self._grad_views)
+        return self.opt.step(self._grad_views, nonfinite=nonfinite)
 
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self):

@@ -9,16 +9,22 @@ buffers, one inner param group per (param group, dtype) piece that falls in the 
 inner optimizer allocates state for the shard only: per rank, state memory is total / N (up
 to one element per buffer). A step is
 
-1. copy this rank's shard of the parameters out of the user's arrays (they stay the truth);
-2. pack the local gradients into a send buffer and ``Reduce_scatter`` it (sum), so this rank
-   receives the summed gradients of its shard only; scale by 1/N;
-3. run the inner optimizer's fused kernel on the shard;
+1. pack the local gradients into a send buffer and ``Reduce_scatter`` it (sum), so this rank
+   receives the summed gradients of its shard only;
+2. with ``nonfinite="skip"|"raise"`` only: check that the shard's sums are all finite (a
+   read-only pass, ``_kernels.all_finite``) and agree with one ``Allreduce`` of a single
+   integer (the first parameter with a non-finite sum, MIN over the ranks), so every rank
+   skips or raises together before anything is written;
+3. copy this rank's shard of the parameters out of the user's arrays (they stay the truth),
+   scale the gradient shard by 1/N and run the inner optimizer's fused kernel on it;
 4. ``Allgatherv`` the updated shards in place into the flat parameter buffers, and copy them
    back into the user's arrays.
 
 The send buffer has one slot after each rank's shard that carries an error flag (a rank with
-invalid gradients sends zeros and sets it), so every rank receives the sum of the flags with
-its shard and all raise together, nothing changed, without an extra message.
+invalid gradients, or an invalid ``nonfinite``, sends zeros and sets it), so every rank
+receives the sum of the flags with its shard and all raise together, nothing changed,
+without an extra message. A skipped or refused step writes neither the flat parameter
+buffers nor the user's arrays nor the inner optimizer.
 
 Checkpoints are gathered on rank 0 into the single-process layout, ``fastopt.save``'s format
 with the inner class's name: such a file loads into a plain optimizer with ``fastopt.load``,
@@ -27,7 +33,7 @@ and scatters each state buffer along the new shards).
 """
 import numpy as np
 
-from .. import checkpoint
+from .. import _kernels, checkpoint
 from ..optim.base import Optimizer
 from . import _flat
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
@@ -60,9 +66,12 @@ class ShardedOptimizer:
     **hyperparameters : passed to `opt_cls` (``lr``, ``betas``, ``momentum``, ...)
 
     Construction, `step`, `state_dict`, `load_state_dict`, `save` and `load` are collective.
+    ``step(grads, nonfinite="ignore" | "skip" | "raise")`` treats NaN/Inf in :math:`\\bar g`
+    as `opt_cls`'s ``step`` does (see `fastopt.Optimizer.step`), on every rank alike.
 
     >>> opt = ShardedOptimizer(fo.Adam, [w, b], lr=1e-3)    # doctest: +SKIP
     >>> opt.step([gw, gb])                                  # doctest: +SKIP
+    True
     >>> opt.save("ckpt.npz")          # one file, loads on any number of ranks  # doctest: +SKIP
     """
 
@@ -93,6 +102,10 @@ class ShardedOptimizer:
         lo = [s.bounds(self.rank)[0] for s in self._shards]
         self._inner_grads = [self._recv[pc.buf][pc.start - lo[pc.buf]:pc.stop - lo[pc.buf]]
                              for pc in self._pieces]
+        self._finite_pieces = self._shard_grad_pieces()
+        self._finite_plan = _kernels.Plan([flat for _, flat, _ in self._finite_pieces])
+        self._finite_grads = [g for _, _, g in self._finite_pieces]
+        self._first_bad = np.zeros(1, np.int64)
         self._inner = agree(comm, self._build_inner, groups, hyperparameters)
         self.param_groups = [{**{k: v for k, v in ig.items() if k != "params"},
                               "params": g["params"]}
@@ -163,6 +176,16 @@ class ShardedOptimizer:
                 pairs.append((self._flat[b][a:z], self._params[i].reshape(-1)[a - off:z - off]))
         return pairs
 
+    def _shard_grad_pieces(self):
+        """(param index, flat parameter view, received gradient view) covering this shard."""
+        pieces = []
+        for i, (b, off, n) in enumerate(self._layout.where):
+            lo, hi = self._shards[b].bounds(self.rank)
+            a, z = max(off, lo), min(off + n, hi)
+            if a < z:
+                pieces.append((i, self._flat[b][a:z], self._recv[b][a - lo:z - lo]))
+        return pieces
+
     def _build_inner(self, groups, hyperparameters):
         inner_groups = []
         for pc in self._pieces:
@@ -177,15 +200,25 @@ class ShardedOptimizer:
         return [firsts[g] for g in sorted(firsts)]
 
     # --------------------------------------------------------------------------------- step
-    def step(self, grads):
+    def step(self, grads, nonfinite="ignore"):
         """Average `grads` over the ranks and update every parameter (collective).
 
-        Invalid gradients on any rank raise ValueError on every rank, nothing updated.
+        `nonfinite` decides what happens when an element of the averaged gradients
+        :math:`\\bar g` is NaN or +-Inf (a non-finite value on any one rank, or a sum over the
+        ranks that overflows, makes it so), with the same outcome on every rank:
+
+        * ``"ignore"`` (default): update anyway, as `opt_cls`'s ``step`` does;
+        * ``"skip"``: update nothing (parameters, state and step counts stay as they were
+          on every rank) and return False;
+        * ``"raise"``: raise ValueError on every rank, naming the first such gradient,
+          nothing changed.
+
+        "skip" and "raise" cost one read of this rank's gradient shard and one ``Allreduce``
+        of a single integer; "ignore" costs nothing extra. Pass the same `nonfinite` on every
+        rank. Returns True when the update was applied. Invalid gradients, or an invalid
+        `nonfinite`, on any rank raise ValueError on every rank, nothing updated.
         """
-        problem = self._layout.grad_problem(grads)
-        self._sync_hyperparameters()
-        for dst, src in self._shard_in:          # the user's arrays are the truth
-            dst[...] = src
+        problem = _flat.nonfinite_problem(nonfinite) or self._layout.grad_problem(grads)
         flat = [g.reshape(-1) for g in grads] if problem is None else None
         for b, send in enumerate(self._send):
             if problem is None:
@@ -202,8 +235,19 @@ class ShardedOptimizer:
         n_bad = int(round(float(self._recv[0][-1])))
         if n_bad:
             where = problem if problem is not None else "see the error on the other rank(s)"
-            raise ValueError(f"invalid gradients on {n_bad} of {self.size} ranks, nothing was "
-                             f"updated: {where}")
+            raise ValueError(f"invalid input to step on {n_bad} of {self.size} ranks, nothing "
+                             f"was updated: {where}")
+        if nonfinite != "ignore":
+            bad = self._first_nonfinite()
+            if bad is not None:
+                if nonfinite == "raise":
+                    raise ValueError(f"grads[{bad}] averaged over the {self.size} ranks "
+                                     "contains NaN or Inf; nothing was updated "
+                                     "(nonfinite='raise')")
+                return False
+        self._sync_hyperparameters()
+        for dst, src in self._shard_in:          # the user's arrays are the truth
+            dst[...] = src
         for recv in self._recv:
             recv *= self._inv_size
         self._inner.step(self._inner_grads)
@@ -211,6 +255,24 @@ class ShardedOptimizer:
             s = self._shards[b]
             self.comm.Allgatherv(MPI.IN_PLACE, [buf, (s.counts, s.displs), mpi_type(buf.dtype)])
         self._unpack()
+        return True
+
+    def _first_nonfinite(self):
+        """Collective: the first parameter whose summed gradient has a NaN/Inf, or None.
+
+        Each rank reads its shard of the sums (one parallel pass; per parameter only when it
+        is not all finite), then one ``Allreduce`` (MIN) of one integer makes the answer the
+        same on every rank.
+        """
+        n = len(self._params)
+        first = n
+        if not _kernels.all_finite(self._finite_plan, self._finite_grads):
+            first = next(i for i, _, g in self._finite_pieces if not np.isfinite(g).all())
+        self._first_bad[0] = first
+        MPI = mpi()
+        self.comm.Allreduce(MPI.IN_PLACE, [self._first_bad, MPI.INT64_T], op=MPI.MIN)
+        first = int(self._first_bad[0])
+        return None if first == n else first
 
     def _sync_hyperparameters(self):
         """Carry edits of `param_groups` (e.g. a new lr) to the inner groups."""

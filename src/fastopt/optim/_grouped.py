@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from .. import _kernels
+from ._state_dict import saved_groups
 from .base import Optimizer, _address_range
 
 __all__ = ["GroupedOptimizer"]
@@ -192,30 +193,15 @@ class GroupedOptimizer:
         """Hook for subclasses (state derived from the loaded buffers)."""
 
     def _plan_load(self, sd):
-        if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
-            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
-        groups, state = sd["param_groups"], sd["state"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            count = len(groups) if isinstance(groups, (list, tuple)) else "?"
-            raise ValueError(f"state_dict has {count} param groups, the optimizer has "
-                             f"{len(self.param_groups)}")
-        if not isinstance(state, dict):
-            raise ValueError("state_dict['state'] must be a dict")
         plan = []
-        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"param_groups[{gi}] must be a dict with a 'params' list")
-            ids = list(saved["params"])
-            if len(ids) != len(group["params"]):
-                raise ValueError(f"param_groups[{gi}] has {len(ids)} params, the optimizer's "
-                                 f"group has {len(group['params'])}")
-            hyper = {**self.defaults, **{k: copy.deepcopy(v) if not callable(v) else v
-                                         for k, v in saved.items() if k != "params"}}
+        for gi, ids, hyper, entries in saved_groups(sd, self.param_groups):
+            group = self.param_groups[gi]
+            hyper = {**self.defaults, **hyper}
             try:
                 self._validate(hyper)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{gi}]: {e}") from None
-            entries = [state.get(i, state.get(str(i))) or {} for i in ids]
+            entries = [e or {} for e in entries]
             steps = {float(np.asarray(e.get("step", 0))) for e in entries}
             if len(steps) != 1:
                 raise ValueError(f"param_groups[{gi}]: parameters have different step counts "

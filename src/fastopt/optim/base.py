@@ -34,6 +34,7 @@ import numpy as np
 from .. import _kernels
 from ..flat import state_like
 from ..functional import backend_for
+from ._state_dict import saved_groups
 
 __all__ = ["Optimizer"]
 
@@ -376,32 +377,16 @@ class Optimizer:
 
     def _plan_load(self, sd):
         """Validate a state_dict against this optimizer; returns per group (hyper, step, bufs)."""
-        if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
-            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
-        groups, state = sd["param_groups"], sd["state"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, (list, tuple)) else '?'} "
-                             f"param groups, the optimizer has {len(self.param_groups)}")
-        if not isinstance(state, dict):
-            raise ValueError("state_dict['state'] must be a dict")
         plan = []
-        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"param_groups[{gi}] must be a dict with a 'params' list")
-            ids = list(saved["params"])
-            if len(ids) != len(group["params"]):
-                raise ValueError(f"param_groups[{gi}] has {len(ids)} params, the optimizer's "
-                                 f"group has {len(group['params'])}")
-            hyper = {k: copy.deepcopy(v) if not callable(v) else v
-                     for k, v in saved.items() if k != "params"}
+        for gi, ids, hyper, entries in saved_groups(sd, self.param_groups):
+            group = self.param_groups[gi]
             if isinstance(hyper.get("betas"), list):
                 hyper["betas"] = tuple(hyper["betas"])
             try:
                 self.spec.validate({**self.defaults, **hyper})
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{gi}]: {e}") from None
-            hyper = {**{k: v for k, v in self.defaults.items()}, **hyper}
-            entries = [state.get(i, state.get(str(i))) for i in ids]
+            hyper = {**self.defaults, **hyper}
             have = [e is not None and len(e) > 0 for e in entries]
             if any(have) and not all(have):
                 raise ValueError(f"param_groups[{gi}]: some parameters have state and others do "
