@@ -197,3 +197,54 @@ def test_solve_reaches_machine_precision(digits):
     prob, W, f_star = digits
     assert np.linalg.norm(prob.grad(W)) < 1e-14
     assert f_star == prob.loss(W)
+
+
+# ============================================================ regressions found by fuzzing
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(records_per_epoch=0), "records_per_epoch"),
+    (dict(records_per_epoch=float("nan")), "records_per_epoch"),
+    (dict(epochs=float("inf")), "epochs"),
+    (dict(newton_iters=0), "newton_iters"),
+    (dict(f_star=float("nan")), "f_star"),
+])
+def test_compare_checks_its_arguments_first(kwargs, match):
+    prob = LogisticRegression(np.eye(3), [0, 1, 0], l2=0.1)
+    with pytest.raises(ValueError, match=match):
+        compare(prob, ["gd"], **kwargs)
+
+
+@pytest.mark.parametrize("method,exc,match", [
+    (Method("m", "m", "Bogus"), ValueError, "optimizer must be one of"),
+    (Method("m", "m", "Optimizer"), ValueError, "optimizer must be one of"),
+    (Method("m", "m", "Adam", batch_size=0), ValueError, "batch_size"),
+    (Method("m", "m", "Adam", hyper=3), TypeError, "hyper"),
+])
+def test_compare_checks_methods(method, exc, match):
+    prob = LogisticRegression(np.eye(3), [0, 1, 0], l2=0.1)
+    with pytest.raises(exc, match=match):
+        compare(prob, [method], f_star=0.0)
+
+
+def test_compare_takes_at_least_one_step_and_needs_a_positive_L():
+    from fastopt.problems import Quadratic, Rosenbrock
+    q = Quadratic(np.diag([1.0, 2.0]), np.ones(2))
+    res = compare(q, ["gd"], epochs=0.5)            # epochs * n = 0.5 sample-gradients
+    assert res["gd"].grad_evals.tolist() == [0, 1] and res["gd"].stop_reason == "max_evals"
+    with pytest.raises(ValueError, match="smoothness constant"):
+        compare(Rosenbrock(), ["gd"], f_star=0.0)
+    with pytest.raises(ValueError, match="smoothness constant"):
+        compare(Quadratic(np.zeros((2, 2))), ["svrg"], f_star=0.0)
+    with pytest.raises(TypeError, match="problem"):
+        compare(object(), ["gd"], f_star=0.0)
+
+
+def test_solve_checks_its_arguments():
+    prob = LogisticRegression(np.eye(3), [0, 1, 0], l2=0.1)
+    with pytest.raises(ValueError, match="max_iter"):
+        solve(prob, max_iter=-1)
+    with pytest.raises(TypeError, match="w0 must be a real array"):
+        solve(prob, np.zeros(3, complex))
+    with pytest.raises(TypeError, match="problem"):
+        solve(object())
+    w, f, g = solve(prob, max_iter=0)
+    assert np.array_equal(w, prob.init()) and f == prob.loss(w)

@@ -4,7 +4,9 @@ TypeError/ValueError with parameters, state and every other input bit-identical.
 Each entry point has one driver, `fuzz_<entry>(ex, name)`, registered with `@entry_point(...)`
 in tests/fuzz_optim.py (optimizers, functional steps, checkpoints, threads) or
 tests/fuzz_extras.py (schedules, training tricks, BatchNorm). Adding an entry point is one
-driver there (tests/fuzz_second_order.py: Newton, SVRG, flatten). `test_entry_point` runs every (driver, name) pair under hypothesis; the arrays,
+driver there (tests/fuzz_second_order.py: Newton, SVRG, flatten; tests/fuzz_mixed.py:
+MixedPrecision, DynamicLossScale; tests/fuzz_problems.py: problems, datasets, train,
+convergence). `test_entry_point` runs every (driver, name) pair under hypothesis; the arrays,
 the contract that says whether a call must succeed, and the comparisons are in
 tests/fuzzing.py.
 
@@ -21,14 +23,16 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 import fastopt as fo
+from fastopt import convergence, datasets
 from fastopt import functional as F
-from fastopt import nn, optim
+from fastopt import nn, optim, problems
 from fastopt import schedules as S
 from fastopt import tricks as T
 from fastopt._specs import SPECS
 import fuzz_extras  # noqa: F401  (registers its drivers)
 import fuzz_mixed  # noqa: F401  (registers its drivers)
 import fuzz_optim  # noqa: F401  (registers its drivers)
+import fuzz_problems  # noqa: F401  (registers its drivers)
 import fuzz_second_order  # noqa: F401  (registers its drivers)
 from fuzzing import COUNTS, ENTRY_POINTS, run
 
@@ -58,17 +62,20 @@ def test_every_public_entry_point_has_a_driver():
         covered.add("set_num_threads")
     no_arguments = {"get_num_threads", "has_openmp",
                     # results and warning classes, nothing to call
-                    "NewtonStep", "HessianShiftWarning", "LineSearchWarning",
-                    # not yet driven here; each has its own property and bad-input tests
-                    # (tests/test_mixed.py, test_problems.py, test_train.py,
-                    # test_convergence.py); a fuzz driver for them is open work
-                    "problems", "datasets", "train", "convergence"}
+                    "NewtonStep", "HessianShiftWarning", "LineSearchWarning"}
+    # module members that are results, data or a base class (driven through its subclasses)
+    not_callable = {"Problem", "BREAST_CANCER_FEATURES", "History", "Trace", "Comparison",
+                    "METHODS"}
     members = {
         "optim": [n for n in optim.__all__ if n not in no_arguments],
         "functional": [f"functional:{n[:-1]}" for n in F.__all__ if n.endswith("_")],
         "schedules": [f"schedule:{n}" for n in S.__all__ if n != "Schedule"],
         "tricks": [n for n in T.__all__ if n != "LAYOUTS"],
         "nn": list(nn.__all__),
+        "problems": [f"problems:{n}" for n in problems.__all__ if n not in not_callable],
+        "datasets": [f"datasets:{n}" for n in datasets.__all__ if n not in not_callable],
+        "train": [f"train:{n}" for n in fo.train.__all__ if n not in not_callable],
+        "convergence": [f"convergence:{n}" for n in convergence.__all__ if n not in not_callable],
     }
     missing = []
     for name in list(fo.__all__) + ["optim"]:

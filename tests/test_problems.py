@@ -496,3 +496,83 @@ def test_linear_algebra_releases_the_gil(work):
     finally:
         sys.setswitchinterval(old)
     assert count > 20
+
+
+# ============================================================ regressions found by fuzzing
+def test_no_features_has_zero_curvature():
+    prob = LogisticRegression(np.ones((3, 0)), [0, 1, 0], l2=0.5)
+    assert prob.L == 0.5 and prob.L_max == 0.5
+    assert prob.loss(np.zeros(0)) == pytest.approx(math.log(2))
+    assert prob.grad(np.zeros(0)).shape == (0,) and prob.hessian(np.zeros(0)).shape == (0, 0)
+
+
+def test_byte_swapped_arrays_are_read_in_native_order():
+    X, y = _data(n=12, d=3)
+    native = LogisticRegression(X, y, l2=0.1)
+    swapped = LogisticRegression(X.astype(X.dtype.newbyteorder()), y, l2=0.1)
+    assert swapped.dtype == np.float64 and swapped.dtype.isnative
+    w = np.linspace(-1, 1, 3)
+    np.testing.assert_array_equal(swapped.grad(w), native.grad(w))
+    assert swapped.L == pytest.approx(native.L, rel=1e-14)
+    np.testing.assert_array_equal(native.predict_proba(w, X.astype(X.dtype.newbyteorder())),
+                                  native.predict_proba(w))
+    # results come back in w's float type, native order
+    w32 = w.astype(np.dtype(np.float32).newbyteorder())
+    assert native.grad(w32).dtype == np.float32 and Rosenbrock().grad(w32[:2]).dtype == np.float32
+
+
+def test_multinomial_flag_and_prediction_rows_are_checked():
+    X, y = _data(n=6, d=2)
+    with pytest.raises(TypeError, match="multinomial must be None, True or False"):
+        LogisticRegression(X, y, multinomial="no")
+    prob = LogisticRegression(X, y)
+    with pytest.raises(ValueError, match=r"X must have shape \(m, 2\)"):
+        prob.predict_proba(np.zeros(2), np.ones((4, 3)))
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_gradient_keeps_relative_precision_at_large_margins(K):
+    """sigma(z) - 1 (and p_y - 1) computed as 1 - p would be 0 or rounding noise at z = 40."""
+    X = np.array([[2.0], [-1.0]])
+    if K == 2:
+        prob = LogisticRegression(X, np.array([1, 0]))
+        w = np.array([20.0])                        # margins +40 (label 1) and -20 (label 0)
+        expect = (2.0 * -math.exp(-40) / (1 + math.exp(-40))
+                  + -1.0 * math.exp(-20) / (1 + math.exp(-20))) / 2
+        assert prob.grad(w)[0] == pytest.approx(expect, rel=1e-12, abs=0)
+        X = np.array([[2.0]])
+        prob = LogisticRegression(X, np.array([1]), n_classes=2)
+        assert prob.grad(w)[0] == pytest.approx(-2.0 * math.exp(-40) / (1 + math.exp(-40)),
+                                                rel=1e-12, abs=0)
+    else:
+        prob = LogisticRegression(np.array([[1.0]]), np.array([2]), n_classes=3)
+        W = np.array([[0.0], [0.0], [40.0]])        # the true class wins by 40
+        e = math.exp(-40)
+        # dL/dW_2 = p_2 - 1 = -(p_0 + p_1) = -2 e / (1 + 2 e)
+        assert prob.grad(W)[2, 0] == pytest.approx(-2 * e / (1 + 2 * e), rel=1e-12, abs=0)
+
+
+def test_singular_quadratic_has_no_minimizer():
+    # M M^T is singular; its computed smallest eigenvalue is +9e-18 and LU finds no pivot
+    M = np.array([[0.0, 0.5], [1.5, 1.0], [0.5, 0.0]])
+    q = Quadratic(M @ M.T, np.ones(3))
+    assert q.minimizer is None and q.f_star is None and abs(q.mu) < 1e-15
+
+
+def test_standardize_constant_columns_are_exactly_zero():
+    Z = standardize(np.array([[0.1, 1.0], [0.1, 2.0], [0.1, 4.0]]))   # mean of 0.1s is not 0.1
+    assert np.all(Z[:, 0] == 0)
+    np.testing.assert_allclose(Z[:, 1].std(), 1)
+    with pytest.raises(ValueError, match="2-D"):
+        standardize(np.ones(4))
+    with pytest.raises(TypeError, match="real"):
+        standardize(np.ones((2, 2), complex))
+
+
+def test_loader_flags_must_be_booleans():
+    with pytest.raises(TypeError, match="standardize must be True or False"):
+        load_breast_cancer(standardize="no")
+    with pytest.raises(TypeError, match="intercept must be True or False"):
+        load_digits(intercept=1)
+    X, _ = load_breast_cancer(standardize=np.False_)
+    assert X[0, 0] == 17.99

@@ -208,3 +208,61 @@ def test_progress_bar(capsys, monkeypatch):
     with pytest.raises(ImportError, match=r"fastopt\[plot\]"):
         train(prob, fo.SGD([prob.init()], lr=0.1), epochs=1, progress=True)
     train(prob, fo.SGD([prob.init()], lr=0.1), epochs=1)        # default: silently off
+
+
+# ============================================================ regressions found by fuzzing
+def test_bad_problems_are_refused_up_front():
+    w = np.zeros(4)
+    for bad in (object(), None):
+        with pytest.raises(TypeError, match="problem must have"):
+            train(bad, fo.SGD([w], lr=0.1))
+    prob = _problem()
+
+    class NoHessian:
+        n_samples, shape = prob.n_samples, prob.shape
+        loss, grad = prob.loss, prob.grad
+    with pytest.raises(TypeError, match="hessian"):
+        train(NoHessian(), Newton([w]))
+    np.testing.assert_array_equal(w, 0.0)
+
+
+def test_a_refused_call_leaves_the_learning_rate_alone():
+    prob = _problem()
+    opt = fo.SGD([prob.init()], lr=0.1)
+    with pytest.raises(ValueError, match="Newton only"):
+        train(prob, opt, schedule=lambda t: 1.0, hessian_batch_size=3)
+    assert opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError):
+        train(prob, opt, schedule=lambda t: 1.0, seed=-1)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(shuffle="no"), TypeError, "shuffle must be True or False"),
+    (dict(progress="x"), TypeError, "progress must be True or False or None"),
+    (dict(ftol=1e-3, f_star=float("inf")), ValueError, "f_star must be a finite number"),
+    (dict(f_star="x"), ValueError, "f_star must be a finite number"),
+])
+def test_flags_and_f_star_are_checked(kwargs, exc, match):
+    prob = _problem()
+    with pytest.raises(exc, match=match):
+        train(prob, fo.SGD([prob.init()], lr=0.1), **kwargs)
+
+
+def test_hessian_batch_size_at_least_n_uses_every_sample():
+    prob = _problem(n=12)
+    seen = []
+
+    class Spy:
+        n_samples, shape, n_params = prob.n_samples, prob.shape, prob.n_params
+        loss, grad = prob.loss, prob.grad
+
+        def hessian(self, w, idx=None):
+            seen.append(idx)
+            return prob.hessian(w, idx)
+    w = prob.init()
+    hist = train(Spy(), Newton([w]), epochs=1, batch_size=4, hessian_batch_size=12)
+    assert seen == [None] * 3 and hist.hess_evals[-1] == 3 * 12
+    seen.clear()
+    train(Spy(), Newton([prob.init()]), epochs=1, batch_size=4, hessian_batch_size=5)
+    assert [len(i) for i in seen] == [5] * 3

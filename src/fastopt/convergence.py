@@ -100,22 +100,32 @@ def _mb_steps(problem, batch):
     return max(1.0, problem.n_samples / batch)
 
 
+def _over_L(problem, c, name):
+    """c / problem.L, for the methods whose step size is a multiple of 1/L."""
+    L = getattr(problem, "L", None)
+    if isinstance(L, bool) or not isinstance(L, (int, float)) or not 0 < L < math.inf:
+        raise ValueError(f"method {name!r} sets its step from the smoothness constant, which "
+                         f"must be a finite number > 0; this problem has L = {L!r}")
+    return c / L
+
+
 METHODS = {m.name: m for m in [
-    Method("gd", "gradient descent", "SGD", None, lambda p: dict(lr=1.0 / p.L)),
+    Method("gd", "gradient descent", "SGD", None, lambda p: dict(lr=_over_L(p, 1.0, "gd"))),
     Method("sgd", "SGD, 1/t steps", "SGD", 1,
-           lambda p: dict(lr=inverse_time(0.5 / p.L, decay=1.0 / p.n_samples))),
+           lambda p: dict(lr=inverse_time(_over_L(p, 0.5, "sgd"), decay=1.0 / p.n_samples))),
     Method("minibatch_sgd", "minibatch SGD (32)", "SGD", 32,
-           lambda p: dict(lr=inverse_time(2.0 / p.L, decay=1.0 / (4 * _mb_steps(p, 32))))),
+           lambda p: dict(lr=inverse_time(_over_L(p, 2.0, "minibatch_sgd"),
+                                          decay=1.0 / (4 * _mb_steps(p, 32))))),
     Method("momentum", "momentum (heavy ball)", "SGD", None,
-           lambda p: dict(lr=1.0 / p.L, momentum=0.7)),
+           lambda p: dict(lr=_over_L(p, 1.0, "momentum"), momentum=0.7)),
     Method("nesterov", "Nesterov momentum", "SGD", None,
-           lambda p: dict(lr=1.0 / p.L, momentum=0.7, nesterov=True)),
+           lambda p: dict(lr=_over_L(p, 1.0, "nesterov"), momentum=0.7, nesterov=True)),
     Method("adagrad", "AdaGrad", "Adagrad", 32, lambda p: dict(lr=0.1)),
     Method("rmsprop", "RMSProp", "RMSprop", 32, lambda p: dict(lr=1e-2, alpha=0.99)),
     Method("adam", "Adam", "Adam", 32, lambda p: dict(lr=1e-2)),
     Method("adadelta", "AdaDelta", "Adadelta", 32, lambda p: dict(lr=3.0, rho=0.9)),
     Method("adamax", "AdaMax", "Adamax", 32, lambda p: dict(lr=3e-2)),
-    Method("svrg", "SVRG", "SVRG", 1, lambda p: dict(lr=0.25 / p.L)),
+    Method("svrg", "SVRG", "SVRG", 1, lambda p: dict(lr=_over_L(p, 0.25, "svrg"))),
     Method("newton", "Newton", "Newton", None, lambda p: dict(lr=1.0, line_search="armijo")),
 ]}
 
@@ -127,6 +137,14 @@ def default_problem(l2=1e-2):
     from .problems import LogisticRegression
     X, y = load_breast_cancer(intercept=True)
     return LogisticRegression(X, y, l2=l2)
+
+
+def _check_problem(problem, *needs):
+    missing = [a for a in ("n_samples", "shape", "init", "loss", "grad") + needs
+               if not hasattr(problem, a)]
+    if missing:
+        raise TypeError(f"problem must be a fastopt.problems-style problem; a "
+                        f"{type(problem).__name__} has no {', '.join(missing)}")
 
 
 def _loss_grad(problem, w):
@@ -143,7 +161,12 @@ def solve(problem, w0=None, *, max_iter=100):
     smallest gradient norm. Meant for smooth strongly convex problems such as L2-regularized
     logistic regression, where f* is then accurate to rounding.
     """
+    _check_problem(problem, "hessian")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
     w = problem.init() if w0 is None else w0
+    if np.asarray(w).dtype.kind not in "biuf":
+        raise TypeError(f"w0 must be a real array, got dtype {np.asarray(w).dtype}")
     w = np.array(w, dtype=np.float64, copy=True, order="C")
     opt = optim.Newton([w], line_search="armijo")
     f, g = _loss_grad(problem, w)
@@ -164,6 +187,32 @@ def solve(problem, w0=None, *, max_iter=100):
     return best
 
 
+# the optimizer classes (optim.__all__ also holds the base class, a result and warnings)
+_OPTIMIZERS = [name for name in optim.__all__ if isinstance(getattr(optim, name), type)
+               and hasattr(getattr(optim, name), "step") and name != "Optimizer"]
+
+
+def _check_method(m):
+    if not isinstance(m, Method):
+        raise TypeError(f"methods must be names from fastopt.convergence.METHODS or Method "
+                        f"objects, got {m!r}")
+    if m.optimizer not in _OPTIMIZERS:
+        raise ValueError(f"method {m.name!r}: optimizer must be one of {_OPTIMIZERS}, got "
+                         f"{m.optimizer!r}")
+    b = m.batch_size
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1):
+        raise ValueError(f"method {m.name!r}: batch_size must be a positive integer or None, "
+                         f"got {b!r}")
+    if not callable(m.hyper):
+        raise TypeError(f"method {m.name!r}: hyper must be a function of the problem")
+
+
+def _positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def _make(method, problem, w):
     cls = getattr(optim, method.optimizer)
     hyper = dict(method.hyper(problem))
@@ -178,11 +227,12 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
             f_star=None, newton_iters=20):
     """Run every method in `methods` (names from METHODS or Method objects; default all) on
     `problem` (default :func:`default_problem`) from ``problem.init()`` for ``epochs * n``
-    sample-gradient evaluations (Newton: at most `newton_iters` iterations, stopping at
-    machine precision). Returns a :class:`Comparison`; f_star is computed by :func:`solve`
-    unless given.
+    sample-gradient evaluations (at least one step; Newton: at most `newton_iters` passes over
+    the data, i.e. iterations of the full-batch method, stopping at machine precision).
+    Returns a :class:`Comparison`; f_star is computed by :func:`solve` unless given.
     """
     problem = default_problem() if problem is None else problem
+    _check_problem(problem)
     if methods is None:
         methods = list(METHODS.values())
     unknown = [m for m in methods if isinstance(m, str) and m not in METHODS]
@@ -190,11 +240,16 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     methods = [METHODS[m] if isinstance(m, str) else m for m in methods]
     for m in methods:
-        if not isinstance(m, Method):
-            raise TypeError(f"methods must be names from fastopt.convergence.METHODS or Method "
-                            f"objects, got {m!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
-        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+        _check_method(m)
+    _positive_number("epochs", epochs)
+    _positive_number("records_per_epoch", records_per_epoch)
+    if isinstance(newton_iters, bool) or not isinstance(newton_iters, (int, np.integer)) \
+            or newton_iters < 1:
+        raise ValueError(f"newton_iters must be a positive integer, got {newton_iters!r}")
+    if f_star is not None and (isinstance(f_star, bool)
+                               or not isinstance(f_star, (int, float, np.integer, np.floating))
+                               or not math.isfinite(f_star)):
+        raise ValueError(f"f_star must be a finite number or None, got {f_star!r}")
     n = int(problem.n_samples)
     if f_star is None:
         w_star, f_star, _ = solve(problem)
@@ -211,7 +266,7 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
         else:
             run_epochs = math.ceil(epochs) + 1
             record_every = max(1, round(steps_per_epoch / records_per_epoch))
-            max_evals, ftol = int(epochs * n), None
+            max_evals, ftol = max(1, int(epochs * n)), None
         hist = train(problem, opt, epochs=run_epochs, batch_size=method.batch_size, seed=seed,
                      record_every=record_every, max_evals=max_evals, ftol=ftol, f_star=f_star,
                      progress=False)

@@ -24,16 +24,39 @@ BREAST_CANCER_FEATURES = tuple(f"{stat} {m}" for stat in ("mean", "se", "worst")
 def standardize(X):
     """Columns centered to mean 0 and scaled to unit (ddof=0) standard deviation, as float64.
 
-    A constant column is only centered (it becomes 0), never divided by zero.
+    `X` is a 2-D real array (samples by features). A constant column is only centered: it
+    becomes exactly 0, never divided by zero (nor by the rounding error of its mean).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype.kind not in "biufOSU":
+        raise TypeError(f"X must be a real array, got dtype {X.dtype}")
+    try:
+        X = X.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"X must hold real numbers; its {X.dtype} values do not convert to "
+                        "float64") from None
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
     mean = X.mean(axis=0)
     std = X.std(axis=0)
+    if X.shape[0]:
+        # the mean of n copies of c need not round to c: center constant columns on c itself
+        constant = np.all(X == X[:1], axis=0)
+        mean[constant] = X[0, constant]
+        std[constant] = 1.0
     std[std == 0] = 1.0
     return np.ascontiguousarray((X - mean) / std)
 
 
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _load(name, standardize_, intercept):
+    standardize_ = _flag("standardize", standardize_)
+    intercept = _flag("intercept", intercept)
     with resources.files("fastopt").joinpath("data", name).open("rb") as fh:
         with np.load(fh) as data:
             X, y = data["X"].astype(np.float64), data["y"].astype(np.int64)

@@ -29,6 +29,8 @@ def _float_array(a, name):
         if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
             raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype} "
                             f"(use {name}.astype(np.float64))")
+        if not a.dtype.isnative:           # the BLAS products take native byte order only
+            a = a.astype(a.dtype.newbyteorder("="))
         return a
     try:
         a = np.asarray(a, dtype=np.float64)
@@ -39,8 +41,11 @@ def _float_array(a, name):
 
 
 def _out_dtype(w, default):
+    """w's float32/float64 dtype (in native byte order), else `default`."""
     dt = getattr(w, "dtype", None)
-    return dt if dt is not None and dt in (np.float32, np.float64) else default
+    if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize in (4, 8):
+        return dt.newbyteorder("=")
+    return default
 
 
 class Problem:
@@ -115,8 +120,10 @@ class LogisticRegression(Problem):
 
     (Hessian rows and columns ordered like ``W.ravel()``, class-major). There is no separate
     intercept: append a column of ones to ``X`` for one (it is then penalized like the other
-    weights). Losses use log-sum-exp and never overflow; probabilities and Hessian weights
-    are computed from :math:`e^{-|z|}` so that large margins keep full relative precision.
+    weights). Losses use log-sum-exp and never overflow; probabilities, Hessian weights and
+    the gradient's residuals :math:`p - y` are computed from :math:`e^{-|z|}` (the true
+    class's :math:`p_y - 1` as minus the sum of the other probabilities) so that large
+    margins keep full relative precision.
 
     The smoothness constant is :math:`L = \lambda_{\max}(X^\top X)/(4n) + \lambda` (binary)
     or :math:`\lambda_{\max}(X^\top X)/(2n) + \lambda` (multinomial: the eigenvalues of
@@ -172,6 +179,8 @@ class LogisticRegression(Problem):
                 or n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         n_classes = int(n_classes)
+        if multinomial is not None and not isinstance(multinomial, (bool, np.bool_)):
+            raise TypeError(f"multinomial must be None, True or False, got {multinomial!r}")
         if y.min() < 0 or y.max() >= n_classes:
             bad = int(y[(y < 0) | (y >= n_classes)][0])
             raise ValueError(f"labels must be in 0..{n_classes - 1}; got {bad}")
@@ -206,7 +215,9 @@ class LogisticRegression(Problem):
         if self._gram_max is None:
             G = _linalg.weighted_gram(self.X, np.ones(self.n_samples, self.dtype),
                                       1.0 / self.n_samples)
-            self._gram_max = float(np.linalg.eigvalsh(G.astype(np.float64))[-1])
+            # no features (d = 0): the data term is constant, its curvature 0
+            self._gram_max = (float(np.linalg.eigvalsh(G.astype(np.float64))[-1])
+                              if self.n_features else 0.0)
         return self._curvature() * self._gram_max + self.l2
 
     @property
@@ -254,6 +265,14 @@ class LogisticRegression(Problem):
         return p, e * inv * inv
 
     @staticmethod
+    def _sigmoid_residual(z, y):
+        """sigma(z) - y for labels in {0, 1}, from e^{-|z|}: 1 - sigma(z) is sigma(-z), so the
+        residual of a well-classified sample keeps full relative precision (p - 1 would not)."""
+        e = np.exp(-np.abs(z))
+        inv = 1.0 / (1.0 + e)
+        return np.where(z >= 0, np.where(y == 1, -e * inv, inv), np.where(y == 1, -inv, e * inv))
+
+    @staticmethod
     def _softmax(Z):
         """Row-wise log-sum-exp and probabilities."""
         m = Z.max(axis=1, keepdims=True)
@@ -287,12 +306,14 @@ class LogisticRegression(Problem):
         if self.multinomial:
             lse, P = self._softmax(z)
             loss = float(np.mean(lse - z[np.arange(m), yb]))
-            P[np.arange(m), yb] -= 1.0
+            # P - Y: the true class's entry p_y - 1 = -(sum of the others), summed without it
+            rows = np.arange(m)
+            P[rows, yb] = 0.0
+            P[rows, yb] = -P.sum(axis=1)
             G = _linalg.transpose_times(Xb, P, 1.0 / m)
         else:
             loss = float(np.mean(np.logaddexp(0.0, z) - yb * z))
-            p, _ = self._sigmoid_parts(z)
-            G = _linalg.transpose_times(Xb, p - yb, 1.0 / m)
+            G = _linalg.transpose_times(Xb, self._sigmoid_residual(z, yb), 1.0 / m)
         G = G.astype(_out_dtype(w, self.dtype), copy=False)
         if self.l2:
             G = G + self.l2 * W.astype(G.dtype, copy=False)
@@ -347,6 +368,8 @@ class LogisticRegression(Problem):
         """Class probabilities for the rows of `X` (default: the training data)."""
         _, W = self._weights(w)
         X = self.X if X is None else _float_array(X, "X")
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (m, {self.n_features}), got {X.shape}")
         z = self._scores(X, W)
         if self.multinomial:
             return self._softmax(z)[1]
@@ -364,8 +387,9 @@ class Quadratic(Problem):
     r"""A quadratic :math:`f(w) = \tfrac12 w^\top A w - b^\top w + c`.
 
     :math:`\nabla f = A w - b`, :math:`\nabla^2 f = A`; ``L`` is the largest eigenvalue of
-    ``A`` and ``mu`` the smallest. When ``A`` is positive definite, ``minimizer`` is
-    :math:`A^{-1} b` and ``f_star`` the minimum; otherwise both are None.
+    ``A`` and ``mu`` the smallest. When ``A`` is positive definite (``mu`` above the rounding
+    error of the eigenvalues, ``8 d eps L``), ``minimizer`` is :math:`A^{-1} b` and ``f_star``
+    the minimum; otherwise both are None.
 
     `A` must be symmetric and finite (d-by-d), `b` a length-d vector (default zeros).
     """
@@ -389,11 +413,11 @@ class Quadratic(Problem):
         self.shape = (d,)
         eig = np.linalg.eigvalsh(self.A) if d else np.zeros(1)
         self.mu, self.L = float(eig[0]), float(eig[-1])
-        if self.mu > 0:
+        self.minimizer = self.f_star = None
+        # computed eigenvalues are off by about d eps L: a smaller mu may be a singular A
+        if self.mu > 8 * d * np.finfo(np.float64).eps * self.L:
             self.minimizer = np.linalg.solve(self.A, self.b)
             self.f_star = self.loss(self.minimizer)
-        else:
-            self.minimizer = self.f_star = None
 
     def loss(self, w, idx=None):
         self._no_idx(idx)

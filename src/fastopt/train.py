@@ -11,7 +11,8 @@ smaller): ``batch_size=None`` (the whole set) is gradient descent, 1 is SGD. Per
   ``opt.needs_snapshot``, or every epoch when its ``snapshot_every`` is None, and
   ``step([grad(w, B)], [grad(snapshot, B)])`` (2|B| sample-gradients) per batch;
 * :class:`fastopt.optim.Newton`: gradient and Hessian on the batch (stochastic Newton), or the
-  Hessian on a separate random subsample of ``hessian_batch_size`` samples (subsampled Newton);
+  Hessian on a separate random subsample of ``hessian_batch_size`` samples (subsampled Newton;
+  every sample when ``hessian_batch_size >= n``);
   the line search, when on, evaluates the loss on the same batch.
 
 The :class:`History` holds NumPy arrays recorded at the start, every ``record_every`` steps and
@@ -85,6 +86,14 @@ def _progress_bar(progress, total):
     return tqdm(total=total, unit="step", leave=False)
 
 
+def _check_problem(problem):
+    missing = [a for a in ("n_samples", "shape", "loss", "grad") if not hasattr(problem, a)]
+    if missing:
+        raise TypeError(f"problem must have n_samples, shape, loss(w, idx) and grad(w, idx) (see "
+                        f"fastopt.problems); a {type(problem).__name__} has no "
+                        f"{', '.join(missing)}")
+
+
 def _the_parameter(optimizer, problem):
     groups = getattr(optimizer, "param_groups", None)
     if not groups:
@@ -94,9 +103,10 @@ def _the_parameter(optimizer, problem):
         raise ValueError(f"train drives an optimizer over one parameter array, this one has "
                          f"{len(params)}")
     w = params[0]
-    if w.shape != tuple(problem.shape) and w.shape != (problem.n_params,):
+    n_params = int(np.prod(problem.shape))
+    if w.shape != tuple(problem.shape) and w.shape != (n_params,):
         raise ValueError(f"the optimizer's parameter has shape {w.shape}; the problem expects "
-                         f"{tuple(problem.shape)} (or ({problem.n_params},))")
+                         f"{tuple(problem.shape)} (or ({n_params},))")
     return w
 
 
@@ -118,6 +128,15 @@ def _nonneg(name, value):
     return float(value)
 
 
+def _flag(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False{' or None' if allow_none else ''}, "
+                        f"got {value!r}")
+    return bool(value)
+
+
 def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=0,
           schedule=None, gtol=None, ftol=None, f_star=None, max_evals=None,
           record_every=None, hessian_batch_size=None, progress=None, callback=None):
@@ -129,6 +148,7 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     (every step for full-batch methods). ``callback(record)`` gets a dict of the latest record
     (and ``w``) and may return True to stop.
     """
+    _check_problem(problem)
     n = int(problem.n_samples)
     epochs = _positive_int("epochs", epochs, allow_none=False)
     batch = _positive_int("batch_size", batch_size)
@@ -138,6 +158,13 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     gtol, ftol = _nonneg("gtol", gtol), _nonneg("ftol", ftol)
     if ftol is not None and f_star is None:
         raise ValueError("ftol needs f_star (the optimal value)")
+    if f_star is not None:
+        if isinstance(f_star, bool) or not isinstance(f_star, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(f_star):
+            raise ValueError(f"f_star must be a finite number or None, got {f_star!r}")
+        f_star = float(f_star)
+    shuffle = _flag("shuffle", shuffle)
+    progress = _flag("progress", progress, allow_none=True)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
     if schedule is not None and not callable(schedule):
@@ -145,13 +172,17 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     steps_per_epoch = -(-n // batch)
     record_every = _positive_int("record_every", record_every) or max(1, steps_per_epoch // 10)
     w = _the_parameter(optimizer, problem)
-    if schedule is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = schedule
     is_newton, is_svrg = isinstance(optimizer, Newton), isinstance(optimizer, SVRG)
     if hbatch is not None and not is_newton:
         raise ValueError("hessian_batch_size applies to fastopt.Newton only")
+    if is_newton and not hasattr(problem, "hessian"):
+        raise TypeError(f"fastopt.Newton needs problem.hessian(w, idx); a "
+                        f"{type(problem).__name__} has none")
     rng = np.random.default_rng(seed)
+    # every argument is checked: from here on the optimizer may change
+    if schedule is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = schedule
     full = batch >= n
 
     rec = {k: [] for k in ("step", "epoch", "loss", "grad_norm", "grad_evals", "hess_evals",
@@ -204,8 +235,8 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
             else:
                 f0, g = problem.loss(w, idx), problem.grad(w, idx)
             hidx = idx
-            if hbatch is not None and hbatch < n:
-                hidx = np.sort(rng.choice(n, size=hbatch, replace=False))
+            if hbatch is not None:      # a subsample of hbatch samples (all of them if >= n)
+                hidx = np.sort(rng.choice(n, size=hbatch, replace=False)) if hbatch < n else None
             H = problem.hessian(w, hidx)
             counts["grad_evals"] += m
             counts["hess_evals"] += n if hidx is None else len(hidx)
