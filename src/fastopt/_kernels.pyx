@@ -125,38 +125,18 @@ cdef int _check_float_array(object a, str what) except -1:
     return 0
 
 
-cdef Py_ssize_t _merge_f32(const fo_segment_f32 *src, Py_ssize_t n, fo_segment_f32 *dst) noexcept nogil:
+ctypedef fused segment_t:
+    fo_segment_f32
+    fo_segment_f64
+
+
+cdef Py_ssize_t _merge(const segment_t *src, Py_ssize_t n, segment_t *dst) noexcept nogil:
     """Copy the non-empty segments src[:n] to dst, joining each to the previous one when every
     pointer continues it; returns the number written."""
     cdef Py_ssize_t i, m = 0
     cdef int k
     cdef bint join
-    cdef fo_segment_f32 *prev
-    for i in range(n):
-        if src[i].n == 0:
-            continue
-        if m > 0:
-            prev = &dst[m - 1]
-            join = prev.param + prev.n == src[i].param and prev.grad + prev.n == src[i].grad
-            for k in range(FO_MAX_STATE):
-                if prev.state[k] == NULL or src[i].state[k] == NULL:
-                    join = join and prev.state[k] == src[i].state[k]
-                else:
-                    join = join and prev.state[k] + prev.n == src[i].state[k]
-            if join:
-                prev.n += src[i].n
-                continue
-        dst[m] = src[i]
-        m += 1
-    return m
-
-
-cdef Py_ssize_t _merge_f64(const fo_segment_f64 *src, Py_ssize_t n, fo_segment_f64 *dst) noexcept nogil:
-    """_merge_f32 for float64 segments."""
-    cdef Py_ssize_t i, m = 0
-    cdef int k
-    cdef bint join
-    cdef fo_segment_f64 *prev
+    cdef segment_t *prev
     for i in range(n):
         if src[i].n == 0:
             continue
@@ -390,8 +370,8 @@ cdef class Plan:
                     self.seg32[j].grad = <const float *>cnp.PyArray_DATA(g)
                 else:
                     self.seg64[-j - 1].grad = <const double *>cnp.PyArray_DATA(g)
-            self.r32 = _merge_f32(self.seg32, self.n32, self.run32)
-            self.r64 = _merge_f64(self.seg64, self.n64, self.run64)
+            self.r32 = _merge(self.seg32, self.n32, self.run32)
+            self.r64 = _merge(self.seg64, self.n64, self.run64)
             self.segments_used = self.r32 + self.r64
         return 0
 
