@@ -38,12 +38,7 @@
 
 #include <stdint.h>
 
-#ifndef FASTOPT_NO_OPENMP
-#include <omp.h>
-#define FO_PRAGMA(x) _Pragma(#x)
-#else
-#define FO_PRAGMA(x)
-#endif
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size */
 
 #if defined(_MSC_VER)
 #define FO_INLINE static __forceinline
@@ -51,15 +46,6 @@
 #define FO_INLINE static inline __attribute__((always_inline))
 #else
 #define FO_INLINE static inline
-#endif
-
-#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
-    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
-#define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define FO_HAS_CLONES 1
-#else
-#define FO_CLONES
-#define FO_HAS_CLONES 0
 #endif
 
 #define FO_CACHE_LINE 64
@@ -103,22 +89,6 @@ const char *fo_vector_isa(void)
 #endif
 }
 
-/* Threads actually used for `work` units: at most n_threads, one per half-threshold share. */
-static int fo_team_size(int64_t work, int n_threads)
-{
-    if (n_threads < 1) n_threads = 1;
-    if (work < fo_parallel_threshold || n_threads == 1) return 1;
-    int64_t share = fo_parallel_threshold / 2 > 0 ? fo_parallel_threshold / 2 : 1;
-    int64_t useful = work / share;
-    if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
-    return n_threads;
-}
-
-#ifndef FASTOPT_NO_OPENMP
-#define FO_THREAD_ID(t, team) do { t = omp_get_thread_num(); team = omp_get_num_threads(); } while (0)
-#else
-#define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
-#endif
 
 /*
  * Start of thread t's chunk of the concatenated segments (t in [0, nt]): t*total/nt moved down
@@ -202,7 +172,8 @@ FO_SPLIT(f64, double)
             total += segs[s].n;                                                               \
         }                                                                                     \
         const fo_##OPT##_k_##SFX k = fo_##OPT##_constants_##SFX(hp);                          \
-        const int nt = fo_team_size(total * (COST), n_threads);                               \
+        const int nt = fo_team_size(total * (COST), fo_parallel_threshold,                    \
+                                    n_threads);                                               \
         if (nt == 1) {                                                                        \
             fo_##OPT##_range_##SFX(segs, nseg, 0, total, k);                                  \
             return 0;                                                                         \
@@ -276,7 +247,7 @@ FO_STAMP_BOTH(adamax, 0)
     }                                                                                         \
     void fo_stream_axpy_##SFX(T *b, const T *c, T s, int64_t n, int n_threads)                \
     {                                                                                         \
-        const int nt = fo_team_size(n, n_threads);                                            \
+        const int nt = fo_team_size(n, fo_parallel_threshold, n_threads);                     \
         if (nt == 1) {                                                                        \
             fo_stream_range_##SFX(b, c, s, 0, n);                                             \
             return;                                                                           \

@@ -35,23 +35,10 @@
 #include "fastopt/constants.h"
 #include "fastopt/mixed.h"
 
-#ifndef FASTOPT_NO_OPENMP
-#include <omp.h>
-#define FO_PRAGMA(x) _Pragma(#x)
-#else
-#define FO_PRAGMA(x)
-#endif
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size, fo_share */
 
 #define FO_BLOCK 512
 
-/* Vector instances as in kernels.c: the range loops are compiled for AVX-512F, AVX2 and the
- * baseline, and the loader picks one; with -ffp-contract=off (setup.py) all round alike. */
-#if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
-    && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
-#define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FO_CLONES
-#endif
 
 /* ------------------------------------------------------------------------ bit conversions */
 static inline uint32_t fo_bits(float f)
@@ -224,31 +211,7 @@ static inline void fo_store_lowp(const fo_mixed_segment *sg, int64_t c, int64_t 
 }
 
 /* ------------------------------------------------------------------------- work splitting */
-static int fo_mixed_team(int64_t total, int64_t threshold, int n_threads)
-{
-    if (n_threads < 1) n_threads = 1;
-    if (threshold < 2) threshold = 2;
-    if (total < threshold || n_threads == 1) return 1;
-    const int64_t useful = total / (threshold / 2);
-    if (useful < n_threads) n_threads = (int)(useful < 1 ? 1 : useful);
-    return n_threads;
-}
 
-static inline void fo_mixed_share(int64_t total, int t, int nt, int64_t *lo, int64_t *hi)
-{
-    int64_t a = (int64_t)((double)total * t / nt);
-    int64_t b = (int64_t)((double)total * (t + 1) / nt);
-    a &= ~(int64_t)31;
-    b = (t + 1 == nt) ? total : (b & ~(int64_t)31);
-    *lo = a;
-    *hi = b;
-}
-
-#ifndef FASTOPT_NO_OPENMP
-#define FO_THREAD_ID(t, team) do { t = omp_get_thread_num(); team = omp_get_num_threads(); } while (0)
-#else
-#define FO_THREAD_ID(t, team) do { (void)t; (void)team; } while (0)
-#endif
 
 static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *total)
 {
@@ -353,7 +316,7 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
         if (hp == 0 || o == 0 || !(o->grad_scale > 0) || !fo_mixed_valid(segs, nseg, &total)) \
             return -1;                                                                        \
         const fo_##OPT##_k_f32 k = fo_##OPT##_constants_f32(hp);                              \
-        const int nt = fo_mixed_team(total, threshold, n_threads);                            \
+        const int nt = fo_team_size(total, threshold, n_threads);                             \
         if (nt == 1) {                                                                        \
             fo_mixed_##OPT##_range(segs, nseg, 0, total, k, o);                               \
             return 0;                                                                         \
@@ -363,7 +326,7 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
             int t = 0, team = 1;                                                              \
             FO_THREAD_ID(t, team);                                                            \
             int64_t lo, hi;                                                                   \
-            fo_mixed_share(total, t, team, &lo, &hi);                                         \
+            fo_share(total, t, team, 32, &lo, &hi);                                           \
             fo_mixed_##OPT##_range(segs, nseg, lo, hi, k, o);                                 \
         }                                                                                     \
         return 0;                                                                             \
@@ -441,7 +404,7 @@ int fo_mixed_all_finite(const fo_mixed_segment *segs, int64_t nseg, double grad_
     }
     const float scale = (float)grad_scale;
     const int scaled = grad_scale != 1.0;
-    const int nt = fo_mixed_team(total, threshold, n_threads);
+    const int nt = fo_team_size(total, threshold, n_threads);
     int bad = 0;
     if (nt == 1) {
         bad = fo_nonfinite_range(segs, nseg, 0, total, scale, scaled);
@@ -451,7 +414,7 @@ int fo_mixed_all_finite(const fo_mixed_segment *segs, int64_t nseg, double grad_
             int t = 0, team = 1;
             FO_THREAD_ID(t, team);
             int64_t lo, hi;
-            fo_mixed_share(total, t, team, &lo, &hi);
+            fo_share(total, t, team, 32, &lo, &hi);
             bad |= fo_nonfinite_range(segs, nseg, lo, hi, scale, scaled);
         }
     }
