@@ -1,5 +1,7 @@
-# C declarations of csrc/fastopt/kernels.h, shared by the Cython modules of fastopt.
-from libc.stdint cimport int64_t
+# C declarations of csrc/fastopt/kernels.h, shared by the Cython modules of fastopt, and the
+# argument-checking helpers of _kernels.pyx that _mixed.pyx uses too.
+cimport numpy as cnp
+from libc.stdint cimport int64_t, intptr_t
 
 cdef extern from "fastopt/kernels.h" nogil:
     enum: FO_MAX_STATE
@@ -59,3 +61,11 @@ cdef extern from "fastopt/kernels.h" nogil:
 cdef extern from "fastopt/finite.h" nogil:
     int fo_all_finite_f32(const fo_segment_f32 *, int64_t, int)
     int fo_all_finite_f64(const fo_segment_f64 *, int64_t, int)
+
+
+# helpers defined in _kernels.pyx
+cdef str _describe(object a)
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b)
+cdef Py_ssize_t _set_spans(list items, str rule, intptr_t **lo, intptr_t **hi) except -1
+cdef bint _spans_hit(const intptr_t *lo, const intptr_t *hi, Py_ssize_t stride, Py_ssize_t n,
+                     intptr_t a, intptr_t b) noexcept nogil

@@ -106,6 +106,45 @@ cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
+cdef Py_ssize_t _set_spans(list items, str rule, intptr_t **lo, intptr_t **hi) except -1:
+    """Store the byte ranges `items` ((start, end, label) tuples) as sorted arrays *lo, *hi
+    (replacing the old ones); returns their number. Raises ValueError "<label> and <label>
+    share memory; <rule>" if two ranges overlap, leaving *lo and *hi as they were."""
+    items.sort()
+    cdef Py_ssize_t i, n = len(items)
+    for i in range(1, n):
+        if items[i][0] < items[i - 1][1]:
+            raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; {rule}")
+    cdef intptr_t *new_lo = <intptr_t *>PyMem_Calloc(n + 1, sizeof(intptr_t))
+    cdef intptr_t *new_hi = <intptr_t *>PyMem_Calloc(n + 1, sizeof(intptr_t))
+    if new_lo == NULL or new_hi == NULL:
+        PyMem_Free(new_lo)
+        PyMem_Free(new_hi)
+        raise MemoryError()
+    for i in range(n):
+        new_lo[i] = items[i][0]
+        new_hi[i] = items[i][1]
+    PyMem_Free(lo[0])
+    PyMem_Free(hi[0])
+    lo[0] = new_lo
+    hi[0] = new_hi
+    return n
+
+
+cdef bint _spans_hit(const intptr_t *lo, const intptr_t *hi, Py_ssize_t stride, Py_ssize_t n,
+                     intptr_t a, intptr_t b) noexcept nogil:
+    """Whether [a, b) intersects one of n sorted, disjoint ranges [lo[k*stride], hi[k*stride])
+    (binary search for the first range that ends after a)."""
+    cdef Py_ssize_t first = 0, last = n, mid
+    while first < last:
+        mid = (first + last) // 2
+        if hi[mid * stride] <= a:
+            first = mid + 1
+        else:
+            last = mid
+    return first < n and lo[first * stride] < b
+
+
 cdef int _check_float_array(object a, str what) except -1:
     """Type and layout checks shared by parameters, state and gradients."""
     if not isinstance(a, np.ndarray):
@@ -254,21 +293,8 @@ cdef class Plan:
                     a = <cnp.ndarray>self.states[k][i]
                     if cnp.PyArray_NBYTES(a) > 0:
                         items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"state {k} of {self.name}[{i + self.offset}]"))
-        items.sort()
-        for i in range(1, len(items)):
-            if items[i][0] < items[i - 1][1]:
-                raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; every parameter "
-                                 f"must be a separate buffer (pass each parameter once)")
-        PyMem_Free(self.lo)
-        PyMem_Free(self.hi)
-        self.lo = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
-        self.hi = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
-        if self.lo == NULL or self.hi == NULL:
-            raise MemoryError()
-        for i in range(len(items)):
-            self.lo[i] = items[i][0]
-            self.hi[i] = items[i][1]
-        self.n_intervals = len(items)
+        self.n_intervals = _set_spans(items, "every parameter must be a separate buffer "
+                                      "(pass each parameter once)", &self.lo, &self.hi)
 
     def set_state(self, int k, arrays, str name=None):
         """Attach state buffer k (a list of arrays shaped and typed like the params), or None.
@@ -317,15 +343,8 @@ cdef class Plan:
                 self.seg64[-j - 1].state[k] = <double *>cnp.PyArray_DATA(a)
 
     cdef bint _overlaps(self, intptr_t a, intptr_t b):
-        """Whether [a, b) intersects a param or state interval (binary search)."""
-        cdef Py_ssize_t lo = 0, hi = self.n_intervals, mid
-        while lo < hi:                      # first interval whose end is > a
-            mid = (lo + hi) // 2
-            if self.hi[mid] <= a:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo < self.n_intervals and self.lo[lo] < b
+        """Whether [a, b) intersects a param or state interval."""
+        return _spans_hit(self.lo, self.hi, 1, self.n_intervals, a, b)
 
     def check_grads(self, grads, str name="grads"):
         """Check gradients against the params without keeping them (raises on any problem)."""
@@ -563,7 +582,7 @@ def check_grads_disjoint(plans, grads, str name="grads"):
     after that group was updated.
     """
     cdef Plan plan
-    cdef Py_ssize_t total = 0, k = 0, i, lo, hi, mid
+    cdef Py_ssize_t total = 0, k = 0, i
     for plan in plans:
         total += plan.n_intervals
     cdef intptr_t *iv = <intptr_t *>PyMem_Calloc(2 * total + 2, sizeof(intptr_t))
@@ -587,14 +606,7 @@ def check_grads_disjoint(plans, grads, str name="grads"):
                 continue
             a = <intptr_t>cnp.PyArray_DATA(g)
             b = a + cnp.PyArray_NBYTES(g)
-            lo, hi = 0, total
-            while lo < hi:                  # first interval whose end is > a
-                mid = (lo + hi) // 2
-                if iv[2 * mid + 1] <= a:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < total and iv[2 * lo] < b:
+            if _spans_hit(iv, iv + 1, 2, total, a, b):
                 raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
                                  f"pass a separate gradient buffer")
     finally:

@@ -24,8 +24,8 @@ cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t, uint64_t
 
-from ._kernels cimport (fo_adadelta_hp, fo_adagrad_hp, fo_adam_hp, fo_adamax_hp,
-                        fo_rmsprop_hp, fo_sgd_hp)
+from ._kernels cimport (_describe, _same_shape, _set_spans, _spans_hit, fo_adadelta_hp,
+                        fo_adagrad_hp, fo_adam_hp, fo_adamax_hp, fo_rmsprop_hp, fo_sgd_hp)
 from . import _kernels
 from ._kernels import (AMSGRAD, CENTERED, DECOUPLED, EPS_IN_SQRT, FIRST, MAXIMIZE, MOMENTUM,
                        NESTEROV, SUTSKEVER)
@@ -101,12 +101,6 @@ cdef int _code(cnp.ndarray a):
     return -1
 
 
-cdef str _describe(object a):
-    if isinstance(a, np.ndarray):
-        return f"{a.dtype} array of shape {a.shape}"
-    return f"{type(a).__module__}.{type(a).__qualname__}"
-
-
 cdef int _check_layout(cnp.ndarray a, str what) except -1:
     if not cnp.PyArray_ISNOTSWAPPED(a):
         raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}")
@@ -116,16 +110,6 @@ cdef int _check_layout(cnp.ndarray a, str what) except -1:
     if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{what} must be aligned to its element size")
     return 0
-
-
-cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
-    cdef int d, nd = cnp.PyArray_NDIM(a)
-    if nd != cnp.PyArray_NDIM(b):
-        return False
-    for d in range(nd):
-        if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(b, d):
-            return False
-    return True
 
 
 cdef class Plan:
@@ -276,21 +260,8 @@ cdef class Plan:
                     items.append((<intptr_t>cnp.PyArray_DATA(a),
                                   <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
                                   f"state {k} of {self.name}[{i + self.offset}]"))
-        items.sort()
-        for i in range(1, len(items)):
-            if items[i][0] < items[i - 1][1]:
-                raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; every "
-                                 "parameter and state buffer must be a separate buffer")
-        PyMem_Free(self.lo)
-        PyMem_Free(self.hi)
-        self.lo = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
-        self.hi = <intptr_t *>PyMem_Calloc(len(items) + 1, sizeof(intptr_t))
-        if self.lo == NULL or self.hi == NULL:
-            raise MemoryError()
-        for i in range(len(items)):
-            self.lo[i] = items[i][0]
-            self.hi[i] = items[i][1]
-        self.n_intervals = len(items)
+        self.n_intervals = _set_spans(items, "every parameter and state buffer must be a "
+                                      "separate buffer", &self.lo, &self.hi)
 
     def set_state(self, int k, arrays, str name=None):
         """Attach state buffer k: float32 arrays shaped like the params (or None to detach)."""
@@ -334,14 +305,7 @@ cdef class Plan:
                 self.seg[i].state[k] = <float *>cnp.PyArray_DATA(a)
 
     cdef bint _overlaps(self, intptr_t a, intptr_t b):
-        cdef Py_ssize_t lo = 0, hi = self.n_intervals, mid
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.hi[mid] <= a:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo < self.n_intervals and self.lo[lo] < b
+        return _spans_hit(self.lo, self.hi, 1, self.n_intervals, a, b)
 
     def check_grads(self, grads, str name="grads"):
         """Check gradients against the params without keeping them (raises on any problem)."""
