@@ -105,7 +105,7 @@ def _rewrite(path, edit):
 def test_other_format_version_is_refused(saved):
     _, path, _, target = saved
     _rewrite(path, lambda meta, arrays: meta.update(version=checkpoint.VERSION + 1))
-    assert_refused(target, path, "format version 2 is not supported")
+    assert_refused(target, path, f"format version {checkpoint.VERSION + 1} is not supported")
 
 
 def test_other_format_name_is_refused(saved):
@@ -116,15 +116,18 @@ def test_other_format_name_is_refused(saved):
 
 def test_malformed_metadata_is_refused(saved):
     _, path, _, target = saved
-    _rewrite(path, lambda meta, arrays: meta.pop("scalars"))
-    assert_refused(target, path, "malformed checkpoint contents")
+    _rewrite(path, lambda meta, arrays: meta.pop("state_dict"))
+    assert_refused(target, path, "arrays do not match its metadata")
+    _rewrite(path, lambda meta, arrays: meta.update(state_dict=[1, 2]))
+    assert_refused(target, path, "arrays do not match its metadata")
 
 
 def test_stored_digest_must_match(saved):
     _, path, _, target = saved
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["state/0/exp_avg"] = arrays["state/0/exp_avg"] + 1     # digest left as it was
+    name = "state_dict/state/0/exp_avg"
+    arrays[name] = arrays[name] + 1                                # digest left as it was
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     assert_refused(target, path, "checksum mismatch")
@@ -246,6 +249,10 @@ def test_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     fo.load(fresh, path)
     assert fresh.state_dict()["state"][0]["step"] == 1
     np.testing.assert_array_equal(fresh.state[0]["exp_avg"], old.state[0]["exp_avg"])
-    # the killed writer's temporary file stays behind under its own name, never as ckpt.npz
+    # the killed writer's temporary file stays behind under its own name, never as ckpt.npz,
+    # until the next save to the same path removes it
     leftovers = [f for f in os.listdir(tmp_path) if f != "ckpt.npz"]
-    assert all(f.startswith(".fastopt-") and f.endswith(".tmp") for f in leftovers)
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(".ckpt.npz.fastopt-") and leftovers[0].endswith(".tmp")
+    fo.save(fresh, path)
+    assert os.listdir(tmp_path) == ["ckpt.npz"]

@@ -321,3 +321,16 @@ def test_example_distributed_logreg_runs_on_2_ranks(tmp_path):
     accuracy = float(out.split("training accuracy")[1].split()[0])
     assert accuracy > 0.95, out
     assert (tmp_path / "c.npz").exists()
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_crafted_checkpoints_run_no_code_under_mpiexec(tmp_path):
+    results = run_workers(2, "crafted.py", tmp_path, timeout=60)
+    for r in results:
+        assert not r["marker_exists"], "code from a checkpoint ran"
+        assert len(r["results"]) == 16
+        for case, res in r["results"].items():
+            assert res["outcome"].startswith("ValueError:"), (r["rank"], case, res)
+            assert res["unchanged"], (r["rank"], case)
+    assert not (tmp_path / "marker").exists()

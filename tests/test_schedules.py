@@ -2,6 +2,7 @@
 validation."""
 import importlib.util
 import math
+import json
 import pickle
 from pathlib import Path
 
@@ -207,8 +208,50 @@ def test_pickle_repr_equality(name):
 def test_repr_readable():
     assert repr(S.cosine_decay(0.1, 1000)) == "cosine_decay(lr=0.1, total_steps=1000, floor=0.0)"
     assert repr(S.warmup_cosine(0.1, 10, 100)) == (
+        "warmup_cosine(peak=0.1, warmup_steps=10, total_steps=100, floor=0.0, start=0.0)")
+    assert repr(S.warmup_cosine(0.1, 10, 100).as_join()) == (
         "join(schedules=[linear_warmup(peak=0.1, warmup_steps=10, start=0.0), "
         "cosine_decay(lr=0.1, total_steps=90, floor=0.0)], boundaries=[10])")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stored_as_data_and_rebuilt_equal(name):
+    s = CASES[name]
+    data = S.to_data(s)
+    text = json.dumps(data)                       # plain JSON: no code, no pickle
+    rebuilt = S.from_data(json.loads(text))
+    assert rebuilt == s and type(rebuilt) is type(s)
+    assert values(rebuilt, 50).tolist() == values(s, 50).tolist()
+
+
+def test_nested_joins_stored_as_data():
+    inner = S.join([S.constant(0.1), S.warmup_cosine(0.1, 5, 20)], [3])
+    s = S.per_epoch(S.join([inner, S.multistep(0.05, [2, 4])], [10]), steps_per_epoch=2)
+    assert S.from_data(json.loads(json.dumps(S.to_data(s)))) == s
+    assert eval(repr(s), vars(S)) == s
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"schedule": "system", "args": {}}, "unknown schedule"),
+    ({"schedule": "Schedule", "args": {}}, "unknown schedule"),
+    ({"schedule": ["constant"], "args": {"lr": 0.1}}, "unknown schedule"),
+    ({"schedule": "constant", "args": {"lr": 0.1, "extra": 1}}, "arguments"),
+    ({"schedule": "constant", "args": {"lr": {"__pickle__": "gASV"}}}, "argument of type dict"),
+    ({"schedule": "constant", "args": {"lr": -1.0}}, "lr must be >= 0"),
+    ({"schedule": "constant", "args": {"lr": "0.1"}}, "lr must be a real number"),
+    ({"schedule": "constant", "args": {}}, "missing"),
+    ({"schedule": "join", "args": {"schedules": [{"schedule": "eval", "args": {}}],
+                                   "boundaries": []}}, "unknown schedule"),
+    ({"__pickle__": "gASV"}, "not a stored schedule"),
+])
+def test_bad_stored_schedules_are_refused(data, words):
+    with pytest.raises(ValueError, match=words):
+        S.from_data(data)
+
+
+def test_to_data_refuses_other_callables():
+    with pytest.raises(TypeError, match="fastopt.schedules"):
+        S.to_data(lambda t: 0.1)
 
 
 def test_inequality_and_immutability():

@@ -91,18 +91,30 @@ class HalveEvery:
 
 def test_schedule_survives_save_and_load(tmp_path):
     p1, p2 = np.ones(4), np.ones(4)
-    a = fo.SGD([p1], lr=HalveEvery(0.1, 3))
+    a = fo.SGD([p1], lr=fo.schedules.step_decay(0.1, 3, gamma=0.5))
     for _ in range(5):
         a.step([np.ones(4)])
     fo.save(a, tmp_path / "ck.npz")
     b = fo.SGD([p2], lr=0.0)
     fo.load(b, tmp_path / "ck.npz")
     p2[...] = p1
-    assert isinstance(b.param_groups[0]["lr"], HalveEvery)
+    assert b.param_groups[0]["lr"] == a.param_groups[0]["lr"]
     for _ in range(5):
         a.step([np.ones(4)])
         b.step([np.ones(4)])
     assert np.array_equal(p1, p2)
+
+
+def test_a_schedule_of_ones_own_is_not_saved(tmp_path):
+    """Checkpoints hold data only: any other callable is refused, the file left as it was."""
+    path = tmp_path / "ck.npz"
+    fo.save(fo.SGD([np.ones(4)], lr=0.1), path)
+    before = path.read_bytes()
+    for lr in (HalveEvery(0.1, 3), lambda t: 0.1):
+        with pytest.raises(TypeError, match="fastopt.schedules"):
+            fo.save(fo.SGD([np.ones(4)], lr=lr), path)
+        assert path.read_bytes() == before
+        assert os.listdir(tmp_path) == ["ck.npz"]
 
 
 def test_save_is_atomic_and_verified(tmp_path):

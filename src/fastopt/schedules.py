@@ -7,10 +7,11 @@ already taken (``t = 0`` for the first step). Any fastopt optimizer accepts one 
     sched = fo.schedules.warmup_cosine(peak=0.1, warmup_steps=500, total_steps=10_000)
     opt = fo.SGD(params, lr=sched, momentum=0.9)
 
-Schedules hold nothing but their constructor arguments, so they pickle (and therefore travel
-in checkpoints), compare equal when built from equal arguments, and print as the call that
-builds them: ``repr(s)`` evaluates back to an equal schedule after
-``from fastopt.schedules import *``.
+Schedules hold nothing but their constructor arguments, so they compare equal when built from
+equal arguments, pickle, print as the call that builds them (``repr(s)`` evaluates back to an
+equal schedule after ``from fastopt.schedules import *``), and travel in checkpoints as plain
+data (:func:`to_data` / :func:`from_data`: the call's name and arguments, rebuilt from the
+allow-list :data:`SCHEDULES`, never unpickled).
 
 Steps or epochs
 ---------------
@@ -45,7 +46,7 @@ import numbers
 __all__ = [
     "Schedule", "constant", "inverse_time", "step_decay", "multistep", "exponential",
     "cosine_decay", "linear_warmup", "warmup_cosine", "cosine_restarts", "one_cycle", "join",
-    "per_epoch",
+    "per_epoch", "SCHEDULES", "to_data", "from_data",
 ]
 
 
@@ -461,7 +462,7 @@ class per_epoch(Schedule):
         return self.schedule(t // self.steps_per_epoch)
 
 
-def warmup_cosine(peak, warmup_steps, total_steps, floor=0.0, start=0.0):
+class warmup_cosine(Schedule):
     r"""Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to ``floor``.
 
     ``total_steps`` counts the warmup too, so the cosine lasts ``total_steps - warmup_steps``:
@@ -471,13 +472,97 @@ def warmup_cosine(peak, warmup_steps, total_steps, floor=0.0, start=0.0):
         \eta_{min} + (\eta_{peak} - \eta_{min})\,\tfrac12\left(1 + \cos\frac{\pi (t-k)}{T-k}\right)
         & k \le t \le T \\ \eta_{min} & t > T \end{cases}
 
-    Returns ``join([linear_warmup(peak, k, start), cosine_decay(peak, T - k, floor)], [k])``;
-    equals torch's ``SequentialLR([LinearLR(start/peak, 1, k), CosineAnnealingLR(T - k, floor)],
-    milestones=[k])``.
+    The same values as ``join([linear_warmup(peak, k, start), cosine_decay(peak, T - k, floor)],
+    [k])`` (see :meth:`as_join`), but it prints, compares and is stored as the call that built
+    it; equals torch's ``SequentialLR([LinearLR(start/peak, 1, k), CosineAnnealingLR(T - k,
+    floor)], milestones=[k])``.
     """
-    warmup_steps = _int("warmup_steps", warmup_steps, low=1)
-    total_steps = _int("total_steps", total_steps, low=1)
-    if total_steps <= warmup_steps:
-        raise ValueError(f"total_steps must be > warmup_steps={warmup_steps}, got {total_steps}")
-    return join([linear_warmup(peak, warmup_steps, start),
-                 cosine_decay(peak, total_steps - warmup_steps, floor)], [warmup_steps])
+
+    _fields = ("peak", "warmup_steps", "total_steps", "floor", "start")
+    _name = "warmup_cosine"
+
+    def __init__(self, peak, warmup_steps, total_steps, floor=0.0, start=0.0):
+        warmup_steps = _int("warmup_steps", warmup_steps, low=1)
+        total_steps = _int("total_steps", total_steps, low=1)
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps must be > warmup_steps={warmup_steps}, got {total_steps}")
+        joined = join([linear_warmup(peak, warmup_steps, start),
+                       cosine_decay(peak, total_steps - warmup_steps, floor)], [warmup_steps])
+        warm, cos = joined.schedules
+        self._set(peak=warm.peak, warmup_steps=warmup_steps, total_steps=total_steps,
+                  floor=cos.floor, start=warm.start, _joined=joined)
+
+    def as_join(self):
+        """The equivalent :class:`join` of a :class:`linear_warmup` and a :class:`cosine_decay`."""
+        return self._joined
+
+    def _value(self, t):
+        return self._joined._value(t)
+
+
+# ------------------------------------------------------------------------ stored as plain data
+
+#: The schedule classes a checkpoint may name, by their call name: an explicit allow-list.
+SCHEDULES = {cls._name: cls for cls in (
+    constant, inverse_time, step_decay, multistep, exponential, cosine_decay, linear_warmup,
+    cosine_restarts, one_cycle, join, per_epoch, warmup_cosine)}
+
+
+def to_data(schedule):
+    """A schedule as plain JSON-able data: ``{"schedule": name, "args": {field: value}}``.
+
+    Nested schedules (``join``, ``per_epoch``) become nested dicts, tuples become lists.
+    :func:`from_data` rebuilds an equal schedule. Raises TypeError for anything that is not a
+    schedule of this module.
+    """
+    if type(schedule) not in SCHEDULES.values():
+        raise TypeError(f"expected a fastopt.schedules schedule, got {type(schedule).__name__}")
+
+    def encode(value):
+        if isinstance(value, Schedule):
+            return to_data(value)
+        if isinstance(value, tuple):
+            return [encode(v) for v in value]
+        return value
+
+    return {"schedule": schedule._name,
+            "args": {f: encode(getattr(schedule, f)) for f in schedule._fields}}
+
+
+def is_data(value):
+    """Whether `value` has the shape of :func:`to_data`'s output (a dict with exactly the keys
+    ``schedule`` and ``args``); says nothing about whether it is valid."""
+    return isinstance(value, dict) and set(value) == {"schedule", "args"}
+
+
+def from_data(data):
+    """Rebuild a schedule from :func:`to_data`'s output; ValueError for anything else.
+
+    Only the classes in :data:`SCHEDULES` can be named; their arguments are checked by their
+    constructors as in a direct call. No other code is looked up or run.
+    """
+    if not is_data(data):
+        raise ValueError(f"not a stored schedule: {data!r:.200}")
+    name, args = data["schedule"], data["args"]
+    cls = SCHEDULES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown schedule {name!r:.100}; stored schedules are one of "
+                         f"{sorted(SCHEDULES)}")
+    if not isinstance(args, dict) or not set(args) <= set(cls._fields):
+        raise ValueError(f"stored {name} schedule has arguments {args!r:.200}; expected a dict "
+                         f"with keys from {list(cls._fields)}")
+
+    def decode(value):
+        if is_data(value):
+            return from_data(value)
+        if isinstance(value, list):
+            return tuple(decode(v) for v in value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise ValueError(f"stored {name} schedule has an argument of type "
+                         f"{type(value).__name__}")
+
+    try:
+        return cls(**{k: decode(v) for k, v in args.items()})
+    except TypeError as e:
+        raise ValueError(f"stored {name} schedule: {e}") from None

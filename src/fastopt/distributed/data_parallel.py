@@ -173,7 +173,8 @@ class DistributedOptimizer:
         """Collective: rank 0 reads a ``fastopt.save`` checkpoint, every rank loads it."""
         def read():
             if self.comm.Get_rank() == 0:
-                return checkpoint.read_state_dict_of(path, type(self.opt).__name__)
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                return checkpoint.read_state_dict_of(path, type(self.opt).__name__, params)
         sd = agree(self.comm, read)
         self.load_state_dict(sd)
 

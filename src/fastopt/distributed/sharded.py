@@ -403,7 +403,7 @@ class ShardedOptimizer:
         """Collective: rank 0 reads a checkpoint (from any number of ranks, or fastopt.save)."""
         def read():
             if self.rank == 0:
-                return checkpoint.read_state_dict_of(path, self.opt_cls.__name__)
+                return checkpoint.read_state_dict_of(path, self.opt_cls.__name__, self._params)
         self.load_state_dict(agree(self.comm, read))
 
     def __repr__(self):
