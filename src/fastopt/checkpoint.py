@@ -84,7 +84,7 @@ def _encode(value, path, arrays):
     if isinstance(value, _schedules.Schedule):
         return _schedules.to_data(value)
     if _is_array(value):
-        a = np.ascontiguousarray(_host(value))
+        a = _c_order(_host(value))
         if path in arrays:                     # e.g. keys 0 and "0" in one dict
             path = f"{path}#{len(arrays)}"
         if a.dtype.kind not in "biufc" or a.dtype.hasobject or a.dtype.names is not None:
@@ -118,12 +118,17 @@ def _encode(value, path, arrays):
                     "fastopt.schedules schedules are)")
 
 
+def _c_order(a):
+    """`a` if C-contiguous, else a C-ordered copy (0-d arrays stay 0-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _digest(meta_bytes, arrays):
     """SHA-256 of the metadata and of each array's name, dtype, shape and bytes (by name)."""
     h = hashlib.sha256()
     h.update(meta_bytes)
     for name in sorted(arrays):
-        _digest_array(h, name, np.ascontiguousarray(arrays[name]))
+        _digest_array(h, name, _c_order(np.asarray(arrays[name])))
     return h.hexdigest()
 
 
@@ -418,7 +423,9 @@ def _read(zf, expect):
     arrays = {}
     for name in sorted(declared):
         arrays[name] = archive.read(name, *declared[name])
-        _digest_array(h, name, arrays[name])
+        # version 1 digested 0-d arrays as shape (1,) (np.ascontiguousarray)
+        _digest_array(h, name, np.ascontiguousarray(arrays[name]) if version == 1
+                      else arrays[name])
     if h.hexdigest() != digest:
         raise _Refused("checksum mismatch, the file is corrupted")
     if version == 1:
