@@ -27,6 +27,7 @@ from fastopt import functional as F
 from fastopt._specs import SPECS
 from fastopt.mixed import DynamicLossScale, MixedPrecision
 from fastopt.optim import SVRG, Newton
+from test_distributed import needs_mpi, run_workers     # the mpiexec launcher of tests/mpi/
 
 try:
     import torch
@@ -775,3 +776,29 @@ def test_torch_adapter_load_state_dict_refuses_bad_steps(value):
     param = opt.param_groups[0]["params"][0]
     assert torch.equal(param.detach(), w)
     assert torch.equal(opt.state[param]["step"], sd["state"][0]["step"])
+
+
+# ================================================================== the distributed wrappers
+
+@needs_mpi
+@pytest.mark.mpi
+def test_distributed_wrappers_take_any_real_number():
+    """tests/mpi/hyperparameters.py on 2 ranks: NumPy scalars and 0-d arrays give the run of
+    the Python floats, stored as floats; bad values raise the class error on every rank."""
+    for r in run_workers(2, "hyperparameters.py", timeout=60):
+        res = r["results"]
+        for name in ("sharded", "distributed"):
+            assert res[f"{name}_bit_identical"] and res[f"{name}_edit_bit_identical"], name
+            assert res[f"{name}_group_types"] == ["bool", "float"], res[f"{name}_group_types"]
+            assert res[f"{name}_bool_lr"].startswith("TypeError"), res[f"{name}_bool_lr"]
+            assert res[f"{name}_huge_lr"].startswith("ValueError"), res[f"{name}_huge_lr"]
+            assert res[f"{name}_nan_eps"].startswith("ValueError"), res[f"{name}_nan_eps"]
+            if f"{name}_state_dict_lr_type" in res:
+                assert res[f"{name}_state_dict_lr_type"] == "float"
+        assert res["sharded_bad_edit"].startswith("ValueError: param_groups[0]: Invalid "
+                                                  "learning rate"), res["sharded_bad_edit"]
+        assert res["sharded_bad_edit_unchanged"]
+        assert res["sharded_after_edit_lr_type"] == "float"
+        assert res["bucket_bytes_numpy"] is None
+        assert res["bucket_bytes_float"].startswith("TypeError"), res["bucket_bytes_float"]
+        assert res["bucket_bytes_small"].startswith("ValueError"), res["bucket_bytes_small"]
