@@ -15,7 +15,6 @@ Newton, SVRG and fastopt.torch, and every numeric hyperparameter:
   optimizer unchanged.
 """
 import copy
-import math
 from fractions import Fraction
 
 import numpy as np

@@ -76,8 +76,9 @@ def _number(value):
 
 
 def _float(number):
-    """A `_number` result as float, or _TOO_LARGE (an int beyond the float range)."""
-    if number is _TOO_LARGE:
+    """A `_number` result as float, or _TOO_LARGE (an int beyond the float range); None
+    stays None."""
+    if number is _TOO_LARGE or number is None:
         return number
     try:
         return float(number)
@@ -85,14 +86,17 @@ def _float(number):
         return _TOO_LARGE
 
 
-def _range_text(low, high, low_open, high_open):
+def _expected_real(low, high, low_open, high_open):
+    """'a finite number' with its bounds, for messages."""
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
-    return ""
+        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = ""
+    return "a finite number" + bounds
 
 
 def _fail_range(name, value, expected, label=None):
@@ -104,6 +108,9 @@ def _fail_range(name, value, expected, label=None):
     raise ValueError(f"Invalid {label}: {name} must be {expected}, got {shown}")
 
 
+_INF = float("inf")
+
+
 def real(name, value, *, low=None, high=None, low_open=False, high_open=False, label=None):
     """A finite real number within the bounds, as a Python float.
 
@@ -111,21 +118,16 @@ def real(name, value, *, low=None, high=None, low_open=False, high_open=False, l
     too large for a float or out of bounds. `label` replaces `name` after "Invalid" in
     ValueError messages (e.g. "learning rate").
     """
-    bounds = _range_text(low, high, low_open, high_open)
-    expected = "a finite number" + (f" {bounds}" if bounds else "")
-    number = _number(value)
+    number = value if type(value) is float else _float(_number(value))
+    if number is not None:
+        if number is not _TOO_LARGE and -_INF < number < _INF \
+                and (low is None or number > low or (number == low and not low_open)) \
+                and (high is None or number < high or (number == high and not high_open)):
+            return number                      # the common case: nothing to format
+    expected = _expected_real(low, high, low_open, high_open)
     if number is None:
         raise TypeError(f"{name} must be {expected}, got {_kind(value)}")
-    number = _float(number)
-    if number is _TOO_LARGE:
-        _fail_range(name, value, expected, label)
-    if number != number or number in (float("inf"), float("-inf")):
-        _fail_range(name, value, expected, label)
-    if low is not None and (number < low or (low_open and number == low)):
-        _fail_range(name, value, expected, label)
-    if high is not None and (number > high or (high_open and number == high)):
-        _fail_range(name, value, expected, label)
-    return number
+    _fail_range(name, value, expected, label)
 
 
 def nonneg(name, value):
@@ -156,6 +158,8 @@ def open_unit(name, value):
 def boolean(name, value):
     """A flag: bool or np.bool_ (or a 0-d bool array), as bool; TypeError otherwise (1, 0.0,
     "yes" and None are refused)."""
+    if value is True or value is False:
+        return value
     value = _unwrap(value)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool (True or False), got {_kind(value)}")
@@ -173,33 +177,37 @@ def integer(name, value, *, low=0, high=None):
     TypeError for any other type (a float such as 2.0 included, and bools); ValueError out
     of range.
     """
-    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
     raw = _unwrap(value)
-    if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, numbers.Integral):
+    ok_type = isinstance(raw, numbers.Integral) and not isinstance(raw, (bool, np.bool_))
+    if ok_type and low <= raw and (high is None or raw <= high):
+        return int(raw)
+    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+    if not ok_type:
         raise TypeError(f"{name} must be an integer {bounds}, got {_kind(value)}")
-    number = int(raw)
-    if number < low or (high is not None and number > high):
-        _fail_range(name, value, f"an integer {bounds}")
-    return number
+    _fail_range(name, value, f"an integer {bounds}")
 
 
 def whole(name, value, *, low=0, high=MAX_STEP):
     """A count that may be stored as a float (a step): a real number with a whole value in
     [low, high], as int. TypeError if it is not a real number; ValueError if it is NaN,
     +-inf, not whole or out of range."""
-    expected = f"a whole number in [{low}, {high}]"
+    if type(value) is int and low <= value <= high:         # the common case
+        return value
     number = _number(value)
+    if number is not None and number is not _TOO_LARGE and low <= number <= high \
+            and number == int(number):             # NaN fails the range test, inf too
+        return int(number)
+    expected = f"a whole number in [{low}, {high}]"
     if number is None:
         raise TypeError(f"{name} must be {expected}, got {_kind(value)}")
-    if number is _TOO_LARGE or number != number or number in (float("inf"), float("-inf")) \
-            or number != int(number) or not low <= number <= high:
-        _fail_range(name, value, expected)
-    return int(number)
+    _fail_range(name, value, expected)
 
 
 def learning_rate(name, value, *, schedule=True):
     """A learning rate: a finite number >= 0 (as float) or, when `schedule`, a callable
     ``step -> lr`` (returned as it is; its values are checked by `scheduled_lr`)."""
+    if type(value) is float and 0.0 <= value < _INF:        # the common case
+        return value
     if callable(value):
         if schedule:
             return value
