@@ -96,12 +96,14 @@ def test_bad_snapshot_changes_nothing():
     assert not opt.has_snapshot and opt.state == {}
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=-0.1), "learning rate"), (dict(weight_decay=-1.0), "weight_decay"),
-    (dict(snapshot_every=0), "snapshot_every"), (dict(snapshot_every=1.5), "snapshot_every"),
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=-0.1), ValueError, "learning rate"),
+    (dict(weight_decay=-1.0), ValueError, "weight_decay"),
+    (dict(snapshot_every=0), ValueError, "snapshot_every"),
+    (dict(snapshot_every=1.5), TypeError, "snapshot_every"),  # a float where a count is meant
 ])
-def test_bad_hyperparameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_hyperparameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
         SVRG([np.ones(2)], **kwargs)
 
 

@@ -7,57 +7,13 @@ hyperparameters and step into the kernel call. The classes in `fastopt.optim`, t
 the benchmarks are all driven from this table; a registry test checks that the specs, classes,
 reference implementations and C symbols cover the same names.
 """
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import functional as F
+from ._validate import betas, boolean, learning_rate, nonneg, real, unit_closed
 
 __all__ = ["Spec", "SPECS", "validate_group"]
-
-
-# ------------------------------------------------------------------ hyperparameter rules
-def _number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-def nonneg(name, value):
-    if _number(name, value) < 0:
-        raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
-
-
-def unit_open(name, value):
-    if not 0 <= _number(name, value) < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be in [0, 1))")
-
-
-def unit_closed(name, value):
-    if not 0 <= _number(name, value) <= 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be in [0, 1])")
-
-
-def boolean(name, value):
-    if not isinstance(value, (bool,)) and type(value).__name__ != "bool_":
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
-def learning_rate(name, value):
-    if callable(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number or a schedule (a callable step -> lr), "
-                        f"got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"Invalid learning rate: {value!r} (must be finite and >= 0)")
-
-
-def betas(name, value):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
-    for i, b in enumerate(value):
-        unit_open(f"{name}[{i}]", b)
 
 
 @dataclass(frozen=True)
@@ -66,7 +22,8 @@ class Spec:
     name: str
     class_name: str
     defaults: dict
-    rules: dict                      # hyperparameter -> validity check(name, value)
+    rules: dict                      # hyperparameter -> rule(name, value) -> plain value
+    #                                  (the rules of fastopt._validate)
     state: tuple                     # state buffer names, in the C rule's slot order
     uses: Callable                   # group -> tuple of bools: which state buffers are needed
     run: Callable                    # (mod, plan, grads, group, step, lr, fresh, name) -> None
@@ -76,7 +33,9 @@ class Spec:
     check: Callable = None           # extra cross-field check(group)
 
     def validate(self, group):
-        validate_group(self, group)
+        """The group's hyperparameters checked and as plain Python values (see
+        `validate_group`)."""
+        return validate_group(self, group)
 
     @property
     def kernel_name(self):
@@ -84,13 +43,19 @@ class Spec:
 
 
 def validate_group(spec, group):
-    """Check every hyperparameter of a param group; raises ValueError/TypeError naming it."""
+    """Check every hyperparameter of a param group; raises ValueError/TypeError naming it.
+
+    Returns {name: value} of the hyperparameters as plain Python values (floats, ints, bools,
+    a tuple of floats for betas; a schedule as it is), the form the optimizers store.
+    """
+    values = {}
     for key, rule in spec.rules.items():
         if key not in group:
             raise ValueError(f"param group is missing the hyperparameter {key!r}")
-        rule(key, group[key])
+        values[key] = rule(key, group[key])
     if spec.check is not None:
-        spec.check(group)
+        spec.check(values)
+    return values
 
 
 def _sgd_check(group):
@@ -104,7 +69,7 @@ SGD = Spec(
     name="sgd", class_name="SGD",
     defaults=dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                   maximize=False, sutskever=False),
-    rules=dict(lr=learning_rate, momentum=nonneg, dampening=_number, weight_decay=nonneg,
+    rules=dict(lr=learning_rate, momentum=nonneg, dampening=real, weight_decay=nonneg,
                nesterov=boolean, maximize=boolean, sutskever=boolean),
     state=("momentum_buffer",),
     uses=lambda g: (g["momentum"] != 0,),

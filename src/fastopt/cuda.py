@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _validate
+
 __all__ = [
     "Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "newton_solve",
     "generate_cuda_source", "is_cupy_array", "require_cupy", "has_gpu", "zeros_like",
@@ -699,11 +701,8 @@ def newton_solve(hessian, grad, damping=0.0, *, max_tries=60):
     if grad.device.id != hessian.device.id:
         raise ValueError(f"grad is on GPU {grad.device.id} but hessian is on GPU "
                          f"{hessian.device.id}; both must be on one device")
-    damping = float(damping)
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
-    if int(max_tries) < 1:
-        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    damping = _validate.nonneg("damping", damping)
+    max_tries = _validate.integer("max_tries", max_tries, low=1)
 
     import cupyx
     from cupyx.scipy.linalg import solve_triangular

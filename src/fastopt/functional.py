@@ -10,16 +10,16 @@ all arrays of one call must be of one kind. Any other CPU array that exposes ``_
 (a torch CPU tensor, a JAX CPU array, ...) is used through a NumPy view of its memory, without
 a copy; parameters and state must then be writable through DLPack. `step` is the 1-based index of the step being taken.
 Every check happens before any element is written: on error nothing is modified.
-Hyperparameters are checked with the same rules as the classes' (fastopt._specs).
+Hyperparameters are checked with the same rules as the classes' (fastopt._specs, through
+fastopt._validate: any real number, NumPy scalars and 0-d arrays included, used as the Python
+float of its value; the same mistake raises the same error class as in the classes).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
 call the same `_<name>` runners with cached plans.
 """
-import math
-
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _validate
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
            "backend_for"]
@@ -82,25 +82,24 @@ def _plan(param, states, name="param"):
 
 
 def _check_step(step):
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or step < 1 or step != int(step):
-        raise ValueError(f"step must be a positive integer (1 for the first step), got {step!r}")
-    return int(step)
+    """The 1-based step (an integral float, as torch stores steps, is accepted), as int."""
+    return _validate.whole("step", step, low=1)
 
 
 def _check_lr(lr):
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    return float(lr)
+    return _validate.learning_rate("lr", lr, schedule=False)
 
 
 def _check_hyper(name, **values):
-    """Check hyperparameters with the registry's rules, those the classes apply to groups."""
+    """Check hyperparameters with the registry's rules, those the classes apply to groups;
+    returns them as plain Python values (a dict in the order given)."""
     from . import _specs  # imported here: _specs imports this module
     spec = _specs.SPECS[name]
-    for key, value in values.items():
-        spec.rules.get(key, _specs.unit_open)(key, value)   # beta1, beta2: in [0, 1)
+    values = {key: spec.rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
+              for key, value in values.items()}
     if spec.check is not None:
         spec.check({**spec.defaults, **values})
+    return values
 
 
 # --------------------------------------------------------------------------------------- SGD
@@ -121,8 +120,9 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
     set to the gradient, as in torch; with ``sutskever=True`` it starts from its zeros).
     """
     lr = _check_lr(lr)
-    _check_hyper("sgd", momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                 nesterov=nesterov, maximize=maximize, sutskever=sutskever)
+    momentum, dampening, weight_decay, nesterov, maximize, sutskever = _check_hyper(
+        "sgd", momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+        nesterov=nesterov, maximize=maximize, sutskever=sutskever).values()
     if momentum != 0:
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
@@ -148,8 +148,9 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
              maximize=False, eps_in_sqrt=False):
     """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
     lr, step = _check_lr(lr), _check_step(step)
-    _check_hyper("adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-                 maximize=maximize, eps_in_sqrt=eps_in_sqrt)
+    lr_decay, weight_decay, eps, maximize, eps_in_sqrt = _check_hyper(
+        "adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+        eps_in_sqrt=eps_in_sqrt).values()
     mod, plan = _plan(param, [(0, "state_sum", state_sum)])
     _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
              eps_in_sqrt, "grad")
@@ -171,8 +172,9 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     `momentum_buffer` is required when momentum > 0, `grad_avg` when centered.
     """
     lr, step = _check_lr(lr), _check_step(step)
-    _check_hyper("rmsprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                 centered=centered, maximize=maximize, eps_in_sqrt=eps_in_sqrt)
+    alpha, eps, weight_decay, momentum, centered, maximize, eps_in_sqrt = _check_hyper(
+        "rmsprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+        centered=centered, maximize=maximize, eps_in_sqrt=eps_in_sqrt).values()
     if momentum > 0 and momentum_buffer is None:
         raise ValueError("momentum_buffer is required when momentum > 0")
     if centered and grad_avg is None:
@@ -203,9 +205,9 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
     `max_exp_avg_sq` is required when amsgrad=True.
     """
     lr, step = _check_lr(lr), _check_step(step)
-    _check_hyper("adam", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                 amsgrad=amsgrad, maximize=maximize,
-                 decoupled_weight_decay=decoupled_weight_decay)
+    beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay = _check_hyper(
+        "adam", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay).values()
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
@@ -231,7 +233,8 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
               weight_decay=0.0, maximize=False):
     """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
     lr, step = _check_lr(lr), _check_step(step)
-    _check_hyper("adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    rho, eps, weight_decay, maximize = _check_hyper(
+        "adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize).values()
     mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
     _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
 
@@ -247,8 +250,9 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
             weight_decay=0.0, maximize=False):
     """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
     lr, step = _check_lr(lr), _check_step(step)
-    _check_hyper("adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                 maximize=maximize)
+    beta1, beta2, eps, weight_decay, maximize = _check_hyper(
+        "adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        maximize=maximize).values()
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
     _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
             "grad")

@@ -55,7 +55,7 @@ import threading
 
 import numpy as np
 
-from . import _mixed
+from . import _mixed, _validate
 from .optim.base import _NONFINITE, Optimizer
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
@@ -73,20 +73,10 @@ class DynamicLossScale:
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
                  growth_interval=2000):
-        _positive("init_scale", init_scale)
-        _positive("growth_factor", growth_factor)
-        if not growth_factor >= 1:
-            raise ValueError(f"growth_factor must be >= 1, got {growth_factor!r}")
-        _positive("backoff_factor", backoff_factor)
-        if not backoff_factor < 1:
-            raise ValueError(f"backoff_factor must be < 1, got {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) \
-                or growth_interval < 1:
-            raise ValueError(f"growth_interval must be an integer >= 1, got {growth_interval!r}")
-        self.scale = float(init_scale)
-        self.growth_factor = float(growth_factor)
-        self.backoff_factor = float(backoff_factor)
-        self.growth_interval = growth_interval
+        self.scale = _validate.positive("init_scale", init_scale)
+        self.growth_factor = _validate.real("growth_factor", growth_factor, low=1.0)
+        self.backoff_factor = _validate.open_unit("backoff_factor", backoff_factor)
+        self.growth_interval = _validate.integer("growth_interval", growth_interval, low=1)
         self.growth_tracker = 0
 
     def update(self, finite):
@@ -106,11 +96,10 @@ class DynamicLossScale:
         return {"scale": self.scale, "growth_tracker": self.growth_tracker}
 
     def load_state_dict(self, sd):
-        scale, tracker = sd["scale"], sd["growth_tracker"]
-        _positive("scale", scale)
-        if isinstance(tracker, bool) or int(tracker) != tracker or tracker < 0:
-            raise ValueError(f"growth_tracker must be an integer >= 0, got {tracker!r}")
-        self.scale, self.growth_tracker = float(scale), int(tracker)
+        _expect_keys(sd, ("scale", "growth_tracker"))
+        scale = _validate.positive("scale", sd["scale"])
+        tracker = _validate.whole("growth_tracker", sd["growth_tracker"])
+        self.scale, self.growth_tracker = scale, tracker
 
     def __repr__(self):
         return (f"DynamicLossScale(scale={self.scale}, growth_factor={self.growth_factor}, "
@@ -126,16 +115,15 @@ def _first_nonfinite(grads, scale):
     return "a gradient"
 
 
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+def _expect_keys(sd, keys):
+    if not isinstance(sd, dict) or any(k not in sd for k in keys):
+        raise ValueError(f"a loss-scale state must be a dict with the keys {list(keys)}, got "
+                         f"{sd!r}")
 
 
 class _StaticLossScale:
     def __init__(self, scale):
-        _positive("loss_scale", scale)
-        self.scale = float(scale)
+        self.scale = _validate.positive("loss_scale", scale)
 
     def update(self, finite):
         pass
@@ -144,8 +132,8 @@ class _StaticLossScale:
         return {"scale": self.scale}
 
     def load_state_dict(self, sd):
-        _positive("scale", sd["scale"])
-        self.scale = float(sd["scale"])
+        _expect_keys(sd, ("scale",))
+        self.scale = _validate.positive("scale", sd["scale"])
 
 
 def _make_scaler(loss_scale):
@@ -219,21 +207,20 @@ class MixedPrecision(Optimizer):
 
     def _mp_init(self, params, *, master_weights=True, rounding="nearest", seed=0,
                  loss_scale=None, skip_nonfinite=None, **hyperparameters):
-        if not isinstance(master_weights, (bool, np.bool_)):
-            raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
+        master_weights = _validate.boolean("master_weights", master_weights)
+        seed = _validate.integer("seed", seed)
+        skip_nonfinite = _validate.optional_boolean("skip_nonfinite", skip_nonfinite)
         if rounding not in _mixed.ROUNDINGS:
             raise ValueError(f"rounding must be one of {_mixed.ROUNDINGS}, got {rounding!r}")
         if rounding == "stochastic" and master_weights:
             raise ValueError("rounding='stochastic' needs master_weights=False (with a master "
                              "copy the 16-bit parameter is the master rounded to nearest even)")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self._mp_master = bool(master_weights)
+        self._mp_master = master_weights
         self._mp_rounding = rounding
-        self._mp_seed = int(seed)
+        self._mp_seed = seed
         self._mp_scaler = _make_scaler(loss_scale)
         self._mp_skip = (self._mp_scaler is not None) if skip_nonfinite is None \
-            else bool(skip_nonfinite)
+            else skip_nonfinite
         self._mp_plans = {}
         self.skipped_steps = 0
         self._base_class.__init__(self, params, **hyperparameters)
@@ -366,13 +353,20 @@ class MixedPrecision(Optimizer):
                     masters[i] = m
                 state[key] = entry
             extra = state_dict.get("mixed_precision")
-            scaler_sd = counters = None
+            scaler_sd = counters = skipped = None
             if extra is not None:
                 scaler_sd = extra.get("loss_scale")
                 counters = extra.get("counters")
                 if counters is not None and len(counters) != len(plans):
                     raise ValueError("state_dict['mixed_precision']['counters'] has "
                                      f"{len(counters)} entries for {len(plans)} param groups")
+                if counters is not None:
+                    counters = [_validate.whole(f"state_dict['mixed_precision']['counters'][{i}]",
+                                                c, high=2 ** 64 - 1)
+                                for i, c in enumerate(counters)]
+                if "skipped_steps" in extra:
+                    skipped = _validate.whole("state_dict['mixed_precision']['skipped_steps']",
+                                              extra["skipped_steps"])
                 if scaler_sd is not None and self._mp_scaler is not None:
                     probe = DynamicLossScale() if isinstance(self._mp_scaler, DynamicLossScale) \
                         else _StaticLossScale(1.0)
@@ -389,8 +383,8 @@ class MixedPrecision(Optimizer):
                         m[...] = p.astype(np.float32)
             if counters is not None:
                 for (_, plan), c in zip(plans, counters):
-                    plan.counter = int(c)
+                    plan.counter = c
             if scaler_sd is not None and self._mp_scaler is not None:
                 self._mp_scaler.load_state_dict(scaler_sd)
-            if extra is not None and "skipped_steps" in extra:
-                self.skipped_steps = int(extra["skipped_steps"])
+            if skipped is not None:
+                self.skipped_steps = skipped

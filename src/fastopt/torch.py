@@ -10,7 +10,8 @@ memory (``Tensor.numpy()`` shares it; nothing is copied).
 What carries over from torch.optim:
 
 - param groups, ``add_param_group``, and learning-rate schedulers (they change
-  ``group['lr']``, read at every step; a one-element tensor ``lr`` works too);
+  ``group['lr']``, read at every step; a one-element tensor ``lr`` works too, as does a
+  one-element tensor for any other numeric hyperparameter);
 - parameters whose ``grad`` is None are skipped, and each parameter counts its own steps, as
   in torch (parameters are grouped by step count, one kernel call per distinct count);
 - ``state_dict()``/``load_state_dict()`` in torch's own layout: state keyed by parameter, with
@@ -18,6 +19,12 @@ What carries over from torch.optim:
   ``momentum_buffer``, ``sum``, ...) tensors like the parameter; a checkpoint of
   ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and back;
 - ``closure``, step hooks, ``zero_grad``, pickling.
+
+Hyperparameters follow the rules of the NumPy classes (fastopt._validate): any real number,
+NumPy scalars, 0-d arrays and one-element tensors (read as Python numbers when checked, at
+construction and at every step; tensors stay in ``param_groups`` as given, other values are
+stored as plain Python numbers); TypeError for a wrong type, ValueError for NaN, inf or a
+value out of range.
 
 Parameters, gradients and state must be dense, contiguous CPU tensors of dtype float32 or
 float64; anything else raises ``TypeError``/``ValueError`` naming the tensor, before anything
@@ -44,11 +51,10 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError('fastopt.torch needs PyTorch: pip install "fastopt[torch]"') from e
 
 import inspect
-import math
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _validate
 from . import optim as _optim
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax"]
@@ -98,6 +104,23 @@ def _check_tensor(t, what, like=None):
                          "memory_format=torch.contiguous_format)")
 
 
+def _plain(value):
+    """A one-element tensor as its Python number (torch accepts one for lr), tensors inside a
+    pair (betas) too; anything else as it is, for the rules of fastopt._validate to judge."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1 and value.device.type != "meta":
+            return value.item()
+        return value
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _holds_tensor(value):
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value))
+
+
 def _array(t):
     """The NumPy view of a CPU tensor's memory (no copy)."""
     return t.detach().numpy() if t.requires_grad else t.numpy()
@@ -142,7 +165,8 @@ class _Record:
 
 
 class _Job:
-    """One kernel call of a step: a plan, its gradients and the per-step values."""
+    """One kernel call of a step: a plan, its gradients and the per-step values (`group`: the
+    param group with its hyperparameters as checked plain Python values)."""
     __slots__ = ("gi", "group", "rec", "entry", "grads", "step", "lr", "fresh", "link")
 
     def __init__(self, gi, group, rec, entry, grads, step, lr, fresh, link):
@@ -166,12 +190,13 @@ class Optimizer(torch.optim.Optimizer):
                             f"{sorted(unknown)}")
         defaults = {**self.spec.defaults, **hyperparameters}
         self._fo_records = {}
-        self._fo_validate(defaults, "defaults")
+        self._fo_hyper(defaults, "defaults")
         super().__init__(params, defaults)
         if self.spec.name == "adagrad":          # torch.optim.Adagrad creates its state here
-            for group in self.param_groups:
-                self._fo_create_state(group, self._fo_record(group),
-                                      range(len(group["params"])), (True,), True)
+            for gi, group in enumerate(self.param_groups):
+                self._fo_create_state(self._fo_hyper(group, f"param_groups[{gi}]"),
+                                      self._fo_record(group), range(len(group["params"])),
+                                      (True,), True)
 
     # ------------------------------------------------------------------ torch.optim protocol
     def add_param_group(self, param_group):
@@ -179,9 +204,10 @@ class Optimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         gi = len(self.param_groups) - 1
         try:
-            if isinstance(group.get("betas"), list):
-                group["betas"] = tuple(group["betas"])
-            self._fo_validate(group, f"param_groups[{gi}]")
+            hyper = self._fo_hyper(group, f"param_groups[{gi}]")
+            for key in self.spec.rules:          # plain Python values; tensors stay (torch's
+                if not _holds_tensor(group[key]):   # schedulers fill a tensor lr in place)
+                    group[key] = hyper[key]
             for j, p in enumerate(group["params"]):
                 _check_tensor(p, _where(gi, j))
         except Exception:
@@ -232,23 +258,19 @@ class Optimizer(torch.optim.Optimizer):
         return loss
 
     # ------------------------------------------------------------------------ validation
-    def _fo_lr(self, group, where):
-        lr = group["lr"]
-        if isinstance(lr, torch.Tensor):
-            if lr.numel() != 1:
-                raise ValueError(f"{where}: a tensor lr must have one element, got shape "
-                                 f"{tuple(lr.shape)}")
-            return float(lr.item())
-        if callable(lr):
+    def _fo_hyper(self, group, where):
+        """The group with its hyperparameters checked by the rules of the NumPy classes
+        (fastopt._validate) and as plain Python values (one-element tensors read); raises
+        TypeError/ValueError naming `where`."""
+        if callable(group.get("lr")) and not isinstance(group.get("lr"), torch.Tensor):
             raise TypeError(f"{where}: lr must be a number or a one-element tensor; for "
                             "schedules use torch.optim.lr_scheduler")
-        return lr
-
-    def _fo_validate(self, group, where):
         try:
-            self.spec.validate({**group, "lr": self._fo_lr(group, where)})
+            values = self.spec.validate({key: _plain(group[key]) for key in self.spec.rules
+                                         if key in group})
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
+        return {**group, **values}
 
     def _fo_check_state_dict(self, sd):
         if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
@@ -262,9 +284,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} params in the "
                                  f"state_dict, {len(group['params'])} in the optimizer")
             hyper = {**self.spec.defaults, **{k: v for k, v in saved.items() if k != "params"}}
-            if isinstance(hyper.get("betas"), list):
-                hyper["betas"] = tuple(hyper["betas"])
-            self._fo_validate(hyper, f"state_dict['param_groups'][{gi}]")
+            self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
             for j, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 entry = sd["state"].get(pid)
                 if entry is None:
@@ -274,10 +294,7 @@ class Optimizer(torch.optim.Optimizer):
                     raise ValueError(f"{where} must be a dict, got {type(entry).__name__}")
                 for name, value in entry.items():
                     if name == "step":
-                        v = float(value.item() if isinstance(value, torch.Tensor) else value)
-                        if not math.isfinite(v) or v < 0:
-                            raise ValueError(f"{where}['step'] must be a finite count >= 0, "
-                                             f"got {v}")
+                        _validate.whole(f"{where}['step']", _plain(value))
                     elif name in self.spec.state and value is not None:
                         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                             raise TypeError(f"{where}[{name!r}] must be a floating tensor, got "
@@ -319,26 +336,24 @@ class Optimizer(torch.optim.Optimizer):
             return
         steps = rec.steps.copy()
         views = list(torch.from_numpy(steps).unbind(0)) if len(steps) else []
-        for j, p in enumerate(rec.params):
+        linked = []
+        for j, p in enumerate(rec.params):           # check every count before relinking any
             st = self.state.get(p)
             if not st or "step" not in st:
                 steps[j] = 0
                 continue
             cur = st["step"]
             if cur is not rec.views[j]:
-                value = float(cur.item() if isinstance(cur, torch.Tensor) else cur)
-                if not math.isfinite(value) or value < 0:
-                    raise ValueError(f"state['step'] of a parameter is {value}; expected a "
-                                     "finite count >= 0")
-                steps[j] = value
+                steps[j] = _validate.whole("state['step'] of a parameter", _plain(cur))
+            linked.append((st, j))
+        for st, j in linked:
             st["step"] = views[j]
         rec.steps, rec.views = steps, views
 
     def _fo_prepare(self, gi, group):
         """Check a group and plan its kernel calls; changes nothing the user can observe."""
-        where = f"param_groups[{gi}]"
-        lr = self._fo_lr(group, where)
-        self._fo_validate(group, where)
+        hyper = self._fo_hyper(group, f"param_groups[{gi}]")    # plain values for the kernels
+        lr = hyper["lr"]
         rec = self._fo_record(group)
         params = rec.params
         idx = [j for j, p in enumerate(params) if p.grad is not None]
@@ -350,15 +365,15 @@ class Optimizer(torch.optim.Optimizer):
             for j in idx:
                 _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j])
             raise
-        uses = self.spec.uses(group)
+        uses = self.spec.uses(hyper)
         # the common case: a cached plan whose tensors are all current, one step count
         entry = rec.entries.get(tuple(idx))
         if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses):
             steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
             if steps.min() == steps.max():
-                return [_Job(gi, group, rec, entry, grads, int(steps[0]) + 1, lr,
+                return [_Job(gi, hyper, rec, entry, grads, int(steps[0]) + 1, lr,
                              self._fo_no_fresh, False)]
-        return self._fo_partition(gi, group, rec, idx, grads, uses, lr)
+        return self._fo_partition(gi, hyper, rec, idx, grads, uses, lr)
 
     @property
     def _fo_no_fresh(self):

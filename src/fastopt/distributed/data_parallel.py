@@ -22,7 +22,7 @@ everywhere: every rank skips, or every rank raises, or every rank updates. No ex
 """
 import numpy as np
 
-from .. import checkpoint
+from .. import _validate, checkpoint
 from ..optim.base import Optimizer
 from . import _flat
 from ._mpi import agree, bcast_tree, check_same, mpi, world
@@ -78,9 +78,7 @@ class DistributedOptimizer:
         if not isinstance(opt, Optimizer):
             raise TypeError(f"opt must be a fastopt optimizer (e.g. fastopt.Adam(params)), got "
                             f"{type(opt).__name__}")
-        if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) \
-                or bucket_bytes < 8:
-            raise ValueError(f"bucket_bytes must be an integer >= 8, got {bucket_bytes!r}")
+        _validate.integer("bucket_bytes", bucket_bytes, low=8)
         params = [p for g in opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
             _flat.check_param(p, f"params[{i}]")

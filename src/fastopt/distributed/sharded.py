@@ -275,7 +275,14 @@ class ShardedOptimizer:
         return None if first == n else first
 
     def _sync_hyperparameters(self):
-        """Carry edits of `param_groups` (e.g. a new lr) to the inner groups."""
+        """Carry edits of `param_groups` (e.g. a new lr) to the inner groups, checked by the
+        optimizer's rules and stored as plain Python values (fastopt._validate)."""
+        for gi, group in enumerate(self.param_groups):
+            try:
+                values = self._inner.spec.validate(group)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
+            group.update(values)
         for pc, ig in zip(self._pieces, self._inner.param_groups):
             for k, v in self.param_groups[pc.group].items():
                 if k != "params":

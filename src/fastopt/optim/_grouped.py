@@ -8,17 +8,17 @@ params as a list of arrays or of group dicts (hyperparameters per group, mutable
 ``param_groups``), parameters checked by a kernel plan (float32/float64, C-contiguous,
 writable, none passed twice), ``lr`` a number or a schedule ``step -> lr``, state keyed by the
 parameter's global index, torch's ``state_dict`` layout, and every check before any write.
-A subclass declares ``DEFAULTS`` (hyperparameters), ``RULES`` (name -> check(name, value)),
+A subclass declares ``DEFAULTS`` (hyperparameters), ``RULES`` (name -> rule(name, value),
+returning the plain value to store, as the rules of fastopt._validate),
 ``BUFFERS`` (names of per-parameter state arrays) and ``SCALARS`` (names of per-parameter
 state floats besides ``step``).
 """
 import copy
-import math
 import threading
 
 import numpy as np
 
-from .. import _kernels
+from .. import _kernels, _validate
 from ._state_dict import saved_groups
 from .base import Optimizer, _address_range
 
@@ -45,10 +45,13 @@ class GroupedOptimizer:
 
     # ------------------------------------------------------------------------- groups
     def _validate(self, group):
+        """Check a group's hyperparameters; returns them as plain Python values."""
+        values = {}
         for key, rule in self.RULES.items():
             if key not in group:
                 raise ValueError(f"param group is missing the hyperparameter {key!r}")
-            rule(key, group[key])
+            values[key] = rule(key, group[key])
+        return values
 
     def add_param_group(self, param_group):
         """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
@@ -67,7 +70,7 @@ class GroupedOptimizer:
                                 f"{type(p).__module__}.{type(p).__name__}")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        self._validate(group)
+        group.update(self._validate(group))       # stored as plain Python values
         offset = self.n_params
         plan = _kernels.Plan(params, "params", offset)
         spans = [(*_address_range(p), i) for i, p in enumerate(self._all_params()) if p.nbytes]
@@ -100,19 +103,15 @@ class GroupedOptimizer:
     def _lr_of(self, gi):
         """Group gi's learning rate for this step, after re-checking its hyperparameters (they
         may have been changed through `param_groups`); called before anything is written."""
+        group = self.param_groups[gi]
         try:
-            self._validate(self.param_groups[gi])
+            group.update(self._validate(group))
         except (TypeError, ValueError) as e:
             raise type(e)(f"param_groups[{gi}]: {e}") from None
-        lr = self.param_groups[gi]["lr"]
+        lr = group["lr"]
         if callable(lr):
-            value = lr(self._steps[gi])
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"the lr schedule returned {value!r} at step {self._steps[gi]}; "
-                                 "expected a finite number >= 0")
-            return float(value)
-        return float(lr)
+            return _validate.scheduled_lr(lr(self._steps[gi]), self._steps[gi])
+        return lr
 
     def _as_list(self, arrays, name):
         if isinstance(arrays, np.ndarray):
@@ -198,25 +197,22 @@ class GroupedOptimizer:
             group = self.param_groups[gi]
             hyper = {**self.defaults, **hyper}
             try:
-                self._validate(hyper)
+                hyper.update(self._validate(hyper))
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{gi}]: {e}") from None
             entries = [e or {} for e in entries]
-            steps = {float(np.asarray(e.get("step", 0))) for e in entries}
+            steps = {_validate.whole(f"state[{i}]['step']", e.get("step", 0))
+                     for i, e in zip(ids, entries)}
             if len(steps) != 1:
                 raise ValueError(f"param_groups[{gi}]: parameters have different step counts "
                                  f"{sorted(steps)}; fastopt keeps one per group")
             step = steps.pop()
-            if step < 0 or step != int(step):
-                raise ValueError(f"param_groups[{gi}]: invalid step count {step}")
             for i, e, p in zip(ids, entries, group["params"]):
                 for name, value in e.items():
                     if name == "step":
                         continue
                     if name in self.SCALARS:
-                        v = np.asarray(value)
-                        if v.ndim != 0 or not np.isfinite(v):
-                            raise ValueError(f"state[{i}][{name!r}] must be a finite number")
+                        _validate.real(f"state[{i}][{name!r}]", value)
                         continue
                     if name not in self.BUFFERS:
                         raise ValueError(f"state[{i}] has unknown entry {name!r}; "

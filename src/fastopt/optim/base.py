@@ -25,13 +25,12 @@ State is keyed by the parameter's position in the optimizer (0, 1, ... over all 
 is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors).
 """
 import copy
-import math
 import threading
 from operator import is_ as _is
 
 import numpy as np
 
-from .. import _kernels
+from .. import _kernels, _validate
 from ..flat import state_like
 from ..functional import backend_for
 from ._state_dict import saved_groups
@@ -142,9 +141,7 @@ class Optimizer:
             raise ValueError(f"param group {len(self.param_groups)} has no parameters")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        self.spec.validate(group)
+        group.update(self.spec.validate(group))      # stored as plain Python values
         offset = sum(len(g["params"]) for g in self.param_groups)
         mod, plan = self._plan_for(params, offset)
         if self._records and mod is not self._records[0].mod:
@@ -186,12 +183,7 @@ class Optimizer:
     def _lr_of(self, group, rec):
         lr = group["lr"]
         if callable(lr):
-            value = lr(rec.step)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"the lr schedule returned {value!r} at step {rec.step}; "
-                                 "expected a finite number >= 0")
-            return float(value)
+            return _validate.scheduled_lr(lr(rec.step), rec.step)
         return lr
 
     def _ensure_state(self, gi, uses):
@@ -220,11 +212,10 @@ class Optimizer:
         if len(seen) == len(group) and all(map(_is, group.values(), seen)):
             return
         try:
-            self.spec.validate(group)
+            values = self.spec.validate(group)
         except (TypeError, ValueError) as e:
             raise type(e)(f"param_groups[{gi}]: {e}") from None
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
+        group.update(values)                # stored as plain Python values
         rec.checked = tuple(group.values())
 
     def _finite(self, rec, grads, nonfinite):
@@ -380,27 +371,23 @@ class Optimizer:
         plan = []
         for gi, ids, hyper, entries in saved_groups(sd, self.param_groups):
             group = self.param_groups[gi]
-            if isinstance(hyper.get("betas"), list):
-                hyper["betas"] = tuple(hyper["betas"])
+            hyper = {**self.defaults, **hyper}
             try:
-                self.spec.validate({**self.defaults, **hyper})
+                hyper.update(self.spec.validate(hyper))
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{gi}]: {e}") from None
-            hyper = {**self.defaults, **hyper}
             have = [e is not None and len(e) > 0 for e in entries]
             if any(have) and not all(have):
                 raise ValueError(f"param_groups[{gi}]: some parameters have state and others do "
                                  "not; fastopt steps all parameters of a group together")
             steps, buffers = 0, []
             if all(have):
-                step_values = {float(_to_host(e.get("step", 0))) for e in entries}
+                step_values = {_validate.whole(f"state[{i}]['step']", _to_host(e.get("step", 0)))
+                               for i, e in zip(ids, entries)}
                 if len(step_values) != 1:
                     raise ValueError(f"param_groups[{gi}]: parameters have different step counts "
                                      f"{sorted(step_values)}; fastopt keeps one per group")
                 steps = step_values.pop()
-                if steps < 0 or steps != int(steps):
-                    raise ValueError(f"param_groups[{gi}]: invalid step count {steps}")
-                steps = int(steps)
                 for j, (i, e, p) in enumerate(zip(ids, entries, group["params"])):
                     bufs = {}
                     for name, value in e.items():

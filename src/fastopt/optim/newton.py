@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _kernels, _linalg
-from .._specs import learning_rate, nonneg
+from .._validate import integer, learning_rate, nonneg, open_unit, real
 from ._grouped import GroupedOptimizer
 
 __all__ = ["Newton", "NewtonStep", "HessianShiftWarning", "LineSearchWarning"]
@@ -105,33 +105,23 @@ def _newton_step(param, grad, hessian, lr, damping):
     plan = _kernels.Plan(params, "param")
     plan.check_grads(grads, "grad")
     hessians = _check_hessians(params, hessian, "hessian")
-    learning_rate("lr", lr)
-    nonneg("damping", damping)
-    if callable(lr):
-        raise TypeError("lr must be a number here (schedules belong to fastopt.Newton)")
+    lr = learning_rate("lr", lr, schedule=False)
+    damping = nonneg("damping", damping)
     _check_finite(grads, "grad")
-    xs, shifts, _ = _solve(params, grads, hessians, [float(damping)] * len(params), name="param",
+    xs, shifts, _ = _solve(params, grads, hessians, [damping] * len(params), name="param",
                            stacklevel=4)
     for p, x in zip(params, xs):
-        p -= (float(lr) * x).astype(p.dtype, copy=False)
+        p -= (lr * x).astype(p.dtype, copy=False)
     return shifts[0] if single else shifts
 
 
 # ------------------------------------------------------------------------------- rules
 def _line_search(name, value):
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be None or 'armijo', got {type(value).__name__}")
     if value not in (None, "armijo"):
         raise ValueError(f"{name} must be None or 'armijo', got {value!r}")
-
-
-def _open_unit(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 < value < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be in (0, 1))")
-
-
-def _count(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 0)")
+    return value
 
 
 class Newton(GroupedOptimizer):
@@ -176,8 +166,8 @@ class Newton(GroupedOptimizer):
 
     DEFAULTS = dict(lr=1.0, damping=0.0, line_search=None, c1=1e-4, backtrack=0.5,
                     max_backtracks=30)
-    RULES = dict(lr=learning_rate, damping=nonneg, line_search=_line_search, c1=_open_unit,
-                 backtrack=_open_unit, max_backtracks=_count)
+    RULES = dict(lr=learning_rate, damping=nonneg, line_search=_line_search, c1=open_unit,
+                 backtrack=open_unit, max_backtracks=integer)
     SCALARS = ("shift",)
 
     def __init__(self, params, lr=1.0, damping=0.0, *, line_search=None, c1=1e-4,
@@ -207,9 +197,8 @@ class Newton(GroupedOptimizer):
             search = self._search_settings()
             if search is not None and closure is None:
                 raise ValueError("line_search='armijo' needs a closure() that returns the loss")
-            if loss is not None and not (isinstance(loss, (int, float, np.floating))
-                                         and math.isfinite(loss)):
-                raise ValueError(f"loss must be a finite number, got {loss!r}")
+            if loss is not None:
+                loss = real("loss", loss)
             lrs, dampings = [], []
             for gi, group in enumerate(self.param_groups):
                 lr = self._lr_of(gi)

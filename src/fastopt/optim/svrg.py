@@ -3,17 +3,15 @@ import numpy as np
 
 from .. import _kernels
 from .. import functional as F
-from .._specs import learning_rate, nonneg
+from .._validate import integer, learning_rate, nonneg
 from ._grouped import GroupedOptimizer
 
 __all__ = ["SVRG"]
 
 
 def _snapshot_every(name, value):
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be None or an integer >= 1)")
+    """None (the caller decides) or an integer >= 1."""
+    return None if value is None else integer(f"{name} (None or a count)", value, low=1)
 
 
 class SVRG(GroupedOptimizer):
