@@ -117,8 +117,9 @@ def _first_nonfinite(grads, scale):
 
 def _expect_keys(sd, keys):
     if not isinstance(sd, dict) or any(k not in sd for k in keys):
+        got = f"the keys {sorted(map(str, sd))}" if isinstance(sd, dict) else type(sd).__name__
         raise ValueError(f"a loss-scale state must be a dict with the keys {list(keys)}, got "
-                         f"{sd!r}")
+                         f"{got}")
 
 
 class _StaticLossScale:
