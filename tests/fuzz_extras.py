@@ -6,6 +6,7 @@ references of tests/test_resize.py) or raises TypeError/ValueError with every in
 and object state unchanged.
 """
 import copy
+import json
 import math
 import numbers
 import pickle
@@ -249,7 +250,10 @@ def _reference_value(ref, t):
     return v if math.isfinite(v) else None
 
 
-@entry_point(*S.__all__[1:])
+SCHEDULE_KINDS = [n for n in S.__all__[1:] if n in S.SCHEDULES]
+
+
+@entry_point(*SCHEDULE_KINDS)
 def fuzz_schedule(ex, kind):
     """Build a schedule from drawn arguments, evaluate it at drawn steps, round-trip it."""
     sched, ref, valid = build_schedule(ex, kind)
@@ -270,6 +274,59 @@ def fuzz_schedule(ex, kind):
         assert isinstance(value, float) and math.isfinite(value) and value >= 0
         assert abs(value - expected) <= 1e-9 * max(1.0, abs(expected)), (sched, t, value, expected)
         assert clone(t) == value
+
+
+def _mutate_data(ex, node):
+    """A copy of stored-schedule data with one drawn change somewhere in it."""
+    if isinstance(node, dict):
+        keys = sorted(node)
+        change = ex.draw(st.sampled_from(["recurse", "drop", "add", "rename"]), "change")
+        out = dict(node)
+        if change == "recurse" and keys:
+            k = ex.draw(st.sampled_from(keys), "key")
+            out[k] = _mutate_data(ex, node[k])
+        elif change == "drop" and keys:
+            out.pop(ex.draw(st.sampled_from(keys), "key"))
+        elif change == "add":
+            out[ex.draw(st.sampled_from(["__pickle__", "extra", "schedule", "lr"]), "new key")] = \
+                ex.draw(st.sampled_from(["gASV", 1, None, [1]]), "new value")
+        elif change == "rename" and "schedule" in out:
+            out["schedule"] = ex.draw(st.sampled_from(
+                ["exec", "Schedule", "os.system", None, 3] + sorted(S.SCHEDULES)), "name")
+        return out
+    if isinstance(node, list):
+        if not node or ex.chance(3, "shorten"):
+            return node[:-1] + [ex.draw(st.sampled_from([0, -1, "x", None, 1.5]), "item")]
+        i = ex.draw(st.integers(0, len(node) - 1), "index")
+        return node[:i] + [_mutate_data(ex, node[i])] + node[i + 1:]
+    return ex.draw(st.sampled_from([-1.0, 0, 1, 2.5, 10**400, "cos", None, True, _NAN, [1, 2],
+                                    {"__pickle__": "gASV"}]), "value")
+
+
+@entry_point("to_data", "from_data", entry="schedule")
+def fuzz_schedule_data(ex, name):
+    """Schedules stored as data: rebuilt equal from JSON; altered data is rebuilt exactly as
+    the constructor would, or refused with ValueError."""
+    sched, _, valid = build_schedule(ex, ex.draw(st.sampled_from(SCHEDULE_KINDS), "kind"))
+    if not valid:
+        return
+    data = json.loads(json.dumps(S.to_data(sched)))
+    assert S.from_data(data) == sched
+    if ex.chance(2, "alter"):
+        bent = _mutate_data(ex, data)
+        try:
+            rebuilt = S.from_data(bent)
+        except ValueError:
+            return
+        assert isinstance(rebuilt, S.Schedule)
+        again = S.to_data(rebuilt)
+        assert S.from_data(json.loads(json.dumps(again))) == rebuilt
+    if ex.chance(4, "not a schedule"):
+        try:
+            S.to_data(ex.draw(st.sampled_from([lambda t: 0.1, 0.1, None, math.cos]), "other"))
+        except TypeError:
+            return
+        raise AssertionError("to_data accepted something that is not a schedule")
 
 
 BAD_LR = [lambda t: -0.1, lambda t: float("nan"), lambda t: "0.1", lambda t: None,

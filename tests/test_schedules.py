@@ -237,8 +237,8 @@ def test_nested_joins_stored_as_data():
     ({"schedule": ["constant"], "args": {"lr": 0.1}}, "unknown schedule"),
     ({"schedule": "constant", "args": {"lr": 0.1, "extra": 1}}, "arguments"),
     ({"schedule": "constant", "args": {"lr": {"__pickle__": "gASV"}}}, "argument of type dict"),
-    ({"schedule": "constant", "args": {"lr": -1.0}}, "lr must be >= 0"),
-    ({"schedule": "constant", "args": {"lr": "0.1"}}, "lr must be a real number"),
+    ({"schedule": "constant", "args": {"lr": -1.0}}, "Invalid lr: -1.0"),
+    ({"schedule": "constant", "args": {"lr": "0.1"}}, "lr must be a finite number >= 0"),
     ({"schedule": "constant", "args": {}}, "missing"),
     ({"schedule": "join", "args": {"schedules": [{"schedule": "eval", "args": {}}],
                                    "boundaries": []}}, "unknown schedule"),
@@ -267,13 +267,13 @@ def test_inequality_and_immutability():
 # ------------------------------------------------------------------------------ validation
 
 @pytest.mark.parametrize("build, error, words", [
-    (lambda: S.constant(-0.1), ValueError, "lr must be >= 0"),
-    (lambda: S.constant("0.1"), TypeError, "lr must be a real number"),
-    (lambda: S.constant(float("nan")), ValueError, "lr must be finite"),
+    (lambda: S.constant(-0.1), ValueError, r"Invalid lr: -0.1 \(must be a finite number >= 0\)"),
+    (lambda: S.constant("0.1"), TypeError, "lr must be a finite number >= 0, got str"),
+    (lambda: S.constant(float("nan")), ValueError, "Invalid lr: nan"),
     (lambda: S.constant(True), TypeError, "lr"),
     (lambda: S.inverse_time(0.1, decay=-1), ValueError, "decay"),
     (lambda: S.inverse_time(0.1, power=-0.5), ValueError, "power"),
-    (lambda: S.step_decay(0.1, 0), ValueError, "step_size must be >= 1"),
+    (lambda: S.step_decay(0.1, 0), ValueError, r"Invalid step_size: 0 \(must be an integer >= 1\)"),
     (lambda: S.step_decay(0.1, 2.5), TypeError, "step_size must be an integer"),
     (lambda: S.multistep(0.1, [30, 30]), ValueError, "strictly increasing"),
     (lambda: S.multistep(0.1, [0, 30]), ValueError, "milestones[0]"),
@@ -295,6 +295,8 @@ def test_inequality_and_immutability():
     (lambda: S.join([], []), ValueError, "at least one"),
     (lambda: S.per_epoch(S.constant(1.0), 0), ValueError, "steps_per_epoch"),
     (lambda: S.per_epoch(0.1, 10), TypeError, "schedule must be a fastopt schedule"),
+    (lambda: S.constant(10 ** 400), ValueError, "too large for a float"),
+    (lambda: S.one_cycle(0.1, 100, three_phase=1), TypeError, "three_phase must be a bool"),
 ])
 def test_bad_arguments(build, error, words):
     with pytest.raises(error, match=None) as info:

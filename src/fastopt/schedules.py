@@ -43,6 +43,8 @@ SequentialLR, with torch's optimizer ``lr`` as our ``lr``.
 import math
 import numbers
 
+from . import _validate
+
 __all__ = [
     "Schedule", "constant", "inverse_time", "step_decay", "multistep", "exponential",
     "cosine_decay", "linear_warmup", "warmup_cosine", "cosine_restarts", "one_cycle", "join",
@@ -53,29 +55,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------- validation
 
 def _real(name, value, *, low=None, high=None, low_open=False, high_open=False):
-    """A finite real number within the given bounds, as float; TypeError/ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        op = ">" if low_open else ">="
-        raise ValueError(f"{name} must be {op} {low}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        op = "<" if high_open else "<="
-        raise ValueError(f"{name} must be {op} {high}, got {value!r}")
-    return value
+    """A finite real number within the given bounds, as float (fastopt._validate.real)."""
+    return _validate.real(name, value, low=low, high=high, low_open=low_open,
+                          high_open=high_open)
 
 
 def _int(name, value, *, low=0):
-    """An integer >= low (Python or NumPy integer), as int; TypeError/ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    """An integer >= low (Python or NumPy integer), as int (fastopt._validate.integer)."""
+    return _validate.integer(name, value, low=low)
 
 
 def _step(t):
@@ -364,8 +351,7 @@ class one_cycle(Schedule):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         div_factor = _real("div_factor", div_factor, low=0.0, low_open=True)
         final_div_factor = _real("final_div_factor", final_div_factor, low=0.0, low_open=True)
-        if not isinstance(three_phase, bool):
-            raise TypeError(f"three_phase must be a bool, got {type(three_phase).__name__}")
+        three_phase = _validate.boolean("three_phase", three_phase)
         ends = self._phase_ends(total_steps, pct_start, three_phase)
         if any(b <= a for a, b in zip((0.0,) + ends, ends)):
             raise ValueError(f"pct_start={pct_start} with total_steps={total_steps} gives an "
