@@ -21,7 +21,7 @@ import linecache
 
 from . import _table
 
-__all__ = ["runner", "hp_values", "state_mask", "compile_function"]
+__all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function"]
 
 
 def compile_function(name, source, namespace=None, module=__name__):
@@ -95,10 +95,16 @@ def hp_values(optimizer, group, step, lr, first=False):
     return _values_function(opt.kernel)(**inputs)
 
 
+def state_mask_expr(kernel):
+    """Python expression (of an int `flags`) of the state slots the rule of `kernel` reads and
+    writes: bit i = slot i."""
+    state = _table.KERNELS[kernel].state
+    always = sum(1 << i for i, s in enumerate(state) if s.needs is None)
+    terms = [f"({1 << i} if flags & {_table.FLAG_BITS[s.needs]} else 0)"
+             for i, s in enumerate(state) if s.needs is not None]
+    return " | ".join(([str(always)] if always or not terms else []) + terms)
+
+
 def state_mask(kernel, flags):
     """Bit i set: the rule of `kernel` reads and writes state slot i under `flags`."""
-    mask = 0
-    for i, s in enumerate(_table.KERNELS[kernel].state):
-        if s.needs is None or flags & _table.FLAG_BITS[s.needs]:
-            mask |= 1 << i
-    return mask
+    return eval(state_mask_expr(kernel), {"__builtins__": {}}, {"flags": int(flags)})

@@ -607,9 +607,9 @@ def _step_function(opt):
     fields = ", ".join(_hp_fields(opt))
     source = (f"def {opt}(plan, grads, {fields}, flags, name=\"grads\"):\n"
               f"    flags = int(flags)\n"
-              f"    plan._step({opt!r}, grads, name, _state_mask({opt!r}, flags), ({fields},),"
+              f"    plan._step({opt!r}, grads, name, {_steps.state_mask_expr(opt)}, ({fields},),"
               f" flags)\n")
-    fn = _steps.compile_function(opt, source, {"_state_mask": _steps.state_mask}, __name__)
+    fn = _steps.compile_function(opt, source, module=__name__)
     fn.__doc__ = f"{_table.KERNELS[opt].title} step over the plan (see rules.h for the equations)."
     return fn
 
