@@ -8,6 +8,7 @@ Compiler flags are chosen per compiler in ``BuildExt`` (OpenMP: ``-fopenmp`` for
 * ``FASTOPT_NATIVE=1``  add ``-march=native`` (local benchmarking only; never in a wheel).
 """
 import os
+import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -36,12 +37,15 @@ def _env_flag(name):
 
 def _extensions():
     exts = []
+    # every header, generated ones included: a changed header rebuilds the extensions
+    headers = sorted(f"{CSRC}/fastopt/{h.name}" for h in (ROOT / CSRC / "fastopt").glob("*.h"))
     for pyx in sorted((ROOT / "src" / "fastopt").glob("*.pyx")):
         name = f"fastopt.{pyx.stem}"
         exts.append(
             Extension(
                 name,
                 sources=[str(pyx.relative_to(ROOT))] + C_SOURCES.get(name, []),
+                depends=headers,
                 include_dirs=[CSRC, np.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
             )
@@ -105,6 +109,10 @@ class BuildPy(build_py):
         super().run()
 
 
+# The per-optimizer sources (csrc/fastopt/{flags,hp,constants,instances}.h, src/fastopt/*.pxi)
+# are generated from the optimizer table src/fastopt/_table.py on every build (only changed
+# files are rewritten), so nothing stale is compiled or shipped.
+runpy.run_path(str(ROOT / "tools" / "generate.py"))["generate"](ROOT)
 _copy_headers()
 setup(
     ext_modules=cythonize(

@@ -22,7 +22,8 @@
  * - Scalars hoisted: the rule's constants `k` are converted to the element type once per call.
  * - Option flags specialized: a rule's store-affecting options (AMSGRAD, DECOUPLED, CENTERED,
  *   MOMENTUM, ...) are made compile-time constants by one loop instance per meaningful
- *   combination (FO_CASES_<opt>), so every instance is a branch-free `omp simd` loop; the
+ *   combination (FO_CASES_<opt>, generated from the optimizer table into
+ *   fastopt/instances.h), so every instance is a branch-free `omp simd` loop; the
  *   remaining flags (MAXIMIZE, EPS_IN_SQRT, a zero weight decay) are loop-invariant selects.
  *   Other combinations run the generic instance, which is correct but may stay scalar.
  * - Vector code a portable build can use. On x86-64 with GCC and an ifunc-capable libc the
@@ -35,6 +36,7 @@
 #include "fastopt/kernels.h"
 #include "fastopt/rules.h"
 #include "fastopt/constants.h"   /* fo_<opt>_constants_<sfx>: hp -> k, shared with CUDA */
+#include "fastopt/instances.h"   /* FO_CPU_KERNELS, FO_MASK_<opt>, FO_CASES_<opt>, FO_COST_<opt> */
 
 #include <stdint.h>
 
@@ -118,19 +120,19 @@ FO_SPLIT(f32, float)
 FO_SPLIT(f64, double)
 
 /*
- * FO_STAMP(OPT, SFX, T, MASK): for optimizer OPT and element type T,
+ * FO_STAMP(OPT, SFX, T): for optimizer OPT and element type T,
  *   fo_OPT_loop_SFX   the element loop over [lo, hi) of the concatenated segments (inlined);
- *   fo_OPT_range_SFX  the ISA-cloned entry that fixes the MASK bits of k.flags to constants
- *                     (one loop instance per combination listed in FO_CASES_OPT);
+ *   fo_OPT_range_SFX  the ISA-cloned entry that fixes the FO_MASK_OPT bits of k.flags to
+ *                     constants (one loop instance per combination listed in FO_CASES_OPT);
  *   fo_OPT_step_SFX   the public step: checks, constants, serial path or one parallel region.
  */
-#define FO_CASE(OPT, SFX, MASK, V)                                                            \
+#define FO_CASE(OPT, SFX, V)                                                                  \
     case (V):                                                                                 \
-        k.flags = (k.flags & ~(MASK)) | (V);                                                  \
+        k.flags = (k.flags & ~(FO_MASK_##OPT)) | (V);                                         \
         fo_##OPT##_loop_##SFX(segs, nseg, lo, hi, k);                                         \
         return;
 
-#define FO_STAMP(OPT, SFX, T, MASK, COST)                                                     \
+#define FO_STAMP(OPT, SFX, T)                                                                 \
     FO_INLINE void fo_##OPT##_loop_##SFX(const fo_segment_##SFX *segs, int64_t nseg,          \
                                          int64_t lo, int64_t hi, fo_##OPT##_k_##SFX k)        \
     {                                                                                         \
@@ -156,8 +158,8 @@ FO_SPLIT(f64, double)
                                                  int64_t lo, int64_t hi,                      \
                                                  fo_##OPT##_k_##SFX k)                        \
     {                                                                                         \
-        switch (k.flags & (MASK)) {                                                           \
-            FO_CASES_##OPT(FO_CASE, OPT, SFX, MASK)                                           \
+        switch (k.flags & (FO_MASK_##OPT)) {                                                  \
+            FO_CASES_##OPT(FO_CASE, OPT, SFX)                                                 \
         default:                                                                              \
             fo_##OPT##_loop_##SFX(segs, nseg, lo, hi, k);                                     \
         }                                                                                     \
@@ -172,7 +174,7 @@ FO_SPLIT(f64, double)
             total += segs[s].n;                                                               \
         }                                                                                     \
         const fo_##OPT##_k_##SFX k = fo_##OPT##_constants_##SFX(hp);                          \
-        const int nt = fo_team_size(total * (COST), fo_parallel_threshold,                    \
+        const int nt = fo_team_size(total * (FO_COST_##OPT), fo_parallel_threshold,           \
                                     n_threads);                                               \
         if (nt == 1) {                                                                        \
             fo_##OPT##_range_##SFX(segs, nseg, 0, total, k);                                  \
@@ -190,52 +192,10 @@ FO_SPLIT(f64, double)
     }
 
 
-/*
- * The option combinations that get their own loop instance: those the Python layer can send
- * (see src/fastopt/functional.py). SGD's FIRST only comes with MOMENTUM and never with
- * SUTSKEVER; NESTEROV only with MOMENTUM.
- */
-#define FO_SGD_MASK (FO_MOMENTUM | FO_SUTSKEVER | FO_FIRST | FO_NESTEROV)
-#define FO_CASES_sgd(C, O, S, M)                                                              \
-    C(O, S, M, 0)                                                                             \
-    C(O, S, M, FO_MOMENTUM)                                                                   \
-    C(O, S, M, FO_MOMENTUM | FO_FIRST)                                                        \
-    C(O, S, M, FO_MOMENTUM | FO_NESTEROV)                                                     \
-    C(O, S, M, FO_MOMENTUM | FO_NESTEROV | FO_FIRST)                                          \
-    C(O, S, M, FO_MOMENTUM | FO_SUTSKEVER)                                                    \
-    C(O, S, M, FO_MOMENTUM | FO_SUTSKEVER | FO_NESTEROV)
-#define FO_RMSPROP_MASK (FO_CENTERED | FO_MOMENTUM)
-#define FO_CASES_rmsprop(C, O, S, M)                                                          \
-    C(O, S, M, 0)                                                                             \
-    C(O, S, M, FO_CENTERED)                                                                   \
-    C(O, S, M, FO_MOMENTUM)                                                                   \
-    C(O, S, M, FO_CENTERED | FO_MOMENTUM)
-#define FO_ADAM_MASK (FO_AMSGRAD | FO_DECOUPLED)
-#define FO_CASES_adam(C, O, S, M)                                                             \
-    C(O, S, M, 0)                                                                             \
-    C(O, S, M, FO_AMSGRAD)                                                                    \
-    C(O, S, M, FO_DECOUPLED)                                                                  \
-    C(O, S, M, FO_AMSGRAD | FO_DECOUPLED)
-#define FO_CASES_adagrad(C, O, S, M) C(O, S, M, 0)
-#define FO_CASES_adadelta(C, O, S, M) C(O, S, M, 0)
-#define FO_CASES_adamax(C, O, S, M) C(O, S, M, 0)
-
-/* Relative cost per element (SGD = 1), from single-thread steps on cache-resident float32. */
-#define FO_COST_sgd 1
-#define FO_COST_adagrad 2
-#define FO_COST_rmsprop 2
-#define FO_COST_adam 3
-#define FO_COST_adadelta 4
-#define FO_COST_adamax 2
-
-#define FO_STAMP_BOTH(OPT, MASK)                                                              \
-    FO_STAMP(OPT, f32, float, MASK, FO_COST_##OPT) FO_STAMP(OPT, f64, double, MASK, FO_COST_##OPT)
-FO_STAMP_BOTH(sgd, FO_SGD_MASK)
-FO_STAMP_BOTH(adagrad, 0)
-FO_STAMP_BOTH(rmsprop, FO_RMSPROP_MASK)
-FO_STAMP_BOTH(adam, FO_ADAM_MASK)
-FO_STAMP_BOTH(adadelta, 0)
-FO_STAMP_BOTH(adamax, 0)
+/* One loop per (optimizer, element type); the list, option combinations and costs are in
+ * fastopt/instances.h, generated from the optimizer table. */
+#define FO_STAMP_BOTH(OPT) FO_STAMP(OPT, f32, float) FO_STAMP(OPT, f64, double)
+FO_CPU_KERNELS(FO_STAMP_BOTH)
 
 /* The bandwidth yardstick b += s * c, split and vectorized exactly like the update loops. */
 #define FO_STREAM(SFX, T)                                                                     \

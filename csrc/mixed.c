@@ -34,6 +34,7 @@
 #include "fastopt/rules.h"
 #include "fastopt/constants.h"
 #include "fastopt/mixed.h"
+#include "fastopt/instances.h"   /* FO_MIXED_KERNELS, FO_MASK_<opt>, FO_CASES_<opt> */
 
 #include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size, fo_share */
 
@@ -232,8 +233,9 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
 /* ------------------------------------------------------------------------- the step loops */
 /* The rule over one block. The option flags that change what a rule stores are made
  * compile-time constants by one loop instance per combination the Python layer sends (the
- * combinations of kernels.c's FO_CASES_*), so each instance is a branch-free `omp simd` loop;
- * other combinations run the generic loop, which is as correct and may stay scalar. */
+ * FO_CASES_<opt> of fastopt/instances.h, shared with kernels.c), so each instance is a
+ * branch-free `omp simd` loop; other combinations run the generic loop, which is as correct
+ * and may stay scalar. */
 #define FO_MIXED_RULE_LOOP(OPT, K)                                                            \
     do {                                                                                      \
         FO_PRAGMA(omp simd)                                                                   \
@@ -241,35 +243,13 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
             fo_##OPT##_rule_f32(i, p, g, s0, s1, s2, (K));                                    \
     } while (0)
 
-#define FO_MIXED_CASE(OPT, V)                                                                 \
+#define FO_MIXED_CASE(OPT, SFX, V)                                                            \
     case (V): {                                                                               \
         fo_##OPT##_k_f32 kv = k;                                                              \
-        kv.flags = (k.flags & ~FO_MIXED_MASK_##OPT) | (V);                                    \
+        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
         FO_MIXED_RULE_LOOP(OPT, kv);                                                          \
         break;                                                                                \
     }
-
-#define FO_MIXED_MASK_sgd (FO_MOMENTUM | FO_SUTSKEVER | FO_FIRST | FO_NESTEROV)
-#define FO_MIXED_CASES_sgd(C, O)                                                              \
-    C(O, 0)                                                                                   \
-    C(O, FO_MOMENTUM)                                                                         \
-    C(O, FO_MOMENTUM | FO_FIRST)                                                              \
-    C(O, FO_MOMENTUM | FO_NESTEROV)                                                           \
-    C(O, FO_MOMENTUM | FO_NESTEROV | FO_FIRST)                                                \
-    C(O, FO_MOMENTUM | FO_SUTSKEVER)                                                          \
-    C(O, FO_MOMENTUM | FO_SUTSKEVER | FO_NESTEROV)
-#define FO_MIXED_MASK_rmsprop (FO_CENTERED | FO_MOMENTUM)
-#define FO_MIXED_CASES_rmsprop(C, O)                                                          \
-    C(O, 0) C(O, FO_CENTERED) C(O, FO_MOMENTUM) C(O, FO_CENTERED | FO_MOMENTUM)
-#define FO_MIXED_MASK_adam (FO_AMSGRAD | FO_DECOUPLED)
-#define FO_MIXED_CASES_adam(C, O)                                                             \
-    C(O, 0) C(O, FO_AMSGRAD) C(O, FO_DECOUPLED) C(O, FO_AMSGRAD | FO_DECOUPLED)
-#define FO_MIXED_MASK_adagrad 0
-#define FO_MIXED_CASES_adagrad(C, O) C(O, 0)
-#define FO_MIXED_MASK_adadelta 0
-#define FO_MIXED_CASES_adadelta(C, O) C(O, 0)
-#define FO_MIXED_MASK_adamax 0
-#define FO_MIXED_CASES_adamax(C, O) C(O, 0)
 
 #define FO_MIXED_STAMP(OPT)                                                                   \
     FO_CLONES static void fo_mixed_##OPT##_range(const fo_mixed_segment *segs, int64_t nseg,  \
@@ -296,8 +276,8 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
                     float *s0 = FO_AT(sg->state[0], c);                                       \
                     float *s1 = FO_AT(sg->state[1], c);                                       \
                     float *s2 = FO_AT(sg->state[2], c);                                       \
-                    switch (k.flags & FO_MIXED_MASK_##OPT) {                                  \
-                        FO_MIXED_CASES_##OPT(FO_MIXED_CASE, OPT)                              \
+                    switch (k.flags & FO_MASK_##OPT) {                                        \
+                        FO_CASES_##OPT(FO_MIXED_CASE, OPT, f32)                               \
                     default:                                                                  \
                         FO_MIXED_RULE_LOOP(OPT, k);                                           \
                     }                                                                         \
@@ -332,12 +312,7 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
         return 0;                                                                             \
     }
 
-FO_MIXED_STAMP(sgd)
-FO_MIXED_STAMP(adagrad)
-FO_MIXED_STAMP(rmsprop)
-FO_MIXED_STAMP(adam)
-FO_MIXED_STAMP(adadelta)
-FO_MIXED_STAMP(adamax)
+FO_MIXED_KERNELS(FO_MIXED_STAMP)
 
 /* --------------------------------------------------------------------- the non-finite check */
 static inline int fo_nonfinite_f32(float v)

@@ -8,8 +8,11 @@ import math
 
 import numpy as np
 
-MAXIMIZE, NESTEROV, FIRST, SUTSKEVER, AMSGRAD = 1, 2, 4, 8, 16
-CENTERED, EPS_IN_SQRT, MOMENTUM, DECOUPLED = 32, 64, 128, 256
+from fastopt._table import FLAG_BITS
+
+MAXIMIZE, NESTEROV, FIRST, SUTSKEVER, AMSGRAD, CENTERED, EPS_IN_SQRT, MOMENTUM, DECOUPLED = (
+    FLAG_BITS[f] for f in ("MAXIMIZE", "NESTEROV", "FIRST", "SUTSKEVER", "AMSGRAD", "CENTERED",
+                           "EPS_IN_SQRT", "MOMENTUM", "DECOUPLED"))
 
 
 def _sgd(lr=0.01, momentum=0.0, dampening=0.0, wd=0.0, flags=0):

@@ -36,10 +36,21 @@ def test_source_is_built_from_the_shipped_headers():
         assert body in src, name
 
 
+def _hp_h_fields(hp_text):
+    """{opt: [double field names in order]} parsed from hp.h."""
+    fields = {}
+    for body, opt in re.findall(r"typedef\s+struct\s*\{(.*?)\}\s*fo_(\w+)_hp\s*;", hp_text, re.S):
+        assert re.search(r"\bint\s+flags\s*;", body), opt
+        fields[opt] = [n.strip() for decl in re.findall(r"double\s+([^;]+);", body)
+                       for n in decl.split(",")]
+    return fields
+
+
 def test_kernel_arguments_follow_hp_h_and_the_bindings():
-    fields = cuda._hp_fields((cuda._header_dir() / "hp.h").read_text())
+    fields = _hp_h_fields((cuda._header_dir() / "hp.h").read_text())
     assert set(fields) == set(OPTIMIZERS)
     for opt in OPTIMIZERS:
+        assert cuda._hp_fields(opt) == fields[opt], opt
         params = list(inspect.signature(getattr(cuda, opt)).parameters)
         assert params[:2] == ["plan", "grads"] and params[-2:] == ["flags", "name"]
         assert params[2:-2] == fields[opt], opt
@@ -50,8 +61,9 @@ def test_bad_configuration():
         cuda.generate_cuda_source(unroll=0)
 
 
-def test_flags_match_rules_h():
-    text = (cuda._header_dir() / "rules.h").read_text()
+def test_flags_match_flags_h():
+    assert '#include "flags.h"' in (cuda._header_dir() / "rules.h").read_text()
+    text = (cuda._header_dir() / "flags.h").read_text()
     defined = dict(re.findall(r"#define FO_([A-Z_]+) (\d+)\s", text))
     for name in ("MAXIMIZE", "NESTEROV", "FIRST", "SUTSKEVER", "AMSGRAD", "CENTERED",
                  "EPS_IN_SQRT", "MOMENTUM", "DECOUPLED"):

@@ -37,8 +37,11 @@ typedef struct {
     int64_t n;
 } fo_segment_f64;
 
-/* Per-step scalars fo_<opt>_hp, computed once per step by the caller (src/fastopt/functional.py). */
+/* Per-step scalars fo_<opt>_hp, computed once per step by the caller (src/fastopt/functional.py),
+ * and the list of compiled kernels; both generated from the optimizer table
+ * (src/fastopt/_table.py). */
 #include "hp.h"
+#include "instances.h"
 
 #define FO_DECLARE(opt)                                                                       \
     int fo_##opt##_step_f32(const fo_segment_f32 *segments, int64_t n_segments,              \
@@ -46,12 +49,7 @@ typedef struct {
     int fo_##opt##_step_f64(const fo_segment_f64 *segments, int64_t n_segments,              \
                             const fo_##opt##_hp *hp, int n_threads);
 
-FO_DECLARE(sgd)
-FO_DECLARE(adagrad)
-FO_DECLARE(rmsprop)
-FO_DECLARE(adam)
-FO_DECLARE(adadelta)
-FO_DECLARE(adamax)
+FO_CPU_KERNELS(FO_DECLARE)
 #undef FO_DECLARE
 
 /* Below this much work in a group (elements times the optimizer's relative cost per element,

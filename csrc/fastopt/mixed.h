@@ -62,12 +62,7 @@ typedef struct {
                               const fo_##opt##_hp *hp, const fo_mixed_opts *opts,              \
                               int64_t parallel_threshold, int n_threads);
 
-FO_MIXED_DECLARE(sgd)
-FO_MIXED_DECLARE(adagrad)
-FO_MIXED_DECLARE(rmsprop)
-FO_MIXED_DECLARE(adam)
-FO_MIXED_DECLARE(adadelta)
-FO_MIXED_DECLARE(adamax)
+FO_MIXED_KERNELS(FO_MIXED_DECLARE)
 #undef FO_MIXED_DECLARE
 
 /* 1 if every gradient divided by grad_scale is finite, 0 if not, -1 for invalid arguments.

@@ -16,7 +16,8 @@
  *     rule(i, p, g, s0, s1, s2, k)
  *
  * with `p` the parameter, `g` the gradient and s0..s2 the optimizer's state buffers in the
- * order its registry entry (src/fastopt/_specs.py) lists them. Unused buffers are never read.
+ * order its entry in the optimizer table (src/fastopt/_table.py) lists them. Unused buffers are
+ * never read.
  * The one signature lets the CPU loop (kernels.c) and the CUDA kernel (src/fastopt/cuda.py)
  * be written once for all optimizers.
  *
@@ -49,16 +50,8 @@ typedef long long fo_index;
 typedef int64_t fo_index;
 #endif
 
-/* Flags shared by the rules (bit set in k.flags). */
-#define FO_MAXIMIZE 1        /* ascend: use -g */
-#define FO_NESTEROV 2        /* SGD: Nesterov momentum */
-#define FO_FIRST 4           /* SGD: first step, momentum buffer starts as the gradient */
-#define FO_SUTSKEVER 8       /* SGD: lecture form v = mu v - lr g, p += v */
-#define FO_AMSGRAD 16        /* Adam: keep the running max of the second moment */
-#define FO_CENTERED 32       /* RMSprop: subtract the squared mean gradient */
-#define FO_EPS_IN_SQRT 64    /* Adagrad/RMSprop: sqrt(v + eps) instead of sqrt(v) + eps */
-#define FO_MOMENTUM 128      /* SGD/RMSprop: momentum buffer in use */
-#define FO_DECOUPLED 256     /* Adam: decoupled weight decay (AdamW) */
+/* Flags shared by the rules (bit set in k.flags), generated from the optimizer table. */
+#include "flags.h"
 
 /* NaN-propagating max, like torch.maximum (fmax would drop a NaN). */
 #define FO_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))

@@ -18,38 +18,6 @@ cdef extern from "fastopt/kernels.h" nogil:
         double *state[3]
         int64_t n
 
-    ctypedef struct fo_sgd_hp:
-        double lr, momentum, dampening, weight_decay
-        int flags
-    ctypedef struct fo_adagrad_hp:
-        double clr, eps, weight_decay
-        int flags
-    ctypedef struct fo_rmsprop_hp:
-        double lr, alpha, eps, weight_decay, momentum
-        int flags
-    ctypedef struct fo_adam_hp:
-        double step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay_factor
-        int flags
-    ctypedef struct fo_adadelta_hp:
-        double lr, rho, eps, weight_decay
-        int flags
-    ctypedef struct fo_adamax_hp:
-        double clr, beta1, beta2, eps, weight_decay
-        int flags
-
-    int fo_sgd_step_f32(const fo_segment_f32 *, int64_t, const fo_sgd_hp *, int)
-    int fo_sgd_step_f64(const fo_segment_f64 *, int64_t, const fo_sgd_hp *, int)
-    int fo_adagrad_step_f32(const fo_segment_f32 *, int64_t, const fo_adagrad_hp *, int)
-    int fo_adagrad_step_f64(const fo_segment_f64 *, int64_t, const fo_adagrad_hp *, int)
-    int fo_rmsprop_step_f32(const fo_segment_f32 *, int64_t, const fo_rmsprop_hp *, int)
-    int fo_rmsprop_step_f64(const fo_segment_f64 *, int64_t, const fo_rmsprop_hp *, int)
-    int fo_adam_step_f32(const fo_segment_f32 *, int64_t, const fo_adam_hp *, int)
-    int fo_adam_step_f64(const fo_segment_f64 *, int64_t, const fo_adam_hp *, int)
-    int fo_adadelta_step_f32(const fo_segment_f32 *, int64_t, const fo_adadelta_hp *, int)
-    int fo_adadelta_step_f64(const fo_segment_f64 *, int64_t, const fo_adadelta_hp *, int)
-    int fo_adamax_step_f32(const fo_segment_f32 *, int64_t, const fo_adamax_hp *, int)
-    int fo_adamax_step_f64(const fo_segment_f64 *, int64_t, const fo_adamax_hp *, int)
-
     int64_t fo_parallel_threshold
     int fo_omp_max_threads()
     int fo_has_openmp()
@@ -57,6 +25,10 @@ cdef extern from "fastopt/kernels.h" nogil:
     const char *fo_vector_isa()
     void fo_stream_axpy_f32(float *b, const float *c, float s, int64_t n, int n_threads)
     void fo_stream_axpy_f64(double *b, const double *c, double s, int64_t n, int n_threads)
+
+# The option flags, per-step scalar structs and step functions of every CPU kernel, generated
+# from the optimizer table (src/fastopt/_table.py) by tools/generate.py.
+include "_kernels_decl.pxi"
 
 cdef extern from "fastopt/finite.h" nogil:
     int fo_all_finite_f32(const fo_segment_f32 *, int64_t, int)

@@ -23,17 +23,6 @@ from libc.stdlib cimport qsort
 
 cnp.import_array()
 
-# Flags of rules.h (kept in sync by tests/test_registry.py, which reads the header).
-MAXIMIZE = 1
-NESTEROV = 2
-FIRST = 4
-SUTSKEVER = 8
-AMSGRAD = 16
-CENTERED = 32
-EPS_IN_SQRT = 64
-MOMENTUM = 128
-DECOUPLED = 256
-
 cdef int _n_threads = 0
 
 
@@ -417,111 +406,10 @@ cdef int _fail(int rc) except -1:
     return 0
 
 
-def sgd(Plan plan, grads, double lr, double momentum, double dampening, double weight_decay,
-        int flags, str name="grads"):
-    """SGD step over the plan (see rules.h for the equations)."""
-    plan._require(1 if flags & MOMENTUM else 0)
-    plan._load(grads, name, True)
-    cdef fo_sgd_hp hp
-    hp.lr = lr; hp.momentum = momentum; hp.dampening = dampening
-    hp.weight_decay = weight_decay; hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_sgd_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_sgd_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
-
-
-def adagrad(Plan plan, grads, double clr, double eps, double weight_decay, int flags,
-            str name="grads"):
-    """Adagrad step over the plan (see rules.h for the equations)."""
-    plan._require(1)
-    plan._load(grads, name, True)
-    cdef fo_adagrad_hp hp
-    hp.clr = clr; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_adagrad_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_adagrad_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
-
-
-def rmsprop(Plan plan, grads, double lr, double alpha, double eps, double weight_decay,
-            double momentum, int flags, str name="grads"):
-    """RMSprop step over the plan (see rules.h for the equations)."""
-    plan._require(1 | (2 if flags & MOMENTUM else 0) | (4 if flags & CENTERED else 0))
-    plan._load(grads, name, True)
-    cdef fo_rmsprop_hp hp
-    hp.lr = lr; hp.alpha = alpha; hp.eps = eps; hp.weight_decay = weight_decay
-    hp.momentum = momentum; hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_rmsprop_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_rmsprop_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
-
-
-def adam(Plan plan, grads, double step_size, double beta1, double beta2, double bc2_sqrt,
-         double eps, double weight_decay, double decay_factor, int flags, str name="grads"):
-    """Adam/AdamW step over the plan (see rules.h for the equations)."""
-    plan._require(3 | (4 if flags & AMSGRAD else 0))
-    plan._load(grads, name, True)
-    cdef fo_adam_hp hp
-    hp.step_size = step_size; hp.beta1 = beta1; hp.beta2 = beta2; hp.bc2_sqrt = bc2_sqrt
-    hp.eps = eps; hp.weight_decay = weight_decay; hp.decay_factor = decay_factor
-    hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_adam_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_adam_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
-
-
-def adadelta(Plan plan, grads, double lr, double rho, double eps, double weight_decay, int flags,
-             str name="grads"):
-    """Adadelta step over the plan (see rules.h for the equations)."""
-    plan._require(3)
-    plan._load(grads, name, True)
-    cdef fo_adadelta_hp hp
-    hp.lr = lr; hp.rho = rho; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_adadelta_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_adadelta_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
-
-
-def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
-           double weight_decay, int flags, str name="grads"):
-    """Adamax step over the plan (see rules.h for the equations)."""
-    plan._require(3)
-    plan._load(grads, name, True)
-    cdef fo_adamax_hp hp
-    hp.clr = clr; hp.beta1 = beta1; hp.beta2 = beta2; hp.eps = eps
-    hp.weight_decay = weight_decay; hp.flags = flags
-    cdef int r32 = 0, r64 = 0, nt = _threads()
-    with nogil:
-        if plan.r32:
-            r32 = fo_adamax_step_f32(plan.run32, plan.r32, &hp, nt)
-        if plan.r64:
-            r64 = fo_adamax_step_f64(plan.run64, plan.r64, &hp, nt)
-    plan._forget_grads()
-    _fail(r32 | r64)
+# The option flags and one step function per optimizer kernel (sgd, adam, ...), each
+# `name(plan, grads, <its fo_<name>_hp fields>, flags, name="grads")`, generated from the
+# optimizer table (src/fastopt/_table.py) by tools/generate.py.
+include "_kernels_steps.pxi"
 
 
 def stream_axpy(cnp.ndarray b, cnp.ndarray c, double s):

@@ -24,11 +24,8 @@ cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t, uint64_t
 
-from ._kernels cimport (_describe, _same_shape, _set_spans, _spans_hit, fo_adadelta_hp,
-                        fo_adagrad_hp, fo_adam_hp, fo_adamax_hp, fo_rmsprop_hp, fo_sgd_hp)
+from ._kernels cimport _describe, _same_shape, _set_spans, _spans_hit
 from . import _kernels
-from ._kernels import (AMSGRAD, CENTERED, DECOUPLED, EPS_IN_SQRT, FIRST, MAXIMIZE, MOMENTUM,
-                       NESTEROV, SUTSKEVER)
 
 cnp.import_array()
 
@@ -55,18 +52,6 @@ cdef extern from "fastopt/mixed.h" nogil:
         uint64_t seed
         uint64_t counter
 
-    int fo_mixed_sgd_step(const fo_mixed_segment *, int64_t, const fo_sgd_hp *,
-                          const fo_mixed_opts *, int64_t, int)
-    int fo_mixed_adagrad_step(const fo_mixed_segment *, int64_t, const fo_adagrad_hp *,
-                              const fo_mixed_opts *, int64_t, int)
-    int fo_mixed_rmsprop_step(const fo_mixed_segment *, int64_t, const fo_rmsprop_hp *,
-                              const fo_mixed_opts *, int64_t, int)
-    int fo_mixed_adam_step(const fo_mixed_segment *, int64_t, const fo_adam_hp *,
-                           const fo_mixed_opts *, int64_t, int)
-    int fo_mixed_adadelta_step(const fo_mixed_segment *, int64_t, const fo_adadelta_hp *,
-                               const fo_mixed_opts *, int64_t, int)
-    int fo_mixed_adamax_step(const fo_mixed_segment *, int64_t, const fo_adamax_hp *,
-                             const fo_mixed_opts *, int64_t, int)
     int fo_mixed_all_finite(const fo_mixed_segment *, int64_t, double, int64_t, int)
 
     void fo_f32_to_f16(const float *, uint16_t *, int64_t)
@@ -76,8 +61,7 @@ cdef extern from "fastopt/mixed.h" nogil:
     void fo_f32_to_bf16_stochastic(const float *, uint16_t *, int64_t, uint64_t, uint64_t,
                                    uint64_t)
 
-__all__ = ["Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "all_finite",
-           "ROUNDINGS"]
+__all__ = ["Plan", "all_finite", "ROUNDINGS"]     # and the step functions (_mixed_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 cdef int _half_num = np.dtype(np.float16).num
@@ -394,111 +378,10 @@ cdef inline int64_t _threshold():
     return _kernels.get_parallel_threshold()
 
 
-def sgd(Plan plan, grads, double lr, double momentum, double dampening, double weight_decay,
-        int flags, str name="grads"):
-    """SGD step over a mixed plan (see rules.h for the equations)."""
-    plan._require(1 if flags & MOMENTUM else 0)
-    plan._load(grads, name, True)
-    cdef fo_sgd_hp hp
-    hp.lr = lr; hp.momentum = momentum; hp.dampening = dampening
-    hp.weight_decay = weight_decay; hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_sgd_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
-
-
-def adagrad(Plan plan, grads, double clr, double eps, double weight_decay, int flags,
-            str name="grads"):
-    """Adagrad step over a mixed plan (see rules.h for the equations)."""
-    plan._require(1)
-    plan._load(grads, name, True)
-    cdef fo_adagrad_hp hp
-    hp.clr = clr; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_adagrad_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
-
-
-def rmsprop(Plan plan, grads, double lr, double alpha, double eps, double weight_decay,
-            double momentum, int flags, str name="grads"):
-    """RMSprop step over a mixed plan (see rules.h for the equations)."""
-    plan._require(1 | (2 if flags & MOMENTUM else 0) | (4 if flags & CENTERED else 0))
-    plan._load(grads, name, True)
-    cdef fo_rmsprop_hp hp
-    hp.lr = lr; hp.alpha = alpha; hp.eps = eps; hp.weight_decay = weight_decay
-    hp.momentum = momentum; hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_rmsprop_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
-
-
-def adam(Plan plan, grads, double step_size, double beta1, double beta2, double bc2_sqrt,
-         double eps, double weight_decay, double decay_factor, int flags, str name="grads"):
-    """Adam/AdamW step over a mixed plan (see rules.h for the equations)."""
-    plan._require(3 | (4 if flags & AMSGRAD else 0))
-    plan._load(grads, name, True)
-    cdef fo_adam_hp hp
-    hp.step_size = step_size; hp.beta1 = beta1; hp.beta2 = beta2; hp.bc2_sqrt = bc2_sqrt
-    hp.eps = eps; hp.weight_decay = weight_decay; hp.decay_factor = decay_factor
-    hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_adam_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
-
-
-def adadelta(Plan plan, grads, double lr, double rho, double eps, double weight_decay, int flags,
-             str name="grads"):
-    """Adadelta step over a mixed plan (see rules.h for the equations)."""
-    plan._require(3)
-    plan._load(grads, name, True)
-    cdef fo_adadelta_hp hp
-    hp.lr = lr; hp.rho = rho; hp.eps = eps; hp.weight_decay = weight_decay; hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_adadelta_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
-
-
-def adamax(Plan plan, grads, double clr, double beta1, double beta2, double eps,
-           double weight_decay, int flags, str name="grads"):
-    """Adamax step over a mixed plan (see rules.h for the equations)."""
-    plan._require(3)
-    plan._load(grads, name, True)
-    cdef fo_adamax_hp hp
-    hp.clr = clr; hp.beta1 = beta1; hp.beta2 = beta2; hp.eps = eps
-    hp.weight_decay = weight_decay; hp.flags = flags
-    cdef fo_mixed_opts o = plan._opts()
-    cdef int64_t th = _threshold()
-    cdef int r, nt = _kernels.get_num_threads()
-    with nogil:
-        r = fo_mixed_adamax_step(plan.seg, plan.n, &hp, &o, th, nt)
-    plan._forget_grads()
-    plan.counter += 1
-    _fail(r)
+# The option flags and one step function per optimizer kernel (sgd, adam, ...), each
+# `name(plan, grads, <its fo_<name>_hp fields>, flags, name="grads")`, generated from the
+# optimizer table (src/fastopt/_table.py) by tools/generate.py.
+include "_mixed_steps.pxi"
 
 
 def all_finite(Plan plan, grads, str name="grads"):

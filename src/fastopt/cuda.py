@@ -2,14 +2,17 @@
 
 Design note
 -----------
-This module mirrors the interface of the CPU binding ``fastopt._kernels`` exactly (``Plan``, the
-six step functions, the flag constants), so the optimizer classes and ``fastopt.functional``
-pick one module or the other by the type of the parameters and do nothing else differently.
+This module mirrors the interface of the CPU binding ``fastopt._kernels`` exactly (``Plan``, one
+step function per optimizer kernel, the flag constants), so the optimizer classes and
+``fastopt.functional`` pick one module or the other by the type of the parameters and do nothing
+else differently.
 
 *One definition of each rule.* The CUDA source is generated, never written by hand: it is the
-package's own headers (``fastopt/rules.h``, ``rules_impl.h``, ``hp.h``, ``constants.h``,
-shipped as package data) with their ``#include "..."`` lines expanded, followed by one
-multi-tensor kernel per (optimizer, element type). Each kernel calls the same
+package's own headers (``fastopt/rules.h``, ``rules_impl.h``, and ``flags.h``, ``hp.h``,
+``constants.h`` generated from the optimizer table; shipped as package data) with their
+``#include "..."`` lines expanded, followed by one multi-tensor kernel per (optimizer, element
+type) for every kernel the table (``fastopt._table``) compiles for "cuda"; a kernel takes the
+fields of ``fo_<opt>_hp`` in the table's order. Each kernel calls the same
 ``fo_<opt>_rule_<f32|f64>`` the OpenMP loop calls, with constants made by the same
 ``fo_<opt>_constants_<f32|f64>`` from the same double-precision step scalars. NVRTC compiles the
 source at first use (CuPy caches the binary by source text, on disk too) with ``--fmad=false``,
@@ -45,26 +48,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _validate
+from . import _steps, _table, _validate
 
+# The step functions (sgd, adam, ...) and option flags (MAXIMIZE, ...) are defined from the
+# optimizer table below.
+_OPTIMIZERS = tuple(k.name for k in _table.KERNELS.values() if "cuda" in k.backends)
 __all__ = [
-    "Plan", "sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax", "newton_solve",
+    "Plan", *_OPTIMIZERS, "newton_solve",
     "generate_cuda_source", "is_cupy_array", "require_cupy", "has_gpu", "zeros_like",
-    "to_numpy", "to_device",
-    "MAXIMIZE", "NESTEROV", "FIRST", "SUTSKEVER", "AMSGRAD", "CENTERED", "EPS_IN_SQRT",
-    "MOMENTUM", "DECOUPLED",
+    "to_numpy", "to_device", *_table.FLAG_BITS,
 ]
 
-# Flags of rules.h (the same values as fastopt._kernels; tests check both against the header).
-MAXIMIZE = 1
-NESTEROV = 2
-FIRST = 4
-SUTSKEVER = 8
-AMSGRAD = 16
-CENTERED = 32
-EPS_IN_SQRT = 64
-MOMENTUM = 128
-DECOUPLED = 256
+globals().update(_table.FLAG_BITS)      # MAXIMIZE = 1, ... (the bits of fastopt/flags.h)
 
 FO_MAX_STATE = 3
 BLOCK = 256            # threads per block (the kernels' __launch_bounds__)
@@ -75,7 +70,6 @@ NVRTC_OPTIONS = ("--fmad=false",)
 _MAX_SLOTS = 64        # pinned upload buffers per plan before the host waits for one
 _PREALLOC_SLOTS = 8    # pinned upload buffers made with each plan
 
-_OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax")
 _TYPES = (("f32", "float", np.dtype(np.float32)), ("f64", "double", np.dtype(np.float64)))
 _GPU_EXTRA = 'install fastopt[gpu] (cupy-cuda12x): pip install "fastopt[gpu]"'
 
@@ -185,17 +179,9 @@ def _expand(name, directory):
     return _INCLUDE.sub(sub, text)
 
 
-def _hp_fields(hp_text):
-    """{opt: [double field names in order]} parsed from hp.h (the kernels take them in order)."""
-    fields = {}
-    for body, opt in re.findall(r"typedef\s+struct\s*\{(.*?)\}\s*fo_(\w+)_hp\s*;", hp_text, re.S):
-        names = []
-        for decl in re.findall(r"double\s+([^;]+);", body):
-            names += [n.strip() for n in decl.split(",")]
-        if not re.search(r"\bint\s+flags\s*;", body):
-            raise ValueError(f"fo_{opt}_hp in hp.h has no `int flags`")
-        fields[opt] = names
-    return fields
+def _hp_fields(opt):
+    """The double fields of fo_<opt>_hp in order (the kernels take them in this order)."""
+    return [name for name, _ in _table.KERNELS[opt].scalars]
 
 
 def _kernel_name(opt, sfx):
@@ -289,10 +275,6 @@ def generate_cuda_source(block=None, min_blocks=None, unroll=None):
     key = (block, min_blocks, unroll)
     if key not in _SOURCES:
         hdr = _header_dir()
-        fields = _hp_fields((hdr / "hp.h").read_text())
-        missing = set(_OPTIMIZERS) - set(fields)
-        if missing:
-            raise ValueError(f"hp.h lacks the step scalars of {sorted(missing)}")
         bounds = f"{block}, {min_blocks}" if min_blocks > 0 else f"{block}"
         headers = _SYSTEM_INCLUDE.sub(r"/* \1: host builds only */", _expand("constants.h", hdr))
         parts = [
@@ -304,7 +286,7 @@ def generate_cuda_source(block=None, min_blocks=None, unroll=None):
         ]
         for opt in _OPTIMIZERS:
             for sfx, ctype, _ in _TYPES:
-                parts.append(_kernel_text(opt, sfx, ctype, fields[opt]))
+                parts.append(_kernel_text(opt, sfx, ctype, _hp_fields(opt)))
         _SOURCES[key] = "".join(parts)
     return _SOURCES[key]
 
@@ -619,46 +601,20 @@ class Plan:
                                            np.int64(grp.nchunks)) + args_tail)
 
 
-def _flag_value(flags):
-    return int(flags)
+def _step_function(opt):
+    """The binding ``opt(plan, grads, <the fields of fo_<opt>_hp>, flags, name="grads")``, with
+    the signature of ``fastopt._kernels.<opt>`` (compiled from text made from the table)."""
+    fields = ", ".join(_hp_fields(opt))
+    source = (f"def {opt}(plan, grads, {fields}, flags, name=\"grads\"):\n"
+              f"    flags = int(flags)\n"
+              f"    plan._step({opt!r}, grads, name, {_steps.state_mask_expr(opt)}, ({fields},),"
+              f" flags)\n")
+    fn = _steps.compile_function(opt, source, module=__name__)
+    fn.__doc__ = f"{_table.KERNELS[opt].title} step over the plan (see rules.h for the equations)."
+    return fn
 
 
-def sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name="grads"):
-    """SGD step over the plan (see rules.h for the equations)."""
-    flags = _flag_value(flags)
-    plan._step("sgd", grads, name, 1 if flags & MOMENTUM else 0,
-               (lr, momentum, dampening, weight_decay), flags)
-
-
-def adagrad(plan, grads, clr, eps, weight_decay, flags, name="grads"):
-    """Adagrad step over the plan (see rules.h for the equations)."""
-    plan._step("adagrad", grads, name, 1, (clr, eps, weight_decay), _flag_value(flags))
-
-
-def rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name="grads"):
-    """RMSprop step over the plan (see rules.h for the equations)."""
-    flags = _flag_value(flags)
-    mask = 1 | (2 if flags & MOMENTUM else 0) | (4 if flags & CENTERED else 0)
-    plan._step("rmsprop", grads, name, mask, (lr, alpha, eps, weight_decay, momentum), flags)
-
-
-def adam(plan, grads, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay_factor, flags,
-         name="grads"):
-    """Adam/AdamW step over the plan (see rules.h for the equations)."""
-    flags = _flag_value(flags)
-    plan._step("adam", grads, name, 3 | (4 if flags & AMSGRAD else 0),
-               (step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay_factor), flags)
-
-
-def adadelta(plan, grads, lr, rho, eps, weight_decay, flags, name="grads"):
-    """Adadelta step over the plan (see rules.h for the equations)."""
-    plan._step("adadelta", grads, name, 3, (lr, rho, eps, weight_decay), _flag_value(flags))
-
-
-def adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, flags, name="grads"):
-    """Adamax step over the plan (see rules.h for the equations)."""
-    plan._step("adamax", grads, name, 3, (clr, beta1, beta2, eps, weight_decay),
-               _flag_value(flags))
+globals().update({opt: _step_function(opt) for opt in _OPTIMIZERS})
 
 
 # ----------------------------------------------------------------------------- Newton

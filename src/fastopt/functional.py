@@ -15,11 +15,13 @@ fastopt._validate: any real number, NumPy scalars and 0-d arrays included, used 
 float of its value; the same mistake raises the same error class as in the classes).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
-call the same `_<name>` runners with cached plans.
+call the same `_<name>` runners with cached plans. The runners are compiled from the optimizer
+table (fastopt._table, by fastopt._steps): they compute the per-step scalars and flags the table
+states and call the kernel binding.
 """
 import numpy as np
 
-from . import _kernels, _validate
+from . import _kernels, _steps, _validate
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
            "backend_for"]
@@ -103,13 +105,8 @@ def _check_hyper(name, **values):
 
 
 # --------------------------------------------------------------------------------------- SGD
-def _sgd(mod, plan, grads, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
-         sutskever, name="grads"):
-    # `first`: the momentum buffer is new; torch's form then starts it at the gradient
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.NESTEROV if nesterov else 0)
-             | (mod.MOMENTUM if momentum != 0 else 0) | (mod.SUTSKEVER if sutskever else 0)
-             | (mod.FIRST if first and not sutskever else 0))
-    mod.sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name)
+# `first`: the momentum buffer is new; torch's form then starts it at the gradient
+_sgd = _steps.runner("sgd")
 
 
 def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -137,11 +134,7 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
 
 
 # ----------------------------------------------------------------------------------- Adagrad
-def _adagrad(mod, plan, grads, step, lr, lr_decay, weight_decay, eps, maximize, eps_in_sqrt,
-             name="grads"):
-    clr = lr / (1 + (step - 1) * lr_decay)
-    flags = (mod.MAXIMIZE if maximize else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0)
-    mod.adagrad(plan, grads, clr, eps, weight_decay, flags, name)
+_adagrad = _steps.runner("adagrad")
 
 
 def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -157,11 +150,7 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
 
 
 # ----------------------------------------------------------------------------------- RMSprop
-def _rmsprop(mod, plan, grads, step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
-             eps_in_sqrt, name="grads"):
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.CENTERED if centered else 0)
-             | (mod.MOMENTUM if momentum > 0 else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0))
-    mod.rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name)
+_rmsprop = _steps.runner("rmsprop")
 
 
 def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, step=1, lr,
@@ -187,14 +176,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
 
 
 # -------------------------------------------------------------------------------------- Adam
-def _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-          decoupled_weight_decay, name="grads"):
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.AMSGRAD if amsgrad else 0)
-             | (mod.DECOUPLED if decoupled_weight_decay else 0))
-    mod.adam(plan, grads, lr / bias_correction1, beta1, beta2, bias_correction2 ** 0.5, eps,
-             weight_decay, 1 - lr * weight_decay, flags, name)
+_adam = _steps.runner("adam")
 
 
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -225,8 +207,7 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 
 # ---------------------------------------------------------------------------------- Adadelta
-def _adadelta(mod, plan, grads, step, lr, rho, eps, weight_decay, maximize, name="grads"):
-    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, (mod.MAXIMIZE if maximize else 0), name)
+_adadelta = _steps.runner("adadelta")
 
 
 def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
@@ -240,10 +221,7 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
 
 
 # ------------------------------------------------------------------------------------ Adamax
-def _adamax(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, maximize, name="grads"):
-    clr = lr / (1 - beta1 ** step)
-    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, (mod.MAXIMIZE if maximize else 0),
-               name)
+_adamax = _steps.runner("adamax")
 
 
 def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,

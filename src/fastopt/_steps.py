@@ -1,0 +1,110 @@
+"""Per-step scalars and option flags, compiled from the optimizer table (fastopt._table).
+
+For each kernel of the table, ``runner(kernel)`` is the runner that ``fastopt.functional``
+exposes as ``_<kernel>``::
+
+    _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+          decoupled_weight_decay, name="grads")
+
+It evaluates the kernel's ``scalars`` (the fields of ``fo_<kernel>_hp``: bias corrections,
+decayed step sizes, ...) and ``flags`` expressions from the table, once per step, and calls the
+binding ``mod.<kernel>(plan, grads, *scalars, flags, name)`` of a kernel backend (``_kernels``,
+``_mixed`` or ``cuda``). The runner is compiled from source text made from the table, so a step
+does exactly the arithmetic the table states, in its order (results are those of the same
+expressions written by hand), with no interpretation per call.
+
+``hp_values(optimizer, group, step, lr, first=False)`` gives the same scalars and flags from a
+param group's hyperparameters (torch's names, ``betas`` included), and
+``state_mask(kernel, flags)`` the state slots a rule uses under those flags.
+"""
+import linecache
+
+from . import _table
+
+__all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function"]
+
+
+def compile_function(name, source, namespace=None, module=__name__):
+    """The function `name` defined by `source` (Python text made from the table), as a
+    function of `module`. The text is registered with linecache, so tracebacks and
+    inspect.getsource show it."""
+    filename = f"<generated from fastopt._table: {module}.{name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    ns = dict(namespace or {})
+    exec(compile(source, filename, "exec"), ns)
+    fn = ns[name]
+    fn.__module__ = module
+    return fn
+
+
+def _flags_expr(kernel):
+    bits = _table.FLAG_BITS
+    return " | ".join(f"({bits[flag]} if {cond} else 0)"
+                      for flag, cond in kernel.flags.items()) or "0"
+
+
+def _scalars_expr(kernel):
+    return ", ".join(expr for _, expr in kernel.scalars)
+
+
+def _runner_source(kernel):
+    args = ", ".join(kernel.inputs)
+    return (f"def _{kernel.name}(mod, plan, grads, {args}, name=\"grads\"):\n"
+            f"    mod.{kernel.name}(plan, grads, {_scalars_expr(kernel)}, {_flags_expr(kernel)},"
+            f" name)\n")
+
+
+def runner(kernel):
+    """The runner ``_<kernel>(mod, plan, grads, *inputs, name="grads")`` (module docstring)."""
+    k = _table.KERNELS[kernel]
+    fn = compile_function(f"_{kernel}", _runner_source(k), module="fastopt.functional")
+    fn.__doc__ = (f"{k.title} step: fo_{kernel}_hp ({', '.join(f for f, _ in k.scalars)}) and "
+                  f"flags from ({', '.join(k.inputs)}) as the optimizer table states, then "
+                  f"mod.{kernel}(plan, grads, *hp, flags, name).")
+    return fn
+
+
+_VALUES = {}
+
+
+def _values_function(kernel):
+    fn = _VALUES.get(kernel)
+    if fn is None:
+        k = _table.KERNELS[kernel]
+        source = (f"def _values({', '.join(k.inputs)}):\n"
+                  f"    return ({_scalars_expr(k)},), {_flags_expr(k)}\n")
+        fn = _VALUES[kernel] = compile_function("_values", source, module=f"{__name__}.{kernel}")
+    return fn
+
+
+def hp_values(optimizer, group, step, lr, first=False):
+    """(the fo_<kernel>_hp fields, flags) of a step of `optimizer` with the hyperparameters of
+    param `group` (a dict with torch's names), at 1-based `step` with learning rate `lr`;
+    `first`: the state buffers were created for this step."""
+    opt = _table.OPTIMIZERS[optimizer]
+    k = _table.KERNELS[opt.kernel]
+    special = {"step": step, "lr": lr, "first": first}
+    inputs = {}
+    for name in k.inputs:
+        if name in special:
+            inputs[name] = special[name]
+        elif name in opt.inputs:
+            inputs[name] = eval(opt.inputs[name], {"__builtins__": {}}, dict(group))
+        else:
+            inputs[name] = group[name]
+    return _values_function(opt.kernel)(**inputs)
+
+
+def state_mask_expr(kernel):
+    """Python expression (of an int `flags`) of the state slots the rule of `kernel` reads and
+    writes: bit i = slot i."""
+    state = _table.KERNELS[kernel].state
+    always = sum(1 << i for i, s in enumerate(state) if s.needs is None)
+    terms = [f"({1 << i} if flags & {_table.FLAG_BITS[s.needs]} else 0)"
+             for i, s in enumerate(state) if s.needs is not None]
+    return " | ".join(([str(always)] if always or not terms else []) + terms)
+
+
+def state_mask(kernel, flags):
+    """Bit i set: the rule of `kernel` reads and writes state slot i under `flags`."""
+    return eval(state_mask_expr(kernel), {"__builtins__": {}}, {"flags": int(flags)})
