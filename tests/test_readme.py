@@ -111,3 +111,49 @@ def test_only_gpu_mpi_and_torch_blocks_may_skip():
             assert any(k in reason for k in ("CuPy", "mpi4py", "torch")), (line, reason)
     plain = [s for _, _, s in BLOCKS if not re.search(r"cupy|mpi4py|torch", s)]
     assert len(plain) >= 10
+
+
+def _extras():
+    pyproject = README.parent / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("no pyproject.toml beside this copy of the tests")
+    try:
+        import tomllib
+    except ImportError:
+        tomllib = pytest.importorskip("tomli")
+    with open(pyproject, "rb") as fh:
+        return tomllib.load(fh)["project"]["optional-dependencies"]
+
+
+def _names(requirements):
+    return {re.split(r"[\s<>=!;\[]", r, maxsplit=1)[0].lower().replace("_", "-")
+            for r in requirements}
+
+
+def test_every_extra_the_readme_names_exists():
+    extras = _extras()
+    text = README.read_text(encoding="utf-8")
+    named = {n for group in re.findall(r'(?:fastopt|\.)\[([a-z0-9,-]+)\]', text)
+             for n in group.split(",")}
+    assert {"plot", "test", "mpi", "bfloat16", "all"} <= named
+    assert named <= set(extras), named - set(extras)
+
+
+def test_the_all_extra_is_every_cpu_extra():
+    extras = _extras()
+    cpu = ("test", "bench", "plot", "bfloat16", "mpi")
+    assert _names(extras["all"]) == set().union(*(_names(extras[e]) for e in cpu))
+    for gpu in ("gpu", "gpu-cuda13"):
+        assert not _names(extras[gpu]) & _names(extras["all"])
+
+
+def test_blocks_using_an_optional_module_name_its_extra():
+    """A block importing ml_dtypes (or matplotlib via fastopt.demo's figures) sits in a
+    section that names the extra installing it."""
+    extras = _extras()
+    text = README.read_text(encoding="utf-8")
+    for line, heading, source in BLOCKS:
+        if "ml_dtypes" in source:
+            section = text[text.index(heading):text.index(source)]
+            providers = [e for e, reqs in extras.items() if "ml-dtypes" in _names(reqs)]
+            assert any(f"[{e}]" in section for e in providers), (line, providers)

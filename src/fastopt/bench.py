@@ -623,7 +623,8 @@ def format_report(report):
     parts.append("ms: median ms per step (±: inter-quartile range / median); GB/s from the "
                  "minimal traffic; %bw: share of the stream kernel's GB/s in the same samples; "
                  "Nx: other's time / fastopt's time, per sample pair, median; cpu/wall: "
-                 "process CPU time per wall time during fastopt steps.")
+                 "process CPU time per wall time during fastopt steps, from an idle start "
+                 "(no thread left spinning by earlier steps).")
     if report["stream"]:
         parts.append("\nUpdate bandwidth (stream kernel b += s*c, largest N):\n" + _table(
             ["dtype", "N", "threads", "ms", "GB/s"],

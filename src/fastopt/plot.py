@@ -11,11 +11,20 @@ state), so they work on headless machines and inside other programs.
 * :func:`trajectory_figure` / :func:`trajectory_animation`: the paths of optimizers on 2-D
   functions drawn over contour plots, as a PNG and as an animated GIF (from
   :func:`fastopt.viz.trajectories`).
+
+Every method has its own colour (:data:`STYLES`: twelve that stay apart), its family's line
+style (:data:`FAMILIES`: full batch solid, stochastic dashed, adaptive dash-dot) and its own
+marker; the legend has one row per family. Lines are layered so that each path shows where
+paths coincide: adaptive methods at the bottom, then gradient descent and heavy-ball momentum
+as wide translucent bands, then the other thin lines and Newton on top; the start, minimum and
+last-iterate marks (:data:`START`, :data:`MINIMUM`, :data:`LAST`) above all, the same in the
+PNG and the GIF.
 """
 import numpy as np
 
-__all__ = ["require_matplotlib", "STYLES", "style", "save_png", "convergence_figure",
-           "trajectory_figure", "trajectory_animation"]
+__all__ = ["require_matplotlib", "FAMILIES", "STYLES", "START", "MINIMUM", "LAST", "style",
+           "spaced_marks", "save_png", "convergence_figure", "trajectory_figure",
+           "trajectory_animation"]
 
 PLOT_EXTRA = 'pip install "fastopt[plot]"'
 
