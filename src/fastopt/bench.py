@@ -217,19 +217,24 @@ def measure(contenders, samples, batch_s=0.005, evict=None):
     return times
 
 
-def settle(timeout=1.0, probe=0.005, idle=0.1):
-    """Wait until the process is idle: until a `probe`-second sleep costs at most `idle`
-    CPU seconds per wall second (other threads done), or `timeout` seconds have passed.
+def settle(timeout=2.0, quiet=0.05, probe=0.01, idle=0.1):
+    """Wait until the process is idle: until it has spent at most `idle` CPU seconds per wall
+    second over `quiet` seconds in a row (sleeps of `probe` seconds), or `timeout` seconds
+    have passed. Returns True when the process went idle.
 
-    OpenMP's worker threads (fastopt's, and torch's) spin-wait for a while after a parallel
-    region before they sleep (libgomp: GOMP_SPINCOUNT, milliseconds); the process's CPU time
-    counts that spinning. Returns True when the process went idle.
+    OpenMP's worker threads (fastopt's, and torch's) spin-wait after a parallel region before
+    they sleep (libgomp: GOMP_SPINCOUNT iterations, milliseconds of CPU), and the process's
+    CPU time counts that spinning. On a busy machine a spinning thread runs only now and
+    then, so one short idle probe proves little: several in a row are required.
     """
     end = time.perf_counter() + timeout
+    calm = 0.0
     while True:
         c, w = time.process_time(), time.perf_counter()
         time.sleep(probe)
-        if time.process_time() - c <= idle * (time.perf_counter() - w):
+        dt = time.perf_counter() - w
+        calm = calm + dt if time.process_time() - c <= idle * dt else 0.0
+        if calm >= quiet:
             return True
         if time.perf_counter() >= end:
             return False
