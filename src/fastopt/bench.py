@@ -570,8 +570,10 @@ def _fmt_n(n):
         return f"{n // 1_000_000}M"
     if n >= 1000 and n % 1000 == 0:
         return f"{n // 1000}k"
-    if n >= 100_000:
+    if n >= 1_000_000:
         return f"{n / 1e6:.3g}M"
+    if n >= 100_000:
+        return f"{n / 1e3:.0f}k"
     return str(n)
 
 
