@@ -116,3 +116,103 @@ def test_bad_arguments_are_rejected():
         viz.trajectories(optimizers=["lbfgs"])
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         viz.trajectories(steps=0)
+
+
+# ---------------------------------------------------------------------------- the figures
+def _panel_pixels(fig, image, ax):
+    """The RGB pixels of axes `ax` in `image` (the figure saved at its own dpi or scaled)."""
+    scale = image.shape[1] / (fig.get_figwidth() * fig.dpi)
+    x0, y0, x1, y1 = (np.array(ax.get_window_extent().extents) * scale).round().astype(int)
+    height = image.shape[0]
+    return image[height - y1:height - y0, x0:x1, :3].astype(int)
+
+
+def _gold(px):
+    """Pixels of the minimum's star (gold, 255/215/0)."""
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    return (r > 230) & (g > 185) & (g < 235) & (b < 70)
+
+
+def _changed(a, b):
+    return np.abs(a - b).sum(axis=-1) > 60
+
+
+def test_styles_tell_every_method_apart():
+    from matplotlib.colors import to_rgb
+
+    from fastopt import plot
+    looks = {name: plot.style(name) for name in METHODS}
+    colours = [np.array(to_rgb(c)) * 255 for c, _, _ in looks.values()]
+    assert len({tuple(c) for c in colours}) == len(METHODS) >= 12
+    for i in range(len(colours)):
+        for j in range(i):
+            assert np.linalg.norm(colours[i] - colours[j]) > 60, (list(METHODS)[i],
+                                                                  list(METHODS)[j])
+    # within a family (one line style), no two methods share a marker
+    by_style = {}
+    for name, (_, ls, marker) in looks.items():
+        assert marker not in by_style.setdefault(ls, set()) or marker is None, name
+        by_style[ls].add(marker)
+    assert len(by_style) >= 3
+
+
+def test_figure_legend_names_the_marks(quick):
+    from fastopt import plot
+    panels, _, _ = quick
+    fig = plot.trajectory_figure(panels)
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    for label in ("start", "minimum", "last iterate", "full batch", "gradient descent"):
+        assert label in texts
+    assert len([t for t in texts if t.strip()]) == len(METHODS) + 3 + 4   # + marks, headings
+
+
+def test_gradient_descent_shows_in_every_panel(quick):
+    """Gradient descent runs under the stochastic methods' paths (same step) and others: at
+    least an eighth of what its path covers when drawn alone still shows with all drawn."""
+    from matplotlib.colors import to_hex
+
+    from fastopt import plot
+    panels, _, _ = quick
+    fig = plot.trajectory_figure(panels)
+    gd = to_hex(plot.style("gd")[0])
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) > 1
+             or to_hex(ln.get_color()) == gd]
+
+    def render(show):
+        for ln in lines:
+            ln.set_visible(show(to_hex(ln.get_color()) == gd))
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int).copy()
+
+    everything, without_gd = render(lambda is_gd: True), render(lambda is_gd: not is_gd)
+    gd_alone, nothing = render(lambda is_gd: is_gd), render(lambda is_gd: False)
+    for ax, panel in zip(fig.axes, panels):
+        def px(image):
+            return _panel_pixels(fig, image, ax)
+        shown = _changed(px(everything), px(without_gd)).sum()
+        alone = _changed(px(gd_alone), px(nothing)).sum()
+        assert alone > 50 and shown > alone / 8, (panel.name, shown, alone)
+
+
+def test_the_gif_has_the_png_marks(quick, tmp_path):
+    """The minimum's star is as filled (gold) in the GIF's last frame as in the PNG."""
+    from PIL import Image
+
+    from fastopt import plot
+    panels, _, _ = quick
+    png, gif = tmp_path / "t.png", tmp_path / "t.gif"
+    fig = plot.trajectory_figure(panels, str(png))
+    plot.trajectory_animation(panels, str(gif), frames=3, hold=0)
+    with Image.open(png) as im:
+        png_px = np.asarray(im.convert("RGB"))
+    with Image.open(gif) as im:
+        im.seek(im.n_frames - 1)
+        gif_px = np.asarray(im.convert("RGB"))
+    area = (gif_px.shape[1] / png_px.shape[1]) ** 2
+    for ax, panel in zip(fig.axes, panels):
+        if panel.minimizer is None:
+            continue
+        in_png = _gold(_panel_pixels(fig, png_px, ax)).sum()
+        in_gif = _gold(_panel_pixels(fig, gif_px, ax)).sum()
+        assert in_png > 40, panel.name
+        assert 0.6 < in_gif / (in_png * area) < 1.6, (panel.name, in_png, in_gif)

@@ -40,6 +40,15 @@ __all__ = ["main", "add_arguments", "run", "Config", "measure", "format_report"]
 
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_000_000)
 QUICK_SIZES = (10_000, 1_000_000)
+DTYPES = ("float32", "float64")
+#: the parts of a run, in order, with what each measures (for --help)
+SECTIONS = {
+    "sizes": "one tensor per size, warm cache, 1 and all threads",
+    "cold": "one tensor, caches evicted before every step",
+    "lists": "lists of tensors: ResNet-50's 161 shapes and 1000 tensors of 1000",
+    "threads": "fastopt alone at 1 vs all threads",
+    "crossover": "serial vs parallel step at small sizes",
+}
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -77,7 +86,7 @@ class Config:
         self.crossover_optimizers = few[:1] if quick else self.optimizers
         self.torch = torch
         self.evict_mb = evict_mb
-        self.sections = tuple(sections or ("sizes", "cold", "lists", "threads", "crossover"))
+        self.sections = tuple(sections or SECTIONS)
 
 
 # ------------------------------------------------------------------------------- machine
@@ -208,9 +217,38 @@ def measure(contenders, samples, batch_s=0.005, evict=None):
     return times
 
 
+def settle(timeout=2.0, quiet=0.05, probe=0.01, idle=0.1):
+    """Wait until the process is idle: until it has spent at most `idle` CPU seconds per wall
+    second over `quiet` seconds in a row (sleeps of `probe` seconds), or `timeout` seconds
+    have passed. Returns True when the process went idle.
+
+    OpenMP's worker threads (fastopt's, and torch's) spin-wait after a parallel region before
+    they sleep (libgomp: GOMP_SPINCOUNT iterations, milliseconds of CPU), and the process's
+    CPU time counts that spinning. On a busy machine a spinning thread runs only now and
+    then, so one short idle probe proves little: several in a row are required.
+    """
+    end = time.perf_counter() + timeout
+    calm = 0.0
+    while True:
+        c, w = time.process_time(), time.perf_counter()
+        time.sleep(probe)
+        dt = time.perf_counter() - w
+        calm = calm + dt if time.process_time() - c <= idle * dt else 0.0
+        if calm >= quiet:
+            return True
+        if time.perf_counter() >= end:
+            return False
+
+
 def cpu_per_wall(fn, seconds=0.05, evict=None):
-    """The process's CPU seconds per wall second while calling fn for about `seconds`."""
+    """The process's CPU seconds per wall second while calling fn for about `seconds`.
+
+    Starts from an idle process (:func:`settle`), so that threads still spinning after
+    earlier steps at another thread count are not counted; spinning between fn's own steps
+    is (it is part of what fn costs).
+    """
     n = 1 if evict is not None else _calibrate(fn, seconds)
+    settle()
     reps = 3
     cpu = wall = 0.0
     for _ in range(reps):
@@ -273,6 +311,15 @@ def list_cases(scale=1):
     resnet = [shrink(s) if scale > 1 else s for s in impls.RESNET50_SHAPES]
     many = [shrink((1000,))] * 1000
     return {"resnet50": resnet, "1000x1000": many}
+
+
+def list_label(name, shapes, scale=1):
+    """The printed name of list case `name`: with its real size when shrunk by `scale`
+    (``resnet50/64``, ``1000x15``), and its tensor count and total size."""
+    n = sum(math.prod(s) for s in shapes)
+    if scale > 1:
+        name = f"{name}/{scale}" if name == "resnet50" else f"{len(shapes)}x{n // len(shapes)}"
+    return f"{name} ({len(shapes)} tensors, N={_fmt_n(n)})"
 
 
 # ---------------------------------------------------------------------------------- cases
@@ -472,7 +519,9 @@ def _progress(total, enabled):
 def _describe_job(section, args):
     if section in ("sizes", "cold", "lists"):
         name, shapes, dtype, threads = args[:4]
-        what = args[4] if section == "lists" else f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
+        what = f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
+        if section == "lists":
+            what = f"{args[4]} {what}"
         return f"{section} {name} {what} {dtype} {threads}t"
     return f"{section} {args[0]} N={_fmt_n(args[1])}"
 
@@ -499,6 +548,7 @@ def run(cfg, progress=True):
                 name, shapes, dtype, threads, label = args
                 row = run_case(name, shapes, dtype, threads, cfg, inputs, flat=True)
                 row["list"] = label
+                row["label"] = list_label(label, shapes, cfg.list_scale)
             elif section == "threads":
                 row = run_threads(*args, cfg, inputs)
             else:
@@ -520,6 +570,10 @@ def _fmt_n(n):
         return f"{n // 1_000_000}M"
     if n >= 1000 and n % 1000 == 0:
         return f"{n // 1000}k"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.3g}M"
+    if n >= 100_000:
+        return f"{n / 1e3:.0f}k"
     return str(n)
 
 
@@ -552,7 +606,8 @@ def _case_rows(rows, with_list=False):
     for r in rows:
         f = r["fastopt"]
         torch = r.get("torch")
-        cells = [r.get("list", "") if with_list else _fmt_n(r["n"]), r["optimizer"]]
+        cells = [r.get("label", r.get("list", "")) if with_list else _fmt_n(r["n"]),
+                 r["optimizer"]]
         if not with_list:
             cells.insert(1, r["dtype"].replace("float", "f"))
         cells += [r["threads"], f"{_fmt_ms(f['median_ms'])} ±{f['spread_pct']:.0f}%",
@@ -575,7 +630,8 @@ def format_report(report):
     parts.append("ms: median ms per step (±: inter-quartile range / median); GB/s from the "
                  "minimal traffic; %bw: share of the stream kernel's GB/s in the same samples; "
                  "Nx: other's time / fastopt's time, per sample pair, median; cpu/wall: "
-                 "process CPU time per wall time during fastopt steps.")
+                 "process CPU time per wall time during fastopt steps, from an idle start "
+                 "(no thread left spinning by earlier steps).")
     if report["stream"]:
         parts.append("\nUpdate bandwidth (stream kernel b += s*c, largest N):\n" + _table(
             ["dtype", "N", "threads", "ms", "GB/s"],
@@ -631,19 +687,29 @@ def _name_list(choices):
 def add_arguments(parser):
     """The options of `fastopt bench` (shared by the `fastopt` command and main())."""
     parser.add_argument("--quick", action="store_true",
-                        help="small grid (float32, N=1e4 and 1e6, few samples): under a minute")
+                        help="small grid (float32, N=1e4 and 1e6, few samples, the lists' "
+                             "tensors 64 times smaller): under a minute")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the full results as JSON to PATH ('-' for stdout)")
-    parser.add_argument("--optimizers", type=_name_list(impls.OPTIMIZERS),
-                        help=f"comma-separated subset of {','.join(impls.OPTIMIZERS)}")
-    parser.add_argument("--dtypes", type=_name_list(("float32", "float64")))
-    parser.add_argument("--sizes", type=_int_list, help="comma-separated N, e.g. 1e3,1e6")
-    parser.add_argument("--threads", type=_int_list,
-                        help="thread counts (default: 1 and all)")
-    parser.add_argument("--samples", type=int, help="samples per case (median over them)")
-    parser.add_argument("--batch-ms", type=float, help="target duration of one sample")
-    parser.add_argument("--sections", type=_name_list(("sizes", "cold", "lists", "threads", "crossover")),
-                        help="which parts to run (default: all)")
+    parser.add_argument("--optimizers", type=_name_list(impls.OPTIMIZERS), metavar="NAMES",
+                        help=f"comma-separated subset of {', '.join(impls.OPTIMIZERS)} "
+                             "(default: all)")
+    parser.add_argument("--dtypes", type=_name_list(DTYPES), metavar="DTYPES",
+                        help=f"comma-separated subset of {', '.join(DTYPES)} (default: both; "
+                             "float32 with --quick)")
+    parser.add_argument("--sizes", type=_int_list, metavar="N,...",
+                        help="comma-separated N, e.g. 1e3,1e6 (default: "
+                             f"{','.join(_fmt_n(n) for n in FULL_SIZES)}; with --quick "
+                             f"{','.join(_fmt_n(n) for n in QUICK_SIZES)})")
+    parser.add_argument("--threads", type=_int_list, metavar="T,...",
+                        help="comma-separated thread counts (default: 1 and all)")
+    parser.add_argument("--samples", type=int, help="samples per case (median over them; "
+                                                    "default 9, 3 with --quick)")
+    parser.add_argument("--batch-ms", type=float, help="target duration of one sample "
+                                                       "(default 5, 1 with --quick)")
+    parser.add_argument("--sections", type=_name_list(tuple(SECTIONS)), metavar="SECTIONS",
+                        help="comma-separated parts to run (default: all): "
+                             + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
     parser.add_argument("--no-torch", action="store_true", help="do not compare with torch")
     parser.add_argument("--evict-mb", type=float,
                         help="cache-eviction buffer size (default: twice the last-level cache)")

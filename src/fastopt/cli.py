@@ -13,19 +13,24 @@ import sys
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS = {
-    "demo": ("fastopt.demo", "every optimizer on real logistic-regression problems: table and "
-                             "convergence figures"),
-    "viz": ("fastopt.viz", "optimizer trajectories on 2-D test functions: PNG and animated GIF"),
-    "bench": ("fastopt.bench", "measure update speed against memory bandwidth, NumPy and torch"),
+    "demo": ("fastopt.demo", "every optimizer on logistic regression: table and figures"),
+    "viz": ("fastopt.viz", "optimizer paths on 2-D test functions: PNG and GIF"),
+    "bench": ("fastopt.bench", "update speed against memory bandwidth, NumPy and torch"),
 }
+
+EPILOG = """\
+'python -m fastopt COMMAND' is the same as 'fastopt COMMAND'.
+Run 'fastopt COMMAND --help' for the options of a command, e.g. 'fastopt demo --help'."""
 
 
 def build_parser():
     """The argparse parser with one subparser per entry of COMMANDS."""
+    from . import __version__
     parser = argparse.ArgumentParser(
-        prog="fastopt", description="fastopt: fused, in-place optimizer updates.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+        prog="fastopt", description="fastopt: fused, in-place optimizer updates.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -35,8 +40,15 @@ def build_parser():
 
 
 def main(argv=None):
-    """Parse `argv` (default: sys.argv[1:]) and run the chosen command; returns its status."""
-    args = build_parser().parse_args(argv)
+    """Parse `argv` (default: sys.argv[1:]) and run the chosen command; returns its status.
+
+    Without a command, prints the list of commands (one line each) and returns 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
     return args._run(args)
 
 

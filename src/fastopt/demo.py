@@ -64,14 +64,16 @@ class DemoDataset:
 @dataclass
 class DemoResult:
     """What :func:`run` did: per dataset a :class:`DemoDataset`, the printed table, the
-    figures written (paths), the note printed instead of figures (if any), total seconds, and
-    whether BLAS ran on one thread (threadpoolctl installed)."""
+    figures written (paths), the note printed instead of figures (if any), total seconds,
+    whether BLAS ran on one thread (threadpoolctl installed), and every file written (paths:
+    the table, then the figures)."""
     datasets: dict
     table: str
     figures: list = field(default_factory=list)
     note: str = None
     elapsed: float = 0.0
     single_threaded_blas: bool = False
+    files: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------- data
@@ -186,6 +188,8 @@ def run(datasets=None, optimizers=None, *, quick=False, epochs=None, out=None, s
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     stream = sys.stdout if stream is None else stream
+    if out is not None and stream is not False:
+        print(f"output folder: {_folder(out)}", file=stream, flush=True)
     t_start = time.perf_counter()
     results = {}
     bar = _progress(len(names) * (len(methods) + 1), progress)
@@ -215,9 +219,13 @@ def run(datasets=None, optimizers=None, *, quick=False, epochs=None, out=None, s
         if bar is not None:
             bar.close()
 
-    figures, note = [], None
+    figures, note, files = [], None, []
+    table = format_table(results)
     if out is not None:
         os.makedirs(out, exist_ok=True)
+        files.append(os.path.join(out, "demo_table.txt"))
+        with open(files[0], "w") as fh:
+            fh.write(table + "\n")
     if plot and out is not None:
         try:
             from . import plot as fplot
@@ -230,14 +238,12 @@ def run(datasets=None, optimizers=None, *, quick=False, epochs=None, out=None, s
                 fplot.convergence_figure(res.comparison, path, title=_figure_title(res))
                 res.figure = path
                 figures.append(path)
-    result = DemoResult(results, format_table(results), figures, note,
-                        time.perf_counter() - t_start, single)
-    if out is not None:
-        with open(os.path.join(out, "demo_table.txt"), "w") as fh:
-            fh.write(result.table + "\n")
+    files += figures
+    result = DemoResult(results, table, figures, note, time.perf_counter() - t_start, single,
+                        files)
     if stream is not False:
         print(result.table, file=stream)
-        for path in figures:
+        for path in files:
             print(f"wrote {path}", file=stream)
         if note:
             print(note, file=stream)
@@ -245,6 +251,12 @@ def run(datasets=None, optimizers=None, *, quick=False, epochs=None, out=None, s
                    "pip install threadpoolctl to run them on one thread, faster here")
         print(f"done in {result.elapsed:.1f} s ({threads})", file=stream)
     return result
+
+
+def _folder(out):
+    """How the output folder is announced: as given, and where that is when relative."""
+    shown = os.path.join(out, "")
+    return shown if os.path.isabs(out) else f"{shown} (in {os.getcwd()})"
 
 
 def _figure_title(res):
@@ -302,12 +314,15 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help=f"a {QUICK_EPOCHS}-pass budget instead of {EPOCHS} (a few seconds)")
     parser.add_argument("--out", default="fastopt-demo", metavar="DIR",
-                        help="folder for the figures and the table (default: %(default)s)")
+                        help="folder for demo_table.txt and one demo_<dataset>.png per "
+                             "dataset, created if missing (default: %(default)s, in the "
+                             "current directory)")
     parser.add_argument("--dataset", default="all", choices=[*DATASETS, "all"],
-                        help="which dataset (default: %(default)s)")
+                        help="which dataset: " + ", ".join([*DATASETS, "all"])
+                             + " (default: %(default)s)")
     parser.add_argument("--optimizers", default=None, metavar="NAMES",
-                        help="comma-separated optimizers (default: all of "
-                             + ", ".join(METHODS) + ")")
+                        help="comma-separated optimizers from " + ", ".join(METHODS)
+                             + " (default: all)")
     parser.add_argument("--epochs", type=float, default=None,
                         help=f"budget in passes over the training data (default {EPOCHS}, "
                              f"{QUICK_EPOCHS} with --quick)")

@@ -11,57 +11,141 @@ state), so they work on headless machines and inside other programs.
 * :func:`trajectory_figure` / :func:`trajectory_animation`: the paths of optimizers on 2-D
   functions drawn over contour plots, as a PNG and as an animated GIF (from
   :func:`fastopt.viz.trajectories`).
+
+Every method has its own colour (:data:`STYLES`: twelve that stay apart), its family's line
+style (:data:`FAMILIES`: full batch solid, stochastic dashed, adaptive dash-dot) and its own
+marker; the legend has one row per family. Lines are layered so that each path shows where
+paths coincide: adaptive methods at the bottom, then gradient descent and heavy-ball momentum
+as wide translucent bands, then the other thin lines and Newton on top; the start, minimum and
+last-iterate marks (:data:`START`, :data:`MINIMUM`, :data:`LAST`) above all, the same in the
+PNG and the GIF.
 """
 import numpy as np
 
-__all__ = ["require_matplotlib", "STYLES", "style", "save_png", "convergence_figure",
-           "trajectory_figure", "trajectory_animation"]
+__all__ = ["require_matplotlib", "FAMILIES", "STYLES", "START", "MINIMUM", "LAST", "style",
+           "spaced_marks", "save_png", "convergence_figure", "trajectory_figure",
+           "trajectory_animation"]
 
 PLOT_EXTRA = 'pip install "fastopt[plot]"'
 
-#: Method name -> (colour, line style). Full-batch methods are solid, stochastic ones dashed,
-#: adaptive ones dash-dotted; Newton is black.
-STYLES = {
-    "gd": ("tab:blue", "-"),
-    "momentum": ("tab:cyan", "-"),
-    "nesterov": ("tab:purple", "-"),
-    "sgd": ("tab:orange", "--"),
-    "minibatch_sgd": ("tab:brown", "--"),
-    "svrg": ("tab:red", "--"),
-    "adagrad": ("tab:olive", "-."),
-    "rmsprop": ("tab:pink", "-."),
-    "adam": ("tab:green", "-."),
-    "adadelta": ("tab:gray", "-."),
-    "adamax": ("goldenrod", "-."),
-    "newton": ("black", "-"),
+#: Method families: (legend heading, line style). Within a family each method has its own
+#: colour and marker, so every curve differs from the others in colour and in line style or
+#: marker.
+FAMILIES = {
+    "full": ("full batch", "-"),
+    "stochastic": ("stochastic (batch 1 or 32)", "--"),
+    "adaptive": ("adaptive (batch 32)", "-."),
 }
-_EXTRA_COLOURS = ("navy", "teal", "maroon", "darkkhaki", "slateblue", "sienna")
+
+#: Method name -> (colour, family, marker). Thirteen colours that stay apart on white and on
+#: the grey contour plots (a qualitative set after S. Trubetskoy's "20 distinct colours").
+#: Gradient descent and heavy-ball momentum are drawn as wide translucent bands under the
+#: thin lines, since stochastic methods and Nesterov often run along their paths.
+STYLES = {
+    "gd": ("#4363d8", "full", "h"),
+    "momentum": ("#42d4f4", "full", None),
+    "nesterov": ("#911eb4", "full", "^"),
+    "newton": ("#000000", "full", "o"),
+    "sgd": ("#f58231", "stochastic", "v"),
+    "minibatch_sgd": ("#9a6324", "stochastic", "s"),
+    "svrg": ("#e6194b", "stochastic", "D"),
+    "adagrad": ("#469990", "adaptive", "<"),
+    "rmsprop": ("#f032e6", "adaptive", ">"),
+    "adam": ("#3cb44b", "adaptive", "P"),
+    "adadelta": ("#808080", "adaptive", "X"),
+    "adamax": ("#800000", "adaptive", "*"),
+}
+_EXTRA_COLOURS = ("#808000", "#000075", "#ffe119", "#bfef45", "#dcbeff", "#aaffc3")
+_EXTRA_MARKERS = ("p", "d", "8", "H", "1", "2")
+#: methods drawn as wide translucent bands under the thin lines -> (extra width in points,
+#: opacity, layer): heavy-ball momentum widest at the bottom, gradient descent on it
+_BANDS = {"momentum": (7.0, 0.5, 2.4), "gd": (4.0, 0.9, 2.5)}
+
+#: The marks of the trajectory plots (keywords of Axes.plot), the same in the PNG and the GIF.
+START = dict(marker="o", ms=9, color="white", mec="black", mew=1.2, ls="none", zorder=8)
+MINIMUM = dict(marker="*", ms=18, color="gold", mec="black", mew=0.9, ls="none", zorder=8)
+LAST = dict(marker="o", ms=6, mec="black", mew=0.7, ls="none", zorder=7)
 
 
 def style(name, index=0):
-    """(colour, line style) of method `name` (a fallback colour for names not in STYLES)."""
-    return STYLES.get(name, (_EXTRA_COLOURS[index % len(_EXTRA_COLOURS)], ":"))
+    """(colour, line style, marker) of method `name`; names not in STYLES get a fallback
+    colour and marker from `index`, dotted."""
+    if name in STYLES:
+        colour, family, marker = STYLES[name]
+        return colour, FAMILIES[family][1], marker
+    return (_EXTRA_COLOURS[index % len(_EXTRA_COLOURS)], ":",
+            _EXTRA_MARKERS[index % len(_EXTRA_MARKERS)])
 
 
-def _line_kwargs(name, index=0, lw=1.7):
-    """Plot keywords of method `name`: heavy-ball momentum is drawn wide and translucent
-    under Nesterov's thin line, since the two often coincide; Newton is thick with dots."""
-    colour, ls = style(name, index)
-    kw = dict(color=colour, ls=ls, lw=lw)
-    if name == "momentum":
-        kw.update(lw=lw + 2.2, alpha=0.5)
+def _line_kwargs(name, index=0, lw=1.7, markevery=None):
+    """Plot keywords of method `name`: colour, family line style, the method's marker every
+    `markevery` points (see Line2D.markevery; Newton: every iterate), and the layer, from
+    the bottom: the adaptive methods (whose paths often oscillate across a valley), the
+    wide translucent bands of :data:`_BANDS`, the other thin lines, Newton."""
+    colour, ls, marker = style(name, index)
+    family = STYLES[name][1] if name in STYLES else None
+    kw = dict(color=colour, ls=ls, lw=lw, zorder=3, alpha=0.9)
+    if name in _BANDS:
+        extra, alpha, layer = _BANDS[name]
+        kw.update(lw=lw + extra, alpha=alpha, zorder=layer, solid_capstyle="round")
     elif name == "newton":
-        kw.update(lw=lw + 0.7, marker="o", ms=4)
+        kw.update(zorder=4, marker="o", ms=4.5)
+    elif ls != "-":
+        kw.update(lw=0.8 * lw, zorder=2 if family == "adaptive" else 3)
+    if marker is not None and name != "newton":
+        kw.update(marker=marker, ms=6, mec="white", mew=0.5)
+        if markevery is not None:
+            kw["markevery"] = markevery
     return kw
 
 
-def _row_major(handles, ncol):
-    """Reorder legend handles so that matplotlib's column-by-column fill reads row by row."""
-    rows = -(-len(handles) // ncol)
-    grid = [handles[r * ncol:(r + 1) * ncol] for r in range(rows)]
-    return [grid[r][c] for c in range(ncol) for r in range(rows) if c < len(grid[r])]
+def _make_room(fig, legend_rows):
+    """Grow the figure by the height of a bottom legend of `legend_rows` rows, and lay the
+    axes out above it."""
+    legend_in = 0.3 + 0.24 * legend_rows
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + legend_in)
+    fig.tight_layout(rect=(0, legend_in / (height + legend_in), 1, 1))
 
 
+def spaced_marks(xy, bounds, spacing=0.09):
+    """Indices of the points of path `xy` ((k, 2)) that get a marker: the first point at
+    least `spacing` (a fraction of the plotted box, per axis) from the previous marked point,
+    starting from the path's start (not marked itself). Oscillation in place adds none."""
+    (x0, x1), (y0, y1) = bounds
+    uv = (np.asarray(xy, np.float64) - [x0, y0]) / [x1 - x0, y1 - y0]
+    marks, last = [], uv[0]
+    for i in range(1, len(uv)):
+        if np.hypot(*(uv[i] - last)) >= spacing:
+            marks.append(i)
+            last = uv[i]
+    return marks
+
+
+def _family_legend(fig, names, handles_by_name, extra=(), **kwargs):
+    """A legend with one row per method family, its heading first, then a row of the
+    `extra` handles (start, minimum, last iterate) under "marks". Returns (legend, rows)."""
+    from matplotlib.lines import Line2D
+    groups = {}
+    for name in names:
+        family = STYLES[name][1] if name in STYLES else "other"
+        groups.setdefault(family, []).append(handles_by_name[name])
+    headings = {k: v[0] for k, v in FAMILIES.items()}
+    rows = [(headings.get(f, "other"), hs) for f, hs in groups.items()]
+    if extra:
+        rows.append(("marks", list(extra)))
+    ncol = 1 + max(len(hs) for _, hs in rows)
+    grid = []
+    for heading, hs in rows:
+        cells = [Line2D([], [], ls="none", label=heading)] + hs
+        grid.append(cells + [Line2D([], [], ls="none", label="")] * (ncol - len(cells)))
+    # matplotlib fills a legend column by column
+    handles = [grid[r][c] for c in range(ncol) for r in range(len(grid))]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9.5,
+                        frameon=False, columnspacing=1.6, handlelength=2.6, **kwargs)
+    for text in legend.get_texts()[:len(grid)]:          # the first column: the headings
+        text.set_fontweight("bold")
+    return legend, len(grid)
 def require_matplotlib():
     """Import matplotlib (Agg canvas) or raise ImportError naming the [plot] extra."""
     try:
@@ -85,11 +169,17 @@ def _figure(**kwargs):
 
 def _palette_for(img):
     """A (256, 3) uint8 palette for `img` (RGB): the exact colours of :data:`STYLES`, the
-    markers and a grey ramp, then the image's most frequent other colours (median cut)."""
+    markers and a grey ramp; each method's colour as drawn (at its opacity) over white and
+    over the contour plots' grey; then the image's most frequent other colours (median cut)."""
     from matplotlib.colors import to_rgb
     from PIL import Image
-    named = [c for c, _ in STYLES.values()] + list(_EXTRA_COLOURS) + ["gold", "black", "white"]
+    named = [c for c, _, _ in STYLES.values()] + list(_EXTRA_COLOURS) + ["gold", "black", "white"]
     fixed = [tuple(round(255 * v) for v in to_rgb(c)) for c in named]
+    for name, (colour, _, _) in STYLES.items():
+        alpha = _line_kwargs(name)["alpha"]
+        for background in (1.0, 0.85):
+            fixed.append(tuple(round(255 * (alpha * v + (1 - alpha) * background))
+                               for v in to_rgb(colour)))
     fixed += [(g, g, g) for g in np.linspace(0, 255, 48).round().astype(int)]
     fixed = np.array(list(dict.fromkeys(fixed)), dtype=np.uint8)
     rest = img.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT,
@@ -184,17 +274,18 @@ def convergence_figure(comparison, path=None, *, title=None, floor=1e-15, dpi=10
     reaches 0 to rounding) are drawn at `floor`. Saves a PNG to `path` when given; returns
     the matplotlib Figure.
     """
-    fig = _figure(figsize=(12.5, 5.6), dpi=dpi)
+    fig = _figure(figsize=(12.5, 5.4), dpi=dpi)
     ax_evals, ax_time = fig.subplots(1, 2)
     n = comparison.n_samples
-    lines = []
     top = floor
+    handles = {}
     for i, (name, tr) in enumerate(comparison.traces.items()):
-        kw = _line_kwargs(name, i)
         sub = np.maximum(np.asarray(tr.subopt, dtype=np.float64), floor)
+        every = max(1, len(sub) // 8)            # about 8 markers a curve, staggered
+        kw = _line_kwargs(name, i, markevery=(i * every // 12 % every, every))
         top = max(top, float(np.nanmax(sub[np.isfinite(sub)], initial=floor)))
         (line,) = ax_evals.plot(np.asarray(tr.grad_evals) / n, sub, label=tr.label, **kw)
-        lines.append(line)
+        handles[name] = line
         t = np.asarray(tr.time)
         keep = t > 0
         ax_time.plot(t[keep], sub[keep], **kw)
@@ -212,11 +303,10 @@ def convergence_figure(comparison, path=None, *, title=None, floor=1e-15, dpi=10
     ax_time.set_xlabel("wall time of the optimization [s] (log scale)")
     ax_evals.set_title("convergence per gradient evaluation")
     ax_time.set_title("convergence per second")
-    fig.legend(handles=_row_major(lines, 6), loc="lower center", ncol=6, fontsize=9.5,
-               frameon=False)
+    _, rows = _family_legend(fig, list(comparison.traces), handles)
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _make_room(fig, rows)
     if path is not None:
         save_png(fig, path, dpi)
     return fig
@@ -236,9 +326,6 @@ def _contours(ax, panel, levels=24):
     ax.contourf(X, Y, shifted, levels=lv, norm=colors.LogNorm(), cmap="Greys_r", alpha=0.3)
     ax.contour(X, Y, shifted, levels=lv, norm=colors.LogNorm(), colors="0.35",
                linewidths=0.45, alpha=0.7)
-    if panel.minimizer is not None:
-        ax.plot(*panel.minimizer, marker="*", ms=15, color="gold", mec="black", zorder=5)
-    ax.plot(*panel.start, marker="o", ms=7, color="white", mec="black", zorder=5)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("x")
@@ -246,44 +333,56 @@ def _contours(ax, panel, levels=24):
     ax.set_title(panel.title, fontsize=11)
 
 
-def _trajectory_axes(panels, dpi):
+def _trajectories(panels, dpi, lw, title=None, animated=False):
+    """The figure of the trajectory plots: contours, then per panel one line per method
+    (full path; empty when `animated`) with its marker at :func:`spaced_marks`, its last
+    iterate (:data:`LAST`), the start (:data:`START`) and the minimum (:data:`MINIMUM`), and
+    the legend. Returns ``(fig, moving)``: moving lists ``(ax, xy, line, last, marks)`` per
+    path; with `animated` the lines, last iterates and marks are animated artists, for the
+    caller to draw on each frame."""
     import math
+
+    from matplotlib.lines import Line2D
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(figsize=(6.4 * cols, 5.4 * rows + 1.0), dpi=dpi)
+    fig = _figure(figsize=(max(6.4 * cols, 11.0), 5.4 * rows + 0.4), dpi=dpi)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    return fig, axes
-
-
-def _legend(fig, panels, handles_by_name):
-    names = [n for p in panels for n in p.paths]
-    names = list(dict.fromkeys(names))
-    handles = [handles_by_name[n] for n in names]
-    fig.legend(handles=_row_major(handles, 6), loc="lower center", ncol=6, fontsize=9.5,
-               frameon=False)
+    handles, moving = {}, []
+    for ax, panel in zip(axes, panels):
+        _contours(ax, panel)
+        for i, (name, xy) in enumerate(panel.paths.items()):
+            kw = _line_kwargs(name, i, lw=lw, markevery=spaced_marks(xy, panel.bounds))
+            marks = kw.get("markevery", list(range(len(xy))))     # Newton: every iterate
+            if animated:
+                kw["markevery"] = []
+            data = ([], []) if animated else (xy[:, 0], xy[:, 1])
+            (line,) = ax.plot(*data, animated=animated, **kw)
+            data = ([], []) if animated else (xy[-1:, 0], xy[-1:, 1])
+            (last,) = ax.plot(*data, animated=animated, **{**LAST, "color": kw["color"]})
+            moving.append((ax, xy, line, last, marks))
+            handles[name] = Line2D([], [], label=panel.labels[name],
+                                   **{k: v for k, v in kw.items() if k != "markevery"})
+        if panel.minimizer is not None:
+            ax.plot(*panel.minimizer, animated=animated, **MINIMUM)
+        ax.plot(*panel.start, animated=animated, **START)
+    marks = [Line2D([], [], label="start", **START),
+             Line2D([], [], label="minimum", **MINIMUM),
+             Line2D([], [], label="last iterate", **{**LAST, "color": "0.75"})]
+    names = list(dict.fromkeys(n for p in panels for n in p.paths))
+    _, legend_rows = _family_legend(fig, names, handles, extra=marks)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    _make_room(fig, legend_rows)
+    return fig, moving
 
 
 def trajectory_figure(panels, path=None, *, dpi=90, title=None):
     """The full paths of every optimizer over each panel's contour plot (one panel per
     function; `panels` from :func:`fastopt.viz.trajectories`). Saves a PNG to `path` when
     given; returns the Figure."""
-    from matplotlib.lines import Line2D
-    fig, axes = _trajectory_axes(panels, dpi)
-    handles = {}
-    for ax, panel in zip(axes, panels):
-        _contours(ax, panel)
-        for i, (name, xy) in enumerate(panel.paths.items()):
-            kw = _line_kwargs(name, i, lw=1.6)
-            ax.plot(xy[:, 0], xy[:, 1], **kw)
-            ax.plot(xy[-1, 0], xy[-1, 1], marker="o", ms=4, color=kw["color"])
-            handles[name] = Line2D([], [], label=panel.labels[name],
-                                   **{**kw, "lw": max(kw["lw"], 2.6)})
-    _legend(fig, panels, handles)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig, _ = _trajectories(panels, dpi, lw=1.6, title=title)
     if path is not None:
         save_png(fig, path, dpi)
     return fig
@@ -325,24 +424,13 @@ def trajectory_animation(panels, path, *, frames=60, fps=12, dpi=72, title=None,
         import PIL  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"the animated GIF needs pillow: {PLOT_EXTRA} ({exc})") from None
-    from matplotlib.lines import Line2D
-    fig, axes = _trajectory_axes(panels, dpi)
-    artists, handles = [], {}
-    longest = 1
-    for ax, panel in zip(axes, panels):
-        _contours(ax, panel)
-        for i, (name, xy) in enumerate(panel.paths.items()):
-            kw = _line_kwargs(name, i, lw=2.0)
-            (line,) = ax.plot([], [], animated=True, **kw)
-            (head,) = ax.plot([], [], marker="o", ms=5, color=kw["color"], animated=True)
-            artists.append((ax, xy, line, head))
-            longest = max(longest, len(xy) - 1)
-            handles[name] = Line2D([], [], label=panel.labels[name],
-                                   **{**kw, "lw": max(kw["lw"], 2.6)})
-    _legend(fig, panels, handles)
-    fig.suptitle(title or "", fontsize=12)
+    fig, moving = _trajectories(panels, dpi, lw=2.0, title=title or " ", animated=True)
+    longest = max([1] + [len(m[1]) - 1 for m in moving])
+    # every animated artist, in the order the PNG draws them (by zorder, stably)
+    layers = sorted((a for ax in fig.axes for a in ax.get_children()
+                     if getattr(a, "get_animated", lambda: False)()),
+                    key=lambda a: a.get_zorder())
     counter = fig.text(0.985, 0.985, "", ha="right", va="top", fontsize=11, animated=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     canvas = fig.canvas
     canvas.draw()
     background = canvas.copy_from_bbox(fig.bbox)
@@ -352,12 +440,13 @@ def trajectory_animation(panels, path, *, frames=60, fps=12, dpi=72, title=None,
         for k in range(frames):
             step = int(round(k * longest / (frames - 1)))
             canvas.restore_region(background)
-            for ax, xy, line, head in artists:
+            for ax, xy, line, last, marks in moving:
                 j = min(step, len(xy) - 1)
                 line.set_data(xy[:j + 1, 0], xy[:j + 1, 1])
-                head.set_data(xy[j:j + 1, 0], xy[j:j + 1, 1])
-                ax.draw_artist(line)
-                ax.draw_artist(head)
+                line.set_markevery([i for i in marks if i <= j])
+                last.set_data(xy[j:j + 1, 0], xy[j:j + 1, 1])
+            for artist in layers:
+                artist.axes.draw_artist(artist)
             counter.set_text(f"step {step}")
             fig.draw_artist(counter)
             writer.grab_frame()

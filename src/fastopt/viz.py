@@ -253,10 +253,17 @@ def trajectories(functions=None, optimizers=None, *, steps=STEPS, seed=0, progre
 def run(out="fastopt-viz", *, quick=False, steps=None, functions=None, optimizers=None,
         seed=0, gif=True, stream=None):
     """Compute the trajectories and write ``trajectories.png`` (and ``trajectories.gif``)
-    into `out`; returns ``(panels, paths written)``. Needs matplotlib (the [plot] extra)."""
+    into `out` (created if missing); returns ``(panels, paths written)``. Prints the folder
+    first and every file written last to `stream` (default sys.stdout; ``False``: nothing).
+    Needs matplotlib (the [plot] extra)."""
     from . import plot
     plot.require_matplotlib()
     steps = (QUICK_STEPS if quick else STEPS) if steps is None else steps
+    stream = sys.stdout if stream is None else stream
+    if stream is not False:
+        shown = os.path.join(out, "")
+        where = "" if os.path.isabs(out) else f" (in {os.getcwd()})"
+        print(f"output folder: {shown}{where}", file=stream, flush=True)
     panels = trajectories(functions, optimizers, steps=steps, seed=seed)
     os.makedirs(out, exist_ok=True)
     written = [os.path.join(out, "trajectories.png")]
@@ -265,7 +272,6 @@ def run(out="fastopt-viz", *, quick=False, steps=None, functions=None, optimizer
     if gif:
         written.append(os.path.join(out, "trajectories.gif"))
         plot.trajectory_animation(panels, written[1], frames=20 if quick else 60, title=title)
-    stream = sys.stdout if stream is None else stream
     if stream is not False:
         for path in written:
             print(f"wrote {path}", file=stream)
@@ -275,12 +281,20 @@ def run(out="fastopt-viz", *, quick=False, steps=None, functions=None, optimizer
 # ------------------------------------------------------------------------------ command
 def add_arguments(parser):
     """Options of `fastopt viz`."""
+    from .convergence import METHODS
     parser.add_argument("--out", default="fastopt-viz", metavar="DIR",
-                        help="folder for trajectories.png and trajectories.gif "
-                             "(default: %(default)s)")
+                        help="folder for trajectories.png and trajectories.gif, created if "
+                             "missing (default: %(default)s, in the current directory)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_STEPS} steps per optimizer instead of {STEPS}, a short GIF")
-    parser.add_argument("--steps", type=int, default=None, help="steps per optimizer")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per optimizer (default {STEPS}, {QUICK_STEPS} with --quick)")
+    parser.add_argument("--functions", default=None, metavar="NAMES",
+                        help="comma-separated functions from " + ", ".join(FUNCTIONS)
+                             + " (default: all)")
+    parser.add_argument("--optimizers", default=None, metavar="NAMES",
+                        help="comma-separated optimizers from " + ", ".join(METHODS)
+                             + " (default: all)")
     parser.add_argument("--no-gif", action="store_true", help="write the PNG only")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the stochastic methods' noise and sampling (default 0)")
@@ -288,8 +302,12 @@ def add_arguments(parser):
 
 def run_from_args(args):
     """`fastopt viz` with parsed arguments; returns the exit status."""
+    def names(text):
+        return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
     try:
-        run(args.out, quick=args.quick, steps=args.steps, seed=args.seed, gif=not args.no_gif)
+        run(args.out, quick=args.quick, steps=args.steps, seed=args.seed, gif=not args.no_gif,
+            functions=names(args.functions), optimizers=names(args.optimizers))
     except ImportError as exc:
         print(f"fastopt viz: {exc}", file=sys.stderr)
         return 1
