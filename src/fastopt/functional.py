@@ -13,13 +13,14 @@ Every check happens before any element is written: on error nothing is modified.
 Hyperparameters are checked with the same rules as the classes' (fastopt._specs).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
-call the same `_<name>` runners with cached plans.
+call the same runners (`fastopt._runners`) with cached plans.
 """
 import math
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _runners, _specs
+from ._newton import newton_step
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
            "backend_for"]
@@ -95,7 +96,6 @@ def _check_lr(lr):
 
 def _check_hyper(name, **values):
     """Check hyperparameters with the registry's rules, those the classes apply to groups."""
-    from . import _specs  # imported here: _specs imports this module
     spec = _specs.SPECS[name]
     for key, value in values.items():
         spec.rules.get(key, _specs.unit_open)(key, value)   # beta1, beta2: in [0, 1)
@@ -104,15 +104,6 @@ def _check_hyper(name, **values):
 
 
 # --------------------------------------------------------------------------------------- SGD
-def _sgd(mod, plan, grads, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
-         sutskever, name="grads"):
-    # `first`: the momentum buffer is new; torch's form then starts it at the gradient
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.NESTEROV if nesterov else 0)
-             | (mod.MOMENTUM if momentum != 0 else 0) | (mod.SUTSKEVER if sutskever else 0)
-             | (mod.FIRST if first and not sutskever else 0))
-    mod.sgd(plan, grads, lr, momentum, dampening, weight_decay, flags, name)
-
-
 def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
          nesterov=False, maximize=False, sutskever=False, step=None):
     """SGD / gradient descent step, in place; equations in :class:`fastopt.SGD`.
@@ -132,18 +123,11 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
     else:
         step = 0
     mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else _UNUSED)])
-    _sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening, weight_decay, nesterov,
-         maximize, sutskever, "grad")
+    _runners.sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize, sutskever, "grad")
 
 
 # ----------------------------------------------------------------------------------- Adagrad
-def _adagrad(mod, plan, grads, step, lr, lr_decay, weight_decay, eps, maximize, eps_in_sqrt,
-             name="grads"):
-    clr = lr / (1 + (step - 1) * lr_decay)
-    flags = (mod.MAXIMIZE if maximize else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0)
-    mod.adagrad(plan, grads, clr, eps, weight_decay, flags, name)
-
-
 def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
              maximize=False, eps_in_sqrt=False):
     """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
@@ -151,18 +135,11 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
     _check_hyper("adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                  maximize=maximize, eps_in_sqrt=eps_in_sqrt)
     mod, plan = _plan(param, [(0, "state_sum", state_sum)])
-    _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
-             eps_in_sqrt, "grad")
+    _runners.adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps,
+                     maximize, eps_in_sqrt, "grad")
 
 
 # ----------------------------------------------------------------------------------- RMSprop
-def _rmsprop(mod, plan, grads, step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
-             eps_in_sqrt, name="grads"):
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.CENTERED if centered else 0)
-             | (mod.MOMENTUM if momentum > 0 else 0) | (mod.EPS_IN_SQRT if eps_in_sqrt else 0))
-    mod.rmsprop(plan, grads, lr, alpha, eps, weight_decay, momentum, flags, name)
-
-
 def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, step=1, lr,
              alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
              eps_in_sqrt=False):
@@ -180,21 +157,11 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     mod, plan = _plan(param, [(0, "square_avg", square_avg),
                               (1, "momentum_buffer", momentum_buffer if momentum > 0 else _UNUSED),
                               (2, "grad_avg", grad_avg if centered else _UNUSED)])
-    _rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay, momentum,
-             centered, maximize, eps_in_sqrt, "grad")
+    _runners.rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay,
+                     momentum, centered, maximize, eps_in_sqrt, "grad")
 
 
 # -------------------------------------------------------------------------------------- Adam
-def _adam(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-          decoupled_weight_decay, name="grads"):
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    flags = ((mod.MAXIMIZE if maximize else 0) | (mod.AMSGRAD if amsgrad else 0)
-             | (mod.DECOUPLED if decoupled_weight_decay else 0))
-    mod.adam(plan, grads, lr / bias_correction1, beta1, beta2, bias_correction2 ** 0.5, eps,
-             weight_decay, 1 - lr * weight_decay, flags, name)
-
-
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False,
           decoupled_weight_decay=False):
@@ -210,8 +177,8 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
                               (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else _UNUSED)])
-    _adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, amsgrad,
-          maximize, decoupled_weight_decay, "grad")
+    _runners.adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
+                  amsgrad, maximize, decoupled_weight_decay, "grad")
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -223,26 +190,17 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 
 # ---------------------------------------------------------------------------------- Adadelta
-def _adadelta(mod, plan, grads, step, lr, rho, eps, weight_decay, maximize, name="grads"):
-    mod.adadelta(plan, grads, lr, rho, eps, weight_decay, (mod.MAXIMIZE if maximize else 0), name)
-
-
 def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
               weight_decay=0.0, maximize=False):
     """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
     lr, step = _check_lr(lr), _check_step(step)
     _check_hyper("adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
-    _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
+    _runners.adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize,
+                      "grad")
 
 
 # ------------------------------------------------------------------------------------ Adamax
-def _adamax(mod, plan, grads, step, lr, beta1, beta2, eps, weight_decay, maximize, name="grads"):
-    clr = lr / (1 - beta1 ** step)
-    mod.adamax(plan, grads, clr, beta1, beta2, eps, weight_decay, (mod.MAXIMIZE if maximize else 0),
-               name)
-
-
 def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
             weight_decay=0.0, maximize=False):
     """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
@@ -250,8 +208,8 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
     _check_hyper("adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                  maximize=maximize)
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
-    _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
-            "grad")
+    _runners.adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
+                    maximize, "grad")
 
 
 # ------------------------------------------------------------------------------------ Newton
@@ -263,5 +221,4 @@ def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
     shift that made the Hessian positive definite (0.0 when none was needed), one per array for
     lists. NumPy arrays only.
     """
-    from .optim.newton import _newton_step
-    return _newton_step(param, grad, hessian, lr, damping)
+    return newton_step(param, grad, hessian, lr, damping)
