@@ -27,8 +27,12 @@ __all__ = ["f32_to_f16_bits", "f32_to_bf16_bits", "f32_to_bf16_bits_stochastic",
            "f16_bits_to_f32", "bf16_bits_to_f32"]
 
 
-def f32_to_f16_bits(x):
-    """float16 bit patterns (uint16) of float32 values rounded to nearest even, as the loops do."""
+cdef enum:
+    F16, BF16, BF16_STOCHASTIC
+
+
+cdef _narrow(x, int kind, uint64_t key=0):
+    """uint16 bit patterns of float32 values, converted as the loops do."""
     a = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(a.shape, np.uint16)
     cdef const float[::1] src = a.reshape(-1)
@@ -36,58 +40,48 @@ def f32_to_f16_bits(x):
     cdef int64_t i
     with nogil:
         for i in range(src.shape[0]):
-            dst[i] = fo_f2h(src[i])
+            if kind == F16:
+                dst[i] = fo_f2h(src[i])
+            elif kind == BF16:
+                dst[i] = fo_f2bf(src[i])
+            else:
+                dst[i] = fo_f2bf_sr(src[i], fo_noise(key, i))
     return out
+
+
+cdef _widen(bits, int kind):
+    """float32 values of uint16 bit patterns (exact)."""
+    a = np.ascontiguousarray(bits, dtype=np.uint16)
+    out = np.empty(a.shape, np.float32)
+    cdef const uint16_t[::1] src = a.reshape(-1)
+    cdef float[::1] dst = out.reshape(-1)
+    cdef int64_t i
+    with nogil:
+        for i in range(src.shape[0]):
+            dst[i] = fo_h2f(src[i]) if kind == F16 else fo_bf2f(src[i])
+    return out
+
+
+def f32_to_f16_bits(x):
+    """float16 bit patterns (uint16) of float32 values rounded to nearest even, as the loops do."""
+    return _narrow(x, F16)
 
 
 def f32_to_bf16_bits(x):
     """bfloat16 bit patterns (uint16) of float32 values rounded to nearest even."""
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty(a.shape, np.uint16)
-    cdef const float[::1] src = a.reshape(-1)
-    cdef uint16_t[::1] dst = out.reshape(-1)
-    cdef int64_t i
-    with nogil:
-        for i in range(src.shape[0]):
-            dst[i] = fo_f2bf(src[i])
-    return out
+    return _narrow(x, BF16)
 
 
 def f32_to_bf16_bits_stochastic(x, uint64_t seed=0, uint64_t counter=0, uint64_t stream=0):
     """bfloat16 bit patterns of float32 values rounded stochastically (element i of a stream)."""
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty(a.shape, np.uint16)
-    cdef const float[::1] src = a.reshape(-1)
-    cdef uint16_t[::1] dst = out.reshape(-1)
-    cdef uint64_t key = fo_stream_key(seed, counter, stream)
-    cdef int64_t i
-    with nogil:
-        for i in range(src.shape[0]):
-            dst[i] = fo_f2bf_sr(src[i], fo_noise(key, i))
-    return out
+    return _narrow(x, BF16_STOCHASTIC, fo_stream_key(seed, counter, stream))
 
 
 def f16_bits_to_f32(bits):
     """float32 values of float16 bit patterns (exact)."""
-    a = np.ascontiguousarray(bits, dtype=np.uint16)
-    out = np.empty(a.shape, np.float32)
-    cdef const uint16_t[::1] src = a.reshape(-1)
-    cdef float[::1] dst = out.reshape(-1)
-    cdef int64_t i
-    with nogil:
-        for i in range(src.shape[0]):
-            dst[i] = fo_h2f(src[i])
-    return out
+    return _widen(bits, F16)
 
 
 def bf16_bits_to_f32(bits):
     """float32 values of bfloat16 bit patterns (exact)."""
-    a = np.ascontiguousarray(bits, dtype=np.uint16)
-    out = np.empty(a.shape, np.float32)
-    cdef const uint16_t[::1] src = a.reshape(-1)
-    cdef float[::1] dst = out.reshape(-1)
-    cdef int64_t i
-    with nogil:
-        for i in range(src.shape[0]):
-            dst[i] = fo_bf2f(src[i])
-    return out
+    return _widen(bits, BF16)

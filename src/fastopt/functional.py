@@ -1,9 +1,10 @@
-"""Stateless, in-place optimizer steps: the per-step scalar math of every optimizer.
+"""Stateless, in-place optimizer steps: checked arguments, then one runner call.
 
 Each function updates `param` (one array or a list of arrays) and its state buffers in place,
 in one fused pass per element type, and returns None. The per-element rules live in
-csrc/fastopt/rules.h; what is computed here is what depends only on the step and the
-hyperparameters (bias corrections, decayed step sizes, option flags), once per call.
+csrc/fastopt/rules.h; what depends only on the step and the hyperparameters (bias
+corrections, decayed step sizes, option flags) is computed once per call by the runners of
+`fastopt._runners`.
 
 Arrays may be NumPy arrays (C/OpenMP kernels) or CuPy arrays (CUDA kernels, `fastopt[gpu]`);
 all arrays of one call must be of one kind. Any other CPU array that exposes ``__dlpack__``
