@@ -4,9 +4,9 @@ or benchmark code.
 - the CUDA backend reads the headers of the source tree (csrc/fastopt) when fastopt runs from a
   checkout, and the copy made by setup.py's build_py in an installed package;
 - build_py copies the headers into the build directory only, never into src/;
-- (slow: builds a wheel, about two minutes) the wheel holds the headers, the compiled modules
-  without debug sections, no .c file, no fastopt._testing, no benchmark implementations, and
-  is under 3 MB.
+- (slow: builds a wheel, minutes from a clean tree) the wheel holds the headers, the compiled
+  modules without debug sections, no .c file, no fastopt._testing, no benchmark
+  implementations, and is under 3 MB.
 """
 import filecmp
 import importlib.util
