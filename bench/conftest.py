@@ -5,7 +5,7 @@
 
 Each benchmark sets ``benchmark.group`` to the case (optimizer, dtype, size, threads), so the
 contenders of one case are listed together and `--benchmark-compare` tracks each of them
-across commits. Contenders come from fastopt._bench_impls, as in `fastopt bench`.
+across commits. Contenders come from bench/impls.py, as in `fastopt bench`.
 """
 import gc
 

@@ -1,8 +1,9 @@
-"""Build one contender's step for the benchmark suites (a thin layer over fastopt._bench_impls)."""
+"""Build one contender's step for the benchmark suites (a thin layer over bench/impls.py)."""
 import pytest
 
-from fastopt import _bench_impls as impls
 from fastopt import _kernels
+
+import impls
 
 CONTENDERS = ("fastopt", "numpy_best", "numpy_textbook", "torch")
 #: thread counts of the suites: 1 and all (OMP_NUM_THREADS or the machine's CPUs)

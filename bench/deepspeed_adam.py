@@ -16,9 +16,10 @@ import sys
 
 import numpy as np
 
-from fastopt import _bench_impls as impls
 from fastopt import _kernels
 from fastopt.bench import Evictor, Threads, _fmt_ms, _ratio, _stream_step, _summary, _table, measure
+
+import impls
 
 
 def make_deepspeed(params, grads):

@@ -5,8 +5,7 @@ Group: "<optimizer> <list> threads=<t>".
 """
 import pytest
 
-from fastopt import _bench_impls as impls
-
+import impls
 from contenders import THREADS, make
 
 LISTS = {"resnet50": impls.RESNET50_SHAPES, "1000x1000": [(1000,)] * 1000}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from fastopt import _bench_impls as impls
 from fastopt._specs import SPECS
+
+import impls
 
 
 @pytest.mark.parametrize("threads", [1], indirect=True)

@@ -5,8 +5,7 @@ otherwise foreach.
 """
 import pytest
 
-from fastopt import _bench_impls as impls
-
+import impls
 from contenders import THREADS, CONTENDERS, make
 
 SIZES = (10_000, 1_000_000, 10_000_000)

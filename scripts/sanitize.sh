@@ -17,7 +17,8 @@ tmp="$(copy_tree)"
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 echo "sanitize: building in $tmp"
-FASTOPT_SANITIZE=address python setup.py build_ext --inplace -q >build.log 2>&1 \
+# FASTOPT_TEST_API=1: with fastopt._testing, so the conversion tests run instrumented too
+FASTOPT_SANITIZE=address FASTOPT_TEST_API=1 python setup.py build_ext --inplace -q >build.log 2>&1 \
     || { cat build.log; exit 1; }
 
 so="$(ls src/fastopt/_kernels*.so)"

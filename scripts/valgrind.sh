@@ -16,7 +16,8 @@ tmp="$(copy_tree)"
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 echo "valgrind: building in $tmp"
-python setup.py build_ext --inplace -q >build.log 2>&1 || { cat build.log; exit 1; }
+# FASTOPT_DEBUG_INFO=1: the same optimized code, with line numbers in the reports
+FASTOPT_DEBUG_INFO=1 python setup.py build_ext --inplace -q >build.log 2>&1 || { cat build.log; exit 1; }
 export PYTHONMALLOC=malloc PYTHONPATH=src
 py="$(python -c 'import sys; print(sys.executable)')"     # the interpreter, not a launcher shim
 # --partial-loads-ok=no: a vector load that reaches past an array's end is an error too

@@ -2,14 +2,18 @@
 and the contenders it compares compute the same update as fastopt. No timing is asserted."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 
 import fastopt as fo
-from fastopt import _bench_impls as impls
 from fastopt import bench, cli
 from fastopt._specs import SPECS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the contenders are benchmark code of the checkout (bench/impls.py), not shipped in the package
+impls = bench.load_impls(os.path.join(ROOT, "bench", "impls.py"))
 
 
 def _tiny_config(**overrides):
@@ -84,6 +88,23 @@ def test_cli_writes_json(tmp_path, capsys):
     assert {r["optimizer"] for r in data["sizes"]} == {"adam", "sgd"}
     assert {r["n"] for r in data["sizes"]} == {1000}
     assert "One tensor, warm cache" in capsys.readouterr().out
+
+
+def test_contenders_are_not_shipped_and_cover_the_cli_choices():
+    import importlib.util
+    assert importlib.util.find_spec("fastopt._bench_impls") is None
+    assert not impls.__file__.startswith(os.path.dirname(fo.__file__))
+    assert bench.OPTIMIZERS == impls.OPTIMIZERS
+
+
+def test_cli_without_a_checkout_says_where_to_get_the_contenders(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "_IMPLS_FILE", tmp_path / "bench" / "impls.py")
+    monkeypatch.setattr(bench, "_loaded_impls", None)
+    assert cli.main(["bench", "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "pip install -e ." in err
+    with pytest.raises(ImportError, match="not with the installed package"):
+        bench.run(_tiny_config(), progress=False)
 
 
 def test_cli_rejects_unknown_names():

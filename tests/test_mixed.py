@@ -1,9 +1,10 @@
 """Mixed precision (fastopt.mixed, csrc/mixed.c): 16-bit parameters updated through float32.
 
 What is checked:
-- the conversions of csrc/mixed.c against NumPy (float16) and ml_dtypes (bfloat16) casts, which
-  round to nearest even: every 16-bit pattern, every tie and its float32 neighbours, random
-  values, specials (and, marked slow, all 2**32 float32 patterns);
+- the conversions of csrc/fastopt/half.h (through the test-only fastopt._testing) against NumPy
+  (float16) and ml_dtypes (bfloat16) casts, which round to nearest even: every 16-bit pattern,
+  every tie and its float32 neighbours, random values, specials (and, marked slow, all 2**32
+  float32 patterns);
 - with master weights, the float32 master trajectory equals bit for bit that of the plain
   float32 optimizer on the gradients fl32(g)/S, for every optimizer and option case, and the
   16-bit parameter equals the master rounded to nearest even (NumPy / ml_dtypes casts);
@@ -34,6 +35,13 @@ LOWP_IDS = ["float16", "bfloat16"][:len(LOWP)]
 GRAD_DTYPES = [np.dtype(np.float32)] + LOWP
 needs_bf16 = pytest.mark.skipif(BF16 is None, reason="bfloat16 arrays need ml_dtypes "
                                 "(pip install ml_dtypes)")
+try:
+    from fastopt import _testing     # the C conversions, test-only (tests/_testing.pyx)
+except ImportError:
+    _testing = None
+needs_testing = pytest.mark.skipif(
+    _testing is None, reason="fastopt._testing is not built (wheels leave the test-only C entry "
+    "points out): build in place, python setup.py build_ext --inplace, or set FASTOPT_TEST_API=1")
 CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
            "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
 ALL_CASES = [(name, i, h) for table in (CASES, EXTRA_CASES) for name, cases in table.items()
@@ -64,12 +72,13 @@ def tie_values(dtype):
     return np.concatenate([x, -x])
 
 
+@needs_testing
 @pytest.mark.parametrize("dtype", LOWP, ids=LOWP_IDS)
 def test_rounding_to_16_bits_matches_numpy_and_ml_dtypes(dtype):
     rng = np.random.default_rng(0)
     random = rng.integers(0, 1 << 32, size=1 << 20, dtype=np.uint64).astype(np.uint32)
     x = np.concatenate([tie_values(dtype), random.view(np.float32)])
-    ours = _mixed.f32_to_f16_bits(x) if dtype == F16 else _mixed.f32_to_bf16_bits(x)
+    ours = _testing.f32_to_f16_bits(x) if dtype == F16 else _testing.f32_to_bf16_bits(x)
     with np.errstate(over="ignore", invalid="ignore"):
         expected = bits(x.astype(dtype))
     nan = np.isnan(x)
@@ -78,23 +87,25 @@ def test_rounding_to_16_bits_matches_numpy_and_ml_dtypes(dtype):
     assert np.isnan(back).all()
 
 
+@needs_testing
 @pytest.mark.parametrize("dtype", LOWP, ids=LOWP_IDS)
 def test_widening_is_exact_for_every_pattern(dtype):
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    ours = _mixed.f16_bits_to_f32(h) if dtype == F16 else _mixed.bf16_bits_to_f32(h)
+    ours = _testing.f16_bits_to_f32(h) if dtype == F16 else _testing.bf16_bits_to_f32(h)
     expected = h.view(dtype).astype(np.float32)
     nan = np.isnan(expected)
     np.testing.assert_array_equal(bits(ours[~nan]), bits(expected[~nan]))
     assert np.isnan(ours[nan]).all()
 
 
+@needs_testing
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", LOWP, ids=LOWP_IDS)
 def test_rounding_of_every_float32_pattern(dtype):
     chunk = 1 << 26
     for start in range(0, 1 << 32, chunk):
         x = np.arange(start, start + chunk, dtype=np.uint64).astype(np.uint32).view(np.float32)
-        ours = _mixed.f32_to_f16_bits(x) if dtype == F16 else _mixed.f32_to_bf16_bits(x)
+        ours = _testing.f32_to_f16_bits(x) if dtype == F16 else _testing.f32_to_bf16_bits(x)
         with np.errstate(over="ignore", invalid="ignore"):
             expected = bits(x.astype(dtype))
         finite_or_inf = ~np.isnan(x)
@@ -254,6 +265,7 @@ def bf16_neighbours(x):
     return down, up
 
 
+@needs_testing
 def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(4096) * 10.0 ** rng.uniform(-3, 3, 4096)).astype(np.float32)
@@ -261,7 +273,7 @@ def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
     total = np.zeros(x.shape)
     n = 400
     for seed in range(n):
-        r = _mixed.bf16_bits_to_f32(_mixed.f32_to_bf16_bits_stochastic(x, seed=seed))
+        r = _testing.bf16_bits_to_f32(_testing.f32_to_bf16_bits_stochastic(x, seed=seed))
         assert np.all((r == down) | (r == up))
         total += r
     mean = total / n
@@ -270,8 +282,8 @@ def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
     z = (mean - x) / (ulp / (2 * np.sqrt(n)))
     assert np.abs(z).max() < 6
     assert abs(z.mean()) < 6 / np.sqrt(x.size) * 2         # no overall bias
-    exact = _mixed.f32_to_bf16_bits(down)                  # bfloat16 values stay put
-    assert np.array_equal(_mixed.f32_to_bf16_bits_stochastic(down, seed=9), exact)
+    exact = _testing.f32_to_bf16_bits(down)                # bfloat16 values stay put
+    assert np.array_equal(_testing.f32_to_bf16_bits_stochastic(down, seed=9), exact)
 
 
 @needs_bf16

@@ -18,11 +18,15 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from fastopt import _bench_impls, _kernels, _mixed, _specs, _steps, _table, cuda
+from fastopt import _kernels, _mixed, _runners, _specs, _steps, _table, bench, cuda
 from fastopt import functional as F
 from cases import CASES
 from cuda_cases import CASES as CUDA_CASES
 from reference import NAMES, REFERENCES
+
+# the benchmark contenders of the checkout (bench/impls.py; not shipped in the package)
+_bench_impls = bench.load_impls(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "bench", "impls.py"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REBUILD = "rebuild: python setup.py build_ext --inplace"
@@ -99,9 +103,9 @@ def missing_pieces(kernel, optimizers):
         if backend in kernel.backends and f"X({name})" not in lists.get(key, ""):
             miss.append(f"{name}: FO_{key}_KERNELS in generated instances.h lacks it; {REBUILD}")
 
-    # the runner of fastopt.functional
-    if _params(getattr(F, f"_{name}", None)) != ["mod", "plan", "grads", *kernel.inputs, "name"]:
-        miss.append(f"{name}: fastopt.functional._{name} is not the table's runner "
+    # the runner (fastopt._runners)
+    if _params(getattr(_runners, name, None)) != ["mod", "plan", "grads", *kernel.inputs, "name"]:
+        miss.append(f"{name}: fastopt._runners.{name} is not the table's runner "
                     f"(mod, plan, grads, {', '.join(kernel.inputs)}, name)")
 
     # CPU: compiled instances and Cython wrappers
@@ -167,7 +171,7 @@ def missing_pieces(kernel, optimizers):
             miss.append(f"{o}: tests/cases.py CASES has no option grid")
         for table in ("OPTIMIZERS", "TRAFFIC", "TORCH_VARIANTS", "_STATE_NAMES"):
             if o not in getattr(_bench_impls, table):
-                miss.append(f"{o}: benchmark table fastopt._bench_impls.{table} lacks it")
+                miss.append(f"{o}: benchmark table bench/impls.py {table} lacks it")
         if importlib.util.find_spec("torch") is not None:
             import fastopt.torch as fo_torch
             if not hasattr(fo_torch, opt.class_name) or opt.class_name not in fo_torch.__all__:
@@ -198,13 +202,13 @@ def test_a_missing_piece_is_named():
                                                                                kernel="toy")]))
     for piece in ("rules_impl.h has no rule fo_toy_rule", "generated hp.h has no fo_toy_hp",
                   "fo_toy_constants_f32", "FO_CASES_toy", "FO_CPU_KERNELS",
-                  "FO_MIXED_KERNELS", "fastopt.functional._toy",
+                  "FO_MIXED_KERNELS", "fastopt._runners.toy",
                   "C instance fo_toy_step_f32", "C instance fo_toy_step_f64",
                   "Cython wrapper fastopt._kernels.toy", "fo_mixed_toy_step",
                   "wrapper fastopt._mixed.toy", "CUDA kernel fo_toy_multi_f32",
                   "CUDA wrapper fastopt.cuda.toy", "tests/cuda_cases.py",
                   "fastopt._specs.SPECS has no entry", "fastopt.functional.toy_",
-                  "tests/reference.py", "tests/cases.py", "_bench_impls.OPTIMIZERS"):
+                  "tests/reference.py", "tests/cases.py", "bench/impls.py OPTIMIZERS"):
         assert piece in miss, piece
 
 

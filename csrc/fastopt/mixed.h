@@ -11,7 +11,7 @@
  *                             const fo_<opt>_hp *hp, const fo_mixed_opts *opts,
  *                             int64_t parallel_threshold, int n_threads);
  *
- * `hp` is the struct of kernels.h, filled by the same runners (src/fastopt/functional.py) as
+ * `hp` is the struct of kernels.h, filled by the same runners (src/fastopt/_runners.py) as
  * for the float32 loops; both loops convert it with fastopt/constants.h, so the float32 master
  * follows exactly the trajectory of a float32 parameter given the same float32 gradients.
  * Returns 0, or -1 for invalid arguments (the bindings check everything first).
@@ -69,16 +69,6 @@ FO_MIXED_KERNELS(FO_MIXED_DECLARE)
  * Reads the gradients only (a pre-pass: a step that would see inf/nan is skipped untouched). */
 int fo_mixed_all_finite(const fo_mixed_segment *segments, int64_t n_segments, double grad_scale,
                         int64_t parallel_threshold, int n_threads);
-
-/* The element conversions the loops use, exported for tests. Rounding is to nearest even;
- * NaN stays NaN (quiet), overflow goes to infinity, float16 subnormals are rounded exactly. */
-void fo_f32_to_f16(const float *x, uint16_t *out, int64_t n);
-void fo_f32_to_bf16(const float *x, uint16_t *out, int64_t n);
-void fo_f16_to_f32(const uint16_t *x, float *out, int64_t n);
-void fo_bf16_to_f32(const uint16_t *x, float *out, int64_t n);
-/* Stochastic rounding to bfloat16 with the noise of element i of stream `stream`. */
-void fo_f32_to_bf16_stochastic(const float *x, uint16_t *out, int64_t n, uint64_t seed,
-                               uint64_t counter, uint64_t stream);
 
 #ifdef __cplusplus
 }

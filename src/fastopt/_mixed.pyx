@@ -6,7 +6,7 @@ Design note
 This module is a kernel backend with the interface of ``fastopt._kernels``: a ``Plan`` per
 param group, ``set_state``/``check_grads``, the option flags and one function per optimizer
 (``adam(plan, grads, step_size, ...)``) taking the per-step scalars that the runners of
-``fastopt.functional`` compute. The runners therefore drive it unchanged; only the plan differs.
+``fastopt._runners`` compute. The runners therefore drive it unchanged; only the plan differs.
 
 A mixed plan takes parameters of dtype float16, bfloat16 (``ml_dtypes.bfloat16``) or float32.
 With ``master_weights=True`` it keeps a float32 master copy of every 16-bit parameter (the
@@ -22,7 +22,7 @@ parameters, masters and state untouched; the module holds no math.
 import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 
 from ._kernels cimport _describe, _same_shape, _set_spans, _spans_hit
 from . import _kernels
@@ -53,13 +53,6 @@ cdef extern from "fastopt/mixed.h" nogil:
         uint64_t counter
 
     int fo_mixed_all_finite(const fo_mixed_segment *, int64_t, double, int64_t, int)
-
-    void fo_f32_to_f16(const float *, uint16_t *, int64_t)
-    void fo_f32_to_bf16(const float *, uint16_t *, int64_t)
-    void fo_f16_to_f32(const uint16_t *, float *, int64_t)
-    void fo_bf16_to_f32(const uint16_t *, float *, int64_t)
-    void fo_f32_to_bf16_stochastic(const float *, uint16_t *, int64_t, uint64_t, uint64_t,
-                                   uint64_t)
 
 __all__ = ["Plan", "all_finite", "ROUNDINGS"]     # and the step functions (_mixed_steps.pxi)
 
@@ -387,55 +380,3 @@ include "_mixed_steps.pxi"
 def all_finite(Plan plan, grads, str name="grads"):
     """Whether every gradient divided by ``plan.grad_scale`` is finite (reads gradients only)."""
     return plan.all_finite(grads, name)
-
-
-# ------------------------------------------------------------------ conversions (for tests)
-cdef cnp.ndarray _f32_input(x):
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    return a
-
-
-def f32_to_f16_bits(x):
-    """float16 bit patterns (uint16) of float32 values rounded to nearest even, as the loops do."""
-    cdef cnp.ndarray a = _f32_input(x)
-    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
-    fo_f32_to_f16(<const float *>cnp.PyArray_DATA(a), <uint16_t *>cnp.PyArray_DATA(out),
-                  cnp.PyArray_SIZE(a))
-    return out
-
-
-def f32_to_bf16_bits(x):
-    """bfloat16 bit patterns (uint16) of float32 values rounded to nearest even."""
-    cdef cnp.ndarray a = _f32_input(x)
-    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
-    fo_f32_to_bf16(<const float *>cnp.PyArray_DATA(a), <uint16_t *>cnp.PyArray_DATA(out),
-                   cnp.PyArray_SIZE(a))
-    return out
-
-
-def f32_to_bf16_bits_stochastic(x, uint64_t seed=0, uint64_t counter=0, uint64_t stream=0):
-    """bfloat16 bit patterns of float32 values rounded stochastically (element i of a stream)."""
-    cdef cnp.ndarray a = _f32_input(x)
-    cdef cnp.ndarray out = np.empty((<object>a).shape, np.uint16)
-    fo_f32_to_bf16_stochastic(<const float *>cnp.PyArray_DATA(a),
-                              <uint16_t *>cnp.PyArray_DATA(out), cnp.PyArray_SIZE(a), seed,
-                              counter, stream)
-    return out
-
-
-def f16_bits_to_f32(bits):
-    """float32 values of float16 bit patterns (exact)."""
-    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
-    cdef cnp.ndarray out = np.empty((<object>a).shape, np.float32)
-    fo_f16_to_f32(<const uint16_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out),
-                  cnp.PyArray_SIZE(a))
-    return out
-
-
-def bf16_bits_to_f32(bits):
-    """float32 values of bfloat16 bit patterns (exact)."""
-    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
-    cdef cnp.ndarray out = np.empty((<object>a).shape, np.float32)
-    fo_bf16_to_f32(<const uint16_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out),
-                   cnp.PyArray_SIZE(a))
-    return out

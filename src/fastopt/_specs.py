@@ -2,7 +2,7 @@
 
 An entry names the optimizer's state buffers (in the slot order of its C rule), which of them a
 param group's hyperparameters need, their initial values, the hyperparameters with torch's
-defaults and validity rules, and the runner (in `fastopt.functional`) that turns a group's
+defaults and validity rules, and the runner (in `fastopt._runners`) that turns a group's
 hyperparameters and step into the kernel call. The classes in `fastopt.optim`, the tests and
 the benchmarks are all driven from this table; a registry test checks that the specs, classes,
 reference implementations and C symbols cover the same names.
@@ -10,7 +10,7 @@ reference implementations and C symbols cover the same names.
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import functional as F
+from . import _runners
 from ._validate import betas, boolean, learning_rate, nonneg, real, unit_closed
 
 __all__ = ["Spec", "SPECS", "validate_group"]
@@ -73,7 +73,7 @@ SGD = Spec(
                nesterov=boolean, maximize=boolean, sutskever=boolean),
     state=("momentum_buffer",),
     uses=lambda g: (g["momentum"] != 0,),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": F._sgd(
+    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.sgd(
         mod, plan, grads, fresh[0], lr, g["momentum"], g["dampening"], g["weight_decay"],
         g["nesterov"], g["maximize"], g["sutskever"], name),
     check=_sgd_check,
@@ -89,7 +89,7 @@ ADAGRAD = Spec(
     state=("sum",),
     uses=lambda g: (True,),
     init={"sum": lambda g: g["initial_accumulator_value"]},
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": F._adagrad(
+    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.adagrad(
         mod, plan, grads, step, lr, g["lr_decay"], g["weight_decay"], g["eps"], g["maximize"],
         g["eps_in_sqrt"], name),
 )
@@ -102,7 +102,7 @@ RMSPROP = Spec(
                centered=boolean, maximize=boolean, eps_in_sqrt=boolean),
     state=("square_avg", "momentum_buffer", "grad_avg"),
     uses=lambda g: (True, g["momentum"] > 0, bool(g["centered"])),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": F._rmsprop(
+    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.rmsprop(
         mod, plan, grads, step, lr, g["alpha"], g["eps"], g["weight_decay"], g["momentum"],
         g["centered"], g["maximize"], g["eps_in_sqrt"], name),
 )
@@ -113,8 +113,8 @@ _ADAM_RULES = dict(lr=learning_rate, betas=betas, eps=nonneg, weight_decay=nonne
 
 def _adam_run(mod, plan, grads, g, step, lr, fresh, name="grads"):
     beta1, beta2 = g["betas"]
-    F._adam(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"], g["amsgrad"],
-            g["maximize"], g["decoupled_weight_decay"], name)
+    _runners.adam(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"],
+                  g["amsgrad"], g["maximize"], g["decoupled_weight_decay"], name)
 
 
 ADAM = Spec(
@@ -144,15 +144,15 @@ ADADELTA = Spec(
                maximize=boolean),
     state=("square_avg", "acc_delta"),
     uses=lambda g: (True, True),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": F._adadelta(
+    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.adadelta(
         mod, plan, grads, step, lr, g["rho"], g["eps"], g["weight_decay"], g["maximize"], name),
 )
 
 
 def _adamax_run(mod, plan, grads, g, step, lr, fresh, name="grads"):
     beta1, beta2 = g["betas"]
-    F._adamax(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"], g["maximize"],
-              name)
+    _runners.adamax(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"],
+                    g["maximize"], name)
 
 
 ADAMAX = Spec(

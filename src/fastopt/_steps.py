@@ -49,15 +49,15 @@ def _scalars_expr(kernel):
 
 def _runner_source(kernel):
     args = ", ".join(kernel.inputs)
-    return (f"def _{kernel.name}(mod, plan, grads, {args}, name=\"grads\"):\n"
+    return (f"def {kernel.name}(mod, plan, grads, {args}, name=\"grads\"):\n"
             f"    mod.{kernel.name}(plan, grads, {_scalars_expr(kernel)}, {_flags_expr(kernel)},"
             f" name)\n")
 
 
 def runner(kernel):
-    """The runner ``_<kernel>(mod, plan, grads, *inputs, name="grads")`` (module docstring)."""
+    """The runner ``<kernel>(mod, plan, grads, *inputs, name="grads")`` (module docstring)."""
     k = _table.KERNELS[kernel]
-    fn = compile_function(f"_{kernel}", _runner_source(k), module="fastopt.functional")
+    fn = compile_function(kernel, _runner_source(k), module="fastopt._runners")
     fn.__doc__ = (f"{k.title} step: fo_{kernel}_hp ({', '.join(f for f, _ in k.scalars)}) and "
                   f"flags from ({', '.join(k.inputs)}) as the optimizer table states, then "
                   f"mod.{kernel}(plan, grads, *hp, flags, name).")

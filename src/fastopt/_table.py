@@ -45,7 +45,7 @@ Fields
 ------
 ``Kernel``: one compiled rule (``fo_<name>_rule_<f32|f64>``).
   ``inputs``     the names the expressions below may use, in the order of the runner's
-                 arguments (``fastopt.functional._<name>(mod, plan, grads, *inputs, name)``):
+                 arguments (``fastopt._runners.<name>(mod, plan, grads, *inputs, name)``):
                  ``step`` (1-based), ``lr`` (this step's learning rate), ``first`` (the state
                  buffers were created for this step) and hyperparameters.
   ``scalars``    the double fields of ``fo_<name>_hp``, in order: (field, Python expression

@@ -9,7 +9,8 @@ One run measures everything at the same thread count, on the same machine state:
 * for every optimizer, float32/float64, N from 1e3 to 5e7, one thread and all threads:
   fastopt's ``opt.step(grads)`` (the whole call, Python included), textbook and best-effort
   NumPy, and torch.optim's fastest CPU variant when torch is installed
-  (`fastopt._bench_impls` builds the contenders);
+  (bench/impls.py of the source checkout builds the contenders: they are not shipped, so
+  `fastopt bench` runs from a checkout, ``pip install -e .`` or an in-place build);
 * warm (the arrays stay in cache if they fit) and cold (caches evicted before every step);
 * two lists of tensors: ResNet-50's 161 parameter shapes (25.6M values) and 1000 x 1000;
 * 1 vs all threads for fastopt alone, with the process's CPU time per wall time;
@@ -19,24 +20,63 @@ Contenders are timed alternately: each sample runs every contender once, in an o
 rotates, so drifts of a noisy machine hit all of them alike. A sample is one step, or for fast
 steps a batch of steps lasting about ``--batch-ms``. Reported: the median time per step, its
 spread (inter-quartile range / median), GB/s from the minimal traffic
-(``_bench_impls.TRAFFIC``), the percentage of the stream kernel's GB/s measured in the same
+(``impls.TRAFFIC``), the percentage of the stream kernel's GB/s measured in the same
 samples, and speed ratios ``t_other / t_fastopt`` computed per sample pair, then the median.
 """
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from . import _bench_impls as impls
 from . import _kernels
+from ._specs import SPECS
 
-__all__ = ["main", "add_arguments", "run", "Config", "measure", "format_report"]
+__all__ = ["main", "add_arguments", "run", "Config", "measure", "format_report", "load_impls"]
+
+#: the --optimizers choices: every optimizer of the registry (bench/impls.py has a contender each)
+OPTIMIZERS = tuple(SPECS)
+
+_IMPLS_FILE = Path(__file__).resolve().parents[2] / "bench" / "impls.py"
+_loaded_impls = None
+
+
+def load_impls(path=None):
+    """The contenders module: bench/impls.py of the source checkout this fastopt runs from, or
+    the file `path`. Loaded once; raises ImportError saying how to get it when it is absent
+    (an installed wheel does not ship the benchmark implementations)."""
+    global _loaded_impls
+    if _loaded_impls is not None and path is None:
+        return _loaded_impls
+    path = Path(path) if path is not None else _IMPLS_FILE
+    if not path.is_file():
+        raise ImportError(
+            "the NumPy and torch contenders (bench/impls.py) come with a source checkout, not "
+            f"with the installed package (no {path}). In a clone of the fastopt repository: "
+            "`pip install -e .`, or `python setup.py build_ext --inplace` then "
+            "`PYTHONPATH=src python -m fastopt bench`")
+    spec = importlib.util.spec_from_file_location("fastopt_bench_impls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _loaded_impls = module
+    return module
+
+
+class _Impls:
+    """`impls.X` is load_impls().X: the contenders are loaded at the first use, not on import."""
+
+    def __getattr__(self, name):
+        return getattr(load_impls(), name)
+
+
+impls = _Impls()
 
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_000_000)
 QUICK_SIZES = (10_000, 1_000_000)
@@ -691,8 +731,8 @@ def add_arguments(parser):
                              "tensors 64 times smaller): under a minute")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the full results as JSON to PATH ('-' for stdout)")
-    parser.add_argument("--optimizers", type=_name_list(impls.OPTIMIZERS), metavar="NAMES",
-                        help=f"comma-separated subset of {', '.join(impls.OPTIMIZERS)} "
+    parser.add_argument("--optimizers", type=_name_list(OPTIMIZERS), metavar="NAMES",
+                        help=f"comma-separated subset of {', '.join(OPTIMIZERS)} "
                              "(default: all)")
     parser.add_argument("--dtypes", type=_name_list(DTYPES), metavar="DTYPES",
                         help=f"comma-separated subset of {', '.join(DTYPES)} (default: both; "
@@ -726,6 +766,11 @@ def config_from_args(args):
 
 def run_from_args(args):
     """Entry point of the `bench` subcommand: run, print the tables, write --json."""
+    try:
+        load_impls()
+    except ImportError as e:
+        print(f"fastopt bench: {e}", file=sys.stderr)
+        return 2
     cfg = config_from_args(args)
     report = run(cfg, progress=not args.no_progress)
     text = format_report(report)

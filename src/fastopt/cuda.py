@@ -9,11 +9,11 @@ else differently.
 
 *One definition of each rule.* The CUDA source is generated, never written by hand: it is the
 package's own headers (``fastopt/rules.h``, ``rules_impl.h``, and ``flags.h``, ``hp.h``,
-``constants.h`` generated from the optimizer table; shipped as package data) with their
-``#include "..."`` lines expanded, followed by one multi-tensor kernel per (optimizer, element
-type) for every kernel the table (``fastopt._table``) compiles for "cuda"; a kernel takes the
-fields of ``fo_<opt>_hp`` in the table's order. Each kernel calls the same
-``fo_<opt>_rule_<f32|f64>`` the OpenMP loop calls, with constants made by the same
+``constants.h`` generated from the optimizer table; csrc/ of a source checkout, package data of
+an installed wheel) with their ``#include "..."`` lines expanded, followed by one multi-tensor
+kernel per (optimizer, element type) for every kernel the table (``fastopt._table``) compiles
+for "cuda"; a kernel takes the fields of ``fo_<opt>_hp`` in the table's order. Each kernel calls
+the same ``fo_<opt>_rule_<f32|f64>`` the OpenMP loop calls, with constants made by the same
 ``fo_<opt>_constants_<f32|f64>`` from the same double-precision step scalars. NVRTC compiles the
 source at first use (CuPy caches the binary by source text, on disk too) with ``--fmad=false``,
 so no multiply-add is contracted and a float32 step rounds as the CPU loop does.
@@ -148,19 +148,19 @@ def to_device(tree, device=None):
 # ----------------------------------------------------------------------------- CUDA source
 
 def _header_dir():
-    """The directory holding fastopt/rules.h: package data, else the source checkout's csrc."""
-    try:
-        from importlib.resources import files
-        pkg = Path(str(files("fastopt") / "csrc" / "fastopt"))
-        if (pkg / "rules.h").is_file():
-            return pkg
-    except (ImportError, TypeError, ModuleNotFoundError):
-        pass
-    repo = Path(__file__).resolve().parents[2] / "csrc" / "fastopt"
-    if (repo / "rules.h").is_file():
-        return repo
-    raise FileNotFoundError("fastopt/rules.h is missing from the package data and from csrc/; "
-                            "reinstall fastopt (or run `python setup.py build_ext --inplace`)")
+    """The directory holding fastopt/rules.h: the source tree's csrc/fastopt when fastopt runs
+    from a checkout (src/fastopt beside csrc/, an in-place or editable build), else the copy
+    that setup.py's build_py puts into an installed package. A checkout holds no copy, so an
+    edited header is what the next compile reads."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parents[1] / "csrc" / "fastopt"
+    if here.parent.name == "src" and (checkout / "rules.h").is_file():
+        return checkout
+    packaged = here / "csrc" / "fastopt"
+    if (packaged / "rules.h").is_file():
+        return packaged
+    raise FileNotFoundError(f"fastopt/rules.h is in neither {checkout} nor {packaged}; "
+                            "reinstall fastopt")
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)

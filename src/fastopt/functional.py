@@ -1,9 +1,10 @@
-"""Stateless, in-place optimizer steps: the per-step scalar math of every optimizer.
+"""Stateless, in-place optimizer steps: checked arguments, then one runner call.
 
 Each function updates `param` (one array or a list of arrays) and its state buffers in place,
 in one fused pass per element type, and returns None. The per-element rules live in
-csrc/fastopt/rules.h; what is computed here is what depends only on the step and the
-hyperparameters (bias corrections, decayed step sizes, option flags), once per call.
+csrc/fastopt/rules.h; what depends only on the step and the hyperparameters (bias
+corrections, decayed step sizes, option flags) is computed once per call by the runners of
+`fastopt._runners`.
 
 Arrays may be NumPy arrays (C/OpenMP kernels) or CuPy arrays (CUDA kernels, `fastopt[gpu]`);
 all arrays of one call must be of one kind. Any other CPU array that exposes ``__dlpack__``
@@ -15,13 +16,13 @@ fastopt._validate: any real number, NumPy scalars and 0-d arrays included, used 
 float of its value; the same mistake raises the same error class as in the classes).
 
 These functions are usable as a backend by other frameworks; the classes in `fastopt.optim`
-call the same `_<name>` runners with cached plans. The runners are compiled from the optimizer
-table (fastopt._table, by fastopt._steps): they compute the per-step scalars and flags the table
-states and call the kernel binding.
+call the same runners (`fastopt._runners`, compiled from the optimizer table
+fastopt._table by fastopt._steps) with cached plans.
 """
 import numpy as np
 
-from . import _kernels, _steps, _validate
+from . import _kernels, _runners, _specs, _validate
+from ._newton import newton_step
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
            "backend_for"]
@@ -95,7 +96,6 @@ def _check_lr(lr):
 def _check_hyper(name, **values):
     """Check hyperparameters with the registry's rules, those the classes apply to groups;
     returns them as plain Python values (a dict in the order given)."""
-    from . import _specs  # imported here: _specs imports this module
     spec = _specs.SPECS[name]
     values = {key: spec.rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
               for key, value in values.items()}
@@ -105,10 +105,6 @@ def _check_hyper(name, **values):
 
 
 # --------------------------------------------------------------------------------------- SGD
-# `first`: the momentum buffer is new; torch's form then starts it at the gradient
-_sgd = _steps.runner("sgd")
-
-
 def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
          nesterov=False, maximize=False, sutskever=False, step=None):
     """SGD / gradient descent step, in place; equations in :class:`fastopt.SGD`.
@@ -129,14 +125,11 @@ def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, 
     else:
         step = 0
     mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else _UNUSED)])
-    _sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening, weight_decay, nesterov,
-         maximize, sutskever, "grad")
+    _runners.sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize, sutskever, "grad")
 
 
 # ----------------------------------------------------------------------------------- Adagrad
-_adagrad = _steps.runner("adagrad")
-
-
 def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
              maximize=False, eps_in_sqrt=False):
     """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
@@ -145,14 +138,11 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0
         "adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
         eps_in_sqrt=eps_in_sqrt).values()
     mod, plan = _plan(param, [(0, "state_sum", state_sum)])
-    _adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps, maximize,
-             eps_in_sqrt, "grad")
+    _runners.adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps,
+                     maximize, eps_in_sqrt, "grad")
 
 
 # ----------------------------------------------------------------------------------- RMSprop
-_rmsprop = _steps.runner("rmsprop")
-
-
 def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, step=1, lr,
              alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
              eps_in_sqrt=False):
@@ -171,14 +161,11 @@ def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, st
     mod, plan = _plan(param, [(0, "square_avg", square_avg),
                               (1, "momentum_buffer", momentum_buffer if momentum > 0 else _UNUSED),
                               (2, "grad_avg", grad_avg if centered else _UNUSED)])
-    _rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay, momentum,
-             centered, maximize, eps_in_sqrt, "grad")
+    _runners.rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay,
+                     momentum, centered, maximize, eps_in_sqrt, "grad")
 
 
 # -------------------------------------------------------------------------------------- Adam
-_adam = _steps.runner("adam")
-
-
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False,
           decoupled_weight_decay=False):
@@ -194,8 +181,8 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
         raise ValueError("max_exp_avg_sq is required when amsgrad=True")
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
                               (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else _UNUSED)])
-    _adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, amsgrad,
-          maximize, decoupled_weight_decay, "grad")
+    _runners.adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
+                  amsgrad, maximize, decoupled_weight_decay, "grad")
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -207,9 +194,6 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 
 # ---------------------------------------------------------------------------------- Adadelta
-_adadelta = _steps.runner("adadelta")
-
-
 def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
               weight_decay=0.0, maximize=False):
     """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
@@ -217,13 +201,11 @@ def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, ep
     rho, eps, weight_decay, maximize = _check_hyper(
         "adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize).values()
     mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
-    _adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize, "grad")
+    _runners.adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize,
+                      "grad")
 
 
 # ------------------------------------------------------------------------------------ Adamax
-_adamax = _steps.runner("adamax")
-
-
 def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
             weight_decay=0.0, maximize=False):
     """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
@@ -232,8 +214,8 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.
         "adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         maximize=maximize).values()
     mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
-    _adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay, maximize,
-            "grad")
+    _runners.adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
+                    maximize, "grad")
 
 
 # ------------------------------------------------------------------------------------ Newton
@@ -245,5 +227,4 @@ def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
     shift that made the Hessian positive definite (0.0 when none was needed), one per array for
     lists. NumPy arrays only.
     """
-    from .optim.newton import _newton_step
-    return _newton_step(param, grad, hessian, lr, damping)
+    return newton_step(param, grad, hessian, lr, damping)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import _kernels
-from .. import functional as F
+from .. import _runners
 from .._validate import integer, learning_rate, nonneg
 from ._grouped import GroupedOptimizer
 
@@ -124,8 +124,8 @@ class SVRG(GroupedOptimizer):
                 for j in range(n):
                     np.subtract(grads[off + j], snapshot_grads[off + j], out=work[j])
                     work[j] += self.state[off + j]["full_grad"]
-                F._sgd(_kernels, plan, work, False, lrs[gi], 0.0, 0.0,
-                       group["weight_decay"], False, False, False, "grads")
+                _runners.sgd(_kernels, plan, work, False, lrs[gi], 0.0, 0.0,
+                             group["weight_decay"], False, False, False, "grads")
                 self._steps[gi] += 1
                 for j in range(n):
                     self.state[off + j]["since_snapshot"] += 1

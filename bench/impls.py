@@ -1,5 +1,9 @@
 """The contenders of `fastopt bench`: fastopt, NumPy (textbook and best effort) and torch.
 
+Benchmark code, not part of the package: `fastopt bench` loads this file from the source
+checkout it runs from (``fastopt.bench.load_impls``); the suites and scripts of bench/ import
+it as ``impls``.
+
 Design note
 -----------
 Every contender is built by a ``make_*`` function from the same inputs, a list of parameter
@@ -23,7 +27,7 @@ import math
 
 import numpy as np
 
-from ._specs import SPECS
+from fastopt._specs import SPECS
 
 __all__ = ["OPTIMIZERS", "OVERRIDES", "HYPER", "TRAFFIC", "TORCH_VARIANTS", "RESNET50_SHAPES",
            "make_fastopt", "make_fastopt_flat", "make_numpy", "make_torch", "torch_variants"]
@@ -121,7 +125,7 @@ def make_fastopt(name, params, grads):
 
 def make_fastopt_flat(name, params, grads):
     """As make_fastopt, with parameters and gradients as views of one buffer each (flatten)."""
-    from .flat import flatten
+    from fastopt.flat import flatten
     _, views = flatten(list(params))
     _, gviews = flatten(list(grads))
     opt = _fastopt_class(name)(views, **OVERRIDES.get(name, {}))
