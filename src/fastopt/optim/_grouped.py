@@ -11,6 +11,11 @@ parameter's global index, torch's ``state_dict`` layout, and every check before 
 A subclass declares ``DEFAULTS`` (hyperparameters), ``RULES`` (name -> check(name, value)),
 ``BUFFERS`` (names of per-parameter state arrays) and ``SCALARS`` (names of per-parameter
 state floats besides ``step``).
+
+A step first checks that `param_groups` still holds the planned groups
+(`fastopt.optim._groups`), then takes one validated snapshot of every group's values
+(`_snapshots`, with the scheduled learning rates) and runs with those only, so a value written
+into a group meanwhile (another thread) is seen next step, never by half of this one.
 """
 import copy
 import math
@@ -19,6 +24,7 @@ import threading
 import numpy as np
 
 from .. import _kernels
+from ._groups import check_groups
 from ._state_dict import saved_groups
 from .base import Optimizer, _address_range
 
@@ -37,6 +43,7 @@ class GroupedOptimizer:
         self.defaults = {**self.DEFAULTS, **hyperparameters}
         self.param_groups = []
         self.state = {}
+        self._planned = []     # per group, the tuple of its arrays (see _groups.check_groups)
         self._plans = []
         self._steps = []
         self._lock = threading.Lock()
@@ -54,6 +61,7 @@ class GroupedOptimizer:
         """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("a param group must be a dict with a 'params' key")
+        check_groups(self.param_groups, self._planned)
         group = dict(param_group)
         params = group["params"]
         if hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
@@ -79,6 +87,7 @@ class GroupedOptimizer:
                                  "pass each parameter once")
         group["params"] = params
         self.param_groups.append(group)
+        self._planned.append(tuple(params))
         self._plans.append(plan)
         self._steps.append(0)
 
@@ -97,22 +106,29 @@ class GroupedOptimizer:
             k += len(g["params"])
         return out
 
-    def _lr_of(self, gi):
-        """Group gi's learning rate for this step, after re-checking its hyperparameters (they
-        may have been changed through `param_groups`); called before anything is written."""
-        try:
-            self._validate(self.param_groups[gi])
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"param_groups[{gi}]: {e}") from None
-        lr = self.param_groups[gi]["lr"]
-        if callable(lr):
-            value = lr(self._steps[gi])
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"the lr schedule returned {value!r} at step {self._steps[gi]}; "
-                                 "expected a finite number >= 0")
-            return float(value)
-        return float(lr)
+    def _snapshots(self):
+        """The prepare phase's view of the groups: after checking that `param_groups` holds the
+        planned groups, one validated copy of each group's values with its learning rate for
+        this step, ``[(snapshot, lr), ...]``. Called before anything is written; the step then
+        reads only these copies."""
+        check_groups(self.param_groups, self._planned)
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            snap = dict(group)
+            try:
+                self._validate(snap)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
+            lr = snap["lr"]
+            if callable(lr):
+                value = lr(self._steps[gi])
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                        or not math.isfinite(value) or value < 0:
+                    raise ValueError(f"the lr schedule returned {value!r} at step "
+                                     f"{self._steps[gi]}; expected a finite number >= 0")
+                lr = value
+            out.append((snap, float(lr)))
+        return out
 
     def _as_list(self, arrays, name):
         if isinstance(arrays, np.ndarray):
@@ -138,6 +154,7 @@ class GroupedOptimizer:
     def state_dict(self):
         """Copy of the state: {'state': {i: {'step': float, ...}}, 'param_groups': [...]}."""
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             state, groups = {}, []
             for gi, (group, off) in enumerate(zip(self.param_groups, self._offsets())):
                 n = len(group["params"])
@@ -161,6 +178,7 @@ class GroupedOptimizer:
     def load_state_dict(self, state_dict):
         """Load a state_dict from `state_dict()`; checks everything first, then copies."""
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             plan = self._plan_load(state_dict)
             for gi, (hyper, steps, entries) in enumerate(plan):
                 group, off = self.param_groups[gi], self._offsets()[gi]
