@@ -152,7 +152,7 @@ cdef int _refuse_subclass(object a, str what) except -1:
     """TypeError for the ndarray subclasses whose meaning a fused kernel would silently drop:
     numpy.ma.MaskedArray (the kernels would update the masked elements too) and numpy.matrix
     (2-D only, `*` a matrix product). Other subclasses (numpy.memmap, ...) are plain memory."""
-    if type(a) is np.ndarray:
+    if type(a) is cnp.ndarray:
         return 0
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{what} is a numpy.ma.MaskedArray; fastopt's kernels ignore masks and "
@@ -504,7 +504,8 @@ cdef class Plan:
             if not isinstance(obj, np.ndarray):
                 raise TypeError(f"{name}[{i + self.offset}] must be a numpy.ndarray of {(<object>p).dtype} like "
                                 f"{self.name}[{i + self.offset}], got {_describe(obj)}")
-            _refuse_subclass(obj, f"{name}[{i + self.offset}]")
+            if type(obj) is not cnp.ndarray:
+                _refuse_subclass(obj, f"{name}[{i + self.offset}]")
             g = <cnp.ndarray>obj
             if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
                 raise TypeError(f"{name}[{i + self.offset}] must have dtype {(<object>p).dtype} like {self.name}[{i + self.offset}], "

@@ -372,7 +372,8 @@ cdef class Plan:
             if not isinstance(obj, np.ndarray):
                 raise TypeError(f"{what} must be a numpy.ndarray of float32, float16 or "
                                 f"bfloat16, got {_describe(obj)}")
-            _refuse_subclass(obj, what)
+            if type(obj) is not cnp.ndarray:
+                _refuse_subclass(obj, what)
             g = <cnp.ndarray>obj
             code = _code(g)
             if code < 0:

@@ -237,6 +237,7 @@ class MixedPrecision(Optimizer):
         self.skipped_steps = 0
         self._base_class.__init__(self, params, **hyperparameters)
         self._lock = threading.RLock()
+        self._gate_every_step = True    # the loss scale reaches the plans in `_gate`
 
     # ------------------------------------------------------------------- base class hooks
     def _plan_for(self, params, offset):

@@ -78,7 +78,8 @@ def _copy_into(dst, src):
 class _GroupRecord:
     """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present,
     and the last validated snapshot of the group's values."""
-    __slots__ = ("plan", "mod", "step", "present", "offset", "checked", "hyper")
+    __slots__ = ("plan", "mod", "step", "present", "offset", "checked", "hyper", "uses",
+                 "arrays")
 
     def __init__(self, plan, mod, offset, n_state):
         self.plan = plan
@@ -88,6 +89,8 @@ class _GroupRecord:
         self.present = (False,) * n_state
         self.checked = ()      # the group's values (in order) when `hyper` was validated
         self.hyper = None      # a private, validated copy of the group (see _validated)
+        self.uses = ()         # the state buffers `hyper`'s options need (spec.uses)
+        self.arrays = ()       # the group's arrays as planned (see _groups.check_groups)
 
 
 class Optimizer:
@@ -114,6 +117,7 @@ class Optimizer:
         self._planned = []     # per group, the tuple of its arrays (see _groups.check_groups)
         self._lock = threading.Lock()
         self._fresh_none = (False,) * len(self.spec.state)
+        self._gate_every_step = False   # `_gate` also with nonfinite="ignore" (fastopt.mixed)
         groups = self._normalize(params)
         for group in groups:
             self.add_param_group(group)
@@ -166,9 +170,11 @@ class Optimizer:
         rec = _GroupRecord(plan, mod, offset, len(self.spec.state))
         rec.hyper = dict(group)
         rec.checked = tuple(group.values())
+        rec.uses = self.spec.uses(rec.hyper)
+        rec.arrays = tuple(params)
         self.param_groups.append(group)
         self._records.append(rec)
-        self._planned.append(tuple(params))
+        self._planned.append(rec.arrays)
 
     def _plan_for(self, params, offset):
         """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
@@ -227,11 +233,11 @@ class Optimizer:
             raise type(e)(f"param_groups[{gi}]: {e}") from None
         if isinstance(betas, list) and group.get("betas") is betas:
             group["betas"] = snap["betas"]       # stored as a tuple, as at construction
-        rec.hyper, rec.checked = snap, tuple(snap.values())
+        rec.hyper, rec.checked, rec.uses = snap, tuple(snap.values()), self.spec.uses(snap)
         return snap
 
     def _ensure_state(self, rec, hyper, uses):
-        """Create the buffers a group needs now (`uses`, from its snapshot `hyper`); returns
+        """Create the buffers a group needs now (`uses`, of its snapshot `hyper`); returns
         which ones are new."""
         fresh = []
         params = rec.plan.params
@@ -265,18 +271,11 @@ class Optimizer:
         """Phase 1 of a step: check everything a step reads, write nothing.
 
         Returns a list of ``[record, snapshot, lr, grads of the group, fresh]`` per group.
-        With one group the gradient arrays are checked by the kernel call itself (before it
-        writes anything), or here when state is about to be created for them.
+        (`step` inlines this for a single group, whose gradient arrays the kernel call itself
+        checks before it writes anything.)
         """
         check_groups(self.param_groups, self._planned)
         records = self._records
-        if len(records) == 1:
-            rec = records[0]
-            hyper = self._validated(0)
-            lr = hyper["lr"]
-            if callable(lr):
-                lr = self._scheduled_lr(lr, rec)
-            return [[rec, hyper, lr, grads, self._fresh_none]]
         total = sum(len(r.plan) for r in records)
         if len(grads) != total:
             raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
@@ -307,10 +306,9 @@ class Optimizer:
 
     def _allocate(self, work):
         """The state buffers each group's options need now (last part of the prepare phase)."""
-        uses_of = self.spec.uses
         for item in work:
             rec, hyper, grads = item[0], item[1], item[3]
-            uses = uses_of(hyper)
+            uses = rec.uses                     # of rec.hyper, the snapshot `hyper`
             if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
                 if len(work) == 1:      # a new buffer is written only for valid gradients
                     if len(grads) != len(rec.plan):
@@ -353,11 +351,46 @@ class Optimizer:
             else:
                 raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}")
         with self._lock:
-            work = self._prepare(grads)
-            if not self._gate(work, nonfinite):
-                return False
-            self._allocate(work)
-            self._apply(work)
+            records = self._records
+            if len(records) != 1:
+                work = self._prepare(grads)
+                if not self._gate(work, nonfinite):
+                    return False
+                self._allocate(work)
+                self._apply(work)
+                return True
+            # One group, the common case: the same phases with the calls inlined.
+            rec = records[0]
+            try:
+                (group,) = self.param_groups
+                arrays, params = rec.arrays, group["params"]
+                n = len(arrays)
+                planned = len(params) == n and (params[0] is arrays[0] if n == 1
+                                                else all(map(_is, params, arrays)))
+            except (TypeError, ValueError, KeyError):
+                planned = False
+            if not planned:
+                check_groups(self.param_groups, self._planned)   # raises (names the group)
+            seen = rec.checked
+            if len(seen) == len(group) and all(map(_is, group.values(), seen)):
+                hyper = rec.hyper
+            else:
+                hyper = self._validated(0)
+            lr = hyper["lr"]
+            if callable(lr):
+                lr = self._scheduled_lr(lr, rec)
+            fresh = self._fresh_none
+            if nonfinite != "ignore" or self._gate_every_step:
+                work = [[rec, hyper, lr, grads, fresh]]
+                if not self._gate(work, nonfinite):
+                    return False
+            uses = rec.uses
+            if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
+                work = [[rec, hyper, lr, grads, fresh]]
+                self._allocate(work)
+                fresh = work[0][4]
+            self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            rec.step += 1
             return True
 
     # --------------------------------------------------------------------------- state dict
