@@ -371,6 +371,7 @@ class Optimizer:
                 planned = False
             if not planned:
                 check_groups(self.param_groups, self._planned)   # raises (names the group)
+                group = self.param_groups[0]
             seen = rec.checked
             if len(seen) == len(group) and all(map(_is, group.values(), seen)):
                 hyper = rec.hyper
