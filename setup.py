@@ -44,6 +44,8 @@ def _extensions():
                 sources=[str(pyx.relative_to(ROOT))] + C_SOURCES.get(name, []),
                 include_dirs=[CSRC, np.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+                # a header edit (the rules) rebuilds every module that includes it
+                depends=sorted(str(h.relative_to(ROOT)) for h in (ROOT / CSRC / "fastopt").glob("*.h")),
             )
         )
     return exts
