@@ -80,7 +80,7 @@ const char *fo_vector_isa(void)
 #if FO_HAS_CLONES
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return "avx512f";
-    if (__builtin_cpu_supports("avx2")) return "avx2";
+    if (__builtin_cpu_supports(FO_AVX2_CLONE)) return "avx2";
     return "baseline";
 #elif defined(__AVX512F__)
     return "avx512f (compile-time)";

@@ -138,7 +138,17 @@ def test_rmsprop_equals_adam_with_beta1_zero():
     np.testing.assert_allclose(p1, p2, rtol=1e-13, atol=1e-14)
 
 
+def _fma(a, b, c):
+    """a*b + c rounded once (exact rational arithmetic; Python's int/int division rounds
+    correctly), elementwise over float64 arrays."""
+    from fractions import Fraction
+    return np.array([float(Fraction(x) * Fraction(y) + Fraction(z))
+                     for x, y, z in np.broadcast(a, b, c)])
+
+
 def test_sgd_without_momentum_is_gradient_descent():
+    """p <- p - lr g, rounded once as torch's param.add_(grad, alpha=-lr) (a fused
+    multiply-add), and no state."""
     rng = np.random.default_rng(4)
     p = rng.standard_normal(100)
     expected = p.copy()
@@ -146,7 +156,7 @@ def test_sgd_without_momentum_is_gradient_descent():
     for _ in range(10):
         g = rng.standard_normal(100)
         opt.step([g])
-        expected = expected - 0.1 * g
+        expected = _fma(-0.1, g, expected)
     np.testing.assert_array_equal(p, expected)
     assert opt.state == {}
 

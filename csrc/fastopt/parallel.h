@@ -5,9 +5,11 @@
  * - FO_PRAGMA(x): an OpenMP pragma, or nothing in a FASTOPT_NO_OPENMP build.
  * - FO_THREAD_ID(t, team): this thread's number and the team's size inside a parallel region.
  * - FO_CLONES: on x86-64 with GCC and an ifunc-capable libc, a function compiled for AVX-512F,
- *   AVX2 and the baseline ISA, one picked by the loader per machine (`target_clones`); setup.py
- *   passes -ffp-contract=off, so every instance rounds alike. -DFASTOPT_NO_CLONES=1 turns it
- *   off; FO_HAS_CLONES says which.
+ *   AVX2 (with FMA: x86-64-v3, GCC >= 12; plain AVX2 before) and the baseline ISA, one picked
+ *   by the loader per machine (`target_clones`); setup.py passes -ffp-contract=off, so every
+ *   instance rounds alike (the rules' explicit fmaf/fma are correctly rounded everywhere; a
+ *   clone without FMA instructions calls libm for them). FO_AVX2_CLONE names the AVX2 clone's
+ *   target. -DFASTOPT_NO_CLONES=1 turns it off; FO_HAS_CLONES says which.
  * - fo_team_size(work, threshold, n_threads): threads for `work` units: 1 below `threshold`,
  *   else at most n_threads, one per threshold/2 units.
  * - fo_share(total, t, nt, quantum, lo, hi): thread t's part of [0, total) in equal shares,
@@ -29,7 +31,14 @@
 
 #if !defined(FASTOPT_NO_CLONES) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) \
     && (__GNUC__ >= 8) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#if __GNUC__ >= 12
+/* x86-64-v3: AVX2 with FMA, so the rules' explicit fmaf/fma stay vector instructions */
+#define FO_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#define FO_AVX2_CLONE "x86-64-v3"
+#else
 #define FO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FO_AVX2_CLONE "avx2"
+#endif
 #define FO_HAS_CLONES 1
 #else
 #define FO_CLONES

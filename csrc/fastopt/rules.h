@@ -27,6 +27,10 @@
  *
  * The arithmetic follows torch.optim's single-tensor implementations operation by operation
  * (same order, same lerp, same placement of eps), so float64 trajectories agree to rounding.
+ * Where torch's operation is a fused multiply-add whose terms can cancel, the rule writes
+ * FO_FMA (fmaf/fma: one rounding, no intermediate overflow; see rules_impl.h). The build
+ * turns implicit contraction off, so these are the only fused operations; CUDA's fmaf/fma
+ * round the same way, so CPU and GPU stay bit-identical.
  */
 #ifndef FASTOPT_RULES_H
 #define FASTOPT_RULES_H
@@ -60,20 +64,24 @@ typedef int64_t fo_index;
 #define FO_NAME(name) name##_f32
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
+#define FO_FMA fmaf
 #include "rules_impl.h"
 #undef FO_T
 #undef FO_NAME
 #undef FO_SQRT
 #undef FO_FABS
+#undef FO_FMA
 
 #define FO_T double
 #define FO_NAME(name) name##_f64
 #define FO_SQRT sqrt
 #define FO_FABS fabs
+#define FO_FMA fma
 #include "rules_impl.h"
 #undef FO_T
 #undef FO_NAME
 #undef FO_SQRT
 #undef FO_FABS
+#undef FO_FMA
 
 #endif /* FASTOPT_RULES_H */

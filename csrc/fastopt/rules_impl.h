@@ -4,6 +4,14 @@
  *
  * Notation in the comments: p parameter, g gradient (negated when maximizing, plus wd*p for
  * coupled weight decay), lr the scheduled learning rate of this step.
+ *
+ * FO_FMA(a, b, c) = a*b + c rounded once. It is used wherever torch's operation is a fused
+ * multiply-add (Tensor.add with alpha, addcmul) and the two terms can have opposite signs:
+ * there a separately rounded product can overflow to inf while the sum is finite (centered
+ * RMSprop's v - m^2 with a gradient of 2e21 in float32 gave inf - inf = NaN). Coupled weight
+ * decay g + wd p, SGD's momentum and update, RMSprop's centered variance and momentum update,
+ * Adadelta's update. Sums of terms of one sign (v + (1 - beta2) g^2) cannot overflow where
+ * the exact sum does not, and keep their plain form.
  */
 
 /* torch's lerp: self + w (end - self) for |w| < 1/2, else end - (end - self)(1 - w). */
@@ -29,19 +37,19 @@ FO_DEVICE void FO_NAME(fo_sgd_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T 
 {
     (void)s1; (void)s2;
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
     if (k.flags & FO_MOMENTUM) {
         if (k.flags & FO_SUTSKEVER) {
-            FO_T v = k.momentum * s0[i] - k.lr * g;
+            FO_T v = FO_FMA(-k.lr, g, k.momentum * s0[i]);
             s0[i] = v;
-            p[i] = (k.flags & FO_NESTEROV) ? p[i] + (k.momentum * v - k.lr * g) : p[i] + v;
+            p[i] = (k.flags & FO_NESTEROV) ? p[i] + FO_FMA(k.momentum, v, -k.lr * g) : p[i] + v;
             return;
         }
-        FO_T b = (k.flags & FO_FIRST) ? g : k.momentum * s0[i] + k.one_minus_dampening * g;
+        FO_T b = (k.flags & FO_FIRST) ? g : FO_FMA(k.one_minus_dampening, g, k.momentum * s0[i]);
         s0[i] = b;
-        g = (k.flags & FO_NESTEROV) ? g + k.momentum * b : b;
+        g = (k.flags & FO_NESTEROV) ? FO_FMA(k.momentum, b, g) : b;
     }
-    p[i] = p[i] + (-k.lr) * g;
+    p[i] = FO_FMA(-k.lr, g, p[i]);
 }
 
 /* ---------------------------------------------------------------- Adagrad
@@ -60,7 +68,7 @@ FO_DEVICE void FO_NAME(fo_adagrad_rule)(fo_index i, FO_T *FO_RESTRICT p, const F
 {
     (void)s1; (void)s2;
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
     FO_T s = s0[i] + g * g;
     s0[i] = s;
     FO_T std = (k.flags & FO_EPS_IN_SQRT) ? FO_SQRT(s + k.eps) : FO_SQRT(s) + k.eps;
@@ -84,19 +92,19 @@ FO_DEVICE void FO_NAME(fo_rmsprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const F
                                         FO_T *FO_RESTRICT s2, FO_NAME(fo_rmsprop_k) k)
 {
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
     FO_T v = s0[i] * k.alpha + k.one_minus_alpha * g * g;
     s0[i] = v;
     if (k.flags & FO_CENTERED) {
         FO_T m = FO_NAME(fo_lerp)(s2[i], g, k.one_minus_alpha, k.alpha, k.one_minus_alpha < (FO_T)0.5);
         s2[i] = m;
-        v = v + (FO_T)(-1) * m * m;
+        v = FO_FMA(-m, m, v);
     }
     FO_T a = (k.flags & FO_EPS_IN_SQRT) ? FO_SQRT(v + k.eps) : FO_SQRT(v) + k.eps;
     if (k.flags & FO_MOMENTUM) {
         FO_T b = s1[i] * k.momentum + g / a;
         s1[i] = b;
-        p[i] = p[i] + (-k.lr) * b;
+        p[i] = FO_FMA(-k.lr, b, p[i]);
     } else {
         p[i] = p[i] + (-k.lr) * (g / a);
     }
@@ -122,7 +130,7 @@ FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
     FO_T x = p[i];
     if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
-    else if (k.weight_decay != 0) g = g + k.weight_decay * x;
+    else if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, x, g);
     FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
     FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
     s0[i] = m;
@@ -151,13 +159,13 @@ FO_DEVICE void FO_NAME(fo_adadelta_rule)(fo_index i, FO_T *FO_RESTRICT p, const 
 {
     (void)s2;
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
     FO_T v = s0[i] * k.rho + k.one_minus_rho * g * g;
     s0[i] = v;
     FO_T std = FO_SQRT(v + k.eps);
     FO_T d = FO_SQRT(s1[i] + k.eps) / std * g;
     s1[i] = s1[i] * k.rho + k.one_minus_rho * d * d;
-    p[i] = p[i] + (-k.lr) * d;
+    p[i] = FO_FMA(-k.lr, d, p[i]);
 }
 
 /* ---------------------------------------------------------------- Adamax
@@ -176,7 +184,7 @@ FO_DEVICE void FO_NAME(fo_adamax_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO
 {
     (void)s2;
     FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = g + k.weight_decay * p[i];
+    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
     FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
     FO_T a = s1[i] * k.beta2;
     FO_T b = FO_FABS(g) + k.eps;

@@ -36,7 +36,16 @@ cdef extern from "fastopt/finite.h" nogil:
 
 
 # helpers defined in _kernels.pyx
+cdef class ArrayIdentity:
+    cdef Py_ssize_t *rec
+    cdef Py_ssize_t size
+    cdef readonly list arrays
+    cdef Py_ssize_t first_changed(self) except -2
+
 cdef str _describe(object a)
+cdef int _refuse_subclass(object a, str what) except -1
+cdef str _stale_message(str what)
+cdef int _check_disjoint_from(intptr_t *iv, Py_ssize_t total, grads, str name) except -1
 cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b)
 cdef Py_ssize_t _set_spans(list items, str rule, intptr_t **lo, intptr_t **hi) except -1
 cdef bint _spans_hit(const intptr_t *lo, const intptr_t *hi, Py_ssize_t stride, Py_ssize_t n,

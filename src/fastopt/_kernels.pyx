@@ -6,10 +6,13 @@ Design note
 This module checks buffers, releases the GIL and calls C; it holds no math. A ``Plan`` is built
 once per parameter group: it checks the parameters (ndarray, float32/float64, C-contiguous,
 aligned, native byte order, writable, no two sharing memory), keeps references to them and to
-their state buffers, and lays out the C segment arrays. Each step then only checks the
-gradients (count, type, dtype, shape, layout, no overlap with parameters or state) and calls
-one C function per element type present in the group. Every check runs before any element is
-written, so an error leaves parameters and state untouched.
+their state buffers, and lays out the C segment arrays. Each step then only checks that no
+parameter or state buffer was resized or reallocated in place since (``ArrayIdentity``: data
+pointer, dtype, shape and strides, a few integer comparisons per array), checks the gradients
+(count, type, dtype, shape, layout, no overlap with parameters or state) and calls one C
+function per element type present in the group. Every check runs before any element is
+written, so an error leaves parameters and state untouched. Masked arrays and ``numpy.matrix``
+are refused (``_refuse_subclass``).
 
 Segments that continue each other in memory (parameter, gradient and every state buffer each
 starting where the previous tensor's ends, as for views made by ``fastopt.flatten``) are
@@ -134,10 +137,110 @@ cdef bint _spans_hit(const intptr_t *lo, const intptr_t *hi, Py_ssize_t stride, 
     return first < n and lo[first * stride] < b
 
 
+cdef int _refuse_subclass(object a, str what) except -1:
+    """TypeError for the ndarray subclasses whose meaning a fused kernel would silently drop:
+    numpy.ma.MaskedArray (the kernels would update the masked elements too) and numpy.matrix
+    (2-D only, `*` a matrix product). Other subclasses (numpy.memmap, ...) are plain memory."""
+    if type(a) is cnp.ndarray:
+        return 0
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a numpy.ma.MaskedArray; fastopt's kernels ignore masks and "
+                        "would update (or read) the masked elements too. Pass the plain data "
+                        "(arr.data, or arr.filled(value) for a gradient) and apply the mask "
+                        "yourself")
+    if isinstance(a, np.matrix):
+        raise TypeError(f"{what} is a numpy.matrix, which is always 2-D and whose `*` is a matrix "
+                        "product; pass numpy.asarray(m) (a plain ndarray view of the same memory)")
+    return 0
+
+
+def refuse_subclass(a, str what):
+    """Raise TypeError if `a` is a numpy.ma.MaskedArray or a numpy.matrix (see the message);
+    other arrays pass."""
+    _refuse_subclass(a, what)
+
+
+cdef class ArrayIdentity:
+    """What a plan relies on about each of `arrays`, recorded once and re-checked cheaply.
+
+    Per array: its data pointer, dtype number, ndim, shape and strides. An array resized or
+    re-pointed in place (``a.resize(n, refcheck=False)``, ``a.shape = ...``) after it was
+    recorded fails `first_changed`, so nothing writes through a pointer that no longer
+    belongs to it. The check is a few integer comparisons per array, in C.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.rec = NULL
+        self.size = 0
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+        cdef Py_ssize_t total = 0, k = 0, d, i
+        cdef cnp.ndarray a
+        for obj in self.arrays:
+            if not isinstance(obj, np.ndarray):
+                raise TypeError(f"ArrayIdentity records numpy arrays, got {_describe(obj)}")
+            total += 3 + 2 * cnp.PyArray_NDIM(<cnp.ndarray>obj)
+        self.rec = <Py_ssize_t *>PyMem_Calloc(total + 1, sizeof(Py_ssize_t))
+        if self.rec == NULL:
+            raise MemoryError()
+        self.size = total
+        for i in range(len(self.arrays)):
+            a = <cnp.ndarray>self.arrays[i]
+            self.rec[k] = <Py_ssize_t>cnp.PyArray_DATA(a)
+            self.rec[k + 1] = cnp.PyArray_TYPE(a)
+            self.rec[k + 2] = cnp.PyArray_NDIM(a)
+            k += 3
+            for d in range(cnp.PyArray_NDIM(a)):
+                self.rec[k] = cnp.PyArray_DIM(a, d)
+                self.rec[k + 1] = cnp.PyArray_STRIDE(a, d)
+                k += 2
+
+    def __dealloc__(self):
+        PyMem_Free(self.rec)
+
+    cdef Py_ssize_t first_changed(self) except -2:
+        """Index of the first array whose pointer, dtype, shape or strides changed; -1: none."""
+        cdef Py_ssize_t i, d, k = 0, n = len(self.arrays)
+        cdef int nd
+        cdef cnp.ndarray a
+        for i in range(n):
+            a = <cnp.ndarray>self.arrays[i]
+            nd = cnp.PyArray_NDIM(a)
+            if self.rec[k] != <Py_ssize_t>cnp.PyArray_DATA(a) or self.rec[k + 1] != cnp.PyArray_TYPE(a) \
+                    or self.rec[k + 2] != nd:
+                return i
+            k += 3
+            for d in range(nd):
+                if self.rec[k] != cnp.PyArray_DIM(a, d) or self.rec[k + 1] != cnp.PyArray_STRIDE(a, d):
+                    return i
+                k += 2
+        return -1
+
+    def changed(self):
+        """Index of the first array that changed since it was recorded, or None."""
+        cdef Py_ssize_t i = self.first_changed()
+        return None if i < 0 else i
+
+    def check(self, str name="arrays"):
+        """Raise ValueError naming ``name[i]`` if array i changed since it was recorded."""
+        cdef Py_ssize_t i = self.first_changed()
+        if i >= 0:
+            raise ValueError(_stale_message(f"{name}[{i}]"))
+
+
+cdef str _stale_message(str what):
+    return (f"{what} was resized or reallocated since it was given to the optimizer (its data "
+            "pointer, dtype, shape or strides changed); stepping it would write through a stale "
+            "pointer. Nothing was updated. Give the new array to a new optimizer (or to "
+            "add_param_group) instead of resizing a parameter in place")
+
+
 cdef int _check_float_array(object a, str what) except -1:
     """Type and layout checks shared by parameters, state and gradients."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+    _refuse_subclass(a, what)
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int t = cnp.PyArray_TYPE(arr)
     if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
@@ -204,6 +307,7 @@ cdef class Plan:
     cdef readonly list states      # states[k] is None or a list of n arrays
     cdef readonly str name
     cdef readonly Py_ssize_t offset  # index of params[0] in the caller's numbering (messages)
+    cdef ArrayIdentity identity    # params, then each attached state buffer (slot order)
 
     def __cinit__(self, params, str name="params", Py_ssize_t offset=0):
         self.seg32 = NULL
@@ -252,6 +356,7 @@ cdef class Plan:
                 self.slot[i] = -(self.n64 + 1)
                 self.n64 += 1
         self._rebuild_intervals(True)
+        self._record_identity()
 
     def __dealloc__(self):
         PyMem_Free(self.seg32)
@@ -264,6 +369,35 @@ cdef class Plan:
 
     def __len__(self):
         return self.n
+
+    cdef _record_identity(self):
+        arrays = list(self.params)
+        for k in range(FO_MAX_STATE):
+            if self.states[k] is not None:
+                arrays += self.states[k]
+        self.identity = ArrayIdentity(arrays)
+
+    cdef int _check_identity(self) except -1:
+        """ValueError, naming the array, if a parameter or state buffer was resized or
+        reallocated in place since the plan recorded it (see ArrayIdentity)."""
+        cdef Py_ssize_t j = self.identity.first_changed(), k
+        if j < 0:
+            return 0
+        if j < self.n:
+            what = f"{self.name}[{j + self.offset}]"
+        else:
+            j -= self.n
+            for k in range(FO_MAX_STATE):
+                if self.states[k] is not None:
+                    if j < self.n:
+                        break
+                    j -= self.n
+            what = f"state buffer {k} of {self.name}[{j + self.offset}]"
+        raise ValueError(_stale_message(what))
+
+    def check_identity(self):
+        """Raise ValueError if an array of the plan was resized or reallocated in place."""
+        self._check_identity()
 
     cdef _rebuild_intervals(self, bint params_only):
         """Sorted memory intervals of params and state; overlaps among them are errors."""
@@ -292,6 +426,7 @@ cdef class Plan:
         """
         if k < 0 or k >= FO_MAX_STATE:
             raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
+        self._check_identity()
         cdef Py_ssize_t i, j
         cdef cnp.ndarray a, p
         if arrays is not None:
@@ -317,6 +452,7 @@ cdef class Plan:
             self.states[k] = old
             self._rebuild_intervals(False)
             raise
+        self._record_identity()
         for i in range(self.n):
             j = self.slot[i]
             if arrays is None:
@@ -345,6 +481,7 @@ cdef class Plan:
                             f"{_describe(grads)}")
         if len(grads) != self.n:
             raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        self._check_identity()
         cdef Py_ssize_t i, j
         cdef cnp.ndarray g, p
         cdef intptr_t start
@@ -356,6 +493,8 @@ cdef class Plan:
             if not isinstance(obj, np.ndarray):
                 raise TypeError(f"{name}[{i + self.offset}] must be a numpy.ndarray of {(<object>p).dtype} like "
                                 f"{self.name}[{i + self.offset}], got {_describe(obj)}")
+            if type(obj) is not cnp.ndarray:
+                _refuse_subclass(obj, f"{name}[{i + self.offset}]")
             g = <cnp.ndarray>obj
             if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
                 raise TypeError(f"{name}[{i + self.offset}] must have dtype {(<object>p).dtype} like {self.name}[{i + self.offset}], "
@@ -476,26 +615,34 @@ def check_grads_disjoint(plans, grads, str name="grads"):
     cdef intptr_t *iv = <intptr_t *>PyMem_Calloc(2 * total + 2, sizeof(intptr_t))
     if iv == NULL:
         raise MemoryError()
-    cdef cnp.ndarray g
-    cdef intptr_t a, b
     try:
         for plan in plans:
             for i in range(plan.n_intervals):
                 iv[2 * k] = plan.lo[i]
                 iv[2 * k + 1] = plan.hi[i]
                 k += 1
-        qsort(iv, total, 2 * sizeof(intptr_t), _cmp_interval)
-        for i in range(len(grads)):
-            obj = grads[i]
-            if not isinstance(obj, np.ndarray):
-                continue
-            g = <cnp.ndarray>obj
-            if cnp.PyArray_NBYTES(g) == 0:
-                continue
-            a = <intptr_t>cnp.PyArray_DATA(g)
-            b = a + cnp.PyArray_NBYTES(g)
-            if _spans_hit(iv, iv + 1, 2, total, a, b):
-                raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
-                                 f"pass a separate gradient buffer")
+        _check_disjoint_from(iv, total, grads, name)
     finally:
         PyMem_Free(iv)
+
+
+cdef int _check_disjoint_from(intptr_t *iv, Py_ssize_t total, grads, str name) except -1:
+    """Sort the `total` (lo, hi) pairs of `iv` in place, then raise ValueError naming the first
+    of `grads` (NumPy arrays; others are skipped) whose memory intersects one of them."""
+    cdef cnp.ndarray g
+    cdef intptr_t a, b
+    cdef Py_ssize_t i
+    qsort(iv, total, 2 * sizeof(intptr_t), _cmp_interval)
+    for i in range(len(grads)):
+        obj = grads[i]
+        if not isinstance(obj, np.ndarray):
+            continue
+        g = <cnp.ndarray>obj
+        if cnp.PyArray_NBYTES(g) == 0:
+            continue
+        a = <intptr_t>cnp.PyArray_DATA(g)
+        b = a + cnp.PyArray_NBYTES(g)
+        if _spans_hit(iv, iv + 1, 2, total, a, b):
+            raise ValueError(f"{name}[{i}] shares memory with a parameter or optimizer state; "
+                             f"pass a separate gradient buffer")
+    return 0

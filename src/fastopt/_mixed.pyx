@@ -16,15 +16,18 @@ for bfloat16, stochastically. float32 parameters are updated in place (they are 
 master). State buffers are float32. Gradients may be float32, float16 or bfloat16, of any of
 the three for any parameter, and are divided by ``plan.grad_scale`` as they are read.
 
-As in ``_kernels``, every check runs before any element is written, so an error leaves
-parameters, masters and state untouched; the module holds no math.
+As in ``_kernels``, every check runs before any element is written (the identity of every
+parameter, master copy and state buffer included), so an error leaves parameters, masters
+and state untouched; the module holds no math. ``check_grads_disjoint`` catches a gradient of
+one group that aliases an array of another group.
 """
 import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 
-from ._kernels cimport _describe, _same_shape, _set_spans, _spans_hit
+from ._kernels cimport (ArrayIdentity, _check_disjoint_from, _describe, _refuse_subclass,
+                        _same_shape, _set_spans, _spans_hit, _stale_message)
 from . import _kernels
 
 cnp.import_array()
@@ -54,7 +57,8 @@ cdef extern from "fastopt/mixed.h" nogil:
 
     int fo_mixed_all_finite(const fo_mixed_segment *, int64_t, double, int64_t, int)
 
-__all__ = ["Plan", "all_finite", "ROUNDINGS"]     # and the step functions (_mixed_steps.pxi)
+__all__ = ["Plan", "all_finite", "check_grads_disjoint", "ROUNDINGS"]  # and the step functions
+                                                                      # (_mixed_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 cdef int _half_num = np.dtype(np.float16).num
@@ -114,6 +118,7 @@ cdef class Plan:
     cdef double _grad_scale
     cdef public uint64_t seed
     cdef public uint64_t counter
+    cdef ArrayIdentity identity    # params, master copies, then attached state buffers
 
     def __cinit__(self, *args, **kwargs):
         self.seg = NULL
@@ -152,6 +157,7 @@ cdef class Plan:
             if not isinstance(obj, np.ndarray):
                 raise TypeError(f"{what} must be a numpy.ndarray of float16, bfloat16 or "
                                 f"float32, got {_describe(obj)}")
+            _refuse_subclass(obj, what)
             p = <cnp.ndarray>obj
             code = _code(p)
             if code < 0:
@@ -190,6 +196,7 @@ cdef class Plan:
                 self.seg[i].lowp = cnp.PyArray_DATA(p)
                 self.seg[i].lowp_dtype = code
         self._rebuild_intervals()
+        self._record_identity()
 
     def __dealloc__(self):
         PyMem_Free(self.seg)
@@ -198,6 +205,37 @@ cdef class Plan:
 
     def __len__(self):
         return self.n
+
+    cdef list _identity_labels(self):
+        """Names of the arrays `identity` records, in its order (for messages)."""
+        labels = [f"{self.name}[{i + self.offset}]" for i in range(self.n)]
+        labels += [f"master copy of {self.name}[{i + self.offset}]" for i in range(self.n)
+                   if self.masters[i] is not None and self.masters[i] is not self.params[i]]
+        for k in range(3):
+            if self.states[k] is not None:
+                labels += [f"state buffer {k} of {self.name}[{i + self.offset}]"
+                           for i in range(self.n)]
+        return labels
+
+    cdef _record_identity(self):
+        arrays = list(self.params)
+        arrays += [m for m, p in zip(self.masters, self.params) if m is not None and m is not p]
+        for k in range(3):
+            if self.states[k] is not None:
+                arrays += self.states[k]
+        self.identity = ArrayIdentity(arrays)
+
+    cdef int _check_identity(self) except -1:
+        """ValueError, naming the array, if a parameter, master copy or state buffer was
+        resized or reallocated in place since the plan recorded it."""
+        cdef Py_ssize_t j = self.identity.first_changed()
+        if j >= 0:
+            raise ValueError(_stale_message(self._identity_labels()[j]))
+        return 0
+
+    def check_identity(self):
+        """Raise ValueError if an array of the plan was resized or reallocated in place."""
+        self._check_identity()
 
     @property
     def grad_scale(self):
@@ -244,6 +282,7 @@ cdef class Plan:
         """Attach state buffer k: float32 arrays shaped like the params (or None to detach)."""
         if k < 0 or k >= 3:
             raise ValueError(f"state slot must be in [0, 3), got {k}")
+        self._check_identity()
         cdef Py_ssize_t i
         cdef cnp.ndarray a, p
         if arrays is not None:
@@ -257,6 +296,7 @@ cdef class Plan:
                 if not isinstance(arrays[i], np.ndarray):
                     raise TypeError(f"{what} must be a float32 numpy.ndarray, got "
                                     f"{_describe(arrays[i])}")
+                _refuse_subclass(arrays[i], what)
                 a = <cnp.ndarray>arrays[i]
                 p = <cnp.ndarray>self.params[i]
                 if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or not _same_shape(a, p):
@@ -274,6 +314,7 @@ cdef class Plan:
             self.states[k] = old
             self._rebuild_intervals()
             raise
+        self._record_identity()
         for i in range(self.n):
             if arrays is None:
                 self.seg[i].state[k] = NULL
@@ -294,6 +335,7 @@ cdef class Plan:
                             f"{_describe(grads)}")
         if len(grads) != self.n:
             raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        self._check_identity()
         cdef Py_ssize_t i
         cdef cnp.ndarray g, p
         cdef intptr_t start
@@ -308,6 +350,8 @@ cdef class Plan:
             if not isinstance(obj, np.ndarray):
                 raise TypeError(f"{what} must be a numpy.ndarray of float32, float16 or "
                                 f"bfloat16, got {_describe(obj)}")
+            if type(obj) is not cnp.ndarray:
+                _refuse_subclass(obj, what)
             g = <cnp.ndarray>obj
             code = _code(g)
             if code < 0:
@@ -380,3 +424,30 @@ include "_mixed_steps.pxi"
 def all_finite(Plan plan, grads, str name="grads"):
     """Whether every gradient divided by ``plan.grad_scale`` is finite (reads gradients only)."""
     return plan.all_finite(grads, name)
+
+
+def check_grads_disjoint(plans, grads, str name="grads"):
+    """Raise ValueError if any of `grads` shares memory with a parameter, master copy or state
+    buffer of any of `plans` (the param groups of one optimizer; `grads` numbered over all).
+
+    Each plan checks its own group's gradients; this catches a gradient of one group that is
+    (a view of) an array of another group, which a step would read after that group was
+    updated (as fastopt._kernels.check_grads_disjoint does for plain plans).
+    """
+    cdef Plan plan
+    cdef Py_ssize_t total = 0, k = 0, i
+    for plan in plans:
+        total += plan.n_intervals
+    cdef intptr_t *iv = <intptr_t *>PyMem_Calloc(2 * total + 2, sizeof(intptr_t))
+    if iv == NULL:
+        raise MemoryError()
+    try:
+        for plan in plans:
+            for i in range(plan.n_intervals):
+                iv[2 * k] = plan.lo[i]
+                iv[2 * k + 1] = plan.hi[i]
+                k += 1
+        _check_disjoint_from(iv, total, grads, name)
+    finally:
+        PyMem_Free(iv)
+

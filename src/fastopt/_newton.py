@@ -40,6 +40,7 @@ def _check_hessians(params, hessians, name, offset=0):
         n = p.size
         if not isinstance(H, np.ndarray):
             raise TypeError(f"{what} must be a numpy.ndarray, got {type(H).__name__}")
+        _kernels.refuse_subclass(H, what)
         if H.dtype.kind != "f" or H.dtype.itemsize not in (4, 8):
             raise TypeError(f"{what} must be a float32 or float64 array, got dtype {H.dtype}")
         if H.shape != (n, n) and H.shape != p.shape + p.shape:

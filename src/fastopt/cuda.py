@@ -336,6 +336,11 @@ def _interval(a):
     return ptr, ptr + int(a.nbytes)
 
 
+def _identity(a):
+    """What a plan's device tables rely on about array `a`: pointer, dtype, shape, strides."""
+    return int(a.data.ptr), a.dtype, a.shape, a.strides
+
+
 # ----------------------------------------------------------------------------- uploads
 
 class _Slot:
@@ -443,6 +448,7 @@ class Plan:
         for i, p in enumerate(self.params):
             self._check_device(p, f"{name}[{i + self.offset}]")
         self._rebuild_intervals(True)
+        self._record_identity()
         self._cupy = cupy
         self._device = cupy.cuda.Device(self.device_id)
         self._stream = None
@@ -468,6 +474,30 @@ class Plan:
 
     def __repr__(self):
         return f"<fastopt.cuda.Plan of {self.n} arrays on GPU {self.device_id}>"
+
+    def _record_identity(self):
+        """Remember each parameter's and state buffer's pointer, dtype, shape and strides (the
+        device tables hold the pointers)."""
+        labels = [f"{self.name}[{i + self.offset}]" for i in range(self.n)]
+        arrays = list(self.params)
+        for k in range(FO_MAX_STATE):
+            if self.states[k] is not None:
+                arrays += self.states[k]
+                labels += [f"state buffer {k} of {self.name}[{i + self.offset}]"
+                           for i in range(self.n)]
+        self._identity = [(a, _identity(a)) for a in arrays]
+        self._identity_labels = labels
+
+    def check_identity(self):
+        """ValueError, naming the array, if a parameter or state buffer changed its pointer,
+        dtype, shape or strides since the plan recorded it (the tables would be stale)."""
+        for j, (a, recorded) in enumerate(self._identity):
+            if _identity(a) != recorded:
+                raise ValueError(
+                    f"{self._identity_labels[j]} was resized or reallocated since it was given "
+                    "to the optimizer (its data pointer, dtype, shape or strides changed); "
+                    "stepping it would write through a stale pointer. Nothing was updated. "
+                    "Give the new array to a new optimizer (or to add_param_group)")
 
     def _check_device(self, a, what):
         if a.device.id != self.device_id:
@@ -516,6 +546,7 @@ class Plan:
         k = int(k)
         if k < 0 or k >= FO_MAX_STATE:
             raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
+        self.check_identity()
         if arrays is not None:
             arrays = list(arrays)
             if len(arrays) != self.n:
@@ -536,6 +567,7 @@ class Plan:
             self.states[k] = old
             self._rebuild_intervals(False)
             raise
+        self._record_identity()
         with self._device:
             stream = self._enter_stream()
             for grp in self._groups:
@@ -554,6 +586,7 @@ class Plan:
                             f"{_describe(grads)}")
         if len(grads) != self.n:
             raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        self.check_identity()
         ptrs = []
         for i, (g, p) in enumerate(zip(grads, self.params)):
             if not is_cupy_array(g):

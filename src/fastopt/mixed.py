@@ -56,7 +56,7 @@ import threading
 import numpy as np
 
 from . import _mixed, _validate
-from .optim.base import _NONFINITE, Optimizer
+from .optim.base import Optimizer
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
 
@@ -222,28 +222,46 @@ class MixedPrecision(Optimizer):
         self._mp_scaler = _make_scaler(loss_scale)
         self._mp_skip = (self._mp_scaler is not None) if skip_nonfinite is None \
             else skip_nonfinite
-        self._mp_plans = {}
         self.skipped_steps = 0
         self._base_class.__init__(self, params, **hyperparameters)
         self._lock = threading.RLock()
+        self._gate_every_step = True    # the loss scale reaches the plans in `_gate`
 
     # ------------------------------------------------------------------- base class hooks
     def _plan_for(self, params, offset):
         plan = _mixed.Plan(params, "params", offset, master_weights=self._mp_master,
                            rounding=self._mp_rounding, seed=self._mp_seed)
-        self._mp_plans[offset] = plan
         return _mixed, plan
 
     def _state_like(self, params, fill=None):
         return [np.full(p.shape, 0.0 if fill is None else fill, dtype=np.float32) for p in params]
 
     def _plans(self):
-        """(offset, plan) of each param group, in order."""
-        out, offset = [], 0
-        for group in self.param_groups:
-            out.append((offset, self._mp_plans[offset]))
-            offset += len(group["params"])
-        return out
+        """(offset, plan) of each param group, in order (as planned; see _groups.check_groups)."""
+        return [(rec.offset, rec.plan) for rec in self._records]
+
+    def _gate(self, work, nonfinite):
+        """The loss scale's part of the prepare phase: every plan divides by the current scale;
+        with skip_nonfinite (or nonfinite="skip"|"raise"), a read-only pass over fl32(g) / S
+        decides whether the step goes on (a skip counts it and backs the scale off)."""
+        scale = self.loss_scale
+        for rec, *_ in work:
+            rec.plan.grad_scale = scale
+        if self._mp_skip or nonfinite != "ignore":
+            finite = True
+            for rec, _, _, grads, _ in work:
+                finite &= rec.plan.all_finite(list(grads))
+            if not finite:
+                if nonfinite == "raise":
+                    every = [g for *_, grads, _ in work for g in grads]
+                    raise ValueError(f"{_first_nonfinite(every, scale)} contains NaN or Inf "
+                                     f"after division by the loss scale {scale}; nothing was "
+                                     "updated (nonfinite='raise')")
+                self.skipped_steps += 1
+                if self._mp_scaler is not None:
+                    self._mp_scaler.update(False)
+                return False
+        return True
 
     # ------------------------------------------------------------------------- public API
     @property
@@ -269,39 +287,11 @@ class MixedPrecision(Optimizer):
         * ``"raise"``: raise ValueError with nothing changed (parameters, masters, state,
           the loss scale and ``skipped_steps`` included).
         """
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
-        if not isinstance(grads, (list, tuple)):
-            if hasattr(grads, "__array_interface__"):
-                grads = [grads]
-            else:
-                raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}")
         with self._lock:
-            plans = self._plans()
-            total = sum(len(plan) for _, plan in plans)
-            if len(grads) != total:
-                raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
-                                 "parameters")
-            scale = self.loss_scale
-            for _, plan in plans:
-                plan.grad_scale = scale
-            if self._mp_skip or nonfinite != "ignore":
-                finite = True
-                for offset, plan in plans:
-                    finite &= plan.all_finite(list(grads[offset:offset + len(plan)]))
-                if not finite:
-                    if nonfinite == "raise":
-                        raise ValueError(f"{_first_nonfinite(grads, scale)} contains NaN or Inf "
-                                         f"after division by the loss scale {scale}; nothing "
-                                         "was updated (nonfinite='raise')")
-                    self.skipped_steps += 1
-                    if self._mp_scaler is not None:
-                        self._mp_scaler.update(False)
-                    return False
-            super().step(grads)
-            if self._mp_scaler is not None:
+            applied = super().step(grads, nonfinite)
+            if applied and self._mp_scaler is not None:
                 self._mp_scaler.update(True)
-            return True
+            return applied
 
     # --------------------------------------------------------------------------- state dict
     def state_dict(self):

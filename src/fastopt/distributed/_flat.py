@@ -11,6 +11,7 @@ elements (the first T % N ranks take one more), the split MPI's ``*v`` collectiv
 """
 import numpy as np
 
+from .._kernels import refuse_subclass
 from ..optim.base import _NONFINITE as NONFINITE
 
 __all__ = ["check_param", "signature", "nonfinite_problem", "FlatLayout", "Shards"]
@@ -24,6 +25,7 @@ def check_param(p, name):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64 (the distributed "
                         f"optimizers work on host arrays), got {type(p).__module__}."
                         f"{type(p).__qualname__}")
+    refuse_subclass(p, name)
     if p.dtype not in _FLOATS:
         raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
     if not p.flags.c_contiguous:
@@ -72,13 +74,17 @@ class FlatLayout:
         if len(grads) != len(self._shapes):
             return (f"grads has {len(grads)} arrays but the optimizer has {len(self._shapes)} "
                     "parameters")
-        if all(isinstance(g, np.ndarray) for g in grads) \
+        if all(type(g) is np.ndarray for g in grads) \
                 and [g.shape for g in grads] == self._shapes \
                 and [g.dtype for g in grads] == self._param_dtypes:
             return None
         for i, (g, shape, dtype) in enumerate(zip(grads, self._shapes, self._param_dtypes)):
             if not isinstance(g, np.ndarray):
                 return f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}"
+            try:
+                refuse_subclass(g, f"grads[{i}]")
+            except TypeError as e:
+                return str(e)
             if g.shape != shape or g.dtype != dtype:
                 return (f"grads[{i}] must be a {dtype} array of shape {shape} like params[{i}], "
                         f"got {g.dtype} {g.shape}")

@@ -34,6 +34,7 @@ and scatters each state buffer along the new shards).
 import numpy as np
 
 from .. import _kernels, checkpoint
+from ..optim._groups import check_groups
 from ..optim.base import Optimizer
 from . import _flat
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
@@ -81,6 +82,8 @@ class ShardedOptimizer:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         groups = agree(comm, self._check_args, opt_cls, params)
         self._params = [p for g in groups for p in g["params"]]
+        self._planned = [tuple(g["params"]) for g in groups]
+        self._identity = _kernels.ArrayIdentity(self._params)
         check_same(comm, [("optimizer", getattr(opt_cls, "__name__", "?")), ("param groups",
                    [len(g["params"]) for g in groups])] + _flat.signature(self._params),
                    "the optimizers or parameters")
@@ -218,7 +221,8 @@ class ShardedOptimizer:
         rank. Returns True when the update was applied. Invalid gradients, or an invalid
         `nonfinite`, on any rank raise ValueError on every rank, nothing updated.
         """
-        problem = _flat.nonfinite_problem(nonfinite) or self._layout.grad_problem(grads)
+        problem = _flat.nonfinite_problem(nonfinite) or self._layout.grad_problem(grads) \
+            or self._arrays_problem()
         flat = [g.reshape(-1) for g in grads] if problem is None else None
         for b, send in enumerate(self._send):
             if problem is None:
@@ -256,6 +260,23 @@ class ShardedOptimizer:
             self.comm.Allgatherv(MPI.IN_PLACE, [buf, (s.counts, s.displs), mpi_type(buf.dtype)])
         self._unpack()
         return True
+
+    def _arrays_problem(self):
+        """Error message (str) if `param_groups` no longer holds the planned groups (a group's
+        'params' replaced, a group removed or inserted) or a parameter was resized or
+        reallocated in place since construction (the flat layout and the views that copy
+        results back would be stale), else None."""
+        try:
+            check_groups(self.param_groups, self._planned)
+            self._identity.check("params")
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def _check_arrays(self):
+        problem = self._arrays_problem()
+        if problem is not None:
+            raise ValueError(problem)
 
     def _first_nonfinite(self):
         """Collective: the first parameter whose summed gradient has a NaN/Inf, or None.
@@ -300,6 +321,7 @@ class ShardedOptimizer:
         The layout is `opt_cls`'s own (torch's): ``state[i]`` for parameter ``i`` over all
         groups, so ``opt_cls(params).load_state_dict(sd)`` accepts it.
         """
+        agree(self.comm, self._check_arrays)
         self._sync_hyperparameters()
         inner = self._inner.state_dict()["state"]      # this shard, one entry per piece
         names = self._inner.spec.state
@@ -350,6 +372,7 @@ class ShardedOptimizer:
         Rank 0 checks it against `opt_cls` over the full parameters (the same checks as
         ``opt_cls.load_state_dict``); any problem raises on every rank, nothing changed.
         """
+        agree(self.comm, self._check_arrays)
         plan = agree(self.comm, self._plan_on_root, state_dict)
         meta = bcast_tree(self.comm, [(hyper, steps, _common_names(bufs))
                                       for hyper, steps, bufs in plan] if self.rank == 0 else None)

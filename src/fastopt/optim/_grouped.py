@@ -12,6 +12,11 @@ A subclass declares ``DEFAULTS`` (hyperparameters), ``RULES`` (name -> rule(name
 returning the plain value to store, as the rules of fastopt._validate),
 ``BUFFERS`` (names of per-parameter state arrays) and ``SCALARS`` (names of per-parameter
 state floats besides ``step``).
+
+A step first checks that `param_groups` still holds the planned groups
+(`fastopt.optim._groups`), then takes one validated snapshot of every group's values
+(`_snapshots`, with the scheduled learning rates) and runs with those only, so a value written
+into a group meanwhile (another thread) is seen next step, never by half of this one.
 """
 import copy
 import threading
@@ -19,6 +24,7 @@ import threading
 import numpy as np
 
 from .. import _kernels, _validate
+from ._groups import check_groups, store_plain
 from ._state_dict import saved_groups
 from .base import Optimizer, _address_range
 
@@ -37,6 +43,7 @@ class GroupedOptimizer:
         self.defaults = {**self.DEFAULTS, **hyperparameters}
         self.param_groups = []
         self.state = {}
+        self._planned = []     # per group, the tuple of its arrays (see _groups.check_groups)
         self._plans = []
         self._steps = []
         self._lock = threading.Lock()
@@ -57,6 +64,7 @@ class GroupedOptimizer:
         """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("a param group must be a dict with a 'params' key")
+        check_groups(self.param_groups, self._planned)
         group = dict(param_group)
         params = group["params"]
         if hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
@@ -82,6 +90,7 @@ class GroupedOptimizer:
                                  "pass each parameter once")
         group["params"] = params
         self.param_groups.append(group)
+        self._planned.append(tuple(params))
         self._plans.append(plan)
         self._steps.append(0)
 
@@ -100,18 +109,26 @@ class GroupedOptimizer:
             k += len(g["params"])
         return out
 
-    def _lr_of(self, gi):
-        """Group gi's learning rate for this step, after re-checking its hyperparameters (they
-        may have been changed through `param_groups`); called before anything is written."""
-        group = self.param_groups[gi]
-        try:
-            group.update(self._validate(group))
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"param_groups[{gi}]: {e}") from None
-        lr = group["lr"]
-        if callable(lr):
-            return _validate.scheduled_lr(lr(self._steps[gi]), self._steps[gi])
-        return lr
+    def _snapshots(self):
+        """The prepare phase's view of the groups: after checking that `param_groups` holds the
+        planned groups, one validated copy of each group's values (plain Python values) with its
+        learning rate for this step, ``[(snapshot, lr), ...]``. Called before anything is
+        written; the step then reads only these copies."""
+        check_groups(self.param_groups, self._planned)
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            snap = dict(group)
+            seen = tuple(snap.values())
+            try:
+                snap.update(self._validate(snap))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
+            store_plain(group, snap, seen)
+            lr = snap["lr"]
+            if callable(lr):
+                lr = _validate.scheduled_lr(lr(self._steps[gi]), self._steps[gi])
+            out.append((snap, lr))
+        return out
 
     def _as_list(self, arrays, name):
         if isinstance(arrays, np.ndarray):
@@ -137,6 +154,7 @@ class GroupedOptimizer:
     def state_dict(self):
         """Copy of the state: {'state': {i: {'step': float, ...}}, 'param_groups': [...]}."""
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             state, groups = {}, []
             for gi, (group, off) in enumerate(zip(self.param_groups, self._offsets())):
                 n = len(group["params"])
@@ -160,6 +178,7 @@ class GroupedOptimizer:
     def load_state_dict(self, state_dict):
         """Load a state_dict from `state_dict()`; checks everything first, then copies."""
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             plan = self._plan_load(state_dict)
             for gi, (hyper, steps, entries) in enumerate(plan):
                 group, off = self.param_groups[gi], self._offsets()[gi]

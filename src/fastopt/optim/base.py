@@ -6,15 +6,20 @@ An optimizer owns its param groups (mutable dicts, as in torch.optim) and its st
 Each group has a record with a kernel plan (fastopt._kernels.Plan, or fastopt.cuda.Plan for
 CuPy arrays) that holds the C segment layout of its parameters and state, built once; a step
 only checks the gradients and calls one fused kernel per group. The classes therefore do no
-elementwise math in Python. Order of work in `step`, so that an error changes nothing:
+elementwise math in Python. A step has two phases, so that an error changes nothing and a
+group is never stepped with values other than those checked:
 
-1. re-validate hyperparameters replaced through `param_groups`, evaluate scheduled learning
-   rates, check the gradient list and every gradient array (including against the parameters
-   and state of the other groups); with ``nonfinite="skip"|"raise"``, check that every
-   gradient element is finite (a read-only pass; "skip" returns False here);
-2. allocate state buffers that the group's options now need (first step, or an option turned
-   on through `param_groups`);
-3. run the kernels, then advance the step counters.
+* prepare (`_prepare`, `_gate`, `_allocate`): check that `param_groups` still holds the planned
+  groups (`fastopt.optim._groups`); take a snapshot of every group's hyperparameters and
+  validate it (re-validating only groups whose values were replaced since the last step),
+  evaluate scheduled learning rates, check the gradient list and every gradient array
+  (including against the parameters and state of the other groups; each plan also checks
+  that its arrays were not resized or reallocated in place); with
+  ``nonfinite="skip"|"raise"``, check that every gradient element is finite (a read-only
+  pass; "skip" returns False here); then allocate the state buffers the groups' options now
+  need (first step, or an option turned on through `param_groups`);
+* apply (`_apply`): run one kernel per group with the snapshot's values, then advance the
+  group's step counter. A thread writing into `param_groups` meanwhile affects the next step.
 
 A group's state buffers of one kind (``exp_avg``, ...) are views of one 64-byte-aligned
 buffer per dtype (`fastopt.flat.state_like`): one allocation, huge-page friendly, and the
@@ -30,9 +35,10 @@ from operator import is_ as _is
 
 import numpy as np
 
-from .. import _kernels, _validate
+from .. import _validate
 from ..flat import state_like
 from ..functional import backend_for
+from ._groups import check_groups, store_plain
 from ._state_dict import saved_groups
 
 __all__ = ["Optimizer"]
@@ -70,8 +76,10 @@ def _copy_into(dst, src):
 
 
 class _GroupRecord:
-    """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present."""
-    __slots__ = ("plan", "mod", "step", "present", "offset", "checked")
+    """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present,
+    and the last validated snapshot of the group's values."""
+    __slots__ = ("plan", "mod", "step", "present", "offset", "checked", "hyper", "uses",
+                 "arrays")
 
     def __init__(self, plan, mod, offset, n_state):
         self.plan = plan
@@ -79,7 +87,10 @@ class _GroupRecord:
         self.offset = offset
         self.step = 0
         self.present = (False,) * n_state
-        self.checked = ()      # the group's values last validated (see _check_group)
+        self.checked = ()      # the group's values (in order) when `hyper` was validated
+        self.hyper = None      # a private, validated copy of the group (see _validated)
+        self.uses = ()         # the state buffers `hyper`'s options need (spec.uses)
+        self.arrays = ()       # the group's arrays as planned (see _groups.check_groups)
 
 
 class Optimizer:
@@ -103,8 +114,10 @@ class Optimizer:
         self.param_groups = []
         self.state = {}
         self._records = []
+        self._planned = []     # per group, the tuple of its arrays (see _groups.check_groups)
         self._lock = threading.Lock()
         self._fresh_none = (False,) * len(self.spec.state)
+        self._gate_every_step = False   # `_gate` also with nonfinite="ignore" (fastopt.mixed)
         groups = self._normalize(params)
         for group in groups:
             self.add_param_group(group)
@@ -132,6 +145,7 @@ class Optimizer:
         """Add a group (a dict with 'params' and optional hyperparameter overrides)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("a param group must be a dict with a 'params' key")
+        check_groups(self.param_groups, self._planned)
         group = dict(param_group)
         params = group["params"]
         if hasattr(params, "__array_interface__") or hasattr(params, "__cuda_array_interface__"):
@@ -151,9 +165,14 @@ class Optimizer:
                             "all CuPy on one device)")
         self._check_disjoint(params, offset)
         group["params"] = params
+        rec = _GroupRecord(plan, mod, offset, len(self.spec.state))
+        rec.hyper = dict(group)
+        rec.checked = tuple(group.values())
+        rec.uses = self.spec.uses(rec.hyper)
+        rec.arrays = tuple(params)
         self.param_groups.append(group)
-        self._records.append(_GroupRecord(plan, mod, offset, len(self.spec.state)))
-        self._records[-1].checked = tuple(group.values())
+        self._records.append(rec)
+        self._planned.append(rec.arrays)
 
     def _plan_for(self, params, offset):
         """The kernel module and plan of a new param group (a hook: see fastopt.mixed)."""
@@ -180,43 +199,48 @@ class Optimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     # --------------------------------------------------------------------------------- step
-    def _lr_of(self, group, rec):
-        lr = group["lr"]
-        if callable(lr):
-            return _validate.scheduled_lr(lr(rec.step), rec.step)
-        return lr
+    def _scheduled_lr(self, lr, rec):
+        """The value of the schedule `lr` at the group's step, checked (a plain float)."""
+        return _validate.scheduled_lr(lr(rec.step), rec.step)
 
-    def _ensure_state(self, gi, uses):
-        """Create the buffers group gi needs now; returns which ones are new."""
+    def _validated(self, gi):
+        """A validated snapshot of group gi's values: what this step runs with.
+
+        Param groups are mutable dicts (as in torch.optim). The snapshot is one copy of the
+        group, validated as a whole; it is kept and reused while the group holds the same
+        value objects, so a step re-validates only groups whose values were replaced. A value
+        written into the group after the copy (by another thread, say) is seen next step, never
+        half-way through this one.
+        """
         group, rec = self.param_groups[gi], self._records[gi]
+        seen = rec.checked
+        if len(seen) == len(group) and all(map(_is, group.values(), seen)):
+            return rec.hyper
+        snap = dict(group)
+        seen = tuple(snap.values())             # the value objects this snapshot was made of
+        try:
+            snap.update(self.spec.validate(snap))   # plain Python values (betas a tuple)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"param_groups[{gi}]: {e}") from None
+        rec.hyper, rec.uses = snap, self.spec.uses(snap)
+        rec.checked = store_plain(group, snap, seen)
+        return snap
+
+    def _ensure_state(self, rec, hyper, uses):
+        """Create the buffers a group needs now (`uses`, of its snapshot `hyper`); returns
+        which ones are new."""
         fresh = []
+        params = rec.plan.params
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
-                fill = self.spec.init.get(name, lambda g: 0.0)(group)
-                arrays = self._state_like(group["params"], fill)
+                fill = self.spec.init.get(name, lambda g: 0.0)(hyper)
+                arrays = self._state_like(params, fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
             fresh.append(needed and not present)
         rec.present = tuple(bool(p or u) for p, u in zip(rec.present, uses))
         return tuple(fresh)
-
-    def _check_group(self, gi):
-        """Validate group gi's hyperparameters again if one was replaced since the last check.
-
-        Param groups are mutable dicts (as in torch.optim); checking here means a bad value
-        set through `param_groups` raises before any group is updated.
-        """
-        group, rec = self.param_groups[gi], self._records[gi]
-        seen = rec.checked                  # the group's values (in order) when last validated
-        if len(seen) == len(group) and all(map(_is, group.values(), seen)):
-            return
-        try:
-            values = self.spec.validate(group)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"param_groups[{gi}]: {e}") from None
-        group.update(values)                # stored as plain Python values
-        rec.checked = tuple(group.values())
 
     def _finite(self, rec, grads, nonfinite):
         """Check one group's gradients, then whether all are finite ("raise": ValueError)."""
@@ -233,6 +257,64 @@ class Optimizer:
                              "updated (nonfinite='raise')")
         return ok
 
+    def _prepare(self, grads):
+        """Phase 1 of a step: check everything a step reads, write nothing.
+
+        Returns a list of ``[record, snapshot, lr, grads of the group, fresh]`` per group.
+        (`step` inlines this for a single group, whose gradient arrays the kernel call itself
+        checks before it writes anything.)
+        """
+        check_groups(self.param_groups, self._planned)
+        records = self._records
+        total = sum(len(r.plan) for r in records)
+        if len(grads) != total:
+            raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
+                             "parameters")
+        work = []
+        for gi, rec in enumerate(records):
+            hyper = self._validated(gi)
+            lr = hyper["lr"]
+            if callable(lr):
+                lr = self._scheduled_lr(lr, rec)
+            sl = list(grads[rec.offset:rec.offset + len(rec.plan)])
+            rec.plan.check_grads(sl)
+            work.append([rec, hyper, lr, sl, self._fresh_none])
+        disjoint = getattr(records[0].mod, "check_grads_disjoint", None)
+        if disjoint is not None:
+            disjoint([rec.plan for rec in records], grads)
+        return work
+
+    def _gate(self, work, nonfinite):
+        """Whether to go on with the step: with ``nonfinite="skip"|"raise"``, a read-only pass
+        over the gradients ("raise": ValueError; "skip": False). A hook: see fastopt.mixed."""
+        if nonfinite == "ignore":
+            return True
+        for rec, _, _, grads, _ in work:
+            if not self._finite(rec, grads, nonfinite):
+                return False
+        return True
+
+    def _allocate(self, work):
+        """The state buffers each group's options need now (last part of the prepare phase)."""
+        for item in work:
+            rec, hyper, grads = item[0], item[1], item[3]
+            uses = rec.uses                     # of rec.hyper, the snapshot `hyper`
+            if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
+                if len(work) == 1:      # a new buffer is written only for valid gradients
+                    if len(grads) != len(rec.plan):
+                        raise ValueError(f"grads has {len(grads)} arrays but the optimizer has "
+                                         f"{len(rec.plan)} parameters")
+                    rec.plan.check_grads(grads)
+                item[4] = self._ensure_state(rec, hyper, uses)
+
+    def _apply(self, work):
+        """Phase 2 of a step: one kernel per group with its snapshot's values, then its step
+        counter."""
+        run = self.spec.run
+        for rec, hyper, lr, grads, fresh in work:
+            run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            rec.step += 1
+
     def step(self, grads, nonfinite="ignore"):
         """Apply one update with `grads` (a list of arrays in the order of the parameters).
 
@@ -247,63 +329,59 @@ class Optimizer:
         "skip" and "raise" read the gradients once more, before anything is written (a
         parallel all-finite reduction, csrc/finite.c). Returns True when the update was
         applied. Raises TypeError/ValueError, with parameters and state unchanged, on a bad
-        gradient or hyperparameter.
+        gradient or hyperparameter (of any group), on a parameter resized or reallocated in
+        place, or on `param_groups` edited other than through its groups' hyperparameters
+        (a group's 'params' replaced, a group removed or inserted).
         """
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
-        check = nonfinite != "ignore"
         if not isinstance(grads, (list, tuple)):
             if hasattr(grads, "__array_interface__") or hasattr(grads, "__cuda_array_interface__"):
                 grads = [grads]
             else:
                 raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}")
         with self._lock:
-            groups, records, spec = self.param_groups, self._records, self.spec
-            if len(groups) == 1:
-                group, rec = groups[0], records[0]
-                seen = rec.checked          # (inline fast path of _check_group)
-                if len(seen) != len(group) or not all(map(_is, group.values(), seen)):
-                    self._check_group(0)
-                lr = group["lr"]
-                if callable(lr):
-                    lr = self._lr_of(group, rec)
-                if check and not self._finite(rec, grads, nonfinite):
+            records = self._records
+            if len(records) != 1:
+                work = self._prepare(grads)
+                if not self._gate(work, nonfinite):
                     return False
-                uses = spec.uses(group)
-                fresh = self._fresh_none
-                if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
-                    if len(grads) != len(rec.plan):
-                        raise ValueError(f"grads has {len(grads)} arrays but the optimizer has "
-                                         f"{len(rec.plan)} parameters")
-                    rec.plan.check_grads(grads)
-                    fresh = self._ensure_state(0, uses)
-                spec.run(rec.mod, rec.plan, grads, group, rec.step + 1, lr, fresh)
-                rec.step += 1
+                self._allocate(work)
+                self._apply(work)
                 return True
-            total = sum(len(r.plan) for r in records)
-            if len(grads) != total:
-                raise ValueError(f"grads has {len(grads)} arrays but the optimizer has {total} "
-                                 "parameters")
-            lrs, slices = [], []
-            for gi, (group, rec) in enumerate(zip(groups, records)):
-                self._check_group(gi)
-                lrs.append(self._lr_of(group, rec))
-                sl = list(grads[rec.offset:rec.offset + len(rec.plan)])
-                rec.plan.check_grads(sl)
-                slices.append(sl)
-            if all(rec.mod is _kernels for rec in records):
-                _kernels.check_grads_disjoint([rec.plan for rec in records], grads)
-            if check:
-                for rec, sl in zip(records, slices):
-                    if not self._finite(rec, sl, nonfinite):
-                        return False
-            for gi, (group, rec) in enumerate(zip(groups, records)):
-                uses = spec.uses(group)
-                fresh = self._fresh_none
-                if any(u and not p for u, p in zip(uses, rec.present)):
-                    fresh = self._ensure_state(gi, uses)
-                spec.run(rec.mod, rec.plan, slices[gi], group, rec.step + 1, lrs[gi], fresh)
-                rec.step += 1
+            # One group, the common case: the same phases with the calls inlined.
+            rec = records[0]
+            try:
+                (group,) = self.param_groups
+                arrays, params = rec.arrays, group["params"]
+                n = len(arrays)
+                planned = len(params) == n and (params[0] is arrays[0] if n == 1
+                                                else all(map(_is, params, arrays)))
+            except (TypeError, ValueError, KeyError):
+                planned = False
+            if not planned:
+                check_groups(self.param_groups, self._planned)   # raises (names the group)
+                group = self.param_groups[0]
+            seen = rec.checked
+            if len(seen) == len(group) and all(map(_is, group.values(), seen)):
+                hyper = rec.hyper
+            else:
+                hyper = self._validated(0)
+            lr = hyper["lr"]
+            if callable(lr):
+                lr = self._scheduled_lr(lr, rec)
+            fresh = self._fresh_none
+            if nonfinite != "ignore" or self._gate_every_step:
+                work = [[rec, hyper, lr, grads, fresh]]
+                if not self._gate(work, nonfinite):
+                    return False
+            uses = rec.uses
+            if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
+                work = [[rec, hyper, lr, grads, fresh]]
+                self._allocate(work)
+                fresh = work[0][4]
+            self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            rec.step += 1
             return True
 
     # --------------------------------------------------------------------------- state dict
@@ -314,6 +392,7 @@ class Optimizer:
         parameter, as torch stores it. Only parameters that have taken a step have state.
         """
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             state, groups = {}, []
             for group, rec in zip(self.param_groups, self._records):
                 n = len(group["params"])
@@ -337,6 +416,7 @@ class Optimizer:
         Buffers are copied into this optimizer's own arrays (cast to the parameter dtype).
         """
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             plan = self._plan_load(state_dict)
             for gi, (hyper, steps, buffers) in enumerate(plan):
                 group, rec = self.param_groups[gi], self._records[gi]

@@ -97,13 +97,16 @@ class Newton(GroupedOptimizer):
         super().__init__(params, lr=lr, damping=damping, line_search=line_search, c1=c1,
                          backtrack=backtrack, max_backtracks=max_backtracks)
 
-    def _search_settings(self):
-        groups = [g for g in self.param_groups if g["line_search"] == "armijo"]
+    @staticmethod
+    def _search_settings(snapshots):
+        """(c1, backtrack, max_backtracks) of the line search, or None, from the groups'
+        validated snapshots."""
+        groups = [g for g in snapshots if g["line_search"] == "armijo"]
         if not groups:
             return None
         keys = ("c1", "backtrack", "max_backtracks")
         first = tuple(groups[0][k] for k in keys)
-        if len(groups) != len(self.param_groups) or \
+        if len(groups) != len(snapshots) or \
                 any(tuple(g[k] for k in keys) != first for g in groups):
             raise ValueError("line_search, c1, backtrack and max_backtracks must be the same in "
                              "every param group (one line search moves all parameters)")
@@ -112,20 +115,20 @@ class Newton(GroupedOptimizer):
     def step(self, grads, hessians, closure=None, loss=None):
         """One Newton step; see the class docstring. Returns a :class:`NewtonStep`."""
         with self._lock:
+            snapshots = self._snapshots()
             grads = self._check_like_params(grads, "grads")
             params = self._all_params()
             hessians = _check_hessians(params, hessians, "hessians")
             _check_finite(grads, "grads")
-            search = self._search_settings()
+            search = self._search_settings([snap for snap, _ in snapshots])
             if search is not None and closure is None:
                 raise ValueError("line_search='armijo' needs a closure() that returns the loss")
             if loss is not None:
                 loss = real("loss", loss)
             lrs, dampings = [], []
-            for gi, group in enumerate(self.param_groups):
-                lr = self._lr_of(gi)
-                lrs += [lr] * len(group["params"])
-                dampings += [float(group["damping"])] * len(group["params"])
+            for (snap, lr), arrays in zip(snapshots, self._planned):
+                lrs += [lr] * len(arrays)
+                dampings += [float(snap["damping"])] * len(arrays)
             xs, shifts, dec = _solve(params, grads, hessians, dampings)
             dirs = [(lr * x).astype(p.dtype, copy=False) for lr, x, p in zip(lrs, xs, params)]
             info = NewtonStep(shift=max(shifts, default=0.0), shifts=shifts, decrement=dec)

@@ -4,6 +4,7 @@ import numpy as np
 from .. import _kernels
 from .. import _runners
 from .._validate import integer, learning_rate, nonneg
+from ._groups import check_groups
 from ._grouped import GroupedOptimizer
 
 __all__ = ["SVRG"]
@@ -97,6 +98,7 @@ class SVRG(GroupedOptimizer):
     def snapshot(self, full_grads):
         """Take a snapshot: copy the parameters and store their full gradient `full_grads`."""
         with self._lock:
+            check_groups(self.param_groups, self._planned)
             full_grads = self._check_like_params(full_grads, "full_grads")
             for i, (p, g) in enumerate(zip(self._all_params(), full_grads)):
                 entry = self.state.setdefault(i, {})
@@ -111,21 +113,21 @@ class SVRG(GroupedOptimizer):
         """One inner step: `grads` at the parameters, `snapshot_grads` at `snapshot_params`,
         both on the same minibatch (lists in parameter order)."""
         with self._lock:
+            snapshots = self._snapshots()
             if not self.has_snapshot:
                 raise RuntimeError("SVRG needs a snapshot before its first step; call "
                                    "snapshot(full_grads)")
             grads = self._check_like_params(grads, "grads")
             snapshot_grads = self._check_like_params(snapshot_grads, "snapshot_grads")
-            lrs = [self._lr_of(gi) for gi in range(len(self.param_groups))]
-            for gi, (group, plan, off) in enumerate(zip(self.param_groups, self._plans,
-                                                        self._offsets())):
-                n = len(group["params"])
+            for gi, ((snap, lr), plan, off) in enumerate(zip(snapshots, self._plans,
+                                                             self._offsets())):
+                n = len(plan)
                 work = self._work[off:off + n]
                 for j in range(n):
                     np.subtract(grads[off + j], snapshot_grads[off + j], out=work[j])
                     work[j] += self.state[off + j]["full_grad"]
-                _runners.sgd(_kernels, plan, work, False, lrs[gi], 0.0, 0.0,
-                             group["weight_decay"], False, False, False, "grads")
+                _runners.sgd(_kernels, plan, work, False, lr, 0.0, 0.0,
+                             snap["weight_decay"], False, False, False, "grads")
                 self._steps[gi] += 1
                 for j in range(n):
                     self.state[off + j]["since_snapshot"] += 1
