@@ -1,17 +1,17 @@
-"""The optimizer registry: one entry per first-order optimizer.
+"""The optimizer registry: one entry per first-order optimizer, built from the table.
 
 An entry names the optimizer's state buffers (in the slot order of its C rule), which of them a
 param group's hyperparameters need, their initial values, the hyperparameters with torch's
 defaults and validity rules, and the runner (in `fastopt._runners`) that turns a group's
-hyperparameters and step into the kernel call. The classes in `fastopt.optim`, the tests and
-the benchmarks are all driven from this table; a registry test checks that the specs, classes,
-reference implementations and C symbols cover the same names.
+hyperparameters and step into the kernel call. Every entry is derived from the optimizer table
+(`fastopt._table`): nothing here is written per optimizer. The classes in `fastopt.optim`,
+mixed precision, the torch adapter, the tests and the benchmarks are driven by these entries;
+a registry test checks that every list covers the table's optimizers.
 """
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import _runners
-from ._validate import betas, boolean, learning_rate, nonneg, real, unit_closed
+from . import _runners, _steps, _table, _validate
 
 __all__ = ["Spec", "SPECS", "validate_group"]
 
@@ -58,110 +58,71 @@ def validate_group(spec, group):
     return values
 
 
-def _sgd_check(group):
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-        raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
-    if group["sutskever"] and group["dampening"] != 0:
-        raise ValueError("sutskever=True momentum has no dampening; set dampening=0")
+# ------------------------------------------------------------- entries built from the table
+def _bind(opt, exclude=()):
+    """Source lines binding the group's hyperparameters (as local names) for `opt`'s
+    expressions, but those in `exclude`."""
+    return "".join(f"    {h.name} = g[{h.name!r}]\n" for h in opt.hyper if h.name not in exclude)
 
 
-SGD = Spec(
-    name="sgd", class_name="SGD",
-    defaults=dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                  maximize=False, sutskever=False),
-    rules=dict(lr=learning_rate, momentum=nonneg, dampening=real, weight_decay=nonneg,
-               nesterov=boolean, maximize=boolean, sutskever=boolean),
-    state=("momentum_buffer",),
-    uses=lambda g: (g["momentum"] != 0,),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.sgd(
-        mod, plan, grads, fresh[0], lr, g["momentum"], g["dampening"], g["weight_decay"],
-        g["nesterov"], g["maximize"], g["sutskever"], name),
-    check=_sgd_check,
-)
-
-ADAGRAD = Spec(
-    name="adagrad", class_name="Adagrad",
-    defaults=dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                  eps=1e-10, maximize=False, eps_in_sqrt=False),
-    rules=dict(lr=learning_rate, lr_decay=nonneg, weight_decay=nonneg,
-               initial_accumulator_value=nonneg, eps=nonneg, maximize=boolean,
-               eps_in_sqrt=boolean),
-    state=("sum",),
-    uses=lambda g: (True,),
-    init={"sum": lambda g: g["initial_accumulator_value"]},
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.adagrad(
-        mod, plan, grads, step, lr, g["lr_decay"], g["weight_decay"], g["eps"], g["maximize"],
-        g["eps_in_sqrt"], name),
-)
-
-RMSPROP = Spec(
-    name="rmsprop", class_name="RMSprop",
-    defaults=dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                  maximize=False, eps_in_sqrt=False),
-    rules=dict(lr=learning_rate, alpha=nonneg, eps=nonneg, weight_decay=nonneg, momentum=nonneg,
-               centered=boolean, maximize=boolean, eps_in_sqrt=boolean),
-    state=("square_avg", "momentum_buffer", "grad_avg"),
-    uses=lambda g: (True, g["momentum"] > 0, bool(g["centered"])),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.rmsprop(
-        mod, plan, grads, step, lr, g["alpha"], g["eps"], g["weight_decay"], g["momentum"],
-        g["centered"], g["maximize"], g["eps_in_sqrt"], name),
-)
-
-_ADAM_RULES = dict(lr=learning_rate, betas=betas, eps=nonneg, weight_decay=nonneg,
-                   amsgrad=boolean, maximize=boolean, decoupled_weight_decay=boolean)
+def _uses_function(opt):
+    """group -> which state buffers its options need (the table's flag conditions and each
+    buffer's flag; `first` and the step do not change which buffers exist)."""
+    kernel = _table.KERNELS[opt.kernel]
+    inputs = {name: expr for name, expr in opt.inputs.items()}
+    lines = [f"    {name} = {expr}\n" for name, expr in inputs.items()]
+    lines += ["    first, step, lr = False, 1, 0.0\n",
+              f"    flags = {_steps._flags_expr(kernel)}\n",
+              f"    mask = {_steps.state_mask_expr(opt.kernel)}\n",
+              f"    return ({''.join(f'bool(mask & {1 << i}), ' for i in range(len(kernel.state)))})\n"]
+    source = f"def uses(g):\n{_bind(opt)}{''.join(lines)}"
+    return _steps.compile_function("uses", source, module=f"{__name__}.{opt.name}")
 
 
-def _adam_run(mod, plan, grads, g, step, lr, fresh, name="grads"):
-    beta1, beta2 = g["betas"]
-    _runners.adam(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"],
-                  g["amsgrad"], g["maximize"], g["decoupled_weight_decay"], name)
+def _run_function(opt):
+    """(mod, plan, grads, group, step, lr, fresh, name) -> the runner of the optimizer's rule
+    with the kernel inputs the table maps the group's hyperparameters to."""
+    kernel = _table.KERNELS[opt.kernel]
+    special = {"step": "step", "lr": "lr", "first": "fresh[0]"}
+    args = [special.get(name) or opt.inputs.get(name) or name for name in kernel.inputs]
+    source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\"):\n"
+              f"{_bind(opt, exclude=special)}"
+              f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n")
+    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel)},
+                                   module=f"{__name__}.{opt.name}")
 
 
-ADAM = Spec(
-    name="adam", class_name="Adam",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                  maximize=False, decoupled_weight_decay=False),
-    rules=_ADAM_RULES,
-    state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-    uses=lambda g: (True, True, bool(g["amsgrad"])),
-    run=_adam_run,
-)
-
-ADAMW = Spec(
-    name="adamw", class_name="AdamW", kernel="adam",
-    defaults=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                  maximize=False, decoupled_weight_decay=True),
-    rules=_ADAM_RULES,
-    state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-    uses=lambda g: (True, True, bool(g["amsgrad"])),
-    run=_adam_run,
-)
-
-ADADELTA = Spec(
-    name="adadelta", class_name="Adadelta",
-    defaults=dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
-    rules=dict(lr=learning_rate, rho=unit_closed, eps=nonneg, weight_decay=nonneg,
-               maximize=boolean),
-    state=("square_avg", "acc_delta"),
-    uses=lambda g: (True, True),
-    run=lambda mod, plan, grads, g, step, lr, fresh, name="grads": _runners.adadelta(
-        mod, plan, grads, step, lr, g["rho"], g["eps"], g["weight_decay"], g["maximize"], name),
-)
+def _check_function(opt):
+    """The table's cross-field conditions as check(values): ValueError with its message."""
+    if not opt.checks:
+        return None
+    body = "".join(f"    if {cond}:\n        raise ValueError({message!r})\n"
+                   for cond, message in opt.checks)
+    return _steps.compile_function("check", f"def check(g):\n{_bind(opt)}{body}",
+                                   module=f"{__name__}.{opt.name}")
 
 
-def _adamax_run(mod, plan, grads, g, step, lr, fresh, name="grads"):
-    beta1, beta2 = g["betas"]
-    _runners.adamax(mod, plan, grads, step, lr, beta1, beta2, g["eps"], g["weight_decay"],
-                    g["maximize"], name)
+def _init(state):
+    """state name -> group -> fill value, for buffers that do not start at 0."""
+    out = {}
+    for s in state:
+        if isinstance(s.init, str):
+            out[s.name] = (lambda key: lambda g: g[key])(s.init)
+        elif s.init != 0:
+            out[s.name] = (lambda value: lambda g: value)(s.init)
+    return out
 
 
-ADAMAX = Spec(
-    name="adamax", class_name="Adamax",
-    defaults=dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
-    rules=dict(lr=learning_rate, betas=betas, eps=nonneg, weight_decay=nonneg, maximize=boolean),
-    state=("exp_avg", "exp_inf"),
-    uses=lambda g: (True, True),
-    run=_adamax_run,
-)
+def _spec(opt):
+    kernel = _table.KERNELS[opt.kernel]
+    return Spec(
+        name=opt.name, class_name=opt.class_name, kernel=opt.kernel,
+        defaults={h.name: h.default for h in opt.hyper},
+        rules={h.name: getattr(_validate, h.rule) for h in opt.hyper},
+        state=tuple(s.name for s in kernel.state),
+        uses=_uses_function(opt), run=_run_function(opt), check=_check_function(opt),
+        init=_init(kernel.state),
+    )
 
-SPECS = {s.name: s for s in (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW, ADADELTA, ADAMAX)}
+
+SPECS = {name: _spec(opt) for name, opt in _table.OPTIMIZERS.items()}

@@ -27,7 +27,7 @@ class Adadelta(Optimizer):
     array([ 0.292893, -2.707107])
     """
 
-    spec = _specs.ADADELTA
+    spec = _specs.SPECS["adadelta"]
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
         super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,

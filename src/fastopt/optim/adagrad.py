@@ -27,7 +27,7 @@ class Adagrad(Optimizer):
     array([ 0.5, -1.5])
     """
 
-    spec = _specs.ADAGRAD
+    spec = _specs.SPECS["adagrad"]
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, eps_in_sqrt=False):

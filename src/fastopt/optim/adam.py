@@ -31,7 +31,7 @@ class Adam(Optimizer):
     array([ 0.9, -1.9])
     """
 
-    spec = _specs.ADAM
+    spec = _specs.SPECS["adam"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False):
@@ -56,7 +56,7 @@ class AdamW(Optimizer):
     array([ 0.95, -1.9 ])
     """
 
-    spec = _specs.ADAMW
+    spec = _specs.SPECS["adamw"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False):

@@ -27,7 +27,7 @@ class Adamax(Optimizer):
     array([ 0.9, -1.9])
     """
 
-    spec = _specs.ADAMAX
+    spec = _specs.SPECS["adamax"]
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                  maximize=False):

@@ -31,7 +31,7 @@ class RMSprop(Optimizer):
     array([ 0.98, -1.98])
     """
 
-    spec = _specs.RMSPROP
+    spec = _specs.SPECS["rmsprop"]
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, maximize=False, eps_in_sqrt=False):

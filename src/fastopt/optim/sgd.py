@@ -35,7 +35,7 @@ class SGD(Optimizer):
     array([ 0.8, -1.6])
     """
 
-    spec = _specs.SGD
+    spec = _specs.SPECS["sgd"]
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, sutskever=False):
