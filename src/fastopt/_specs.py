@@ -31,6 +31,9 @@ class Spec:
     init: dict = field(default_factory=dict)   # state name -> group -> fill value (default 0)
     # `fresh` (a tuple of bools, one per state buffer) marks buffers created for this step
     check: Callable = None           # extra cross-field check(group)
+    counts_steps: bool = True        # torch keeps a 'step' per parameter (not SGD)
+    optional_state: bool = False     # a needed buffer may be absent after steps (SGD's)
+    eager_state: bool = False        # torch creates the buffers at construction (Adagrad)
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -122,6 +125,9 @@ def _spec(opt):
         state=tuple(s.name for s in kernel.state),
         uses=_uses_function(opt), run=_run_function(opt), check=_check_function(opt),
         init=_init(kernel.state),
+        counts_steps="no_step" not in opt.torch,
+        optional_state="optional_state" in opt.torch,
+        eager_state="eager_state" in opt.torch,
     )
 
 

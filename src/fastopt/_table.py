@@ -67,13 +67,19 @@ Fields
   ``inputs``     kernel input -> Python expression over the group's hyperparameters, where
                  they differ (``beta1``: ``betas[0]``).
   ``checks``     cross-field conditions that are errors: (condition, message).
+  ``torch``      how torch.optim keeps this optimizer's state, where it differs from the
+                 common case (a 'step' per parameter, buffers created at the first step):
+                 "no_step" (no step count: SGD), "optional_state" (a buffer may be absent
+                 or None after steps: SGD's momentum_buffer), "eager_state" (buffers created
+                 at construction: Adagrad). The torch adapter and load_state_dict read these.
 """
 from collections import namedtuple
 
 Flag = namedtuple("Flag", "name bit doc")
 Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends")
 State = namedtuple("State", "name needs init")
-Optimizer = namedtuple("Optimizer", "name class_name kernel hyper inputs checks")
+Optimizer = namedtuple("Optimizer", "name class_name kernel hyper inputs checks torch",
+                       defaults=((),))
 Hyper = namedtuple("Hyper", "name default rule torch_error")
 
 # Option bits of `k.flags`, shared by every rule, binding and backend.
@@ -203,7 +209,7 @@ def _adam_hyper(weight_decay, decoupled):
 
 OPTIMIZERS = {o.name: o for o in (
     Optimizer(
-        name="sgd", class_name="SGD", kernel="sgd",
+        name="sgd", class_name="SGD", kernel="sgd", torch=("no_step", "optional_state"),
         hyper=(_lr(1e-3), Hyper("momentum", 0.0, "nonneg", "Invalid momentum value: {value}"),
                Hyper("dampening", 0.0, "real", None),
                Hyper("weight_decay", 0.0, "nonneg", _WD),
@@ -216,7 +222,7 @@ OPTIMIZERS = {o.name: o for o in (
                  "sutskever=True momentum has no dampening; set dampening=0")),
     ),
     Optimizer(
-        name="adagrad", class_name="Adagrad", kernel="adagrad",
+        name="adagrad", class_name="Adagrad", kernel="adagrad", torch=("eager_state",),
         hyper=(_lr(1e-2), Hyper("lr_decay", 0.0, "nonneg", "Invalid lr_decay value: {value}"),
                Hyper("weight_decay", 0.0, "nonneg", _WD),
                Hyper("initial_accumulator_value", 0.0, "nonneg",

@@ -192,7 +192,7 @@ class Optimizer(torch.optim.Optimizer):
         self._fo_records = {}
         self._fo_hyper(defaults, "defaults")
         super().__init__(params, defaults)
-        if self.spec.name == "adagrad":          # torch.optim.Adagrad creates its state here
+        if self.spec.eager_state:                # torch.optim.Adagrad creates its state here
             for gi, group in enumerate(self.param_groups):
                 self._fo_create_state(self._fo_hyper(group, f"param_groups[{gi}]"),
                                       self._fo_record(group), range(len(group["params"])),
@@ -332,7 +332,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _fo_relink(self, rec):
         """Point every 'step' of the group at views of a fresh counter buffer (see _Record)."""
-        if self.spec.name == "sgd":               # torch.optim.SGD keeps no step count
+        if not self.spec.counts_steps:           # torch.optim.SGD keeps no step count
             return
         steps = rec.steps.copy()
         views = list(torch.from_numpy(steps).unbind(0)) if len(steps) else []
@@ -384,7 +384,7 @@ class Optimizer(torch.optim.Optimizer):
         slots = [slot for slot, used in enumerate(uses) if used]
         if any(entry.states[slot] is None for slot in slots):
             return False
-        counted = self.spec.name != "sgd"
+        counted = self.spec.counts_steps
         if not slots and not counted:
             return True
         expected = [(self.spec.state[slot], entry.states[slot]) for slot in slots]
@@ -403,7 +403,7 @@ class Optimizer(torch.optim.Optimizer):
     def _fo_partition(self, gi, group, rec, idx, grads, uses, lr):
         """Jobs for params of different step counts or with state still to create."""
         params, state, names = rec.params, self.state, self.spec.state
-        counted = self.spec.name != "sgd"
+        counted = self.spec.counts_steps
         if counted and any(self._fo_unlinked(rec, j) for j in idx):
             self._fo_relink(rec)
         parts = {}
@@ -477,7 +477,7 @@ class Optimizer(torch.optim.Optimizer):
         for slot, tensors in created.items():
             for j, t in zip(js, tensors):
                 self.state[params[j]][self.spec.state[slot]] = t
-        if link and self.spec.name != "sgd":
+        if link and self.spec.counts_steps:
             for j in js:
                 st = self.state[params[j]]
                 if "step" not in st:
@@ -498,7 +498,7 @@ class Optimizer(torch.optim.Optimizer):
         except (TypeError, ValueError):
             self._fo_diagnose(job)
             raise
-        if self.spec.name != "sgd":
+        if self.spec.counts_steps:
             if len(entry.idx) == len(rec.steps):
                 rec.steps += 1
             else:

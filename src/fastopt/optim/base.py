@@ -491,7 +491,7 @@ class Optimizer:
                 needed = self.spec.uses(hyper)
                 for slot, name in enumerate(self.spec.state):
                     if needed[slot] and not all(name in b for b in buffers) and steps > 0 \
-                            and not (self.spec.name == "sgd"):
+                            and not self.spec.optional_state:
                         raise ValueError(f"param_groups[{gi}]: state buffer {name!r} is missing "
                                          "for these options")
             plan.append((hyper, steps, buffers))
