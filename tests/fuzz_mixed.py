@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import fastopt as fo
 from fastopt._specs import SPECS
 from fuzz_optim import CLASSES, NAMES, draw_case
-from fuzzing import ERRORS, Masks, assert_close, entry_point, same_state_dict
+from fuzzing import ERRORS, Masks, assert_close, entry_point, same_state_dict, spread_values
 from reference import reference_step
 
 try:
@@ -31,7 +31,8 @@ ULP = {F16: 2.0 ** -10, BF16: 2.0 ** -7, F32: 2.0 ** -23}
 
 
 def _values(ex, shape, specials):
-    v = ex.rng.integers(-80, 81, shape) / 8.0
+    n = int(np.prod(shape))
+    v = (ex.rng.integers(-80, 81, n) / 8.0 if ex.grid else spread_values(ex.rng, n)).reshape(shape)
     if specials and v.size and ex.chance(15, "non-finite gradient"):
         v.flat[ex.draw(st.integers(0, v.size - 1), "at")] = ex.draw(
             st.sampled_from([np.nan, np.inf, -np.inf]), "value")
@@ -151,15 +152,18 @@ def fuzz_mixed_precision(ex, name):
             start = m0 if m0 is not None else np.frombuffer(raw[i], p.dtype).reshape(p.shape)
             state = {k: np.array(v, np.float64) for k, v in sd["state"].get(i, {}).items()
                      if isinstance(v, np.ndarray) and k in spec.state}
+            state_before = {k: v.copy() for k, v in state.items()}
             ref = reference_step(name, np.asarray(start, np.float64), g.astype(np.float64), state,
                                  full, applied_steps)
             masks = Masks(np.asarray(start, np.float64).reshape(-1))
             masks.add(g.reshape(-1))
             for v in state.values():
                 masks.add(v.reshape(-1))
+            wd = 0.0 if name == "adamw" or full.get("decoupled_weight_decay") else full["weight_decay"]
+            masks.add_decay(g, start, wd, full.get("maximize", False))
             m = opt.master_params[i]
             if m is not None:
-                assert_close(m, ref, masks, f"{name} master {i} step {t}")
+                assert_close(m, ref, masks, f"{name} master {i} step {t}", start=start)
                 assert p.tobytes() == np.asarray(m, np.float32).astype(p.dtype).tobytes(), \
                     "the 16-bit parameter is not its master rounded to nearest"
             else:
@@ -167,13 +171,20 @@ def fuzz_mixed_precision(ex, name):
                 want = np.asarray(ref, np.float64).reshape(-1)
                 plain = ~(masks.nonfinite | masks.huge)
                 ulp = ULP[p.dtype] * 2 if rounding == "stochastic" else ULP[p.dtype]
-                bound = ulp * np.maximum(np.abs(want), 1e-3) + 3e-5 * max(1.0, float(np.abs(want[plain]).max(initial=0)))
+                # an ulp (two when stochastic) of the 16-bit result, at least of
+                # the smallest normal number, plus the float32 tolerance at the scale of the
+                # values involved (no floor at 1)
+                tiny = float(np.finfo(np.float32).tiny) if p.dtype == BF16 else 2.0 ** -14
+                scale_ = max(float(np.abs(want[plain]).max(initial=0)),
+                             float(np.abs(np.asarray(start, np.float64).reshape(-1)[plain]).max(initial=0)))
+                bound = ulp * np.maximum(np.abs(want), tiny) + 3e-5 * scale_
                 assert (np.abs(got - want)[plain] <= bound[plain]).all(), f"{name} param {i} step {t}"
                 assert (np.isfinite(got) == np.isfinite(want))[masks.nonfinite].all()
             for k, v in opt.state.get(i, {}).items():
                 if k in state:
                     assert v.dtype == F32
-                    assert_close(v, state[k], masks, f"{name} state {k} step {t}")
+                    assert_close(v, state[k], masks, f"{name} state {k} step {t}",
+                                 start=state_before.get(k))
 
 
 @entry_point("DynamicLossScale")

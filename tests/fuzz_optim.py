@@ -83,17 +83,32 @@ def assert_unchanged(ex, before, opt=None, sd=None, what="call"):
         assert same_state_dict(sd, opt.state_dict()), f"{what} raised but changed the state"
 
 
-def compare_optimizer(opt, ref, masks, what):
+def coupled_decay(name, group):
+    """The weight decay that enters the gradient (0 for AdamW's decoupled form)."""
+    if name == "adamw" or group.get("decoupled_weight_decay", False):
+        return 0.0
+    return group.get("weight_decay", 0.0)
+
+
+def reference_before(ref):
+    """Copies of the reference's params and states, to scale the comparison after a step."""
+    return ([[p.copy() for p in g["params"]] for g in ref.groups],
+            [[{n: v.copy() for n, v in s.items()} for s in states] for states in ref.states])
+
+
+def compare_optimizer(opt, ref, masks, what, before):
     k = 0
     for gi, group in enumerate(opt.param_groups):
         for j, p in enumerate(group["params"]):
-            assert_close(p, ref.groups[gi]["params"][j], masks[k], f"{what}: params[{k}]")
+            assert_close(p, ref.groups[gi]["params"][j], masks[k], f"{what}: params[{k}]",
+                         start=before[0][gi][j])
             mine = {n: a for n, a in opt.state.get(k, {}).items()}
             theirs = ref.states[gi][j]
             assert set(mine) == set(theirs), f"{what}: state[{k}] holds {set(mine)}, the reference {set(theirs)}"
             for n in mine:
                 assert mine[n].dtype == p.dtype and mine[n].shape == p.shape
-                assert_close(mine[n], theirs[n], masks[k], f"{what}: state[{k}][{n!r}]")
+                assert_close(mine[n], theirs[n], masks[k], f"{what}: state[{k}][{n!r}]",
+                             start=before[1][gi][j].get(n))
             k += 1
 
 
@@ -182,8 +197,15 @@ def fuzz_optimizer(ex, name):
         assert not changed, f"{what}: wrote outside the parameters (arena offset {changed})"
         for m, g in zip(masks, grads):
             m.add(g)
+        k = 0
+        for group in ref.groups:
+            for p in group["params"]:
+                masks[k].add_decay(grads[k], p, coupled_decay(name, group),
+                                   group.get("maximize", False))
+                k += 1
+        before = reference_before(ref)
         ref.step([np.array(g, np.float64) for g in grads])
-        compare_optimizer(opt, ref, masks, what)
+        compare_optimizer(opt, ref, masks, what, before)
 
 
 @entry_point("base")
@@ -287,10 +309,13 @@ def fuzz_functional(ex, name):
             if name == "sgd" and not full["sutskever"] and t == 1:
                 st_.pop("momentum_buffer", None)     # torch's first step: the buffer becomes g
             masks[j].add(g)
+            masks[j].add_decay(g, refs[j], coupled_decay(name, full), full.get("maximize", False))
+            start, start_state = refs[j], {buf: v.copy() for buf, v in st_.items()}
             refs[j] = reference_step(name, refs[j], g, st_, full, t)
-            assert_close(p, refs[j], masks[j], f"{what}: param[{j}]")
+            assert_close(p, refs[j], masks[j], f"{what}: param[{j}]", start=start)
             for buf, v in states.items():
-                assert_close(v[j], st_[buf], masks[j], f"{what}: {buf}[{j}]")
+                assert_close(v[j], st_[buf], masks[j], f"{what}: {buf}[{j}]",
+                             start=start_state.get(buf))
 
 
 # ------------------------------------------------------------------- checkpoints, state dicts

@@ -5,8 +5,10 @@ an array's bounds shows up as a changed guard byte. Arrays come in every form th
 accept or reject: the accepted one (float32/float64, native byte order, C-contiguous, aligned,
 writable) and rejected ones (other dtypes, strided, Fortran-ordered, reversed, unaligned,
 read-only, byte-swapped, not an array at all), placed fresh, right next to, inside or over
-another array, or as the very same object. Values are a dyadic grid (k/8, exact in both float
-types) with optional special values (NaN, +-Inf, huge, subnormal, -0.0) at drawn positions.
+another array, or as the very same object. Values span many orders of magnitude (a magnitude
+per array from 1e-6 to 10, times 1e-2..1 per element, random signs, some exact zeros), or, in
+one example in four, sit on a dyadic grid (k/8, exact in both float types); either with optional
+special values (NaN, +-Inf, huge, subnormal, -0.0) at drawn positions.
 
 Drivers register with `entry_point` (tests/fuzz_*.py); `run` gives one a fresh Example. The
 contract that decides whether a call must succeed (`layout_ok`, `overlapping`, the
@@ -116,6 +118,7 @@ class Example:
         self.bad_pct = self.draw(st.sampled_from([0, 0, 3, 20]), "bad %")
         self.alias_pct = self.draw(st.sampled_from([0, 5, 25]), "alias %")
         self.special = self.draw(st.booleans(), "specials")
+        self.grid = self.draw(st.sampled_from([False, False, False, True]), "grid values")
         self.chunks = []
 
     # -------------------------------------------------------------------------- draws
@@ -252,7 +255,10 @@ class Example:
 
     # -------------------------------------------------------------------------- values
     def _values(self, n, nonneg):
-        v = self.rng.integers(-80, 81, n) / 8.0
+        if self.grid:
+            v = self.rng.integers(-80, 81, n) / 8.0
+        else:
+            v = spread_values(self.rng, n)
         return np.abs(v) if nonneg else v
 
     def _fill(self, a, nonneg, zeros):
@@ -289,6 +295,13 @@ class Example:
         return bad
 
 
+def spread_values(rng, n, low=-6, high=1):
+    """n values with random signs: a magnitude 10**U(low, high) for the array times 10**U(-2, 0)
+    per element, and about 5% exact zeros."""
+    v = 10.0 ** rng.uniform(low, high) * 10.0 ** rng.uniform(-2, 0, n) * rng.choice([-1.0, 1.0], n)
+    return np.where(rng.random(n) < 0.05, 0.0, v)
+
+
 def special_value(kind, dtype):
     fi = np.finfo(dtype)
     return {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "huge": fi.max / 2,
@@ -310,20 +323,39 @@ class Masks:
         self.nonfinite |= ~np.isfinite(flat)
         self.huge |= np.isfinite(flat) & (np.abs(flat) > HUGE)
 
+    def add_decay(self, g, p, weight_decay, maximize=False):
+        """Mark elements whose effective gradient (+-g + wd p) cancels to under 1% of its terms:
+        the code under test forms it in its own precision, so there the result is
+        ill-conditioned (a relative error of the terms grows 100x and more) and is compared
+        for finiteness only, like a huge value."""
+        if not weight_decay:
+            return
+        g = np.asarray(g, np.float64).reshape(-1)
+        wp = weight_decay * np.asarray(p, np.float64).reshape(-1)
+        with np.errstate(all="ignore"):
+            ill = np.abs((-g if maximize else g) + wp) * 100 < np.abs(g) + np.abs(wp)
+        self.huge |= ill & np.isfinite(g) & np.isfinite(wp)
 
-def assert_close(actual, expected, masks, what):
+
+def assert_close(actual, expected, masks, what, start=None):
     """`actual` (the kernel's) against `expected` (the float64 reference).
 
     Elements that only met moderate values agree within TOL[dtype] relative to the largest
-    such reference value; elements that met a NaN/Inf agree on being finite or not; elements
-    that met a huge value are not compared (float32 and float64 overflow at different places).
+    such reference value (or value of `start`, the array before the step, where given: a
+    result that cancels keeps the scale of what it was computed from), with no floor, so an
+    array of small values is held to its own scale; elements that met a NaN/Inf agree on being
+    finite or not; elements that met a huge value are not compared (float32 and float64
+    overflow at different places).
     """
     a = np.asarray(actual, np.float64).reshape(-1)
     e = np.asarray(expected, np.float64).reshape(-1)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
     plain = ~(masks.nonfinite | masks.huge)
     if plain.any():
-        scale = max(1.0, float(np.max(np.abs(e[plain]))))
+        scale = float(np.max(np.abs(e[plain])))
+        if start is not None:
+            scale = max(scale, float(np.max(np.abs(np.asarray(start, np.float64).reshape(-1)[plain]))))
+        scale = max(scale, float(np.finfo(np.asarray(actual).dtype).tiny))
         err = float(np.max(np.abs(a[plain] - e[plain]))) / scale
         assert err <= TOL[np.asarray(actual).dtype], (
             f"{what}: max relative error {err:.3g} at element "

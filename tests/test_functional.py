@@ -4,6 +4,7 @@ import pytest
 
 import fastopt as fo
 from fastopt import functional as F
+from reference import ReferenceOptimizer
 
 
 def test_adam_functional_equals_class():
@@ -21,20 +22,50 @@ def test_adam_functional_equals_class():
     assert np.array_equal(m, opt.state[0]["exp_avg"])
 
 
-def test_lists_of_arrays_and_each_function():
-    ps = [np.ones(3), np.ones((2, 2))]
-    gs = [np.ones(3), np.ones((2, 2))]
-    z = lambda: [np.zeros(3), np.zeros((2, 2))]
-    F.sgd_(ps, gs, lr=0.1)
-    F.sgd_(ps, gs, z(), lr=0.1, momentum=0.9, step=1)
-    F.adagrad_(ps, gs, z(), step=1, lr=0.1)
-    F.rmsprop_(ps, gs, z(), step=1, lr=0.01)
-    F.rmsprop_(ps, gs, z(), z(), z(), step=1, lr=0.01, momentum=0.9, centered=True)
-    F.adam_(ps, gs, z(), z(), step=1, lr=0.01)
-    F.adamw_(ps, gs, z(), z(), step=1, lr=0.01)
-    F.adadelta_(ps, gs, z(), z())
-    F.adamax_(ps, gs, z(), z(), step=1)
-    assert all(np.all(p < 1) for p in ps)
+# each function: its state buffers (positional, in the registry's order) and hyperparameters
+# with every option that changes the arithmetic turned on somewhere
+FUNCTION_CASES = {
+    "sgd": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    "sgd_nesterov": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    "sgd_sutskever": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, sutskever=True)),
+    "adagrad": (["sum"], dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, eps=1e-3)),
+    "rmsprop": (["square_avg", "momentum_buffer", "grad_avg"],
+                dict(lr=0.01, alpha=0.9, momentum=0.9, centered=True, weight_decay=0.01)),
+    "adam": (["exp_avg", "exp_avg_sq"], dict(lr=0.01, beta1=0.8, beta2=0.99, weight_decay=0.01)),
+    "adamw": (["exp_avg", "exp_avg_sq"], dict(lr=0.01, weight_decay=0.1)),
+    "adadelta": (["square_avg", "acc_delta"], dict(lr=1.0, rho=0.8, weight_decay=0.01)),
+    "adamax": (["exp_avg", "exp_inf"], dict(lr=0.01, beta1=0.8, beta2=0.9, maximize=True)),
+}
+
+
+@pytest.mark.parametrize("form", ["list", "single"])
+@pytest.mark.parametrize("case", sorted(FUNCTION_CASES))
+def test_lists_of_arrays_and_each_function(case, form):
+    """Each functional step on a list of arrays of different shapes (and on one array) gives
+    the float64 oracle's params and state after three steps."""
+    name = case.split("_")[0]
+    buffers, kw = FUNCTION_CASES[case]
+    rng = np.random.default_rng(len(case))
+    shapes = [(3,), (2, 2), (4, 1, 3)] if form == "list" else [(5, 2)]
+    ps = [rng.standard_normal(s) for s in shapes]
+    states = {b: [np.zeros(s) for s in shapes] for b in buffers}
+    hyper = {k: v for k, v in kw.items() if k not in ("beta1", "beta2")}
+    if "beta1" in kw:
+        hyper["betas"] = (kw["beta1"], kw["beta2"])
+    ref = ReferenceOptimizer(name, [dict(hyper, params=[p.copy() for p in ps])])
+    fn = getattr(F, f"{name}_")
+    for t in range(1, 4):
+        gs = [rng.standard_normal(s) for s in shapes]
+        args = [ps, gs] + [states[b] for b in buffers]
+        if form == "single":
+            args = [a[0] for a in args]
+        fn(*args, step=t, **kw)
+        ref.step(gs)
+    for p, r in zip(ps, ref.params):
+        np.testing.assert_allclose(p, r, rtol=1e-13, atol=1e-15)
+    for b in buffers:
+        for mine, theirs in zip(states[b], ref.states[0]):
+            np.testing.assert_allclose(mine, theirs[b], rtol=1e-13, atol=1e-15, err_msg=b)
 
 
 @pytest.mark.parametrize("call,exc,msg", [

@@ -83,17 +83,52 @@ def test_stream_kernel_touches_each_element_once(dtype, offset, parallel_small):
             assert np.all(base[:offset] == 0)
 
 
-def test_generic_loop_matches_specialized_one():
-    """An option combination without its own loop instance runs the generic loop."""
-    rng = np.random.default_rng(7)
-    g = [rng.standard_normal(100)]
-    a, b = [rng.standard_normal(100)], None
-    b = [a[0].copy()]
-    plan_a, plan_b = _kernels.Plan(a), _kernels.Plan(b)
-    # FIRST without MOMENTUM is never sent by fastopt's Python layer: plain SGD either way.
-    _kernels.sgd(plan_a, g, 0.1, 0.0, 0.0, 0.0, 0)
-    _kernels.sgd(plan_b, g, 0.1, 0.0, 0.0, 0.0, _kernels.FIRST)
-    np.testing.assert_array_equal(a[0], b[0])
+# SGD option combinations that no loop instance of csrc/kernels.c is specialized for (fastopt's
+# Python layer never sends them), each with the specialized combination it must equal: the
+# extra bit has no effect there (FIRST, NESTEROV and SUTSKEVER need MOMENTUM; the Sutskever
+# form has no first-step rule).
+M, S, N, FIRST = _kernels.MOMENTUM, _kernels.SUTSKEVER, _kernels.NESTEROV, _kernels.FIRST
+GENERIC_SGD = [(FIRST, 0), (N, 0), (S, 0), (S | N | FIRST, 0), (M | S | FIRST, M | S),
+               (M | S | N | FIRST, M | S | N)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("generic,special", GENERIC_SGD,
+                         ids=[f"{g}-as-{s}" for g, s in GENERIC_SGD])
+def test_generic_loop_matches_specialized_one(generic, special, dtype, parallel_small):
+    """An option combination without its own loop instance runs the generic loop: with
+    momentum, weight decay and maximize in play it gives bit for bit the specialized loop's
+    result, over several steps, on 1 and 2 threads; the specialized result follows the
+    float64 reference."""
+    lr, mu, wd = 0.05, 0.9, 0.01
+    results = {}
+    for threads in (1, 2):
+        _kernels.set_num_threads(threads)
+        for flags in (generic, special):
+            params = _unaligned(SIZES, dtype, 0)
+            bufs = _unaligned(SIZES, dtype, 1)
+            plan = _kernels.Plan(params)
+            plan.set_state(0, bufs)
+            for t in range(3):
+                _kernels.sgd(plan, _unaligned(SIZES, dtype, 100 + t, offset=3), lr, mu, 0.0, wd,
+                             flags | _kernels.MAXIMIZE)
+            results[threads, flags] = [a.copy() for a in params + bufs]
+    for threads in (1, 2):
+        for a, b in zip(results[threads, generic], results[threads, special]):
+            np.testing.assert_array_equal(a, b)
+    hyper = dict(lr=lr, momentum=mu if special & M else 0.0, weight_decay=wd, maximize=True,
+                 sutskever=bool(special & S), nesterov=bool(special & N))
+    ref = ReferenceOptimizer("sgd", [dict(hyper, params=_unaligned(SIZES, np.float64, 0))])
+    if special & M:       # the run starts from the given buffers, not torch's first step
+        ref.states[0] = [{"momentum_buffer": b} for b in _unaligned(SIZES, np.float64, 1)]
+    for t in range(3):
+        ref.step(_unaligned(SIZES, np.float64, 100 + t, offset=3))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(results[2, special], ref.params):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    if special & M:
+        for a, s in zip(results[2, special][len(SIZES):], ref.states[0]):
+            np.testing.assert_allclose(a, s["momentum_buffer"], rtol=tol, atol=tol)
 
 
 def test_vector_isa_is_reported():

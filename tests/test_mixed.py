@@ -22,6 +22,7 @@ import fastopt as fo
 from fastopt import _mixed
 from fastopt.mixed import DynamicLossScale, MixedPrecision
 from cases import CASES, EXTRA_CASES
+from oracle_check import OracleRun
 from reference import ReferenceOptimizer
 
 try:
@@ -186,6 +187,110 @@ def test_master_follows_the_float64_reference():
         ref.step([g.astype(np.float64) for g in step])
     for m, r in zip(opt.master_params, ref.params):
         assert np.max(np.abs(m - r)) <= 1e-5 * np.max(np.abs(r))
+
+
+# -------------------------------------------------- every rule and option vs the float64 oracle
+BIG = fo._kernels.get_parallel_threshold() + 1001        # split between two threads
+ORACLE_SHAPES = [(7, 3), (1,), (BIG,), (2, 3, 5)]
+
+
+def oracle_problem(dtype, n_steps, scale, seed):
+    """16-bit params (and one float32 param, its own master) and gradients of `scale * loss`
+    in float32, float16 and bfloat16 by turns; values over many orders of magnitude (small
+    enough in float16 gradients to stay finite after scaling)."""
+    rng = np.random.default_rng(seed)
+    dtypes = [dtype, dtype, dtype, np.dtype(np.float32)]
+    params = [(10.0 ** rng.uniform(-3, 1) * 10.0 ** rng.uniform(-2, 0, s)
+               * rng.choice([-1.0, 1.0], s)).astype(d) for s, d in zip(ORACLE_SHAPES, dtypes)]
+    grad_dtypes = [GRAD_DTYPES[(k + 1) % len(GRAD_DTYPES)] for k in range(len(ORACLE_SHAPES))]
+    grads = []
+    for _ in range(n_steps):
+        step = []
+        for s, gd in zip(ORACLE_SHAPES, grad_dtypes):
+            low = -4 if gd == F16 else -10
+            g = 10.0 ** rng.uniform(low, 1) * 10.0 ** rng.uniform(-2, 0, s) * rng.choice([-1.0, 1.0], s)
+            step.append((scale * g).astype(gd))
+        grads.append(step)
+    return params, grads
+
+
+def oracle_groups(hyper, params):
+    return [dict(hyper, params=params[:2]), dict(hyper, params=params[2:], lr=hyper["lr"] * 2)]
+
+
+def unscaled(step, scale):
+    """The gradients the rule sees, fl32(g) / S, in float64 (the kernel divides in float32;
+    the oracle's allowance covers that rounding)."""
+    return [g.astype(np.float32).astype(np.float64) / scale for g in step]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", LOWP, ids=LOWP_IDS)
+@pytest.mark.parametrize("name,case,hyper", ALL_CASES, ids=[c for _, c, _ in ALL_CASES])
+def test_master_weights_follow_the_float64_oracle(name, case, hyper, dtype, threads):
+    """Masters and float32 state of every rule and option, with a loss scale, float32/16-bit
+    gradients and a float32 parameter in the mix, element by element against the oracle
+    (tests/oracle_check.py); the 16-bit parameters are their masters rounded to nearest."""
+    scale = {F16: 3.0, BF16: 1024.0}[dtype]
+    params, grads = oracle_problem(dtype, 5, scale, seed=sum(map(ord, case)))
+    lowp = [p.copy() for p in params]
+    opt = MixedPrecision(CLASSES[name], oracle_groups(hyper, lowp), loss_scale=scale, **hyper)
+    oracle = OracleRun(name, oracle_groups(hyper, [p.astype(np.float64) for p in params]),
+                       np.float32)
+    fo.set_num_threads(threads)
+    try:
+        for step in grads:
+            assert opt.step(step) is True
+            oracle.step(unscaled(step, scale))
+    finally:
+        fo.set_num_threads(0)
+    states = [opt.state.get(i, {}) for i in range(len(lowp))]
+    assert all(v.dtype == np.float32 for s in states for v in s.values())
+    oracle.check(opt.master_params, states, f"{name} {hyper} {dtype}")
+    assert opt.master_params[3] is lowp[3]
+    for m, p in zip(opt.master_params, lowp):
+        np.testing.assert_array_equal(bits(p), bits(m.astype(p.dtype)))
+
+
+ROUNDINGS = [(F16, "nearest")] + ([(BF16, "nearest"), (BF16, "stochastic")] if BF16 else [])
+
+
+@pytest.mark.parametrize("dtype,rounding", ROUNDINGS,
+                         ids=[f"{LOWP_IDS[LOWP.index(d)]}-{r}" for d, r in ROUNDINGS])
+@pytest.mark.parametrize("name,case,hyper", ALL_CASES, ids=[c for _, c, _ in ALL_CASES])
+def test_without_master_each_step_follows_the_float64_oracle(name, case, hyper, dtype, rounding):
+    """Without masters, each step takes the 16-bit parameter and the float32 state to the
+    oracle's step from that same point, rounded to 16 bits: within half a 16-bit spacing
+    (nearest) or one spacing (stochastic) of the oracle, plus the oracle's allowance; the state
+    within the allowance."""
+    scale = {F16: 3.0, BF16: 1024.0}[dtype]
+    params, grads = oracle_problem(dtype, 4, scale, seed=sum(map(ord, case)) + 1)
+    params = params[:3]                          # 16-bit only: a float32 one keeps a master
+    lowp = [p.copy() for p in params]
+    opt = MixedPrecision(CLASSES[name], oracle_groups(hyper, lowp), master_weights=False,
+                         rounding=rounding, seed=5, loss_scale=scale, **hyper)
+    assert opt.master_params == [None] * len(lowp)
+    mantissa = 10 if dtype == F16 else 7
+    tiny = 2.0 ** -14 if dtype == F16 else float(np.finfo(np.float32).tiny)
+    spacings = 1.0 if rounding == "stochastic" else 0.5
+
+    def rounding_slack(e):
+        return spacings * 2.0 ** -mantissa * np.maximum(np.abs(e), tiny) * (1 + 1e-6)
+
+    fo.set_num_threads(2)
+    try:
+        for t, step in enumerate(grads):
+            before = [p.astype(np.float64) for p in lowp]
+            states = [{k: v.copy() for k, v in opt.state.get(i, {}).items()}
+                      for i in range(len(lowp))]
+            oracle = OracleRun(name, oracle_groups(hyper, before), np.float32, states=states,
+                               steps=[t, t])
+            assert opt.step(step[:3]) is True
+            oracle.step(unscaled(step[:3], scale))
+            oracle.check(lowp, [opt.state.get(i, {}) for i in range(len(lowp))],
+                         f"{name} {hyper} {dtype} {rounding} step {t + 1}", rounding_slack)
+    finally:
+        fo.set_num_threads(0)
 
 
 @given(n=st.sampled_from([0, 1, 5, 33, 1000]), dtype=st.sampled_from(LOWP),

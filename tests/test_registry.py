@@ -14,7 +14,6 @@ import os
 import re
 import sys
 
-import numpy as np
 import pytest
 
 import fastopt as fo
@@ -301,4 +300,3 @@ def test_threads_api_and_threadpoolctl():
         assert any(i["user_api"] == "openmp" for i in info)
         with threadpoolctl.threadpool_limits(1, user_api="openmp"):
             assert fo.get_num_threads() == 1
-    np.zeros(1)

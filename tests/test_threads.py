@@ -3,10 +3,16 @@ optimizer stepped from two threads is serialized by its lock, and threadpoolctl 
 OpenMP runtime that fastopt's kernels use.
 
 No assertion depends on timing. Overlap is shown by an observer thread that, while it holds
-the GIL, sees both parameters half-updated: element 0 already written and the last element not
-yet (a serial kernel writes in ascending order). A kernel holding the GIL could never be seen
-half-way by another Python thread.
+the GIL, sees a kernel half-way: with SGD(lr=1) on a gradient of ones every step lowers each
+element by exactly 1, and a one-thread kernel writes in ascending order, so reading element 0
+and then the last element and finding the last one exactly 1 higher proves that a step was
+running between the two reads. A kernel holding the GIL could never be seen half-way by
+another Python thread. The steppers keep stepping until the observer has seen what it waits
+for, so the outcome does not depend on how the OS and the GIL schedule the threads (the one
+bound, MAX_STEPS steps per stepper, is hundreds of times what is needed).
 """
+import os
+import sys
 import threading
 
 import numpy as np
@@ -14,6 +20,8 @@ import pytest
 
 import fastopt as fo
 from reference import ReferenceOptimizer
+
+MAX_STEPS = 2000
 
 
 @pytest.fixture
@@ -24,38 +32,56 @@ def one_kernel_thread():
     fo.set_num_threads(0)
 
 
-def test_two_optimizers_step_at_the_same_time_on_two_threads(one_kernel_thread):
-    n = 1 << 23
-    pa, pb = np.ones(n, np.float32), np.ones(n, np.float32)
-    g = np.ones(n, np.float32)
-    opts = [fo.SGD([pa], lr=1.0), fo.SGD([pb], lr=1.0)]     # each step: p = 1 - 1 * 1 = 0
-    seen = False
-    for attempt in range(30):
-        pa[:] = 1
-        pb[:] = 1
-        start = threading.Barrier(3)
-        done = [threading.Event(), threading.Event()]
+@pytest.fixture
+def quick_gil_handoff():
+    """A short GIL switch interval, so a stepper leaving a kernel gets the GIL back from the
+    busy observer within ~0.1 ms instead of 5 ms (keeps steppers busy; results do not depend
+    on it)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
 
-        def stepper(k):
-            start.wait()
-            opts[k].step([g])
-            done[k].set()
 
-        threads = [threading.Thread(target=stepper, args=(k,)) for k in range(2)]
-        for t in threads:
-            t.start()
+def _countdown_optimizer(n):
+    """An SGD(lr=1) optimizer on ones(n) and its gradient of ones: step k leaves 1 - k."""
+    p = np.ones(n, np.float32)
+    return p, fo.SGD([p], lr=1.0), np.ones(n, np.float32)
+
+
+def test_two_optimizers_step_at_the_same_time_on_two_threads(one_kernel_thread, quick_gil_handoff):
+    n = 1 << 22
+    (pa, opt_a, g), (pb, opt_b, _) = _countdown_optimizer(n), _countdown_optimizer(n)
+    params, opts = [pa, pb], [opt_a, opt_b]
+    steps = [0, 0]
+    stop = threading.Event()
+    start = threading.Barrier(3)
+
+    def stepper(k):
         start.wait()
-        while not (done[0].is_set() and done[1].is_set()):
-            # in this order: both started (element 0 written) before both are seen unfinished
+        while not stop.is_set() and steps[k] < MAX_STEPS:
+            opts[k].step([g])
+            steps[k] += 1
+
+    threads = [threading.Thread(target=stepper, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    start.wait()
+    seen = False
+    try:
+        while not seen and any(t.is_alive() for t in threads):
+            # in this order: at the read of a1, the step that wrote a0 is still running in A
+            # (a1 = a0 + 1) and the one that wrote b0 is still running in B (b1 = b0 + 1)
             a0, b0, a1, b1 = pa[0], pb[0], pa[-1], pb[-1]
-            if a0 == 0 and b0 == 0 and a1 == 1 and b1 == 1:
-                seen = True
+            seen = a1 == a0 + 1 and b1 == b0 + 1
+    finally:
+        stop.set()
         for t in threads:
             t.join()
-        assert (pa == 0).all() and (pb == 0).all(), "a concurrent step computed a wrong result"
-        if seen:
-            break
-    assert seen, "never saw both kernels in progress while this thread held the GIL"
+    for p, k in zip(params, steps):
+        assert (p == 1 - k).all(), "a concurrent step computed a wrong result"
+    assert seen, (f"never saw both kernels in progress while this thread held the GIL "
+                  f"({steps} steps)")
 
 
 @pytest.mark.parametrize("name,cls", [("adam", fo.Adam), ("rmsprop", fo.RMSprop), ("sgd", fo.SGD)])
@@ -141,20 +167,54 @@ def test_threadpoolctl_lists_the_openmp_runtime():
     assert any(entry["user_api"] == "openmp" for entry in info), info
 
 
+def _split_seen(n_steps, until_seen):
+    """Step an SGD(lr=1) countdown on this thread (the one whose OpenMP settings apply) while
+    an observer thread watches the two elements on either side of the middle; returns whether
+    it ever saw the upper one a step ahead of the lower one. A one-thread kernel writes in
+    ascending order, so it never shows that; a team of two starts its second thread at the
+    middle, so it does."""
+    n = 1 << 22
+    p, opt, g = _countdown_optimizer(n)
+    lo, hi = n // 2 - 4096, n // 2 + 4096
+    done, seen = threading.Event(), threading.Event()
+
+    def observer():
+        while not done.is_set():
+            upper = p[hi]            # in this order: the lower one is read after the upper one
+            if p[lo] > upper:
+                seen.set()
+
+    t = threading.Thread(target=observer)
+    t.start()
+    steps = 0
+    try:
+        while steps < n_steps and not (until_seen and seen.is_set()):
+            opt.step([g])
+            steps += 1
+    finally:
+        done.set()
+        t.join()
+    assert (p == 1 - steps).all()
+    return seen.is_set()
+
+
 @needs_openmp
-def test_threadpool_limits_bounds_fastopt_threads():
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
+                    else (os.cpu_count() or 1) < 2,
+                    reason="needs two CPUs to run a team of two kernel threads at once")
+def test_threadpool_limits_bounds_fastopt_threads(quick_gil_handoff):
     fo.set_num_threads(0)                  # follow the OpenMP runtime
     before = fo.get_num_threads()
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
         assert fo.get_num_threads() == 1
-        p = np.linspace(-1, 1, 100_000).astype(np.float32)
-        fo.Adam([p], lr=0.1).step([p.copy()])
-        assert np.all(np.abs(p) <= 1)
+        assert not _split_seen(200, until_seen=False), "a kernel ran with more than one thread"
     assert fo.get_num_threads() == before
     with threadpoolctl.threadpool_limits(limits=1):
         fo.set_num_threads(2)              # an explicit setting wins over the runtime's
         try:
             assert fo.get_num_threads() == 2
+            assert _split_seen(MAX_STEPS, until_seen=True), \
+                "fo.set_num_threads(2) under a limit of 1: never saw a second kernel thread"
         finally:
             fo.set_num_threads(0)
         assert fo.get_num_threads() == 1
