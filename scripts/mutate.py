@@ -166,8 +166,13 @@ def copy_tree(dst):
 
 
 def extensions(tree):
-    d = os.path.join(tree, "src", "fastopt")
-    return [os.path.join(d, n) for n in os.listdir(d) if n.endswith((".so", ".pyd"))]
+    """The built extensions in place and in build/ (``build_ext --inplace`` copies build/'s
+    copy into the tree whenever it finds build/ up to date, so both must be restored)."""
+    found = []
+    for top in (os.path.join(tree, "src", "fastopt"), os.path.join(tree, "build")):
+        for dirpath, _, names in os.walk(top):
+            found += [os.path.join(dirpath, n) for n in names if n.endswith((".so", ".pyd"))]
+    return found
 
 
 def build(tree, log):
@@ -226,6 +231,7 @@ def main(argv=None):
         if args.rebuild:
             for so in extensions(tree):
                 os.remove(so)
+            shutil.rmtree(os.path.join(tree, "build"), ignore_errors=True)
         if not build(tree, os.path.join(tree, "build-pristine.log")):
             print("mutate: the unmutated copy does not build; see build-pristine.log")
             return 2
