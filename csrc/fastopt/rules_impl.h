@@ -14,6 +14,15 @@
  * the exact sum does not, and keep their plain form.
  */
 
+/* The gradient a rule works with: -g when maximizing, then coupled weight decay g + wd p
+ * (rounded once, FO_FMA). Every rule starts with it (Adam applies only the sign here: its
+ * weight decay may be decoupled). */
+FO_DEVICE FO_T FO_NAME(fo_grad)(FO_T g, FO_T p, FO_T weight_decay, int flags)
+{
+    if (flags & FO_MAXIMIZE) g = -g;
+    return weight_decay != 0 ? FO_FMA(weight_decay, p, g) : g;
+}
+
 /* torch's lerp: self + w (end - self) for |w| < 1/2, else end - (end - self)(1 - w). */
 FO_DEVICE FO_T FO_NAME(fo_lerp)(FO_T self, FO_T end, FO_T w, FO_T one_minus_w, int small_w)
 {
@@ -36,8 +45,7 @@ FO_DEVICE void FO_NAME(fo_sgd_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T 
                                     FO_T *FO_RESTRICT s2, FO_NAME(fo_sgd_k) k)
 {
     (void)s1; (void)s2;
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
     if (k.flags & FO_MOMENTUM) {
         if (k.flags & FO_SUTSKEVER) {
             FO_T v = FO_FMA(-k.lr, g, k.momentum * s0[i]);
@@ -67,8 +75,7 @@ FO_DEVICE void FO_NAME(fo_adagrad_rule)(fo_index i, FO_T *FO_RESTRICT p, const F
                                         FO_T *FO_RESTRICT s2, FO_NAME(fo_adagrad_k) k)
 {
     (void)s1; (void)s2;
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
     FO_T s = s0[i] + g * g;
     s0[i] = s;
     FO_T std = (k.flags & FO_EPS_IN_SQRT) ? FO_SQRT(s + k.eps) : FO_SQRT(s) + k.eps;
@@ -91,8 +98,7 @@ FO_DEVICE void FO_NAME(fo_rmsprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const F
                                         FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
                                         FO_T *FO_RESTRICT s2, FO_NAME(fo_rmsprop_k) k)
 {
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
     FO_T v = s0[i] * k.alpha + k.one_minus_alpha * g * g;
     s0[i] = v;
     if (k.flags & FO_CENTERED) {
@@ -158,8 +164,7 @@ FO_DEVICE void FO_NAME(fo_adadelta_rule)(fo_index i, FO_T *FO_RESTRICT p, const 
                                          FO_T *FO_RESTRICT s2, FO_NAME(fo_adadelta_k) k)
 {
     (void)s2;
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
     FO_T v = s0[i] * k.rho + k.one_minus_rho * g * g;
     s0[i] = v;
     FO_T std = FO_SQRT(v + k.eps);
@@ -183,8 +188,7 @@ FO_DEVICE void FO_NAME(fo_adamax_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO
                                        FO_T *FO_RESTRICT s2, FO_NAME(fo_adamax_k) k)
 {
     (void)s2;
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, p[i], g);
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
     FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
     FO_T a = s1[i] * k.beta2;
     FO_T b = FO_FABS(g) + k.eps;
