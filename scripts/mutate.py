@@ -4,9 +4,10 @@ Run: python scripts/mutate.py [--only ID ...] [--list] [--rebuild] (from the rep
 with the build in place; ~1-2 min per mutation on 2 cores; exit status 0 when all are caught).
 
 Each mutation below replaces one line (the first occurrence of `old` after `anchor`) in the C
-rules (csrc/fastopt/rules_impl.h, csrc/fastopt/constants.h), the mixed-precision loops
-(csrc/mixed.c), the kernel loops (csrc/kernels.c) or the Python step scalars
-(src/fastopt/functional.py): wrong constants, flipped signs, an off-by-one bias correction,
+rules (csrc/fastopt/rules_impl.h), the optimizer table's element constants and per-step
+scalars (src/fastopt/_table.py, from which the build generates constants.h and the runners), the
+mixed-precision loops (csrc/mixed.c) and 16-bit conversions (csrc/fastopt/half.h) or the kernel
+loops (csrc/kernels.c): wrong constants, flipped signs, an off-by-one bias correction,
 eps-sized changes (eps added twice, eps dropped, a 1e-7 relative perturbation) that only show
 in float32, and bugs in code paths that only mixed precision runs.
 
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RULES = "csrc/fastopt/rules_impl.h"
-CONSTANTS = "csrc/fastopt/constants.h"
+TABLE = "src/fastopt/_table.py"      # constants (generated constants.h) and per-step scalars
 MIXED = "csrc/mixed.c"
+HALF = "csrc/fastopt/half.h"
 KERNELS = "csrc/kernels.c"
-FUNCTIONAL = "src/fastopt/functional.py"
 
 # the tests that compare the rules with the float64 oracle and torch's recorded output
 RULE_TESTS = ["tests/test_against_reference.py", "tests/test_functional.py",
@@ -53,27 +54,30 @@ class Mutation:
 
 
 F32_ONLY = "(sizeof(FO_T) == 4 ? {} : (FO_T)0)"
+F32_CONST = "sizeof(k.eps) == 4"      # in a table constant: the element type is float32
 
 MUTATIONS = [
     # ---------------------------------------------------------------- wrong constants, signs
-    Mutation("sgd-dampening-sign", CONSTANTS, "fo_sgd_constants_", "(T)(1.0 - h->dampening)",
-             "(T)(1.0 + h->dampening)", "SGD: 1 + dampening instead of 1 - dampening"),
-    Mutation("sgd-momentum-constant", CONSTANTS, "fo_sgd_constants_", "(T)h->momentum,",
-             "(T)(h->momentum * 0.999),", "SGD: momentum 0.1% too small"),
-    Mutation("sgd-nesterov-sign", RULES, "fo_sgd_rule", "g + k.momentum * b : b",
-             "g - k.momentum * b : b", "SGD: Nesterov look-ahead with the wrong sign"),
-    Mutation("sutskever-nesterov-sign", RULES, "fo_sgd_rule", "(k.momentum * v - k.lr * g)",
-             "(k.momentum * v + k.lr * g)", "SGD Sutskever+Nesterov: + lr g"),
-    Mutation("sgd-weight-decay-sign", RULES, "fo_sgd_rule", "g = g + k.weight_decay * p[i]",
-             "g = g - k.weight_decay * p[i]", "SGD: weight decay with the wrong sign"),
+    Mutation("sgd-dampening-sign", TABLE, 'name="sgd", title', '"1.0 - dampening"',
+             '"1.0 + dampening"', "SGD: 1 + dampening instead of 1 - dampening"),
+    Mutation("sgd-momentum-constant", TABLE, 'name="sgd", title',
+             'consts=(("lr", "lr"), ("momentum", "momentum"),',
+             'consts=(("lr", "lr"), ("momentum", "momentum * 0.999"),',
+             "SGD: momentum 0.1% too small"),
+    Mutation("sgd-nesterov-sign", RULES, "fo_sgd_rule", "FO_FMA(k.momentum, b, g) : b",
+             "FO_FMA(-k.momentum, b, g) : b", "SGD: Nesterov look-ahead with the wrong sign"),
+    Mutation("sutskever-nesterov-sign", RULES, "fo_sgd_rule", "FO_FMA(k.momentum, v, -k.lr * g)",
+             "FO_FMA(k.momentum, v, k.lr * g)", "SGD Sutskever+Nesterov: + lr g"),
+    Mutation("weight-decay-sign", RULES, "fo_grad)(FO_T g", "FO_FMA(weight_decay, p, g)",
+             "FO_FMA(-weight_decay, p, g)",
+             "coupled weight decay with the wrong sign (the shared gradient preamble)"),
     Mutation("adagrad-eps-in-sqrt-swapped", RULES, "fo_adagrad_rule",
              "FO_SQRT(s + k.eps) : FO_SQRT(s) + k.eps", "FO_SQRT(s) + k.eps : FO_SQRT(s + k.eps)",
              "Adagrad: eps inside/outside the square root swapped (eps-sized)"),
-    Mutation("rmsprop-centered-sign", RULES, "fo_rmsprop_rule", "v = v + (FO_T)(-1) * m * m;",
-             "v = v + m * m;", "RMSprop centered: v + m^2"),
-    Mutation("rmsprop-alpha-complement", CONSTANTS, "fo_rmsprop_constants_",
-             "(T)(1.0 - h->alpha)", "(T)(1.0 - h->alpha * h->alpha)",
-             "RMSprop: 1 - alpha^2 for 1 - alpha"),
+    Mutation("rmsprop-centered-sign", RULES, "fo_rmsprop_rule", "v = FO_FMA(-m, m, v);",
+             "v = FO_FMA(m, m, v);", "RMSprop centered: v + m^2"),
+    Mutation("rmsprop-alpha-complement", TABLE, 'name="rmsprop", title', '"1.0 - alpha"',
+             '"1.0 - alpha * alpha"', "RMSprop: 1 - alpha^2 for 1 - alpha"),
     Mutation("adam-amsgrad-no-max", RULES, "fo_adam_rule", "v = FO_MAX(s2[i], v);",
              "v = FO_MAX(v, v);", "Adam amsgrad: the running max is never taken"),
     Mutation("adamw-decay-dropped", RULES, "fo_adam_rule",
@@ -84,11 +88,11 @@ MUTATIONS = [
              "s1[i] = s1[i] * k.one_minus_rho + k.rho * d * d;",
              "Adadelta: rho and 1 - rho swapped in acc_delta"),
     # ---------------------------------------------------------------- off by one
-    Mutation("adam-bias-correction-off-by-one", FUNCTIONAL, "def _adam(",
-             "bias_correction2 = 1 - beta2 ** step", "bias_correction2 = 1 - beta2 ** (step + 1)",
+    Mutation("adam-bias-correction-off-by-one", TABLE, 'name="adam", title',
+             '"(1 - beta2 ** step) ** 0.5"', '"(1 - beta2 ** (step + 1)) ** 0.5"',
              "Adam: second-moment bias correction of step t + 1"),
-    Mutation("adamax-bias-correction-off-by-one", FUNCTIONAL, "def _adamax(",
-             "clr = lr / (1 - beta1 ** step)", "clr = lr / (1 - beta1 ** (step - 1 or 1))",
+    Mutation("adamax-bias-correction-off-by-one", TABLE, 'name="adamax", title',
+             '"lr / (1 - beta1 ** step)"', '"lr / (1 - beta1 ** (step - 1 or 1))"',
              "Adamax: bias correction of step t - 1"),
     Mutation("kernel-split-off-by-one", KERNELS, "int fo_##OPT##_step_##SFX(",
              "if (hi > lo) fo_##OPT##_range_##SFX(segs, nseg, lo, hi, k);",
@@ -101,11 +105,12 @@ MUTATIONS = [
              "FO_T denom = FO_SQRT(v) / k.bc2_sqrt + k.eps;",
              "FO_T denom = FO_SQRT(v) / k.bc2_sqrt + k.eps + " + F32_ONLY.format("k.eps") + ";",
              "Adam: eps added twice, float32 only"),
-    Mutation("adam-beta2-1e-7-float32", CONSTANTS, "fo_adam_constants_", "(T)(1.0 - h->beta2)",
-             "(T)(1.0 - h->beta2 * (sizeof(T) == 4 ? 1 + 1e-7 : 1.0))",
+    Mutation("adam-beta2-1e-7-float32", TABLE, 'name="adam", title', '"1.0 - beta2"',
+             f'"1.0 - beta2 * ({F32_CONST} ? 1 + 1e-7 : 1.0)"',
              "Adam: beta2 1e-7 too large (relative) in 1 - beta2, float32 only"),
-    Mutation("adam-complement-in-float32", CONSTANTS, "fo_adam_constants_", "(T)(1.0 - h->beta2)",
-             "((T)1 - (T)h->beta2)", "Adam: 1 - beta2 formed in the element type (float32 only)"),
+    Mutation("adam-complement-in-float32", TABLE, 'name="adam", title', '"1.0 - beta2"',
+             f'"{F32_CONST} ? (double)((float)1 - (float)beta2) : 1.0 - beta2"',
+             "Adam: 1 - beta2 formed in the element type (float32 only)"),
     Mutation("adadelta-eps-dropped", RULES, "fo_adadelta_rule", "FO_SQRT(s1[i] + k.eps) / std",
              "FO_SQRT(s1[i] + (sizeof(FO_T) == 4 ? 0 : k.eps)) / std",
              "Adadelta: eps dropped from the numerator, float32 only"),
@@ -115,9 +120,9 @@ MUTATIONS = [
              "FO_T b = FO_FABS(g) + k.eps * (sizeof(FO_T) == 4 ? (FO_T)1.5 : (FO_T)1);",
              "Adamax: eps 1.5x, float32 only"),
     # ---------------------------------------------------------------- mixed precision only
-    Mutation("mixed-option-flags-dropped", MIXED, "#define FO_MIXED_CASE(OPT, V)",
-             "kv.flags = (k.flags & ~FO_MIXED_MASK_##OPT) | (V);",
-             "kv.flags = (k.flags & ~FO_MIXED_MASK_##OPT);",
+    Mutation("mixed-option-flags-dropped", MIXED, "#define FO_MIXED_CASE(OPT, SFX, V)",
+             "kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);",
+             "kv.flags = (k.flags & ~FO_MASK_##OPT);",
              "mixed: the specialized loops lose their option flags", tuple(MIXED_TESTS)),
     Mutation("mixed-unscale-reciprocal", MIXED, "fo_load_grad",
              "for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(g[i]) / scale;",
@@ -132,10 +137,10 @@ MUTATIONS = [
              "for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(p[i]);",
              "for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(p[i]);",
              "mixed: float16 parameters without master widened as bfloat16", tuple(MIXED_TESTS)),
-    Mutation("mixed-bf16-ties-away", MIXED, "fo_f2bf(float f)",
+    Mutation("mixed-bf16-ties-away", HALF, "fo_f2bf(float f)",
              "(x + 0x7fffu + ((x >> 16) & 1u)) >> 16", "(x + 0x8000u) >> 16",
              "mixed: bfloat16 rounding ties away from zero", tuple(MIXED_TESTS)),
-    Mutation("mixed-stochastic-noise-biased", MIXED, "static inline uint32_t fo_noise(",
+    Mutation("mixed-stochastic-noise-biased", HALF, "static inline uint32_t fo_noise(",
              "& 0xffffu;", "& 0x7fffu;", "mixed: stochastic rounding noise in [0, 2^15)",
              tuple(MIXED_TESTS)),
     Mutation("mixed-split-off-by-one", MIXED, "fo_share(total, t, team, 32, &lo, &hi);",
@@ -144,9 +149,10 @@ MUTATIONS = [
              "mixed: each thread but the last skips its last element", tuple(MIXED_TESTS)),
 ]
 
-# which extension sources to touch when a file changes (setup.py does not track headers)
-DEPENDENTS = {RULES: [KERNELS, MIXED], CONSTANTS: [KERNELS, MIXED], MIXED: [], KERNELS: [],
-              FUNCTIONAL: []}
+# which extension sources to touch when a file changes (setup.py also lists the headers as
+# dependencies; the table regenerates constants.h at the build)
+DEPENDENTS = {RULES: [KERNELS, MIXED], TABLE: [KERNELS, MIXED], HALF: [MIXED], MIXED: [],
+              KERNELS: []}
 
 
 def copy_tree(dst):
