@@ -54,7 +54,9 @@ class Mutation:
 
 
 F32_ONLY = "(sizeof(FO_T) == 4 ? {} : (FO_T)0)"
-F32_CONST = "sizeof(k.eps) == 4"      # in a table constant: the element type is float32
+# in an Adam table constant: the element type is float32 (a field of the k struct being
+# initialized that is not an hp field, so the generator leaves the name alone)
+F32_CONST = "sizeof(k.one_minus_beta2) == 4"
 
 MUTATIONS = [
     # ---------------------------------------------------------------- wrong constants, signs
