@@ -358,7 +358,8 @@ def fuzz_scheduled_optimizer(ex, name):
             return
         assert not bad and expected_lr is not None, "stepped with a bad learning rate"
         mirror.step([g])
-        assert_close(p, mirror.params[0], masks, f"{name} with {sched!r}, step {t}")
+        assert_close(p, mirror.params[0], masks, f"{name} with {sched!r}, step {t}",
+                     scale_from=before)
 
 
 # ====================================================================================== tricks
@@ -445,12 +446,14 @@ def fuzz_mixup(ex, _):
     masks = Masks(x64.reshape(-1))
     masks.add(x64[perm].reshape(-1))
     assert xm.dtype == x.dtype and xm.shape == x.shape and xm.flags.c_contiguous
-    assert_close(xm, lam * x64 + (1 - lam) * x64[perm], masks, "mixed x")
+    assert_close(xm, lam * x64 + (1 - lam) * x64[perm], masks, "mixed x",
+                 scale_from=lam * np.abs(x64) + (1 - lam) * np.abs(x64[perm]))
     q = _onehot(y.astype(np.int64), n_classes) if _is_int_labels(y) else np.asarray(y, np.float64)
     qm = Masks(q.reshape(-1))
     qm.add(q[perm].reshape(-1))
     assert ym.dtype == x.dtype and ym.shape == q.shape
-    assert_close(ym, lam * q + (1 - lam) * q[perm], qm, "mixed y")
+    assert_close(ym, lam * q + (1 - lam) * q[perm], qm, "mixed y",
+                 scale_from=lam * np.abs(q) + (1 - lam) * np.abs(q[perm]))
 
 
 @entry_point("smooth_labels")
@@ -538,7 +541,8 @@ def fuzz_cross_entropy(ex, _):
         row = getattr(masks, kind).reshape(n, c).any(axis=1, keepdims=True)
         getattr(masks, kind)[...] |= np.broadcast_to(row, (n, c)).reshape(-1)
     assert grad.dtype == logits.dtype and grad.shape == logits.shape
-    assert_close(grad, ref_grad, masks, "cross-entropy gradient")
+    terms = (np.exp(log_p) * np.abs(q).sum(axis=1, keepdims=True) + np.abs(q)) / n
+    assert_close(grad, ref_grad, masks, "cross-entropy gradient", scale_from=terms)
     if not (masks.nonfinite.any() or masks.huge.any()):
         tol = 1e-4 if logits.dtype == np.float32 else 1e-10
         assert abs(loss - ref_loss) <= tol * max(1.0, abs(ref_loss)), (loss, ref_loss)
@@ -592,7 +596,9 @@ def _check_resized(out, batch, size, layout):
     m = Masks(np.zeros(out.size))
     if (np.abs(x) > 1e6).any():
         m.nonfinite[:] = True    # float32 and float64 overflow differently: finiteness only
-    assert_close(out, ref, m, f"resize to {size} ({layout})")
+    # bilinear weights are >= 0: resizing |x| bounds the terms of each output value
+    assert_close(out, ref, m, f"resize to {size} ({layout})",
+                 scale_from=_resize_reference(np.abs(x), size, layout))
 
 
 @entry_point("random_resize")
@@ -736,10 +742,18 @@ def fuzz_batchnorm(ex, _):
             else:
                 ref_dx = g * (w * inv_std)[None, :, None]
             assert dx.dtype == dy.dtype and dx.shape == x.shape
-            assert_close(dx, ref_dx.reshape(x.shape), Masks(np.zeros(dx.size)), "BatchNorm dx")
+            ag, agx = np.abs(g).sum(axis=(0, 2)), np.abs(g * xhat).sum(axis=(0, 2))
+            if train:
+                terms = (np.abs(w) * inv_std / m)[None, :, None] * (
+                    m * np.abs(g) + ag[None, :, None] + np.abs(xhat) * agx[None, :, None])
+            else:
+                terms = ref_dx
+            assert_close(dx, ref_dx.reshape(x.shape), Masks(np.zeros(dx.size)), "BatchNorm dx",
+                         scale_from=terms)
             if bn.affine:
-                assert_close(bn.grad_bias, sg, Masks(np.zeros(c)), "grad_bias")
-                assert_close(bn.grad_weight, sgx, Masks(np.zeros(c)), "grad_weight")
+                assert_close(bn.grad_bias, sg, Masks(np.zeros(c)), "grad_bias", scale_from=ag)
+                assert_close(bn.grad_weight, sgx, Masks(np.zeros(c)), "grad_weight",
+                             scale_from=agx)
             continue
         shape = (ex.draw(st.integers(0, 4), "N"), c) + tuple(
             ex.draw(st.lists(st.integers(0, 3), max_size=2), "spatial"))
@@ -760,6 +774,7 @@ def fuzz_batchnorm(ex, _):
         assert ok, "forward accepted an invalid x"
         _unchanged((x, xs))
         x3 = np.asarray(x, np.float64).reshape(shape[0], c, int(np.prod(shape[2:], dtype=np.int64)))
+        stat_terms = (np.abs(ref["mean"]), np.abs(ref["var"]))
         if bn.training:
             mean = x3.mean(axis=(0, 2))
             var = ((x3 - mean[None, :, None]) ** 2).mean(axis=(0, 2))
@@ -767,6 +782,8 @@ def fuzz_batchnorm(ex, _):
             rho = bn.momentum if bn.momentum is not None else 1.0 / ref["k"]
             ref["mean"] = (1 - rho) * ref["mean"] + rho * mean
             ref["var"] = (1 - rho) * ref["var"] + rho * var * m / (m - 1)
+            stat_terms = ((1 - rho) * np.abs(stat_terms[0]) + rho * np.abs(x3).mean(axis=(0, 2)),
+                          (1 - rho) * stat_terms[1] + rho * (x3 ** 2).mean(axis=(0, 2)) * m / (m - 1))
         else:
             mean, var = ref["mean"], ref["var"]
         inv_std = 1.0 / np.sqrt(var + bn.eps)
@@ -775,9 +792,15 @@ def fuzz_batchnorm(ex, _):
         b = np.asarray(bn.bias, np.float64) if bn.affine else np.zeros(c)
         ref_y = (xhat * w[None, :, None] + b[None, :, None]).reshape(shape)
         assert y.dtype == x.dtype and y.shape == shape
-        assert_close(y, ref_y, Masks(np.zeros(y.size)), "BatchNorm y")
-        assert_close(bn.running_mean, ref["mean"], Masks(np.zeros(c)), "running_mean")
-        assert_close(bn.running_var, ref["var"], Masks(np.zeros(c)), "running_var")
+        # the terms: x - mean (which may cancel) normalized, the bias; the running statistics
+        # from the mean of |x| and of x^2 (a one-pass variance cancels against mean^2)
+        y_terms = ((np.abs(x3) + np.abs(mean)[None, :, None]) * inv_std[None, :, None]
+                   * np.abs(w)[None, :, None] + np.abs(b)[None, :, None]).reshape(shape)
+        assert_close(y, ref_y, Masks(np.zeros(y.size)), "BatchNorm y", scale_from=y_terms)
+        assert_close(bn.running_mean, ref["mean"], Masks(np.zeros(c)), "running_mean",
+                     scale_from=stat_terms[0])
+        assert_close(bn.running_var, ref["var"], Masks(np.zeros(c)), "running_var",
+                     scale_from=stat_terms[1])
         # running statistics are stored in bn.dtype: continue from the stored values
         ref["mean"], ref["var"] = np.array(bn.running_mean, np.float64), np.array(bn.running_var, np.float64)
         cache = (x, xhat, inv_std, m, bn.training)

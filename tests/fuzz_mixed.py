@@ -163,7 +163,7 @@ def fuzz_mixed_precision(ex, name):
             masks.add_decay(g, start, wd, full.get("maximize", False))
             m = opt.master_params[i]
             if m is not None:
-                assert_close(m, ref, masks, f"{name} master {i} step {t}", start=start)
+                assert_close(m, ref, masks, f"{name} master {i} step {t}", scale_from=start)
                 assert p.tobytes() == np.asarray(m, np.float32).astype(p.dtype).tobytes(), \
                     "the 16-bit parameter is not its master rounded to nearest"
             else:
@@ -184,7 +184,7 @@ def fuzz_mixed_precision(ex, name):
                 if k in state:
                     assert v.dtype == F32
                     assert_close(v, state[k], masks, f"{name} state {k} step {t}",
-                                 start=state_before.get(k))
+                                 scale_from=state_before.get(k))
 
 
 @entry_point("DynamicLossScale")

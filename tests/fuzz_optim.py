@@ -101,14 +101,14 @@ def compare_optimizer(opt, ref, masks, what, before):
     for gi, group in enumerate(opt.param_groups):
         for j, p in enumerate(group["params"]):
             assert_close(p, ref.groups[gi]["params"][j], masks[k], f"{what}: params[{k}]",
-                         start=before[0][gi][j])
+                         scale_from=before[0][gi][j])
             mine = {n: a for n, a in opt.state.get(k, {}).items()}
             theirs = ref.states[gi][j]
             assert set(mine) == set(theirs), f"{what}: state[{k}] holds {set(mine)}, the reference {set(theirs)}"
             for n in mine:
                 assert mine[n].dtype == p.dtype and mine[n].shape == p.shape
                 assert_close(mine[n], theirs[n], masks[k], f"{what}: state[{k}][{n!r}]",
-                             start=before[1][gi][j].get(n))
+                             scale_from=before[1][gi][j].get(n))
             k += 1
 
 
@@ -312,10 +312,10 @@ def fuzz_functional(ex, name):
             masks[j].add_decay(g, refs[j], coupled_decay(name, full), full.get("maximize", False))
             start, start_state = refs[j], {buf: v.copy() for buf, v in st_.items()}
             refs[j] = reference_step(name, refs[j], g, st_, full, t)
-            assert_close(p, refs[j], masks[j], f"{what}: param[{j}]", start=start)
+            assert_close(p, refs[j], masks[j], f"{what}: param[{j}]", scale_from=start)
             for buf, v in states.items():
                 assert_close(v[j], st_[buf], masks[j], f"{what}: {buf}[{j}]",
-                             start=start_state.get(buf))
+                             scale_from=start_state.get(buf))
 
 
 # ------------------------------------------------------------------- checkpoints, state dicts

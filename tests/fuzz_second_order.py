@@ -129,8 +129,9 @@ def fuzz_newton_functional(ex, _):
     shifts = [shifts] if single else shifts
     for p, p0, g, (h, _), s in zip(params, before, grads, hs, shifts):
         _check_shift(h, float(damping), s, p.dtype, "newton_")
-        ref = np.asarray(p0, np.float64) - float(lr) * _direction(p0, g, h, float(damping), s)
-        assert_close(p, ref, Masks(p0), "newton_")
+        d = float(lr) * _direction(p0, g, h, float(damping), s)
+        ref = np.asarray(p0, np.float64) - d
+        assert_close(p, ref, Masks(p0), "newton_", scale_from=np.abs(p0) + np.abs(d))
 
 
 @entry_point("Newton")
@@ -213,7 +214,8 @@ def fuzz_newton(ex, _):
             assert step == 0.0 or math.isclose(step, hyper["backtrack"] ** info.backtracks)
             assert info.backtracks <= hyper["max_backtracks"] + 1
         for p, p0, d in zip(flat, before, dirs):
-            assert_close(p, np.asarray(p0, np.float64) - step * d, Masks(p0), f"Newton step {t}")
+            assert_close(p, np.asarray(p0, np.float64) - step * d, Masks(p0), f"Newton step {t}",
+                         scale_from=np.abs(p0) + np.abs(step * d))
         if hyper["line_search"] == "armijo" and step > 0:
             slope = -sum(float(np.asarray(g, np.float64).reshape(-1) @ d.reshape(-1)) for g, d in zip(grads, dirs))
             f1 = closure()
@@ -283,7 +285,9 @@ def fuzz_svrg(ex, _):
             masks = Masks(p0.reshape(-1))
             for a in (g, gs, m):
                 masks.add(np.asarray(a, np.float64).reshape(-1))
-            assert_close(p, p0 - lr * v, masks, "SVRG step")
+            terms = np.abs(p0) + lr * sum(np.abs(np.asarray(a, np.float64)) for a in (g, gs, m))
+            assert_close(p, p0 - lr * v, masks, "SVRG step",
+                         scale_from=terms + lr * hyper["weight_decay"] * np.abs(p0))
         assert opt.needs_snapshot is (every is not None and since >= every)
 
 

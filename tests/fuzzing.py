@@ -310,18 +310,31 @@ def special_value(kind, dtype):
 
 
 # ------------------------------------------------------------------------------ comparison
+def _subnormal(a):
+    """Where `a` holds a number that is subnormal in the type it is computed in (flat): its
+    own for float32/float64, float32 for the 16-bit types (updated through float32)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f" and not (a.dtype.kind == "V" and a.dtype.itemsize == 2):
+        return np.zeros(a.size, bool)
+    flat = np.abs(np.asarray(a, np.float64).reshape(-1))
+    tiny = float(np.finfo(a.dtype if a.dtype.itemsize >= 4 and a.dtype.kind == "f" else np.float32).tiny)
+    return (flat > 0) & (flat < tiny)
+
+
 class Masks:
-    """Per-element record of where a parameter met values that leave the compared range."""
+    """Per-element record of where a parameter met values that leave the compared range:
+    NaN/Inf (`nonfinite`), and huge or subnormal values (`huge`: float32 and float64 overflow
+    and underflow at different places)."""
 
     def __init__(self, p):
         flat = np.asarray(p, np.float64).reshape(-1)
         self.nonfinite = ~np.isfinite(flat)
-        self.huge = np.isfinite(flat) & (np.abs(flat) > HUGE)
+        self.huge = (np.isfinite(flat) & (np.abs(flat) > HUGE)) | _subnormal(p)
 
     def add(self, a):
         flat = np.asarray(a, np.float64).reshape(-1)
         self.nonfinite |= ~np.isfinite(flat)
-        self.huge |= np.isfinite(flat) & (np.abs(flat) > HUGE)
+        self.huge |= (np.isfinite(flat) & (np.abs(flat) > HUGE)) | _subnormal(a)
 
     def add_decay(self, g, p, weight_decay, maximize=False):
         """Mark elements whose effective gradient (+-g + wd p) cancels to under 1% of its terms:
@@ -337,15 +350,17 @@ class Masks:
         self.huge |= ill & np.isfinite(g) & np.isfinite(wp)
 
 
-def assert_close(actual, expected, masks, what, start=None):
+def assert_close(actual, expected, masks, what, scale_from=None):
     """`actual` (the kernel's) against `expected` (the float64 reference).
 
-    Elements that only met moderate values agree within TOL[dtype] relative to the largest
-    such reference value (or value of `start`, the array before the step, where given: a
-    result that cancels keeps the scale of what it was computed from), with no floor, so an
-    array of small values is held to its own scale; elements that met a NaN/Inf agree on being
-    finite or not; elements that met a huge value are not compared (float32 and float64
-    overflow at different places).
+    Elements that only met moderate values agree within TOL[dtype] relative to a scale with no
+    floor: the largest such reference value, or, where larger, the largest such value of
+    `scale_from`, the magnitudes of the terms the result was computed from (for an optimizer
+    step, the values before the step; for a sum that may cancel, the sum of |terms|). So an
+    array of small values is held to its own scale, and a result that cancels keeps the scale
+    of its terms. Elements that met a NaN/Inf agree on being finite or not; elements that met
+    a huge or subnormal value are not compared (float32 and float64 overflow and underflow at
+    different places).
     """
     a = np.asarray(actual, np.float64).reshape(-1)
     e = np.asarray(expected, np.float64).reshape(-1)
@@ -353,8 +368,9 @@ def assert_close(actual, expected, masks, what, start=None):
     plain = ~(masks.nonfinite | masks.huge)
     if plain.any():
         scale = float(np.max(np.abs(e[plain])))
-        if start is not None:
-            scale = max(scale, float(np.max(np.abs(np.asarray(start, np.float64).reshape(-1)[plain]))))
+        if scale_from is not None:
+            terms = np.abs(np.asarray(scale_from, np.float64).reshape(-1)[plain])
+            scale = max(scale, float(np.max(terms, initial=0.0, where=np.isfinite(terms))))
         scale = max(scale, float(np.finfo(np.asarray(actual).dtype).tiny))
         err = float(np.max(np.abs(a[plain] - e[plain]))) / scale
         assert err <= TOL[np.asarray(actual).dtype], (

@@ -10,13 +10,15 @@ parameter and state buffer element against it. An element passes when
   rounding met in this element, so it is the right yardstick even where the final value
   cancelled to almost nothing, and it is never floored at 1: a state of 1e-9 is held to 1e-9
   times the tolerance.
-- sensitivity: how far the oracle itself moves when each step's effective gradient
-  (g + weight_decay * p, which the code under test must form in its own precision) is
-  perturbed by a few units of that precision: the oracle is rerun once per step with that
-  step's gradient perturbed, and the changes are summed. It is zero to first order where the
+- sensitivity: how far the oracle itself moves when a step's effective gradient
+  (g + weight_decay * p, which the code under test must form in its own precision, from a
+  parameter that already carries its own allowed error) is moved up or down by that much: the
+  oracle is rerun from the snapshot before each step with that step's gradient perturbed both
+  ways, and the larger changes are summed over the steps. It is zero to first order where the
   result does not depend sensitively on its inputs, and large only where it does (a gradient
   that nearly cancels its weight-decay term), so eps-sized and constant-sized bugs stand out
-  everywhere else.
+  everywhere else. `check` computes it only for the elements that exceed the envelope part,
+  on a run of the oracle over just those elements (the rules are elementwise).
 
 TOL is a small multiple of the unit roundoff, with room for the few steps and the few
 operations per step of a rule; tests/test_against_reference.py checks that it is not loose

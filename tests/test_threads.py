@@ -199,22 +199,36 @@ def _split_seen(n_steps, until_seen):
 
 
 @needs_openmp
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
-                    else (os.cpu_count() or 1) < 2,
-                    reason="needs two CPUs to run a team of two kernel threads at once")
-def test_threadpool_limits_bounds_fastopt_threads(quick_gil_handoff):
+def test_threadpool_limits_bounds_fastopt_threads():
     fo.set_num_threads(0)                  # follow the OpenMP runtime
     before = fo.get_num_threads()
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
         assert fo.get_num_threads() == 1
-        assert not _split_seen(200, until_seen=False), "a kernel ran with more than one thread"
     assert fo.get_num_threads() == before
     with threadpoolctl.threadpool_limits(limits=1):
         fo.set_num_threads(2)              # an explicit setting wins over the runtime's
         try:
             assert fo.get_num_threads() == 2
+        finally:
+            fo.set_num_threads(0)
+        assert fo.get_num_threads() == 1
+
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@needs_openmp
+@pytest.mark.skipif(CPUS < 2, reason="needs two CPUs to run a team of two kernel threads at once")
+def test_kernels_use_the_thread_count_threadpoolctl_and_set_num_threads_give(quick_gil_handoff):
+    """Under threadpool_limits(1) a kernel really runs on one thread (never seen writing
+    the upper half ahead of the lower one); an explicit fo.set_num_threads(2) under the same
+    limit really runs two (seen doing so: the control that shows the observation works)."""
+    fo.set_num_threads(0)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert not _split_seen(200, until_seen=False), "a kernel ran with more than one thread"
+        fo.set_num_threads(2)
+        try:
             assert _split_seen(MAX_STEPS, until_seen=True), \
                 "fo.set_num_threads(2) under a limit of 1: never saw a second kernel thread"
         finally:
             fo.set_num_threads(0)
-        assert fo.get_num_threads() == 1
