@@ -302,18 +302,18 @@ def _check_meta_member(archive):
     return archive.read(_META, np.dtype(np.uint8), shape).tobytes()
 
 
-def _decode(node, arrays, declared):
+def _decode(node, arrays):
     """The state_dict value of an encoded node (v2); arrays by name from `arrays`."""
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
     if isinstance(node, list):
-        return [_decode(v, arrays, declared) for v in node]
+        return [_decode(v, arrays) for v in node]
     if not isinstance(node, dict):
         raise _Refused(f"unexpected value {node!r:.100}")
     if "__array__" in node:
         return arrays[node["__array__"]]
     if set(node) == {"__tuple__"} and isinstance(node["__tuple__"], list):
-        return tuple(_decode(v, arrays, declared) for v in node["__tuple__"])
+        return tuple(_decode(v, arrays) for v in node["__tuple__"])
     if set(node) == {"__float__"} and node["__float__"] in ("nan", "inf", "-inf"):
         return float(node["__float__"])
     if set(node) == {"__dict__"} and isinstance(node["__dict__"], list):
@@ -322,14 +322,14 @@ def _decode(node, arrays, declared):
             if not (isinstance(item, list) and len(item) == 2
                     and isinstance(item[0], (str, int)) and not isinstance(item[0], bool)):
                 raise _Refused(f"malformed dict item {item!r:.100}")
-            out[item[0]] = _decode(item[1], arrays, declared)
+            out[item[0]] = _decode(item[1], arrays)
         return out
     if _schedules.is_data(node):
         return _schedules.from_data(node)
     if any(k in node for k in _MARKERS):
         raise _Refused(f"unsupported encoded value with keys {sorted(node)[:5]} (this fastopt "
                        "loads data only)")
-    return {k: _decode(v, arrays, declared) for k, v in node.items()}
+    return {k: _decode(v, arrays) for k, v in node.items()}
 
 
 def _declared_arrays(node, out):
@@ -431,7 +431,7 @@ def _read(zf, expect):
     if version == 1:
         return _state_dict_v1(meta, arrays), meta.get("optimizer")
     try:
-        sd = _decode(meta["state_dict"], arrays, declared)
+        sd = _decode(meta["state_dict"], arrays)
     except (KeyError, TypeError) as e:
         raise _Refused(f"malformed checkpoint contents ({type(e).__name__}: {e})") from None
     if not isinstance(sd, dict):
@@ -445,7 +445,7 @@ def _state_dict_v1(meta, arrays):
         for name, a in arrays.items():
             _, i, buf = name.split("/", 2)
             state.setdefault(int(i), {})[buf] = a
-        groups = [{k: _decode(v, {}, {}) for k, v in g.items()} for g in meta["param_groups"]]
+        groups = [{k: _decode(v, {}) for k, v in g.items()} for g in meta["param_groups"]]
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise _Refused(f"malformed checkpoint contents ({type(e).__name__}: {e})") from None
     return {"state": state, "param_groups": groups}
