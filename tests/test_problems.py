@@ -478,10 +478,15 @@ def test_linear_algebra_releases_the_gil(work):
         H = A @ A.T + np.eye(500)
         call = lambda: [_linalg.cholesky_solve(H, np.ones(500)) for _ in range(3)]  # noqa: E731
     started = threading.Event()
+    seen = threading.Event()
+    deadline = time.monotonic() + 2.0      # well under the 5 s switch interval set below
 
     def worker():
+        # Repeat the call until the counting thread has been seen running, or the deadline: on a
+        # loaded machine the counting thread may need several calls' time to be scheduled at all.
         started.set()
-        call()
+        while not seen.is_set() and time.monotonic() < deadline:
+            call()
     old = sys.getswitchinterval()
     sys.setswitchinterval(5.0)
     try:
@@ -491,6 +496,8 @@ def test_linear_algebra_releases_the_gil(work):
         count = 0
         while t.is_alive():
             count += 1
+            if count > 20:
+                seen.set()
             time.sleep(0)
         t.join()
     finally:
