@@ -10,29 +10,39 @@ Every contender is built by a ``make_*`` function from the same inputs, a list o
 arrays (copied, so contenders never share state) and a list of gradient arrays (shared,
 read-only), and returns a zero-argument callable that takes one step. All use the same
 hyperparameters, ``HYPER[name]``: fastopt's and torch's defaults, with momentum 0.9 for SGD.
+Every optimizer of the optimizer table (fastopt._table) is a contender; what each contender
+needs per optimizer is read from the table, the registry or the test suite's oracle:
 
-* textbook NumPy: the update written as array expressions, a new temporary per operation
-  and the state rebound every step (how the equations read on paper);
+* textbook NumPy: the optimizer's NumPy reference (tests/reference.py, the equations as
+  written: a new temporary per operation, the state rebound every step), run in the arrays'
+  own dtype;
 * best-effort NumPy: in-place ufuncs with ``out=``, two preallocated temporaries, and large
   tensors walked in chunks that stay in cache, so each element crosses the memory bus about
-  as often as in a fused kernel;
-* torch: ``torch.optim`` with ``fused=True``, ``foreach=True`` or the single-tensor loop
-  (``TORCH_VARIANTS`` says which exist); `fastopt bench` picks the fastest per case.
+  as often as in a fused kernel (hand-tuned, for the optimizers in ``NUMPY_BEST``);
+* torch: ``torch.optim.<class name>`` with ``fused=True``, ``foreach=True`` or the
+  single-tensor loop, those its signature takes (``torch_variants``); `fastopt bench` picks
+  the fastest per case.
 
 ``TRAFFIC[name]`` is the minimal memory traffic of one step in array passes per element
-(each array read once, each updated array written once): bytes = passes * itemsize * N.
+(each array read once, each updated array written once: the parameter, the gradient and the
+state buffers the benchmark's options use): bytes = passes * itemsize * N.
 """
 import functools
+import importlib.util
+import inspect
 import math
+import os
 
 import numpy as np
 
 from fastopt._specs import SPECS
+from fastopt._table import OPTIMIZERS as _TABLE
 
-__all__ = ["OPTIMIZERS", "OVERRIDES", "HYPER", "TRAFFIC", "TORCH_VARIANTS", "RESNET50_SHAPES",
+__all__ = ["OPTIMIZERS", "OVERRIDES", "HYPER", "TRAFFIC", "NUMPY_BEST", "RESNET50_SHAPES",
            "make_fastopt", "make_fastopt_flat", "make_numpy", "make_torch", "torch_variants"]
 
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax")
+#: every optimizer of the table
+OPTIMIZERS = tuple(_TABLE)
 
 #: hyperparameters that differ from the defaults (fastopt's and torch's defaults agree)
 OVERRIDES = {"sgd": {"momentum": 0.9}}
@@ -40,16 +50,8 @@ OVERRIDES = {"sgd": {"momentum": 0.9}}
 HYPER = {name: {**SPECS[name].defaults, **OVERRIDES.get(name, {})} for name in OPTIMIZERS}
 
 #: reads + writes per element: parameter, gradient, state buffers in; parameter, state out
-TRAFFIC = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
-           "adamax": 7, "stream": 3}
-
-#: torch.optim variants per optimizer, fastest first as usually measured
-TORCH_VARIANTS = {
-    "sgd": ("fused", "foreach", "single"), "adagrad": ("fused", "foreach", "single"),
-    "adam": ("fused", "foreach", "single"), "adamw": ("fused", "foreach", "single"),
-    "rmsprop": ("foreach", "single"), "adadelta": ("foreach", "single"),
-    "adamax": ("foreach", "single"),
-}
+TRAFFIC = {**{name: 3 + 2 * sum(SPECS[name].uses(HYPER[name])) for name in OPTIMIZERS},
+           "stream": 3}
 
 #: parameter shapes of torchvision's ResNet-50, in module order (161 tensors, 25,557,032 values)
 RESNET50_SHAPES = (
@@ -133,46 +135,14 @@ def make_fastopt_flat(name, params, grads):
 
 
 # ------------------------------------------------------------------------ textbook NumPy
-def _textbook(name, p, g, s, t, h):
-    """One step on one tensor as the equations read; s: state dict (rebound), t: step."""
-    if name == "sgd":
-        b = g.copy() if t == 1 else h["momentum"] * s["b"] + g
-        s["b"] = b
-        p -= h["lr"] * b
-    elif name == "adagrad":
-        s["sum"] = s["sum"] + g * g
-        clr = h["lr"] / (1 + (t - 1) * h["lr_decay"])
-        p -= clr * g / (np.sqrt(s["sum"]) + h["eps"])
-    elif name == "rmsprop":
-        a = h["alpha"]
-        s["v"] = a * s["v"] + (1 - a) * g * g
-        p -= h["lr"] * g / (np.sqrt(s["v"]) + h["eps"])
-    elif name in ("adam", "adamw"):
-        b1, b2 = h["betas"]
-        if name == "adamw":
-            p *= 1 - h["lr"] * h["weight_decay"]
-        s["m"] = b1 * s["m"] + (1 - b1) * g
-        s["v"] = b2 * s["v"] + (1 - b2) * g * g
-        m_hat = s["m"] / (1 - b1 ** t)
-        v_hat = s["v"] / (1 - b2 ** t)
-        p -= h["lr"] * m_hat / (np.sqrt(v_hat) + h["eps"])
-    elif name == "adadelta":
-        rho, eps = h["rho"], h["eps"]
-        s["v"] = rho * s["v"] + (1 - rho) * g * g
-        d = np.sqrt(s["u"] + eps) / np.sqrt(s["v"] + eps) * g
-        s["u"] = rho * s["u"] + (1 - rho) * d * d
-        p -= h["lr"] * d
-    elif name == "adamax":
-        b1, b2 = h["betas"]
-        s["m"] = b1 * s["m"] + (1 - b1) * g
-        s["u"] = np.maximum(b2 * s["u"], np.abs(g) + h["eps"])
-        p -= h["lr"] / (1 - b1 ** t) * s["m"] / s["u"]
-    else:
-        raise ValueError(f"unknown optimizer {name!r}")
-
-
-_STATE_NAMES = {"sgd": ("b",), "adagrad": ("sum",), "rmsprop": ("v",), "adam": ("m", "v"),
-                "adamw": ("m", "v"), "adadelta": ("v", "u"), "adamax": ("m", "u")}
+def _reference():
+    """The test suite's NumPy oracle (tests/reference.py of the checkout this file is in)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                        "reference.py")
+    spec = importlib.util.spec_from_file_location("fastopt_bench_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------- best-effort NumPy
@@ -258,6 +228,11 @@ def _best(name, p, g, st, t0, t1, c):
         raise ValueError(f"unknown optimizer {name!r}")
 
 
+#: state buffers of the hand-tuned best-effort NumPy steps (_best), per optimizer
+NUMPY_BEST = {"sgd": ("b",), "adagrad": ("sum",), "rmsprop": ("v",), "adam": ("m", "v"),
+              "adamw": ("m", "v"), "adadelta": ("v", "u"), "adamax": ("m", "u")}
+
+
 def _best_scalars(name, h, t):
     """The per-step scalars of _best, computed once per step."""
     if name == "sgd":
@@ -283,26 +258,30 @@ def _best_scalars(name, h, t):
 def make_numpy(name, params, grads, style="best"):
     """A NumPy step over copies of `params`: style "textbook" or "best" (see the module doc).
 
-    The returned callable also has ``.params`` (the arrays it updates), for checks.
+    Returns None for "best" where no hand-tuned step exists (``NUMPY_BEST``). The returned
+    callable also has ``.params`` (the arrays it updates), for checks.
     """
-    if name not in _STATE_NAMES:
+    if name not in SPECS:
         raise ValueError(f"unknown optimizer {name!r}")
     h = HYPER[name]
     params = [np.array(p, copy=True) for p in params]
     grads = list(grads)
-    init = h.get("initial_accumulator_value", 0.0) if name == "adagrad" else 0.0
     counter = [0]
     if style == "textbook":
-        states = [{k: np.full_like(p, init) for k in _STATE_NAMES[name]} for p in params]
+        rule = _reference().REFERENCES[name]
+        states = [{} for _ in params]
 
         def step():
             counter[0] += 1
             for p, g, s in zip(params, grads, states):
-                _textbook(name, p, g, s, counter[0], h)
+                p[...] = rule(p, g, s, h, counter[0], h["lr"])
     elif style == "best":
+        if name not in NUMPY_BEST:
+            return None
+        init = h.get("initial_accumulator_value", 0.0) if name == "adagrad" else 0.0
         flat_p = [p.reshape(-1) for p in params]
         flat_g = [np.ascontiguousarray(g).reshape(-1) for g in grads]
-        states = [[np.full_like(p, init) for _ in _STATE_NAMES[name]] for p in flat_p]
+        states = [[np.full_like(p, init) for _ in NUMPY_BEST[name]] for p in flat_p]
         dtype = params[0].dtype if params else np.float64
         chunk = max(1024, _CHUNK_BYTES // np.dtype(dtype).itemsize)
         longest = max((p.size for p in flat_p), default=0)
@@ -329,18 +308,24 @@ def make_numpy(name, params, grads, style="best"):
 # -------------------------------------------------------------------------------- torch
 def _torch_kwargs(name):
     h = dict(HYPER[name])
-    for key in ("sutskever", "eps_in_sqrt", "decoupled_weight_decay"):   # fastopt-only options
-        h.pop(key, None)
-    return h
+    import torch
+    takes = inspect.signature(getattr(torch.optim, SPECS[name].class_name).__init__).parameters
+    return {key: value for key, value in h.items() if key in takes}   # not fastopt-only options
 
 
 def torch_variants(name):
-    """The torch.optim variants that exist for this optimizer (empty without torch)."""
+    """The torch.optim variants of this optimizer that its signature takes, fastest first as
+    usually measured (empty without torch, or where torch.optim has no such class)."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return ()
-    return TORCH_VARIANTS[name]
+    cls = getattr(torch.optim, SPECS[name].class_name, None)
+    if cls is None:
+        return ()
+    takes = inspect.signature(cls.__init__).parameters
+    return tuple(v for v, keyword in (("fused", "fused"), ("foreach", "foreach"),
+                                      ("single", "foreach")) if keyword in takes)
 
 
 def make_torch(name, params, grads, variant):

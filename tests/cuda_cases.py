@@ -1,96 +1,47 @@
 """Optimizer cases shared by the GPU tests and the host-logic tests of fastopt.cuda.
 
 Each case names a binding function, its flags and the per-step scalars of step t (1-based),
-computed from the hyperparameters as the optimizer classes do (bias corrections, lr decay).
+computed from the hyperparameters by the optimizer table's expressions (fastopt._steps), as the
+optimizer classes do (bias corrections, lr decay).
 Both backends get exactly the same arguments, so a parity test compares the kernels alone.
 """
 import math
 
 import numpy as np
 
-from fastopt._table import FLAG_BITS
-
-MAXIMIZE, NESTEROV, FIRST, SUTSKEVER, AMSGRAD, CENTERED, EPS_IN_SQRT, MOMENTUM, DECOUPLED = (
-    FLAG_BITS[f] for f in ("MAXIMIZE", "NESTEROV", "FIRST", "SUTSKEVER", "AMSGRAD", "CENTERED",
-                           "EPS_IN_SQRT", "MOMENTUM", "DECOUPLED"))
+from fastopt import _specs, _steps, _table
 
 
-def _sgd(lr=0.01, momentum=0.0, dampening=0.0, wd=0.0, flags=0):
+def _case(name, hyper):
+    """(binding name, args(t) -> (scalars, flags)) of optimizer `name` with options `hyper`."""
+    opt = _table.OPTIMIZERS[name]
+    group = {**_specs.SPECS[name].defaults, **hyper}
+    needs_state = any(_specs.SPECS[name].uses(group))
+
     def args(t):
-        f = flags | (FIRST if (flags & MOMENTUM and not flags & SUTSKEVER and t == 1) else 0)
-        return (lr, momentum, dampening, wd), f
-    return "sgd", args
+        scalars, flags = _steps.hp_values(name, group, t, group["lr"], first=t == 1 and needs_state)
+        return scalars, flags
+    args.group = group
+    return opt.kernel, args
 
 
-def _adagrad(lr=0.05, lr_decay=0.01, eps=1e-10, wd=0.0, flags=0):
-    def args(t):
-        return (lr / (1 + (t - 1) * lr_decay), eps, wd), flags
-    return "adagrad", args
+# id -> (binding name, args(t) -> (scalars, flags)): every option set of the table's entries
+# (``cases`` then ``extra_cases``), as "<optimizer>-<index>"
+CASES = {f"{name}-{i}": _case(name, hyper)
+         for name, opt in _table.OPTIMIZERS.items()
+         for i, hyper in enumerate(opt.cases + opt.extra_cases)}
 
-
-def _rmsprop(lr=0.01, alpha=0.99, eps=1e-8, wd=0.0, momentum=0.0, flags=0):
-    def args(t):
-        return (lr, alpha, eps, wd, momentum), flags
-    return "rmsprop", args
-
-
-def _adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, flags=0):
-    def args(t):
-        decay = 1.0 - lr * wd if flags & DECOUPLED else 1.0
-        return (lr / (1 - b1 ** t), b1, b2, math.sqrt(1 - b2 ** t), eps, wd, decay), flags
-    return "adam", args
-
-
-def _adadelta(lr=1.0, rho=0.9, eps=1e-6, wd=0.0, flags=0):
-    def args(t):
-        return (lr, rho, eps, wd), flags
-    return "adadelta", args
-
-
-def _adamax(lr=2e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, flags=0):
-    def args(t):
-        return (lr / (1 - b1 ** t), b1, b2, eps, wd), flags
-    return "adamax", args
-
-
-# id -> (binding name, args(t) -> (scalars, flags))
-CASES = {
-    "sgd": _sgd(),
-    "sgd-wd-maximize": _sgd(wd=0.01, flags=MAXIMIZE),
-    "sgd-momentum-dampening": _sgd(momentum=0.9, dampening=0.1, wd=0.01, flags=MOMENTUM),
-    "sgd-nesterov": _sgd(momentum=0.9, flags=MOMENTUM | NESTEROV),
-    "sgd-sutskever": _sgd(momentum=0.9, flags=MOMENTUM | SUTSKEVER),
-    "sgd-sutskever-nesterov-maximize": _sgd(momentum=0.8,
-                                            flags=MOMENTUM | SUTSKEVER | NESTEROV | MAXIMIZE),
-    "adagrad": _adagrad(),
-    "adagrad-eps-in-sqrt": _adagrad(eps=1e-6, flags=EPS_IN_SQRT),
-    "adagrad-wd-maximize": _adagrad(wd=0.01, flags=MAXIMIZE),
-    "rmsprop": _rmsprop(),
-    "rmsprop-centered": _rmsprop(flags=CENTERED),
-    "rmsprop-momentum": _rmsprop(momentum=0.9, flags=MOMENTUM),
-    "rmsprop-centered-momentum-wd": _rmsprop(momentum=0.5, wd=0.01, flags=CENTERED | MOMENTUM),
-    "rmsprop-eps-in-sqrt-maximize": _rmsprop(alpha=0.3, flags=EPS_IN_SQRT | MAXIMIZE),
-    "adam": _adam(),
-    "adam-amsgrad": _adam(flags=AMSGRAD),
-    "adam-wd": _adam(wd=0.01),
-    "adamw": _adam(lr=1e-2, wd=0.1, flags=DECOUPLED),
-    "adamw-amsgrad-maximize": _adam(b1=0.3, wd=0.05, flags=DECOUPLED | AMSGRAD | MAXIMIZE),
-    "adadelta": _adadelta(),
-    "adadelta-wd-maximize": _adadelta(rho=0.4, wd=0.01, flags=MAXIMIZE),
-    "adamax": _adamax(),
-    "adamax-wd-maximize": _adamax(b1=0.2, wd=0.01, flags=MAXIMIZE),
-}
-
-# One case per optimizer, for the heavier layouts.
-DEFAULT_CASES = ["sgd-momentum-dampening", "adagrad", "rmsprop-centered-momentum-wd", "adam",
-                 "adadelta", "adamax"]
+# One case per optimizer, for the heavier layouts: its last torch-comparable option set.
+DEFAULT_CASES = [f"{name}-{len(opt.cases) - 1}" for name, opt in _table.OPTIMIZERS.items()]
 
 
 def state_init(case, shape, dtype, slot):
-    """Initial state of a slot: zeros, except Adagrad's accumulator (initial_accumulator_value)."""
-    if CASES[case][0] == "adagrad" and slot == 0:
-        return np.full(shape, 0.1, dtype=dtype)
-    return np.zeros(shape, dtype=dtype)
+    """Initial state of a slot, as the table gives it (a number or a hyperparameter's value)."""
+    kernel, args = CASES[case]
+    state = _table.KERNELS[kernel].state
+    init = state[slot].init if slot < len(state) else 0
+    value = args.group[init] if isinstance(init, str) else init
+    return np.full(shape, value, dtype=dtype)
 
 
 def make_problem(shapes, dtypes, steps, seed):

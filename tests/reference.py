@@ -7,7 +7,11 @@ per group, lr read from the group each step, buffers created when first needed).
 """
 import numpy as np
 
-NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax")
+from fastopt._table import OPTIMIZERS
+
+#: every optimizer of the table; each needs a function of its name below (the registry test
+#: names any that lacks one)
+NAMES = tuple(OPTIMIZERS)
 
 
 def _grad(p, g, h):
@@ -103,7 +107,7 @@ def adamax(p, g, s, h, t, lr):
     return p - lr / (1 - b1 ** t) * m / u
 
 
-REFERENCES = {name: globals()[name] for name in NAMES}
+REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 # torch.optim's documented defaults that differ from the neutral values used above
 DEFAULTS = {"adamw": {"weight_decay": 1e-2}}

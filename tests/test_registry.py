@@ -168,7 +168,7 @@ def missing_pieces(kernel, optimizers):
             miss.append(f"{o}: tests/reference.py has no reference (NAMES, REFERENCES)")
         if o not in CASES:
             miss.append(f"{o}: tests/cases.py CASES has no option grid")
-        for table in ("OPTIMIZERS", "TRAFFIC", "TORCH_VARIANTS", "_STATE_NAMES"):
+        for table in ("OPTIMIZERS", "TRAFFIC", "HYPER"):
             if o not in getattr(_bench_impls, table):
                 miss.append(f"{o}: benchmark table bench/impls.py {table} lacks it")
         if importlib.util.find_spec("torch") is not None:

@@ -23,14 +23,18 @@ from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .flat import flatten
 from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
-from .optim import (SGD, SVRG, Adadelta, Adagrad, Adam, Adamax, AdamW, HessianShiftWarning,
-                    LineSearchWarning, Newton, NewtonStep, Optimizer, RMSprop)
+from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Newton, NewtonStep,
+                    Optimizer)
+from .optim.first_order import CLASSES as _CLASSES
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
 
 __version__ = "0.1.0"
 
+# the first-order optimizer classes, one per entry of the optimizer table (fastopt._table)
+globals().update({_cls.__name__: _cls for _cls in _CLASSES.values()})
+
 __all__ = [
-    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Optimizer",
+    *(_cls.__name__ for _cls in _CLASSES.values()), "Optimizer",
     "functional", "save", "load", "flatten", "set_num_threads", "get_num_threads", "has_openmp",
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",

@@ -77,9 +77,11 @@ from collections import namedtuple
 
 Flag = namedtuple("Flag", "name bit doc")
 Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends")
-State = namedtuple("State", "name needs init")
-Optimizer = namedtuple("Optimizer", "name class_name kernel hyper inputs checks torch",
-                       defaults=((),))
+State = namedtuple("State", "name needs init arg", defaults=(None,))
+Optimizer = namedtuple(
+    "Optimizer",
+    "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc",
+    defaults=((), (), None, (), (), ""))
 Hyper = namedtuple("Hyper", "name default rule torch_error")
 
 # Option bits of `k.flags`, shared by every rule, binding and backend.
@@ -125,7 +127,7 @@ KERNELS = {k.name: k for k in (
                  ("weight_decay", "weight_decay")),
         consts=(("clr", "clr"), ("eps", "eps"), ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize", "EPS_IN_SQRT": "eps_in_sqrt"},
-        state=(State("sum", None, "initial_accumulator_value"),),
+        state=(State("sum", None, "initial_accumulator_value", arg="state_sum"),),
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
@@ -210,6 +212,7 @@ def _adam_hyper(weight_decay, decoupled):
 OPTIMIZERS = {o.name: o for o in (
     Optimizer(
         name="sgd", class_name="SGD", kernel="sgd", torch=("no_step", "optional_state"),
+        keyword_only="maximize",
         hyper=(_lr(1e-3), Hyper("momentum", 0.0, "nonneg", "Invalid momentum value: {value}"),
                Hyper("dampening", 0.0, "real", None),
                Hyper("weight_decay", 0.0, "nonneg", _WD),
@@ -220,9 +223,51 @@ OPTIMIZERS = {o.name: o for o in (
                  "Nesterov momentum requires a momentum > 0 and zero dampening"),
                 ("sutskever and dampening != 0",
                  "sutskever=True momentum has no dampening; set dampening=0")),
+        cases=(
+            dict(lr=0.05),
+            dict(lr=0.05, momentum=0.9),
+            dict(lr=0.02, momentum=0.9, dampening=0.1, weight_decay=0.01),
+            dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.01),
+            dict(lr=0.02, momentum=0.5, maximize=True),
+        ),
+        extra_cases=(
+            dict(lr=0.02, momentum=0.9, sutskever=True),
+            dict(lr=0.02, momentum=0.9, sutskever=True, nesterov=True),
+        ),
+        doc=r"""Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+        With learning rate :math:`\gamma` (``lr``), momentum :math:`\mu` (``momentum``), dampening
+        :math:`\tau` (``dampening``) and weight decay :math:`\lambda` (``weight_decay``), each step
+        with gradient :math:`g_t` (negated when ``maximize``) does
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+            b_t &= g_t \ \text{if } t = 1 \text{ else } \mu b_{t-1} + (1 - \tau) g_t \\
+            d_t &= g_t + \mu b_t \ \text{(nesterov)} \quad \text{else } d_t = b_t \\
+            \theta_t &= \theta_{t-1} - \gamma d_t
+
+        (with ``momentum=0``: :math:`\theta_t = \theta_{t-1} - \gamma g_t`, plain gradient descent
+        on full-batch gradients). ``sutskever=True`` selects the lecture's form
+        :math:`v_t = \mu v_{t-1} - \gamma g_t,\ \theta_t = \theta_{t-1} + v_t` (Nesterov:
+        :math:`\theta_t = \theta_{t-1} + \mu v_t - \gamma g_t`), with :math:`v_0 = 0`; it equals the
+        default form while ``lr`` is constant. State: ``momentum_buffer`` (:math:`b` or :math:`v`).
+
+        Defaults: ``lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False``, as torch.
+        Reference: Sutskever et al., "On the importance of initialization and momentum in deep
+        learning", ICML 2013.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.SGD([w], lr=0.1, momentum=0.9)
+        >>> opt.step([2 * w])          # gradient of ||w||^2
+        True
+        >>> w
+        array([ 0.8, -1.6])
+        """,
     ),
     Optimizer(
         name="adagrad", class_name="Adagrad", kernel="adagrad", torch=("eager_state",),
+        keyword_only="maximize",
         hyper=(_lr(1e-2), Hyper("lr_decay", 0.0, "nonneg", "Invalid lr_decay value: {value}"),
                Hyper("weight_decay", 0.0, "nonneg", _WD),
                Hyper("initial_accumulator_value", 0.0, "nonneg",
@@ -230,32 +275,216 @@ OPTIMIZERS = {o.name: o for o in (
                Hyper("eps", 1e-10, "nonneg", _EPS), Hyper("maximize", False, "boolean", None),
                Hyper("eps_in_sqrt", False, "boolean", None)),
         inputs={}, checks=(),
+        cases=(
+            dict(lr=0.1),
+            dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+            dict(lr=0.05, eps=1e-06, maximize=True),
+        ),
+        extra_cases=(
+            dict(lr=0.1, eps=0.001, eps_in_sqrt=True),
+        ),
+        doc=r"""Adagrad: per-coordinate steps scaled by the root of the summed squared gradients.
+
+        With learning rate :math:`\gamma` (``lr``), decay :math:`\eta` (``lr_decay``), weight decay
+        :math:`\lambda`, :math:`\epsilon` (``eps``) and :math:`s_0` = ``initial_accumulator_value``:
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1}, \qquad
+            \tilde\gamma_t = \gamma / (1 + (t - 1)\eta) \\
+            s_t &= s_{t-1} + g_t^2 \\
+            \theta_t &= \theta_{t-1} - \tilde\gamma_t\, g_t / (\sqrt{s_t} + \epsilon)
+
+        ``eps_in_sqrt=True`` uses the lecture's :math:`g_t / \sqrt{s_t + \epsilon}`. State: ``sum``.
+        Defaults: ``lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+        eps=1e-10``, as torch. Reference: Duchi, Hazan, Singer, JMLR 12 (2011).
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.Adagrad([w], lr=0.5).step([2 * w])
+        True
+        >>> w
+        array([ 0.5, -1.5])
+        """,
     ),
     Optimizer(
         name="rmsprop", class_name="RMSprop", kernel="rmsprop",
+        keyword_only="maximize",
         hyper=(_lr(1e-2), Hyper("alpha", 0.99, "nonneg", "Invalid alpha value: {value}"),
                Hyper("eps", 1e-8, "nonneg", _EPS), Hyper("weight_decay", 0.0, "nonneg", _WD),
                Hyper("momentum", 0.0, "nonneg", "Invalid momentum value: {value}"),
                Hyper("centered", False, "boolean", None), Hyper("maximize", False, "boolean", None),
                Hyper("eps_in_sqrt", False, "boolean", None)),
         inputs={}, checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, centered=True),
+            dict(lr=0.005, momentum=0.9),
+            dict(lr=0.005, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.01),
+            dict(lr=0.01, maximize=True),
+        ),
+        extra_cases=(
+            dict(lr=0.01, eps=0.0001, eps_in_sqrt=True, centered=True),
+        ),
+        doc=r"""RMSprop: steps scaled by a running root-mean-square of the gradients.
+
+        With learning rate :math:`\gamma`, smoothing :math:`\alpha` (``alpha``), :math:`\epsilon`,
+        weight decay :math:`\lambda` and momentum :math:`\mu`:
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+            v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
+            m_t &= \alpha m_{t-1} + (1 - \alpha) g_t, \quad
+            a_t = \sqrt{v_t - m_t^2} + \epsilon \ \text{(centered)}
+            \quad \text{else } a_t = \sqrt{v_t} + \epsilon \\
+            b_t &= \mu b_{t-1} + g_t / a_t, \quad \theta_t = \theta_{t-1} - \gamma b_t
+            \ \text{(momentum > 0)} \quad \text{else } \theta_t = \theta_{t-1} - \gamma g_t / a_t
+
+        ``eps_in_sqrt=True`` uses the lecture's :math:`a_t = \sqrt{v_t + \epsilon}`. State:
+        ``square_avg`` (:math:`v`), ``momentum_buffer`` (:math:`b`, when momentum > 0), ``grad_avg``
+        (:math:`m`, when centered). Defaults: ``lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0,
+        momentum=0, centered=False``, as torch. Reference: Hinton, Coursera lecture 6e (2012).
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.RMSprop([w], lr=0.01, alpha=0.75, eps=0.0).step([2 * w])
+        True
+        >>> w
+        array([ 0.98, -1.98])
+        """,
     ),
-    Optimizer(name="adam", class_name="Adam", kernel="adam", hyper=_adam_hyper(0.0, False),
-              inputs=_BETA_INPUTS, checks=()),
-    Optimizer(name="adamw", class_name="AdamW", kernel="adam", hyper=_adam_hyper(1e-2, True),
-              inputs=_BETA_INPUTS, checks=()),
+    Optimizer(
+        name="adam", class_name="Adam", kernel="adam", hyper=_adam_hyper(0.0, False),
+        keyword_only="maximize",
+        inputs=_BETA_INPUTS, checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, amsgrad=True),
+            dict(lr=0.01, weight_decay=0.01),
+            dict(lr=0.02, betas=(0.8, 0.99), eps=1e-06, amsgrad=True, maximize=True),
+            dict(lr=0.02, betas=(0.3, 0.6)),
+        ),
+        extra_cases=(
+            dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True),
+        ),
+        doc=r"""Adam: bias-corrected running moments of the gradient and its square.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)`, :math:`\epsilon`
+        and weight decay :math:`\lambda` (added to the gradient; see :class:`AdamW` for the
+        decoupled form):
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+            m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+            v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+            \hat v_t &= \max(\hat v_{t-1}, v_t) \ \text{(amsgrad)}
+            \quad \text{else } \hat v_t = v_t \\
+            \theta_t &= \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\,
+            \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+        State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``max_exp_avg_sq``
+        (:math:`\hat v`, with amsgrad). Defaults: ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+        weight_decay=0, amsgrad=False``, as torch. References: Kingma & Ba, ICLR 2015; Reddi et al.
+        (AMSGrad), ICLR 2018.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.Adam([w], lr=0.1).step([2 * w])
+        True
+        >>> w.round(6)
+        array([ 0.9, -1.9])
+        """,
+    ),
+    Optimizer(
+        name="adamw", class_name="AdamW", kernel="adam", hyper=_adam_hyper(1e-2, True),
+        keyword_only="maximize",
+        inputs=_BETA_INPUTS, checks=(), fixed=("decoupled_weight_decay",
+        ),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.1, amsgrad=True),
+        ),
+        doc=r"""AdamW: Adam with decoupled weight decay.
+
+        As :class:`Adam` with :math:`\lambda = 0` in the gradient, after first shrinking the
+        parameter: :math:`\theta_{t-1} \leftarrow (1 - \gamma\lambda)\,\theta_{t-1}`.
+        Defaults: ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False``, as
+        torch. Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.AdamW([w], lr=0.1, weight_decay=0.5).step([np.zeros(2)])
+        True
+        >>> w
+        array([ 0.95, -1.9 ])
+        """,
+    ),
     Optimizer(
         name="adadelta", class_name="Adadelta", kernel="adadelta",
+        keyword_only="maximize",
         hyper=(_lr(1.0), Hyper("rho", 0.9, "unit_closed", "Invalid rho value: {value}"),
                Hyper("eps", 1e-6, "nonneg", _EPS), Hyper("weight_decay", 0.0, "nonneg", _WD),
                Hyper("maximize", False, "boolean", None)),
         inputs={}, checks=(),
+        cases=(
+            dict(lr=1.0),
+            dict(lr=0.5, rho=0.5, weight_decay=0.01),
+            dict(lr=1.0, eps=0.0001, maximize=True),
+        ),
+        doc=r"""Adadelta: steps whose units come from running averages of past updates.
+
+        With learning rate :math:`\gamma`, decay :math:`\rho` (``rho``), :math:`\epsilon` and weight
+        decay :math:`\lambda`:
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+            v_t &= \rho v_{t-1} + (1 - \rho) g_t^2 \\
+            \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t \\
+            u_t &= \rho u_{t-1} + (1 - \rho) \Delta_t^2, \qquad
+            \theta_t = \theta_{t-1} - \gamma \Delta_t
+
+        State: ``square_avg`` (:math:`v`), ``acc_delta`` (:math:`u`). Defaults: ``lr=1.0,
+        rho=0.9, eps=1e-6, weight_decay=0``, as torch. Reference: Zeiler, arXiv:1212.5701 (2012).
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.Adadelta([w], lr=1.0, rho=0.0, eps=1.0).step([np.array([1.0, 1.0])])
+        True
+        >>> w.round(6)
+        array([ 0.292893, -2.707107])
+        """,
     ),
     Optimizer(
         name="adamax", class_name="Adamax", kernel="adamax",
+        keyword_only="maximize",
         hyper=(_lr(2e-3), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
                Hyper("weight_decay", 0.0, "nonneg", _WD),
                Hyper("maximize", False, "boolean", None)),
         inputs=_BETA_INPUTS, checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.3, 0.5), weight_decay=0.01, maximize=True),
+        ),
+        doc=r"""Adamax: Adam with the infinity norm in place of the second moment.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)`, :math:`\epsilon`
+        and weight decay :math:`\lambda`:
+
+        .. math::
+            g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+            m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+            u_t = \max(\beta_2 u_{t-1},\ |g_t| + \epsilon) \\
+            \theta_t &= \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}\, \frac{m_t}{u_t}
+
+        State: ``exp_avg`` (:math:`m`), ``exp_inf`` (:math:`u`). Defaults: ``lr=2e-3,
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=0``, as torch. Reference: Kingma & Ba, ICLR 2015,
+        section 7.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.Adamax([w], lr=0.1, eps=0.0).step([2 * w])
+        True
+        >>> w
+        array([ 0.9, -1.9])
+        """,
     ),
 )}

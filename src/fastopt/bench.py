@@ -401,7 +401,9 @@ def run_case(name, shapes, dtype, threads, cfg, inputs, evict=None, flat=False):
         if flat:
             contenders["fastopt_flat"] = impls.make_fastopt_flat(name, params, grads)
         contenders["stream"] = _stream_step(n, dtype)
-        contenders["numpy_best"] = impls.make_numpy(name, params, grads, "best")
+        best = impls.make_numpy(name, params, grads, "best")
+        if best is not None:
+            contenders["numpy_best"] = best
         contenders["numpy_textbook"] = impls.make_numpy(name, params, grads, "textbook")
         variant, tstep = _pick_torch(name, params, grads, cfg, evict)
         if tstep is not None:

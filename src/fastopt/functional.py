@@ -19,13 +19,14 @@ These functions are usable as a backend by other frameworks; the classes in `fas
 call the same runners (`fastopt._runners`, compiled from the optimizer table
 fastopt._table by fastopt._steps) with cached plans.
 """
+import re
+
 import numpy as np
 
-from . import _kernels, _runners, _specs, _validate
+from . import _kernels, _runners, _specs, _steps, _table, _validate
 from ._newton import newton_step
 
-__all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adadelta_", "adamax_", "newton_",
-           "backend_for"]
+__all__ = ["newton_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
 
 
 def backend_for(arrays):
@@ -104,118 +105,103 @@ def _check_hyper(name, **values):
     return values
 
 
-# --------------------------------------------------------------------------------------- SGD
-def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-         nesterov=False, maximize=False, sutskever=False, step=None):
-    """SGD / gradient descent step, in place; equations in :class:`fastopt.SGD`.
-
-    With momentum, pass the `momentum_buffer` and the 1-based `step` (at step 1 the buffer is
-    set to the gradient, as in torch; with ``sutskever=True`` it starts from its zeros).
-    """
-    lr = _check_lr(lr)
-    momentum, dampening, weight_decay, nesterov, maximize, sutskever = _check_hyper(
-        "sgd", momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-        nesterov=nesterov, maximize=maximize, sutskever=sutskever).values()
-    if momentum != 0:
-        if momentum_buffer is None:
-            raise ValueError("momentum_buffer is required when momentum != 0")
-        if step is None:
-            raise ValueError("step is required when momentum != 0 (1 marks the first step)")
-        step = _check_step(step)
-    else:
-        step = 0
-    mod, plan = _plan(param, [(0, "momentum_buffer", momentum_buffer if momentum != 0 else _UNUSED)])
-    _runners.sgd(mod, plan, _listify(grad, "grad"), step == 1, lr, momentum, dampening,
-                 weight_decay, nesterov, maximize, sutskever, "grad")
+# ------------------------------------------------------- the forms, made from the table
+def _identifiers(expr):
+    return set(re.findall(r"[A-Za-z_]\w*", expr))
 
 
-# ----------------------------------------------------------------------------------- Adagrad
-def adagrad_(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False, eps_in_sqrt=False):
-    """Adagrad step, in place; equations in :class:`fastopt.Adagrad`."""
-    lr, step = _check_lr(lr), _check_step(step)
-    lr_decay, weight_decay, eps, maximize, eps_in_sqrt = _check_hyper(
-        "adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
-        eps_in_sqrt=eps_in_sqrt).values()
-    mod, plan = _plan(param, [(0, "state_sum", state_sum)])
-    _runners.adagrad(mod, plan, _listify(grad, "grad"), step, lr, lr_decay, weight_decay, eps,
-                     maximize, eps_in_sqrt, "grad")
+def _state_args(kernel):
+    """[(slot, argument name, the flag condition that needs it or None)], always-needed first."""
+    args = [(i, s.arg or s.name, None if s.needs is None else kernel.flags[s.needs])
+            for i, s in enumerate(kernel.state)]
+    return sorted(args, key=lambda a: a[2] is not None)
 
 
-# ----------------------------------------------------------------------------------- RMSprop
-def rmsprop_(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, step=1, lr,
-             alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
-             eps_in_sqrt=False):
-    """RMSprop step, in place; equations in :class:`fastopt.RMSprop`.
-
-    `momentum_buffer` is required when momentum > 0, `grad_avg` when centered.
-    """
-    lr, step = _check_lr(lr), _check_step(step)
-    alpha, eps, weight_decay, momentum, centered, maximize, eps_in_sqrt = _check_hyper(
-        "rmsprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-        centered=centered, maximize=maximize, eps_in_sqrt=eps_in_sqrt).values()
-    if momentum > 0 and momentum_buffer is None:
-        raise ValueError("momentum_buffer is required when momentum > 0")
-    if centered and grad_avg is None:
-        raise ValueError("grad_avg is required when centered=True")
-    mod, plan = _plan(param, [(0, "square_avg", square_avg),
-                              (1, "momentum_buffer", momentum_buffer if momentum > 0 else _UNUSED),
-                              (2, "grad_avg", grad_avg if centered else _UNUSED)])
-    _runners.rmsprop(mod, plan, _listify(grad, "grad"), step, lr, alpha, eps, weight_decay,
-                     momentum, centered, maximize, eps_in_sqrt, "grad")
+def _when(cond):
+    """A flag condition as the text of an error message: `amsgrad` -> `amsgrad=True`."""
+    return f"{cond}=True" if cond.isidentifier() else cond
 
 
-# -------------------------------------------------------------------------------------- Adam
-def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-          weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False,
-          decoupled_weight_decay=False):
-    """Adam step, in place; equations in :class:`fastopt.Adam` (AdamW with decoupled decay).
-
-    `max_exp_avg_sq` is required when amsgrad=True.
-    """
-    lr, step = _check_lr(lr), _check_step(step)
-    beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay = _check_hyper(
-        "adam", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay).values()
-    if amsgrad and max_exp_avg_sq is None:
-        raise ValueError("max_exp_avg_sq is required when amsgrad=True")
-    mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_avg_sq", exp_avg_sq),
-                              (2, "max_exp_avg_sq", max_exp_avg_sq if amsgrad else _UNUSED)])
-    _runners.adam(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
-                  amsgrad, maximize, decoupled_weight_decay, "grad")
+def _hyper_args(opt, kernel):
+    """[(argument name, default)]: the kernel inputs taken from hyperparameters, in the order of
+    the entry's hyperparameters (a pair such as `betas` gives `beta1`, `beta2`)."""
+    defaults = {h.name: h.default for h in opt.hyper}
+    args = []
+    for h in opt.hyper:
+        if h.name in opt.fixed or h.name == "lr":
+            continue
+        if h.name in kernel.inputs and h.name not in opt.inputs:
+            args.append((h.name, h.default))
+        args += [(name, eval(expr, {"__builtins__": {}}, defaults))
+                 for name, expr in opt.inputs.items() if h.name in _identifiers(expr)]
+    return args
 
 
-def adamw_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-           weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False):
-    """AdamW step (Adam with decoupled weight decay), in place; see :class:`fastopt.AdamW`."""
-    adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-          weight_decay=weight_decay, amsgrad=amsgrad, max_exp_avg_sq=max_exp_avg_sq,
-          maximize=maximize, decoupled_weight_decay=True)
+def _form_source(opt):
+    """The text of the functional form of the table entry `opt` (module docstring)."""
+    kernel = _table.KERNELS[opt.kernel]
+    states = _state_args(kernel)
+    hyper = _hyper_args(opt, kernel)
+    lr_default = next(h.default for h in opt.hyper if h.name == "lr")
+    uses_step = any("step" in _identifiers(expr) for _, expr in kernel.scalars)
+    first_needs = [cond for _, _, cond in states if cond is not None] if "first" in kernel.inputs \
+        else []
+    step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
+    sig = ["param", "grad"] + [f"{arg}=None" if cond else arg for _, arg, cond in states]
+    sig += ["*", step_arg, f"lr={lr_default!r}"] + [f"{n}={d!r}" for n, d in hyper]
+    body = ["    lr = _check_lr(lr)\n"]
+    if not first_needs:
+        body.append("    step = _check_step(step)\n")
+    if hyper:
+        names = ", ".join(n for n, _ in hyper)
+        body.append(f"    {names}, = _check_hyper({opt.name!r}, "
+                    f"{', '.join(f'{n}={n}' for n, _ in hyper)}).values()\n")
+    body += [f"    {name} = {value!r}\n" for name, value in
+             ((h.name, h.default) for h in opt.hyper if h.name in opt.fixed)]
+    for _, arg, cond in states:
+        if cond is not None:
+            body.append(f"    if ({cond}) and {arg} is None:\n"
+                        f"        raise ValueError({f'{arg} is required when {_when(cond)}'!r})\n")
+    if first_needs:
+        need = " or ".join(f"({c})" for c in first_needs)
+        body.append(f"    if {need}:\n"
+                    f"        if step is None:\n"
+                    f"            raise ValueError({f'step is required when {_when(first_needs[0])} (1 marks the first step)'!r})\n"
+                    f"        step = _check_step(step)\n"
+                    f"    else:\n"
+                    f"        step = 0\n"
+                    f"    first = step == 1\n")
+    slots = ", ".join(f"({slot}, {arg!r}, {arg})" if cond is None else
+                      f"({slot}, {arg!r}, {arg} if ({cond}) else _UNUSED)"
+                      for slot, arg, cond in states)
+    body.append(f"    mod, plan = _plan(param, [{slots}])\n")
+    body.append(f"    _runners.{opt.kernel}(mod, plan, _listify(grad, 'grad'), "
+                f"{', '.join(kernel.inputs)}, 'grad')\n")
+    return f"def {opt.name}_({', '.join(sig)}):\n{''.join(body)}"
 
 
-# ---------------------------------------------------------------------------------- Adadelta
-def adadelta_(param, grad, square_avg, acc_delta, *, step=1, lr=1.0, rho=0.9, eps=1e-6,
-              weight_decay=0.0, maximize=False):
-    """Adadelta step, in place; equations in :class:`fastopt.Adadelta`."""
-    lr, step = _check_lr(lr), _check_step(step)
-    rho, eps, weight_decay, maximize = _check_hyper(
-        "adadelta", rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize).values()
-    mod, plan = _plan(param, [(0, "square_avg", square_avg), (1, "acc_delta", acc_delta)])
-    _runners.adadelta(mod, plan, _listify(grad, "grad"), step, lr, rho, eps, weight_decay, maximize,
-                      "grad")
+def _form_doc(opt):
+    kernel = _table.KERNELS[opt.kernel]
+    lines = [f"{opt.class_name} step, in place; equations in :class:`fastopt.{opt.class_name}`."]
+    notes = [f"`{arg}` is required when {_when(cond)}." for _, arg, cond in _state_args(kernel)
+             if cond is not None]
+    if "first" in kernel.inputs and notes:
+        notes.append("With it, pass the 1-based `step` (1 marks the first step).")
+    return "\n\n".join(lines + ([" ".join(notes)] if notes else []))
 
 
-# ------------------------------------------------------------------------------------ Adamax
-def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-            weight_decay=0.0, maximize=False):
-    """Adamax step, in place; equations in :class:`fastopt.Adamax`."""
-    lr, step = _check_lr(lr), _check_step(step)
-    beta1, beta2, eps, weight_decay, maximize = _check_hyper(
-        "adamax", beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-        maximize=maximize).values()
-    mod, plan = _plan(param, [(0, "exp_avg", exp_avg), (1, "exp_inf", exp_inf)])
-    _runners.adamax(mod, plan, _listify(grad, "grad"), step, lr, beta1, beta2, eps, weight_decay,
-                    maximize, "grad")
+def make_form(opt):
+    """The functional form ``<name>_(param, grad, *state, step, lr, **hyperparameters)`` of
+    the table entry `opt` (a fastopt._table.Optimizer)."""
+    fn = _steps.compile_function(f"{opt.name}_", _form_source(opt), globals(), module=__name__)
+    fn.__doc__ = _form_doc(opt)
+    return fn
+
+
+#: optimizer name -> its functional form
+FORMS = {name: make_form(opt) for name, opt in _table.OPTIMIZERS.items()}
+globals().update({f"{name}_": fn for name, fn in FORMS.items()})
+__all__ = [f"{name}_" for name in FORMS] + __all__
 
 
 # ------------------------------------------------------------------------------------ Newton

@@ -1,13 +1,15 @@
-"""Stateful optimizers (torch.optim's names, keywords, defaults and state layout)."""
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
+"""Stateful optimizers (torch.optim's names, keywords, defaults and state layout).
+
+The first-order classes (SGD, Adam, ...) are made from the optimizer table by
+:mod:`fastopt.optim.first_order`; Newton and SVRG are written in their own modules.
+"""
+from . import first_order
 from .base import Optimizer
+from .first_order import CLASSES
 from .newton import HessianShiftWarning, LineSearchWarning, Newton, NewtonStep
-from .rmsprop import RMSprop
-from .sgd import SGD
 from .svrg import SVRG
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax",
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
+
+__all__ = ["Optimizer", *(cls.__name__ for cls in CLASSES.values()),
            "Newton", "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning"]

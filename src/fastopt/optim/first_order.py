@@ -1,0 +1,44 @@
+"""The first-order optimizers: one class per entry of the optimizer table (fastopt._table).
+
+Each class is :class:`fastopt.optim.base.Optimizer` with the table entry's registry ``spec``
+(fastopt._specs), the entry's algorithm box as its docstring, and an ``__init__`` with torch's
+signature made from the entry's hyperparameters: their names and defaults in order, positional
+up to ``keyword_only``, keyword-only from there; hyperparameters the entry fixes (AdamW's
+``decoupled_weight_decay``) are not arguments. Nothing here is written per optimizer: an entry
+added to the table is a class here, exported by ``fastopt.optim`` and ``fastopt``.
+"""
+import inspect
+
+from .. import _specs, _steps, _table
+from .base import Optimizer
+
+__all__ = ["CLASSES", "make_class"]
+
+
+def _init_source(opt):
+    """The text of ``__init__(self, params, <hyperparameters>)`` for the table entry `opt`."""
+    hyper = [h for h in opt.hyper if h.name not in opt.fixed]
+    args = []
+    for h in hyper:
+        if h.name == opt.keyword_only:
+            args.append("*")
+        args.append(f"{h.name}={h.default!r}")
+    passed = ", ".join(f"{h.name}={h.name}" for h in hyper)
+    return (f"def __init__(self, params, {', '.join(args)}):\n"
+            f"    _Optimizer.__init__(self, params, {passed})\n")
+
+
+def make_class(opt):
+    """The optimizer class of the table entry `opt` (a fastopt._table.Optimizer)."""
+    init = _steps.compile_function("__init__", _init_source(opt), {"_Optimizer": Optimizer},
+                                   module=__name__)
+    init.__qualname__ = f"{opt.class_name}.__init__"
+    return type(opt.class_name, (Optimizer,), {
+        "__init__": init, "__doc__": inspect.cleandoc(opt.doc), "__module__": __name__,
+        "__qualname__": opt.class_name, "spec": _specs.SPECS[opt.name]})
+
+
+#: optimizer name (the table's key) -> class
+CLASSES = {name: make_class(opt) for name, opt in _table.OPTIMIZERS.items()}
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
+__all__ += [cls.__name__ for cls in CLASSES.values()]
