@@ -113,15 +113,22 @@ def compare_optimizer(opt, ref, masks, what, before):
 
 
 # ----------------------------------------------------------------------- optimizer classes
-VALID_MUTATIONS = {
-    "sgd": [("momentum", 0.9), ("weight_decay", 0.01), ("maximize", True)],
-    "adagrad": [("lr_decay", 0.1), ("eps", 1e-3)],
-    "rmsprop": [("centered", True), ("momentum", 0.5), ("alpha", 0.9)],
-    "adam": [("amsgrad", True), ("amsgrad", False), ("betas", (0.5, 0.75)), ("weight_decay", 0.01)],
-    "adamw": [("amsgrad", True), ("weight_decay", 0.0), ("eps", 1e-6)],
-    "adadelta": [("rho", 0.5), ("maximize", True)],
-    "adamax": [("betas", (0.5, 0.75)), ("eps", 1e-4)],
-}
+def _valid_everywhere(name, key, value):
+    """Whether setting `key` to `value` keeps every option set of `name` valid."""
+    spec = SPECS[name]
+    try:
+        for case in ALL_CASES[name]:
+            spec.validate({**spec.defaults, **case, key: value})
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# per optimizer, every (hyperparameter, value) of its option sets in the table but lr that
+# keeps all of them valid
+VALID_MUTATIONS = {name: sorted({(k, v) for case in ALL_CASES[name] for k, v in case.items()
+                                 if k != "lr" and _valid_everywhere(name, k, v)}, key=repr)
+                   for name in NAMES}
 
 
 @entry_point(*NAMES)

@@ -26,8 +26,7 @@ from cases import CASES, EXTRA_CASES
 from oracle_check import TOL, OracleRun
 from reference import NAMES
 
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 ALL_CASES = [(n, h) for n in NAMES for h in CASES[n] + EXTRA_CASES.get(n, [])]
 # csrc/kernels.c: a step runs on several threads when elements x cost >= fo_parallel_threshold
 # (32768; cost >= 1), so a tensor of BIG elements is split between two threads

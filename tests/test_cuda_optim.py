@@ -15,8 +15,7 @@ pytestmark = [
     pytest.mark.skipif(not cuda.has_gpu(), reason="needs CuPy and a CUDA GPU "
                        "(pip install 'fastopt[gpu]'); none found on this machine"),
 ]
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 ALL = [(n, h) for n in CLASSES for h in CASES[n]]
 
 

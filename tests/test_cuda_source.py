@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from fastopt import cuda
+from fastopt import _table, cuda
 
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adadelta", "adamax")
+OPTIMIZERS = tuple(k.name for k in _table.KERNELS.values() if "cuda" in k.backends)
 
 
 def test_source_is_include_free_and_complete():

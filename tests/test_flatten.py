@@ -5,12 +5,13 @@ import pytest
 import fastopt as fo
 from fastopt import _kernels
 from fastopt._specs import SPECS
+from fastopt._table import OPTIMIZERS
 from fastopt.flat import consecutive_runs, flatten, state_like
 
 SHAPES = [(3, 4), (5,), (2, 2, 2), (1,), (0,), (7, 3)]
-OPTIONS = {"sgd": {"momentum": 0.9, "nesterov": True}, "adam": {"amsgrad": True},
-           "adamw": {}, "adagrad": {"lr_decay": 0.01}, "rmsprop": {"centered": True, "momentum": 0.5},
-           "adadelta": {}, "adamax": {"weight_decay": 0.1}}
+# per optimizer, the option set of the table with the most options (lr left to the test)
+OPTIONS = {name: {k: v for k, v in max(opt.cases, key=len).items() if k != "lr"}
+           for name, opt in OPTIMIZERS.items()}
 
 
 def _arrays(shapes, dtype, seed):

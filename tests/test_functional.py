@@ -1,8 +1,11 @@
 """The functional steps: same numbers as the classes, in place, clear errors naming arguments."""
+import inspect
+
 import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt import _specs, _table
 from fastopt import functional as F
 from reference import ReferenceOptimizer
 
@@ -22,20 +25,28 @@ def test_adam_functional_equals_class():
     assert np.array_equal(m, opt.state[0]["exp_avg"])
 
 
-# each function: its state buffers (positional, in the registry's order) and hyperparameters
-# with every option that changes the arithmetic turned on somewhere
-FUNCTION_CASES = {
-    "sgd": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
-    "sgd_nesterov": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
-    "sgd_sutskever": (["momentum_buffer"], dict(lr=0.1, momentum=0.9, sutskever=True)),
-    "adagrad": (["sum"], dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, eps=1e-3)),
-    "rmsprop": (["square_avg", "momentum_buffer", "grad_avg"],
-                dict(lr=0.01, alpha=0.9, momentum=0.9, centered=True, weight_decay=0.01)),
-    "adam": (["exp_avg", "exp_avg_sq"], dict(lr=0.01, beta1=0.8, beta2=0.99, weight_decay=0.01)),
-    "adamw": (["exp_avg", "exp_avg_sq"], dict(lr=0.01, weight_decay=0.1)),
-    "adadelta": (["square_avg", "acc_delta"], dict(lr=1.0, rho=0.8, weight_decay=0.01)),
-    "adamax": (["exp_avg", "exp_inf"], dict(lr=0.01, beta1=0.8, beta2=0.9, maximize=True)),
-}
+# each function on every option set of the table (cases and extra_cases): the ids
+# "<optimizer>-<index>"
+FUNCTION_CASES = {f"{name}-{i}": hyper for name, opt in _table.OPTIMIZERS.items()
+                  for i, hyper in enumerate(opt.cases + opt.extra_cases)}
+
+
+def _functional_call(name, hyper):
+    """(keyword arguments of the functional form, {state argument: (state name, initial
+    value)} of the buffers these options use) for the class options `hyper`."""
+    opt, spec = _table.OPTIMIZERS[name], _specs.SPECS[name]
+    kernel = _table.KERNELS[opt.kernel]
+    group = {**spec.defaults, **hyper}
+    takes = inspect.signature(getattr(F, f"{name}_")).parameters
+    kw = {k: v for k, v in hyper.items() if k in takes}
+    for key, expr in opt.inputs.items():            # betas -> beta1, beta2
+        kw[key] = eval(expr, {}, dict(group))
+    buffers = {}
+    for used, state in zip(spec.uses(group), kernel.state):
+        if used:
+            init = group[state.init] if isinstance(state.init, str) else state.init
+            buffers[state.arg or state.name] = (state.name, init)
+    return kw, buffers
 
 
 @pytest.mark.parametrize("form", ["list", "single"])
@@ -43,29 +54,29 @@ FUNCTION_CASES = {
 def test_lists_of_arrays_and_each_function(case, form):
     """Each functional step on a list of arrays of different shapes (and on one array) gives
     the float64 oracle's params and state after three steps."""
-    name = case.split("_")[0]
-    buffers, kw = FUNCTION_CASES[case]
+    name = case.rsplit("-", 1)[0]
+    hyper = FUNCTION_CASES[case]
+    kw, buffers = _functional_call(name, hyper)
     rng = np.random.default_rng(len(case))
     shapes = [(3,), (2, 2), (4, 1, 3)] if form == "list" else [(5, 2)]
     ps = [rng.standard_normal(s) for s in shapes]
-    states = {b: [np.zeros(s) for s in shapes] for b in buffers}
-    hyper = {k: v for k, v in kw.items() if k not in ("beta1", "beta2")}
-    if "beta1" in kw:
-        hyper["betas"] = (kw["beta1"], kw["beta2"])
+    states = {arg: [np.full(s, float(init)) for s in shapes] for arg, (_, init) in buffers.items()}
     ref = ReferenceOptimizer(name, [dict(hyper, params=[p.copy() for p in ps])])
     fn = getattr(F, f"{name}_")
     for t in range(1, 4):
         gs = [rng.standard_normal(s) for s in shapes]
-        args = [ps, gs] + [states[b] for b in buffers]
-        if form == "single":
-            args = [a[0] for a in args]
-        fn(*args, step=t, **kw)
+        args = {arg: states[arg] if form == "list" else states[arg][0] for arg in buffers}
+        if form == "list":
+            fn(ps, gs, step=t, **args, **kw)
+        else:
+            fn(ps[0], gs[0], step=t, **args, **kw)
         ref.step(gs)
     for p, r in zip(ps, ref.params):
         np.testing.assert_allclose(p, r, rtol=1e-13, atol=1e-15)
-    for b in buffers:
-        for mine, theirs in zip(states[b], ref.states[0]):
-            np.testing.assert_allclose(mine, theirs[b], rtol=1e-13, atol=1e-15, err_msg=b)
+    for arg, (state_name, _) in buffers.items():
+        for mine, theirs in zip(states[arg], ref.states[0]):
+            np.testing.assert_allclose(mine, theirs[state_name], rtol=1e-13, atol=1e-15,
+                                       err_msg=state_name)
 
 
 @pytest.mark.parametrize("call,exc,msg", [

@@ -43,8 +43,7 @@ except ImportError:
 needs_testing = pytest.mark.skipif(
     _testing is None, reason="fastopt._testing is not built (wheels leave the test-only C entry "
     "points out): build in place, python setup.py build_ext --inplace, or set FASTOPT_TEST_API=1")
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 ALL_CASES = [(name, i, h) for table in (CASES, EXTRA_CASES) for name, cases in table.items()
              for i, h in enumerate(cases)]
 ALL_CASES = [(name, f"{name}-{k}", h) for k, (name, _, h) in enumerate(ALL_CASES)]

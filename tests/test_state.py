@@ -8,8 +8,7 @@ import pytest
 import fastopt as fo
 from cases import CASES, EXTRA_CASES
 
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 ALL = [(n, h) for n in CLASSES for h in CASES[n] + EXTRA_CASES.get(n, [])]
 
 

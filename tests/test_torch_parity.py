@@ -15,8 +15,7 @@ from golden.torch_runner import LR_CHANGE_AT, N_STEPS, RECORD_AT, groups_for, ru
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "torch_trajectories.npz")
 TOL = {np.float32: 2e-5, np.float64: 1e-11}
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 PARAMS = [(name, i, dtype) for name, cases in CASES.items() for i in range(len(cases))
           for dtype in (np.float32, np.float64)]
 

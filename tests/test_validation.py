@@ -11,8 +11,7 @@ import pytest
 import fastopt as fo
 from cases import CASES
 
-CLASSES = {"sgd": fo.SGD, "adagrad": fo.Adagrad, "rmsprop": fo.RMSprop, "adam": fo.Adam,
-           "adamw": fo.AdamW, "adadelta": fo.Adadelta, "adamax": fo.Adamax}
+CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
 
 
 def make(name="adam", dtype=np.float32, hyper=None, steps=2):
