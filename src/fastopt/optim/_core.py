@@ -33,6 +33,7 @@ from operator import is_ as _is
 import numpy as np
 
 from .. import _validate
+from .._specs import apply_rules
 from ..functional import backend_for
 from ._groups import check_groups, store_plain
 from ._state_dict import saved_groups
@@ -178,12 +179,7 @@ class OptimizerCore:
     # ------------------------------------------------------------------------ hyperparameters
     def _validate(self, group):
         """Check a group's hyperparameters (``RULES``); returns them as plain Python values."""
-        values = {}
-        for key, rule in self.RULES.items():
-            if key not in group:
-                raise ValueError(f"param group is missing the hyperparameter {key!r}")
-            values[key] = rule(key, group[key])
-        return values
+        return apply_rules(self.RULES, group)
 
     def _checked(self, gi, values):
         """`_validate` of param group gi's `values`, errors naming the group."""

@@ -33,7 +33,6 @@ State is keyed by the parameter's position in the optimizer (0, 1, ... over all 
 is also the layout of `state_dict()` (torch's layout, with NumPy arrays for tensors). A saved
 group has no state at all or a step count and buffers for every parameter (`_plan_state`).
 """
-import threading
 from operator import is_ as _is
 
 import numpy as np
@@ -87,6 +86,7 @@ class Optimizer(OptimizerCore):
 
     # The registry entry is the table of what this optimizer is (see fastopt.optim._core).
     DEFAULTS = property(lambda self: self.spec.defaults)
+    RULES = property(lambda self: self.spec.rules)
     BUFFERS = property(lambda self: self.spec.state)
 
     def _validate(self, group):
