@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import _runners, _steps, _table, _validate
 
-__all__ = ["Spec", "SPECS", "validate_group"]
+__all__ = ["Spec", "SPECS", "validate_group", "apply_rules"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,20 @@ def validate_group(spec, group):
     Returns {name: value} of the hyperparameters as plain Python values (floats, ints, bools,
     a tuple of floats for betas; a schedule as it is), the form the optimizers store.
     """
+    values = apply_rules(spec.rules, group)
+    if spec.check is not None:
+        spec.check(values)
+    return values
+
+
+def apply_rules(rules, group):
+    """{name: rule(name, group[name])} for each hyperparameter of `rules` (name -> rule, the
+    rules of fastopt._validate); ValueError naming one the group lacks."""
     values = {}
-    for key, rule in spec.rules.items():
+    for key, rule in rules.items():
         if key not in group:
             raise ValueError(f"param group is missing the hyperparameter {key!r}")
         values[key] = rule(key, group[key])
-    if spec.check is not None:
-        spec.check(values)
     return values
 
 

@@ -56,7 +56,7 @@ import threading
 import numpy as np
 
 from . import _mixed, _validate
-from .optim.base import Optimizer
+from .optim.base import Optimizer, _to_host
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
 
@@ -335,8 +335,7 @@ class MixedPrecision(Optimizer):
                         raise ValueError(f"state[{key}] has a master copy but there is no "
                                          f"parameter {key}")
                     plan, j = index[i]
-                    m = np.asarray(m.get() if hasattr(m, "get") and not isinstance(m, np.ndarray)
-                                   else m)
+                    m = _to_host(m)
                     if m.shape != plan.params[j].shape or m.dtype.kind != "f":
                         raise ValueError(f"state[{key}]['master'] must be a floating array of "
                                          f"shape {plan.params[j].shape}, got {m.dtype} "

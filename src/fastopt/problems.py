@@ -280,6 +280,13 @@ class LogisticRegression(Problem):
         s = E.sum(axis=1, keepdims=True)
         return (m + np.log(s))[:, 0], E / s
 
+    def _forward(self, w, idx):
+        """(w checked, W shaped as the model's weights, the selected rows Xb and labels yb,
+        their scores z): what the loss, the gradient and the Hessian start from."""
+        w, W = self._weights(w)
+        Xb, yb = self._rows(idx)
+        return w, W, Xb, yb, self._scores(Xb, W)
+
     def _penalty(self, W):
         return 0.5 * self.l2 * float(np.dot(W.ravel().astype(np.float64),
                                             W.ravel().astype(np.float64)))
@@ -287,9 +294,7 @@ class LogisticRegression(Problem):
     # ------------------------------------------------------------------------ interface
     def loss(self, w, idx=None):
         """Mean log-loss over the selected samples + (l2/2) ||w||^2 (a Python float)."""
-        _, W = self._weights(w)
-        Xb, yb = self._rows(idx)
-        z = self._scores(Xb, W)
+        _, W, _, yb, z = self._forward(w, idx)
         if self.multinomial:
             lse, _ = self._softmax(z)
             data = np.mean(lse - z[np.arange(z.shape[0]), yb])
@@ -299,9 +304,7 @@ class LogisticRegression(Problem):
 
     def loss_grad(self, w, idx=None):
         """(loss, grad) sharing one pass over the data."""
-        w, W = self._weights(w)
-        Xb, yb = self._rows(idx)
-        z = self._scores(Xb, W)
+        w, W, Xb, yb, z = self._forward(w, idx)
         m = Xb.shape[0]
         if self.multinomial:
             lse, P = self._softmax(z)
@@ -329,9 +332,7 @@ class LogisticRegression(Problem):
         Formed by fastopt._linalg with BLAS syrk on chunks of scaled rows: no n-by-d
         temporary (a minibatch given by an index array is gathered once).
         """
-        w, W = self._weights(w)
-        Xb, _ = self._rows(idx)
-        z = self._scores(Xb, W)
+        w, W, Xb, _, z = self._forward(w, idx)
         m = Xb.shape[0]
         if self.multinomial:
             _, P = self._softmax(z)

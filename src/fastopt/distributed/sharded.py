@@ -34,6 +34,7 @@ and scatters each state buffer along the new shards).
 import numpy as np
 
 from .. import _kernels, checkpoint
+from ..optim._core import group_params, normalize_params, saved_group
 from ..optim._groups import check_groups
 from ..optim.base import Optimizer
 from . import _flat
@@ -125,15 +126,9 @@ class ShardedOptimizer:
         if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)):
             raise TypeError(f"opt_cls must be a fastopt optimizer class (e.g. fastopt.Adam), got "
                             f"{opt_cls!r}")
-        groups = Optimizer._normalize(params)
         out, index = [], 0
-        for gi, g in enumerate(groups):
-            if not isinstance(g, dict) or "params" not in g:
-                raise TypeError("a param group must be a dict with a 'params' key")
-            ps = g["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"param group {gi} has no parameters")
+        for gi, g in enumerate(normalize_params(params)):
+            ps = group_params(g, gi)
             for p in ps:
                 _flat.check_param(p, f"params[{index}]")
                 index += 1
@@ -169,25 +164,24 @@ class ShardedOptimizer:
                 per_rank[r].append((i, a - off, z - off))
         return [item for items in per_rank for item in items + [(None, 0, 0)]]
 
-    def _shard_sources(self):
-        """(flat buffer view, user parameter view) pairs covering this rank's shard."""
-        pairs = []
+    def _in_shard(self):
+        """(i, b, off, a, z, lo) for each parameter i with a part in this rank's shard:
+        elements a:z of flat buffer b, where the parameter starts at off and the shard at lo."""
         for i, (b, off, n) in enumerate(self._layout.where):
             lo, hi = self._shards[b].bounds(self.rank)
             a, z = max(off, lo), min(off + n, hi)
             if a < z:
-                pairs.append((self._flat[b][a:z], self._params[i].reshape(-1)[a - off:z - off]))
-        return pairs
+                yield i, b, off, a, z, lo
+
+    def _shard_sources(self):
+        """(flat buffer view, user parameter view) pairs covering this rank's shard."""
+        return [(self._flat[b][a:z], self._params[i].reshape(-1)[a - off:z - off])
+                for i, b, off, a, z, _ in self._in_shard()]
 
     def _shard_grad_pieces(self):
         """(param index, flat parameter view, received gradient view) covering this shard."""
-        pieces = []
-        for i, (b, off, n) in enumerate(self._layout.where):
-            lo, hi = self._shards[b].bounds(self.rank)
-            a, z = max(off, lo), min(off + n, hi)
-            if a < z:
-                pieces.append((i, self._flat[b][a:z], self._recv[b][a - lo:z - lo]))
-        return pieces
+        return [(i, self._flat[b][a:z], self._recv[b][a - lo:z - lo])
+                for i, b, _, a, z, lo in self._in_shard()]
 
     def _build_inner(self, groups, hyperparameters):
         inner_groups = []
@@ -299,11 +293,7 @@ class ShardedOptimizer:
         """Carry edits of `param_groups` (e.g. a new lr) to the inner groups, checked by the
         optimizer's rules and stored as plain Python values (fastopt._validate)."""
         for gi, group in enumerate(self.param_groups):
-            try:
-                values = self._inner.spec.validate(group)
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"param_groups[{gi}]: {e}") from None
-            group.update(values)
+            group.update(self._inner._checked(gi, group))
         for pc, ig in zip(self._pieces, self._inner.param_groups):
             for k, v in self.param_groups[pc.group].items():
                 if k != "params":
@@ -358,12 +348,7 @@ class ShardedOptimizer:
                 if name in group_entry:
                     state[i][name] = full[(b, name)][off:off + n].reshape(
                         self._params[i].shape).copy()
-        groups, index = [], 0
-        for g in self.param_groups:
-            n = len(g["params"])
-            groups.append({**{k: v for k, v in g.items() if k != "params"},
-                           "params": list(range(index, index + n))})
-            index += n
+        groups = [saved_group(g, off) for g, off in zip(self.param_groups, self._group_start)]
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):

@@ -115,33 +115,43 @@ class Newton(GroupedOptimizer):
     def step(self, grads, hessians, closure=None, loss=None):
         """One Newton step; see the class docstring. Returns a :class:`NewtonStep`."""
         with self._lock:
-            snapshots = self._snapshots()
-            grads = self._check_like_params(grads, "grads")
-            params = self._all_params()
-            hessians = _check_hessians(params, hessians, "hessians")
-            _check_finite(grads, "grads")
-            search = self._search_settings([snap for snap, _ in snapshots])
-            if search is not None and closure is None:
-                raise ValueError("line_search='armijo' needs a closure() that returns the loss")
-            if loss is not None:
-                loss = real("loss", loss)
-            lrs, dampings = [], []
-            for (snap, lr), arrays in zip(snapshots, self._planned):
-                lrs += [lr] * len(arrays)
-                dampings += [float(snap["damping"])] * len(arrays)
-            xs, shifts, dec = _solve(params, grads, hessians, dampings)
-            dirs = [(lr * x).astype(p.dtype, copy=False) for lr, x, p in zip(lrs, xs, params)]
-            info = NewtonStep(shift=max(shifts, default=0.0), shifts=shifts, decrement=dec)
-            if search is None:
-                for p, d in zip(params, dirs):
-                    p -= d
-            else:
-                self._armijo(params, grads, dirs, closure, loss, search, info)
-            for i, s in enumerate(shifts):
-                self.state.setdefault(i, {})["shift"] = s
-            for gi in range(len(self.param_groups)):
-                self._steps[gi] += 1
-            return info
+            return self._apply(*self._prepare(grads, hessians, closure, loss))
+
+    def _prepare(self, grads, hessians, closure, loss):
+        """Phase 1: check everything the step reads, write nothing. Returns the arguments of
+        `_apply`: the parameters, the checked gradients and Hessians, each parameter's
+        learning rate and damping, the line-search settings (or None), closure and loss."""
+        snapshots = self._snapshots()
+        grads = self._check_like_params(grads, "grads")
+        params = self._all_params()
+        hessians = _check_hessians(params, hessians, "hessians")
+        _check_finite(grads, "grads")
+        search = self._search_settings([snap for snap, _ in snapshots])
+        if search is not None and closure is None:
+            raise ValueError("line_search='armijo' needs a closure() that returns the loss")
+        if loss is not None:
+            loss = real("loss", loss)
+        lrs, dampings = [], []
+        for (snap, lr), arrays in zip(snapshots, self._planned):
+            lrs += [lr] * len(arrays)
+            dampings += [float(snap["damping"])] * len(arrays)
+        return params, grads, hessians, lrs, dampings, search, closure, loss
+
+    def _apply(self, params, grads, hessians, lrs, dampings, search, closure, loss):
+        """Phase 2: solve, move the parameters (along the line search), count the step."""
+        xs, shifts, dec = _solve(params, grads, hessians, dampings, stacklevel=4)
+        dirs = [(lr * x).astype(p.dtype, copy=False) for lr, x, p in zip(lrs, xs, params)]
+        info = NewtonStep(shift=max(shifts, default=0.0), shifts=shifts, decrement=dec)
+        if search is None:
+            for p, d in zip(params, dirs):
+                p -= d
+        else:
+            self._armijo(params, grads, dirs, closure, loss, search, info)
+        for i, s in enumerate(shifts):
+            self.state.setdefault(i, {})["shift"] = s
+        for rec in self._records:
+            rec.step += 1
+        return info
 
     @staticmethod
     def _armijo(params, grads, dirs, closure, f0, search, info):
@@ -169,4 +179,4 @@ class Newton(GroupedOptimizer):
             np.copyto(p, p0)
         info.step_size, info.backtracks, info.loss = 0.0, max_backtracks + 1, f0
         warnings.warn(f"the Armijo line search accepted no step in {max_backtracks + 1} trials; "
-                      "parameters unchanged", LineSearchWarning, stacklevel=3)
+                      "parameters unchanged", LineSearchWarning, stacklevel=4)

@@ -89,9 +89,9 @@ class SVRG(GroupedOptimizer):
         """True before the first snapshot and after `snapshot_every` inner steps (any group)."""
         if not self.has_snapshot:
             return True
-        for group, off in zip(self.param_groups, self._offsets()):
+        for group, rec in zip(self.param_groups, self._records):
             m = group["snapshot_every"]
-            if m is not None and self.state[off].get("since_snapshot", 0) >= m:
+            if m is not None and self.state[rec.offset].get("since_snapshot", 0) >= m:
                 return True
         return False
 
@@ -113,24 +113,33 @@ class SVRG(GroupedOptimizer):
         """One inner step: `grads` at the parameters, `snapshot_grads` at `snapshot_params`,
         both on the same minibatch (lists in parameter order)."""
         with self._lock:
-            snapshots = self._snapshots()
-            if not self.has_snapshot:
-                raise RuntimeError("SVRG needs a snapshot before its first step; call "
-                                   "snapshot(full_grads)")
-            grads = self._check_like_params(grads, "grads")
-            snapshot_grads = self._check_like_params(snapshot_grads, "snapshot_grads")
-            for gi, ((snap, lr), plan, off) in enumerate(zip(snapshots, self._plans,
-                                                             self._offsets())):
-                n = len(plan)
-                work = self._work[off:off + n]
-                for j in range(n):
-                    np.subtract(grads[off + j], snapshot_grads[off + j], out=work[j])
-                    work[j] += self.state[off + j]["full_grad"]
-                _runners.sgd(_kernels, plan, work, False, lr, 0.0, 0.0,
-                             snap["weight_decay"], False, False, False, "grads")
-                self._steps[gi] += 1
-                for j in range(n):
-                    self.state[off + j]["since_snapshot"] += 1
+            self._apply(*self._prepare(grads, snapshot_grads))
+
+    def _prepare(self, grads, snapshot_grads):
+        """Phase 1: check everything the step reads, write nothing; returns the groups'
+        learning rates and snapshots and the checked gradient lists."""
+        snapshots = self._snapshots()
+        if not self.has_snapshot:
+            raise RuntimeError("SVRG needs a snapshot before its first step; call "
+                               "snapshot(full_grads)")
+        grads = self._check_like_params(grads, "grads")
+        snapshot_grads = self._check_like_params(snapshot_grads, "snapshot_grads")
+        return snapshots, grads, snapshot_grads
+
+    def _apply(self, snapshots, grads, snapshot_grads):
+        """Phase 2: per group, the variance-reduced gradient into the work buffers, then the
+        fused SGD kernel; count the step."""
+        for (snap, lr), rec in zip(snapshots, self._records):
+            off, n = rec.offset, len(rec.plan)
+            work = self._work[off:off + n]
+            for j in range(n):
+                np.subtract(grads[off + j], snapshot_grads[off + j], out=work[j])
+                work[j] += self.state[off + j]["full_grad"]
+            _runners.sgd(_kernels, rec.plan, work, False, lr, 0.0, 0.0,
+                         snap["weight_decay"], False, False, False, "grads")
+            rec.step += 1
+            for j in range(n):
+                self.state[off + j]["since_snapshot"] += 1
 
     def _check_entries(self, gi, entries):
         have = [all(name in e for name in self.BUFFERS) for e in entries]
