@@ -308,24 +308,34 @@ def make_numpy(name, params, grads, style="best"):
 # -------------------------------------------------------------------------------- torch
 def _torch_kwargs(name):
     h = dict(HYPER[name])
-    import torch
-    takes = inspect.signature(getattr(torch.optim, SPECS[name].class_name).__init__).parameters
+    takes = inspect.signature(_reference_class(name).__init__).parameters
     return {key: value for key, value in h.items() if key in takes}   # not fastopt-only options
 
 
-def torch_variants(name):
-    """The torch.optim variants of this optimizer that its signature takes, fastest first as
-    usually measured (empty without torch, or where torch.optim has no such class)."""
+def _reference_class(name):
+    """The torch optimizer class `name` reproduces (``SPECS[name].reference``: torch.optim's,
+    or a package's such as lion_pytorch.Lion), or None where it is not installed."""
+    module, _, cls = SPECS[name].reference.rpartition(".")
     try:
-        import torch
+        return getattr(importlib.import_module(module), cls)
+    except ImportError:
+        return None
+
+
+def torch_variants(name):
+    """The variants of the reference torch optimizer that its signature takes, fastest first
+    as usually measured: "fused", "foreach", and "single" (the per-tensor loop: foreach=False,
+    or the class as it is where it has no such keyword). Empty without torch or the package."""
+    try:
+        import torch  # noqa: F401
     except ImportError:
         return ()
-    cls = getattr(torch.optim, SPECS[name].class_name, None)
+    cls = _reference_class(name)
     if cls is None:
         return ()
     takes = inspect.signature(cls.__init__).parameters
-    return tuple(v for v, keyword in (("fused", "fused"), ("foreach", "foreach"),
-                                      ("single", "foreach")) if keyword in takes)
+    return tuple(v for v, keyword in (("fused", "fused"), ("foreach", "foreach"))
+                 if keyword in takes) + ("single",)
 
 
 def make_torch(name, params, grads, variant):
@@ -335,7 +345,9 @@ def make_torch(name, params, grads, variant):
     ``.params``, the tensors it updates, as NumPy views), or raises if torch rejects it.
     """
     import torch
-    cls = getattr(torch.optim, SPECS[name].class_name)
+    cls = _reference_class(name)
+    if cls is None:
+        raise ImportError(f"{SPECS[name].reference} is not installed")
     if not torch.is_floating_point(torch.from_numpy(np.asarray(params[0])[:0])):
         raise TypeError("torch contender needs float arrays")
     tensors = []
@@ -349,7 +361,8 @@ def make_torch(name, params, grads, variant):
     elif variant == "foreach":
         kw["foreach"] = True
     elif variant == "single":
-        kw["foreach"] = False
+        if "foreach" in inspect.signature(cls.__init__).parameters:
+            kw["foreach"] = False
     else:
         raise ValueError(f"unknown torch variant {variant!r}")
     opt = cls(tensors, **kw)

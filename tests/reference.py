@@ -107,6 +107,16 @@ def adamax(p, g, s, h, t, lr):
     return p - lr / (1 - b1 ** t) * m / u
 
 
+def lion(p, g, s, h, t, lr):
+    g = -g if h.get("maximize", False) else g
+    b1, b2 = h.get("betas", (0.9, 0.99))
+    m = s.get("exp_avg", np.zeros_like(p))
+    p = p * (1 - lr * h.get("weight_decay", 0.0))        # decoupled decay
+    p = p - lr * np.sign(b1 * m + (1 - b1) * g)
+    s["exp_avg"] = b2 * m + (1 - b2) * g
+    return p
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 # torch.optim's documented defaults that differ from the neutral values used above

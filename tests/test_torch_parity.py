@@ -11,7 +11,8 @@ import pytest
 
 import fastopt as fo
 from cases import CASES
-from golden.torch_runner import LR_CHANGE_AT, N_STEPS, RECORD_AT, groups_for, run_torch, scenario
+from golden.torch_runner import (LR_CHANGE_AT, N_STEPS, RECORD_AT, groups_for, reference_package,
+                                 run_torch, scenario)
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "torch_trajectories.npz")
 TOL = {np.float32: 2e-5, np.float64: 1e-11}
@@ -76,6 +77,9 @@ def test_golden_file_covers_every_case(golden):
                          ids=[f"{n}-{i}-{np.dtype(d).name}" for n, i, d in PARAMS])
 def test_matches_live_torch(name, i, dtype):
     pytest.importorskip("torch", reason="live parity needs torch (pip install 'fastopt[torch]')")
+    package = reference_package(name)
+    pytest.importorskip(package, reason=f"live parity of {name} needs {package} "
+                        f"(pip install {package.replace('_', '-')})")
     hyper = CASES[name][i]
     ours, _ = run_fastopt(name, hyper, dtype)
     theirs, _ = run_torch(name, hyper, dtype)

@@ -197,3 +197,27 @@ FO_DEVICE void FO_NAME(fo_adamax_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO
     s1[i] = u;
     p[i] = p[i] + (-k.clr) * (m / u);
 }
+
+/* ---------------------------------------------------------------- Lion
+ * lion-pytorch:  p *= 1 - lr wd;  c = beta1 m + (1 - beta1) g;  p -= lr sign(c)  (sign 0 at 0
+ *                and NaN, as torch's sgn);  m = beta2 m + (1 - beta2) g
+ * state: s0 = exp_avg
+ */
+typedef struct {
+    FO_T lr, beta1, one_minus_beta1, beta2, one_minus_beta2, decay_factor;
+    int flags;
+} FO_NAME(fo_lion_k);
+
+FO_DEVICE void FO_NAME(fo_lion_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                     FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                     FO_T *FO_RESTRICT s2, FO_NAME(fo_lion_k) k)
+{
+    (void)s1;
+    (void)s2;
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], (FO_T)0, k.flags);
+    FO_T m = s0[i];
+    FO_T c = FO_FMA(k.one_minus_beta1, g, m * k.beta1);
+    FO_T sign = (FO_T)((c > (FO_T)0) - (c < (FO_T)0));
+    s0[i] = FO_FMA(k.one_minus_beta2, g, m * k.beta2);
+    p[i] = FO_FMA(-k.lr, sign, p[i] * k.decay_factor);
+}

@@ -34,6 +34,7 @@ class Spec:
     counts_steps: bool = True        # torch keeps a 'step' per parameter (not SGD)
     optional_state: bool = False     # a needed buffer may be absent after steps (SGD's)
     eager_state: bool = False        # torch creates the buffers at construction (Adagrad)
+    reference: str = ""              # "module.Class" whose numbers it reproduces (torch.optim's)
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -135,6 +136,7 @@ def _spec(opt):
         counts_steps="no_step" not in opt.torch,
         optional_state="optional_state" in opt.torch,
         eager_state="eager_state" in opt.torch,
+        reference=opt.reference or f"torch.optim.{opt.class_name}",
     )
 
 

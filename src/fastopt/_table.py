@@ -72,6 +72,14 @@ Fields
                  "no_step" (no step count: SGD), "optional_state" (a buffer may be absent
                  or None after steps: SGD's momentum_buffer), "eager_state" (buffers created
                  at construction: Adagrad). The torch adapter and load_state_dict read these.
+  ``fixed``      hyperparameters that are not arguments (AdamW's decoupled_weight_decay=True).
+  ``keyword_only`` the first keyword-only hyperparameter of the class signature (torch's).
+  ``cases``      option sets tested against the reference implementation (golden files and
+                 live), the NumPy oracle, every backend and precision; ``extra_cases`` those
+                 the reference implementation lacks (tested against the oracle only).
+  ``doc``        the class docstring: the algorithm box, defaults, state, an example.
+  ``reference``  "module.Class" of the implementation whose numbers it reproduces (default
+                 ``torch.optim.<class_name>``); the golden files are recorded from it.
 """
 from collections import namedtuple
 
@@ -80,8 +88,8 @@ Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state case
 State = namedtuple("State", "name needs init arg", defaults=(None,))
 Optimizer = namedtuple(
     "Optimizer",
-    "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc",
-    defaults=((), (), None, (), (), ""))
+    "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc "
+    "reference", defaults=((), (), None, (), (), "", None))
 Hyper = namedtuple("Hyper", "name default rule torch_error")
 
 # Option bits of `k.flags`, shared by every rule, binding and backend.
@@ -185,6 +193,19 @@ KERNELS = {k.name: k for k in (
                 ("beta2", "beta2"), ("eps", "eps"), ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize"},
         state=(State("exp_avg", None, 0), State("exp_inf", None, 0)),
+        cases=((),),
+        cost=2, backends=BACKENDS,
+    ),
+    Kernel(
+        name="lion", title="Lion",
+        inputs=("lr", "beta1", "beta2", "weight_decay", "maximize"),
+        scalars=(("lr", "lr"), ("beta1", "beta1"), ("beta2", "beta2"),
+                 ("decay_factor", "1 - lr * weight_decay")),
+        consts=(("lr", "lr"), ("beta1", "beta1"), ("one_minus_beta1", "1.0 - beta1"),
+                ("beta2", "beta2"), ("one_minus_beta2", "1.0 - beta2"),
+                ("decay_factor", "decay_factor")),
+        flags={"MAXIMIZE": "maximize"},
+        state=(State("exp_avg", None, 0),),
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
@@ -482,6 +503,49 @@ OPTIMIZERS = {o.name: o for o in (
         >>> import numpy as np, fastopt as fo
         >>> w = np.array([1.0, -2.0])
         >>> fo.Adamax([w], lr=0.1, eps=0.0).step([2 * w])
+        True
+        >>> w
+        array([ 0.9, -1.9])
+        """,
+    ),
+    Optimizer(
+        name="lion", class_name="Lion", kernel="lion", torch=("no_step",),
+        reference="lion_pytorch.Lion", keyword_only="maximize",
+        hyper=(_lr(1e-4), _BETAS._replace(default=(0.9, 0.99)),
+               Hyper("weight_decay", 0.0, "nonneg", _WD),
+               Hyper("maximize", False, "boolean", None)),
+        inputs=_BETA_INPUTS, checks=(),
+        cases=(
+            dict(lr=1e-3),
+            dict(lr=3e-4, betas=(0.95, 0.98), weight_decay=0.1),
+            dict(lr=1e-3, betas=(0.5, 0.9), weight_decay=0.01),
+        ),
+        extra_cases=(
+            dict(lr=1e-3, weight_decay=0.01, maximize=True),
+        ),
+        doc=r"""Lion: the sign of an interpolated momentum, with decoupled weight decay.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)` and weight decay
+        :math:`\lambda`:
+
+        .. math::
+            \theta_{t-1} &\leftarrow (1 - \gamma\lambda)\,\theta_{t-1} \\
+            c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+            \theta_t &= \theta_{t-1} - \gamma\,\mathrm{sign}(c_t) \\
+            m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+        (:math:`\mathrm{sign}(0) = 0`). Every coordinate moves by exactly :math:`\gamma` (plus
+        the decay), so Lion wants a learning rate 3-10x smaller than AdamW's and a weight decay
+        3-10x larger for the same effective decay :math:`\gamma\lambda`. One state buffer:
+        ``exp_avg`` (:math:`m`); no step count. Defaults ``lr=1e-4, betas=(0.9, 0.99),
+        weight_decay=0``, as the ``lion-pytorch`` package, whose results it reproduces (its
+        ``decoupled_weight_decay=True`` divides the decay by the initial lr: pass
+        ``weight_decay / lr`` here for the same numbers). Reference: Chen et al., "Symbolic
+        Discovery of Optimization Algorithms", NeurIPS 2023.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.Lion([w], lr=0.1).step([2 * w])
         True
         >>> w
         array([ 0.9, -1.9])

@@ -54,10 +54,10 @@ import inspect
 
 import numpy as np
 
-from . import _kernels, _validate
+from . import _kernels, _table, _validate
 from . import optim as _optim
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax"]
+__all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values())]
 
 _DTYPES = (torch.float32, torch.float64)
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -533,10 +533,5 @@ def _adapter(fo_cls):
         "__module__": __name__, "__qualname__": fo_cls.__name__})
 
 
-SGD = _adapter(_optim.SGD)
-Adagrad = _adapter(_optim.Adagrad)
-RMSprop = _adapter(_optim.RMSprop)
-Adam = _adapter(_optim.Adam)
-AdamW = _adapter(_optim.AdamW)
-Adadelta = _adapter(_optim.Adadelta)
-Adamax = _adapter(_optim.Adamax)
+# one adapter per first-order class, that is per entry of the optimizer table (fastopt._table)
+globals().update({cls.__name__: _adapter(cls) for cls in _optim.first_order.CLASSES.values()})

@@ -4,6 +4,9 @@ The scenario, shared with tests/test_torch_parity.py: two param groups (shapes (
 in group 0; (11,) in group 1 with its own lr), N_STEPS steps of fixed gradients, and the lr of
 group 0 halved through `param_groups` after step LR_CHANGE_AT.
 """
+import importlib
+import inspect
+
 import numpy as np
 
 SHAPES = [(7, 3), (5,), (11,)]
@@ -31,17 +34,30 @@ def groups_for(hyper, params):
     return [{"params": params[:2]}, {"params": params[2:], "lr": hyper.get("lr", 1e-3) * 2}]
 
 
-TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam",
-               "adamw": "AdamW", "adadelta": "Adadelta", "adamax": "Adamax"}
+def reference_class(name):
+    """The implementation optimizer `name` reproduces (the table's ``reference``, by default
+    torch.optim's class of the same name); ImportError names the package when it is absent."""
+    from fastopt._specs import SPECS
+    module, _, cls = SPECS[name].reference.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+
+
+def reference_package(name):
+    """The top-level package of the reference implementation of `name` (to skip without it)."""
+    from fastopt._specs import SPECS
+    return SPECS[name].reference.partition(".")[0]
 
 
 def run_torch(name, hyper, dtype):
-    """Trajectory {step: [params...]} and final state of torch.optim on the scenario."""
+    """Trajectory {step: [params...]} and final state of the reference implementation (torch
+    optimizer) on the scenario."""
     import torch
     params0, grads = scenario()
     tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
     params = [torch.tensor(p.astype(dtype), dtype=tdtype) for p in params0]
-    opt = getattr(torch.optim, TORCH_CLASS[name])(groups_for(hyper, params), foreach=False, **hyper)
+    cls = reference_class(name)
+    extra = {"foreach": False} if "foreach" in inspect.signature(cls.__init__).parameters else {}
+    opt = cls(groups_for(hyper, params), **extra, **hyper)
     out = {}
     for t in range(1, N_STEPS + 1):
         for p, g in zip(params, grads[t - 1]):
