@@ -15,31 +15,16 @@
 #include <math.h>
 
 #include "fastopt/resize.h"
-
-#ifndef FASTOPT_NO_OPENMP
-#include <omp.h>
-#define FO_PRAGMA(x) _Pragma(#x)
-#else
-#define FO_PRAGMA(x)
-#endif
+#include "fastopt/parallel.h"   /* FO_PRAGMA, fo_max_threads, fo_team_cap */
 
 int64_t fo_resize_parallel_threshold = 65536;
 
-int fo_resize_max_threads(void)
-{
-#ifndef FASTOPT_NO_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int fo_resize_max_threads(void) { return fo_max_threads(); }
 
+/* Threads for a resize: serial below the threshold of output elements, at most one per row. */
 static int fo_resize_team(int64_t out_elements, int64_t rows, int n_threads)
 {
-    if (n_threads < 1) n_threads = 1;
-    if (out_elements < fo_resize_parallel_threshold) return 1;
-    if (rows < n_threads) n_threads = (int)(rows < 1 ? 1 : rows);
-    return n_threads;
+    return fo_team_cap(out_elements, fo_resize_parallel_threshold, n_threads, rows);
 }
 
 #define FO_AXIS(suffix, W)                                                                     \
