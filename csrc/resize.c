@@ -126,3 +126,27 @@ static inline uint8_t fo_store_u8(float v)
 FO_RESIZE(f32, float, float)
 FO_RESIZE(f64, double, double)
 FO_RESIZE(u8, uint8_t, float)
+
+#define FO_RESIZE_CALL(suffix, T, W)                                                           \
+    return nhwc ? fo_resize_nhwc_##suffix((const T *)src, (T *)dst, n, channels, in_h, in_w,   \
+                                          out_h, out_w, y0, y1, (const W *)ly0,               \
+                                          (const W *)ly1, x0, x1, (const W *)lx0,             \
+                                          (const W *)lx1, n_threads)                          \
+                : fo_resize_nchw_##suffix((const T *)src, (T *)dst, n * channels, in_h, in_w,  \
+                                          out_h, out_w, y0, y1, (const W *)ly0,               \
+                                          (const W *)ly1, x0, x1, (const W *)lx0,             \
+                                          (const W *)lx1, n_threads);
+
+int fo_resize(int type, int nhwc, const void *src, void *dst, int64_t n, int64_t channels,
+              int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+              const int64_t *y0, const int64_t *y1, const void *ly0, const void *ly1,
+              const int64_t *x0, const int64_t *x1, const void *lx0, const void *lx1,
+              int n_threads)
+{
+    switch (type) {
+    case FO_RESIZE_F32: FO_RESIZE_CALL(f32, float, float)
+    case FO_RESIZE_F64: FO_RESIZE_CALL(f64, double, double)
+    case FO_RESIZE_U8: FO_RESIZE_CALL(u8, uint8_t, float)
+    default: return -1;
+    }
+}

@@ -82,3 +82,4 @@ cdef str _stale_message(str what)
 cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b)
 cdef int _check_grad_list(grads, Py_ssize_t n, str name, describe=*) except -1
 cdef int _check_writable(cnp.ndarray a, str what) except -1
+cdef int _check_layout(cnp.ndarray a, str what, str byteorder_hint=*) except -1

@@ -445,13 +445,19 @@ cdef int _check_float_array(object a, str what) except -1:
     cdef int t = cnp.PyArray_TYPE(arr)
     if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
         raise TypeError(f"{what} must have dtype float32 or float64, got {a.dtype}")
-    if not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}; "
-                         f"use arr.astype(a.dtype.newbyteorder('='))")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        raise ValueError(f"{what} must be C-contiguous; got strides {a.strides} for shape "
-                         f"{a.shape} (use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(arr):
+    _check_layout(arr, what, "; use arr.astype(a.dtype.newbyteorder('='))")
+    return 0
+
+
+cdef int _check_layout(cnp.ndarray a, str what, str byteorder_hint="") except -1:
+    """Native byte order (else ValueError ending in `byteorder_hint`), C-contiguous, aligned."""
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError(f"{what} must be in native byte order, got dtype "
+                         f"{a.dtype.str!r}{byteorder_hint}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what} must be C-contiguous; got strides {(<object>a).strides} for "
+                         f"shape {(<object>a).shape} (use numpy.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{what} must be aligned to its element size")
     return 0
 

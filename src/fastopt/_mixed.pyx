@@ -27,7 +27,8 @@ cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 
-from ._kernels cimport PlanBase, _check_writable, _describe, _refuse_subclass, _same_shape
+from ._kernels cimport (PlanBase, _check_layout, _check_writable, _describe, _refuse_subclass,
+                        _same_shape)
 from . import _kernels
 from ._kernels import check_grads_disjoint
 
@@ -81,17 +82,6 @@ cdef int _code(cnp.ndarray a):
         _bf16_num = t
         return FO_DT_BF16
     return -1
-
-
-cdef int _check_layout(cnp.ndarray a, str what) except -1:
-    if not cnp.PyArray_ISNOTSWAPPED(a):
-        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{what} must be C-contiguous; got strides {(<object>a).strides} for shape "
-                         f"{(<object>a).shape} (use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{what} must be aligned to its element size")
-    return 0
 
 
 cdef int _check_mixed(object obj, str what, str types, str dtypes) except -1:
