@@ -36,6 +36,13 @@ cdef extern from "fastopt/finite.h" nogil:
 
 
 # helpers defined in _kernels.pyx
+cdef class IntSetting:
+    cdef int64_t *value
+    cdef str what
+
+cdef IntSetting int_setting(int64_t *value, str what)
+
+
 cdef class ArrayIdentity:
     cdef Py_ssize_t *rec
     cdef Py_ssize_t size

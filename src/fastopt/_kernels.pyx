@@ -69,17 +69,34 @@ def has_isa_clones():
     return bool(fo_has_clones())
 
 
-def get_parallel_threshold():
-    """Work below which a step runs on the calling thread: elements times the optimizer's
-    relative cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c)."""
-    return fo_parallel_threshold
+cdef class IntSetting:
+    """An int64 setting of the C code that must stay >= 1 (a parallel threshold, a buffer
+    size): ``get()`` returns it, ``set(n)`` checks and stores it. Made by `int_setting`."""
+
+    def get(self):
+        """The current value."""
+        return self.value[0]
+
+    def set(self, int64_t n):
+        """Store n (ValueError unless n >= 1)."""
+        if n < 1:
+            raise ValueError(f"{self.what} must be >= 1, got {n}")
+        self.value[0] = n
 
 
-def set_parallel_threshold(int64_t n):
-    global fo_parallel_threshold
-    if n < 1:
-        raise ValueError(f"threshold must be >= 1, got {n}")
-    fo_parallel_threshold = n
+cdef IntSetting int_setting(int64_t *value, str what):
+    """The IntSetting of the variable at `value`, named `what` in messages."""
+    cdef IntSetting setting = IntSetting.__new__(IntSetting)
+    setting.value = value
+    setting.what = what
+    return setting
+
+
+# Work below which a step runs on the calling thread: elements times the optimizer's relative
+# cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c).
+_threshold = int_setting(&fo_parallel_threshold, "threshold")
+get_parallel_threshold = _threshold.get
+set_parallel_threshold = _threshold.set
 
 
 cdef str _describe(object a):

@@ -34,8 +34,11 @@ import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport fabs, sqrt
+from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, sgemm, sgemv, ssyrk
 from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
+
+from ._kernels cimport int_setting
 
 cnp.import_array()
 
@@ -46,22 +49,14 @@ ctypedef fused real:
 cdef enum:
     _MAX_SHIFT_TRIES = 200
 cdef double _SHIFT_GROWTH = 4.0
-cdef Py_ssize_t _chunk_bytes = 1 << 24     # 16 MiB: few, large syrk calls
+cdef int64_t _chunk_bytes = 1 << 24     # 16 MiB: few, large syrk calls
 #: Factor by which the identity shift grows after a failed factorization.
 SHIFT_GROWTH = _SHIFT_GROWTH
 
-
-def get_chunk_bytes():
-    """Bytes of scaled rows handed to one syrk call (at least 64 rows are always used)."""
-    return _chunk_bytes
-
-
-def set_chunk_bytes(Py_ssize_t n):
-    """Set the bytes of scaled rows per syrk call (tuning and tests)."""
-    global _chunk_bytes
-    if n < 1:
-        raise ValueError(f"chunk bytes must be >= 1, got {n}")
-    _chunk_bytes = n
+# Bytes of scaled rows handed to one syrk call (at least 64 rows are always used; tuning, tests).
+_chunk_setting = int_setting(&_chunk_bytes, "chunk bytes")
+get_chunk_bytes = _chunk_setting.get
+set_chunk_bytes = _chunk_setting.set
 
 
 # ------------------------------------------------------------------------------- checks

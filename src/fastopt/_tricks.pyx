@@ -14,6 +14,8 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
+from ._kernels cimport int_setting
+
 cnp.import_array()
 
 
@@ -37,16 +39,10 @@ cdef extern from "fastopt/resize.h":
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint8))
 
 
-def get_parallel_threshold():
-    """Output elements below which a resize runs on the calling thread."""
-    return fo_resize_parallel_threshold
-
-
-def set_parallel_threshold(int64_t n):
-    global fo_resize_parallel_threshold
-    if n < 1:
-        raise ValueError(f"threshold must be >= 1, got {n}")
-    fo_resize_parallel_threshold = n
+# Output elements below which a resize runs on the calling thread.
+_threshold = int_setting(&fo_resize_parallel_threshold, "threshold")
+get_parallel_threshold = _threshold.get
+set_parallel_threshold = _threshold.set
 
 
 def axis_table(int64_t in_size, int64_t out_size, dtype):
