@@ -38,7 +38,7 @@ from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, sgemm, sgemv, ssyrk
 from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
 
-from ._kernels cimport int_setting
+from ._kernels cimport _describe, int_setting
 
 cnp.import_array()
 
@@ -60,12 +60,6 @@ set_chunk_bytes = _chunk_setting.set
 
 
 # ------------------------------------------------------------------------------- checks
-cdef str _describe(object a):
-    if isinstance(a, np.ndarray):
-        return f"{a.dtype} array of shape {a.shape}"
-    return type(a).__name__
-
-
 cdef object _check_matrix(object a, str name, int ndim):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
