@@ -24,57 +24,42 @@
 
 #include "fastopt/finite.h"
 #include "fastopt/kernels.h"    /* fo_parallel_threshold */
-#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size, fo_share */
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_CLONES, fo_team_size, the loop skeleton */
 
 #define FO_FINITE_BLOCK 4096
+
+/* A segment with elements but no gradient is invalid. */
+#define FO_NO_GRAD(sg) ((sg)->n > 0 && (sg)->grad == 0)
 
 #define FO_FINITE_STAMP(SFX, T, U, EXP)                                                       \
     /* 1 if grad elements [lo, hi) of the concatenated segments are all finite, else 0. */    \
     FO_CLONES static int fo_range_finite_##SFX(const fo_segment_##SFX *segs, int64_t nseg,   \
                                                int64_t lo, int64_t hi)                        \
     {                                                                                         \
-        int64_t start = 0;                                                                    \
-        for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \
-            const int64_t n = segs[s].n, end = start + n;                                     \
-            if (end > lo) {                                                                   \
-                const int64_t a = lo > start ? lo - start : 0;                                \
-                const int64_t b = hi < end ? hi - start : n;                                  \
-                const T *g = segs[s].grad;                                                    \
-                for (int64_t blk = a; blk < b; blk += FO_FINITE_BLOCK) {                      \
-                    const int64_t stop = b - blk < FO_FINITE_BLOCK ? b : blk + FO_FINITE_BLOCK; \
-                    U bad = 0;                                                                \
-                    FO_PRAGMA(omp simd reduction(| : bad))                                    \
-                    for (int64_t i = blk; i < stop; ++i) {                                    \
-                        U u;                                                                  \
-                        memcpy(&u, g + i, sizeof u);                                          \
-                        bad |= (U)((u & EXP) == EXP);                                         \
-                    }                                                                         \
-                    if (bad) return 0;                                                        \
+        FO_FOR_SEGMENTS(segs, nseg, lo, hi, s, a, b) {                                        \
+            const T *g = segs[s].grad;                                                        \
+            for (int64_t blk = a; blk < b; blk += FO_FINITE_BLOCK) {                          \
+                const int64_t stop = b - blk < FO_FINITE_BLOCK ? b : blk + FO_FINITE_BLOCK;   \
+                U bad = 0;                                                                    \
+                FO_PRAGMA(omp simd reduction(| : bad))                                        \
+                for (int64_t i = blk; i < stop; ++i) {                                        \
+                    U u;                                                                      \
+                    memcpy(&u, g + i, sizeof u);                                              \
+                    bad |= (U)((u & EXP) == EXP);                                             \
                 }                                                                             \
+                if (bad) return 0;                                                            \
             }                                                                                 \
-            start = end;                                                                      \
         }                                                                                     \
         return 1;                                                                             \
     }                                                                                         \
     int fo_all_finite_##SFX(const fo_segment_##SFX *segs, int64_t nseg, int n_threads)        \
     {                                                                                         \
-        if (nseg < 0 || (nseg > 0 && segs == 0)) return -1;                                   \
         int64_t total = 0;                                                                    \
-        for (int64_t s = 0; s < nseg; ++s) {                                                  \
-            if (segs[s].n < 0 || (segs[s].n > 0 && segs[s].grad == 0)) return -1;            \
-            total += segs[s].n;                                                               \
-        }                                                                                     \
+        FO_SUM_SEGMENTS(segs, nseg, total, FO_NO_GRAD);                                       \
         const int nt = fo_team_size(total, fo_parallel_threshold, n_threads);                 \
-        if (nt == 1) return fo_range_finite_##SFX(segs, nseg, 0, total);                      \
         int ok = 1;                                                                           \
-        FO_PRAGMA(omp parallel num_threads(nt) reduction(& : ok))                             \
-        {                                                                                     \
-            int t = 0, team = 1;                                                              \
-            FO_THREAD_ID(t, team);                                                            \
-            int64_t lo, hi;                                                                   \
-            fo_share(total, t, team, 16, &lo, &hi);                                           \
-            ok &= fo_range_finite_##SFX(segs, nseg, lo, hi);                                  \
-        }                                                                                     \
+        FO_SHARE_REGION(nt, reduction(& : ok), total, 16, lo, hi,                             \
+                        ok &= fo_range_finite_##SFX(segs, nseg, lo, hi););                    \
         return ok;                                                                            \
     }
 

@@ -40,7 +40,7 @@
 
 #include <stdint.h>
 
-#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size */
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_CLONES, fo_team_size, the loop skeleton */
 
 #if defined(_MSC_VER)
 #define FO_INLINE static __forceinline
@@ -54,14 +54,7 @@
 
 int64_t fo_parallel_threshold = 32768;
 
-int fo_omp_max_threads(void)
-{
-#ifndef FASTOPT_NO_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int fo_omp_max_threads(void) { return fo_max_threads(); }
 
 int fo_has_openmp(void)
 {
@@ -119,6 +112,14 @@ const char *fo_vector_isa(void)
 FO_SPLIT(f32, float)
 FO_SPLIT(f64, double)
 
+/* FO_REGION in which each thread runs `statements` on its cache-line-aligned share [lo, hi)
+ * of the segments (fo_split_SFX), if not empty. */
+#define FO_SPLIT_REGION(SFX, NT, SEGS, NSEG, TOTAL, LO, HI, ...)                              \
+    FO_REGION(NT, , fo_t_, fo_team_,                                                          \
+              const int64_t LO = fo_split_##SFX(SEGS, NSEG, TOTAL, fo_t_, fo_team_);          \
+              const int64_t HI = fo_split_##SFX(SEGS, NSEG, TOTAL, fo_t_ + 1, fo_team_);      \
+              if (HI > LO) { __VA_ARGS__ })
+
 /*
  * FO_STAMP(OPT, SFX, T): for optimizer OPT and element type T,
  *   fo_OPT_loop_SFX   the element loop over [lo, hi) of the concatenated segments (inlined);
@@ -136,22 +137,15 @@ FO_SPLIT(f64, double)
     FO_INLINE void fo_##OPT##_loop_##SFX(const fo_segment_##SFX *segs, int64_t nseg,          \
                                          int64_t lo, int64_t hi, fo_##OPT##_k_##SFX k)        \
     {                                                                                         \
-        int64_t start = 0;                                                                    \
-        for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \
-            const int64_t n = segs[s].n, end = start + n;                                     \
-            if (end > lo) {                                                                   \
-                const int64_t a = lo > start ? lo - start : 0;                                \
-                const int64_t b = hi < end ? hi - start : n;                                  \
-                T *FO_RESTRICT p = segs[s].param;                                             \
-                const T *FO_RESTRICT g = segs[s].grad;                                        \
-                T *FO_RESTRICT s0 = segs[s].state[0];                                         \
-                T *FO_RESTRICT s1 = segs[s].state[1];                                         \
-                T *FO_RESTRICT s2 = segs[s].state[2];                                         \
-                FO_PRAGMA(omp simd)                                                           \
-                for (int64_t i = a; i < b; ++i)                                               \
-                    fo_##OPT##_rule_##SFX(i, p, g, s0, s1, s2, k);                            \
-            }                                                                                 \
-            start = end;                                                                      \
+        FO_FOR_SEGMENTS(segs, nseg, lo, hi, s, a, b) {                                        \
+            T *FO_RESTRICT p = segs[s].param;                                                 \
+            const T *FO_RESTRICT g = segs[s].grad;                                            \
+            T *FO_RESTRICT s0 = segs[s].state[0];                                             \
+            T *FO_RESTRICT s1 = segs[s].state[1];                                             \
+            T *FO_RESTRICT s2 = segs[s].state[2];                                             \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int64_t i = a; i < b; ++i)                                                   \
+                fo_##OPT##_rule_##SFX(i, p, g, s0, s1, s2, k);                                \
         }                                                                                     \
     }                                                                                         \
     FO_CLONES static void fo_##OPT##_range_##SFX(const fo_segment_##SFX *segs, int64_t nseg,  \
@@ -167,27 +161,14 @@ FO_SPLIT(f64, double)
     int fo_##OPT##_step_##SFX(const fo_segment_##SFX *segs, int64_t nseg,                     \
                               const fo_##OPT##_hp *hp, int n_threads)                         \
     {                                                                                         \
-        if (nseg < 0 || (nseg > 0 && segs == 0) || hp == 0) return -1;                        \
         int64_t total = 0;                                                                    \
-        for (int64_t s = 0; s < nseg; ++s) {                                                  \
-            if (segs[s].n < 0) return -1;                                                     \
-            total += segs[s].n;                                                               \
-        }                                                                                     \
+        if (hp == 0) return -1;                                                               \
+        FO_SUM_SEGMENTS(segs, nseg, total, FO_SEGMENT_OK);                                    \
         const fo_##OPT##_k_##SFX k = fo_##OPT##_constants_##SFX(hp);                          \
         const int nt = fo_team_size(total * (FO_COST_##OPT), fo_parallel_threshold,           \
                                     n_threads);                                               \
-        if (nt == 1) {                                                                        \
-            fo_##OPT##_range_##SFX(segs, nseg, 0, total, k);                                  \
-            return 0;                                                                         \
-        }                                                                                     \
-        FO_PRAGMA(omp parallel num_threads(nt))                                               \
-        {                                                                                     \
-            int t = 0, team = 1;                                                              \
-            FO_THREAD_ID(t, team);                                                            \
-            const int64_t lo = fo_split_##SFX(segs, nseg, total, t, team);                    \
-            const int64_t hi = fo_split_##SFX(segs, nseg, total, t + 1, team);                \
-            if (hi > lo) fo_##OPT##_range_##SFX(segs, nseg, lo, hi, k);                       \
-        }                                                                                     \
+        FO_SPLIT_REGION(SFX, nt, segs, nseg, total, lo, hi,                                   \
+                        fo_##OPT##_range_##SFX(segs, nseg, lo, hi, k););                      \
         return 0;                                                                             \
     }
 
@@ -208,21 +189,10 @@ FO_CPU_KERNELS(FO_STAMP_BOTH)
     void fo_stream_axpy_##SFX(T *b, const T *c, T s, int64_t n, int n_threads)                \
     {                                                                                         \
         const int nt = fo_team_size(n, fo_parallel_threshold, n_threads);                     \
-        if (nt == 1) {                                                                        \
-            fo_stream_range_##SFX(b, c, s, 0, n);                                             \
-            return;                                                                           \
-        }                                                                                     \
         fo_segment_##SFX seg = {0};                                                           \
         seg.param = b;                                                                        \
         seg.n = n;                                                                            \
-        FO_PRAGMA(omp parallel num_threads(nt))                                               \
-        {                                                                                     \
-            int t = 0, team = 1;                                                              \
-            FO_THREAD_ID(t, team);                                                            \
-            const int64_t lo = fo_split_##SFX(&seg, 1, n, t, team);                           \
-            const int64_t hi = fo_split_##SFX(&seg, 1, n, t + 1, team);                       \
-            if (hi > lo) fo_stream_range_##SFX(b, c, s, lo, hi);                              \
-        }                                                                                     \
+        FO_SPLIT_REGION(SFX, nt, &seg, 1, n, lo, hi, fo_stream_range_##SFX(b, c, s, lo, hi););\
     }
 FO_STREAM(f32, float)
 FO_STREAM(f64, double)

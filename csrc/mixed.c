@@ -35,13 +35,25 @@
 #include "fastopt/instances.h"   /* FO_MIXED_KERNELS, FO_MASK_<opt>, FO_CASES_<opt> */
 #include "fastopt/half.h"     /* the 16-bit conversions and the stochastic-rounding noise */
 
-#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_THREAD_ID, FO_CLONES, fo_team_size, fo_share */
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_CLONES, fo_team_size, the loop skeleton */
 
 #define FO_BLOCK 512
 
 
 /* ------------------------------------------------------------------------- block helpers */
 #define FO_AT(ptr, off) ((ptr) ? (ptr) + (off) : (ptr))
+
+/* dst[i] = CONV(src[i]) for i in [0, m), divided by `scale` if `scaled`. */
+#define FO_WIDEN(DST, SRC, M, CONV, SCALE, SCALED)                                            \
+    do {                                                                                      \
+        if (SCALED) {                                                                         \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int64_t i = 0; i < (M); ++i) (DST)[i] = CONV((SRC)[i]) / (SCALE);            \
+        } else {                                                                              \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int64_t i = 0; i < (M); ++i) (DST)[i] = CONV((SRC)[i]);                      \
+        }                                                                                     \
+    } while (0)
 
 /* The block's gradients as float32 divided by `scale`; in place when float32 and unscaled. */
 static inline const float *fo_load_grad(const fo_mixed_segment *sg, int64_t c, int64_t m,
@@ -54,23 +66,9 @@ static inline const float *fo_load_grad(const fo_mixed_segment *sg, int64_t c, i
         FO_PRAGMA(omp simd)
         for (int64_t i = 0; i < m; ++i) buf[i] = g[i] / scale;
     } else if (sg->grad_dtype == FO_DT_F16) {
-        const uint16_t *g = (const uint16_t *)sg->grad + c;
-        if (scaled) {
-            FO_PRAGMA(omp simd)
-            for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(g[i]) / scale;
-        } else {
-            FO_PRAGMA(omp simd)
-            for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(g[i]);
-        }
+        FO_WIDEN(buf, (const uint16_t *)sg->grad + c, m, fo_h2f, scale, scaled);
     } else {
-        const uint16_t *g = (const uint16_t *)sg->grad + c;
-        if (scaled) {
-            FO_PRAGMA(omp simd)
-            for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(g[i]) / scale;
-        } else {
-            FO_PRAGMA(omp simd)
-            for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(g[i]);
-        }
+        FO_WIDEN(buf, (const uint16_t *)sg->grad + c, m, fo_bf2f, scale, scaled);
     }
     return buf;
 }
@@ -82,13 +80,10 @@ static inline float *fo_load_values(const fo_mixed_segment *sg, int64_t c, int64
     if (sg->master)
         return sg->master + c;
     const uint16_t *p = (const uint16_t *)sg->lowp + c;
-    if (sg->lowp_dtype == FO_DT_F16) {
-        FO_PRAGMA(omp simd)
-        for (int64_t i = 0; i < m; ++i) buf[i] = fo_h2f(p[i]);
-    } else {
-        FO_PRAGMA(omp simd)
-        for (int64_t i = 0; i < m; ++i) buf[i] = fo_bf2f(p[i]);
-    }
+    if (sg->lowp_dtype == FO_DT_F16)
+        FO_WIDEN(buf, p, m, fo_h2f, 1.0f, 0);
+    else
+        FO_WIDEN(buf, p, m, fo_bf2f, 1.0f, 0);
     return buf;
 }
 
@@ -109,23 +104,19 @@ static inline void fo_store_lowp(const fo_mixed_segment *sg, int64_t c, int64_t 
     }
 }
 
-/* ------------------------------------------------------------------------- work splitting */
-
-
-static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *total)
+/* ------------------------------------------------------------------------- segment checks */
+/* A segment whose gradient is missing or of an unknown type (for FO_SUM_SEGMENTS). */
+static inline int fo_bad_grad(const fo_mixed_segment *sg)
 {
-    if (nseg < 0 || (nseg > 0 && segs == 0)) return 0;
-    int64_t sum = 0;
-    for (int64_t s = 0; s < nseg; ++s) {
-        const fo_mixed_segment *sg = &segs[s];
-        if (sg->n < 0) return 0;
-        if (sg->n > 0 && (sg->grad == 0 || (sg->master == 0 && sg->lowp == 0))) return 0;
-        if (sg->grad_dtype < FO_DT_F32 || sg->grad_dtype > FO_DT_BF16) return 0;
-        if (sg->lowp && sg->lowp_dtype != FO_DT_F16 && sg->lowp_dtype != FO_DT_BF16) return 0;
-        sum += sg->n;
-    }
-    *total = sum;
-    return 1;
+    return (sg->n > 0 && sg->grad == 0) || sg->grad_dtype < FO_DT_F32
+        || sg->grad_dtype > FO_DT_BF16;
+}
+
+/* ... or without values to update, or with a 16-bit parameter of an unknown type. */
+static inline int fo_bad_segment(const fo_mixed_segment *sg)
+{
+    return fo_bad_grad(sg) || (sg->n > 0 && sg->master == 0 && sg->lowp == 0)
+        || (sg->lowp && sg->lowp_dtype != FO_DT_F16 && sg->lowp_dtype != FO_DT_BF16);
 }
 
 /* ------------------------------------------------------------------------- the step loops */
@@ -158,32 +149,24 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
         const float scale = (float)o->grad_scale;                                             \
         const int scaled = o->grad_scale != 1.0;                                              \
         const int stochastic = o->rounding == FO_ROUND_STOCHASTIC;                            \
-        int64_t start = 0;                                                                    \
-        for (int64_t s = 0; s < nseg && start < hi; ++s) {                                    \
+        FO_FOR_SEGMENTS(segs, nseg, lo, hi, s, a, b) {                                        \
             const fo_mixed_segment *sg = &segs[s];                                            \
-            const int64_t end = start + sg->n;                                                \
-            if (end > lo) {                                                                   \
-                const int64_t a = lo > start ? lo - start : 0;                                \
-                const int64_t b = hi < end ? hi - start : sg->n;                              \
-                const uint64_t key = stochastic                                               \
-                    ? fo_stream_key(o->seed, o->counter, sg->stream) : 0;                     \
-                for (int64_t c = a; c < b; c += FO_BLOCK) {                                   \
-                    const int64_t m = b - c < FO_BLOCK ? b - c : FO_BLOCK;                    \
-                    const float *g = fo_load_grad(sg, c, m, gbuf, scale, scaled);             \
-                    float *p = fo_load_values(sg, c, m, pbuf);                                \
-                    float *s0 = FO_AT(sg->state[0], c);                                       \
-                    float *s1 = FO_AT(sg->state[1], c);                                       \
-                    float *s2 = FO_AT(sg->state[2], c);                                       \
-                    switch (k.flags & FO_MASK_##OPT) {                                        \
-                        FO_CASES_##OPT(FO_MIXED_CASE, OPT, f32)                               \
-                    default:                                                                  \
-                        FO_MIXED_RULE_LOOP(OPT, k);                                           \
-                    }                                                                         \
-                    if (sg->lowp)                                                             \
-                        fo_store_lowp(sg, c, m, p, stochastic, key);                          \
+            const uint64_t key = stochastic ? fo_stream_key(o->seed, o->counter, sg->stream) : 0; \
+            for (int64_t c = a; c < b; c += FO_BLOCK) {                                       \
+                const int64_t m = b - c < FO_BLOCK ? b - c : FO_BLOCK;                        \
+                const float *g = fo_load_grad(sg, c, m, gbuf, scale, scaled);                 \
+                float *p = fo_load_values(sg, c, m, pbuf);                                    \
+                float *s0 = FO_AT(sg->state[0], c);                                           \
+                float *s1 = FO_AT(sg->state[1], c);                                           \
+                float *s2 = FO_AT(sg->state[2], c);                                           \
+                switch (k.flags & FO_MASK_##OPT) {                                            \
+                    FO_CASES_##OPT(FO_MIXED_CASE, OPT, f32)                                   \
+                default:                                                                      \
+                    FO_MIXED_RULE_LOOP(OPT, k);                                               \
                 }                                                                             \
+                if (sg->lowp)                                                                 \
+                    fo_store_lowp(sg, c, m, p, stochastic, key);                              \
             }                                                                                 \
-            start = end;                                                                      \
         }                                                                                     \
     }                                                                                         \
     int fo_mixed_##OPT##_step(const fo_mixed_segment *segs, int64_t nseg,                     \
@@ -191,22 +174,11 @@ static int fo_mixed_valid(const fo_mixed_segment *segs, int64_t nseg, int64_t *t
                               int64_t threshold, int n_threads)                               \
     {                                                                                         \
         int64_t total = 0;                                                                    \
-        if (hp == 0 || o == 0 || !(o->grad_scale > 0) || !fo_mixed_valid(segs, nseg, &total)) \
-            return -1;                                                                        \
+        if (hp == 0 || o == 0 || !(o->grad_scale > 0)) return -1;                             \
+        FO_SUM_SEGMENTS(segs, nseg, total, fo_bad_segment);                                   \
         const fo_##OPT##_k_f32 k = fo_##OPT##_constants_f32(hp);                              \
         const int nt = fo_team_size(total, threshold, n_threads);                             \
-        if (nt == 1) {                                                                        \
-            fo_mixed_##OPT##_range(segs, nseg, 0, total, k, o);                               \
-            return 0;                                                                         \
-        }                                                                                     \
-        FO_PRAGMA(omp parallel num_threads(nt))                                               \
-        {                                                                                     \
-            int t = 0, team = 1;                                                              \
-            FO_THREAD_ID(t, team);                                                            \
-            int64_t lo, hi;                                                                   \
-            fo_share(total, t, team, 32, &lo, &hi);                                           \
-            fo_mixed_##OPT##_range(segs, nseg, lo, hi, k, o);                                 \
-        }                                                                                     \
+        FO_SHARE_REGION(nt, , total, 32, lo, hi, fo_mixed_##OPT##_range(segs, nseg, lo, hi, k, o);); \
         return 0;                                                                             \
     }
 
@@ -218,49 +190,34 @@ static inline int fo_nonfinite_f32(float v)
     return (fo_bits(v) & 0x7f800000u) == 0x7f800000u;
 }
 
+/* bad |= TEST for the elements i in [a, b) (a vectorized or-reduction). */
+#define FO_ANY(TEST)                                                                          \
+    do {                                                                                      \
+        FO_PRAGMA(omp simd reduction(|:bad))                                                  \
+        for (int64_t i = a; i < b; ++i) bad |= (TEST);                                        \
+    } while (0)
+
 FO_CLONES static int fo_nonfinite_range(const fo_mixed_segment *segs, int64_t nseg, int64_t lo,
                               int64_t hi, float scale, int scaled)
 {
-    int64_t start = 0;
-    for (int64_t s = 0; s < nseg && start < hi; ++s) {
+    FO_FOR_SEGMENTS(segs, nseg, lo, hi, s, a, b) {
         const fo_mixed_segment *sg = &segs[s];
-        const int64_t end = start + sg->n;
-        if (end > lo) {
-            const int64_t a = lo > start ? lo - start : 0;
-            const int64_t b = hi < end ? hi - start : sg->n;
-            int bad = 0;
-            if (sg->grad_dtype == FO_DT_F32) {
-                const float *g = (const float *)sg->grad;
-                if (scaled) {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(g[i] / scale);
-                } else {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(g[i]);
-                }
-            } else if (sg->grad_dtype == FO_DT_F16) {
-                const uint16_t *g = (const uint16_t *)sg->grad;
-                if (scaled) {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(fo_h2f(g[i]) / scale);
-                } else {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= (g[i] & 0x7c00u) == 0x7c00u;
-                }
-            } else {
-                const uint16_t *g = (const uint16_t *)sg->grad;
-                if (scaled) {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= fo_nonfinite_f32(fo_bf2f(g[i]) / scale);
-                } else {
-                    FO_PRAGMA(omp simd reduction(|:bad))
-                    for (int64_t i = a; i < b; ++i) bad |= (g[i] & 0x7f80u) == 0x7f80u;
-                }
-            }
-            if (bad)
-                return 1;
+        int bad = 0;
+        if (sg->grad_dtype == FO_DT_F32) {
+            const float *g = (const float *)sg->grad;
+            if (scaled) FO_ANY(fo_nonfinite_f32(g[i] / scale));
+            else FO_ANY(fo_nonfinite_f32(g[i]));
+        } else if (sg->grad_dtype == FO_DT_F16) {
+            const uint16_t *g = (const uint16_t *)sg->grad;
+            if (scaled) FO_ANY(fo_nonfinite_f32(fo_h2f(g[i]) / scale));
+            else FO_ANY((g[i] & 0x7c00u) == 0x7c00u);
+        } else {
+            const uint16_t *g = (const uint16_t *)sg->grad;
+            if (scaled) FO_ANY(fo_nonfinite_f32(fo_bf2f(g[i]) / scale));
+            else FO_ANY((g[i] & 0x7f80u) == 0x7f80u);
         }
-        start = end;
+        if (bad)
+            return 1;
     }
     return 0;
 }
@@ -269,27 +226,13 @@ int fo_mixed_all_finite(const fo_mixed_segment *segs, int64_t nseg, double grad_
                         int64_t threshold, int n_threads)
 {
     int64_t total = 0;
-    if (!(grad_scale > 0) || nseg < 0 || (nseg > 0 && segs == 0)) return -1;
-    for (int64_t s = 0; s < nseg; ++s) {
-        if (segs[s].n < 0 || (segs[s].n > 0 && segs[s].grad == 0)) return -1;
-        if (segs[s].grad_dtype < FO_DT_F32 || segs[s].grad_dtype > FO_DT_BF16) return -1;
-        total += segs[s].n;
-    }
+    if (!(grad_scale > 0)) return -1;
+    FO_SUM_SEGMENTS(segs, nseg, total, fo_bad_grad);
     const float scale = (float)grad_scale;
     const int scaled = grad_scale != 1.0;
     const int nt = fo_team_size(total, threshold, n_threads);
     int bad = 0;
-    if (nt == 1) {
-        bad = fo_nonfinite_range(segs, nseg, 0, total, scale, scaled);
-    } else {
-        FO_PRAGMA(omp parallel num_threads(nt) reduction(|:bad))
-        {
-            int t = 0, team = 1;
-            FO_THREAD_ID(t, team);
-            int64_t lo, hi;
-            fo_share(total, t, team, 32, &lo, &hi);
-            bad |= fo_nonfinite_range(segs, nseg, lo, hi, scale, scaled);
-        }
-    }
+    FO_SHARE_REGION(nt, reduction(|:bad), total, 32, lo, hi,
+                    bad |= fo_nonfinite_range(segs, nseg, lo, hi, scale, scaled););
     return bad ? 0 : 1;
 }

@@ -15,31 +15,16 @@
 #include <math.h>
 
 #include "fastopt/resize.h"
-
-#ifndef FASTOPT_NO_OPENMP
-#include <omp.h>
-#define FO_PRAGMA(x) _Pragma(#x)
-#else
-#define FO_PRAGMA(x)
-#endif
+#include "fastopt/parallel.h"   /* FO_PRAGMA, fo_max_threads, fo_team_cap */
 
 int64_t fo_resize_parallel_threshold = 65536;
 
-int fo_resize_max_threads(void)
-{
-#ifndef FASTOPT_NO_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int fo_resize_max_threads(void) { return fo_max_threads(); }
 
+/* Threads for a resize: serial below the threshold of output elements, at most one per row. */
 static int fo_resize_team(int64_t out_elements, int64_t rows, int n_threads)
 {
-    if (n_threads < 1) n_threads = 1;
-    if (out_elements < fo_resize_parallel_threshold) return 1;
-    if (rows < n_threads) n_threads = (int)(rows < 1 ? 1 : rows);
-    return n_threads;
+    return fo_team_cap(out_elements, fo_resize_parallel_threshold, n_threads, rows);
 }
 
 #define FO_AXIS(suffix, W)                                                                     \
@@ -141,3 +126,27 @@ static inline uint8_t fo_store_u8(float v)
 FO_RESIZE(f32, float, float)
 FO_RESIZE(f64, double, double)
 FO_RESIZE(u8, uint8_t, float)
+
+#define FO_RESIZE_CALL(suffix, T, W)                                                           \
+    return nhwc ? fo_resize_nhwc_##suffix((const T *)src, (T *)dst, n, channels, in_h, in_w,   \
+                                          out_h, out_w, y0, y1, (const W *)ly0,               \
+                                          (const W *)ly1, x0, x1, (const W *)lx0,             \
+                                          (const W *)lx1, n_threads)                          \
+                : fo_resize_nchw_##suffix((const T *)src, (T *)dst, n * channels, in_h, in_w,  \
+                                          out_h, out_w, y0, y1, (const W *)ly0,               \
+                                          (const W *)ly1, x0, x1, (const W *)lx0,             \
+                                          (const W *)lx1, n_threads);
+
+int fo_resize(int type, int nhwc, const void *src, void *dst, int64_t n, int64_t channels,
+              int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+              const int64_t *y0, const int64_t *y1, const void *ly0, const void *ly1,
+              const int64_t *x0, const int64_t *x1, const void *lx0, const void *lx1,
+              int n_threads)
+{
+    switch (type) {
+    case FO_RESIZE_F32: FO_RESIZE_CALL(f32, float, float)
+    case FO_RESIZE_F64: FO_RESIZE_CALL(f64, double, double)
+    case FO_RESIZE_U8: FO_RESIZE_CALL(u8, uint8_t, float)
+    default: return -1;
+    }
+}

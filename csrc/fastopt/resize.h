@@ -51,6 +51,17 @@ FO_RESIZE_DECLARE(f64, double, double)
 FO_RESIZE_DECLARE(u8, uint8_t, float)
 #undef FO_RESIZE_DECLARE
 
+/* One entry for all of the above: `type` FO_RESIZE_F32, _F64 or _U8 picks the element type (src,
+ * dst: T; the weights: its compute type W), `nhwc` the layout (NCHW: n * channels planes). */
+#define FO_RESIZE_F32 0
+#define FO_RESIZE_F64 1
+#define FO_RESIZE_U8 2
+int fo_resize(int type, int nhwc, const void *src, void *dst, int64_t n, int64_t channels,
+              int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+              const int64_t *y0, const int64_t *y1, const void *ly0, const void *ly1,
+              const int64_t *x0, const int64_t *x1, const void *lx0, const void *lx1,
+              int n_threads);
+
 /* Output elements below which a resize runs on the calling thread. */
 extern int64_t fo_resize_parallel_threshold;
 

@@ -69,17 +69,34 @@ def has_isa_clones():
     return bool(fo_has_clones())
 
 
-def get_parallel_threshold():
-    """Work below which a step runs on the calling thread: elements times the optimizer's
-    relative cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c)."""
-    return fo_parallel_threshold
+cdef class IntSetting:
+    """An int64 setting of the C code that must stay >= 1 (a parallel threshold, a buffer
+    size): ``get()`` returns it, ``set(n)`` checks and stores it. Made by `int_setting`."""
+
+    def get(self):
+        """The current value."""
+        return self.value[0]
+
+    def set(self, int64_t n):
+        """Store n (ValueError unless n >= 1)."""
+        if n < 1:
+            raise ValueError(f"{self.what} must be >= 1, got {n}")
+        self.value[0] = n
 
 
-def set_parallel_threshold(int64_t n):
-    global fo_parallel_threshold
-    if n < 1:
-        raise ValueError(f"threshold must be >= 1, got {n}")
-    fo_parallel_threshold = n
+cdef IntSetting int_setting(int64_t *value, str what):
+    """The IntSetting of the variable at `value`, named `what` in messages."""
+    cdef IntSetting setting = IntSetting.__new__(IntSetting)
+    setting.value = value
+    setting.what = what
+    return setting
+
+
+# Work below which a step runs on the calling thread: elements times the optimizer's relative
+# cost per element (1 for SGD and the stream kernel, up to 4; see kernels.c).
+_threshold = int_setting(&fo_parallel_threshold, "threshold")
+get_parallel_threshold = _threshold.get
+set_parallel_threshold = _threshold.set
 
 
 cdef str _describe(object a):
@@ -98,15 +115,21 @@ cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
-cdef Py_ssize_t _set_spans(list items, str rule, intptr_t **lo, intptr_t **hi) except -1:
-    """Store the byte ranges `items` ((start, end, label) tuples) as sorted arrays *lo, *hi
-    (replacing the old ones); returns their number. Raises ValueError "<label> and <label>
-    share memory; <rule>" if two ranges overlap, leaving *lo and *hi as they were."""
+def check_spans(list items, str rule):
+    """Sort the byte ranges `items` ((start, end, label) tuples) in place; ValueError
+    "<label> and <label> share memory; <rule>" if two of them overlap."""
     items.sort()
-    cdef Py_ssize_t i, n = len(items)
-    for i in range(1, n):
+    cdef Py_ssize_t i
+    for i in range(1, len(items)):
         if items[i][0] < items[i - 1][1]:
             raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; {rule}")
+
+
+cdef Py_ssize_t _set_spans(list items, str rule, intptr_t **lo, intptr_t **hi) except -1:
+    """Store the byte ranges `items` as sorted arrays *lo, *hi (replacing the old ones); returns
+    their number. Raises as check_spans if two ranges overlap, leaving *lo and *hi as they were."""
+    check_spans(items, rule)
+    cdef Py_ssize_t i, n = len(items)
     cdef intptr_t *new_lo = <intptr_t *>PyMem_Calloc(n + 1, sizeof(intptr_t))
     cdef intptr_t *new_hi = <intptr_t *>PyMem_Calloc(n + 1, sizeof(intptr_t))
     if new_lo == NULL or new_hi == NULL:
@@ -236,6 +259,200 @@ cdef str _stale_message(str what):
             "add_param_group) instead of resizing a parameter in place")
 
 
+def stale_message(str what):
+    """The message of the ValueError for an array of a plan that was resized or reallocated."""
+    return _stale_message(what)
+
+
+# The argument checks of every plan, CPU and GPU (fastopt.cuda.Plan uses the def forms).
+cdef int _check_grad_list(grads, Py_ssize_t n, str name, describe=None) except -1:
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
+                        f"{(describe or _describe)(grads)}")
+    if len(grads) != n:
+        raise ValueError(f"{name} has {len(grads)} arrays but there are {n} parameters")
+    return 0
+
+
+def check_grad_list(grads, Py_ssize_t n, str name, describe=None):
+    """TypeError unless `grads` is a list or tuple, ValueError unless it holds n items."""
+    _check_grad_list(grads, n, name, describe)
+
+
+def state_list(int k, arrays, Py_ssize_t n, str name=None):
+    """The arrays to attach to state slot k as a list (None stays None); ValueError for a slot
+    outside [0, FO_MAX_STATE) or a count other than n."""
+    if k < 0 or k >= FO_MAX_STATE:
+        raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
+    if arrays is None:
+        return None
+    arrays = list(arrays)
+    if len(arrays) != n:
+        raise ValueError(f"{name or f'state slot {k}'}: expected {n} arrays (one per "
+                         f"parameter), got {len(arrays)}")
+    return arrays
+
+
+cpdef require_states(list states, int mask):
+    """RuntimeError if a state slot whose bit is set in `mask` has nothing attached."""
+    cdef int k
+    for k in range(FO_MAX_STATE):
+        if (mask >> k) & 1 and states[k] is None:
+            raise RuntimeError(f"state slot {k} is required by these options but not attached")
+
+
+cdef int _check_writable(cnp.ndarray a, str what) except -1:
+    if not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{what} must be writable (it is updated in place)")
+    return 0
+
+
+cdef class PlanBase:
+    """The part of a plan that does not depend on its kernels (declared in _kernels.pxd).
+
+    A leaf class calls _init_base, and defines the arrays it writes besides params and state
+    (_extras: (array, label) pairs), the checks of a state buffer (_check_state) and of a
+    gradient (_check_grad: type, dtype, shape, layout) and where their pointers go
+    (_attach_state, _store_grads). The rest is here: identity, memory spans, set_state, the
+    step's gradient checks (list, count, identity, writable params, no shared memory).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.lo = NULL
+        self.hi = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.lo)
+        PyMem_Free(self.hi)
+
+    def __len__(self):
+        return self.n
+
+    cdef int _init_base(self, params, str name, Py_ssize_t offset, str span_rule,
+                        str written) except -1:
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
+        self.name = name
+        self.offset = offset
+        self.params = list(params)
+        self.states = [None] * FO_MAX_STATE
+        self.n = len(self.params)
+        self.span_rule = span_rule
+        self.written = written
+        return 0
+
+    cdef list _extras(self):
+        return []
+
+    cdef list _owned(self, list states, str state_word):
+        """(array, label) of every array the plan writes: params, extras, then each attached
+        state buffer ("<state_word> k of params[i]")."""
+        cdef Py_ssize_t i, k
+        owned = [(self.params[i], f"{self.name}[{i + self.offset}]") for i in range(self.n)]
+        owned += self._extras()
+        for k in range(FO_MAX_STATE):
+            if states[k] is not None:
+                owned += [(states[k][i], f"{state_word} {k} of {self.name}[{i + self.offset}]")
+                          for i in range(self.n)]
+        return owned
+
+    cdef int _set_intervals(self, list states) except -1:
+        """Sorted memory spans of the arrays written with `states` attached; overlaps among
+        them are errors (the plan is then left as it was)."""
+        items = []
+        cdef cnp.ndarray a
+        for obj, label in self._owned(states, "state"):
+            a = <cnp.ndarray>obj
+            if cnp.PyArray_NBYTES(a) > 0:
+                items.append((<intptr_t>cnp.PyArray_DATA(a),
+                              <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), label))
+        self.n_intervals = _set_spans(items, self.span_rule, &self.lo, &self.hi)
+        return 0
+
+    cdef int _record_identity(self) except -1:
+        self.identity = ArrayIdentity([a for a, _ in self._owned(self.states, "state buffer")])
+        return 0
+
+    cdef int _check_identity(self) except -1:
+        """ValueError, naming the array, if an array the plan writes was resized or reallocated
+        in place since the plan recorded it (see ArrayIdentity)."""
+        cdef Py_ssize_t j = self.identity.first_changed()
+        if j >= 0:
+            raise ValueError(_stale_message(self._owned(self.states, "state buffer")[j][1]))
+        return 0
+
+    def check_identity(self):
+        """Raise ValueError if an array of the plan was resized or reallocated in place."""
+        self._check_identity()
+
+    cdef int _check_state(self, Py_ssize_t i, object a, str what) except -1:
+        raise NotImplementedError
+
+    cdef int _attach_state(self, int k, list arrays) except -1:
+        raise NotImplementedError
+
+    def set_state(self, int k, arrays, str name=None):
+        """Attach state buffer k (a list of arrays shaped like the params), or None.
+
+        `name` is the buffer's name in error messages (default "state buffer k of params[i]").
+        """
+        arrays = state_list(k, arrays, self.n, name)
+        self._check_identity()
+        cdef Py_ssize_t i
+        if arrays is not None:
+            for i in range(self.n):
+                self._check_state(i, arrays[i], f"{name}[{i + self.offset}]" if name else
+                                  f"state buffer {k} of {self.name}[{i + self.offset}]")
+        states = list(self.states)
+        states[k] = arrays
+        self._set_intervals(states)
+        self.states[k] = arrays
+        self._record_identity()
+        self._attach_state(k, arrays)
+
+    cdef bint _overlaps(self, intptr_t a, intptr_t b) noexcept:
+        """Whether [a, b) intersects the span of an array the plan writes."""
+        return _spans_hit(self.lo, self.hi, 1, self.n_intervals, a, b)
+
+    def check_grads(self, grads, str name="grads"):
+        """Check gradients against the params without keeping them (raises on any problem)."""
+        self._load(grads, name, False)
+
+    cdef int _check_grad(self, Py_ssize_t i, object obj, cnp.ndarray p, str name) except -1:
+        raise NotImplementedError
+
+    cdef int _store_grads(self, grads) except -1:
+        raise NotImplementedError
+
+    cdef int _load(self, grads, str name, bint store) except -1:
+        """Check a step's gradients (raises before anything is kept); with `store`, hand their
+        pointers to the segments."""
+        _check_grad_list(grads, self.n, name)
+        self._check_identity()
+        cdef Py_ssize_t i
+        cdef cnp.ndarray g, p
+        cdef intptr_t start
+        for i in range(self.n):
+            p = <cnp.ndarray>self.params[i]
+            if not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError(f"{self.name}[{i + self.offset}] became read-only; parameters "
+                                 "are updated in place")
+            obj = grads[i]
+            self._check_grad(i, obj, p, name)
+            g = <cnp.ndarray>obj
+            start = <intptr_t>cnp.PyArray_DATA(g)
+            if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
+                raise ValueError(f"{name}[{i + self.offset}] shares memory with {self.written}; "
+                                 f"pass a separate gradient buffer")
+        if store:
+            self._store_grads(grads)
+        return 0
+
+    cdef int _require(self, int mask) except -1:
+        require_states(self.states, mask)
+        return 0
+
+
 cdef int _check_float_array(object a, str what) except -1:
     """Type and layout checks shared by parameters, state and gradients."""
     if not isinstance(a, np.ndarray):
@@ -245,13 +462,19 @@ cdef int _check_float_array(object a, str what) except -1:
     cdef int t = cnp.PyArray_TYPE(arr)
     if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
         raise TypeError(f"{what} must have dtype float32 or float64, got {a.dtype}")
-    if not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}; "
-                         f"use arr.astype(a.dtype.newbyteorder('='))")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        raise ValueError(f"{what} must be C-contiguous; got strides {a.strides} for shape "
-                         f"{a.shape} (use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(arr):
+    _check_layout(arr, what, "; use arr.astype(a.dtype.newbyteorder('='))")
+    return 0
+
+
+cdef int _check_layout(cnp.ndarray a, str what, str byteorder_hint="") except -1:
+    """Native byte order (else ValueError ending in `byteorder_hint`), C-contiguous, aligned."""
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError(f"{what} must be in native byte order, got dtype "
+                         f"{a.dtype.str!r}{byteorder_hint}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what} must be C-contiguous; got strides {(<object>a).strides} for "
+                         f"shape {(<object>a).shape} (use numpy.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{what} must be aligned to its element size")
     return 0
 
@@ -287,7 +510,7 @@ cdef Py_ssize_t _merge(const segment_t *src, Py_ssize_t n, segment_t *dst) noexc
     return m
 
 
-cdef class Plan:
+cdef class Plan(PlanBase):
     """The C segment layout of one parameter group (parameters + state buffers).
 
     ``segments_used`` is the number of C segments the last step ran over (after merging
@@ -297,17 +520,9 @@ cdef class Plan:
     cdef fo_segment_f64 *seg64
     cdef fo_segment_f32 *run32     # the merged segments of the current step
     cdef fo_segment_f64 *run64
-    cdef Py_ssize_t n, n32, n64, r32, r64
+    cdef Py_ssize_t n32, n64, r32, r64
     cdef readonly Py_ssize_t segments_used
     cdef Py_ssize_t *slot          # slot[i] >= 0: seg32[slot[i]]; < 0: seg64[-slot[i]-1]
-    cdef intptr_t *lo
-    cdef intptr_t *hi
-    cdef Py_ssize_t n_intervals
-    cdef readonly list params
-    cdef readonly list states      # states[k] is None or a list of n arrays
-    cdef readonly str name
-    cdef readonly Py_ssize_t offset  # index of params[0] in the caller's numbering (messages)
-    cdef ArrayIdentity identity    # params, then each attached state buffer (slot order)
 
     def __cinit__(self, params, str name="params", Py_ssize_t offset=0):
         self.seg32 = NULL
@@ -315,24 +530,15 @@ cdef class Plan:
         self.run32 = NULL
         self.run64 = NULL
         self.slot = NULL
-        self.lo = NULL
-        self.hi = NULL
 
     def __init__(self, params, str name="params", Py_ssize_t offset=0):
-        if not isinstance(params, (list, tuple)):
-            raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
-        self.name = name
-        self.offset = offset
-        self.params = list(params)
-        self.states = [None] * FO_MAX_STATE
-        self.n = len(self.params)
+        self._init_base(params, name, offset, "every parameter must be a separate buffer "
+                        "(pass each parameter once)", "a parameter or optimizer state")
         cdef Py_ssize_t i
         cdef cnp.ndarray p
         for i in range(self.n):
             _check_float_array(self.params[i], f"{name}[{i + offset}]")
-            p = <cnp.ndarray>self.params[i]
-            if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{name}[{i + offset}] must be writable (it is updated in place)")
+            _check_writable(<cnp.ndarray>self.params[i], f"{name}[{i + offset}]")
         self.seg32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
         self.seg64 = <fo_segment_f64 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f64))
         self.run32 = <fo_segment_f32 *>PyMem_Calloc(self.n + 1, sizeof(fo_segment_f32))
@@ -355,7 +561,7 @@ cdef class Plan:
                 self.seg64[self.n64].n = cnp.PyArray_SIZE(p)
                 self.slot[i] = -(self.n64 + 1)
                 self.n64 += 1
-        self._rebuild_intervals(True)
+        self._set_intervals(self.states)
         self._record_identity()
 
     def __dealloc__(self):
@@ -364,162 +570,61 @@ cdef class Plan:
         PyMem_Free(self.run32)
         PyMem_Free(self.run64)
         PyMem_Free(self.slot)
-        PyMem_Free(self.lo)
-        PyMem_Free(self.hi)
 
-    def __len__(self):
-        return self.n
+    cdef int _check_state(self, Py_ssize_t i, object obj, str what) except -1:
+        """A state buffer: a float array of the dtype and shape of params[i], writable."""
+        _check_float_array(obj, what)
+        cdef cnp.ndarray a = <cnp.ndarray>obj, p = <cnp.ndarray>self.params[i]
+        if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p) or not _same_shape(a, p):
+            raise ValueError(f"{what} must be a {_describe(p)} like "
+                             f"{self.name}[{i + self.offset}], got {_describe(a)}")
+        _check_writable(a, what)
+        return 0
 
-    cdef _record_identity(self):
-        arrays = list(self.params)
-        for k in range(FO_MAX_STATE):
-            if self.states[k] is not None:
-                arrays += self.states[k]
-        self.identity = ArrayIdentity(arrays)
-
-    cdef int _check_identity(self) except -1:
-        """ValueError, naming the array, if a parameter or state buffer was resized or
-        reallocated in place since the plan recorded it (see ArrayIdentity)."""
-        cdef Py_ssize_t j = self.identity.first_changed(), k
-        if j < 0:
-            return 0
-        if j < self.n:
-            what = f"{self.name}[{j + self.offset}]"
-        else:
-            j -= self.n
-            for k in range(FO_MAX_STATE):
-                if self.states[k] is not None:
-                    if j < self.n:
-                        break
-                    j -= self.n
-            what = f"state buffer {k} of {self.name}[{j + self.offset}]"
-        raise ValueError(_stale_message(what))
-
-    def check_identity(self):
-        """Raise ValueError if an array of the plan was resized or reallocated in place."""
-        self._check_identity()
-
-    cdef _rebuild_intervals(self, bint params_only):
-        """Sorted memory intervals of params and state; overlaps among them are errors."""
-        items = []
-        cdef cnp.ndarray a
-        cdef Py_ssize_t i, k
-        for i in range(self.n):
-            a = <cnp.ndarray>self.params[i]
-            if cnp.PyArray_NBYTES(a) > 0:
-                items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"{self.name}[{i + self.offset}]"))
-        if not params_only:
-            for k in range(FO_MAX_STATE):
-                if self.states[k] is None:
-                    continue
-                for i in range(self.n):
-                    a = <cnp.ndarray>self.states[k][i]
-                    if cnp.PyArray_NBYTES(a) > 0:
-                        items.append((<intptr_t>cnp.PyArray_DATA(a), <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a), f"state {k} of {self.name}[{i + self.offset}]"))
-        self.n_intervals = _set_spans(items, "every parameter must be a separate buffer "
-                                      "(pass each parameter once)", &self.lo, &self.hi)
-
-    def set_state(self, int k, arrays, str name=None):
-        """Attach state buffer k (a list of arrays shaped and typed like the params), or None.
-
-        `name` is the buffer's name in error messages (default "state buffer k of params[i]").
-        """
-        if k < 0 or k >= FO_MAX_STATE:
-            raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
-        self._check_identity()
+    cdef int _attach_state(self, int k, list arrays) except -1:
         cdef Py_ssize_t i, j
-        cdef cnp.ndarray a, p
-        if arrays is not None:
-            arrays = list(arrays)
-            if len(arrays) != self.n:
-                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one per "
-                                 f"parameter), got {len(arrays)}")
-            for i in range(self.n):
-                what = f"{name}[{i + self.offset}]" if name else f"state buffer {k} of {self.name}[{i + self.offset}]"
-                _check_float_array(arrays[i], what)
-                a = <cnp.ndarray>arrays[i]
-                p = <cnp.ndarray>self.params[i]
-                if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p) or not _same_shape(a, p):
-                    raise ValueError(f"{what} must be a {_describe(p)} like "
-                                     f"{self.name}[{i + self.offset}], got {_describe(a)}")
-                if not cnp.PyArray_ISWRITEABLE(a):
-                    raise ValueError(f"{what} must be writable (it is updated in place)")
-        old = self.states[k]
-        self.states[k] = arrays
-        try:
-            self._rebuild_intervals(False)
-        except Exception:
-            self.states[k] = old
-            self._rebuild_intervals(False)
-            raise
-        self._record_identity()
+        cdef void *ptr
         for i in range(self.n):
+            ptr = NULL if arrays is None else cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
             j = self.slot[i]
-            if arrays is None:
-                if j >= 0:
-                    self.seg32[j].state[k] = NULL
-                else:
-                    self.seg64[-j - 1].state[k] = NULL
-                continue
-            a = <cnp.ndarray>arrays[i]
             if j >= 0:
-                self.seg32[j].state[k] = <float *>cnp.PyArray_DATA(a)
+                self.seg32[j].state[k] = <float *>ptr
             else:
-                self.seg64[-j - 1].state[k] = <double *>cnp.PyArray_DATA(a)
+                self.seg64[-j - 1].state[k] = <double *>ptr
+        return 0
 
-    cdef bint _overlaps(self, intptr_t a, intptr_t b):
-        """Whether [a, b) intersects a param or state interval."""
-        return _spans_hit(self.lo, self.hi, 1, self.n_intervals, a, b)
+    cdef int _check_grad(self, Py_ssize_t i, object obj, cnp.ndarray p, str name) except -1:
+        """A gradient: an ndarray of the dtype and shape of params[i], C-contiguous, aligned."""
+        if not isinstance(obj, np.ndarray):
+            raise TypeError(f"{name}[{i + self.offset}] must be a numpy.ndarray of {(<object>p).dtype} like "
+                            f"{self.name}[{i + self.offset}], got {_describe(obj)}")
+        if type(obj) is not cnp.ndarray:
+            _refuse_subclass(obj, f"{name}[{i + self.offset}]")
+        cdef cnp.ndarray g = <cnp.ndarray>obj
+        if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
+            raise TypeError(f"{name}[{i + self.offset}] must have dtype {(<object>p).dtype} like {self.name}[{i + self.offset}], "
+                            f"got {obj.dtype.str if not cnp.PyArray_ISNOTSWAPPED(g) else obj.dtype}")
+        if not _same_shape(g, p):
+            raise ValueError(f"{name}[{i + self.offset}] must have shape {(<object>p).shape} like {self.name}[{i + self.offset}], "
+                             f"got {obj.shape}")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g):
+            raise ValueError(f"{name}[{i + self.offset}] must be C-contiguous and aligned; got strides "
+                             f"{obj.strides} (use numpy.ascontiguousarray)")
+        return 0
 
-    def check_grads(self, grads, str name="grads"):
-        """Check gradients against the params without keeping them (raises on any problem)."""
-        self._load(grads, name, False)
-
-    cdef int _load(self, grads, str name, bint store) except -1:
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
-                            f"{_describe(grads)}")
-        if len(grads) != self.n:
-            raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
-        self._check_identity()
+    cdef int _store_grads(self, grads) except -1:
         cdef Py_ssize_t i, j
-        cdef cnp.ndarray g, p
-        cdef intptr_t start
+        cdef cnp.ndarray g
         for i in range(self.n):
-            p = <cnp.ndarray>self.params[i]
-            if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{self.name}[{i + self.offset}] became read-only; parameters are updated in place")
-            obj = grads[i]
-            if not isinstance(obj, np.ndarray):
-                raise TypeError(f"{name}[{i + self.offset}] must be a numpy.ndarray of {(<object>p).dtype} like "
-                                f"{self.name}[{i + self.offset}], got {_describe(obj)}")
-            if type(obj) is not cnp.ndarray:
-                _refuse_subclass(obj, f"{name}[{i + self.offset}]")
-            g = <cnp.ndarray>obj
-            if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(g):
-                raise TypeError(f"{name}[{i + self.offset}] must have dtype {(<object>p).dtype} like {self.name}[{i + self.offset}], "
-                                f"got {obj.dtype.str if not cnp.PyArray_ISNOTSWAPPED(g) else obj.dtype}")
-            if not _same_shape(g, p):
-                raise ValueError(f"{name}[{i + self.offset}] must have shape {(<object>p).shape} like {self.name}[{i + self.offset}], "
-                                 f"got {obj.shape}")
-            if not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g):
-                raise ValueError(f"{name}[{i + self.offset}] must be C-contiguous and aligned; got strides "
-                                 f"{obj.strides} (use numpy.ascontiguousarray)")
-            start = <intptr_t>cnp.PyArray_DATA(g)
-            if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
-                raise ValueError(f"{name}[{i + self.offset}] shares memory with a parameter or optimizer state; "
-                                 f"pass a separate gradient buffer")
-        if store:
-            for i in range(self.n):
-                g = <cnp.ndarray>grads[i]
-                j = self.slot[i]
-                if j >= 0:
-                    self.seg32[j].grad = <const float *>cnp.PyArray_DATA(g)
-                else:
-                    self.seg64[-j - 1].grad = <const double *>cnp.PyArray_DATA(g)
-            self.r32 = _merge(self.seg32, self.n32, self.run32)
-            self.r64 = _merge(self.seg64, self.n64, self.run64)
-            self.segments_used = self.r32 + self.r64
+            g = <cnp.ndarray>grads[i]
+            j = self.slot[i]
+            if j >= 0:
+                self.seg32[j].grad = <const float *>cnp.PyArray_DATA(g)
+            else:
+                self.seg64[-j - 1].grad = <const double *>cnp.PyArray_DATA(g)
+        self.r32 = _merge(self.seg32, self.n32, self.run32)
+        self.r64 = _merge(self.seg64, self.n64, self.run64)
+        self.segments_used = self.r32 + self.r64
         return 0
 
     cdef void _forget_grads(self) noexcept:
@@ -530,13 +635,6 @@ cdef class Plan:
             self.seg64[i].grad = NULL
         self.r32 = 0
         self.r64 = 0
-
-    cdef int _require(self, int mask) except -1:
-        cdef int k
-        for k in range(FO_MAX_STATE):
-            if (mask >> k) & 1 and self.states[k] is None:
-                raise RuntimeError(f"state slot {k} is required by these options but not attached")
-        return 0
 
 
 cdef int _fail(int rc) except -1:
@@ -601,14 +699,15 @@ cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
 
 
 def check_grads_disjoint(plans, grads, str name="grads"):
-    """Raise ValueError if any of `grads` shares memory with a parameter or state buffer of
-    any of `plans` (the param groups of one optimizer; `grads` numbered over all of them).
+    """Raise ValueError if any of `grads` shares memory with an array written by any of
+    `plans` (a parameter, master copy or state buffer; the plans are the param groups of one
+    optimizer, of this module or of fastopt._mixed, and `grads` is numbered over all of them).
 
     Each plan checks its own group's gradients; this catches a gradient of one group that is
-    (a view of) a parameter or state buffer of another group, which a step would otherwise read
-    after that group was updated.
+    (a view of) an array of another group, which a step would otherwise read after that group
+    was updated.
     """
-    cdef Plan plan
+    cdef PlanBase plan
     cdef Py_ssize_t total = 0, k = 0, i
     for plan in plans:
         total += plan.n_intervals

@@ -34,8 +34,11 @@ import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport fabs, sqrt
+from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, sgemm, sgemv, ssyrk
 from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
+
+from ._kernels cimport _describe, int_setting
 
 cnp.import_array()
 
@@ -46,31 +49,17 @@ ctypedef fused real:
 cdef enum:
     _MAX_SHIFT_TRIES = 200
 cdef double _SHIFT_GROWTH = 4.0
-cdef Py_ssize_t _chunk_bytes = 1 << 24     # 16 MiB: few, large syrk calls
+cdef int64_t _chunk_bytes = 1 << 24     # 16 MiB: few, large syrk calls
 #: Factor by which the identity shift grows after a failed factorization.
 SHIFT_GROWTH = _SHIFT_GROWTH
 
-
-def get_chunk_bytes():
-    """Bytes of scaled rows handed to one syrk call (at least 64 rows are always used)."""
-    return _chunk_bytes
-
-
-def set_chunk_bytes(Py_ssize_t n):
-    """Set the bytes of scaled rows per syrk call (tuning and tests)."""
-    global _chunk_bytes
-    if n < 1:
-        raise ValueError(f"chunk bytes must be >= 1, got {n}")
-    _chunk_bytes = n
+# Bytes of scaled rows handed to one syrk call (at least 64 rows are always used; tuning, tests).
+_chunk_setting = int_setting(&_chunk_bytes, "chunk bytes")
+get_chunk_bytes = _chunk_setting.get
+set_chunk_bytes = _chunk_setting.set
 
 
 # ------------------------------------------------------------------------------- checks
-cdef str _describe(object a):
-    if isinstance(a, np.ndarray):
-        return f"{a.dtype} array of shape {a.shape}"
-    return type(a).__name__
-
-
 cdef object _check_matrix(object a, str name, int ndim):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
@@ -175,27 +164,25 @@ def _gram(X, P, double alpha, out, bint softmax):
     cdef void *buf = PyMem_Malloc(rows * d * X.itemsize + 1)
     if buf == NULL:
         raise MemoryError()
-    cdef const float[:, ::1] X32, P32
-    cdef const double[:, ::1] X64, P64
-    cdef cnp.ndarray H = out
     try:
         if X.dtype == np.float32:
-            X32 = X
-            P32 = P
-            with nogil:
-                _gram_blocks(X32, P32, softmax, alpha, <float *>cnp.PyArray_DATA(H),
-                             <float *>buf, chunk)
-                _symmetrize(<float *>cnp.PyArray_DATA(H), d, K)
+            _gram_into(<float>0, X, P, softmax, alpha, <cnp.ndarray>out, buf, chunk, K)
         else:
-            X64 = X
-            P64 = P
-            with nogil:
-                _gram_blocks(X64, P64, softmax, alpha, <double *>cnp.PyArray_DATA(H),
-                             <double *>buf, chunk)
-                _symmetrize(<double *>cnp.PyArray_DATA(H), d, K)
+            _gram_into(<double>0, X, P, softmax, alpha, <cnp.ndarray>out, buf, chunk, K)
     finally:
         PyMem_Free(buf)
     return out
+
+
+cdef int _gram_into(real kind, X, P, bint softmax, double alpha, cnp.ndarray H, void *buf,
+                    int chunk, Py_ssize_t K) except -1:
+    """_gram's work for element type `real` (`kind` only selects it), the GIL released."""
+    cdef const real[:, ::1] Xv = X
+    cdef const real[:, ::1] Pv = P
+    with nogil:
+        _gram_blocks(Xv, Pv, softmax, alpha, <real *>cnp.PyArray_DATA(H), <real *>buf, chunk)
+        _symmetrize(<real *>cnp.PyArray_DATA(H), Xv.shape[1], K)
+    return 0
 
 
 def weighted_gram(X, weights, double alpha=1.0, out=None):
@@ -348,28 +335,27 @@ def cholesky_solve(H, b, double damping=0.0):
     work = np.empty((p, p), dtype=H.dtype)
     cdef double eps = float(np.finfo(H.dtype).eps)
     cdef double shift
-    cdef int tries = 0
-    cdef const float[:, ::1] H32
-    cdef const double[:, ::1] H64
-    cdef float[:, ::1] W32
-    cdef double[:, ::1] W64
-    cdef cnp.ndarray xa = x
     if H.dtype == np.float32:
-        H32 = H
-        W32 = work
-        with nogil:
-            shift = _solve(&H32[0, 0], &W32[0, 0], <float *>cnp.PyArray_DATA(xa), p, nrhs,
-                           damping, eps, &tries)
+        shift = _solve_into(<float>0, H, work, <cnp.ndarray>x, p, nrhs, damping, eps)
     else:
-        H64 = H
-        W64 = work
-        with nogil:
-            shift = _solve(&H64[0, 0], &W64[0, 0], <double *>cnp.PyArray_DATA(xa), p, nrhs,
-                           damping, eps, &tries)
+        shift = _solve_into(<double>0, H, work, <cnp.ndarray>x, p, nrhs, damping, eps)
     if shift < 0:
         raise ValueError("hessian: no multiple of the identity made it positive definite "
                          "(entries too large for its dtype?)")
     return np.ascontiguousarray(x), shift
+
+
+cdef double _solve_into(real kind, H, work, cnp.ndarray x, Py_ssize_t p, int nrhs,
+                        double damping, double eps):
+    """cholesky_solve's work for element type `real` (`kind` only selects it), without the GIL."""
+    cdef const real[:, ::1] Hv = H
+    cdef real[:, ::1] Wv = work
+    cdef int tries = 0
+    cdef double shift
+    with nogil:
+        shift = _solve(&Hv[0, 0], &Wv[0, 0], <real *>cnp.PyArray_DATA(x), p, nrhs, damping, eps,
+                       &tries)
+    return shift
 
 
 # ------------------------------------------------------------------------------ products
@@ -412,42 +398,31 @@ cdef _product(X, V, double alpha, bint transpose):
     if n == 0 or d == 0:
         out.fill(0)
         return out
-    cdef cnp.ndarray Xa = X, Va = V, Oa = out
+    if X.dtype == np.float32:
+        _product_into(<float>alpha, <cnp.ndarray>X, <cnp.ndarray>V, <cnp.ndarray>out, n, d, K,
+                      transpose)
+    else:
+        _product_into(alpha, <cnp.ndarray>X, <cnp.ndarray>V, <cnp.ndarray>out, n, d, K,
+                      transpose)
+    return out
+
+
+cdef void _product_into(real alpha, cnp.ndarray Xa, cnp.ndarray Va, cnp.ndarray Oa, int n, int d,
+                        int K, bint transpose) noexcept:
+    """_product's BLAS call for element type `real`, without the GIL."""
     cdef char T = b'T', N = b'N'
-    cdef bint f32 = X.dtype == np.float32
-    cdef bint vector = V.ndim == 1
+    cdef bint vector = cnp.PyArray_NDIM(Va) == 1
+    cdef real *x = <real *>cnp.PyArray_DATA(Xa)
+    cdef real *v = <real *>cnp.PyArray_DATA(Va)
+    cdef real *o = <real *>cnp.PyArray_DATA(Oa)
     # C-contiguous X (n-by-d) is the Fortran matrix A = X^T (d-by-n, lda = d)
     with nogil:
         if vector:
-            if transpose:      # A v: (d,)
-                if f32:
-                    _gemv(N, d, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
-                          <float *>cnp.PyArray_DATA(Va), 0, <float *>cnp.PyArray_DATA(Oa))
-                else:
-                    _gemv(N, d, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
-                          <double *>cnp.PyArray_DATA(Va), 0, <double *>cnp.PyArray_DATA(Oa))
-            else:              # A^T v: (n,)
-                if f32:
-                    _gemv(T, d, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
-                          <float *>cnp.PyArray_DATA(Va), 0, <float *>cnp.PyArray_DATA(Oa))
-                else:
-                    _gemv(T, d, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
-                          <double *>cnp.PyArray_DATA(Va), 0, <double *>cnp.PyArray_DATA(Oa))
+            _gemv(N if transpose else T, d, n, alpha, x, d, v, 0, o)   # A v: (d,); A^T v: (n,)
         elif transpose:        # out (K, d) row-major = Fortran (d, K) = A R^T, R row-major (n, K)
-            if f32:
-                _gemm(N, T, d, K, n, <float>alpha, <float *>cnp.PyArray_DATA(Xa), d,
-                      <float *>cnp.PyArray_DATA(Va), K, <float *>cnp.PyArray_DATA(Oa), d)
-            else:
-                _gemm(N, T, d, K, n, alpha, <double *>cnp.PyArray_DATA(Xa), d,
-                      <double *>cnp.PyArray_DATA(Va), K, <double *>cnp.PyArray_DATA(Oa), d)
+            _gemm(N, T, d, K, n, alpha, x, d, v, K, o, d)
         else:                  # out (n, K) row-major = Fortran (K, n) = W A, W row-major (K, d)
-            if f32:
-                _gemm(T, N, K, n, d, <float>alpha, <float *>cnp.PyArray_DATA(Va), d,
-                      <float *>cnp.PyArray_DATA(Xa), d, <float *>cnp.PyArray_DATA(Oa), K)
-            else:
-                _gemm(T, N, K, n, d, alpha, <double *>cnp.PyArray_DATA(Va), d,
-                      <double *>cnp.PyArray_DATA(Xa), d, <double *>cnp.PyArray_DATA(Oa), K)
-    return out
+            _gemm(T, N, K, n, d, alpha, v, d, x, d, o, K)
 
 
 def scores(X, W, double alpha=1.0):

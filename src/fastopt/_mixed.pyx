@@ -18,17 +18,19 @@ the three for any parameter, and are divided by ``plan.grad_scale`` as they are 
 
 As in ``_kernels``, every check runs before any element is written (the identity of every
 parameter, master copy and state buffer included), so an error leaves parameters, masters
-and state untouched; the module holds no math. ``check_grads_disjoint`` catches a gradient of
-one group that aliases an array of another group.
+and state untouched; the module holds no math. The plan is a ``fastopt._kernels.PlanBase``,
+which holds the checks both plans share; ``check_grads_disjoint`` (the one of ``_kernels``)
+catches a gradient of one group that aliases an array of another group.
 """
 import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, intptr_t, uint64_t
 
-from ._kernels cimport (ArrayIdentity, _check_disjoint_from, _describe, _refuse_subclass,
-                        _same_shape, _set_spans, _spans_hit, _stale_message)
+from ._kernels cimport (PlanBase, _check_layout, _check_writable, _describe, _refuse_subclass,
+                        _same_shape)
 from . import _kernels
+from ._kernels import check_grads_disjoint
 
 cnp.import_array()
 
@@ -82,18 +84,20 @@ cdef int _code(cnp.ndarray a):
     return -1
 
 
-cdef int _check_layout(cnp.ndarray a, str what) except -1:
-    if not cnp.PyArray_ISNOTSWAPPED(a):
-        raise ValueError(f"{what} must be in native byte order, got dtype {a.dtype.str!r}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{what} must be C-contiguous; got strides {(<object>a).strides} for shape "
-                         f"{(<object>a).shape} (use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{what} must be aligned to its element size")
-    return 0
+cdef int _check_mixed(object obj, str what, str types, str dtypes) except -1:
+    """An ndarray (not a masked array or matrix) of float32, float16 or bfloat16: returns its
+    FO_DT_*. `types`, `dtypes`: how the messages name the accepted types."""
+    if not isinstance(obj, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray of {types}, got {_describe(obj)}")
+    if type(obj) is not cnp.ndarray:
+        _refuse_subclass(obj, what)
+    cdef int code = _code(<cnp.ndarray>obj)
+    if code < 0:
+        raise TypeError(f"{what} must have dtype {dtypes}, got {obj.dtype}")
+    return code
 
 
-cdef class Plan:
+cdef class Plan(PlanBase):
     """The segment layout of one mixed-precision parameter group (see the module docstring).
 
     ``Plan(params, name="params", offset=0, *, master_weights=True, rounding="nearest",
@@ -103,32 +107,21 @@ cdef class Plan:
     the stochastic rounding noise.
     """
     cdef fo_mixed_segment *seg
-    cdef Py_ssize_t n
-    cdef intptr_t *lo
-    cdef intptr_t *hi
-    cdef Py_ssize_t n_intervals
-    cdef readonly list params
     cdef readonly list masters
-    cdef readonly list states
-    cdef readonly str name
-    cdef readonly Py_ssize_t offset
     cdef readonly bint master_weights
     cdef readonly str rounding
     cdef int _rounding
     cdef double _grad_scale
     cdef public uint64_t seed
     cdef public uint64_t counter
-    cdef ArrayIdentity identity    # params, master copies, then attached state buffers
 
     def __cinit__(self, *args, **kwargs):
         self.seg = NULL
-        self.lo = NULL
-        self.hi = NULL
 
     def __init__(self, params, str name="params", Py_ssize_t offset=0, *, master_weights=True,
                  rounding="nearest", seed=0):
-        if not isinstance(params, (list, tuple)):
-            raise TypeError(f"{name} must be a list of arrays, got {_describe(params)}")
+        self._init_base(params, name, offset, "every parameter and state buffer must be a "
+                        "separate buffer", "a parameter, master copy or optimizer state")
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         if rounding == "stochastic" and master_weights:
@@ -137,35 +130,22 @@ cdef class Plan:
                              "parameter is always the master rounded to nearest even)")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.name = name
-        self.offset = offset
         self.master_weights = bool(master_weights)
         self.rounding = rounding
         self._rounding = FO_ROUND_STOCHASTIC if rounding == "stochastic" else FO_ROUND_NEAREST
         self._grad_scale = 1.0
         self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
         self.counter = 0
-        self.params = list(params)
-        self.n = len(self.params)
-        self.states = [None, None, None]
         cdef Py_ssize_t i
         cdef cnp.ndarray p
         cdef int code
         for i in range(self.n):
             what = f"{name}[{i + offset}]"
-            obj = self.params[i]
-            if not isinstance(obj, np.ndarray):
-                raise TypeError(f"{what} must be a numpy.ndarray of float16, bfloat16 or "
-                                f"float32, got {_describe(obj)}")
-            _refuse_subclass(obj, what)
-            p = <cnp.ndarray>obj
-            code = _code(p)
-            if code < 0:
-                raise TypeError(f"{what} must have dtype float16, bfloat16 (ml_dtypes) or "
-                                f"float32 for mixed precision, got {obj.dtype}")
+            code = _check_mixed(self.params[i], what, "float16, bfloat16 or float32",
+                                "float16, bfloat16 (ml_dtypes) or float32 for mixed precision")
+            p = <cnp.ndarray>self.params[i]
             _check_layout(p, what)
-            if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{what} must be writable (it is updated in place)")
+            _check_writable(p, what)
             if code == FO_DT_F16 and self._rounding == FO_ROUND_STOCHASTIC:
                 raise ValueError(f"{what} is float16; stochastic rounding is implemented for "
                                  "bfloat16 parameters only")
@@ -195,47 +175,17 @@ cdef class Plan:
             if code != FO_DT_F32:
                 self.seg[i].lowp = cnp.PyArray_DATA(p)
                 self.seg[i].lowp_dtype = code
-        self._rebuild_intervals()
+        self._set_intervals(self.states)
         self._record_identity()
 
     def __dealloc__(self):
         PyMem_Free(self.seg)
-        PyMem_Free(self.lo)
-        PyMem_Free(self.hi)
 
-    def __len__(self):
-        return self.n
-
-    cdef list _identity_labels(self):
-        """Names of the arrays `identity` records, in its order (for messages)."""
-        labels = [f"{self.name}[{i + self.offset}]" for i in range(self.n)]
-        labels += [f"master copy of {self.name}[{i + self.offset}]" for i in range(self.n)
-                   if self.masters[i] is not None and self.masters[i] is not self.params[i]]
-        for k in range(3):
-            if self.states[k] is not None:
-                labels += [f"state buffer {k} of {self.name}[{i + self.offset}]"
-                           for i in range(self.n)]
-        return labels
-
-    cdef _record_identity(self):
-        arrays = list(self.params)
-        arrays += [m for m, p in zip(self.masters, self.params) if m is not None and m is not p]
-        for k in range(3):
-            if self.states[k] is not None:
-                arrays += self.states[k]
-        self.identity = ArrayIdentity(arrays)
-
-    cdef int _check_identity(self) except -1:
-        """ValueError, naming the array, if a parameter, master copy or state buffer was
-        resized or reallocated in place since the plan recorded it."""
-        cdef Py_ssize_t j = self.identity.first_changed()
-        if j >= 0:
-            raise ValueError(_stale_message(self._identity_labels()[j]))
-        return 0
-
-    def check_identity(self):
-        """Raise ValueError if an array of the plan was resized or reallocated in place."""
-        self._check_identity()
+    cdef list _extras(self):
+        """The master copies (other than float32 parameters, their own master)."""
+        return [(self.masters[i], f"master copy of {self.name}[{i + self.offset}]")
+                for i in range(self.n)
+                if self.masters[i] is not None and self.masters[i] is not self.params[i]]
 
     @property
     def grad_scale(self):
@@ -249,140 +199,51 @@ cdef class Plan:
             raise ValueError(f"grad_scale must be a finite number > 0, got {value!r}")
         self._grad_scale = v
 
-    cdef _rebuild_intervals(self):
-        """Sorted memory intervals of params, masters and state; overlaps are errors."""
-        items = []
-        cdef cnp.ndarray a
-        cdef Py_ssize_t i, k
-        for i in range(self.n):
-            a = <cnp.ndarray>self.params[i]
-            if cnp.PyArray_NBYTES(a) > 0:
-                items.append((<intptr_t>cnp.PyArray_DATA(a),
-                              <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
-                              f"{self.name}[{i + self.offset}]"))
-            if self.masters[i] is not None and self.masters[i] is not self.params[i]:
-                a = <cnp.ndarray>self.masters[i]
-                if cnp.PyArray_NBYTES(a) > 0:
-                    items.append((<intptr_t>cnp.PyArray_DATA(a),
-                                  <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
-                                  f"master copy of {self.name}[{i + self.offset}]"))
-        for k in range(3):
-            if self.states[k] is None:
-                continue
-            for i in range(self.n):
-                a = <cnp.ndarray>self.states[k][i]
-                if cnp.PyArray_NBYTES(a) > 0:
-                    items.append((<intptr_t>cnp.PyArray_DATA(a),
-                                  <intptr_t>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a),
-                                  f"state {k} of {self.name}[{i + self.offset}]"))
-        self.n_intervals = _set_spans(items, "every parameter and state buffer must be a "
-                                      "separate buffer", &self.lo, &self.hi)
+    cdef int _check_state(self, Py_ssize_t i, object obj, str what) except -1:
+        """A state buffer: float32, shaped like params[i], C-contiguous, writable."""
+        if not isinstance(obj, np.ndarray):
+            raise TypeError(f"{what} must be a float32 numpy.ndarray, got {_describe(obj)}")
+        _refuse_subclass(obj, what)
+        cdef cnp.ndarray a = <cnp.ndarray>obj, p = <cnp.ndarray>self.params[i]
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or not _same_shape(a, p):
+            raise ValueError(f"{what} must be a float32 array of shape "
+                             f"{(<object>p).shape} (mixed-precision state is float32), "
+                             f"got {_describe(obj)}")
+        _check_layout(a, what)
+        _check_writable(a, what)
+        return 0
 
-    def set_state(self, int k, arrays, str name=None):
-        """Attach state buffer k: float32 arrays shaped like the params (or None to detach)."""
-        if k < 0 or k >= 3:
-            raise ValueError(f"state slot must be in [0, 3), got {k}")
-        self._check_identity()
+    cdef int _attach_state(self, int k, list arrays) except -1:
         cdef Py_ssize_t i
-        cdef cnp.ndarray a, p
-        if arrays is not None:
-            arrays = list(arrays)
-            if len(arrays) != self.n:
-                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one "
-                                 f"per parameter), got {len(arrays)}")
-            for i in range(self.n):
-                what = (f"{name}[{i + self.offset}]" if name else
-                        f"state buffer {k} of {self.name}[{i + self.offset}]")
-                if not isinstance(arrays[i], np.ndarray):
-                    raise TypeError(f"{what} must be a float32 numpy.ndarray, got "
-                                    f"{_describe(arrays[i])}")
-                _refuse_subclass(arrays[i], what)
-                a = <cnp.ndarray>arrays[i]
-                p = <cnp.ndarray>self.params[i]
-                if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or not _same_shape(a, p):
-                    raise ValueError(f"{what} must be a float32 array of shape "
-                                     f"{(<object>p).shape} (mixed-precision state is float32), "
-                                     f"got {_describe(arrays[i])}")
-                _check_layout(a, what)
-                if not cnp.PyArray_ISWRITEABLE(a):
-                    raise ValueError(f"{what} must be writable (it is updated in place)")
-        old = self.states[k]
-        self.states[k] = arrays
-        try:
-            self._rebuild_intervals()
-        except Exception:
-            self.states[k] = old
-            self._rebuild_intervals()
-            raise
-        self._record_identity()
         for i in range(self.n):
-            if arrays is None:
-                self.seg[i].state[k] = NULL
-            else:
-                a = <cnp.ndarray>arrays[i]
-                self.seg[i].state[k] = <float *>cnp.PyArray_DATA(a)
+            self.seg[i].state[k] = (NULL if arrays is None else
+                                    <float *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]))
+        return 0
 
-    cdef bint _overlaps(self, intptr_t a, intptr_t b):
-        return _spans_hit(self.lo, self.hi, 1, self.n_intervals, a, b)
+    cdef int _check_grad(self, Py_ssize_t i, object obj, cnp.ndarray p, str name) except -1:
+        """A gradient: float32, float16 or bfloat16, shaped like params[i], C-contiguous."""
+        what = f"{name}[{i + self.offset}]"
+        _check_mixed(obj, what, "float32, float16 or bfloat16", "float32, float16 or bfloat16")
+        cdef cnp.ndarray g = <cnp.ndarray>obj
+        if not _same_shape(g, p):
+            raise ValueError(f"{what} must have shape {(<object>p).shape} like "
+                             f"{self.name}[{i + self.offset}], got {obj.shape}")
+        _check_layout(g, what)
+        return 0
 
-    def check_grads(self, grads, str name="grads"):
-        """Check gradients against the params without keeping them (raises on any problem)."""
-        self._load(grads, name, False)
-
-    cdef int _load(self, grads, str name, bint store) except -1:
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
-                            f"{_describe(grads)}")
-        if len(grads) != self.n:
-            raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
-        self._check_identity()
+    cdef int _store_grads(self, grads) except -1:
         cdef Py_ssize_t i
-        cdef cnp.ndarray g, p
-        cdef intptr_t start
-        cdef int code
+        cdef cnp.ndarray g
         for i in range(self.n):
-            p = <cnp.ndarray>self.params[i]
-            if not cnp.PyArray_ISWRITEABLE(p):
-                raise ValueError(f"{self.name}[{i + self.offset}] became read-only; parameters "
-                                 "are updated in place")
-            obj = grads[i]
-            what = f"{name}[{i + self.offset}]"
-            if not isinstance(obj, np.ndarray):
-                raise TypeError(f"{what} must be a numpy.ndarray of float32, float16 or "
-                                f"bfloat16, got {_describe(obj)}")
-            if type(obj) is not cnp.ndarray:
-                _refuse_subclass(obj, what)
-            g = <cnp.ndarray>obj
-            code = _code(g)
-            if code < 0:
-                raise TypeError(f"{what} must have dtype float32, float16 or bfloat16, got "
-                                f"{obj.dtype}")
-            if not _same_shape(g, p):
-                raise ValueError(f"{what} must have shape {(<object>p).shape} like "
-                                 f"{self.name}[{i + self.offset}], got {obj.shape}")
-            _check_layout(g, what)
-            start = <intptr_t>cnp.PyArray_DATA(g)
-            if cnp.PyArray_NBYTES(g) > 0 and self._overlaps(start, start + cnp.PyArray_NBYTES(g)):
-                raise ValueError(f"{what} shares memory with a parameter, master copy or "
-                                 "optimizer state; pass a separate gradient buffer")
-        if store:
-            for i in range(self.n):
-                g = <cnp.ndarray>grads[i]
-                self.seg[i].grad = cnp.PyArray_DATA(g)
-                self.seg[i].grad_dtype = _code(g)
+            g = <cnp.ndarray>grads[i]
+            self.seg[i].grad = cnp.PyArray_DATA(g)
+            self.seg[i].grad_dtype = _code(g)
         return 0
 
     cdef void _forget_grads(self) noexcept:
         cdef Py_ssize_t i
         for i in range(self.n):
             self.seg[i].grad = NULL
-
-    cdef int _require(self, int mask) except -1:
-        cdef int k
-        for k in range(3):
-            if (mask >> k) & 1 and self.states[k] is None:
-                raise RuntimeError(f"state slot {k} is required by these options but not attached")
-        return 0
 
     cdef fo_mixed_opts _opts(self):
         cdef fo_mixed_opts o
@@ -424,30 +285,3 @@ include "_mixed_steps.pxi"
 def all_finite(Plan plan, grads, str name="grads"):
     """Whether every gradient divided by ``plan.grad_scale`` is finite (reads gradients only)."""
     return plan.all_finite(grads, name)
-
-
-def check_grads_disjoint(plans, grads, str name="grads"):
-    """Raise ValueError if any of `grads` shares memory with a parameter, master copy or state
-    buffer of any of `plans` (the param groups of one optimizer; `grads` numbered over all).
-
-    Each plan checks its own group's gradients; this catches a gradient of one group that is
-    (a view of) an array of another group, which a step would read after that group was
-    updated (as fastopt._kernels.check_grads_disjoint does for plain plans).
-    """
-    cdef Plan plan
-    cdef Py_ssize_t total = 0, k = 0, i
-    for plan in plans:
-        total += plan.n_intervals
-    cdef intptr_t *iv = <intptr_t *>PyMem_Calloc(2 * total + 2, sizeof(intptr_t))
-    if iv == NULL:
-        raise MemoryError()
-    try:
-        for plan in plans:
-            for i in range(plan.n_intervals):
-                iv[2 * k] = plan.lo[i]
-                iv[2 * k + 1] = plan.hi[i]
-                k += 1
-        _check_disjoint_from(iv, total, grads, name)
-    finally:
-        PyMem_Free(iv)
-

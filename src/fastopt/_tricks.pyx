@@ -12,7 +12,9 @@ fastopt.tricks, the public entry point.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t
+
+from ._kernels cimport int_setting
 
 cnp.import_array()
 
@@ -22,36 +24,14 @@ cdef extern from "fastopt/resize.h":
                            float *l0, float *l1) nogil
     int fo_resize_axis_f64(int64_t inp, int64_t out, int64_t *i0, int64_t *i1,
                            double *l0, double *l1) nogil
-    int fo_resize_nchw_f32(const float *src, float *dst, int64_t planes, int64_t in_h,
-                           int64_t in_w, int64_t out_h, int64_t out_w,
-                           const int64_t *y0, const int64_t *y1, const float *ly0,
-                           const float *ly1, const int64_t *x0, const int64_t *x1,
-                           const float *lx0, const float *lx1, int n_threads) nogil
-    int fo_resize_nchw_f64(const double *src, double *dst, int64_t planes, int64_t in_h,
-                           int64_t in_w, int64_t out_h, int64_t out_w,
-                           const int64_t *y0, const int64_t *y1, const double *ly0,
-                           const double *ly1, const int64_t *x0, const int64_t *x1,
-                           const double *lx0, const double *lx1, int n_threads) nogil
-    int fo_resize_nchw_u8(const uint8_t *src, uint8_t *dst, int64_t planes, int64_t in_h,
-                          int64_t in_w, int64_t out_h, int64_t out_w,
-                          const int64_t *y0, const int64_t *y1, const float *ly0,
-                          const float *ly1, const int64_t *x0, const int64_t *x1,
-                          const float *lx0, const float *lx1, int n_threads) nogil
-    int fo_resize_nhwc_f32(const float *src, float *dst, int64_t n, int64_t channels,
-                           int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                           const int64_t *y0, const int64_t *y1, const float *ly0,
-                           const float *ly1, const int64_t *x0, const int64_t *x1,
-                           const float *lx0, const float *lx1, int n_threads) nogil
-    int fo_resize_nhwc_f64(const double *src, double *dst, int64_t n, int64_t channels,
-                           int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                           const int64_t *y0, const int64_t *y1, const double *ly0,
-                           const double *ly1, const int64_t *x0, const int64_t *x1,
-                           const double *lx0, const double *lx1, int n_threads) nogil
-    int fo_resize_nhwc_u8(const uint8_t *src, uint8_t *dst, int64_t n, int64_t channels,
-                          int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                          const int64_t *y0, const int64_t *y1, const float *ly0,
-                          const float *ly1, const int64_t *x0, const int64_t *x1,
-                          const float *lx0, const float *lx1, int n_threads) nogil
+    enum: FO_RESIZE_F32
+    enum: FO_RESIZE_F64
+    enum: FO_RESIZE_U8
+    int fo_resize(int type, bint nhwc, const void *src, void *dst, int64_t n, int64_t channels,
+                  int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                  const int64_t *y0, const int64_t *y1, const void *ly0, const void *ly1,
+                  const int64_t *x0, const int64_t *x1, const void *lx0, const void *lx1,
+                  int n_threads) nogil
     int64_t fo_resize_parallel_threshold
     int fo_resize_max_threads() nogil
 
@@ -59,16 +39,10 @@ cdef extern from "fastopt/resize.h":
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint8))
 
 
-def get_parallel_threshold():
-    """Output elements below which a resize runs on the calling thread."""
-    return fo_resize_parallel_threshold
-
-
-def set_parallel_threshold(int64_t n):
-    global fo_resize_parallel_threshold
-    if n < 1:
-        raise ValueError(f"threshold must be >= 1, got {n}")
-    fo_resize_parallel_threshold = n
+# Output elements below which a resize runs on the calling thread.
+_threshold = int_setting(&fo_resize_parallel_threshold, "threshold")
+get_parallel_threshold = _threshold.get
+set_parallel_threshold = _threshold.set
 
 
 def axis_table(int64_t in_size, int64_t out_size, dtype):
@@ -161,41 +135,12 @@ def resize_bilinear(cnp.ndarray src, int64_t out_h, int64_t out_w, bint nhwc, ds
     cdef void *wy1 = cnp.PyArray_DATA(ly1)
     cdef void *wx0 = cnp.PyArray_DATA(lx0)
     cdef void *wx1 = cnp.PyArray_DATA(lx1)
-    cdef int kind = 0 if dtype == np.float32 else (1 if dtype == np.float64 else 2)
+    cdef int kind = (FO_RESIZE_F32 if dtype == np.float32 else
+                     (FO_RESIZE_F64 if dtype == np.float64 else FO_RESIZE_U8))
     cdef int rc = 0
     with nogil:
-        if nhwc:
-            if kind == 0:
-                rc = fo_resize_nhwc_f32(<const float *>s, <float *>d, n, c, in_h, in_w, out_h,
-                                        out_w, py0, py1, <const float *>wy0, <const float *>wy1,
-                                        px0, px1, <const float *>wx0, <const float *>wx1,
-                                        n_threads)
-            elif kind == 1:
-                rc = fo_resize_nhwc_f64(<const double *>s, <double *>d, n, c, in_h, in_w, out_h,
-                                        out_w, py0, py1, <const double *>wy0,
-                                        <const double *>wy1, px0, px1, <const double *>wx0,
-                                        <const double *>wx1, n_threads)
-            else:
-                rc = fo_resize_nhwc_u8(<const uint8_t *>s, <uint8_t *>d, n, c, in_h, in_w,
-                                       out_h, out_w, py0, py1, <const float *>wy0,
-                                       <const float *>wy1, px0, px1, <const float *>wx0,
-                                       <const float *>wx1, n_threads)
-        else:
-            if kind == 0:
-                rc = fo_resize_nchw_f32(<const float *>s, <float *>d, n * c, in_h, in_w, out_h,
-                                        out_w, py0, py1, <const float *>wy0, <const float *>wy1,
-                                        px0, px1, <const float *>wx0, <const float *>wx1,
-                                        n_threads)
-            elif kind == 1:
-                rc = fo_resize_nchw_f64(<const double *>s, <double *>d, n * c, in_h, in_w,
-                                        out_h, out_w, py0, py1, <const double *>wy0,
-                                        <const double *>wy1, px0, px1, <const double *>wx0,
-                                        <const double *>wx1, n_threads)
-            else:
-                rc = fo_resize_nchw_u8(<const uint8_t *>s, <uint8_t *>d, n * c, in_h, in_w,
-                                       out_h, out_w, py0, py1, <const float *>wy0,
-                                       <const float *>wy1, px0, px1, <const float *>wx0,
-                                       <const float *>wx1, n_threads)
+        rc = fo_resize(kind, nhwc, s, d, n, c, in_h, in_w, out_h, out_w, py0, py1, wy0, wy1,
+                       px0, px1, wx0, wx1, n_threads)
     if rc != 0:
         raise RuntimeError("fo_resize rejected its arguments")
     return out

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _steps, _table, _validate
+from . import _kernels, _steps, _table, _validate
 
 # The step functions (sgd, adam, ...) and option flags (MAXIMIZE, ...) are defined from the
 # optimizer table below.
@@ -447,7 +447,7 @@ class Plan:
         self.device_id = self.params[0].device.id if self.n else cupy.cuda.Device().id
         for i, p in enumerate(self.params):
             self._check_device(p, f"{name}[{i + self.offset}]")
-        self._rebuild_intervals(True)
+        self._rebuild_intervals(self.states)
         self._record_identity()
         self._cupy = cupy
         self._device = cupy.cuda.Device(self.device_id)
@@ -493,11 +493,7 @@ class Plan:
         dtype, shape or strides since the plan recorded it (the tables would be stale)."""
         for j, (a, recorded) in enumerate(self._identity):
             if _identity(a) != recorded:
-                raise ValueError(
-                    f"{self._identity_labels[j]} was resized or reallocated since it was given "
-                    "to the optimizer (its data pointer, dtype, shape or strides changed); "
-                    "stepping it would write through a stale pointer. Nothing was updated. "
-                    "Give the new array to a new optimizer (or to add_param_group)")
+                raise ValueError(_kernels.stale_message(self._identity_labels[j]))
 
     def _check_device(self, a, what):
         if a.device.id != self.device_id:
@@ -505,21 +501,17 @@ class Plan:
                              f"{self.device_id}; the arrays of one optimizer (parameters, "
                              f"gradients, state) must all be on one device")
 
-    def _rebuild_intervals(self, params_only):
-        """Sorted memory intervals of params and state; overlaps among them are errors."""
+    def _rebuild_intervals(self, states):
+        """Sorted memory intervals of params and `states`; overlaps among them are errors (the
+        plan is then left as it was)."""
         items = [(*_interval(a), f"{self.name}[{i + self.offset}]")
                  for i, a in enumerate(self.params) if a.nbytes > 0]
-        if not params_only:
-            for k in range(FO_MAX_STATE):
-                if self.states[k] is None:
-                    continue
+        for k in range(FO_MAX_STATE):
+            if states[k] is not None:
                 items += [(*_interval(a), f"state {k} of {self.name}[{i + self.offset}]")
-                          for i, a in enumerate(self.states[k]) if a.nbytes > 0]
-        items.sort()
-        for i in range(1, len(items)):
-            if items[i][0] < items[i - 1][1]:
-                raise ValueError(f"{items[i - 1][2]} and {items[i][2]} share memory; every "
-                                 f"parameter must be a separate buffer (pass each parameter once)")
+                          for i, a in enumerate(states[k]) if a.nbytes > 0]
+        _kernels.check_spans(items, "every parameter must be a separate buffer (pass each "
+                             "parameter once)")
         self._lo = [it[0] for it in items]
         self._hi = [it[1] for it in items]
 
@@ -544,14 +536,9 @@ class Plan:
         `name` is the buffer's name in error messages (default "state buffer k of params[i]").
         """
         k = int(k)
-        if k < 0 or k >= FO_MAX_STATE:
-            raise ValueError(f"state slot must be in [0, {FO_MAX_STATE}), got {k}")
+        arrays = _kernels.state_list(k, arrays, self.n, name)
         self.check_identity()
         if arrays is not None:
-            arrays = list(arrays)
-            if len(arrays) != self.n:
-                raise ValueError(f"{name or f'state slot {k}'}: expected {self.n} arrays (one per "
-                                 f"parameter), got {len(arrays)}")
             for i, (a, p) in enumerate(zip(arrays, self.params)):
                 what = (f"{name}[{i + self.offset}]" if name else
                         f"state buffer {k} of {self.name}[{i + self.offset}]")
@@ -559,14 +546,10 @@ class Plan:
                 if a.dtype != p.dtype or a.shape != p.shape:
                     raise ValueError(f"{what} must be {_describe(p)}, got {_describe(a)}")
                 self._check_device(a, what)
-        old = self.states[k]
+        states = list(self.states)
+        states[k] = arrays
+        self._rebuild_intervals(states)
         self.states[k] = arrays
-        try:
-            self._rebuild_intervals(False)
-        except Exception:
-            self.states[k] = old
-            self._rebuild_intervals(False)
-            raise
         self._record_identity()
         with self._device:
             stream = self._enter_stream()
@@ -581,11 +564,7 @@ class Plan:
 
     def _load(self, grads, name):
         """Validate the gradients; return their addresses in plan order."""
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"{name} must be a list of arrays (one per parameter), got "
-                            f"{_describe(grads)}")
-        if len(grads) != self.n:
-            raise ValueError(f"{name} has {len(grads)} arrays but there are {self.n} parameters")
+        _kernels.check_grad_list(grads, self.n, name, _describe)
         self.check_identity()
         ptrs = []
         for i, (g, p) in enumerate(zip(grads, self.params)):
@@ -610,9 +589,7 @@ class Plan:
         return ptrs
 
     def _require(self, mask):
-        for k in range(FO_MAX_STATE):
-            if (mask >> k) & 1 and self.states[k] is None:
-                raise RuntimeError(f"state slot {k} is required by these options but not attached")
+        _kernels.require_states(self.states, mask)
 
     def _step(self, opt, grads, name, mask, scalars, flags):
         """Validate, refresh the gradient row where it changed, launch one kernel per type."""
