@@ -20,18 +20,35 @@ What carries over from torch.optim:
   ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and back;
 - ``closure``, step hooks, ``zero_grad``, pickling.
 
+The constructors take torch.optim's arguments, in torch's order and of torch's kinds,
+including the implementation keywords of the installed torch (``foreach``, ``fused``,
+``capturable``, ``differentiable``), then fastopt's own options keyword-only
+(fastopt._torch_args). fastopt is always one fused pass: ``foreach``/``fused`` (None, True or
+False) are recorded in ``defaults``, ``param_groups`` and state_dicts as torch does and change
+no number; ``fused=True`` with ``foreach=True`` or ``differentiable=True`` raises torch's
+RuntimeError; ``capturable=True`` (CUDA graphs) and ``differentiable=True`` (autograd through
+the step) cannot be honoured and raise RuntimeError. AdamW stays decoupled whatever state_dict
+is loaded, as torch's AdamW.
+
 Hyperparameters follow the rules of the NumPy classes (fastopt._validate): any real number,
 NumPy scalars, 0-d arrays and one-element tensors (read as Python numbers when checked, at
 construction and at every step; tensors stay in ``param_groups`` as given, other values are
 stored as plain Python numbers); TypeError for a wrong type, ValueError for NaN, inf or a
-value out of range.
+value out of range. Where torch.optim refuses a value too, the error has torch's type and
+message first (``Invalid learning rate: -1``, ``Tensor lr must be 1-element``, the table's
+``Hyper.torch_error``), then fastopt's reason and the group.
 
-Parameters, gradients and state must be dense, contiguous CPU tensors of dtype float32 or
-float64; anything else raises ``TypeError``/``ValueError`` naming the tensor, before anything
-is modified. The kernel plans (the C segment tables) are cached per group and per set of
-parameters that have gradients, and checked against the tensors at every step (identity and
-data pointer of each parameter, identity of each state tensor), so replacing ``p.data`` or a
-state tensor is picked up; the common step (every parameter has a gradient, one step count)
+Parameters, gradients and state must be dense CPU tensors of dtype float32 or float64 (any
+strides; a parameter or state tensor must not overlap itself); anything else raises
+``TypeError``/``ValueError`` naming the tensor, before anything is modified. A parameter that
+is not contiguous but fills its memory without gaps (channels_last, transposed, permuted) is
+updated in place through its storage, with its gradient and state when they share its
+strides; otherwise (gaps, or a gradient/state in another order) through contiguous
+temporaries made once and reused (fastopt._torch_layout); every tensor keeps its layout. The
+kernel plans (the C segment tables) are cached per group and per set of
+parameters that have gradients, and checked against the tensors at every step (identity, data
+pointer and strides of each parameter, identity of each state tensor), so replacing ``p.data``
+or a state tensor is picked up; the common step (every parameter has a gradient, one step count)
 costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
 of a group are views into one counter buffer, advanced by one NumPy operation.
 
@@ -567,7 +584,7 @@ class Optimizer(torch.optim.Optimizer):
                 lay.gather()
         try:
             self._fo_kernel(job)
-        except (TypeError, ValueError) as e:       # not checked before: the common step
+        except (TypeError, ValueError):            # not checked before: the common step
             if not self._fo_regrad(job):
                 self._fo_diagnose(job)
                 raise
@@ -575,7 +592,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._fo_kernel(job)
             except (TypeError, ValueError):
                 self._fo_diagnose(job)
-                raise e from None
+                raise
         if not plain:
             for lay in entry.layouts:
                 lay.scatter()
