@@ -201,7 +201,7 @@ def test_tensor_hyperparameters_must_have_one_element():
     # torch fails here on the comparison (RuntimeError: ambiguous boolean); fastopt says why
     with pytest.raises(ValueError, match=r"^Tensor betas\[0\] must be 1-element"):
         ft.Adam(model().parameters(), betas=(torch.tensor([0.9, 0.8]), torch.tensor(0.99)))
-    with pytest.raises(ValueError, match="^Tensor weight_decay must be 1-element"):
+    with pytest.raises(TypeError, match="weight_decay"):     # fastopt's rule: not a number
         ft.SGD(model().parameters(), weight_decay=torch.zeros(2))
 
 

@@ -112,13 +112,15 @@ def _reason(error):
     return f"must be {m.group(1)}" if m else str(error)
 
 
-def _tensor_size_error(key, value):
-    if _is_tensor(value) and value.numel() != 1:
-        return ValueError(f"Tensor {key} must be 1-element")
+def _tensor_size_error(key, value, where):
+    """torch's ValueError for a tensor lr or beta of more than one element (other
+    hyperparameters keep fastopt's TypeError: torch has no message for them)."""
+    if key == "lr" and _is_tensor(value) and value.numel() != 1:
+        return ValueError(f"Tensor {key} must be 1-element ({where})")
     if key == "betas" and isinstance(value, (tuple, list)):
         for i, b in enumerate(value):
             if _is_tensor(b) and b.numel() != 1:
-                return ValueError(f"Tensor betas[{i}] must be 1-element")
+                return ValueError(f"Tensor betas[{i}] must be 1-element ({where})")
     return None
 
 
@@ -139,7 +141,7 @@ def torch_error(spec, group, error, where):
         if key not in group:
             continue
         raw = group[key]
-        size_error = _tensor_size_error(key, raw)
+        size_error = _tensor_size_error(key, raw, where)
         if size_error is not None:
             return size_error
         try:

@@ -447,7 +447,8 @@ class Optimizer(torch.optim.Optimizer):
             grads = [_array(params[j].grad) for j in idx]
         except (RuntimeError, TypeError, ValueError):
             for j in idx:
-                _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j])
+                _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j],
+                              written=False)
             raise
         uses = self.spec.uses(hyper)
         # the common case: a cached plan whose tensors are all current, one step count
