@@ -725,6 +725,11 @@ def torch_plain(form):
 def test_torch_adapter_accepts_any_real_number_bit_identically(name, key):
     value = value_of(key)
     for form_id, form in torch_forms(value):
+        if key.startswith("betas") and name in ("adam", "adamw") and \
+                isinstance(form, torch.Tensor):     # torch's Adam: both floats or both tensors
+            with pytest.raises(ValueError, match="both floats or both Tensors"):
+                torch_run(name, hyper_with(name, key, form))
+            continue
         got, opt = torch_run(name, hyper_with(name, key, form))
         expected, _ = torch_run(name, hyper_with(name, key, torch_plain(form)))
         assert torch.equal(got, expected), form_id
@@ -740,7 +745,9 @@ def test_torch_adapter_accepts_any_real_number_bit_identically(name, key):
 @pytest.mark.parametrize("name,key", CLASS_CASES, ids=CLASS_IDS)
 def test_torch_adapter_refuses_bad_values_with_the_class_error(name, key):
     cls = getattr(ft, SPECS[name].class_name)
-    extra = [("2-element tensor", torch.tensor([0.1, 0.2]), TypeError),
+    # a tensor lr or beta of 2 elements: torch's ValueError "Tensor lr must be 1-element"
+    wide = ValueError if key == "lr" or key.startswith("betas") else TypeError
+    extra = [("2-element tensor", torch.tensor([0.1, 0.2]), wide),
              ("nan tensor", torch.tensor(NAN), ValueError),
              ("bool tensor", torch.tensor(True), TypeError)]
     for bad_id, bad, error in bad_values(name, key) + extra:

@@ -20,18 +20,35 @@ What carries over from torch.optim:
   ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and back;
 - ``closure``, step hooks, ``zero_grad``, pickling.
 
+The constructors take torch.optim's arguments, in torch's order and of torch's kinds,
+including the implementation keywords of the installed torch (``foreach``, ``fused``,
+``capturable``, ``differentiable``), then fastopt's own options keyword-only
+(fastopt._torch_args). fastopt is always one fused pass: ``foreach``/``fused`` (None, True or
+False) are recorded in ``defaults``, ``param_groups`` and state_dicts as torch does and change
+no number; ``fused=True`` with ``foreach=True`` or ``differentiable=True`` raises torch's
+RuntimeError; ``capturable=True`` (CUDA graphs) and ``differentiable=True`` (autograd through
+the step) cannot be honoured and raise RuntimeError. AdamW stays decoupled whatever state_dict
+is loaded, as torch's AdamW.
+
 Hyperparameters follow the rules of the NumPy classes (fastopt._validate): any real number,
 NumPy scalars, 0-d arrays and one-element tensors (read as Python numbers when checked, at
 construction and at every step; tensors stay in ``param_groups`` as given, other values are
 stored as plain Python numbers); TypeError for a wrong type, ValueError for NaN, inf or a
-value out of range.
+value out of range. Where torch.optim refuses a value too, the error has torch's type and
+message first (``Invalid learning rate: -1``, ``Tensor lr must be 1-element``, the table's
+``Hyper.torch_error``), then fastopt's reason and the group.
 
-Parameters, gradients and state must be dense, contiguous CPU tensors of dtype float32 or
-float64; anything else raises ``TypeError``/``ValueError`` naming the tensor, before anything
-is modified. The kernel plans (the C segment tables) are cached per group and per set of
-parameters that have gradients, and checked against the tensors at every step (identity and
-data pointer of each parameter, identity of each state tensor), so replacing ``p.data`` or a
-state tensor is picked up; the common step (every parameter has a gradient, one step count)
+Parameters, gradients and state must be dense CPU tensors of dtype float32 or float64 (any
+strides; a parameter or state tensor must not overlap itself); anything else raises
+``TypeError``/``ValueError`` naming the tensor, before anything is modified. A parameter that
+is not contiguous but fills its memory without gaps (channels_last, transposed, permuted) is
+updated in place through its storage, with its gradient and state when they share its
+strides; otherwise (gaps, or a gradient/state in another order) through contiguous
+temporaries made once and reused (fastopt._torch_layout); every tensor keeps its layout. The
+kernel plans (the C segment tables) are cached per group and per set of
+parameters that have gradients, and checked against the tensors at every step (identity, data
+pointer and strides of each parameter, identity of each state tensor), so replacing ``p.data``
+or a state tensor is picked up; the common step (every parameter has a gradient, one step count)
 costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
 of a group are views into one counter buffer, advanced by one NumPy operation.
 
@@ -54,7 +71,8 @@ import inspect
 
 import numpy as np
 
-from . import _kernels, _table, _validate
+from . import _kernels, _table, _torch_args, _validate
+from . import _torch_layout as _layout
 from . import optim as _optim
 
 __all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values())]
@@ -64,8 +82,11 @@ _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _MAX_PLANS = 8          # cached plans per group (one per distinct set of params with grads)
 
 
-def _scalar_dtype():
-    """The dtype torch.optim gives 'step' (float32 unless the default dtype is float64)."""
+def _scalar_dtype(fused=None):
+    """The dtype torch.optim gives 'step' (float32 when fused or unless the default dtype is
+    float64)."""
+    if fused:
+        return torch.float32
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
@@ -73,8 +94,9 @@ def _where(gi, j):
     return f"param_groups[{gi}]['params'][{j}]"
 
 
-def _check_tensor(t, what, like=None):
-    """Raise a TypeError/ValueError if `t` cannot be handed to the CPU kernels."""
+def _check_tensor(t, what, like=None, written=True):
+    """Raise a TypeError/ValueError if `t` cannot be handed to the CPU kernels (any strides
+    will do; a tensor that is written must not overlap itself)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
@@ -98,10 +120,10 @@ def _check_tensor(t, what, like=None):
     if t.is_conj() or t.is_neg():
         raise ValueError(f"{what} has a pending conjugate/negation bit; call .resolve_conj() "
                          "/ .resolve_neg() first")
-    if not t.is_contiguous():
-        raise ValueError(f"{what} must be contiguous; got strides {t.stride()} for shape "
-                         f"{tuple(t.shape)} (call .contiguous(), or use "
-                         "memory_format=torch.contiguous_format)")
+    if written and _layout.overlaps(t):
+        raise ValueError(f"{what} has elements that share memory (strides {t.stride()} for "
+                         f"shape {tuple(t.shape)}, e.g. from expand()); it cannot be updated "
+                         "in place (call .clone())")
 
 
 def _plain(value):
@@ -127,22 +149,40 @@ def _array(t):
 
 
 class _Entry:
-    """A kernel plan over the parameters at positions `idx` of a group, and what it holds."""
-    __slots__ = ("idx", "tensors", "ptrs", "plan", "states")
+    """A kernel plan over the parameters at positions `idx` of a group, and what it holds:
+    the parameters (with their data pointers and strides when planned), their layouts
+    (fastopt._torch_layout) and the state tensors attached to each slot."""
+    __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain")
 
-    def __init__(self, idx, tensors, plan, n_state):
+    def __init__(self, idx, tensors, layouts, plan, n_state):
         self.idx = idx
         self.tensors = tensors
         self.ptrs = [t.data_ptr() for t in tensors]
+        self.strides = [t.stride() for t in tensors]
+        self.layouts = layouts
         self.plan = plan
         self.states = [None] * n_state          # the state tensors attached to each slot
+        self.plain = all(lay.plain for lay in layouts)
 
     def holds(self, params):
         for k, j in enumerate(self.idx):
             p = params[j]
-            if p is not self.tensors[k] or p.data_ptr() != self.ptrs[k]:
+            if p is not self.tensors[k] or p.data_ptr() != self.ptrs[k] \
+                    or p.stride() != self.strides[k]:
                 return False
         return True
+
+    def set_state(self, slot, tensors, name=None):
+        """Attach the state tensors of a slot (None: detach it) to the plan."""
+        if tensors is None:
+            for lay in self.layouts:
+                lay.state(slot, None)
+            self.plan.set_state(slot, None)
+        else:
+            arrays = [lay.state(slot, t) for lay, t in zip(self.layouts, tensors)]
+            self.plan.set_state(slot, arrays, name)
+        self.states[slot] = tensors
+        self.plain = all(lay.plain for lay in self.layouts)
 
 
 class _Record:
@@ -159,7 +199,8 @@ class _Record:
     def __init__(self, group):
         self.group = group
         self.params = group["params"]
-        self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[_scalar_dtype()])
+        dtype = _scalar_dtype(group.get("fused"))
+        self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[dtype])
         self.views = list(torch.from_numpy(self.steps).unbind(0)) if len(self.params) else []
         self.entries = {}
 
@@ -181,16 +222,22 @@ class _Job:
 class Optimizer(torch.optim.Optimizer):
     """Base of the fastopt.torch optimizers: torch.optim's bookkeeping, fastopt's kernels."""
 
-    spec = None  # a fastopt._specs.Spec, set by each class
+    spec = None         # a fastopt._specs.Spec, set by each class
+    _fo_impl = {}       # torch's implementation keywords the class takes, with their defaults
+    _fo_fixed = {}      # hyperparameters the class does not take: kept at these values
+    _fo_adam_like = False   # torch's class is (a subclass of) torch.optim.Adam
 
     def __init__(self, params, **hyperparameters):
-        unknown = set(hyperparameters) - set(self.spec.defaults)
+        unknown = set(hyperparameters) - set(self.spec.defaults) - set(self._fo_impl)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
                             f"{sorted(unknown)}")
-        defaults = {**self.spec.defaults, **hyperparameters}
+        defaults = {**self.spec.defaults, **self._fo_impl, **hyperparameters}
+        if self._fo_adam_like and "betas" in defaults:
+            defaults["betas"] = _torch_args.scalar_betas(defaults["betas"])
         self._fo_records = {}
         self._fo_hyper(defaults, "defaults")
+        self._fo_torch_checks(defaults)
         super().__init__(params, defaults)
         if self.spec.eager_state:                # torch.optim.Adagrad creates its state here
             for gi, group in enumerate(self.param_groups):
@@ -205,6 +252,7 @@ class Optimizer(torch.optim.Optimizer):
         gi = len(self.param_groups) - 1
         try:
             hyper = self._fo_hyper(group, f"param_groups[{gi}]")
+            self._fo_torch_checks(group)
             for key in self.spec.rules:          # plain Python values; tensors stay (torch's
                 if not _holds_tensor(group[key]):   # schedulers fill a tensor lr in place)
                     group[key] = hyper[key]
@@ -217,8 +265,9 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.spec.defaults.items():
+            for key, value in {**self.spec.defaults, **self._fo_impl}.items():
                 group.setdefault(key, value)
+            group.update(self._fo_fixed)        # AdamW stays decoupled, as in torch
             if isinstance(group.get("betas"), list):
                 group["betas"] = tuple(group["betas"])
         self._fo_records = {}
@@ -242,13 +291,9 @@ class Optimizer(torch.optim.Optimizer):
         jobs = []
         for gi, group in enumerate(self.param_groups):
             jobs.extend(self._fo_prepare(gi, group))
-        if len(jobs) > 1 or (jobs and jobs[0].creates_state):
+        if len(jobs) > 1 or (jobs and (jobs[0].creates_state or not jobs[0].entry.plain)):
             for job in jobs:              # check every gradient before anything is written
-                try:
-                    job.entry.plan.check_grads(job.grads)
-                except (TypeError, ValueError):
-                    self._fo_diagnose(job)
-                    raise
+                self._fo_check(job)
         touched = []
         for job in jobs:
             self._fo_run(job)
@@ -269,8 +314,12 @@ class Optimizer(torch.optim.Optimizer):
             values = self.spec.validate({key: _plain(group[key]) for key in self.spec.rules
                                          if key in group})
         except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}: {e}") from None
+            raise _torch_args.torch_error(self.spec, group, e, where) from None
         return {**group, **values}
+
+    def _fo_torch_checks(self, group):
+        """torch's checks of the implementation keywords and tensor hyperparameters."""
+        _torch_args.check_group(type(self).__name__, group, self._fo_impl, self._fo_adam_like)
 
     def _fo_check_state_dict(self, sd):
         if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
@@ -283,8 +332,10 @@ class Optimizer(torch.optim.Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} params in the "
                                  f"state_dict, {len(group['params'])} in the optimizer")
-            hyper = {**self.spec.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            hyper = {**self.spec.defaults, **self._fo_impl,
+                     **{k: v for k, v in saved.items() if k != "params"}, **self._fo_fixed}
             self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
+            self._fo_torch_checks(hyper)
             for j, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 entry = sd["state"].get(pid)
                 if entry is None:
@@ -303,12 +354,45 @@ class Optimizer(torch.optim.Optimizer):
                             raise ValueError(f"{where}[{name!r}] has shape {tuple(value.shape)}, "
                                              f"expected {tuple(p.shape)} like {_where(gi, j)}")
 
+    def _fo_check(self, job):
+        """Check a job's gradients (in another layout than their parameters': re-planned)."""
+        try:
+            job.entry.plan.check_grads(job.grads)
+            return
+        except (TypeError, ValueError) as e:
+            error = e
+        if self._fo_regrad(job):
+            try:
+                job.entry.plan.check_grads(job.grads)
+                return
+            except (TypeError, ValueError) as e:
+                error = e
+        self._fo_diagnose(job)
+        raise error
+
+    def _fo_layout_grads(self, gi, entry, params):
+        """The gradients' arrays in their parameters' order (fastopt._torch_layout)."""
+        out = []
+        for lay, j in zip(entry.layouts, entry.idx):
+            p = params[j]
+            _check_tensor(p.grad, _where(gi, j) + ".grad", like=p, written=False)
+            out.append(lay.grad(p.grad))
+        return out
+
+    def _fo_regrad(self, job):
+        """After a failed check of a plain entry's gradients: hand them over in their
+        parameters' order if one is not contiguous; False if that is not the problem."""
+        if not job.entry.plain or all(g.flags.c_contiguous for g in job.grads):
+            return False
+        job.grads = self._fo_layout_grads(job.gi, job.entry, job.group["params"])
+        return True
+
     def _fo_diagnose(self, job):
         """Re-raise a failed gradient check with the name of the offending tensor."""
         params = job.group["params"]
         for j in job.entry.idx:
             p = params[j]
-            _check_tensor(p.grad, _where(job.gi, j) + ".grad", like=p)
+            _check_tensor(p.grad, _where(job.gi, j) + ".grad", like=p, written=False)
         for k, j in enumerate(job.entry.idx):
             g = job.grads[k]
             for s in job.entry.states:
@@ -363,7 +447,8 @@ class Optimizer(torch.optim.Optimizer):
             grads = [_array(params[j].grad) for j in idx]
         except (RuntimeError, TypeError, ValueError):
             for j in idx:
-                _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j])
+                _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j],
+                              written=False)
             raise
         uses = self.spec.uses(hyper)
         # the common case: a cached plan whose tensors are all current, one step count
@@ -371,6 +456,8 @@ class Optimizer(torch.optim.Optimizer):
         if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses):
             steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
             if steps.min() == steps.max():
+                if not entry.plain:
+                    grads = self._fo_layout_grads(gi, entry, params)
                 return [_Job(gi, hyper, rec, entry, grads, int(steps[0]) + 1, lr,
                              self._fo_no_fresh, False)]
         return self._fo_partition(gi, hyper, rec, idx, grads, uses, lr)
@@ -419,6 +506,8 @@ class Optimizer(torch.optim.Optimizer):
         for (step, missing, link), (js, gs) in parts.items():
             entry = self._fo_entry(gi, rec, js)
             self._fo_attach(gi, entry, params, uses, missing)
+            if not entry.plain:
+                gs = self._fo_layout_grads(gi, entry, params)
             jobs.append(_Job(gi, group, rec, entry, gs, int(step) + 1, lr, missing, link))
         return jobs
 
@@ -434,12 +523,13 @@ class Optimizer(torch.optim.Optimizer):
         tensors = [rec.params[j] for j in js]
         for j, p in zip(js, tensors):
             _check_tensor(p, _where(gi, j))
+        layouts = [_layout.Layout(p) for p in tensors]
         try:
-            plan = _kernels.Plan([_array(p) for p in tensors], "params", 0)
+            plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
         except ValueError as e:
             raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
                              "have gradients)") from None
-        entry = _Entry(js, tensors, plan, len(self.spec.state))
+        entry = _Entry(js, tensors, layouts, plan, len(self.spec.state))
         if len(rec.entries) >= _MAX_PLANS:
             rec.entries.pop(next(iter(rec.entries)))
         rec.entries[key] = entry
@@ -450,8 +540,7 @@ class Optimizer(torch.optim.Optimizer):
         for slot, (name, used) in enumerate(zip(self.spec.state, uses)):
             if not used or missing[slot]:
                 if entry.states[slot] is not None:
-                    entry.plan.set_state(slot, None)
-                    entry.states[slot] = None
+                    entry.set_state(slot, None)
                 continue
             current = [self.state[params[j]][name] for j in entry.idx]
             attached = entry.states[slot]
@@ -459,8 +548,7 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             for j, t in zip(entry.idx, current):
                 _check_tensor(t, f"state[{_where(gi, j)}][{name!r}]", like=params[j])
-            entry.plan.set_state(slot, [_array(t) for t in current], name)
-            entry.states[slot] = current
+            entry.set_state(slot, current, name)
 
     def _fo_create_state(self, group, rec, js, fresh, link):
         """State tensors for params `js` of a group: the buffers marked in `fresh`, and, when
@@ -490,19 +578,34 @@ class Optimizer(torch.optim.Optimizer):
         if job.creates_state:
             created = self._fo_create_state(job.group, rec, entry.idx, job.fresh, job.link)
             for slot, tensors in created.items():
-                entry.plan.set_state(slot, [_array(t) for t in tensors], self.spec.state[slot])
-                entry.states[slot] = tensors
+                entry.set_state(slot, tensors, self.spec.state[slot])
+        plain = entry.plain
+        if not plain:
+            for lay in entry.layouts:
+                lay.gather()
         try:
-            self.spec.run(_kernels, entry.plan, job.grads, job.group, job.step, job.lr,
-                          job.fresh)
-        except (TypeError, ValueError):
-            self._fo_diagnose(job)
-            raise
+            self._fo_kernel(job)
+        except (TypeError, ValueError):            # not checked before: the common step
+            if not self._fo_regrad(job):
+                self._fo_diagnose(job)
+                raise
+            try:
+                self._fo_kernel(job)
+            except (TypeError, ValueError):
+                self._fo_diagnose(job)
+                raise
+        if not plain:
+            for lay in entry.layouts:
+                lay.scatter()
         if self.spec.counts_steps:
             if len(entry.idx) == len(rec.steps):
                 rec.steps += 1
             else:
                 rec.steps[entry.idx] += 1
+
+    def _fo_kernel(self, job):
+        self.spec.run(_kernels, job.entry.plan, job.grads, job.group, job.step, job.lr,
+                      job.fresh)
 
 
 def _doc(fo_cls):
@@ -515,8 +618,12 @@ def _doc(fo_cls):
 
 
 def _adapter(fo_cls):
-    """A fastopt.torch class with the signature, defaults and equations of fastopt's class."""
-    sig = inspect.signature(fo_cls.__init__)
+    """A fastopt.torch class with the signature of torch.optim's class of the same name (its
+    implementation keywords included; fastopt's own options keyword-only after them), the
+    defaults and equations of fastopt's class."""
+    torch_cls = getattr(torch.optim, fo_cls.__name__, None)
+    sig, impl = _torch_args.signature(fo_cls, torch_cls)
+    fixed = {k: v for k, v in fo_cls.spec.defaults.items() if k not in sig.parameters}
 
     def __init__(self, params, *args, **kwargs):
         try:
@@ -530,6 +637,8 @@ def _adapter(fo_cls):
     __init__.__qualname__ = f"{fo_cls.__name__}.__init__"
     return type(fo_cls.__name__, (Optimizer,), {
         "spec": fo_cls.spec, "__init__": __init__, "__doc__": _doc(fo_cls),
+        "_fo_impl": impl, "_fo_fixed": fixed,
+        "_fo_adam_like": torch_cls is not None and issubclass(torch_cls, torch.optim.Adam),
         "__module__": __name__, "__qualname__": fo_cls.__name__})
 
 

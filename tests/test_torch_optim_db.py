@@ -1,0 +1,173 @@
+"""torch's own optimizer test inputs (``torch.testing._internal.common_optimizers.optim_db``)
+run against fastopt.torch, with torch's keywords passed unchanged.
+
+The torch wheel ships ``optim_db`` but not ``test/test_optim.py`` (``TestOptimRenewed``), so
+this harness drives the database itself, on CPU, for every optimizer fastopt.torch provides:
+
+- every configuration of ``optim_inputs_func`` with the implementation keywords torch's tests
+  add (``_get_optim_inputs_including_global_cliquey_kwargs``: foreach / fused /
+  differentiable, each False and True): fastopt.torch is constructed with exactly those
+  keywords and run next to torch.optim for a few steps, with and without the database's
+  learning-rate schedulers (float64 only), in float64 (bound 1e-10) and float32 (bound
+  1e-5; errors relative to max(1, |torch|));
+  the state agrees, and each optimizer's state_dict loads into the other. Configurations
+  that ask for ``differentiable=True`` or ``capturable=True`` are not applicable (fastopt's
+  fused kernels run outside autograd, on CPU): the harness checks that they raise
+  RuntimeError naming the keyword.
+- every error input of ``optim_error_inputs_func``: fastopt.torch raises (or warns) with
+  torch's error type and a message matching torch's regex, at construction or at the step as
+  the database says.
+"""
+import copy
+import re
+import sys
+import types
+import unittest
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
+import fastopt.torch as ft  # noqa: E402
+
+try:
+    import expecttest  # noqa: F401  (torch's test utilities import it)
+except ImportError:     # only its TestCase base is needed to load the database
+    sys.modules["expecttest"] = types.SimpleNamespace(TestCase=unittest.TestCase)
+common = pytest.importorskip("torch.testing._internal.common_optimizers",
+                             reason="this torch has no optim_db")
+
+NAMES = {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax"}
+INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
+UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
+N_STEPS = 6
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def configs():
+    out = []
+    for info in INFOS:
+        for inp in common._get_optim_inputs_including_global_cliquey_kwargs("cpu", None, info):
+            out.append(pytest.param(info, inp, id=f"{info.name}-{inp.desc}"))
+    return out
+
+
+def error_inputs():
+    out = []
+    for info in INFOS:
+        for i, err in enumerate(info.optim_error_inputs_func("cpu", torch.float32)):
+            desc = err.optimizer_error_input.desc
+            out.append(pytest.param(info, i, id=f"{info.name}-{i}-{desc}"))
+    return out
+
+
+CONFIGS = configs()
+ERRORS = error_inputs()
+
+
+def problem(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.nn.Parameter(torch.randn(10, 5, generator=g, dtype=dtype))
+    bias = torch.nn.Parameter(torch.randn(10, generator=g, dtype=dtype))
+    inputs = torch.randn(N_STEPS * 2, 5, generator=g, dtype=dtype)
+    return weight, bias, inputs
+
+
+def closure_for(opt, weight, bias, x, maximize):
+    def closure():
+        opt.zero_grad()
+        loss = (weight.mv(x) + bias).pow(2).sum()
+        if maximize:            # ascend a bounded function, so that both runs stay finite
+            loss = -torch.tanh(loss / 100)
+        loss.backward()
+        return loss
+    return closure
+
+
+def train(cls, kwargs, dtype, schedulers=(), state_dict=None, start=0):
+    weight, bias, inputs = problem(dtype)
+    opt = cls([weight, bias], **copy.deepcopy(kwargs))
+    if state_dict is not None:
+        opt.load_state_dict(copy.deepcopy(state_dict))
+    scheds = [make(opt) for make in schedulers]
+    for t in range(start, start + N_STEPS):
+        loss = opt.step(closure_for(opt, weight, bias, inputs[t], kwargs.get("maximize")))
+        for s in scheds:
+            if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                s.step(float(loss))
+            else:
+                s.step()
+    return (weight, bias), opt
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("info,inp", CONFIGS)
+def test_optim_db_config_matches_torch(info, inp, dtype):
+    ours = getattr(ft, info.name)
+    kwargs = inp.kwargs
+    asked = [k for k in UNSUPPORTED if kwargs.get(k)]
+    if asked:                                   # not applicable: refused with a clear error
+        weight, bias, _ = problem(dtype)
+        with pytest.raises(RuntimeError, match=asked[0]):
+            ours([weight, bias], **copy.deepcopy(kwargs))
+        return
+    with_schedulers = tuple(info.scheduler_inputs) if dtype == torch.float64 else ()
+    for schedulers in ((),) + with_schedulers:
+        (w_ref, b_ref), opt_ref = train(info.optim_cls, kwargs, dtype, schedulers)
+        (w, b), opt = train(ours, kwargs, dtype, schedulers)
+        assert max(rel(w, w_ref), rel(b, b_ref)) <= TOL[dtype]
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt_ref.param_groups]
+        for p, q in ((w, w_ref), (b, b_ref)):
+            assert opt.state[p].keys() == opt_ref.state[q].keys()
+            for key, value in opt_ref.state[q].items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    assert rel(opt.state[p][key], value) <= 10 * TOL[dtype], key
+                else:
+                    assert float(opt.state[p][key]) == float(value), key
+        sd, sd_ref = opt.state_dict(), opt_ref.state_dict()
+        for key, value in sd_ref["param_groups"][0].items():
+            if key != "params" and not isinstance(value, torch.Tensor):
+                assert sd["param_groups"][0][key] == value, key
+    # checkpoints cross over: torch -> fastopt and fastopt -> torch continue alike
+    (w_ref, b_ref), _ = train(info.optim_cls, kwargs, dtype, state_dict=sd_ref, start=N_STEPS)
+    (w1, b1), _ = train(ours, kwargs, dtype, state_dict=sd_ref, start=N_STEPS)
+    (w2, b2), _ = train(info.optim_cls, kwargs, dtype, state_dict=sd, start=N_STEPS)
+    assert max(rel(w1, w_ref), rel(b1, b_ref), rel(w2, w_ref), rel(b2, b_ref)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("info,index", ERRORS)
+def test_optim_db_error_input_raises_torchs_error(info, index):
+    err = info.optim_error_inputs_func("cpu", torch.float32)[index]
+    inp = err.optimizer_error_input
+    ours = getattr(ft, info.name)
+    params = inp.params
+    if params is None:
+        params = [torch.nn.Parameter(torch.randn(2, 3))]
+    kwargs = copy.deepcopy(inp.kwargs)
+    if issubclass(err.error_type, Warning):
+        with pytest.warns(err.error_type, match=err.error_regex):
+            ours(params, **kwargs)
+        return
+    if err.error_on == common.OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        with pytest.raises(err.error_type, match=err.error_regex):
+            ours(params, **kwargs)
+    else:
+        opt = ours(params, **kwargs)
+        with pytest.raises(err.error_type, match=err.error_regex):
+            opt.step()
+
+
+def test_harness_counts():
+    """The harness covers every optimizer of fastopt.torch and says what is not applicable."""
+    assert {info.name for info in INFOS} == NAMES
+    applicable = [p for p in CONFIGS if not any(p.values[1].kwargs.get(k) for k in UNSUPPORTED)]
+    assert len(applicable) >= 60 and len(ERRORS) >= 40
+    assert all(re.compile(e.values[0].optim_error_inputs_func("cpu", torch.float32)[
+        e.values[1]].error_regex) for e in ERRORS)
+    warnings.warn(UserWarning(f"optim_db: {len(CONFIGS)} configurations, {len(applicable)} "
+                              f"applicable; {len(ERRORS)} error inputs"))
