@@ -112,7 +112,8 @@ def lion(p, g, s, h, t, lr):
     b1, b2 = h.get("betas", (0.9, 0.99))
     m = s.get("exp_avg", np.zeros_like(p))
     p = p * (1 - lr * h.get("weight_decay", 0.0))        # decoupled decay
-    p = p - lr * np.sign(b1 * m + (1 - b1) * g)
+    c = b1 * m + (1 - b1) * g
+    p = p - lr * np.where(np.isnan(c), 0.0, np.sign(c))     # torch's sgn: 0 at NaN
     s["exp_avg"] = b2 * m + (1 - b2) * g
     return p
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt import _table
 from fastopt import _validate
 from fastopt import functional as F
 from fastopt._specs import SPECS
@@ -425,16 +426,16 @@ def test_fastopt_load_refuses_overflowing_values_with_value_error(tmp_path, wher
 
 # ===================================================================== functional forms
 def functional_call(name, params, grads, state, **hyper):
-    """One call of fastopt.functional.<name>_ on `params` with its state buffers `state`."""
+    """One call of fastopt.functional.<name>_ on `params` with its state buffers `state` (one
+    list per state slot of the optimizer's rule, passed by argument name; options that need an
+    optional buffer, such as RMSprop's centered, turned on)."""
     step = hyper.pop("step", 1)
-    if name == "sgd":
-        return F.sgd_(params, grads, state[0], step=step, **hyper)
-    if name == "adagrad":
-        return F.adagrad_(params, grads, state[0], step=step, **hyper)
+    opt = _table.OPTIMIZERS[name]
+    kernel = _table.KERNELS[opt.kernel]
+    buffers = {s.arg or s.name: state[i] for i, s in enumerate(kernel.state)}
     if name == "rmsprop":
-        return F.rmsprop_(params, grads, state[0], state[1], state[2], step=step,
-                          centered=True, **hyper)
-    return getattr(F, f"{name}_")(params, grads, state[0], state[1], step=step, **hyper)
+        hyper.setdefault("centered", True)
+    return getattr(F, f"{name}_")(params, grads, step=step, **buffers, **hyper)
 
 
 def functional_keys(name):

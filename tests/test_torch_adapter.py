@@ -6,6 +6,7 @@ error measure per tensor: max|fastopt - torch| / max|torch|, bound 2e-5 (float32
 (float64). Cases with maximize=True ascend the negated loss, so that every run descends.
 """
 import copy
+import importlib
 import io
 
 import numpy as np
@@ -14,15 +15,33 @@ import pytest
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
 import fastopt.torch as ft  # noqa: E402
 from cases import CASES  # noqa: E402
+from fastopt._specs import SPECS  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 N_STEPS = 150
-TORCH = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
-         "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta,
-         "adamax": torch.optim.Adamax}
-OURS = {"sgd": ft.SGD, "adagrad": ft.Adagrad, "rmsprop": ft.RMSprop, "adam": ft.Adam,
-        "adamw": ft.AdamW, "adadelta": ft.Adadelta, "adamax": ft.Adamax}
+
+
+def _reference(name):
+    """The torch optimizer `name` reproduces (torch.optim's, or a package's such as
+    lion_pytorch.Lion), or None where that package is not installed."""
+    module, _, cls = SPECS[name].reference.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError:
+        return None
+
+
+TORCH = {name: _reference(name) for name in SPECS}
+OURS = {name: getattr(ft, spec.class_name) for name, spec in SPECS.items()}
 PARAMS = [(name, i) for name, cases in CASES.items() for i in range(len(cases))]
+
+
+def torch_class(name):
+    """TORCH[name], or skip naming the package to install."""
+    if TORCH[name] is None:
+        package = SPECS[name].reference.partition(".")[0]
+        pytest.skip(f"{package} is not installed (pip install {package.replace('_', '-')})")
+    return TORCH[name]
 
 
 def make_model(dtype=torch.float32, seed=0):
@@ -64,7 +83,7 @@ def test_trajectory_matches_torch_optim(name, i, dtype):
     hyper = CASES[name][i]
     X, Y = data(dtype)
     ref, ours = make_model(dtype), make_model(dtype)
-    opt_ref = TORCH[name](ref.parameters(), **hyper)
+    opt_ref = torch_class(name)(ref.parameters(), **hyper)
     opt = OURS[name](ours.parameters(), **hyper)
     train(ref, opt_ref, hyper, X, Y)
     train(ours, opt, hyper, X, Y)
@@ -141,11 +160,11 @@ def test_state_dicts_load_into_each_other(name, i, direction):
     hyper = CASES[name][i]
     X, Y = data()
     ref = make_model()
-    opt_ref = TORCH[name](ref.parameters(), **hyper)
+    opt_ref = torch_class(name)(ref.parameters(), **hyper)
     train(ref, opt_ref, hyper, X, Y)
 
-    first, second = (TORCH[name], OURS[name]) if direction == "torch->fastopt" \
-        else (OURS[name], TORCH[name])
+    first, second = (torch_class(name), OURS[name]) if direction == "torch->fastopt" \
+        else (OURS[name], torch_class(name))
     model = make_model()
     opt1 = first(model.parameters(), **hyper)
     train(model, opt1, hyper, X, Y, 0, 60)

@@ -28,7 +28,8 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
-import fastopt.torch as ft  # noqa: E402
+import fastopt.torch as ft
+from fastopt import _table  # noqa: E402
 
 try:
     import expecttest  # noqa: F401  (torch's test utilities import it)
@@ -37,7 +38,8 @@ except ImportError:     # only its TestCase base is needed to load the database
 common = pytest.importorskip("torch.testing._internal.common_optimizers",
                              reason="this torch has no optim_db")
 
-NAMES = {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax"}
+# the table's optimizers that torch.optim has (torch's optim_db covers those)
+NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None}
 INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
 UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
 N_STEPS = 6
