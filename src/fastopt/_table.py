@@ -25,21 +25,34 @@ importing fastopt.
 
 How to add an optimizer
 -----------------------
+Four places, nothing else by hand (Lion was added this way: its diff touches exactly
+``csrc/fastopt/rules_impl.h``, ``src/fastopt/_table.py``, ``tests/reference.py`` and
+``README.md``, plus the recorded goldens):
+
 1. Its per-element rule: ``fo_<kernel>_rule`` and its constants struct ``fo_<kernel>_k`` in
    ``csrc/fastopt/rules_impl.h`` (written once, generic over the element type, for the CPU
-   loops, mixed precision and CUDA). State buffers are the slots s0, s1, s2 of the rule.
+   loops, mixed precision and CUDA). State buffers are the slots s0, s1, s2 of the rule; start
+   from ``fo_grad`` (maximize, coupled weight decay).
 2. Its entries here: a ``Kernel`` in ``KERNELS`` (the rule's scalars, constants, flags, state
    slots, loop instances, cost, backends; new option bits go in ``FLAGS``) and an
-   ``Optimizer`` in ``OPTIMIZERS`` (class name, hyperparameters with torch's defaults, rules
-   and messages). An optimizer that reuses a rule (AdamW) needs only the ``Optimizer`` entry.
-3. Its NumPy float64 reference in ``tests/reference.py``, written by hand from the equations.
-4. Its docs: the class docstring (algorithm box) and its README row.
+   ``Optimizer`` in ``OPTIMIZERS`` (class name, hyperparameters with the reference's
+   defaults, rules and messages, the option sets to test, the class docstring with its
+   algorithm box, and ``reference`` when the implementation it reproduces is not
+   torch.optim's). An optimizer that reuses a rule (AdamW) needs only the ``Optimizer`` entry.
+3. Its NumPy float64 reference in ``tests/reference.py``, a function of the optimizer's name
+   written by hand from the equations.
+4. Its README row (the optimizer table of "Optimizers").
 
 Then regenerate and rebuild: ``python setup.py build_ext --inplace`` (it runs
-``python tools/generate.py``; run that alone to look at the generated files), and run
-``pytest tests/test_registry.py``, which names whatever still lacks the new optimizer.
-(Until the classes are generated from this table too, the class in ``fastopt.optim`` and the
-``fastopt._specs`` entry are still written by hand; the registry test checks they agree.)
+``python tools/generate.py``; run that alone to look at the generated files); record the
+goldens from the reference implementation, ``python tests/golden/make_golden.py`` (needs
+torch and the reference's package); and run ``pytest tests/test_registry.py``, which names
+whatever still lacks the new optimizer. Everything else is made from the entry: the C
+structs, constants, kernel instances and option dispatch, the Cython and CUDA wrappers, the
+runner, the registry entry (``fastopt._specs``), the class (``fastopt.optim.first_order``),
+the functional form (``fastopt.functional``), the torch adapter's class (``fastopt.torch``),
+the benchmark contenders (``bench/impls.py``) and the test lists (``tests/cases.py``,
+``tests/cuda_cases.py`` and every test that iterates the table).
 
 Fields
 ------
