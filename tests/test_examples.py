@@ -40,15 +40,14 @@ def test_quick_ablation_prints_the_computed_table(example, capsys):
         # even 4 epochs of a small MLP classify most held-out digits (chance: 10 %) with SGD;
         # Lion moves each weight by at most lr = 1e-3 a step, so its 88 quick steps only start
         if "optimizer" in dict(example.CONFIGS)[label]:
-            assert np.all(acc > 0.3), label
+            assert np.all(acc > 0.3) and np.all(ce < np.log(10)), label   # better than chance
         else:
-            assert np.all(acc > 0.8), label
-        assert np.all(ce < 1.0), label
+            assert np.all(acc > 0.8) and np.all(ce < 1.0), label
 
 
 def test_same_seed_same_result(example):
     data = example.load_split(0)
-    config = dict(example.CONFIGS[-1][1])
+    config = dict(example.CONFIGS[3][1])          # every trick of the ablation
     a = example.train_one(data, config, seed=3, epochs=1, hidden=16)
     b = example.train_one(data, config, seed=3, epochs=1, hidden=16)
     assert a == b
