@@ -38,8 +38,20 @@ value out of range. Where torch.optim refuses a value too, the error has torch's
 message first (``Invalid learning rate: -1``, ``Tensor lr must be 1-element``, the table's
 ``Hyper.torch_error``), then fastopt's reason and the group.
 
-Parameters, gradients and state must be dense CPU tensors of dtype float32 or float64 (any
-strides; a parameter or state tensor must not overlap itself); anything else raises
+16-bit parameters (float16, bfloat16) run on the mixed-precision kernels of
+:class:`fastopt.MixedPrecision` (fastopt._torch_mixed), with its options as keyword-only
+arguments and group keys: ``master_weights=True`` keeps a float32 master copy in the state
+(``'master'``), updated by the kernel, which writes the parameter rounded to nearest even in the
+same pass; ``master_weights=False`` updates in 16 bits, rounded to nearest even or, for
+bfloat16, ``rounding="stochastic"`` (noise keyed by ``seed``, the parameter's index over all
+groups and its step count). Their state buffers are float32; float32 parameters may share the
+group (their own master). ``step`` follows torch.amp.GradScaler's protocol for fused
+optimizers: gradients divided by ``grad_scale`` (in the kernel for 16-bit groups), nothing done
+when ``found_inf`` is nonzero.
+
+Parameters, gradients and state must be dense CPU tensors of dtype float32, float64, float16 or
+bfloat16 (state: float32 for 16-bit parameters; any strides; a parameter or state tensor must
+not overlap itself); anything else raises
 ``TypeError``/``ValueError`` naming the tensor, before anything is modified. A parameter that
 is not contiguous but fills its memory without gaps (channels_last, transposed, permuted) is
 updated in place through its storage, with its gradient and state when they share its
