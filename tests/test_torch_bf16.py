@@ -393,3 +393,19 @@ def test_state_of_wrong_dtype_names_the_tensor_and_changes_nothing():
                                         r"torch.float64"):
         opt.step()
     assert all(torch.equal(bits(p), b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("master_weights", [True, False], ids=["master", "no-master"])
+def test_later_steps_reuse_the_plan(master_weights, monkeypatch):
+    model = mlp(torch.bfloat16)
+    opt = ft.Adam(model.parameters(), lr=1e-2, master_weights=master_weights)
+    train(model, opt, 2, torch.bfloat16)
+    (rec,) = opt._fo_records.values()
+    (entry,) = rec.entries.values()
+    assert entry.adopt == []
+
+    def fail(*args):
+        raise AssertionError("re-planned")
+    monkeypatch.setattr(opt, "_fo_partition", fail)
+    train(model, opt, 2, torch.bfloat16)
+    assert list(rec.entries.values()) == [entry]

@@ -547,13 +547,14 @@ class Optimizer(torch.optim.Optimizer):
         if any(entry.states[slot] is None for slot in slots):
             return False
         counted = self.spec.counts_steps
-        if not slots and not counted and entry.masters is None:
+        masters = entry.masters if entry.mixed is not None and entry.mixed[0] else None
+        if not slots and not counted and masters is None:
             return True
         expected = [(self.spec.state[slot], entry.states[slot]) for slot in slots]
         if counted:
             expected.append(("step", [rec.views[j] for j in entry.idx]))
-        if entry.masters is not None:
-            expected.append(("master", entry.masters))
+        if masters is not None:
+            expected.append(("master", masters))
         get = self.state.get
         for k, p in enumerate(entry.tensors):
             st = get(p)
