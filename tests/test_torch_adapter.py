@@ -291,12 +291,11 @@ def assert_unchanged(model, opt, snap):
 
 
 @pytest.mark.parametrize("make_param,error,match", [
-    (lambda: torch.zeros(3, dtype=torch.bfloat16, requires_grad=True), TypeError, "bfloat16"),
-    (lambda: torch.zeros(3, dtype=torch.float16, requires_grad=True), TypeError, "float16"),
+    (lambda: torch.zeros(3, dtype=torch.int32), TypeError, "int32"),
     (lambda: torch.zeros(1).expand(3).requires_grad_(), ValueError, "share memory"),
     (lambda: torch.zeros(3, device="meta", requires_grad=True), TypeError, "CPU"),
     (lambda: torch.zeros(3, dtype=torch.complex64, requires_grad=True), TypeError, "complex64"),
-], ids=["bfloat16", "float16", "overlapping", "meta-device", "complex"])
+], ids=["int32", "overlapping", "meta-device", "complex"])
 def test_bad_params_are_rejected_at_construction(make_param, error, match):
     with pytest.raises(error, match=match):
         ft.Adam([torch.zeros(2, requires_grad=True), make_param()])

@@ -12,7 +12,8 @@ from fastopt import _table  # noqa: E402
 # the table's optimizers that torch.optim has (compared with torch's class of the same name)
 NAMES = [opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None]
 IMPL = ("foreach", "fused", "capturable", "differentiable")
-EXTRA = {"sutskever", "eps_in_sqrt"}          # fastopt's own options, keyword-only
+EXTRA = {"sutskever", "eps_in_sqrt",           # fastopt's own options, keyword-only
+         "master_weights", "rounding", "seed"}
 
 
 def pair(name):

@@ -101,8 +101,11 @@ cdef class Plan(PlanBase):
     """The segment layout of one mixed-precision parameter group (see the module docstring).
 
     ``Plan(params, name="params", offset=0, *, master_weights=True, rounding="nearest",
-    seed=0)``. ``masters[i]`` is the float32 array the rule updates for ``params[i]`` (a new
-    master copy, the parameter itself when float32, or None without master weights).
+    seed=0, masters=None)``. ``masters[i]`` is the float32 array the rule updates for
+    ``params[i]``: a new master copy (or the caller's: ``masters``, a list with a float32
+    C-contiguous writable array shaped like each 16-bit parameter, or None to make a copy of
+    it; None for float32 parameters), the parameter itself when float32, or None without
+    master weights.
     ``grad_scale`` divides every gradient; ``seed`` and ``counter`` (kernel calls so far) key
     the stochastic rounding noise.
     """
@@ -119,7 +122,7 @@ cdef class Plan(PlanBase):
         self.seg = NULL
 
     def __init__(self, params, str name="params", Py_ssize_t offset=0, *, master_weights=True,
-                 rounding="nearest", seed=0):
+                 rounding="nearest", seed=0, masters=None):
         self._init_base(params, name, offset, "every parameter and state buffer must be a "
                         "separate buffer", "a parameter, master copy or optimizer state")
         if rounding not in ROUNDINGS:
@@ -149,16 +152,19 @@ cdef class Plan(PlanBase):
             if code == FO_DT_F16 and self._rounding == FO_ROUND_STOCHASTIC:
                 raise ValueError(f"{what} is float16; stochastic rounding is implemented for "
                                  "bfloat16 parameters only")
+        given = self._given_masters(masters, name, offset)
         self.masters = []
         for i in range(self.n):
             p = <cnp.ndarray>self.params[i]
             code = _code(p)
             if code == FO_DT_F32:
                 self.masters.append(p)
-            elif self.master_weights:
-                self.masters.append(np.ascontiguousarray(p, dtype=np.float32))
-            else:
+            elif not self.master_weights:
                 self.masters.append(None)
+            elif given[i] is not None:
+                self.masters.append(given[i])
+            else:
+                self.masters.append(np.ascontiguousarray(p, dtype=np.float32))
         self.seg = <fo_mixed_segment *>PyMem_Calloc(self.n + 1, sizeof(fo_mixed_segment))
         if self.seg == NULL:
             raise MemoryError()
@@ -180,6 +186,37 @@ cdef class Plan(PlanBase):
 
     def __dealloc__(self):
         PyMem_Free(self.seg)
+
+    cdef list _given_masters(self, masters, str name, Py_ssize_t offset):
+        """The caller's master copies, checked: a list of None or float32 arrays (None for
+        float32 parameters and without master weights)."""
+        if masters is None:
+            return [None] * self.n
+        if not isinstance(masters, (list, tuple)) or len(masters) != self.n:
+            raise TypeError(f"masters must be a list of {self.n} arrays or None, got "
+                            f"{_describe(masters)}")
+        cdef Py_ssize_t i
+        cdef cnp.ndarray m, p
+        for i in range(self.n):
+            obj = masters[i]
+            if obj is None:
+                continue
+            what = f"master copy of {name}[{i + offset}]"
+            p = <cnp.ndarray>self.params[i]
+            if _code(p) == FO_DT_F32 or not self.master_weights:
+                raise ValueError(f"{what} must be None: "
+                                 + ("a float32 parameter is its own master" if
+                                    self.master_weights else "master_weights is False"))
+            if not isinstance(obj, np.ndarray):
+                raise TypeError(f"{what} must be a float32 numpy.ndarray, got {_describe(obj)}")
+            _refuse_subclass(obj, what)
+            m = <cnp.ndarray>obj
+            if cnp.PyArray_TYPE(m) != cnp.NPY_FLOAT or not _same_shape(m, p):
+                raise ValueError(f"{what} must be a float32 array of shape "
+                                 f"{(<object>p).shape}, got {_describe(obj)}")
+            _check_layout(m, what)
+            _check_writable(m, what)
+        return list(masters)
 
     cdef list _extras(self):
         """The master copies (other than float32 parameters, their own master)."""

@@ -18,7 +18,7 @@ allocated once per parameter and buffer, when first needed, and reused at every 
 """
 import torch
 
-__all__ = ["Layout", "dense_strides", "overlaps"]
+__all__ = ["Layout", "dense_strides", "overlaps", "numpy_of"]
 
 
 def dense_strides(t):
@@ -50,8 +50,15 @@ def _same_order(t, strides):
     return all(a == b for a, b, n in zip(t.stride(), strides, t.shape) if n != 1)
 
 
-def _numpy(t):
+def numpy_of(t):
+    """The NumPy view of a CPU tensor's memory (no copy); bfloat16 as ml_dtypes.bfloat16."""
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.detach().numpy() if t.requires_grad else t.numpy()
+
+
+_numpy = numpy_of
 
 
 class Layout:
@@ -107,7 +114,7 @@ class Layout:
         return temp.as_strided(self.shape, self.strides)
 
     def _array_of(self, temp):
-        a = temp.numpy()
+        a = numpy_of(temp)
         return a.reshape(self.shape) if self.contiguous else a
 
     def _stage(self, key, t):

@@ -38,8 +38,20 @@ value out of range. Where torch.optim refuses a value too, the error has torch's
 message first (``Invalid learning rate: -1``, ``Tensor lr must be 1-element``, the table's
 ``Hyper.torch_error``), then fastopt's reason and the group.
 
-Parameters, gradients and state must be dense CPU tensors of dtype float32 or float64 (any
-strides; a parameter or state tensor must not overlap itself); anything else raises
+16-bit parameters (float16, bfloat16) run on the mixed-precision kernels of
+:class:`fastopt.MixedPrecision` (fastopt._torch_mixed), with its options as keyword-only
+arguments and group keys: ``master_weights=True`` keeps a float32 master copy in the state
+(``'master'``), updated by the kernel, which writes the parameter rounded to nearest even in the
+same pass; ``master_weights=False`` updates in 16 bits, rounded to nearest even or, for
+bfloat16, ``rounding="stochastic"`` (noise keyed by ``seed``, the parameter's index over all
+groups and its step count). Their state buffers are float32; float32 parameters may share the
+group (their own master). ``step`` follows torch.amp.GradScaler's protocol for fused
+optimizers: gradients divided by ``grad_scale`` (in the kernel for 16-bit groups), nothing done
+when ``found_inf`` is nonzero.
+
+Parameters, gradients and state must be dense CPU tensors of dtype float32, float64, float16 or
+bfloat16 (state: float32 for 16-bit parameters; any strides; a parameter or state tensor must
+not overlap itself); anything else raises
 ``TypeError``/``ValueError`` naming the tensor, before anything is modified. A parameter that
 is not contiguous but fills its memory without gaps (channels_last, transposed, permuted) is
 updated in place through its storage, with its gradient and state when they share its
@@ -71,13 +83,14 @@ import inspect
 
 import numpy as np
 
-from . import _kernels, _table, _torch_args, _validate
+from . import _kernels, _mixed, _table, _torch_args, _validate
 from . import _torch_layout as _layout
+from . import _torch_mixed as _tm
 from . import optim as _optim
 
 __all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values())]
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, *_tm.LOW)
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _MAX_PLANS = 8          # cached plans per group (one per distinct set of params with grads)
 
@@ -94,9 +107,10 @@ def _where(gi, j):
     return f"param_groups[{gi}]['params'][{j}]"
 
 
-def _check_tensor(t, what, like=None, written=True):
+def _check_tensor(t, what, like=None, written=True, dtype=None):
     """Raise a TypeError/ValueError if `t` cannot be handed to the CPU kernels (any strides
-    will do; a tensor that is written must not overlap itself)."""
+    will do; a tensor that is written must not overlap itself). With `like`, `t` must have
+    its shape and `dtype` (default: its dtype)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
@@ -107,13 +121,14 @@ def _check_tensor(t, what, like=None, written=True):
                         "(for CUDA, use torch.optim with fused=True or fastopt's CuPy backend)")
     if like is None:
         if t.dtype not in _DTYPES:
-            raise TypeError(f"{what} has dtype {t.dtype}; fastopt.torch optimizes float32 and "
-                            "float64 tensors (16-bit weights: keep float32 parameters, or use "
-                            "fastopt.MixedPrecision on NumPy arrays)")
+            raise TypeError(f"{what} has dtype {t.dtype}; fastopt.torch optimizes float32, "
+                            "float64, float16 and bfloat16 tensors")
     else:
-        if t.dtype != like.dtype:
-            raise TypeError(f"{what} has dtype {t.dtype}, expected {like.dtype} like its "
-                            "parameter")
+        expected = like.dtype if dtype is None else dtype
+        if t.dtype != expected:
+            why = "like its parameter" if expected == like.dtype else \
+                f"(the state of a {like.dtype} parameter is {expected})"
+            raise TypeError(f"{what} has dtype {t.dtype}, expected {expected} {why}")
         if t.shape != like.shape:
             raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(like.shape)} "
                              "like its parameter")
@@ -143,18 +158,23 @@ def _holds_tensor(value):
         isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value))
 
 
-def _array(t):
-    """The NumPy view of a CPU tensor's memory (no copy)."""
-    return t.detach().numpy() if t.requires_grad else t.numpy()
+_array = _layout.numpy_of       # the NumPy view of a CPU tensor's memory (no copy)
 
 
 class _Entry:
     """A kernel plan over the parameters at positions `idx` of a group, and what it holds:
     the parameters (with their data pointers and strides when planned), their layouts
-    (fastopt._torch_layout) and the state tensors attached to each slot."""
-    __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain")
+    (fastopt._torch_layout) and the state tensors attached to each slot.
 
-    def __init__(self, idx, tensors, layouts, plan, n_state):
+    A plan over 16-bit parameters is a mixed one (fastopt._mixed; ``mixed`` holds its
+    (master_weights, rounding)); ``masters`` are the state's master tensors it was made with
+    (None for float32 parameters, without master weights, and where the plan made the copy
+    itself: those positions are in ``adopt`` until the copy becomes the state's 'master')."""
+    __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain",
+                 "mixed", "masters", "adopt")
+
+    def __init__(self, idx, tensors, layouts, plan, n_state, mixed=None, masters=None,
+                 adopt=()):
         self.idx = idx
         self.tensors = tensors
         self.ptrs = [t.data_ptr() for t in tensors]
@@ -163,6 +183,7 @@ class _Entry:
         self.plan = plan
         self.states = [None] * n_state          # the state tensors attached to each slot
         self.plain = all(lay.plain for lay in layouts)
+        self.mixed, self.masters, self.adopt = mixed, masters, list(adopt)
 
     def holds(self, params):
         for k, j in enumerate(self.idx):
@@ -194,7 +215,7 @@ class _Record:
     set by the user) is copied into a fresh buffer, which is then linked to every parameter
     (old views, perhaps held by an earlier state_dict, are left alone).
     """
-    __slots__ = ("group", "params", "steps", "views", "entries")
+    __slots__ = ("group", "params", "steps", "views", "entries", "calls")
 
     def __init__(self, group):
         self.group = group
@@ -203,16 +224,20 @@ class _Record:
         self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[dtype])
         self.views = list(torch.from_numpy(self.steps).unbind(0)) if len(self.params) else []
         self.entries = {}
+        self.calls = 0              # mixed kernel calls (the noise counter of optimizers
+                                    # that count no steps)
 
 
 class _Job:
     """One kernel call of a step: a plan, its gradients and the per-step values (`group`: the
     param group with its hyperparameters as checked plain Python values)."""
-    __slots__ = ("gi", "group", "rec", "entry", "grads", "step", "lr", "fresh", "link")
+    __slots__ = ("gi", "group", "rec", "entry", "grads", "step", "lr", "fresh", "link",
+                 "scale")
 
     def __init__(self, gi, group, rec, entry, grads, step, lr, fresh, link):
         self.gi, self.group, self.rec, self.entry = gi, group, rec, entry
         self.grads, self.step, self.lr, self.fresh, self.link = grads, step, lr, fresh, link
+        self.scale = None           # GradScaler's grad_scale for this step
 
     @property
     def creates_state(self):
@@ -226,13 +251,15 @@ class Optimizer(torch.optim.Optimizer):
     _fo_impl = {}       # torch's implementation keywords the class takes, with their defaults
     _fo_fixed = {}      # hyperparameters the class does not take: kept at these values
     _fo_adam_like = False   # torch's class is (a subclass of) torch.optim.Adam
+    _step_supports_amp_scaling = True   # GradScaler hands over grad_scale and found_inf
 
     def __init__(self, params, **hyperparameters):
-        unknown = set(hyperparameters) - set(self.spec.defaults) - set(self._fo_impl)
+        unknown = set(hyperparameters) - set(self.spec.defaults) - set(self._fo_impl) \
+            - set(_tm.OPTIONS)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
                             f"{sorted(unknown)}")
-        defaults = {**self.spec.defaults, **self._fo_impl, **hyperparameters}
+        defaults = {**self.spec.defaults, **self._fo_impl, **_tm.OPTIONS, **hyperparameters}
         if self._fo_adam_like and "betas" in defaults:
             defaults["betas"] = _torch_args.scalar_betas(defaults["betas"])
         self._fo_records = {}
@@ -257,7 +284,7 @@ class Optimizer(torch.optim.Optimizer):
                 if not _holds_tensor(group[key]):   # schedulers fill a tensor lr in place)
                     group[key] = hyper[key]
             for j, p in enumerate(group["params"]):
-                _check_tensor(p, _where(gi, j))
+                self._fo_check_param(p, _where(gi, j), hyper)
         except Exception:
             self.param_groups.pop()
             raise
@@ -267,6 +294,8 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in {**self.spec.defaults, **self._fo_impl}.items():
                 group.setdefault(key, value)
+            for key, value in _tm.OPTIONS.items():
+                group.setdefault(key, getattr(self, "defaults", {}).get(key, value))
             group.update(self._fo_fixed)        # AdamW stays decoupled, as in torch
             if isinstance(group.get("betas"), list):
                 group["betas"] = tuple(group["betas"])
@@ -276,31 +305,66 @@ class Optimizer(torch.optim.Optimizer):
         """Load a state_dict in torch's layout (of torch.optim or of fastopt.torch).
 
         Checks the hyperparameters, buffer shapes and step counts first; on error nothing
-        changes. Buffers are cast to the parameters' dtype, as torch.optim does.
+        changes. Buffers are cast to the parameters' dtype, as torch.optim does, except those
+        of 16-bit parameters, which are float32; a 16-bit parameter with a master copy
+        (``'master'``) is set to it, rounded to nearest even.
         """
         self._fo_check_state_dict(state_dict)
+        state_dict, held = _tm.hold_float32(self, state_dict)
         super().load_state_dict(state_dict)
+        _tm.restore_float32(self, held)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """Update every parameter that has a gradient; returns closure's loss, if given."""
+    def step(self, closure=None, *, grad_scale=None, found_inf=None):
+        """Update every parameter that has a gradient; returns closure's loss, if given.
+
+        `grad_scale` and `found_inf` (default: the attributes of those names that
+        torch.amp.GradScaler sets) are those of torch's fused optimizers: the gradients are
+        divided by `grad_scale` (16-bit groups: as the kernel reads them; the gradients are
+        left divided, as torch's fused kernels leave them), and nothing happens when
+        `found_inf` is nonzero."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if grad_scale is None:
+            grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
+        scale = _tm.grad_scale(grad_scale)
+        if _tm.found_inf(found_inf):
+            return loss
         jobs = []
         for gi, group in enumerate(self.param_groups):
             jobs.extend(self._fo_prepare(gi, group))
         if len(jobs) > 1 or (jobs and (jobs[0].creates_state or not jobs[0].entry.plain)):
             for job in jobs:              # check every gradient before anything is written
                 self._fo_check(job)
+        if scale is not None:
+            for job in jobs:
+                job.scale = scale
+                if job.entry.mixed is None:       # the float32/float64 kernels read g / S
+                    self._fo_unscale(job, True)
         touched = []
         for job in jobs:
             self._fo_run(job)
             touched.extend(job.entry.tensors)
+            if scale is not None and job.entry.mixed is not None:
+                self._fo_unscale(job, False)
         if touched:
             torch.autograd.graph.increment_version(touched)
         return loss
+
+    def _fo_unscale(self, job, staged):
+        """Divide the job's gradients by its grad_scale in place (and, with `staged`, the
+        copies that the kernel will read)."""
+        params, scale = job.group["params"], job.scale
+        for k, j in enumerate(job.entry.idx):
+            g = params[j].grad
+            g.div_(scale)
+            a = job.grads[k]
+            if staged and a.size and a.ctypes.data != g.data_ptr():
+                np.divide(a, a.dtype.type(scale), out=a)
 
     # ------------------------------------------------------------------------ validation
     def _fo_hyper(self, group, where):
@@ -315,7 +379,14 @@ class Optimizer(torch.optim.Optimizer):
                                          if key in group})
         except (TypeError, ValueError) as e:
             raise _torch_args.torch_error(self.spec, group, e, where) from None
-        return {**group, **values}
+        return {**group, **values, "_fo_mixed": _tm.options(group, where)}
+
+    @staticmethod
+    def _fo_check_param(p, what, hyper):
+        """A parameter the kernels can take with the group's options."""
+        _check_tensor(p, what)
+        if p.dtype in _tm.LOW:
+            _tm.check_param(p, what, hyper["_fo_mixed"][1])
 
     def _fo_torch_checks(self, group):
         """torch's checks of the implementation keywords and tensor hyperparameters."""
@@ -346,7 +417,10 @@ class Optimizer(torch.optim.Optimizer):
                 for name, value in entry.items():
                     if name == "step":
                         _validate.whole(f"{where}['step']", _plain(value))
-                    elif name in self.spec.state and value is not None:
+                    elif name == "master" and p.dtype not in _tm.LOW:
+                        raise ValueError(f"{where} has a master copy but {_where(gi, j)} is "
+                                         f"{p.dtype} (only 16-bit parameters have one)")
+                    elif (name in self.spec.state or name == "master") and value is not None:
                         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                             raise TypeError(f"{where}[{name!r}] must be a floating tensor, got "
                                             f"{type(value).__name__}")
@@ -397,11 +471,11 @@ class Optimizer(torch.optim.Optimizer):
             g = job.grads[k]
             for s in job.entry.states:
                 for t in s or ():
-                    if np.may_share_memory(g, t.detach().numpy()):
+                    if np.may_share_memory(g, _array(t)):
                         raise ValueError(f"{_where(job.gi, j)}.grad shares memory with "
                                          "optimizer state")
             for q in params:
-                if np.may_share_memory(g, q.detach().numpy()):
+                if np.may_share_memory(g, _array(q)):
                     raise ValueError(f"{_where(job.gi, j)}.grad shares memory with a parameter")
 
     # ---------------------------------------------------------------------------- steps
@@ -453,7 +527,8 @@ class Optimizer(torch.optim.Optimizer):
         uses = self.spec.uses(hyper)
         # the common case: a cached plan whose tensors are all current, one step count
         entry = rec.entries.get(tuple(idx))
-        if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses):
+        if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses) \
+                and (entry.mixed is None or entry.mixed == hyper["_fo_mixed"][:2]):
             steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
             if steps.min() == steps.max():
                 if not entry.plain:
@@ -472,11 +547,14 @@ class Optimizer(torch.optim.Optimizer):
         if any(entry.states[slot] is None for slot in slots):
             return False
         counted = self.spec.counts_steps
-        if not slots and not counted:
+        masters = entry.masters if entry.mixed is not None and entry.mixed[0] else None
+        if not slots and not counted and masters is None:
             return True
         expected = [(self.spec.state[slot], entry.states[slot]) for slot in slots]
         if counted:
             expected.append(("step", [rec.views[j] for j in entry.idx]))
+        if masters is not None:
+            expected.append(("master", masters))
         get = self.state.get
         for k, p in enumerate(entry.tensors):
             st = get(p)
@@ -504,7 +582,7 @@ class Optimizer(torch.optim.Optimizer):
             part[1].append(grads[k])
         jobs = []
         for (step, missing, link), (js, gs) in parts.items():
-            entry = self._fo_entry(gi, rec, js)
+            entry = self._fo_entry(gi, rec, js, group["_fo_mixed"])
             self._fo_attach(gi, entry, params, uses, missing)
             if not entry.plain:
                 gs = self._fo_layout_grads(gi, entry, params)
@@ -515,21 +593,53 @@ class Optimizer(torch.optim.Optimizer):
         st = self.state.get(rec.params[j])
         return bool(st) and "step" in st and st["step"] is not rec.views[j]
 
-    def _fo_entry(self, gi, rec, js):
+    def _fo_masters(self, rec, js, options):
+        """The state's master tensors of params `js` (None where a parameter has none or
+        needs none), or None when no parameter is 16-bit."""
+        tensors = [rec.params[j] for j in js]
+        if not any(p.dtype in _tm.LOW for p in tensors):
+            return None
+        if not options[0]:
+            return [None] * len(js)
+        get = self.state.get
+        return [(get(p) or {}).get("master") if p.dtype in _tm.LOW else None for p in tensors]
+
+    def _fo_entry(self, gi, rec, js, options):
         key = tuple(js)
         entry = rec.entries.get(key)
-        if entry is not None and entry.holds(rec.params):
+        masters = self._fo_masters(rec, js, options)
+        if entry is not None and entry.holds(rec.params) and (masters is None or (
+                entry.mixed == options[:2]
+                and all(a is b for a, b in zip(entry.masters, masters)))):
             return entry
         tensors = [rec.params[j] for j in js]
         for j, p in zip(js, tensors):
-            _check_tensor(p, _where(gi, j))
+            self._fo_check_param(p, _where(gi, j), {"_fo_mixed": options})
         layouts = [_layout.Layout(p) for p in tensors]
+        mixed = None if masters is None else options[:2]
+        arrays = None
+        if mixed is not None:
+            arrays = []
+            for j, p, lay, m in zip(js, tensors, layouts, masters):
+                if m is not None:
+                    _check_tensor(m, f"state[{_where(gi, j)}]['master']", like=p,
+                                  dtype=torch.float32)
+                arrays.append(None if m is None else lay.state("master", m))
         try:
-            plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
+            if mixed is None:
+                plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
+            else:
+                offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
+                plan = _mixed.Plan([lay.array for lay in layouts], "params", offset,
+                                   master_weights=options[0], rounding=options[1],
+                                   masters=arrays)
         except ValueError as e:
             raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
                              "have gradients)") from None
-        entry = _Entry(js, tensors, layouts, plan, len(self.spec.state))
+        adopt = [] if mixed is None or not options[0] else \
+            [k for k, (p, m) in enumerate(zip(tensors, masters))
+             if m is None and p.dtype in _tm.LOW]
+        entry = _Entry(js, tensors, layouts, plan, len(self.spec.state), mixed, masters, adopt)
         if len(rec.entries) >= _MAX_PLANS:
             rec.entries.pop(next(iter(rec.entries)))
         rec.entries[key] = entry
@@ -547,7 +657,8 @@ class Optimizer(torch.optim.Optimizer):
             if attached is not None and all(a is b for a, b in zip(attached, current)):
                 continue
             for j, t in zip(entry.idx, current):
-                _check_tensor(t, f"state[{_where(gi, j)}][{name!r}]", like=params[j])
+                _check_tensor(t, f"state[{_where(gi, j)}][{name!r}]", like=params[j],
+                              dtype=_tm.state_dtype(params[j]))
             entry.set_state(slot, current, name)
 
     def _fo_create_state(self, group, rec, js, fresh, link):
@@ -560,7 +671,8 @@ class Optimizer(torch.optim.Optimizer):
             if used and new:
                 fill = self.spec.init.get(name, lambda g: 0.0)(group)
                 created[slot] = [torch.full_like(params[j], fill,
-                                                 memory_format=torch.preserve_format)
+                                                 memory_format=torch.preserve_format,
+                                                 dtype=_tm.state_dtype(params[j]))
                                  for j in js]
         for slot, tensors in created.items():
             for j, t in zip(js, tensors):
@@ -583,6 +695,8 @@ class Optimizer(torch.optim.Optimizer):
         if not plain:
             for lay in entry.layouts:
                 lay.gather()
+        if entry.adopt:
+            self._fo_adopt(entry)
         try:
             self._fo_kernel(job)
         except (TypeError, ValueError):            # not checked before: the common step
@@ -597,15 +711,36 @@ class Optimizer(torch.optim.Optimizer):
         if not plain:
             for lay in entry.layouts:
                 lay.scatter()
+        if entry.mixed is not None:
+            rec.calls += 1
         if self.spec.counts_steps:
             if len(entry.idx) == len(rec.steps):
                 rec.steps += 1
             else:
                 rec.steps[entry.idx] += 1
 
+    def _fo_adopt(self, entry):
+        """Make the master copies a new mixed plan made the state's 'master' tensors, set to
+        the parameters' current values."""
+        plan = entry.plan
+        for k in entry.adopt:
+            lay, m = entry.layouts[k], plan.masters[k]
+            m[...] = lay.array
+            t = torch.from_numpy(m).as_strided(lay.shape, lay.strides)
+            self.state[entry.tensors[k]]["master"] = t
+            entry.masters[k] = t
+        entry.adopt = []
+
     def _fo_kernel(self, job):
-        self.spec.run(_kernels, job.entry.plan, job.grads, job.group, job.step, job.lr,
-                      job.fresh)
+        entry = job.entry
+        if entry.mixed is None:
+            mod = _kernels
+        else:
+            mod, plan = _mixed, entry.plan
+            plan.seed = job.group["_fo_mixed"][2] & 0xFFFFFFFFFFFFFFFF
+            plan.counter = job.step - 1 if self.spec.counts_steps else job.rec.calls
+            plan.grad_scale = 1.0 if job.scale is None else job.scale
+        self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh)
 
 
 def _doc(fo_cls):
@@ -623,6 +758,9 @@ def _adapter(fo_cls):
     defaults and equations of fastopt's class."""
     torch_cls = getattr(torch.optim, fo_cls.__name__, None)
     sig, impl = _torch_args.signature(fo_cls, torch_cls)
+    sig = sig.replace(parameters=[*sig.parameters.values(), *(
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+        for name, value in _tm.OPTIONS.items())])
     fixed = {k: v for k, v in fo_cls.spec.defaults.items() if k not in sig.parameters}
 
     def __init__(self, params, *args, **kwargs):
