@@ -708,12 +708,13 @@ OPTIMIZERS = {o.name: o for o in (
         >>> import numpy as np, fastopt as fo
         >>> w = np.array([1.0, -2.0])
         >>> opt = fo.ScheduleFreeAdamW([w], lr=0.1)
-        >>> opt.train(); opt.step([2 * w])
-        True
-        >>> w.round(6)
-        array([ 0.99, -1.99])
+        >>> opt.train()
+        >>> opt.step([2 * w]), opt.step([2 * w])
+        (True, True)
+        >>> w.round(6)                 # y, where gradients are taken
+        array([ 0.847965, -1.846427])
         >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
-        array([ 1., -2.])"""),
+        array([ 0.852696, -1.851297])"""),
     ),
     Optimizer(
         name="schedule_free_sgd", class_name="ScheduleFreeSGD", kernel="schedule_free_sgd",
@@ -737,11 +738,12 @@ OPTIMIZERS = {o.name: o for o in (
         >>> import numpy as np, fastopt as fo
         >>> w = np.array([1.0, -2.0])
         >>> opt = fo.ScheduleFreeSGD([w], lr=0.1)
-        >>> opt.train(); opt.step([2 * w])
-        True
-        >>> w.round(6)
-        array([ 0.98, -1.96])
-        >>> opt.eval(); w.round(6)
-        array([ 1., -2.])"""),
+        >>> opt.train()
+        >>> opt.step([2 * w]), opt.step([2 * w])
+        (True, True)
+        >>> w.round(6)                 # y, where gradients are taken
+        array([ 0.712, -1.424])
+        >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
+        array([ 0.72, -1.44])"""),
     ),
 )}
