@@ -71,7 +71,7 @@ class OracleRun:
     def _run(self, point, grads):
         """Snapshots (params per group, flat state dicts, step counts) after each of `grads`,
         starting from the snapshot `point`."""
-        params, states, steps = point
+        params, states, steps = point[:3]
         groups = []
         for g, ps in zip(self.groups, params):
             groups.append(dict(g, params=[p.copy() for p in ps]))
