@@ -133,6 +133,13 @@ def schedule_free_group(h, lr):
     return lr, (w / total if total != 0 else 0.0)
 
 
+def _decay(d, p, h):
+    """d + wd y, weight decay at the gradient point (none at all when wd = 0, as the package:
+    a NaN parameter does not reach d then)."""
+    wd = h.get("weight_decay", 0.0)
+    return d + wd * p if wd != 0 else d
+
+
 def _schedule_free(p, d, s, h, lr, beta):
     """y = (1 - c) y + c z + lr (beta (1 - c) - 1) d;  z = z - lr d (z starts at y)."""
     c = h["ckp1"]
@@ -145,14 +152,12 @@ def schedule_free_adamw(p, g, s, h, t, lr):
     b1, b2 = h.get("betas", (0.9, 0.999))
     v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
     s["exp_avg_sq"] = v
-    d = g / (np.sqrt(v / (1 - b2 ** h["k"])) + h.get("eps", 1e-8)) \
-        + h.get("weight_decay", 0.0) * p
-    return _schedule_free(p, d, s, h, lr, b1)
+    d = g / (np.sqrt(v / (1 - b2 ** h["k"])) + h.get("eps", 1e-8))
+    return _schedule_free(p, _decay(d, p, h), s, h, lr, b1)
 
 
 def schedule_free_sgd(p, g, s, h, t, lr):
-    d = g + h.get("weight_decay", 0.0) * p
-    return _schedule_free(p, d, s, h, lr, h.get("momentum", 0.9))
+    return _schedule_free(p, _decay(g, p, h), s, h, lr, h.get("momentum", 0.9))
 
 
 def schedule_free_x(y, z, beta):

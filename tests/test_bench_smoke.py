@@ -148,6 +148,7 @@ def test_contenders_compute_the_same_update(name):
     current = [np.empty_like(p) for p in params]
     others = {style: impls.make_numpy(name, params, current, style)
               for style in ("textbook", "best")}
+    others = {k: v for k, v in others.items() if v is not None}   # no hand-tuned "best" step
     for variant in impls.torch_variants(name):
         others[variant] = impls.make_torch(name, params, current, variant)
     for g in grads:

@@ -128,8 +128,13 @@ def test_bad_group_scalars_in_a_state_dict_are_refused(name):
 def test_constructor_checks():
     with pytest.raises(ValueError, match="momentum"):
         fo.ScheduleFreeSGD([np.zeros(2)], momentum=1.0)
-    with pytest.raises(ValueError, match="betas"):
-        fo.ScheduleFreeAdamW([np.zeros(2)], betas=(0.0, 0.9))
+    opt = fo.ScheduleFreeAdamW([np.zeros(2)], betas=(0.0, 0.9))   # as the package: eval()
+    opt.step([np.ones(2)])                                          # cannot divide by beta1
+    before = opt.state_dict()
+    with pytest.raises(ZeroDivisionError):
+        opt.eval()
+    assert opt.param_groups[0]["train_mode"] is True
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["z"], before["state"][0]["z"])
     with pytest.raises((TypeError, ValueError), match="warmup_steps"):
         fo.ScheduleFreeAdamW([np.zeros(2)], warmup_steps=-1)
     opt = fo.ScheduleFreeAdamW([np.zeros(2)], foreach=False)     # accepted, ignored

@@ -686,9 +686,7 @@ OPTIMIZERS = {o.name: o for o in (
         torch=("no_step",), reference="schedulefree.AdamWScheduleFree", adapters=(),
         hyper=(_lr(0.0025), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
                Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER),
-        inputs=_BETA_INPUTS,
-        checks=(("betas[0] == 0", "betas[0] must be > 0: eval() moves the parameters by "
-                 "1 - 1/beta1"),),
+        inputs=_BETA_INPUTS, checks=(),
         group_state=_SF_GROUP_STATE, advance=_SF_ADVANCE,
         modes=Modes("train_mode", True, "z", train="1 - beta1", eval="1 - 1 / beta1"),
         cases=(
