@@ -46,6 +46,9 @@ OPTIMIZERS = tuple(_TABLE)
 
 #: hyperparameters that differ from the defaults (fastopt's and torch's defaults agree)
 OVERRIDES = {"sgd": {"momentum": 0.9}}
+#: packages of reference implementations whose step overwrites the gradients (schedulefree
+#: normalizes p.grad in place)
+WRITES_GRADS = {"schedulefree"}
 #: every hyperparameter of every contender (fastopt keyword names)
 HYPER = {name: {**SPECS[name].defaults, **OVERRIDES.get(name, {})} for name in OPTIMIZERS}
 
@@ -268,13 +271,20 @@ def make_numpy(name, params, grads, style="best"):
     grads = list(grads)
     counter = [0]
     if style == "textbook":
-        rule = _reference().REFERENCES[name]
+        reference = _reference()
+        rule = reference.REFERENCES[name]
+        group_step = reference.GROUP_STEPS.get(name)   # group-level scalars (Schedule-Free)
+        group = dict(h)
         states = [{} for _ in params]
 
         def step():
             counter[0] += 1
+            hyper, lr = group, group["lr"]
+            if group_step is not None:
+                lr, c = group_step(group, lr)
+                hyper = {**group, "ckp1": c}
             for p, g, s in zip(params, grads, states):
-                p[...] = rule(p, g, s, h, counter[0], h["lr"])
+                p[...] = rule(p, g, s, hyper, counter[0], lr)
     elif style == "best":
         if name not in NUMPY_BEST:
             return None
@@ -366,9 +376,21 @@ def make_torch(name, params, grads, variant):
     else:
         raise ValueError(f"unknown torch variant {variant!r}")
     opt = cls(tensors, **kw)
+    if SPECS[name].modes is not None:
+        opt.train()                     # train/eval optimizers (Schedule-Free) step in train mode
+    if cls.__module__.partition(".")[0] in WRITES_GRADS:
+        # its step overwrites p.grad: give it its own gradient tensors, refilled every step
+        shared = [t.grad for t in tensors]
+        for t in tensors:
+            t.grad = t.grad.clone()
 
-    def step():
-        opt.step()
+        def step():
+            for t, g in zip(tensors, shared):
+                t.grad.copy_(g)
+            opt.step()
+    else:
+        def step():
+            opt.step()
 
     step.params = [t.detach().numpy() for t in tensors]
     return step

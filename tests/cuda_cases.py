@@ -15,11 +15,16 @@ from fastopt import _specs, _steps, _table
 def _case(name, hyper):
     """(binding name, args(t) -> (scalars, flags)) of optimizer `name` with options `hyper`."""
     opt = _table.OPTIMIZERS[name]
-    group = {**_specs.SPECS[name].defaults, **hyper}
-    needs_state = any(_specs.SPECS[name].uses(group))
+    spec = _specs.SPECS[name]
+    group = {**spec.defaults, **spec.group_state, **hyper}
+    needs_state = any(spec.uses(group))
 
     def args(t):
-        scalars, flags = _steps.hp_values(name, group, t, group["lr"], first=t == 1 and needs_state)
+        g = dict(group)
+        for _ in range(1, t):     # the group-level state of step t (Schedule-Free's k, ...)
+            g.update({key: value for key, value in _steps.advance(opt, g, g["lr"]).items()
+                      if key in spec.group_state})
+        scalars, flags = _steps.hp_values(name, g, t, g["lr"], first=t == 1 and needs_state)
         return scalars, flags
     args.group = group
     return opt.kernel, args
@@ -35,11 +40,14 @@ CASES = {f"{name}-{i}": _case(name, hyper)
 DEFAULT_CASES = [f"{name}-{len(opt.cases) - 1}" for name, opt in _table.OPTIMIZERS.items()]
 
 
-def state_init(case, shape, dtype, slot):
-    """Initial state of a slot, as the table gives it (a number or a hyperparameter's value)."""
+def state_init(case, shape, dtype, slot, param=None):
+    """Initial state of a slot, as the table gives it (a number, a hyperparameter's value, or
+    a copy of the parameter `param`)."""
     kernel, args = CASES[case]
     state = _table.KERNELS[kernel].state
     init = state[slot].init if slot < len(state) else 0
+    if init == _table.PARAM:
+        return np.array(param, dtype=dtype, copy=True)
     value = args.group[init] if isinstance(init, str) else init
     return np.full(shape, value, dtype=dtype)
 
@@ -59,7 +67,7 @@ def run_cpu(case, params, grads, dtypes):
     opt, args = CASES[case]
     p = [a.copy() for a in params]
     plan = K.Plan(p)
-    states = [[state_init(case, a.shape, a.dtype, k) for a in p] for k in range(3)]
+    states = [[state_init(case, a.shape, a.dtype, k, a) for a in p] for k in range(3)]
     for k in range(3):
         plan.set_state(k, states[k])
     for t, g in enumerate(grads, start=1):
@@ -73,7 +81,8 @@ def run_backend(module, asarray, tohost, case, params, grads):
     opt, args = CASES[case]
     p = [asarray(a) for a in params]
     plan = module.Plan(p)
-    states = [[asarray(state_init(case, a.shape, a.dtype, k)) for a in params] for k in range(3)]
+    states = [[asarray(state_init(case, a.shape, a.dtype, k, a)) for a in params]
+              for k in range(3)]
     for k in range(3):
         plan.set_state(k, states[k])
     dev_grads = [[asarray(a) for a in g] for g in grads]

@@ -81,7 +81,8 @@ def _grad(ex, p):
     return g, True
 
 
-@entry_point(*NAMES, entry="MixedPrecision")
+@entry_point(*(n for n in NAMES if "mixed" in fo._table.KERNELS[CLASSES[n].spec.kernel_name].backends),
+             entry="MixedPrecision")
 def fuzz_mixed_precision(ex, name):
     """MixedPrecision(<class>, 16-bit/float32 params, options): construction and 1-4 steps."""
     hyper, hyper_ok = draw_case(ex, name, invalid_pct=5)

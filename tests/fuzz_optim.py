@@ -17,7 +17,7 @@ from fastopt._specs import SPECS
 from cases import CASES, EXTRA_CASES
 from fuzzing import (ERRORS, KIND, Masks, assert_close, disjoint, entry_point, layout_ok, like,
                      overlapping, param_ok, same_state_dict, step_ok)
-from reference import ReferenceOptimizer, reference_step
+from reference import GROUP_STEPS, ReferenceOptimizer, reference_step
 
 NAMES = tuple(SPECS)
 CLASSES = {name: getattr(fo, spec.class_name) for name, spec in SPECS.items()}
@@ -286,6 +286,7 @@ def fuzz_functional(ex, name):
             for v in states.values():
                 m.add(v[j])
     refs = [np.array(p, np.float64) if arrays_ok else None for p in params]
+    group_ref = dict(full)          # the reference's group-level scalars (Schedule-Free)
     for t in range(t0 + 1, t0 + 1 + ex.draw(st.integers(1, 3), "steps")):
         what = f"{name}_ step {t}"
         step = t
@@ -308,9 +309,15 @@ def fuzz_functional(ex, name):
             assert_unchanged(ex, before, what=what)
             continue
         assert expect_ok, f"{what}: accepted an invalid call"
-        assert out is None
+        # None, or the new group-level scalars of an optimizer that has them (Schedule-Free)
+        assert (out is None) == (not SPECS[name].group_state), f"{what}: returned {out!r}"
         changed = ex.changed_bytes(before, allowed=owned)
         assert not changed, f"{what}: wrote outside the parameters and state (offset {changed})"
+        step_hyper, step_lr = full, None
+        if out is not None:             # the group scalars go into the next call
+            kwargs.update(out)
+            step_lr, c = GROUP_STEPS[name](group_ref, full["lr"])
+            step_hyper = {**group_ref, "ckp1": c}
         for j, (p, g) in enumerate(zip(params, grads)):
             st_ = ref_states[j]
             if name == "sgd" and not full["sutskever"] and t == 1:
@@ -318,7 +325,7 @@ def fuzz_functional(ex, name):
             masks[j].add(g)
             masks[j].add_decay(g, refs[j], coupled_decay(name, full), full.get("maximize", False))
             start, start_state = refs[j], {buf: v.copy() for buf, v in st_.items()}
-            refs[j] = reference_step(name, refs[j], g, st_, full, t)
+            refs[j] = reference_step(name, refs[j], g, st_, step_hyper, t, step_lr)
             assert_close(p, refs[j], masks[j], f"{what}: param[{j}]", scale_from=start)
             for buf, v in states.items():
                 assert_close(v[j], st_[buf], masks[j], f"{what}: {buf}[{j}]",

@@ -45,6 +45,8 @@ INVALID = {
     "unit_closed": [1.5, -0.1, _NAN, "x", None],
     "betas": [(1.0, 0.9), (0.9, 1.0), (-0.1, 0.9), (_NAN, 0.9), 0.9, (0.9,), "ab", None],
     "bool": ["yes", 1, None, 0.0],
+    "optional_bool": ["yes", 1, 0.0],
+    "count": [-1, 1.5, _NAN, "x", None],
 }
 KIND = {
     "lr": "lr", "momentum": "nonneg", "weight_decay": "nonneg", "eps": "nonneg",
@@ -52,7 +54,8 @@ KIND = {
     "dampening": "number", "rho": "unit_closed", "betas": "betas", "beta1": "unit",
     "beta2": "unit", "nesterov": "bool", "maximize": "bool", "sutskever": "bool",
     "amsgrad": "bool", "centered": "bool", "eps_in_sqrt": "bool",
-    "decoupled_weight_decay": "bool",
+    "decoupled_weight_decay": "bool", "warmup_steps": "count", "r": "number",
+    "weight_lr_power": "number", "foreach": "optional_bool",
 }
 
 

@@ -26,7 +26,8 @@ operations per step of a rule; tests/test_against_reference.py checks that it is
 """
 import numpy as np
 
-from reference import DEFAULTS, ReferenceOptimizer
+from fastopt._specs import SPECS
+from reference import DEFAULTS, GROUP_KEYS, ReferenceOptimizer
 
 UNIT = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 ** -53}
 # error allowed per unit of envelope: 32 units of roundoff (float32: 1.9e-6, float64: 3.6e-15)
@@ -70,7 +71,7 @@ class OracleRun:
     def _run(self, point, grads):
         """Snapshots (params per group, flat state dicts, step counts) after each of `grads`,
         starting from the snapshot `point`."""
-        params, states, steps = point
+        params, states, steps = point[:3]
         groups = []
         for g, ps in zip(self.groups, params):
             groups.append(dict(g, params=[p.copy() for p in ps]))
@@ -81,11 +82,14 @@ class OracleRun:
                 group[j] = {n: v.copy() for n, v in states[k].items()}
                 k += 1
         ref.steps = list(steps)
+        for g, scalars in zip(ref.groups, point[3] if len(point) > 3 else ()):
+            g.update(scalars)                   # group-level state (Schedule-Free's k, ...)
         out = []
         for step in grads:
             ref.step(step)
             out.append(([list(g["params"]) for g in ref.groups],
-                        [dict(s) for g in ref.states for s in g], list(ref.steps)))
+                        [dict(s) for g in ref.states for s in g], list(ref.steps),
+                        [{key: g[key] for key in GROUP_KEYS if key in g} for g in ref.groups]))
         return out
 
     def _perturbation(self, traj, t):
@@ -115,7 +119,11 @@ class OracleRun:
         final_p, final_s = flat[-1], traj[-1][1]
         tol = TOL[self.dtype]
         allow_p = [tol * _envelope([x[i] for x in flat]) for i in range(len(final_p))]
-        allow_s = [{key: tol * _envelope([x[1][i].get(key) for x in traj])
+        # a buffer that starts as a copy of its parameter (Schedule-Free's z) was the
+        # parameter before it existed
+        copies = SPECS[self.name].copies if self.name in SPECS else ()
+        allow_s = [{key: tol * _envelope([x[1][i].get(key, f[i] if key in copies else None)
+                                          for x, f in zip(traj, flat)])
                     for key in final_s[i]} for i in range(len(final_p))]
         return traj, final_p, final_s, allow_p, allow_s
 

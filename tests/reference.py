@@ -118,7 +118,60 @@ def lion(p, g, s, h, t, lr):
     return p
 
 
+def schedule_free_group(h, lr):
+    """Schedule-Free's group scalars (Defazio et al. 2024, as the schedulefree package keeps
+    them in the param group `h`), advanced once per step: the warmed-up lr of the step and the
+    averaging weight c = w_t / sum_s w_s, w_t = t^r lr_max^q. Returns (lr, c)."""
+    t = h.get("k", 0) + 1
+    warmup = h.get("warmup_steps", 0)
+    if t <= warmup:
+        lr = lr * t / warmup
+    lr_max = max(lr, h.get("lr_max", -1.0))
+    w = t ** h.get("r", 0.0) * lr_max ** h.get("weight_lr_power", 2.0)
+    total = h.get("weight_sum", 0.0) + w
+    h.update(k=t, lr_max=lr_max, weight_sum=total, scheduled_lr=lr)
+    return lr, (w / total if total != 0 else 0.0)
+
+
+def _decay(d, p, h):
+    """d + wd y, weight decay at the gradient point (none at all when wd = 0, as the package:
+    a NaN parameter does not reach d then)."""
+    wd = h.get("weight_decay", 0.0)
+    return d + wd * p if wd != 0 else d
+
+
+def _schedule_free(p, d, s, h, lr, beta):
+    """y = (1 - c) y + c z + lr (beta (1 - c) - 1) d;  z = z - lr d (z starts at y)."""
+    c = h["ckp1"]
+    z = s.get("z", p.copy())
+    s["z"] = z - lr * d
+    return (1 - c) * p + c * z + lr * (beta * (1 - c) - 1) * d
+
+
+def schedule_free_adamw(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
+    s["exp_avg_sq"] = v
+    d = g / (np.sqrt(v / (1 - b2 ** h["k"])) + h.get("eps", 1e-8))
+    return _schedule_free(p, _decay(d, p, h), s, h, lr, b1)
+
+
+def schedule_free_sgd(p, g, s, h, t, lr):
+    return _schedule_free(p, _decay(g, p, h), s, h, lr, h.get("momentum", 0.9))
+
+
+def schedule_free_x(y, z, beta):
+    """The averaged point x where eval mode puts the parameters: y = (1 - beta) z + beta x."""
+    return (y - (1 - beta) * z) / beta
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
+
+#: per-group work once per step before the per-parameter rules: name -> fn(group, lr) ->
+#: (lr, c), the group's scalars (GROUP_KEYS) updated in the group dict
+GROUP_STEPS = {"schedule_free_adamw": schedule_free_group,
+               "schedule_free_sgd": schedule_free_group}
+GROUP_KEYS = ("k", "weight_sum", "lr_max", "scheduled_lr")
 
 # torch.optim's documented defaults that differ from the neutral values used above
 DEFAULTS = {"adamw": {"weight_decay": 1e-2}}
@@ -147,9 +200,13 @@ class ReferenceOptimizer:
         for gi, group in enumerate(self.groups):
             lr = group["lr"](self.steps[gi]) if callable(group["lr"]) else group["lr"]
             self.steps[gi] += 1
+            hyper = group
+            if self.name in GROUP_STEPS:
+                lr, c = GROUP_STEPS[self.name](group, lr)
+                hyper = {**group, "ckp1": c}
             for j, p in enumerate(group["params"]):
                 group["params"][j] = reference_step(self.name, p, grads[k], self.states[gi][j],
-                                                    group, self.steps[gi], lr)
+                                                    hyper, self.steps[gi], lr)
                 k += 1
 
     @property

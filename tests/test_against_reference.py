@@ -170,9 +170,19 @@ def test_random_hyperparameters(name, data):
     """Hyperparameters drawn from their valid ranges, not only the fixed grid."""
     lr = data.draw(st.floats(1e-4, 0.5))
     unit = st.floats(0.0, 0.999)
-    hyper = {"lr": lr, "weight_decay": data.draw(st.sampled_from([0.0, 1e-3, 0.1])),
-             "maximize": data.draw(st.booleans())}
-    if name == "sgd":
+    hyper = {"lr": lr, "weight_decay": data.draw(st.sampled_from([0.0, 1e-3, 0.1]))}
+    if "maximize" in CLASSES[name].spec.defaults:
+        hyper["maximize"] = data.draw(st.booleans())
+    if name.startswith("schedule_free"):
+        hyper.update(warmup_steps=data.draw(st.sampled_from([0, 1, 3])),
+                     r=data.draw(st.sampled_from([0.0, 0.5, 2.0])),
+                     weight_lr_power=data.draw(st.sampled_from([0.0, 1.0, 2.0])))
+        if name == "schedule_free_adamw":
+            hyper.update(betas=(data.draw(st.floats(0.05, 0.999)), data.draw(unit)),
+                         eps=data.draw(st.sampled_from([1e-8, 1e-4])))
+        else:
+            hyper["momentum"] = data.draw(st.floats(0.05, 0.99))
+    elif name == "sgd":
         m = data.draw(st.sampled_from([0.0, 0.5, 0.9, 0.99]))
         nesterov = m > 0 and data.draw(st.booleans())
         sutskever = m > 0 and data.draw(st.booleans())

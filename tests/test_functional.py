@@ -44,7 +44,8 @@ def _functional_call(name, hyper):
     buffers = {}
     for used, state in zip(spec.uses(group), kernel.state):
         if used:
-            init = group[state.init] if isinstance(state.init, str) else state.init
+            init = state.init if state.init == _table.PARAM else \
+                group[state.init] if isinstance(state.init, str) else state.init
             buffers[state.arg or state.name] = (state.name, init)
     return kw, buffers
 
@@ -60,16 +61,19 @@ def test_lists_of_arrays_and_each_function(case, form):
     rng = np.random.default_rng(len(case))
     shapes = [(3,), (2, 2), (4, 1, 3)] if form == "list" else [(5, 2)]
     ps = [rng.standard_normal(s) for s in shapes]
-    states = {arg: [np.full(s, float(init)) for s in shapes] for arg, (_, init) in buffers.items()}
+    states = {arg: [p.copy() if init == _table.PARAM else np.full(p.shape, float(init))
+                    for p in ps] for arg, (_, init) in buffers.items()}
     ref = ReferenceOptimizer(name, [dict(hyper, params=[p.copy() for p in ps])])
     fn = getattr(F, f"{name}_")
     for t in range(1, 4):
         gs = [rng.standard_normal(s) for s in shapes]
         args = {arg: states[arg] if form == "list" else states[arg][0] for arg in buffers}
         if form == "list":
-            fn(ps, gs, step=t, **args, **kw)
+            out = fn(ps, gs, step=t, **args, **kw)
         else:
-            fn(ps[0], gs[0], step=t, **args, **kw)
+            out = fn(ps[0], gs[0], step=t, **args, **kw)
+        if out is not None:      # the new group-level scalars (Schedule-Free): the next input
+            kw.update(out)
         ref.step(gs)
     for p, r in zip(ps, ref.params):
         np.testing.assert_allclose(p, r, rtol=1e-13, atol=1e-15)

@@ -46,7 +46,7 @@ BASE = {"sgd": dict(momentum=0.7), "rmsprop": dict(momentum=0.5, centered=True)}
 # a valid value for each numeric hyperparameter (not the default, so that it shows)
 VALUE = dict(lr=0.0123, momentum=0.7, dampening=0.1, weight_decay=0.03, lr_decay=0.01,
              initial_accumulator_value=0.2, eps=1e-3, alpha=0.9, rho=0.85, beta1=0.8,
-             beta2=0.99)
+             beta2=0.99, r=0.5, weight_lr_power=1.5)
 # the rule of each numeric key and a value out of its range (None: the rule has no range)
 RULE_OF = {_validate.learning_rate: -0.1, _validate.nonneg: -0.1, _validate.unit_open: 1.0,
            _validate.unit_closed: 1.5, _validate.real: None}
@@ -141,6 +141,9 @@ def short(value):
 
 CLASS_CASES = [(name, key) for name in NAMES for key in numeric_keys(name)]
 CLASS_IDS = [f"{name}-{key}" for name, key in CLASS_CASES]
+# the same for the optimizers the table gives a torch adapter (Optimizer.adapters)
+TORCH_CASES = [(n, k) for n, k in CLASS_CASES if "torch" in _table.OPTIMIZERS[n].adapters]
+TORCH_IDS = [f"{name}-{key}" for name, key in TORCH_CASES]
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -722,7 +725,7 @@ def torch_plain(form):
 
 
 @needs_torch
-@pytest.mark.parametrize("name,key", CLASS_CASES, ids=CLASS_IDS)
+@pytest.mark.parametrize("name,key", TORCH_CASES, ids=TORCH_IDS)
 def test_torch_adapter_accepts_any_real_number_bit_identically(name, key):
     value = value_of(key)
     for form_id, form in torch_forms(value):
@@ -743,7 +746,7 @@ def test_torch_adapter_accepts_any_real_number_bit_identically(name, key):
 
 
 @needs_torch
-@pytest.mark.parametrize("name,key", CLASS_CASES, ids=CLASS_IDS)
+@pytest.mark.parametrize("name,key", TORCH_CASES, ids=TORCH_IDS)
 def test_torch_adapter_refuses_bad_values_with_the_class_error(name, key):
     cls = getattr(ft, SPECS[name].class_name)
     # a tensor lr or beta of 2 elements: torch's ValueError "Tensor lr must be 1-element"

@@ -43,9 +43,11 @@ except ImportError:
 needs_testing = pytest.mark.skipif(
     _testing is None, reason="fastopt._testing is not built (wheels leave the test-only C entry "
     "points out): build in place, python setup.py build_ext --inplace, or set FASTOPT_TEST_API=1")
-CLASSES = fo.optim.first_order.CLASSES      # optimizer name -> class, one per table entry
+# optimizer name -> class, one per table entry whose kernel has the mixed backend
+CLASSES = {name: cls for name, cls in fo.optim.first_order.CLASSES.items()
+           if "mixed" in fo._table.KERNELS[cls.spec.kernel_name].backends}
 ALL_CASES = [(name, i, h) for table in (CASES, EXTRA_CASES) for name, cases in table.items()
-             for i, h in enumerate(cases)]
+             if name in CLASSES for i, h in enumerate(cases)]
 ALL_CASES = [(name, f"{name}-{k}", h) for k, (name, _, h) in enumerate(ALL_CASES)]
 SHAPES = [(7, 3), (1,), (40000,)]          # 40,028 elements: above the parallel threshold
 

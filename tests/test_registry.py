@@ -171,7 +171,16 @@ def missing_pieces(kernel, optimizers):
         for table in ("OPTIMIZERS", "TRAFFIC", "HYPER"):
             if o not in getattr(_bench_impls, table):
                 miss.append(f"{o}: benchmark table bench/impls.py {table} lacks it")
-        if importlib.util.find_spec("torch") is not None:
+        group_state = {g.name: g.init for g in opt.group_state}
+        if opt.modes is not None:
+            group_state[opt.modes.key] = opt.modes.initial
+            cls = getattr(fo, opt.class_name, None)
+            if not (callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))):
+                miss.append(f"{o}: fastopt.{opt.class_name} lacks train()/eval() for its modes")
+        if spec is not None and spec.group_state != group_state:
+            miss.append(f"{o}: fastopt._specs group_state {spec.group_state} differs from the "
+                        f"table's {group_state}")
+        if "torch" in opt.adapters and importlib.util.find_spec("torch") is not None:
             import fastopt.torch as fo_torch
             if not hasattr(fo_torch, opt.class_name) or opt.class_name not in fo_torch.__all__:
                 miss.append(f"{o}: torch adapter fastopt.torch.{opt.class_name} is missing")
@@ -254,7 +263,7 @@ def test_hp_values_from_a_group_are_what_the_classes_send(name):
     kernel's inputs as the registry's runners do (betas split, first step, flags)."""
     spec = _specs.SPECS[name]
     for i, case in enumerate(CASES[name]):
-        group = {**spec.defaults, **case}
+        group = {**spec.defaults, **spec.group_state, **case}
         for step, fresh in ((1, True), (4, False)):
             rec = _Recorder()
             spec.run(rec, None, [], group, step, 0.3, (fresh,) * len(spec.state), "grads")

@@ -25,6 +25,9 @@ def run_fastopt(name, hyper, dtype):
     params0, grads = scenario()
     params = [p.astype(dtype) for p in params0]
     opt = CLASSES[name](groups_for(hyper, params), **hyper)
+    modes = opt.spec.modes
+    if modes is not None:
+        opt.train()
     out = {}
     for t in range(1, N_STEPS + 1):
         opt.step([g.astype(dtype) for g in grads[t - 1]])
@@ -32,7 +35,16 @@ def run_fastopt(name, hyper, dtype):
             opt.param_groups[0]["lr"] *= 0.5
         if t in RECORD_AT:
             out[t] = [p.copy() for p in params]
-    return out, opt
+    groups = {f"group{gi}": {k: g[k] for k in opt.spec.group_state}
+              for gi, g in enumerate(opt.param_groups)}
+    if modes is not None:                  # train/eval optimizers: the averaged point too
+        opt.eval()
+        out["eval"] = [p.copy() for p in params]
+    return out, opt, groups
+
+
+def recorded_steps(name):
+    return RECORD_AT + (("eval",) if CLASSES[name].spec.modes is not None else ())
 
 
 def rel_err(a, b):
@@ -50,10 +62,10 @@ def golden():
                          ids=[f"{n}-{i}-{np.dtype(d).name}" for n, i, d in PARAMS])
 def test_matches_recorded_torch_trajectory(golden, name, i, dtype):
     hyper = CASES[name][i]
-    traj, opt = run_fastopt(name, hyper, dtype)
+    traj, opt, groups = run_fastopt(name, hyper, dtype)
     key = f"{name}/{i}/{np.dtype(dtype).name}"
     worst = 0.0
-    for t in RECORD_AT:
+    for t in recorded_steps(name):
         for j, p in enumerate(traj[t]):
             worst = max(worst, rel_err(p, golden[f"{key}/step{t}/param{j}"]))
     assert worst <= TOL[dtype], f"{key}: max rel. error {worst:.3g} > {TOL[dtype]}"
@@ -65,11 +77,16 @@ def test_matches_recorded_torch_trajectory(golden, name, i, dtype):
         for buf in recorded:
             gk = f"{key}/state{j}/{buf}"
             assert rel_err(opt.state[j][buf], golden[gk]) <= 10 * TOL[dtype], gk
+    for g, values in groups.items():     # group-level scalars (Schedule-Free's k, ...)
+        for k, v in values.items():
+            assert np.allclose(v, golden[f"{key}/state{g}/{k}"], rtol=1e-12, atol=0), (g, k)
 
 
 def test_golden_file_covers_every_case(golden):
     for name, i, dtype in PARAMS:
         assert f"{name}/{i}/{np.dtype(dtype).name}/step150/param0" in golden
+        if CLASSES[name].spec.modes is not None:
+            assert f"{name}/{i}/{np.dtype(dtype).name}/stepeval/param0" in golden
 
 
 @pytest.mark.torch
@@ -81,8 +98,11 @@ def test_matches_live_torch(name, i, dtype):
     pytest.importorskip(package, reason=f"live parity of {name} needs {package} "
                         f"(pip install {package.replace('_', '-')})")
     hyper = CASES[name][i]
-    ours, _ = run_fastopt(name, hyper, dtype)
-    theirs, _ = run_torch(name, hyper, dtype)
-    for t in RECORD_AT:
+    ours, _, groups = run_fastopt(name, hyper, dtype)
+    theirs, state = run_torch(name, hyper, dtype)
+    for t in recorded_steps(name):
         for a, b in zip(ours[t], theirs[t]):
             assert rel_err(a, b) <= TOL[dtype]
+    for g, values in groups.items():
+        for k, v in values.items():
+            assert np.allclose(v, state[g][k], rtol=1e-12, atol=0), (g, k)

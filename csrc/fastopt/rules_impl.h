@@ -221,3 +221,59 @@ FO_DEVICE void FO_NAME(fo_lion_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T
     s0[i] = FO_FMA(k.one_minus_beta2, g, m * k.beta2);
     p[i] = FO_FMA(-k.lr, sign, p[i] * k.decay_factor);
 }
+
+/* ---------------------------------------------------------------- Schedule-Free AdamW
+ * schedulefree.AdamWScheduleFree (Defazio et al. 2024), at the gradient point y = p:
+ *   v = beta2 v + (1 - beta2) g^2;  d = g / (sqrt(v / bc2) + eps) + wd y
+ *   y = lerp(y, z, ckp1) + lr (beta1 (1 - ckp1) - 1) d;  z -= lr d  (with the old z in lerp)
+ * lr is the warmed-up lr of the step, bc2 = 1 - beta2^t, ckp1 the averaging weight c_t (all
+ * computed once per step from the group's k, weight_sum and lr_max; see the optimizer table).
+ * state: s0 = z, s1 = exp_avg_sq
+ */
+typedef struct {
+    FO_T lr, ckp1, one_minus_ckp1, small_ckp1, y_coef, beta2, one_minus_beta2, bc2, eps,
+        weight_decay;
+    int flags;
+} FO_NAME(fo_schedule_free_adamw_k);
+
+FO_DEVICE void FO_NAME(fo_schedule_free_adamw_rule)(fo_index i, FO_T *FO_RESTRICT p,
+                                                    const FO_T *FO_RESTRICT g_,
+                                                    FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                                    FO_T *FO_RESTRICT s2,
+                                                    FO_NAME(fo_schedule_free_adamw_k) k)
+{
+    (void)s2;
+    FO_T g = g_[i], y = p[i], z = s0[i];
+    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
+    s1[i] = v;
+    FO_T d = g / (FO_SQRT(v / k.bc2) + k.eps);
+    if (k.weight_decay != 0) d = FO_FMA(k.weight_decay, y, d);
+    y = FO_NAME(fo_lerp)(y, z, k.ckp1, k.one_minus_ckp1, k.small_ckp1 != 0);
+    p[i] = FO_FMA(k.y_coef, d, y);
+    s0[i] = FO_FMA(-k.lr, d, z);
+}
+
+/* ---------------------------------------------------------------- Schedule-Free SGD
+ * schedulefree.SGDScheduleFree, at y = p:  d = g + wd y;
+ *   y = lerp(y, z, ckp1) + lr (momentum (1 - ckp1) - 1) d;  z -= lr d
+ * state: s0 = z
+ */
+typedef struct {
+    FO_T lr, ckp1, one_minus_ckp1, small_ckp1, y_coef, weight_decay;
+    int flags;
+} FO_NAME(fo_schedule_free_sgd_k);
+
+FO_DEVICE void FO_NAME(fo_schedule_free_sgd_rule)(fo_index i, FO_T *FO_RESTRICT p,
+                                                  const FO_T *FO_RESTRICT g_,
+                                                  FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                                  FO_T *FO_RESTRICT s2,
+                                                  FO_NAME(fo_schedule_free_sgd_k) k)
+{
+    (void)s1;
+    (void)s2;
+    FO_T y = p[i], z = s0[i];
+    FO_T d = FO_NAME(fo_grad)(g_[i], y, k.weight_decay, k.flags);
+    y = FO_NAME(fo_lerp)(y, z, k.ckp1, k.one_minus_ckp1, k.small_ckp1 != 0);
+    p[i] = FO_FMA(k.y_coef, d, y);
+    s0[i] = FO_FMA(-k.lr, d, z);
+}

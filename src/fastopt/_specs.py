@@ -35,6 +35,12 @@ class Spec:
     optional_state: bool = False     # a needed buffer may be absent after steps (SGD's)
     eager_state: bool = False        # torch creates the buffers at construction (Adagrad)
     reference: str = ""              # "module.Class" whose numbers it reproduces (torch.optim's)
+    # group-level scalars kept in the param group (the table's group_state, and the mode key):
+    group_state: dict = field(default_factory=dict)   # name -> initial value
+    group_rules: dict = field(default_factory=dict)   # name -> rule, as `rules`
+    copies: tuple = ()               # state buffers that start as a copy of their parameter
+    modes: object = None             # the table's Modes, or None
+    mode_weight: Callable = None     # (group, "train" | "eval") -> the lerp weight of the move
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -52,7 +58,8 @@ def validate_group(spec, group):
     Returns {name: value} of the hyperparameters as plain Python values (floats, ints, bools,
     a tuple of floats for betas; a schedule as it is), the form the optimizers store.
     """
-    values = apply_rules(spec.rules, group)
+    values = apply_rules({**spec.rules, **spec.group_rules} if spec.group_rules else spec.rules,
+                         group)
     if spec.check is not None:
         spec.check(values)
     return values
@@ -90,15 +97,32 @@ def _uses_function(opt):
     return _steps.compile_function("uses", source, module=f"{__name__}.{opt.name}")
 
 
+def _group_state(opt):
+    """name -> (initial value, rule name) of the group-level scalars of `opt` (the table's
+    group_state and the mode key)."""
+    out = {s.name: (s.init, s.rule) for s in opt.group_state}
+    if opt.modes is not None:
+        out[opt.modes.key] = (opt.modes.initial, "boolean")
+    return out
+
+
 def _run_function(opt):
     """(mod, plan, grads, group, step, lr, fresh, name) -> the runner of the optimizer's rule
-    with the kernel inputs the table maps the group's hyperparameters to."""
+    with the kernel inputs the table maps the group's hyperparameters to. With an ``advance``
+    (the table's per-step group computation) it runs first, and `run` returns the new values
+    of the group state ({name: value}) for the caller to store in the group; else None."""
     kernel = _table.KERNELS[opt.kernel]
     special = {"step": "step", "lr": "lr", "first": "fresh[0]"}
-    args = [special.get(name) or opt.inputs.get(name) or name for name in kernel.inputs]
+    defined = {name for name, _ in opt.advance}
+    args = [name if name in defined else special.get(name) or opt.inputs.get(name) or name
+            for name in kernel.inputs]
+    state = [s.name for s in opt.group_state]
     source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\"):\n"
               f"{_bind(opt, exclude=special)}"
-              f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n")
+              + "".join(f"    {name} = g[{name!r}]\n" for name in state)
+              + _steps.advance_lines(opt) +
+              f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
+              + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))
     return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel)},
                                    module=f"{__name__}.{opt.name}")
 
@@ -117,6 +141,8 @@ def _init(state):
     """state name -> group -> fill value, for buffers that do not start at 0."""
     out = {}
     for s in state:
+        if s.init == _table.PARAM:           # a copy of the parameter (Spec.copies)
+            continue
         if isinstance(s.init, str):
             out[s.name] = (lambda key: lambda g: g[key])(s.init)
         elif s.init != 0:
@@ -124,8 +150,20 @@ def _init(state):
     return out
 
 
+def _mode_weight_function(opt):
+    """(group, "train" | "eval") -> the weight w of the move p = lerp(p, state, w)."""
+    if opt.modes is None:
+        return None
+    inputs = "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items())
+    source = (f"def mode_weight(g, mode):\n{_bind(opt)}{inputs}"
+              f"    return float({opt.modes.train}) if mode == 'train' else "
+              f"float({opt.modes.eval})\n")
+    return _steps.compile_function("mode_weight", source, module=f"{__name__}.{opt.name}")
+
+
 def _spec(opt):
     kernel = _table.KERNELS[opt.kernel]
+    group_state = _group_state(opt)
     return Spec(
         name=opt.name, class_name=opt.class_name, kernel=opt.kernel,
         defaults={h.name: h.default for h in opt.hyper},
@@ -137,6 +175,10 @@ def _spec(opt):
         optional_state="optional_state" in opt.torch,
         eager_state="eager_state" in opt.torch,
         reference=opt.reference or f"torch.optim.{opt.class_name}",
+        group_state={name: init for name, (init, _) in group_state.items()},
+        group_rules={name: getattr(_validate, rule) for name, (_, rule) in group_state.items()},
+        copies=tuple(s.name for s in kernel.state if s.init == _table.PARAM),
+        modes=opt.modes, mode_weight=_mode_weight_function(opt),
     )
 
 

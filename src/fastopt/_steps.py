@@ -21,7 +21,11 @@ import linecache
 
 from . import _table
 
-__all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function"]
+__all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function",
+           "advance_lines"]
+
+# the builtins the table's per-step group computations (Optimizer.advance) may call
+_ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs}
 
 
 def compile_function(name, source, namespace=None, module=__name__):
@@ -77,13 +81,35 @@ def _values_function(kernel):
     return fn
 
 
+def advance_lines(opt):
+    """Source lines (indented once) of the table entry's per-step group computation
+    (``Optimizer.advance``), in order."""
+    return "".join(f"    {name} = {expr}\n" for name, expr in opt.advance)
+
+
+def advance(opt, group, lr):
+    """The names the per-step group computation of `opt` assigns (``Optimizer.advance``),
+    evaluated over `group` (its hyperparameters and group state) and this step's `lr`:
+    {name: value}, ``lr`` included."""
+    ns = {name: eval(expr, {"__builtins__": {}}, dict(group))
+          for name, expr in opt.inputs.items()}
+    ns = {**group, **ns, "lr": lr}
+    out = {"lr": lr}
+    for name, expr in opt.advance:
+        ns[name] = out[name] = eval(expr, {"__builtins__": _ADVANCE_BUILTINS}, ns)
+    return out
+
+
 def hp_values(optimizer, group, step, lr, first=False):
     """(the fo_<kernel>_hp fields, flags) of a step of `optimizer` with the hyperparameters of
-    param `group` (a dict with torch's names), at 1-based `step` with learning rate `lr`;
-    `first`: the state buffers were created for this step."""
+    param `group` (a dict with torch's names, and the group state of an optimizer that has
+    one), at 1-based `step` with learning rate `lr`; `first`: the state buffers were created
+    for this step."""
     opt = _table.OPTIMIZERS[optimizer]
     k = _table.KERNELS[opt.kernel]
     special = {"step": step, "lr": lr, "first": first}
+    if opt.advance:
+        special.update(advance(opt, group, lr))
     inputs = {}
     for name in k.inputs:
         if name in special:

@@ -68,7 +68,8 @@ Fields
                  element type); ``flags`` follows them implicitly.
   ``flags``      option flag -> Python condition over ``inputs`` that sets it.
   ``state``      the rule's state slots in order: (torch's state key, the flag that needs it or
-                 None for always, initial value: a hyperparameter name or a number).
+                 None for always, initial value: a hyperparameter name, a number, or
+                 ``"param"``: a copy of the parameter when the buffer is created).
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
                  mixed precision); the union of their flags is the instance mask.
   ``cost``       relative cost per element (SGD = 1) for the serial/parallel threshold.
@@ -93,6 +94,30 @@ Fields
   ``doc``        the class docstring: the algorithm box, defaults, state, an example.
   ``reference``  "module.Class" of the implementation whose numbers it reproduces (default
                  ``torch.optim.<class_name>``); the golden files are recorded from it.
+  ``group_state`` group-level scalars the optimizer itself updates every step and keeps in the
+                 param group, as its reference does (Schedule-Free's ``k``, ``weight_sum``,
+                 ``lr_max``): ``GroupState(name, initial value, validity rule)``. They are
+                 filled in by ``add_param_group``, checked like hyperparameters when a group or
+                 a state_dict is read, saved by ``state_dict``/``fo.save`` with the group and
+                 restored by ``load_state_dict``/``fo.load``; they are not constructor
+                 arguments. The functional form takes them as keywords and returns their new
+                 values.
+  ``advance``    the per-step group computation, once per group and step before the kernel:
+                 ``(name, Python expression)`` assignments in order, over the hyperparameters,
+                 the group state, ``lr`` (this step's learning rate) and the names assigned
+                 before. An assigned group-state name is its new value (written back to the
+                 group after the kernel ran); any other name (and ``lr``, reassigned) is a
+                 local the kernel's ``inputs`` may use.
+  ``modes``      ``Modes(key, initial, state, train, eval)`` for optimizers whose parameters
+                 sit at one of two points (Schedule-Free: the gradient point y in train mode,
+                 the average x in eval mode). The class gets ``train()`` and ``eval()``: each
+                 group not yet in that mode moves every parameter with state buffer ``state``
+                 by ``p = lerp(p, state, w)``, ``w`` the Python expression ``train`` or
+                 ``eval`` over the group's hyperparameters and kernel inputs, and sets the
+                 group's bool ``key`` (kept in the group like ``group_state``, starting at
+                 ``initial``). ``step`` refuses a group in eval mode (RuntimeError, nothing
+                 changed).
+  ``adapters``   the framework adapters made for it (``"torch"``: ``fastopt.torch``).
 """
 from collections import namedtuple
 
@@ -102,8 +127,14 @@ State = namedtuple("State", "name needs init arg", defaults=(None,))
 Optimizer = namedtuple(
     "Optimizer",
     "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc "
-    "reference", defaults=((), (), None, (), (), "", None))
+    "reference group_state advance modes adapters",
+    defaults=((), (), None, (), (), "", None, (), (), None, ("torch",)))
 Hyper = namedtuple("Hyper", "name default rule torch_error")
+GroupState = namedtuple("GroupState", "name init rule")
+Modes = namedtuple("Modes", "key initial state train eval")
+
+#: State.init of a buffer that starts as a copy of its parameter
+PARAM = "param"
 
 # Option bits of `k.flags`, shared by every rule, binding and backend.
 FLAGS = (
@@ -222,6 +253,34 @@ KERNELS = {k.name: k for k in (
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
+    Kernel(
+        name="schedule_free_adamw", title="Schedule-Free AdamW",
+        inputs=("t", "lr", "ckp1", "beta1", "beta2", "eps", "weight_decay"),
+        scalars=(("lr", "lr"), ("ckp1", "ckp1"), ("y_coef", "lr * (beta1 * (1 - ckp1) - 1)"),
+                 ("beta2", "beta2"), ("bc2", "1 - beta2 ** t"), ("eps", "eps"),
+                 ("weight_decay", "weight_decay")),
+        consts=(("lr", "lr"), ("ckp1", "ckp1"), ("one_minus_ckp1", "1.0 - ckp1"),
+                ("small_ckp1", "ckp1 < 0.5 && ckp1 > -0.5"), ("y_coef", "y_coef"),
+                ("beta2", "beta2"), ("one_minus_beta2", "1.0 - beta2"), ("bc2", "bc2"),
+                ("eps", "eps"), ("weight_decay", "weight_decay")),
+        flags={},
+        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
+        cases=((),),
+        cost=3, backends=("cpu", "cuda"),
+    ),
+    Kernel(
+        name="schedule_free_sgd", title="Schedule-Free SGD",
+        inputs=("lr", "ckp1", "momentum", "weight_decay"),
+        scalars=(("lr", "lr"), ("ckp1", "ckp1"),
+                 ("y_coef", "lr * (momentum * (1 - ckp1) - 1)"), ("weight_decay", "weight_decay")),
+        consts=(("lr", "lr"), ("ckp1", "ckp1"), ("one_minus_ckp1", "1.0 - ckp1"),
+                ("small_ckp1", "ckp1 < 0.5 && ckp1 > -0.5"), ("y_coef", "y_coef"),
+                ("weight_decay", "weight_decay")),
+        flags={},
+        state=(State("z", None, PARAM),),
+        cases=((),),
+        cost=2, backends=("cpu", "cuda"),
+    ),
 )}
 
 # torch's messages ({value}: the rejected value; {index}: its index in a pair)
@@ -242,6 +301,63 @@ def _adam_hyper(weight_decay, decoupled):
             Hyper("amsgrad", False, "boolean", None), Hyper("maximize", False, "boolean", None),
             Hyper("decoupled_weight_decay", decoupled, "boolean", None))
 
+
+
+# Schedule-Free (schedulefree.AdamWScheduleFree / SGDScheduleFree): the keywords both share,
+# the group-level scalars the package keeps in each param group, and its per-step weight c_t
+_SF_HYPER = (Hyper("warmup_steps", 0, "integer", None), Hyper("r", 0.0, "real", None),
+             Hyper("weight_lr_power", 2.0, "real", None),
+             Hyper("foreach", True, "optional_boolean", None))
+_SF_GROUP_STATE = (GroupState("k", 0, "whole"), GroupState("weight_sum", 0.0, "real"),
+                   GroupState("lr_max", -1.0, "real"), GroupState("scheduled_lr", 0.0, "real"))
+_SF_ADVANCE = (
+    ("t", "k + 1"),
+    ("lr", "lr * (t / warmup_steps if k < warmup_steps else 1.0)"),   # linear warmup
+    ("scheduled_lr", "lr"),
+    ("lr_max", "max(lr, lr_max)"),
+    ("weight", "t ** r * lr_max ** weight_lr_power"),
+    ("weight_sum", "weight_sum + weight"),
+    ("ckp1", "weight / weight_sum if weight_sum != 0 else 0.0"),    # the package's c_{k+1}
+    ("k", "t"),
+)
+
+
+def _sf_doc(base, symbols, moment, state, defaults, example):
+    text = r"""Schedule-Free @BASE@: no learning-rate schedule; the iterate is an online average.
+
+        With learning rate :math:`\gamma` (``lr``), momentum :math:`@SYMBOLS@, weight decay
+        :math:`\lambda` (``weight_decay``), ``warmup_steps`` :math:`W`, ``r`` and
+        ``weight_lr_power`` :math:`q`, step :math:`t` (the group's ``k + 1``) with gradient
+        :math:`g_t` taken at the parameters :math:`y` does
+
+        .. math::
+            \gamma_t &= \gamma \min(1, t / W), \quad \gamma_{\max} = \max_{s \le t} \gamma_s,
+            \quad w_t = t^r \gamma_{\max}^q, \quad c_t = w_t / \textstyle\sum_{s \le t} w_s \\
+            @MOMENT@
+            y_t &= (1 - c_t)\, y_{t-1} + c_t z_{t-1} + \gamma_t (\beta (1 - c_t) - 1)\, d_t \\
+            z_t &= z_{t-1} - \gamma_t d_t
+
+        (:math:`\beta` the momentum or :math:`\beta_1`). :math:`y` interpolates between the
+        averaged point :math:`x` and the base sequence :math:`z`, :math:`y = (1 - \beta) z +
+        \beta x`; no :math:`x` is stored. ``opt.train()`` puts the parameters at :math:`y`
+        (where gradients are taken) and ``opt.eval()`` at :math:`x` (where the model is
+        evaluated and saved), as the ``schedulefree`` package requires; a step in eval mode
+        raises RuntimeError. fastopt starts in train mode (the package starts in eval mode and
+        refuses a step before ``train()``; before the first step both points are the same, so
+        calling ``train()`` first, as the package requires, changes nothing). The group keeps
+        the package's scalars ``k``, ``weight_sum``, ``lr_max``, ``scheduled_lr`` and
+        ``train_mode``; state_dict and ``fo.save`` carry them. State: @STATE@; ``foreach`` is
+        accepted and ignored (one fused pass).
+
+        Defaults: ``@DEFAULTS@, warmup_steps=0, r=0, weight_lr_power=2``, as the
+        ``schedulefree`` package, whose results it reproduces. Reference: Defazio et al., "The
+        Road Less Scheduled", NeurIPS 2024.
+@EXAMPLE@
+        """
+    for key, value in (("@BASE@", base), ("@SYMBOLS@", symbols), ("@MOMENT@", moment.strip()),
+                       ("@STATE@", state), ("@DEFAULTS@", defaults), ("@EXAMPLE@", example)):
+        text = text.replace(key, value)
+    return text
 
 OPTIMIZERS = {o.name: o for o in (
     Optimizer(
@@ -564,5 +680,68 @@ OPTIMIZERS = {o.name: o for o in (
         >>> w
         array([ 0.9, -1.9])
         """,
+    ),
+    Optimizer(
+        name="schedule_free_adamw", class_name="ScheduleFreeAdamW", kernel="schedule_free_adamw",
+        torch=("no_step",), reference="schedulefree.AdamWScheduleFree", adapters=(),
+        hyper=(_lr(0.0025), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
+               Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER),
+        inputs=_BETA_INPUTS, checks=(),
+        group_state=_SF_GROUP_STATE, advance=_SF_ADVANCE,
+        modes=Modes("train_mode", True, "z", train="1 - beta1", eval="1 - 1 / beta1"),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.02, betas=(0.8, 0.99), weight_decay=0.01, warmup_steps=10),
+            dict(lr=0.01, betas=(0.95, 0.9), eps=1e-6, weight_decay=0.1, warmup_steps=30, r=1.0,
+                 weight_lr_power=1.0),
+            dict(lr=0.005, weight_decay=0.05, warmup_steps=5, weight_lr_power=0.0),
+        ),
+        doc=_sf_doc("AdamW", r"""\beta_1` (``betas[0]``; :math:`\beta_2` = ``betas[1]``),
+        :math:`\epsilon` (``eps``)""", r"""
+            v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+            d_t = \frac{g_t}{\sqrt{v_t / (1 - \beta_2^{t})} + \epsilon} + \lambda y_{t-1} \\""",
+            "``z`` (:math:`z`), ``exp_avg_sq`` (:math:`v`)",
+            "lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0",
+            r"""
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.ScheduleFreeAdamW([w], lr=0.1)
+        >>> opt.train()
+        >>> opt.step([2 * w]), opt.step([2 * w])
+        (True, True)
+        >>> w.round(6)                 # y, where gradients are taken
+        array([ 0.847965, -1.846427])
+        >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
+        array([ 0.852696, -1.851297])"""),
+    ),
+    Optimizer(
+        name="schedule_free_sgd", class_name="ScheduleFreeSGD", kernel="schedule_free_sgd",
+        torch=("no_step",), reference="schedulefree.SGDScheduleFree", adapters=(),
+        hyper=(_lr(1.0), Hyper("momentum", 0.9, "open_unit",
+                               "Momentum must be between 0 and 1 exclusive: {value}"),
+               Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER),
+        inputs={}, checks=(),
+        group_state=_SF_GROUP_STATE, advance=_SF_ADVANCE,
+        modes=Modes("train_mode", True, "z", train="1 - momentum", eval="1 - 1 / momentum"),
+        cases=(
+            dict(lr=0.1),
+            dict(lr=0.05, momentum=0.8, weight_decay=0.01, warmup_steps=10),
+            dict(lr=0.1, momentum=0.95, weight_decay=0.1, warmup_steps=30, r=1.0,
+                 weight_lr_power=1.0),
+        ),
+        doc=_sf_doc("SGD", r"""\beta` (``momentum``)""", r"""
+            d_t &= g_t + \lambda y_{t-1} \\""",
+            "``z`` (:math:`z`)", "lr=1.0, momentum=0.9, weight_decay=0",
+            r"""
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.ScheduleFreeSGD([w], lr=0.1)
+        >>> opt.train()
+        >>> opt.step([2 * w]), opt.step([2 * w])
+        (True, True)
+        >>> w.round(6)                 # y, where gradients are taken
+        array([ 0.712, -1.424])
+        >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
+        array([ 0.72, -1.44])"""),
     ),
 )}

@@ -98,7 +98,8 @@ def _check_hyper(name, **values):
     """Check hyperparameters with the registry's rules, those the classes apply to groups;
     returns them as plain Python values (a dict in the order given)."""
     spec = _specs.SPECS[name]
-    values = {key: spec.rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
+    rules = {**spec.rules, **spec.group_rules}
+    values = {key: rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
               for key, value in values.items()}
     if spec.check is not None:
         spec.check({**spec.defaults, **values})
@@ -126,11 +127,12 @@ def _hyper_args(opt, kernel):
     """[(argument name, default)]: the kernel inputs taken from hyperparameters, in the order of
     the entry's hyperparameters (a pair such as `betas` gives `beta1`, `beta2`)."""
     defaults = {h.name: h.default for h in opt.hyper}
+    used = set(kernel.inputs).union(*(_identifiers(expr) for _, expr in opt.advance))
     args = []
     for h in opt.hyper:
         if h.name in opt.fixed or h.name == "lr":
             continue
-        if h.name in kernel.inputs and h.name not in opt.inputs:
+        if h.name in used and h.name not in opt.inputs:
             args.append((h.name, h.default))
         args += [(name, eval(expr, {"__builtins__": {}}, defaults))
                  for name, expr in opt.inputs.items() if h.name in _identifiers(expr)]
@@ -148,6 +150,8 @@ def _form_source(opt):
         else []
     step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
     sig = ["param", "grad"] + [f"{arg}=None" if cond else arg for _, arg, cond in states]
+    group_state = [(g.name, g.init) for g in opt.group_state]
+    hyper += group_state
     sig += ["*", step_arg, f"lr={lr_default!r}"] + [f"{n}={d!r}" for n, d in hyper]
     body = ["    lr = _check_lr(lr)\n"]
     if not first_needs:
@@ -175,14 +179,23 @@ def _form_source(opt):
                       f"({slot}, {arg!r}, {arg} if ({cond}) else _UNUSED)"
                       for slot, arg, cond in states)
     body.append(f"    mod, plan = _plan(param, [{slots}])\n")
+    body.append(_steps.advance_lines(opt))
     body.append(f"    _runners.{opt.kernel}(mod, plan, _listify(grad, 'grad'), "
                 f"{', '.join(kernel.inputs)}, 'grad')\n")
+    if group_state:
+        body.append(f"    return {{{', '.join(f'{n!r}: {n}' for n, _ in group_state)}}}\n")
     return f"def {opt.name}_({', '.join(sig)}):\n{''.join(body)}"
 
 
 def _form_doc(opt):
     kernel = _table.KERNELS[opt.kernel]
     lines = [f"{opt.class_name} step, in place; equations in :class:`fastopt.{opt.class_name}`."]
+    if opt.group_state:
+        names = ", ".join(f"`{g.name}`" for g in opt.group_state)
+        lines.append(f"The group-level scalars {names} (those of the param group, initially "
+                     f"{', '.join(f'{g.name}={g.init!r}' for g in opt.group_state)}) are "
+                     "inputs; returns their new values as a dict, to pass to the next step. "
+                     "The parameters are the gradient point y (train mode).")
     notes = [f"`{arg}` is required when {_when(cond)}." for _, arg, cond in _state_args(kernel)
              if cond is not None]
     if "first" in kernel.inputs and notes:

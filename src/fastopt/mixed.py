@@ -55,7 +55,7 @@ import threading
 
 import numpy as np
 
-from . import _mixed, _validate
+from . import _mixed, _table, _validate
 from .optim.base import Optimizer, _to_host
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
@@ -160,6 +160,9 @@ def _subclass(opt_cls):
                         f"(fo.SGD, fo.Adam, ...), got {opt_cls!r}")
     if issubclass(opt_cls, MixedPrecision):
         raise TypeError(f"{opt_cls.__name__} is already a mixed-precision optimizer")
+    if "mixed" not in _table.KERNELS[opt_cls.spec.kernel_name].backends:
+        raise TypeError(f"{opt_cls.__name__} has no mixed-precision kernel (its table entry "
+                        "does not declare the 'mixed' backend); use float32 parameters")
     sub = _SUBCLASSES.get(opt_cls)
     if sub is None:
         sub = type(f"MixedPrecision{opt_cls.__name__}", (MixedPrecision, opt_cls),

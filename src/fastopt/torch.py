@@ -88,7 +88,8 @@ from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
 from . import optim as _optim
 
-__all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values())]
+__all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values()
+                          if "torch" in opt.adapters)]
 
 _DTYPES = (torch.float32, torch.float64, *_tm.LOW)
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -781,4 +782,7 @@ def _adapter(fo_cls):
 
 
 # one adapter per first-order class, that is per entry of the optimizer table (fastopt._table)
-globals().update({cls.__name__: _adapter(cls) for cls in _optim.first_order.CLASSES.values()})
+# that declares one (adapters=("torch",))
+globals().update({cls.__name__: _adapter(cls)
+                  for name, cls in _optim.first_order.CLASSES.items()
+                  if "torch" in _table.OPTIMIZERS[name].adapters})

@@ -50,7 +50,14 @@ def reference_package(name):
 
 def run_torch(name, hyper, dtype):
     """Trajectory {step: [params...]} and final state of the reference implementation (torch
-    optimizer) on the scenario."""
+    optimizer) on the scenario.
+
+    For an optimizer with train/eval modes (the table's ``modes``: Schedule-Free), ``train()``
+    comes first, as the reference requires; the trajectory is then the train-mode point y,
+    ``traj["eval"]`` the parameters after ``eval()`` at the end, and ``state["group<i>"]``
+    the group-level scalars of group i (``group_state`` and the mode key) after the steps."""
+    from fastopt._specs import SPECS
+    spec = SPECS[name]
     import torch
     params0, grads = scenario()
     tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
@@ -58,6 +65,8 @@ def run_torch(name, hyper, dtype):
     cls = reference_class(name)
     extra = {"foreach": False} if "foreach" in inspect.signature(cls.__init__).parameters else {}
     opt = cls(groups_for(hyper, params), **extra, **hyper)
+    if spec.modes is not None:
+        opt.train()
     out = {}
     for t in range(1, N_STEPS + 1):
         for p, g in zip(params, grads[t - 1]):
@@ -69,4 +78,10 @@ def run_torch(name, hyper, dtype):
             out[t] = [p.detach().numpy().copy() for p in params]
     state = {i: {k: v.numpy().copy() for k, v in opt.state[p].items() if k != "step"}
              for i, p in enumerate(params)}
+    for gi, group in enumerate(opt.param_groups):
+        if spec.group_state:
+            state[f"group{gi}"] = {k: np.array(group[k]) for k in spec.group_state}
+    if spec.modes is not None:
+        opt.eval()
+        out["eval"] = [p.detach().numpy().copy() for p in params]
     return out, state

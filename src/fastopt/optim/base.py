@@ -60,10 +60,24 @@ def _to_host(a):
 
 def _copy_into(dst, src):
     """dst[...] = src across host/device, casting to dst's dtype."""
-    if isinstance(dst, np.ndarray):
+    if type(dst) is type(src) and not isinstance(dst, np.ndarray):   # on the device
+        dst[...] = src
+    elif isinstance(dst, np.ndarray):
         np.copyto(dst, _to_host(src), casting="unsafe")
     else:
         dst.set(np.ascontiguousarray(_to_host(src), dtype=dst.dtype))
+
+
+def _lerp_(p, end, w):
+    """p = lerp(p, end, w) in place, as torch's lerp_ (p + w (end - p) for |w| < 1/2, else
+    end - (end - p)(1 - w)); NumPy or CuPy."""
+    t = end - p
+    if abs(w) < 0.5:
+        t *= w
+        p += t
+    else:
+        t *= 1.0 - w
+        p[...] = end - t
 
 
 class Optimizer(OptimizerCore):
@@ -85,8 +99,8 @@ class Optimizer(OptimizerCore):
         super().__init__(params, **hyperparameters)
 
     # The registry entry is the table of what this optimizer is (see fastopt.optim._core).
-    DEFAULTS = property(lambda self: self.spec.defaults)
-    RULES = property(lambda self: self.spec.rules)
+    DEFAULTS = property(lambda self: {**self.spec.defaults, **self.spec.group_state})
+    RULES = property(lambda self: {**self.spec.rules, **self.spec.group_rules})
     BUFFERS = property(lambda self: self.spec.state)
 
     def _validate(self, group):
@@ -109,8 +123,13 @@ class Optimizer(OptimizerCore):
         params = rec.plan.params
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
-                fill = self.spec.init.get(name, lambda g: 0.0)(hyper)
-                arrays = self._state_like(params, fill)
+                if name in self.spec.copies:       # starts as a copy of the parameter
+                    arrays = self._state_like(params)
+                    for a, p in zip(arrays, params):
+                        _copy_into(a, p)
+                else:
+                    fill = self.spec.init.get(name, lambda g: 0.0)(hyper)
+                    arrays = self._state_like(params, fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -149,6 +168,7 @@ class Optimizer(OptimizerCore):
         work = []
         for gi, rec in enumerate(records):
             hyper, lr = self._group_values(gi)
+            self._check_mode(gi, hyper)
             sl = list(grads[rec.offset:rec.offset + len(rec.plan)])
             rec.plan.check_grads(sl)
             work.append([rec, hyper, lr, sl, self._fresh_none])
@@ -184,9 +204,11 @@ class Optimizer(OptimizerCore):
         """Phase 2 of a step: one kernel per group with its snapshot's values, then its step
         counter."""
         run = self.spec.run
-        for rec, hyper, lr, grads, fresh in work:
-            run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+        for gi, (rec, hyper, lr, grads, fresh) in enumerate(work):
+            changed = run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
             rec.step += 1
+            if changed is not None:
+                self._store_group_state(gi, changed)
 
     def step(self, grads, nonfinite="ignore"):
         """Apply one update with `grads` (a list of arrays in the order of the parameters).
@@ -243,6 +265,8 @@ class Optimizer(OptimizerCore):
             lr = hyper["lr"]
             if callable(lr):
                 lr = self._scheduled_lr(lr, rec)
+            if self.spec.modes is not None:
+                self._check_mode(0, hyper)
             fresh = self._fresh_none
             if nonfinite != "ignore" or self._gate_every_step:
                 work = [[rec, hyper, lr, grads, fresh]]
@@ -253,9 +277,54 @@ class Optimizer(OptimizerCore):
                 work = [[rec, hyper, lr, grads, fresh]]
                 self._allocate(work)
                 fresh = work[0][4]
-            self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            changed = self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
             rec.step += 1
+            if changed is not None:
+                self._store_group_state(0, changed)
             return True
+
+    # ------------------------------------------------------------- group state and modes
+    def _store_group_state(self, gi, values):
+        """Write the group-level scalars the step (or a mode change) computed ({name: value},
+        plain and valid by construction) into param group gi and into its validated snapshot,
+        so the next step does not re-validate the group for them."""
+        group, rec = self.param_groups[gi], self._records[gi]
+        keys = list(rec.hyper)
+        checked = list(rec.checked)
+        for key, value in values.items():
+            group[key] = value
+            rec.hyper[key] = value
+            checked[keys.index(key)] = value
+        rec.checked = tuple(checked)
+
+    def _check_mode(self, gi, hyper):
+        """A step needs every group in train mode (optimizers with modes only)."""
+        modes = self.spec.modes
+        if modes is not None and not hyper[modes.key]:
+            raise RuntimeError(f"param_groups[{gi}]: Optimizer was not in train mode when step "
+                               "is called. Please insert .train() and .eval() calls on the "
+                               "optimizer. See documentation for details. Nothing was updated.")
+
+    def _set_mode(self, mode):
+        """Move the parameters of every group not in `mode` ("train": to y, "eval": to x) by
+        ``p = lerp(p, state, w)`` (the table's Modes) and record the mode in the group.
+        Every group's hyperparameters are checked first: on error nothing moves."""
+        modes = self.spec.modes
+        target = mode == "train"
+        with self._lock:
+            check_groups(self.param_groups, self._planned)
+            moves = []
+            for gi in range(len(self._records)):
+                hyper = self._validated(gi)
+                if bool(hyper[modes.key]) != target:
+                    moves.append((gi, self.spec.mode_weight(hyper, mode)))
+            for gi, weight in moves:
+                rec = self._records[gi]
+                for i, p in enumerate(self.param_groups[gi]["params"]):
+                    end = self.state.get(rec.offset + i, {}).get(modes.state)
+                    if end is not None:
+                        _lerp_(p, end, weight)
+                self._store_group_state(gi, {modes.key: target})
 
     # --------------------------------------------------------------------------- state dict
     def _plan_state(self, gi, ids, hyper, entries):

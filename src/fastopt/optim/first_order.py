@@ -33,9 +33,33 @@ def make_class(opt):
     init = _steps.compile_function("__init__", _init_source(opt), {"_Optimizer": Optimizer},
                                    module=__name__)
     init.__qualname__ = f"{opt.class_name}.__init__"
-    return type(opt.class_name, (Optimizer,), {
-        "__init__": init, "__doc__": inspect.cleandoc(opt.doc), "__module__": __name__,
-        "__qualname__": opt.class_name, "spec": _specs.SPECS[opt.name]})
+    members = {"__init__": init, "__doc__": inspect.cleandoc(opt.doc), "__module__": __name__,
+               "__qualname__": opt.class_name, "spec": _specs.SPECS[opt.name]}
+    if opt.modes is not None:
+        members.update(_mode_methods(opt))
+    return type(opt.class_name, (Optimizer,), members)
+
+
+def _mode_methods(opt):
+    """``train()`` and ``eval()`` of an entry with modes (the table's ``Modes``)."""
+    m = opt.modes
+
+    def train(self):
+        self._set_mode("train")
+
+    def eval(self):
+        self._set_mode("eval")
+
+    train.__doc__ = (f"Train mode: move each parameter to the point where gradients are taken, "
+                     f"p = lerp(p, state[{m.state!r}], {m.train}), in every group not in train "
+                     f"mode (group[{m.key!r}] False); then steps are allowed.")
+    eval.__doc__ = (f"Eval mode: move each parameter to the point to evaluate and save, "
+                    f"p = lerp(p, state[{m.state!r}], {m.eval}), in every group in train mode; "
+                    "a step raises RuntimeError until train().")
+    for fn in (train, eval):
+        fn.__qualname__ = f"{opt.class_name}.{fn.__name__}"
+        fn.__module__ = __name__
+    return {"train": train, "eval": eval}
 
 
 #: optimizer name (the table's key) -> class
