@@ -17,7 +17,9 @@ bias). Each row of the ablation adds one trick to the row above it:
 Next to the ablation, other optimizers on row 2's setting (warmup + cosine decay, no label
 smoothing or mixup), with their own learning rate and weight decay on the weight matrices
 (``OPTIMIZERS``, chosen on 2 seeds from a 3 x 3 grid): Lion with lr 1e-3, betas (0.9, 0.99) and
-decoupled weight decay 0.5 (each step shrinks the weights by lr * 0.5).
+decoupled weight decay 0.5 (each step shrinks the weights by lr * 0.5); and Schedule-Free AdamW
+with lr 1e-2, weight decay 0.01, its own linear warmup over the first epoch and no schedule
+(evaluated at its averaged point, ``opt.eval()``).
 
 Every configuration is trained from the same initializations and batch orders (one per seed);
 the table reports the test accuracy and the test cross-entropy (against the true labels) as
@@ -44,6 +46,7 @@ N_CLASSES = 10
 OPTIMIZERS = {
     "sgd": ("SGD", dict(lr=LR, momentum=MOMENTUM), WEIGHT_DECAY),
     "lion": ("Lion", dict(lr=1e-3, betas=(0.9, 0.99)), 0.5),
+    "schedule_free_adamw": ("ScheduleFreeAdamW", dict(lr=1e-2), 0.01),
 }
 
 #: (row label, tricks switched on); each ablation row adds one trick to the previous one; the
@@ -54,6 +57,8 @@ CONFIGS = [
     ("+ label smoothing (0.1)", dict(cosine=True, smoothing=True)),
     ("+ mixup (alpha 0.2)", dict(cosine=True, smoothing=True, mixup=True)),
     ("Lion, warmup + cosine decay", dict(cosine=True, optimizer="lion")),
+    ("Schedule-Free AdamW, warmup, no schedule",
+     dict(constant=True, warmup=True, optimizer="schedule_free_adamw")),
 ]
 
 
@@ -126,6 +131,8 @@ def train_one(data, config, seed, epochs, hidden):
         lr = fo.schedules.warmup_cosine(base_lr, warmup_steps=warmup, total_steps=total)
     elif config.get("constant"):
         lr = base_lr
+        if config.get("warmup"):                     # the optimizer's own warmup
+            hyper["warmup_steps"] = max(1, min(steps_per_epoch, total // 5))
     else:
         lr = fo.schedules.multistep(base_lr, milestones=[total // 2, (3 * total) // 4],
                                     gamma=0.1)
@@ -150,6 +157,8 @@ def train_one(data, config, seed, epochs, hidden):
             _, dlogits = fo.softmax_cross_entropy(model.forward(x), targets)
             model.backward(dlogits)
             opt.step(model.grads())
+    if hasattr(opt, "eval"):           # Schedule-Free: evaluate at the averaged point x
+        opt.eval()
     logits = model.forward(X_test, training=False).astype(np.float64)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == y_test))
     cross_entropy, _ = fo.softmax_cross_entropy(logits, y_test)
