@@ -82,7 +82,7 @@ def _uses_function(opt):
     kernel = _table.KERNELS[opt.kernel]
     inputs = {name: expr for name, expr in opt.inputs.items()}
     lines = [f"    {name} = {expr}\n" for name, expr in inputs.items()]
-    lines += ["    first, step, lr = False, 1, 0.0\n",
+    lines += ["    first, step, lr = False, 1, 0.0\n", _steps.derived_lines(kernel),
               f"    flags = {_steps._flags_expr(kernel)}\n",
               f"    mask = {_steps.state_mask_expr(opt.kernel)}\n",
               f"    return ({''.join(f'bool(mask & {1 << i}), ' for i in range(len(kernel.state)))})\n"]

@@ -61,12 +61,16 @@ Fields
                  arguments (``fastopt._runners.<name>(mod, plan, grads, *inputs, name)``):
                  ``step`` (1-based), ``lr`` (this step's learning rate), ``first`` (the state
                  buffers were created for this step) and hyperparameters.
+  ``derived``    named intermediate values of a step, in order: (name, Python expression over
+                 ``inputs`` and the names before it), computed once per step before
+                 ``scalars`` and ``flags``, which may use them (RAdam's ``rho_t``).
   ``scalars``    the double fields of ``fo_<name>_hp``, in order: (field, Python expression
-                 over ``inputs``), computed once per step.
+                 over ``inputs`` and ``derived``), computed once per step.
   ``consts``     the fields of the rule's ``fo_<name>_k``, in the struct's order: (field, C
                  expression over the hp fields, evaluated in double and rounded once to the
                  element type); ``flags`` follows them implicitly.
-  ``flags``      option flag -> Python condition over ``inputs`` that sets it.
+  ``flags``      option flag -> Python condition over ``inputs`` and ``derived`` that sets it
+                 (a flag may depend on the step: RAdam's RECTIFY).
   ``state``      the rule's state slots in order: (torch's state key, the flag that needs it or
                  None for always, initial value: a hyperparameter name or a number).
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
@@ -97,7 +101,8 @@ Fields
 from collections import namedtuple
 
 Flag = namedtuple("Flag", "name bit doc")
-Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends")
+Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends "
+                   "derived", defaults=((),))
 State = namedtuple("State", "name needs init arg", defaults=(None,))
 Optimizer = namedtuple(
     "Optimizer",

@@ -143,7 +143,8 @@ def _form_source(opt):
     states = _state_args(kernel)
     hyper = _hyper_args(opt, kernel)
     lr_default = next(h.default for h in opt.hyper if h.name == "lr")
-    uses_step = any("step" in _identifiers(expr) for _, expr in kernel.scalars)
+    uses_step = any("step" in _identifiers(expr)
+                    for _, expr in kernel.derived + kernel.scalars + tuple(kernel.flags.items()))
     first_needs = [cond for _, _, cond in states if cond is not None] if "first" in kernel.inputs \
         else []
     step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
