@@ -118,6 +118,24 @@ def lion(p, g, s, h, t, lr):
     return p
 
 
+def radam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    if h.get("decoupled_weight_decay", False):
+        p = p * (1 - lr * h.get("weight_decay", 0.0))
+    g = _grad(p, g, h)
+    m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
+    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
+    s["exp_avg"], s["exp_avg_sq"] = m, v
+    m_hat = m / (1 - b1 ** t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho_t <= 5:                                  # variance not tractable: momentum SGD
+        return p - lr * m_hat
+    r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    adaptive = np.sqrt(1 - b2 ** t) / (np.sqrt(v) + h.get("eps", 1e-8))   # eps unscaled
+    return p - lr * r * m_hat * adaptive
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 # torch.optim's documented defaults that differ from the neutral values used above

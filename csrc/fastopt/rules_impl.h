@@ -221,3 +221,36 @@ FO_DEVICE void FO_NAME(fo_lion_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T
     s0[i] = FO_FMA(k.one_minus_beta2, g, m * k.beta2);
     p[i] = FO_FMA(-k.lr, sign, p[i] * k.decay_factor);
 }
+
+/* ---------------------------------------------------------------- RAdam
+ * decoupled: p *= 1 - lr wd        else g += wd p
+ * m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+ * rectify (rho_t > 5):  p -= m / bc1 * lr * (bc2_sqrt / (sqrt(v) + eps)) * rect
+ * else:                 p -= m / bc1 * lr
+ * with bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t) and the per-step rectification term
+ * rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+ * state: s0 = exp_avg, s1 = exp_avg_sq
+ */
+typedef struct {
+    FO_T lr, bc1, beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, rect, eps;
+    FO_T weight_decay, decay_factor;
+    int flags;
+} FO_NAME(fo_radam_k);
+
+FO_DEVICE void FO_NAME(fo_radam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_radam_k) k)
+{
+    (void)s2;
+    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
+    FO_T x = p[i];
+    if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
+    else if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, x, g);
+    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
+    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
+    s0[i] = m;
+    s1[i] = v;
+    FO_T d = m / k.bc1 * k.lr;
+    if (k.flags & FO_RECTIFY) d = d * (k.bc2_sqrt / (FO_SQRT(v) + k.eps)) * k.rect;
+    p[i] = x - d;
+}

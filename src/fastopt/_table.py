@@ -121,6 +121,7 @@ FLAGS = (
     Flag("EPS_IN_SQRT", 64, "Adagrad/RMSprop: sqrt(v + eps) instead of sqrt(v) + eps"),
     Flag("MOMENTUM", 128, "SGD/RMSprop: momentum buffer in use"),
     Flag("DECOUPLED", 256, "Adam: decoupled weight decay (AdamW)"),
+    Flag("RECTIFY", 512, "RAdam: the variance is tractable (rho_t > 5): rectified adaptive step"),
 )
 
 FLAG_BITS = {f.name: f.bit for f in FLAGS}
@@ -226,6 +227,31 @@ KERNELS = {k.name: k for k in (
         state=(State("exp_avg", None, 0),),
         cases=((),),
         cost=2, backends=BACKENDS,
+    ),
+    Kernel(
+        name="radam", title="RAdam",
+        inputs=("step", "lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
+                "decoupled_weight_decay"),
+        # torch's length of the approximated simple moving average, and its limit
+        derived=(("rho_inf", "2 / (1 - beta2) - 1"),
+                 ("rho_t", "rho_inf - 2 * step * beta2 ** step / (1 - beta2 ** step)")),
+        scalars=(("lr", "lr"), ("bc1", "1 - beta1 ** step"), ("beta1", "beta1"),
+                 ("beta2", "beta2"), ("bc2_sqrt", "(1 - beta2 ** step) ** 0.5"),
+                 ("rect", "((rho_t - 4) * (rho_t - 2) * rho_inf"
+                          " / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5"
+                          " if rho_t > 5 else 0.0"),
+                 ("eps", "eps"), ("weight_decay", "weight_decay"),
+                 ("decay_factor", "1 - lr * weight_decay")),
+        consts=(("lr", "lr"), ("bc1", "bc1"), ("beta1", "beta1"),
+                ("one_minus_beta1", "1.0 - beta1"), ("beta2", "beta2"),
+                ("one_minus_beta2", "1.0 - beta2"), ("bc2_sqrt", "bc2_sqrt"), ("rect", "rect"),
+                ("eps", "eps"), ("weight_decay", "weight_decay"),
+                ("decay_factor", "decay_factor")),
+        flags={"MAXIMIZE": "maximize", "DECOUPLED": "decoupled_weight_decay",
+               "RECTIFY": "rho_t > 5"},
+        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0)),
+        cases=((), ("RECTIFY",), ("DECOUPLED",), ("DECOUPLED", "RECTIFY")),
+        cost=3, backends=BACKENDS,
     ),
 )}
 
@@ -568,6 +594,53 @@ OPTIMIZERS = {o.name: o for o in (
         True
         >>> w
         array([ 0.9, -1.9])
+        """,
+    ),    Optimizer(
+        name="radam", class_name="RAdam", kernel="radam", keyword_only="maximize",
+        hyper=(_lr(1e-3), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
+               Hyper("weight_decay", 0.0, "nonneg", _WD),
+               Hyper("decoupled_weight_decay", False, "boolean", None),
+               Hyper("maximize", False, "boolean", None)),
+        inputs=_BETA_INPUTS, checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.01),
+            dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True),
+            dict(lr=0.02, betas=(0.8, 0.99), eps=1e-06, maximize=True),
+            dict(lr=0.02, betas=(0.3, 0.6)),
+        ),
+        doc=r"""RAdam: Adam with its adaptive step rectified, and plain momentum while it is not.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)`, :math:`\epsilon`
+        and weight decay :math:`\lambda` (added to the gradient, or with
+        ``decoupled_weight_decay=True`` applied as :math:`\theta_{t-1} \leftarrow
+        (1 - \gamma\lambda)\,\theta_{t-1}`):
+
+        .. math::
+            m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+            v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+            \rho_\infty &= \frac{2}{1 - \beta_2} - 1, \qquad
+            \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t} \\
+            r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+            {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+            \theta_t &= \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}\,
+            \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t
+            \ \text{if } \rho_t > 5 \quad \text{else }
+            \theta_t = \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}
+
+        Whether a step is rectified depends only on :math:`t` and :math:`\beta_2` (with the
+        default :math:`\beta_2 = 0.999`, from step 6 on; never when :math:`\rho_\infty \le 5`).
+        State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`). Defaults: ``lr=1e-3,
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False``, as
+        torch. Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and
+        Beyond", ICLR 2020.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.RAdam([w], lr=0.1).step([2 * w])    # step 1: not rectified, lr times the gradient
+        True
+        >>> w
+        array([ 0.8, -1.6])
         """,
     ),
 )}
