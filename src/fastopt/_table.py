@@ -72,7 +72,8 @@ Fields
   ``flags``      option flag -> Python condition over ``inputs`` and ``derived`` that sets it
                  (a flag may depend on the step: RAdam's RECTIFY).
   ``state``      the rule's state slots in order: (torch's state key, the flag that needs it or
-                 None for always, initial value: a hyperparameter name or a number).
+                 None for always, initial value: a hyperparameter name or a number; "lr" is
+                 the learning rate of the step that creates the buffer: Rprop's step_size).
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
                  mixed precision); the union of their flags is the instance mask.
   ``cost``       relative cost per element (SGD = 1) for the serial/parallel threshold.

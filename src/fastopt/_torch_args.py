@@ -153,10 +153,10 @@ def torch_error(spec, group, error, where):
             if text is None:
                 break
             value, index = raw, 0
-            if "{index}" in text:
-                for index, b in enumerate(raw):
+            if "{index}" in text:              # the first element its rule refuses
+                for index, (b, element) in enumerate(zip(raw, _validate.PAIRS[rule])):
                     try:
-                        _validate.unit_open(f"{key}[{index}]", _plain(b))
+                        element(f"{key}[{index}]", _plain(b))
                     except ValueError:
                         value = b
                         break

@@ -94,12 +94,29 @@ def _check_lr(lr):
     return _validate.learning_rate("lr", lr, schedule=False)
 
 
+def _element_rules(opt):
+    """{kernel input: rule} for the inputs that are one element of a pair hyperparameter
+    (``beta1``: ``betas[0]``), with the rule of that element (fastopt._validate.PAIRS)."""
+    rules = _specs.SPECS[opt.name].rules
+    out = {}
+    for key, expr in opt.inputs.items():
+        m = re.fullmatch(r"(\w+)\[([01])\]", expr)
+        if m:
+            out[key] = _validate.PAIRS[rules[m.group(1)]][int(m.group(2))]
+    return out
+
+
+#: optimizer name -> {argument of its functional form: rule}
+_RULES = {name: {**_specs.SPECS[name].rules, **_element_rules(opt)}
+          for name, opt in _table.OPTIMIZERS.items()}
+
+
 def _check_hyper(name, **values):
-    """Check hyperparameters with the registry's rules, those the classes apply to groups;
-    returns them as plain Python values (a dict in the order given)."""
-    spec = _specs.SPECS[name]
-    values = {key: spec.rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
-              for key, value in values.items()}
+    """Check hyperparameters with the registry's rules, those the classes apply to groups
+    (a pair's elements, such as beta1 and beta2, with its element rules); returns them as
+    plain Python values (a dict in the order given)."""
+    spec, rules = _specs.SPECS[name], _RULES[name]
+    values = {key: rules[key](key, value) for key, value in values.items()}
     if spec.check is not None:
         spec.check({**spec.defaults, **values})
     return values
@@ -149,8 +166,10 @@ def _form_source(opt):
         else []
     step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
     sig = ["param", "grad"] + [f"{arg}=None" if cond else arg for _, arg, cond in states]
-    sig += ["*", step_arg, f"lr={lr_default!r}"] + [f"{n}={d!r}" for n, d in hyper]
-    body = ["    lr = _check_lr(lr)\n"]
+    takes_lr = "lr" in kernel.inputs     # Rprop's rule reads its step sizes, not lr
+    sig += ["*", step_arg] + ([f"lr={lr_default!r}"] if takes_lr else []) \
+        + [f"{n}={d!r}" for n, d in hyper]
+    body = ["    lr = _check_lr(lr)\n"] if takes_lr else []
     if not first_needs:
         body.append("    step = _check_step(step)\n")
     if hyper:
@@ -186,6 +205,8 @@ def _form_doc(opt):
     lines = [f"{opt.class_name} step, in place; equations in :class:`fastopt.{opt.class_name}`."]
     notes = [f"`{arg}` is required when {_when(cond)}." for _, arg, cond in _state_args(kernel)
              if cond is not None]
+    notes += [f"`{s.arg or s.name}` starts filled with the `{s.init}` hyperparameter's value "
+              "(as torch creates it)." for s in kernel.state if isinstance(s.init, str)]
     if "first" in kernel.inputs and notes:
         notes.append("With it, pass the 1-based `step` (1 marks the first step).")
     return "\n\n".join(lines + ([" ".join(notes)] if notes else []))
