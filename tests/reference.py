@@ -136,6 +136,20 @@ def radam(p, g, s, h, t, lr):
     return p - lr * r * m_hat * adaptive
 
 
+def rprop(p, g, s, h, t, lr):
+    g = -g if h.get("maximize", False) else g
+    eta_minus, eta_plus = h.get("etas", (0.5, 1.2))
+    lo, hi = h.get("step_sizes", (1e-6, 50.0))
+    prev = s.get("prev", np.zeros_like(p))
+    size = s.get("step_size", np.full_like(p, lr))     # starts at the lr of the first step
+    agree = g * prev                                    # NaN: neither grows nor shrinks
+    size = np.where(agree > 0, size * eta_plus, np.where(agree < 0, size * eta_minus, size))
+    size = np.minimum(np.maximum(size, lo), hi)         # np.maximum/minimum keep NaN
+    g = np.where(agree < 0, 0.0, g)                     # a sign change: no step this time
+    s["prev"], s["step_size"] = g, size
+    return p - np.where(np.isnan(g), 0.0, np.sign(g)) * size
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 # torch.optim's documented defaults that differ from the neutral values used above

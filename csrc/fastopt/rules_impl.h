@@ -254,3 +254,37 @@ FO_DEVICE void FO_NAME(fo_radam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_
     if (k.flags & FO_RECTIFY) d = d * (k.bc2_sqrt / (FO_SQRT(v) + k.eps)) * k.rect;
     p[i] = x - d;
 }
+
+/* ---------------------------------------------------------------- Rprop
+ * s = sign(g prev) (0 at NaN, as torch's sign);  s > 0: step_size *= etaplus;
+ * s < 0: step_size *= etaminus and g = 0;  s = 0: step_size unchanged
+ * step_size = clamp(step_size, step_size_min, step_size_max)  (NaN stays NaN; min > max gives max)
+ * p -= sign(g) step_size;  prev = g
+ * state: s0 = prev, s1 = step_size (starts at lr)
+ */
+typedef struct {
+    FO_T etaminus, etaplus, step_size_min, step_size_max;
+    int flags;
+} FO_NAME(fo_rprop_k);
+
+FO_DEVICE void FO_NAME(fo_rprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_rprop_k) k)
+{
+    (void)s2;
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], (FO_T)0, k.flags);
+    FO_T prod = g * s0[i];
+    FO_T ss = s1[i];
+    if (prod > (FO_T)0) {
+        ss = ss * k.etaplus;
+    } else if (prod < (FO_T)0) {
+        ss = ss * k.etaminus;
+        g = (FO_T)0;
+    }
+    ss = ss < k.step_size_min ? k.step_size_min : ss;
+    ss = ss > k.step_size_max ? k.step_size_max : ss;
+    s1[i] = ss;
+    FO_T sign = (FO_T)((g > (FO_T)0) - (g < (FO_T)0));
+    s0[i] = g;
+    p[i] = p[i] - sign * ss;
+}

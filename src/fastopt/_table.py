@@ -254,6 +254,19 @@ KERNELS = {k.name: k for k in (
         cases=((), ("RECTIFY",), ("DECOUPLED",), ("DECOUPLED", "RECTIFY")),
         cost=3, backends=BACKENDS,
     ),
+    Kernel(
+        name="rprop", title="Rprop",
+        inputs=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
+        scalars=(("etaminus", "etaminus"), ("etaplus", "etaplus"),
+                 ("step_size_min", "step_size_min"), ("step_size_max", "step_size_max")),
+        consts=(("etaminus", "etaminus"), ("etaplus", "etaplus"),
+                ("step_size_min", "step_size_min"), ("step_size_max", "step_size_max")),
+        flags={"MAXIMIZE": "maximize"},
+        # the step sizes start at the group's lr, which the rule does not read otherwise
+        state=(State("prev", None, 0), State("step_size", None, "lr")),
+        cases=((),),
+        cost=2, backends=BACKENDS,
+    ),
 )}
 
 # torch's messages ({value}: the rejected value; {index}: its index in a pair)
@@ -642,6 +655,50 @@ OPTIMIZERS = {o.name: o for o in (
         True
         >>> w
         array([ 0.8, -1.6])
+        """,
+    ),    Optimizer(
+        name="rprop", class_name="Rprop", kernel="rprop", keyword_only="maximize",
+        hyper=(_lr(1e-2),
+               Hyper("etas", (0.5, 1.2), "etas", "Invalid eta values: {value[0]}, {value[1]}"),
+               Hyper("step_sizes", (1e-6, 50), "step_sizes", None),
+               Hyper("maximize", False, "boolean", None)),
+        inputs={"etaminus": "etas[0]", "etaplus": "etas[1]",
+                "step_size_min": "step_sizes[0]", "step_size_max": "step_sizes[1]"},
+        checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2)),
+            dict(lr=0.002, etas=(0.6, 1.1), step_sizes=(1e-6, 0.01), maximize=True),
+        ),
+        doc=r"""Rprop: per-coordinate step sizes grown or shrunk by the sign of the gradient.
+
+        With learning rate :math:`\gamma` (the initial step size), ``etas``
+        :math:`(\eta_-, \eta_+)` and ``step_sizes`` :math:`(\Gamma_{min}, \Gamma_{max})`, each
+        coordinate keeps a step size :math:`\delta` (starting at :math:`\gamma`) and the previous
+        gradient :math:`g_{t-1}` (starting at 0):
+
+        .. math::
+            \delta_t &= \mathrm{clamp}(\eta_+ \delta_{t-1}) \ \text{if } g_t g_{t-1} > 0,
+            \quad \mathrm{clamp}(\eta_- \delta_{t-1}) \text{ and } g_t \leftarrow 0
+            \ \text{if } g_t g_{t-1} < 0, \quad \delta_{t-1} \ \text{otherwise} \\
+            \theta_t &= \theta_{t-1} - \mathrm{sign}(g_t)\, \delta_t, \qquad
+            g_{t-1} \leftarrow g_t
+
+        where clamp limits to :math:`[\Gamma_{min}, \Gamma_{max}]`. Only the gradient's sign
+        matters, so Rprop suits full-batch training. Changing ``lr`` after the first step has no
+        effect (the step sizes have their own state). No weight decay, as torch. State:
+        ``prev`` (:math:`g_{t-1}`), ``step_size`` (:math:`\delta`). Defaults: ``lr=1e-2,
+        etas=(0.5, 1.2), step_sizes=(1e-6, 50)``, as torch. Reference: Riedmiller & Braun, "A
+        direct adaptive method for faster backpropagation learning: the RPROP algorithm", ICNN
+        1993.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.Rprop([w], lr=0.1)
+        >>> opt.step([2 * w]), opt.step([2 * w])    # same signs: the second step is 1.2 times
+        (True, True)
+        >>> w.round(6)
+        array([ 0.78, -1.78])
         """,
     ),
 )}
