@@ -129,18 +129,34 @@ typedef struct {
     int flags;
 } FO_NAME(fo_adam_k);
 
+/* The moments of Adam and RAdam: decoupled, the parameter x = p (1 - lr wd) (`decay_factor`),
+ * else the gradient g + wd x; then m = lerp(m, g, 1 - beta1) and v = beta2 v + (1 - beta2) g^2,
+ * stored in s0[i] and s1[i]. Returns x; *m_out, *v_out: the new moments. */
+FO_DEVICE FO_T FO_NAME(fo_moments)(fo_index i, FO_T p, FO_T g, FO_T *FO_RESTRICT s0,
+                                   FO_T *FO_RESTRICT s1, FO_T beta1, FO_T one_minus_beta1,
+                                   FO_T beta2, FO_T one_minus_beta2, FO_T weight_decay,
+                                   FO_T decay_factor, int flags, FO_T *m_out, FO_T *v_out)
+{
+    if (flags & FO_MAXIMIZE) g = -g;
+    if (flags & FO_DECOUPLED) p = p * decay_factor;
+    else if (weight_decay != 0) g = FO_FMA(weight_decay, p, g);
+    FO_T m = FO_NAME(fo_lerp)(s0[i], g, one_minus_beta1, beta1, one_minus_beta1 < (FO_T)0.5);
+    FO_T v = s1[i] * beta2 + one_minus_beta2 * g * g;
+    s0[i] = m;
+    s1[i] = v;
+    *m_out = m;
+    *v_out = v;
+    return p;
+}
+
 FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_adam_k) k)
 {
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    FO_T x = p[i];
-    if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
-    else if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, x, g);
-    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
-    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
-    s0[i] = m;
-    s1[i] = v;
+    FO_T m, v;
+    FO_T x = FO_NAME(fo_moments)(i, p[i], g_[i], s0, s1, k.beta1, k.one_minus_beta1, k.beta2,
+                                 k.one_minus_beta2, k.weight_decay, k.decay_factor, k.flags,
+                                 &m, &v);
     if (k.flags & FO_AMSGRAD) {
         v = FO_MAX(s2[i], v);
         s2[i] = v;
@@ -242,14 +258,10 @@ FO_DEVICE void FO_NAME(fo_radam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_
                                       FO_T *FO_RESTRICT s2, FO_NAME(fo_radam_k) k)
 {
     (void)s2;
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    FO_T x = p[i];
-    if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
-    else if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, x, g);
-    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
-    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
-    s0[i] = m;
-    s1[i] = v;
+    FO_T m, v;
+    FO_T x = FO_NAME(fo_moments)(i, p[i], g_[i], s0, s1, k.beta1, k.one_minus_beta1, k.beta2,
+                                 k.one_minus_beta2, k.weight_decay, k.decay_factor, k.flags,
+                                 &m, &v);
     FO_T d = m / k.bc1 * k.lr;
     if (k.flags & FO_RECTIFY) d = d * (k.bc2_sqrt / (FO_SQRT(v) + k.eps)) * k.rect;
     p[i] = x - d;
