@@ -160,7 +160,8 @@ def fuzz_mixed_precision(ex, name):
             masks.add(g.reshape(-1))
             for v in state.values():
                 masks.add(v.reshape(-1))
-            wd = 0.0 if name == "adamw" or full.get("decoupled_weight_decay") else full["weight_decay"]
+            wd = 0.0 if name == "adamw" or full.get("decoupled_weight_decay") \
+                else full.get("weight_decay", 0.0)
             masks.add_decay(g, start, wd, full.get("maximize", False))
             m = opt.master_params[i]
             if m is not None:

@@ -4,6 +4,7 @@ Each driver `fuzz_<entry>(ex, name)` makes one example: it draws arguments (good
 kind of bad one) through `ex`, calls the entry point, and checks that the call either matches
 tests/reference.py or raises TypeError/ValueError with every input unchanged.
 """
+import inspect
 import os
 import tempfile
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import strategies as st
 
 import fastopt as fo
+from fastopt import _table
 from fastopt import functional as F
 from fastopt._specs import SPECS
 from cases import CASES, EXTRA_CASES
@@ -231,15 +233,33 @@ STATE_KEYWORD = {"sum": "state_sum"}
 NONNEG_STATE = {"sum", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "exp_inf"}
 
 
+def _pair_args(name):
+    """{pair hyperparameter: (argument of its first element, of its second)} of the
+    functional form (betas: beta1, beta2), from the table's `inputs`."""
+    out = {}
+    for arg, expr in _table.OPTIMIZERS[name].inputs.items():
+        if expr.endswith(("[0]", "[1]")):
+            out.setdefault(expr[:-3], [None, None])[int(expr[-2])] = arg
+    return out
+
+
+def class_only_keys(name):
+    """Hyperparameters of the class that its functional form does not take (Adagrad's
+    initial_accumulator_value and Rprop's lr, which only fill state; AdamW's fixed flag)."""
+    takes = inspect.signature(FUNCTIONS[name]).parameters
+    return tuple(k for k in SPECS[name].rules if k not in takes and k not in _pair_args(name))
+
+
 def functional_kwargs(name, hyper):
     """Class-style hyperparameters -> the keywords of fastopt.functional.<name>_."""
     kw = dict(hyper)
-    if "betas" in kw:
-        betas = kw.pop("betas")
-        kw["beta1"], kw["beta2"] = betas if isinstance(betas, tuple) and len(betas) == 2 else (betas, 0.999)
-    kw.pop("initial_accumulator_value", None)
-    if name == "adamw":
-        kw.pop("decoupled_weight_decay", None)
+    for key, (first, second) in _pair_args(name).items():
+        if key in kw:
+            pair = kw.pop(key)
+            kw[first], kw[second] = pair if isinstance(pair, tuple) and len(pair) == 2 \
+                else (pair, SPECS[name].defaults[key][1])
+    for key in class_only_keys(name):
+        kw.pop(key, None)
     return kw
 
 
@@ -247,9 +267,11 @@ def functional_kwargs(name, hyper):
 def fuzz_functional(ex, name):
     """fastopt.functional.<name>_ on one array or a list, over 1-3 consecutive steps."""
     spec, fn = SPECS[name], FUNCTIONS[name]
-    hyper, hyper_ok = draw_case(ex, name, fixed=("initial_accumulator_value",))
-    if "betas" in hyper and hyper_ok is False and not isinstance(hyper["betas"], tuple):
-        hyper["betas"] = (0.9, 1.5)                  # keep the bad value expressible as beta1/beta2
+    hyper, hyper_ok = draw_case(ex, name, fixed=class_only_keys(name))
+    for key in _pair_args(name):
+        if key in hyper and hyper_ok is False and not isinstance(hyper[key], tuple):
+            # keep the bad value expressible as its elements (beta1, beta2)
+            hyper[key] = (SPECS[name].defaults[key][0], float("nan"))
     full = {**spec.defaults, **{k: v for k, v in hyper.items() if k != "bogus"}}
     try:
         uses = spec.uses(full)

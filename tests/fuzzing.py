@@ -22,6 +22,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 import fastopt as fo
+from fastopt import _table, _validate
+from fastopt._specs import SPECS
 from fastopt import _kernels
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -43,20 +45,30 @@ INVALID = {
     "number": [_NAN, _INF, -_INF, "x", None],
     "unit": [1.0, 1.5, -0.1, _NAN, "x", None],
     "unit_closed": [1.5, -0.1, _NAN, "x", None],
+    "open_unit": [0.0, 1.0, -0.1, _NAN, "x", None],
+    "greater_than_one": [1.0, 0.5, _NAN, _INF, "x", None],
     "betas": [(1.0, 0.9), (0.9, 1.0), (-0.1, 0.9), (_NAN, 0.9), 0.9, (0.9,), "ab", None],
+    "etas": [(1.0, 1.2), (0.0, 1.2), (0.5, 1.0), (0.5, _INF), 0.5, (0.5,), "ab", None],
+    "step_sizes": [(-1.0, 50.0), (1e-6, _INF), (_NAN, 1.0), 1.0, (1e-6,), "ab", None],
     "bool": ["yes", 1, None, 0.0],
     "optional_bool": ["yes", 1, 0.0],
     "count": [-1, 1.5, _NAN, "x", None],
 }
-KIND = {
-    "lr": "lr", "momentum": "nonneg", "weight_decay": "nonneg", "eps": "nonneg",
-    "lr_decay": "nonneg", "initial_accumulator_value": "nonneg", "alpha": "nonneg",
-    "dampening": "number", "rho": "unit_closed", "betas": "betas", "beta1": "unit",
-    "beta2": "unit", "nesterov": "bool", "maximize": "bool", "sutskever": "bool",
-    "amsgrad": "bool", "centered": "bool", "eps_in_sqrt": "bool",
-    "decoupled_weight_decay": "bool", "warmup_steps": "count", "r": "number",
-    "weight_lr_power": "number", "foreach": "optional_bool",
+# the kind of each validation rule (fastopt._validate) of the table's hyperparameters
+_KIND_OF_RULE = {
+    _validate.learning_rate: "lr", _validate.nonneg: "nonneg", _validate.real: "number",
+    _validate.unit_open: "unit", _validate.unit_closed: "unit_closed",
+    _validate.open_unit: "open_unit", _validate.greater_than_one: "greater_than_one",
+    _validate.betas: "betas", _validate.etas: "etas", _validate.step_sizes: "step_sizes",
+    _validate.boolean: "bool",
+    _validate.integer: "count", _validate.optional_boolean: "optional_bool",
 }
+# hyperparameter (or functional argument for one element of a pair: beta1, ...) -> its kind
+KIND = {key: _KIND_OF_RULE[rule] for spec in SPECS.values() for key, rule in spec.rules.items()}
+KIND.update({arg: _KIND_OF_RULE[_validate.PAIRS[SPECS[opt.name].rules[expr.split("[")[0]]]
+                                [int(expr[-2])]]
+             for opt in _table.OPTIMIZERS.values() for arg, expr in opt.inputs.items()
+             if expr.endswith(("[0]", "[1]"))})
 
 
 # ------------------------------------------------------------------------------ the contract

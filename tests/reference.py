@@ -165,6 +165,38 @@ def schedule_free_x(y, z, beta):
     return (y - (1 - beta) * z) / beta
 
 
+def radam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    if h.get("decoupled_weight_decay", False):
+        p = p * (1 - lr * h.get("weight_decay", 0.0))
+    g = _grad(p, g, h)
+    m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
+    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
+    s["exp_avg"], s["exp_avg_sq"] = m, v
+    m_hat = m / (1 - b1 ** t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho_t <= 5:                                  # variance not tractable: momentum SGD
+        return p - lr * m_hat
+    r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    adaptive = np.sqrt(1 - b2 ** t) / (np.sqrt(v) + h.get("eps", 1e-8))   # eps unscaled
+    return p - lr * r * m_hat * adaptive
+
+
+def rprop(p, g, s, h, t, lr):
+    g = -g if h.get("maximize", False) else g
+    eta_minus, eta_plus = h.get("etas", (0.5, 1.2))
+    lo, hi = h.get("step_sizes", (1e-6, 50.0))
+    prev = s.get("prev", np.zeros_like(p))
+    size = s.get("step_size", np.full_like(p, lr))     # starts at the lr of the first step
+    agree = g * prev                                    # NaN: neither grows nor shrinks
+    size = np.where(agree > 0, size * eta_plus, np.where(agree < 0, size * eta_minus, size))
+    size = np.minimum(np.maximum(size, lo), hi)         # np.maximum/minimum keep NaN
+    g = np.where(agree < 0, 0.0, g)                     # a sign change: no step this time
+    s["prev"], s["step_size"] = g, size
+    return p - np.where(np.isnan(g), 0.0, np.sign(g)) * size
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 #: per-group work once per step before the per-parameter rules: name -> fn(group, lr) ->

@@ -15,6 +15,8 @@ Newton, SVRG and fastopt.torch, and every numeric hyperparameter:
   optimizer unchanged.
 """
 import copy
+import inspect
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -46,50 +48,81 @@ BASE = {"sgd": dict(momentum=0.7), "rmsprop": dict(momentum=0.5, centered=True)}
 # a valid value for each numeric hyperparameter (not the default, so that it shows)
 VALUE = dict(lr=0.0123, momentum=0.7, dampening=0.1, weight_decay=0.03, lr_decay=0.01,
              initial_accumulator_value=0.2, eps=1e-3, alpha=0.9, rho=0.85, beta1=0.8,
-             beta2=0.99, r=0.5, weight_lr_power=1.5)
+             beta2=0.99, r=0.5, weight_lr_power=1.5, etaminus=0.4, etaplus=1.3,
+             step_size_min=1e-4, step_size_max=0.5)
 # the rule of each numeric key and a value out of its range (None: the rule has no range)
 RULE_OF = {_validate.learning_rate: -0.1, _validate.nonneg: -0.1, _validate.unit_open: 1.0,
-           _validate.unit_closed: 1.5, _validate.real: None}
+           _validate.unit_closed: 1.5, _validate.real: None, _validate.open_unit: 1.0,
+           _validate.greater_than_one: 1.0}
+# a whole number each rule accepts (integer forms are tried with it); 0.0 for the others
+WHOLE = {_validate.open_unit: None, _validate.greater_than_one: 2.0}
+# "betas[0]" -> "beta1", ...: the element of a pair hyperparameter -> its kernel input (the
+# functional forms' argument), from the table's `inputs`
+ELEMENT_ARG = {expr: arg for opt in _table.OPTIMIZERS.values()
+               for arg, expr in opt.inputs.items() if re.fullmatch(r"\w+\[[01]\]", expr)}
+CLASS_KEY = {arg: key for key, arg in ELEMENT_ARG.items()}
+# the hyperparameters that are pairs (betas, etas, step_sizes)
+PAIR_KEYS = {key for spec in SPECS.values() for key, rule in spec.rules.items()
+             if rule in _validate.PAIRS}
+
+
+def split_key(key):
+    """("betas", 1) for "betas[1]"; (key, None) for a plain hyperparameter."""
+    m = re.fullmatch(r"(\w+)\[([01])\]", key)
+    return (m.group(1), int(m.group(2))) if m else (key, None)
+
+
+def rule_of(name, key):
+    """The rule of a numeric key (of one element, for "betas[1]")."""
+    base, index = split_key(key)
+    rule = SPECS[name].rules[base]
+    return rule if index is None else _validate.PAIRS[rule][index]
 
 
 def numeric_keys(name):
-    """The numeric hyperparameters of an optimizer: ('lr', ...), betas as 'betas[0]', ..."""
+    """The numeric hyperparameters of an optimizer: ('lr', ...), a pair's elements as
+    'betas[0]', 'betas[1]', ..."""
     keys = []
     for key, rule in SPECS[name].rules.items():
-        if rule is _validate.betas:
-            keys += ["betas[0]", "betas[1]"]
+        if rule in _validate.PAIRS:
+            keys += [f"{key}[0]", f"{key}[1]"]
         elif rule in RULE_OF:
             keys.append(key)
     return keys
 
 
 def out_of_range(name, key):
-    if key.startswith("betas"):
-        return 1.0
-    return RULE_OF[SPECS[name].rules[key]]
+    return RULE_OF[rule_of(name, key)]
 
 
 def value_of(key):
-    return VALUE[{"betas[0]": "beta1", "betas[1]": "beta2"}.get(key, key)]
+    return VALUE[ELEMENT_ARG.get(key, key)]
+
+
+def whole_value(name, key):
+    """A whole number the key accepts (None: none)."""
+    return WHOLE.get(rule_of(name, key), 0.0)
 
 
 def hyper_with(name, key, value):
     """The class keywords with `key` set to `value` (betas[i] inside the pair)."""
     hyper = dict(BASE.get(name, {}))
-    if key.startswith("betas"):
-        pair = [VALUE["beta1"], VALUE["beta2"]]
-        pair[int(key[6])] = value
-        hyper["betas"] = tuple(pair)
+    base, index = split_key(key)
+    if index is not None:
+        pair = [value_of(f"{base}[0]"), value_of(f"{base}[1]")]
+        pair[index] = value
+        hyper[base] = tuple(pair)
     else:
         hyper[key] = value
     return hyper
 
 
 def set_in_group(group, key, value):
-    if key.startswith("betas"):
-        pair = list(group["betas"])
-        pair[int(key[6])] = value
-        group["betas"] = tuple(pair)
+    base, index = split_key(key)
+    if index is not None:
+        pair = list(group[base])
+        pair[index] = value
+        group[base] = tuple(pair)
     else:
         group[key] = value
 
@@ -186,12 +219,13 @@ def same_state(a, b):
 
 
 def assert_plain_groups(groups):
-    """Every numeric hyperparameter stored as a Python float, betas as a tuple of floats."""
+    """Every numeric hyperparameter stored as a Python float, a pair (betas, ...) as a tuple
+    of floats."""
     for group in groups:
         for key, value in group.items():
             if key == "params" or callable(value) or value is None or isinstance(value, str):
                 continue
-            if key == "betas":
+            if key in PAIR_KEYS:
                 assert type(value) is tuple and all(type(b) is float for b in value), value
             else:
                 assert type(value) in (float, bool, int), (key, type(value))
@@ -263,7 +297,9 @@ def test_overflowing_state_dict_values_are_a_value_error(where, value):
 # ================================================================== the optimizer classes
 @pytest.mark.parametrize("name,key", CLASS_CASES, ids=CLASS_IDS)
 def test_class_accepts_any_real_number_bit_identically(name, key):
-    for value in (value_of(key), 0.0):
+    for value in (value_of(key), whole_value(name, key)):
+        if value is None:
+            continue
         ref_params, ref = run_class(CLASSES[name], hyper_with(name, key, value))
         for form_id, form in forms(value):
             params, opt = run_class(CLASSES[name], hyper_with(name, key, form))
@@ -438,12 +474,19 @@ def functional_call(name, params, grads, state, **hyper):
     buffers = {s.arg or s.name: state[i] for i, s in enumerate(kernel.state)}
     if name == "rmsprop":
         hyper.setdefault("centered", True)
+    if "lr" not in functional_args(name):       # Rprop: its step sizes are state
+        hyper.pop("lr", None)
     return getattr(F, f"{name}_")(params, grads, step=step, **buffers, **hyper)
 
 
+def functional_args(name):
+    return inspect.signature(getattr(F, f"{name}_")).parameters
+
+
 def functional_keys(name):
-    keys = [k for k in numeric_keys(name) if k != "initial_accumulator_value"]
-    return [{"betas[0]": "beta1", "betas[1]": "beta2"}.get(k, k) for k in keys]
+    """The numeric arguments of the functional form (a pair's elements by their own names)."""
+    keys = [ELEMENT_ARG.get(k, k) for k in numeric_keys(name)]
+    return [k for k in keys if k in functional_args(name)]
 
 
 FUNCTIONAL_CASES = [(name, key) for name in NAMES for key in functional_keys(name)]
@@ -461,7 +504,8 @@ def functional_run(name, **hyper):
 
 @pytest.mark.parametrize("name,key", FUNCTIONAL_CASES, ids=FUNCTIONAL_IDS)
 def test_functional_accepts_any_real_number_bit_identically(name, key):
-    for form_id, form in forms(VALUE[key]) + forms(0.0):
+    whole = whole_value(name, CLASS_KEY.get(key, key))
+    for form_id, form in forms(VALUE[key]) + (forms(whole) if whole is not None else []):
         got = functional_run(name, **{key: form})
         expected = functional_run(name, **{key: plain(form)})
         assert same_arrays(got, expected), form_id
@@ -469,7 +513,7 @@ def test_functional_accepts_any_real_number_bit_identically(name, key):
 
 @pytest.mark.parametrize("name,key", FUNCTIONAL_CASES, ids=FUNCTIONAL_IDS)
 def test_functional_raises_the_class_error_and_changes_nothing(name, key):
-    class_key = {"beta1": "betas[0]", "beta2": "betas[1]"}.get(key, key)
+    class_key = CLASS_KEY.get(key, key)
     for bad_id, bad, error in bad_values(name, class_key):
         with pytest.raises(error) as in_class:
             CLASSES[name]([np.ones(3)], **hyper_with(name, class_key, bad))
@@ -737,8 +781,8 @@ def test_torch_adapter_accepts_any_real_number_bit_identically(name, key):
         got, opt = torch_run(name, hyper_with(name, key, form))
         expected, _ = torch_run(name, hyper_with(name, key, torch_plain(form)))
         assert torch.equal(got, expected), form_id
-        stored = opt.param_groups[0]["betas"][int(key[6])] if key.startswith("betas") \
-            else opt.param_groups[0][key]
+        base, index = split_key(key)
+        stored = opt.param_groups[0][base] if index is None else opt.param_groups[0][base][index]
         if isinstance(form, torch.Tensor):
             assert stored is form, "a tensor hyperparameter stays in param_groups as given"
         else:

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
 import fastopt.torch as ft  # noqa: E402
-from fastopt import _table  # noqa: E402
+from fastopt import _table, _validate  # noqa: E402
 
 # the table's optimizers that torch.optim has (compared with torch's class of the same name)
 NAMES = [opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None]
@@ -160,20 +160,29 @@ def test_adamw_stays_decoupled_after_loading_an_adam_state_dict(source):
 
 
 # ----------------------------------------------------------------------------- 3. errors
+# values out of range for each rule of fastopt._validate that torch refuses too
+_OUT_OF_RANGE = {_validate.learning_rate: (-1, -0.5), _validate.nonneg: (-1, -0.5),
+                 _validate.unit_open: (1.0, -0.25), _validate.unit_closed: (1.1,),
+                 _validate.open_unit: (1.0, 0.0), _validate.greater_than_one: (1.0, 0.5)}
+
+
 def _bad_values():
-    """(class name, kwargs) for every hyperparameter the table gives a torch text."""
+    """(class name, kwargs) for every hyperparameter the table gives a torch text: values out
+    of its rule's range (for a pair such as betas, in each element in turn)."""
     out = []
     for opt in (o for o in _table.OPTIMIZERS.values() if o.class_name in NAMES):
         for h in opt.hyper:
-            if h.torch_error is None or h.name == "nesterov":
+            if h.torch_error is None or h.name == "nesterov":    # a cross-field check: below
                 continue
-            if h.name == "betas":
-                out += [(opt.class_name, {"betas": (1.0, 0.5)}),
-                        (opt.class_name, {"betas": (0.5, -0.25)})]
-            elif h.name == "rho":
-                out.append((opt.class_name, {"rho": 1.1}))
+            rule = getattr(_validate, h.rule)
+            if rule in _validate.PAIRS:
+                for i, element in enumerate(_validate.PAIRS[rule]):
+                    for bad in _OUT_OF_RANGE[element]:
+                        pair = list(h.default)
+                        pair[i] = bad
+                        out.append((opt.class_name, {h.name: tuple(pair)}))
             else:
-                out += [(opt.class_name, {h.name: -1}), (opt.class_name, {h.name: -0.5})]
+                out += [(opt.class_name, {h.name: bad}) for bad in _OUT_OF_RANGE[rule]]
     out += [("SGD", {"nesterov": True}), ("SGD", {"nesterov": True, "momentum": 0.9,
                                                   "dampening": 0.1})]
     for name in NAMES:

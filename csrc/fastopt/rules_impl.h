@@ -129,18 +129,34 @@ typedef struct {
     int flags;
 } FO_NAME(fo_adam_k);
 
+/* The moments of Adam and RAdam: decoupled, the parameter x = p (1 - lr wd) (`decay_factor`),
+ * else the gradient g + wd x; then m = lerp(m, g, 1 - beta1) and v = beta2 v + (1 - beta2) g^2,
+ * stored in s0[i] and s1[i]. Returns x; *m_out, *v_out: the new moments. */
+FO_DEVICE FO_T FO_NAME(fo_moments)(fo_index i, FO_T p, FO_T g, FO_T *FO_RESTRICT s0,
+                                   FO_T *FO_RESTRICT s1, FO_T beta1, FO_T one_minus_beta1,
+                                   FO_T beta2, FO_T one_minus_beta2, FO_T weight_decay,
+                                   FO_T decay_factor, int flags, FO_T *m_out, FO_T *v_out)
+{
+    if (flags & FO_MAXIMIZE) g = -g;
+    if (flags & FO_DECOUPLED) p = p * decay_factor;
+    else if (weight_decay != 0) g = FO_FMA(weight_decay, p, g);
+    FO_T m = FO_NAME(fo_lerp)(s0[i], g, one_minus_beta1, beta1, one_minus_beta1 < (FO_T)0.5);
+    FO_T v = s1[i] * beta2 + one_minus_beta2 * g * g;
+    s0[i] = m;
+    s1[i] = v;
+    *m_out = m;
+    *v_out = v;
+    return p;
+}
+
 FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_adam_k) k)
 {
-    FO_T g = (k.flags & FO_MAXIMIZE) ? -g_[i] : g_[i];
-    FO_T x = p[i];
-    if (k.flags & FO_DECOUPLED) x = x * k.decay_factor;
-    else if (k.weight_decay != 0) g = FO_FMA(k.weight_decay, x, g);
-    FO_T m = FO_NAME(fo_lerp)(s0[i], g, k.one_minus_beta1, k.beta1, k.one_minus_beta1 < (FO_T)0.5);
-    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
-    s0[i] = m;
-    s1[i] = v;
+    FO_T m, v;
+    FO_T x = FO_NAME(fo_moments)(i, p[i], g_[i], s0, s1, k.beta1, k.one_minus_beta1, k.beta2,
+                                 k.one_minus_beta2, k.weight_decay, k.decay_factor, k.flags,
+                                 &m, &v);
     if (k.flags & FO_AMSGRAD) {
         v = FO_MAX(s2[i], v);
         s2[i] = v;
@@ -276,4 +292,67 @@ FO_DEVICE void FO_NAME(fo_schedule_free_sgd_rule)(fo_index i, FO_T *FO_RESTRICT 
     y = FO_NAME(fo_lerp)(y, z, k.ckp1, k.one_minus_ckp1, k.small_ckp1 != 0);
     p[i] = FO_FMA(k.y_coef, d, y);
     s0[i] = FO_FMA(-k.lr, d, z);
+}
+
+/* ---------------------------------------------------------------- RAdam
+ * decoupled: p *= 1 - lr wd        else g += wd p
+ * m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+ * rectify (rho_t > 5):  p -= m / bc1 * lr * (bc2_sqrt / (sqrt(v) + eps)) * rect
+ * else:                 p -= m / bc1 * lr
+ * with bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t) and the per-step rectification term
+ * rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+ * state: s0 = exp_avg, s1 = exp_avg_sq
+ */
+typedef struct {
+    FO_T lr, bc1, beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, rect, eps;
+    FO_T weight_decay, decay_factor;
+    int flags;
+} FO_NAME(fo_radam_k);
+
+FO_DEVICE void FO_NAME(fo_radam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_radam_k) k)
+{
+    (void)s2;
+    FO_T m, v;
+    FO_T x = FO_NAME(fo_moments)(i, p[i], g_[i], s0, s1, k.beta1, k.one_minus_beta1, k.beta2,
+                                 k.one_minus_beta2, k.weight_decay, k.decay_factor, k.flags,
+                                 &m, &v);
+    FO_T d = m / k.bc1 * k.lr;
+    if (k.flags & FO_RECTIFY) d = d * (k.bc2_sqrt / (FO_SQRT(v) + k.eps)) * k.rect;
+    p[i] = x - d;
+}
+
+/* ---------------------------------------------------------------- Rprop
+ * s = sign(g prev) (0 at NaN, as torch's sign);  s > 0: step_size *= etaplus;
+ * s < 0: step_size *= etaminus and g = 0;  s = 0: step_size unchanged
+ * step_size = clamp(step_size, step_size_min, step_size_max)  (NaN stays NaN; min > max gives max)
+ * p -= sign(g) step_size;  prev = g
+ * state: s0 = prev, s1 = step_size (starts at lr)
+ */
+typedef struct {
+    FO_T etaminus, etaplus, step_size_min, step_size_max;
+    int flags;
+} FO_NAME(fo_rprop_k);
+
+FO_DEVICE void FO_NAME(fo_rprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_rprop_k) k)
+{
+    (void)s2;
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], (FO_T)0, k.flags);
+    FO_T prod = g * s0[i];
+    FO_T ss = s1[i];
+    if (prod > (FO_T)0) {
+        ss = ss * k.etaplus;
+    } else if (prod < (FO_T)0) {
+        ss = ss * k.etaminus;
+        g = (FO_T)0;
+    }
+    ss = ss < k.step_size_min ? k.step_size_min : ss;
+    ss = ss > k.step_size_max ? k.step_size_max : ss;
+    s1[i] = ss;
+    FO_T sign = (FO_T)((g > (FO_T)0) - (g < (FO_T)0));
+    s0[i] = g;
+    p[i] = p[i] - sign * ss;
 }

@@ -28,7 +28,8 @@ class Spec:
     uses: Callable                   # group -> tuple of bools: which state buffers are needed
     run: Callable                    # (mod, plan, grads, group, step, lr, fresh, name) -> None
     kernel: str = ""                 # C kernel family (fo_<kernel>_step_*); default: name
-    init: dict = field(default_factory=dict)   # state name -> group -> fill value (default 0)
+    init: dict = field(default_factory=dict)   # state name -> (group, lr) -> fill value
+    #                                            (default 0; lr: of the step creating it)
     # `fresh` (a tuple of bools, one per state buffer) marks buffers created for this step
     check: Callable = None           # extra cross-field check(group)
     counts_steps: bool = True        # torch keeps a 'step' per parameter (not SGD)
@@ -89,7 +90,7 @@ def _uses_function(opt):
     kernel = _table.KERNELS[opt.kernel]
     inputs = {name: expr for name, expr in opt.inputs.items()}
     lines = [f"    {name} = {expr}\n" for name, expr in inputs.items()]
-    lines += ["    first, step, lr = False, 1, 0.0\n",
+    lines += ["    first, step, lr = False, 1, 0.0\n", _steps.derived_lines(kernel),
               f"    flags = {_steps._flags_expr(kernel)}\n",
               f"    mask = {_steps.state_mask_expr(opt.kernel)}\n",
               f"    return ({''.join(f'bool(mask & {1 << i}), ' for i in range(len(kernel.state)))})\n"]
@@ -138,15 +139,19 @@ def _check_function(opt):
 
 
 def _init(state):
-    """state name -> group -> fill value, for buffers that do not start at 0."""
+    """state name -> (group, lr) -> fill value, for buffers that do not start at 0: a number,
+    or a hyperparameter of the group; "lr" is `lr`, the learning rate of the step that creates
+    the buffer (a schedule's value at that step)."""
     out = {}
     for s in state:
         if s.init == _table.PARAM:           # a copy of the parameter (Spec.copies)
             continue
-        if isinstance(s.init, str):
-            out[s.name] = (lambda key: lambda g: g[key])(s.init)
+        if s.init == "lr":
+            out[s.name] = lambda g, lr: lr
+        elif isinstance(s.init, str):
+            out[s.name] = (lambda key: lambda g, lr: g[key])(s.init)
         elif s.init != 0:
-            out[s.name] = (lambda value: lambda g: value)(s.init)
+            out[s.name] = (lambda value: lambda g, lr: value)(s.init)
     return out
 
 

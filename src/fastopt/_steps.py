@@ -22,7 +22,7 @@ import linecache
 from . import _table
 
 __all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function",
-           "advance_lines"]
+           "advance_lines", "derived_lines"]
 
 # the builtins the table's per-step group computations (Optimizer.advance) may call
 _ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs}
@@ -51,9 +51,16 @@ def _scalars_expr(kernel):
     return ", ".join(expr for _, expr in kernel.scalars)
 
 
+def derived_lines(kernel):
+    """Source lines (indented for a function body) computing the kernel's ``derived`` values,
+    the names its scalar and flag expressions may use besides the inputs."""
+    return "".join(f"    {name} = {expr}\n" for name, expr in kernel.derived)
+
+
 def _runner_source(kernel):
     args = ", ".join(kernel.inputs)
     return (f"def {kernel.name}(mod, plan, grads, {args}, name=\"grads\"):\n"
+            f"{derived_lines(kernel)}"
             f"    mod.{kernel.name}(plan, grads, {_scalars_expr(kernel)}, {_flags_expr(kernel)},"
             f" name)\n")
 
@@ -75,7 +82,7 @@ def _values_function(kernel):
     fn = _VALUES.get(kernel)
     if fn is None:
         k = _table.KERNELS[kernel]
-        source = (f"def _values({', '.join(k.inputs)}):\n"
+        source = (f"def _values({', '.join(k.inputs)}):\n{derived_lines(k)}"
                   f"    return ({_scalars_expr(k)},), {_flags_expr(k)}\n")
         fn = _VALUES[kernel] = compile_function("_values", source, module=f"{__name__}.{kernel}")
     return fn

@@ -61,15 +61,20 @@ Fields
                  arguments (``fastopt._runners.<name>(mod, plan, grads, *inputs, name)``):
                  ``step`` (1-based), ``lr`` (this step's learning rate), ``first`` (the state
                  buffers were created for this step) and hyperparameters.
+  ``derived``    named intermediate values of a step, in order: (name, Python expression over
+                 ``inputs`` and the names before it), computed once per step before
+                 ``scalars`` and ``flags``, which may use them (RAdam's ``rho_t``).
   ``scalars``    the double fields of ``fo_<name>_hp``, in order: (field, Python expression
-                 over ``inputs``), computed once per step.
+                 over ``inputs`` and ``derived``), computed once per step.
   ``consts``     the fields of the rule's ``fo_<name>_k``, in the struct's order: (field, C
                  expression over the hp fields, evaluated in double and rounded once to the
                  element type); ``flags`` follows them implicitly.
-  ``flags``      option flag -> Python condition over ``inputs`` that sets it.
+  ``flags``      option flag -> Python condition over ``inputs`` and ``derived`` that sets it
+                 (a flag may depend on the step: RAdam's RECTIFY).
   ``state``      the rule's state slots in order: (torch's state key, the flag that needs it or
-                 None for always, initial value: a hyperparameter name, a number, or
-                 ``"param"``: a copy of the parameter when the buffer is created).
+                 None for always, initial value: a hyperparameter name, a number,
+                 ``"param"``: a copy of the parameter when the buffer is created, or "lr": the
+                 learning rate of the step that creates the buffer (Rprop's step_size).
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
                  mixed precision); the union of their flags is the instance mask.
   ``cost``       relative cost per element (SGD = 1) for the serial/parallel threshold.
@@ -122,7 +127,8 @@ Fields
 from collections import namedtuple
 
 Flag = namedtuple("Flag", "name bit doc")
-Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends")
+Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends "
+                   "derived", defaults=((),))
 State = namedtuple("State", "name needs init arg", defaults=(None,))
 Optimizer = namedtuple(
     "Optimizer",
@@ -147,6 +153,7 @@ FLAGS = (
     Flag("EPS_IN_SQRT", 64, "Adagrad/RMSprop: sqrt(v + eps) instead of sqrt(v) + eps"),
     Flag("MOMENTUM", 128, "SGD/RMSprop: momentum buffer in use"),
     Flag("DECOUPLED", 256, "Adam: decoupled weight decay (AdamW)"),
+    Flag("RECTIFY", 512, "RAdam: the variance is tractable (rho_t > 5): rectified adaptive step"),
 )
 
 FLAG_BITS = {f.name: f.bit for f in FLAGS}
@@ -280,6 +287,44 @@ KERNELS = {k.name: k for k in (
         state=(State("z", None, PARAM),),
         cases=((),),
         cost=2, backends=("cpu", "cuda"),
+    ),
+    Kernel(
+        name="radam", title="RAdam",
+        inputs=("step", "lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
+                "decoupled_weight_decay"),
+        # torch's length of the approximated simple moving average, and its limit
+        derived=(("rho_inf", "2 / (1 - beta2) - 1"),
+                 ("rho_t", "rho_inf - 2 * step * beta2 ** step / (1 - beta2 ** step)")),
+        scalars=(("lr", "lr"), ("bc1", "1 - beta1 ** step"), ("beta1", "beta1"),
+                 ("beta2", "beta2"), ("bc2_sqrt", "(1 - beta2 ** step) ** 0.5"),
+                 ("rect", "((rho_t - 4) * (rho_t - 2) * rho_inf"
+                          " / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5"
+                          " if rho_t > 5 else 0.0"),
+                 ("eps", "eps"), ("weight_decay", "weight_decay"),
+                 ("decay_factor", "1 - lr * weight_decay")),
+        consts=(("lr", "lr"), ("bc1", "bc1"), ("beta1", "beta1"),
+                ("one_minus_beta1", "1.0 - beta1"), ("beta2", "beta2"),
+                ("one_minus_beta2", "1.0 - beta2"), ("bc2_sqrt", "bc2_sqrt"), ("rect", "rect"),
+                ("eps", "eps"), ("weight_decay", "weight_decay"),
+                ("decay_factor", "decay_factor")),
+        flags={"MAXIMIZE": "maximize", "DECOUPLED": "decoupled_weight_decay",
+               "RECTIFY": "rho_t > 5"},
+        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0)),
+        cases=((), ("RECTIFY",), ("DECOUPLED",), ("DECOUPLED", "RECTIFY")),
+        cost=3, backends=BACKENDS,
+    ),
+    Kernel(
+        name="rprop", title="Rprop",
+        inputs=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
+        scalars=(("etaminus", "etaminus"), ("etaplus", "etaplus"),
+                 ("step_size_min", "step_size_min"), ("step_size_max", "step_size_max")),
+        consts=(("etaminus", "etaminus"), ("etaplus", "etaplus"),
+                ("step_size_min", "step_size_min"), ("step_size_max", "step_size_max")),
+        flags={"MAXIMIZE": "maximize"},
+        # the step sizes start at the group's lr, which the rule does not read otherwise
+        state=(State("prev", None, 0), State("step_size", None, "lr")),
+        cases=((),),
+        cost=2, backends=BACKENDS,
     ),
 )}
 
@@ -679,6 +724,97 @@ OPTIMIZERS = {o.name: o for o in (
         True
         >>> w
         array([ 0.9, -1.9])
+        """,
+    ),    Optimizer(
+        name="radam", class_name="RAdam", kernel="radam", keyword_only="maximize",
+        hyper=(_lr(1e-3), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
+               Hyper("weight_decay", 0.0, "nonneg", _WD),
+               Hyper("decoupled_weight_decay", False, "boolean", None),
+               Hyper("maximize", False, "boolean", None)),
+        inputs=_BETA_INPUTS, checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.01),
+            dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True),
+            dict(lr=0.02, betas=(0.8, 0.99), eps=1e-06, maximize=True),
+            dict(lr=0.02, betas=(0.3, 0.6)),
+        ),
+        doc=r"""RAdam: Adam with its adaptive step rectified, and plain momentum while it is not.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)`, :math:`\epsilon`
+        and weight decay :math:`\lambda` (added to the gradient, or with
+        ``decoupled_weight_decay=True`` applied as :math:`\theta_{t-1} \leftarrow
+        (1 - \gamma\lambda)\,\theta_{t-1}`):
+
+        .. math::
+            m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+            v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+            \rho_\infty &= \frac{2}{1 - \beta_2} - 1, \qquad
+            \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t} \\
+            r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+            {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+            \theta_t &= \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}\,
+            \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t
+            \ \text{if } \rho_t > 5 \quad \text{else }
+            \theta_t = \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}
+
+        Whether a step is rectified depends only on :math:`t` and :math:`\beta_2` (with the
+        default :math:`\beta_2 = 0.999`, from step 6 on; never when :math:`\rho_\infty \le 5`).
+        State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`). Defaults: ``lr=1e-3,
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False``, as
+        torch. Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and
+        Beyond", ICLR 2020.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> fo.RAdam([w], lr=0.1).step([2 * w])    # step 1: not rectified, lr times the gradient
+        True
+        >>> w
+        array([ 0.8, -1.6])
+        """,
+    ),    Optimizer(
+        name="rprop", class_name="Rprop", kernel="rprop", keyword_only="maximize",
+        hyper=(_lr(1e-2),
+               Hyper("etas", (0.5, 1.2), "etas", "Invalid eta values: {value[0]}, {value[1]}"),
+               Hyper("step_sizes", (1e-6, 50), "step_sizes", None),
+               Hyper("maximize", False, "boolean", None)),
+        inputs={"etaminus": "etas[0]", "etaplus": "etas[1]",
+                "step_size_min": "step_sizes[0]", "step_size_max": "step_sizes[1]"},
+        checks=(),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2)),
+            dict(lr=0.002, etas=(0.6, 1.1), step_sizes=(1e-6, 0.01), maximize=True),
+        ),
+        doc=r"""Rprop: per-coordinate step sizes grown or shrunk by the sign of the gradient.
+
+        With learning rate :math:`\gamma` (the initial step size), ``etas``
+        :math:`(\eta_-, \eta_+)` and ``step_sizes`` :math:`(\Gamma_{min}, \Gamma_{max})`, each
+        coordinate keeps a step size :math:`\delta` (starting at :math:`\gamma`) and the previous
+        gradient :math:`g_{t-1}` (starting at 0):
+
+        .. math::
+            \delta_t &= \mathrm{clamp}(\eta_+ \delta_{t-1}) \ \text{if } g_t g_{t-1} > 0,
+            \quad \mathrm{clamp}(\eta_- \delta_{t-1}) \text{ and } g_t \leftarrow 0
+            \ \text{if } g_t g_{t-1} < 0, \quad \delta_{t-1} \ \text{otherwise} \\
+            \theta_t &= \theta_{t-1} - \mathrm{sign}(g_t)\, \delta_t, \qquad
+            g_{t-1} \leftarrow g_t
+
+        where clamp limits to :math:`[\Gamma_{min}, \Gamma_{max}]`. Only the gradient's sign
+        matters, so Rprop suits full-batch training. Changing ``lr`` after the first step has no
+        effect (the step sizes have their own state). No weight decay, as torch. State:
+        ``prev`` (:math:`g_{t-1}`), ``step_size`` (:math:`\delta`). Defaults: ``lr=1e-2,
+        etas=(0.5, 1.2), step_sizes=(1e-6, 50)``, as torch. Reference: Riedmiller & Braun, "A
+        direct adaptive method for faster backpropagation learning: the RPROP algorithm", ICNN
+        1993.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.Rprop([w], lr=0.1)
+        >>> opt.step([2 * w]), opt.step([2 * w])    # same signs: the second step is 1.2 times
+        (True, True)
+        >>> w.round(6)
+        array([ 0.78, -1.78])
         """,
     ),
     Optimizer(

@@ -152,15 +152,16 @@ def torch_error(spec, group, error, where):
             text = hypers[key].torch_error if key in hypers else None
             if text is None:
                 break
-            value, index = raw, 0
-            if "{index}" in text:
-                for index, b in enumerate(raw):
+            value, index, name = raw, 0, key
+            if rule in _validate.PAIRS:         # the first element its rule refuses
+                for index, (b, element) in enumerate(zip(raw, _validate.PAIRS[rule])):
                     try:
-                        _validate.unit_open(f"{key}[{index}]", _plain(b))
+                        element(f"{key}[{index}]", _plain(b))
                     except ValueError:
-                        value = b
+                        name = f"{key}[{index}]"
+                        value = b if "{index}" in text else raw
                         break
-            return ValueError(f"{text.format(value=value, index=index)} ({where}: {key} "
+            return ValueError(f"{text.format(value=value, index=index)} ({where}: {name} "
                               f"{_reason(e)})")
     else:
         for condition, message in _table.OPTIMIZERS[spec.name].checks:

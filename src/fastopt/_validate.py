@@ -9,9 +9,9 @@ What is accepted as a number: any real number, i.e. ``numbers.Real`` (int, float
 fractions.Fraction, ...), NumPy scalars (np.float32, np.int64, ...) and 0-d NumPy arrays of
 such a value (fastopt.torch also accepts one-element tensors; it converts them before calling
 these rules). A rule returns the value as a plain Python ``float`` (``int`` where an integer is
-meant, ``bool`` for a flag, a tuple of floats for ``betas``), so the kernels, the scalar math
-around them and ``state_dict`` only ever see plain numbers: a NumPy scalar gives results
-bit-identical to the Python float of the same value.
+meant, ``bool`` for a flag, a tuple of floats for a pair such as ``betas``), so the kernels,
+the scalar math around them and ``state_dict`` only ever see plain numbers: a NumPy scalar
+gives results bit-identical to the Python float of the same value.
 
 Error classes (the same mistake raises the same class everywhere):
 
@@ -19,7 +19,8 @@ Error classes (the same mistake raises the same class everywhere):
     a bool (or np.bool_) where a number is meant; anything that is not a real number where
     one is meant (str, None, complex, a list, an array with more than one element ...); a
     non-integer type (float included) where an integer is meant; anything but a bool where a
-    flag is meant; not a pair where ``betas`` are meant; neither a number nor a callable
+    flag is meant; not a pair where a pair (``betas``, ``etas``, ``step_sizes``) is meant;
+    neither a number nor a callable
     where a learning rate (or schedule) is meant.
 ``ValueError`` -- a number of the right kind but not an allowed value:
     NaN or +-inf, a value outside the argument's range, a number too large to be a float
@@ -34,7 +35,7 @@ import numpy as np
 
 __all__ = ["real", "nonneg", "positive", "unit_open", "unit_closed", "open_unit", "boolean",
            "optional_boolean", "integer", "whole", "learning_rate", "scheduled_lr", "betas",
-           "MAX_STEP"]
+           "greater_than_one", "etas", "step_sizes", "PAIRS", "MAX_STEP"]
 
 MAX_STEP = 2 ** 53      # step counts stay exact as float64 (state_dict stores them as floats)
 _TOO_LARGE = object()   # a real number with no float value (int/Fraction beyond 1.8e308)
@@ -233,9 +234,38 @@ def scheduled_lr(value, step):
     return float(number)
 
 
+def greater_than_one(name, value):
+    """A finite number > 1 (a growth factor), as float."""
+    return real(name, value, low=1.0, low_open=True)
+
+
+def _pair(name, value, what, rules):
+    """A tuple or list of two values, each checked by its rule (as ``name[i]``), as a tuple;
+    TypeError naming `what` when it is no pair."""
+    if isinstance(value, np.ndarray) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair {what}, got {_kind(value)}")
+    return tuple(rule(f"{name}[{i}]", v) for i, (rule, v) in enumerate(zip(rules, value)))
+
+
 def betas(name, value):
     """A pair (beta1, beta2) of numbers in [0, 1), as a tuple of floats."""
-    if isinstance(value, np.ndarray) or not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got "
-                        f"{_kind(value)}")
-    return tuple(unit_open(f"{name}[{i}]", b) for i, b in enumerate(value))
+    return _pair(name, value, "(beta1, beta2) of numbers in [0, 1)", PAIRS[betas])
+
+
+def etas(name, value):
+    """A pair (etaminus, etaplus) with 0 < etaminus < 1 < etaplus (Rprop's step size factors),
+    as a tuple of floats."""
+    return _pair(name, value, "(etaminus, etaplus) of numbers with 0 < etaminus < 1 < etaplus",
+                 PAIRS[etas])
+
+
+def step_sizes(name, value):
+    """A pair (min, max) of finite numbers >= 0 (Rprop's step size limits), as a tuple of
+    floats; min > max is allowed, as in torch (the step sizes are then max)."""
+    return _pair(name, value, "(min, max) of finite numbers >= 0", PAIRS[step_sizes])
+
+
+#: pair rule -> the rules of its two elements (the functional forms take the elements as
+#: separate arguments: beta1, beta2; etaminus, etaplus; step_size_min, step_size_max)
+PAIRS = {betas: (unit_open, unit_open), etas: (open_unit, greater_than_one),
+         step_sizes: (nonneg, nonneg)}

@@ -94,13 +94,31 @@ def _check_lr(lr):
     return _validate.learning_rate("lr", lr, schedule=False)
 
 
+def _element_rules(opt):
+    """{kernel input: rule} for the inputs that are one element of a pair hyperparameter
+    (``beta1``: ``betas[0]``), with the rule of that element (fastopt._validate.PAIRS)."""
+    rules = _specs.SPECS[opt.name].rules
+    out = {}
+    for key, expr in opt.inputs.items():
+        m = re.fullmatch(r"(\w+)\[([01])\]", expr)
+        if m:
+            out[key] = _validate.PAIRS[rules[m.group(1)]][int(m.group(2))]
+    return out
+
+
+#: optimizer name -> {argument of its functional form: rule}
+_RULES = {name: {**_specs.SPECS[name].rules, **_element_rules(opt)}
+          for name, opt in _table.OPTIMIZERS.items()}
+
+
 def _check_hyper(name, **values):
-    """Check hyperparameters with the registry's rules, those the classes apply to groups;
-    returns them as plain Python values (a dict in the order given)."""
+    """Check hyperparameters with the registry's rules, those the classes apply to groups
+    (a pair's elements, such as beta1 and beta2, with its element rules; the group scalars of
+    Schedule-Free with theirs); returns them as plain Python values (a dict in the order
+    given)."""
     spec = _specs.SPECS[name]
-    rules = {**spec.rules, **spec.group_rules}
-    values = {key: rules.get(key, _validate.unit_open)(key, value)  # beta1, beta2: [0, 1)
-              for key, value in values.items()}
+    rules = {**_RULES[name], **spec.group_rules}
+    values = {key: rules[key](key, value) for key, value in values.items()}
     if spec.check is not None:
         spec.check({**spec.defaults, **values})
     return values
@@ -145,15 +163,18 @@ def _form_source(opt):
     states = _state_args(kernel)
     hyper = _hyper_args(opt, kernel)
     lr_default = next(h.default for h in opt.hyper if h.name == "lr")
-    uses_step = any("step" in _identifiers(expr) for _, expr in kernel.scalars)
+    uses_step = any("step" in _identifiers(expr)
+                    for _, expr in kernel.derived + kernel.scalars + tuple(kernel.flags.items()))
     first_needs = [cond for _, _, cond in states if cond is not None] if "first" in kernel.inputs \
         else []
     step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
     sig = ["param", "grad"] + [f"{arg}=None" if cond else arg for _, arg, cond in states]
     group_state = [(g.name, g.init) for g in opt.group_state]
     hyper += group_state
-    sig += ["*", step_arg, f"lr={lr_default!r}"] + [f"{n}={d!r}" for n, d in hyper]
-    body = ["    lr = _check_lr(lr)\n"]
+    takes_lr = "lr" in kernel.inputs     # Rprop's rule reads its step sizes, not lr
+    sig += ["*", step_arg] + ([f"lr={lr_default!r}"] if takes_lr else []) \
+        + [f"{n}={d!r}" for n, d in hyper]
+    body = ["    lr = _check_lr(lr)\n"] if takes_lr else []
     if not first_needs:
         body.append("    step = _check_step(step)\n")
     if hyper:
@@ -198,6 +219,8 @@ def _form_doc(opt):
                      "The parameters are the gradient point y (train mode).")
     notes = [f"`{arg}` is required when {_when(cond)}." for _, arg, cond in _state_args(kernel)
              if cond is not None]
+    notes += [f"`{s.arg or s.name}` starts filled with the `{s.init}` hyperparameter's value "
+              "(as torch creates it)." for s in kernel.state if isinstance(s.init, str)]
     if "first" in kernel.inputs and notes:
         notes.append("With it, pass the 1-based `step` (1 marks the first step).")
     return "\n\n".join(lines + ([" ".join(notes)] if notes else []))

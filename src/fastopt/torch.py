@@ -670,7 +670,7 @@ class Optimizer(torch.optim.Optimizer):
         created = {}
         for slot, (name, used, new) in enumerate(zip(self.spec.state, uses, fresh)):
             if used and new:
-                fill = self.spec.init.get(name, lambda g: 0.0)(group)
+                fill = self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"])
                 created[slot] = [torch.full_like(params[j], fill,
                                                  memory_format=torch.preserve_format,
                                                  dtype=_tm.state_dtype(params[j]))

@@ -116,9 +116,9 @@ class Optimizer(OptimizerCore):
         return state_like(params, fill)
 
     # --------------------------------------------------------------------------------- step
-    def _ensure_state(self, rec, hyper, uses):
-        """Create the buffers a group needs now (`uses`, of its snapshot `hyper`); returns
-        which ones are new."""
+    def _ensure_state(self, rec, hyper, uses, lr):
+        """Create the buffers a group needs now (`uses`, of its snapshot `hyper`; `lr`: this
+        step's learning rate); returns which ones are new."""
         fresh = []
         params = rec.plan.params
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
@@ -128,7 +128,7 @@ class Optimizer(OptimizerCore):
                     for a, p in zip(arrays, params):
                         _copy_into(a, p)
                 else:
-                    fill = self.spec.init.get(name, lambda g: 0.0)(hyper)
+                    fill = self.spec.init.get(name, lambda g, lr: 0.0)(hyper, lr)
                     arrays = self._state_like(params, fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
@@ -190,7 +190,7 @@ class Optimizer(OptimizerCore):
     def _allocate(self, work):
         """The state buffers each group's options need now (last part of the prepare phase)."""
         for item in work:
-            rec, hyper, grads = item[0], item[1], item[3]
+            rec, hyper, lr, grads = item[0], item[1], item[2], item[3]
             uses = rec.uses                     # of rec.hyper, the snapshot `hyper`
             if uses != rec.present and any(u and not p for u, p in zip(uses, rec.present)):
                 if len(work) == 1:      # a new buffer is written only for valid gradients
@@ -198,7 +198,7 @@ class Optimizer(OptimizerCore):
                         raise ValueError(f"grads has {len(grads)} arrays but the optimizer has "
                                          f"{len(rec.plan)} parameters")
                     rec.plan.check_grads(grads)
-                item[4] = self._ensure_state(rec, hyper, uses)
+                item[4] = self._ensure_state(rec, hyper, uses, lr)
 
     def _apply(self, work):
         """Phase 2 of a step: one kernel per group with its snapshot's values, then its step
