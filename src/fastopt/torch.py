@@ -84,6 +84,7 @@ import inspect
 import numpy as np
 
 from . import _kernels, _mixed, _table, _torch_args, _validate
+from . import _torch_dtensor as _dt
 from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
 from . import optim as _optim
@@ -114,6 +115,9 @@ def _check_tensor(t, what, like=None, written=True, dtype=None):
     its shape and `dtype` (default: its dtype)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if _dt.is_dtensor(t) or _dt.is_dtensor(like):      # checked on the local shards
+        _dt.check(t, what, like)
+        t, like = _dt.local(t), None if like is None else _dt.local(like)
     if t.layout != torch.strided:
         raise TypeError(f"{what} is a {t.layout} tensor; fastopt.torch needs dense tensors "
                         "(sparse gradients are not supported)")
@@ -172,14 +176,16 @@ class _Entry:
     (None for float32 parameters, without master weights, and where the plan made the copy
     itself: those positions are in ``adopt`` until the copy becomes the state's 'master')."""
     __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain",
-                 "mixed", "masters", "adopt")
+                 "mixed", "masters", "adopt", "dist")
 
     def __init__(self, idx, tensors, layouts, plan, n_state, mixed=None, masters=None,
                  adopt=()):
         self.idx = idx
-        self.tensors = tensors
-        self.ptrs = [t.data_ptr() for t in tensors]
-        self.strides = [t.stride() for t in tensors]
+        self.tensors = tensors                  # the parameters (DTensors: their local shards
+        self.dist = any(map(_dt.is_dtensor, tensors))   # are planned; fastopt._torch_dtensor)
+        local = [_dt.local(t) for t in tensors] if self.dist else tensors
+        self.ptrs = [t.data_ptr() for t in local]
+        self.strides = [t.stride() for t in local]
         self.layouts = layouts
         self.plan = plan
         self.states = [None] * n_state          # the state tensors attached to each slot
@@ -189,8 +195,11 @@ class _Entry:
     def holds(self, params):
         for k, j in enumerate(self.idx):
             p = params[j]
-            if p is not self.tensors[k] or p.data_ptr() != self.ptrs[k] \
-                    or p.stride() != self.strides[k]:
+            if p is not self.tensors[k]:
+                return False
+            if self.dist:
+                p = _dt.local(p)
+            if p.data_ptr() != self.ptrs[k] or p.stride() != self.strides[k]:
                 return False
         return True
 
@@ -201,7 +210,7 @@ class _Entry:
                 lay.state(slot, None)
             self.plan.set_state(slot, None)
         else:
-            arrays = [lay.state(slot, t) for lay, t in zip(self.layouts, tensors)]
+            arrays = [lay.state(slot, _dt.local(t)) for lay, t in zip(self.layouts, tensors)]
             self.plan.set_state(slot, arrays, name)
         self.states[slot] = tensors
         self.plain = all(lay.plain for lay in self.layouts)
@@ -216,7 +225,7 @@ class _Record:
     set by the user) is copied into a fresh buffer, which is then linked to every parameter
     (old views, perhaps held by an earlier state_dict, are left alone).
     """
-    __slots__ = ("group", "params", "steps", "views", "entries", "calls")
+    __slots__ = ("group", "params", "steps", "views", "entries", "calls", "dist")
 
     def __init__(self, group):
         self.group = group
@@ -225,6 +234,7 @@ class _Record:
         self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[dtype])
         self.views = list(torch.from_numpy(self.steps).unbind(0)) if len(self.params) else []
         self.entries = {}
+        self.dist = any(map(_dt.is_dtensor, self.params))     # DTensor parameters
         self.calls = 0              # mixed kernel calls (the noise counter of optimizers
                                     # that count no steps)
 
@@ -350,6 +360,8 @@ class Optimizer(torch.optim.Optimizer):
         for job in jobs:
             self._fo_run(job)
             touched.extend(job.entry.tensors)
+            if job.entry.dist:                  # the local shards were written too
+                touched.extend(_dt.local(p) for p in job.entry.tensors)
             if scale is not None and job.entry.mixed is not None:
                 self._fo_unscale(job, False)
         if touched:
@@ -364,7 +376,7 @@ class Optimizer(torch.optim.Optimizer):
             g = params[j].grad
             g.div_(scale)
             a = job.grads[k]
-            if staged and a.size and a.ctypes.data != g.data_ptr():
+            if staged and a.size and a.ctypes.data != _dt.local(g).data_ptr():
                 np.divide(a, a.dtype.type(scale), out=a)
 
     # ------------------------------------------------------------------------ validation
@@ -451,8 +463,18 @@ class Optimizer(torch.optim.Optimizer):
         for lay, j in zip(entry.layouts, entry.idx):
             p = params[j]
             _check_tensor(p.grad, _where(gi, j) + ".grad", like=p, written=False)
-            out.append(lay.grad(p.grad))
+            out.append(lay.grad(_dt.local(p.grad)))
         return out
+
+    @staticmethod
+    def _fo_local_grad(gi, params, j):
+        """The local shard of a DTensor parameter's gradient (checked against the parameter:
+        same mesh and placements); a plain parameter's gradient as it is."""
+        p = params[j]
+        g = p.grad
+        if _dt.is_dtensor(p) or _dt.is_dtensor(g):
+            _dt.check(g, _where(gi, j) + ".grad", like=p)
+        return _dt.local(g)
 
     def _fo_regrad(self, job):
         """After a failed check of a plain entry's gradients: hand them over in their
@@ -472,11 +494,11 @@ class Optimizer(torch.optim.Optimizer):
             g = job.grads[k]
             for s in job.entry.states:
                 for t in s or ():
-                    if np.may_share_memory(g, _array(t)):
+                    if np.may_share_memory(g, _array(_dt.local(t))):
                         raise ValueError(f"{_where(job.gi, j)}.grad shares memory with "
                                          "optimizer state")
             for q in params:
-                if np.may_share_memory(g, _array(q)):
+                if np.may_share_memory(g, _array(_dt.local(q))):
                     raise ValueError(f"{_where(job.gi, j)}.grad shares memory with a parameter")
 
     # ---------------------------------------------------------------------------- steps
@@ -519,7 +541,10 @@ class Optimizer(torch.optim.Optimizer):
         if not idx:
             return []
         try:
-            grads = [_array(params[j].grad) for j in idx]
+            if rec.dist:
+                grads = [_array(self._fo_local_grad(gi, params, j)) for j in idx]
+            else:
+                grads = [_array(params[j].grad) for j in idx]
         except (RuntimeError, TypeError, ValueError):
             for j in idx:
                 _check_tensor(params[j].grad, _where(gi, j) + ".grad", like=params[j],
@@ -616,7 +641,7 @@ class Optimizer(torch.optim.Optimizer):
         tensors = [rec.params[j] for j in js]
         for j, p in zip(js, tensors):
             self._fo_check_param(p, _where(gi, j), {"_fo_mixed": options})
-        layouts = [_layout.Layout(p) for p in tensors]
+        layouts = [_layout.Layout(_dt.local(p)) for p in tensors]
         mixed = None if masters is None else options[:2]
         arrays = None
         if mixed is not None:
@@ -625,7 +650,7 @@ class Optimizer(torch.optim.Optimizer):
                 if m is not None:
                     _check_tensor(m, f"state[{_where(gi, j)}]['master']", like=p,
                                   dtype=torch.float32)
-                arrays.append(None if m is None else lay.state("master", m))
+                arrays.append(None if m is None else lay.state("master", _dt.local(m)))
         try:
             if mixed is None:
                 plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
@@ -727,7 +752,8 @@ class Optimizer(torch.optim.Optimizer):
         for k in entry.adopt:
             lay, m = entry.layouts[k], plan.masters[k]
             m[...] = lay.array
-            t = torch.from_numpy(m).as_strided(lay.shape, lay.strides)
+            t = _dt.like(torch.from_numpy(m).as_strided(lay.shape, lay.strides),
+                         entry.tensors[k])
             self.state[entry.tensors[k]]["master"] = t
             entry.masters[k] = t
         entry.adopt = []
