@@ -138,6 +138,28 @@ def _placements_refused(mesh):
         assert torch.equal(p.to_local(), ones) and not opt.state
 
 
+def _bf16_masters(mesh, rank):
+    """bfloat16 FSDP2 parameters: float32 state and master copies as DTensors placed like
+    their parameters, each parameter its master rounded, through a state_dict round trip."""
+    from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+    from torch.distributed.tensor import DTensor
+    model = _model(0, mesh).bfloat16()
+    opt = fot.AdamW(model.parameters(), lr=1e-2)
+    for k, (x, y) in enumerate(_batches(rank)[:4]):
+        if k == 2:
+            set_optimizer_state_dict(model, opt, get_optimizer_state_dict(model, opt))
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x.bfloat16()).float(), y.float()).backward()
+        opt.step()
+    for p in model.parameters():
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            t = opt.state[p][key]
+            assert isinstance(t, DTensor) and t.placements == p.placements, (key, type(t))
+            assert t.dtype == torch.float32, (key, t.dtype)
+        assert torch.equal(opt.state[p]["master"].full_tensor().bfloat16(), p.full_tensor())
+
+
 def _worker(rank, port, name, path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -158,6 +180,8 @@ def _worker(rank, port, name, path):
         _check_state(opt, model, ref_opt, ref_model, name)
         _checkpoint(mesh, name, kwargs, batches, full, path)
         _placements_refused(mesh)
+        if name == "AdamW":
+            _bf16_masters(mesh, rank)
     finally:
         dist.destroy_process_group()
 

@@ -52,7 +52,11 @@ when ``found_inf`` is nonzero.
 Parameters, gradients and state must be dense CPU tensors of dtype float32, float64, float16 or
 bfloat16 (state: float32 for 16-bit parameters; any strides; a parameter or state tensor must
 not overlap itself); anything else raises
-``TypeError``/``ValueError`` naming the tensor, before anything is modified. A parameter that
+``TypeError``/``ValueError`` naming the tensor, before anything is modified. DTensor
+parameters (torch.distributed, e.g. FSDP2's ``fully_shard``) placed by ``Shard``/``Replicate``
+are updated on each rank's local shard, their state kept as DTensors on the parameter's mesh
+with its placements, so torch.distributed.checkpoint saves and loads it
+(fastopt._torch_dtensor). A parameter that
 is not contiguous but fills its memory without gaps (channels_last, transposed, permuted) is
 updated in place through its storage, with its gradient and state when they share its
 strides; otherwise (gaps, or a gradient/state in another order) through contiguous
