@@ -160,6 +160,33 @@ def schedule_free_sgd(p, g, s, h, t, lr):
     return _schedule_free(p, _decay(g, p, h), s, h, lr, h.get("momentum", 0.9))
 
 
+def schedule_free_radam_group(h, lr):
+    """Schedule-Free RAdam's group scalars: no warmup; the lr of the step is rectified,
+    lr r_t, while rho_t > 4, else lr (silent_sgd_phase=False) or 0 (True, the default: then
+    w_t = t^r 0^q and the step gets no weight in the average)."""
+    b2 = h.get("betas", (0.9, 0.999))[1]
+    t = h.get("k", 0) + 1
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho_t > 4:
+        lr = lr * np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                          / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    elif h.get("silent_sgd_phase", True):
+        lr = 0.0
+    return schedule_free_group(h, lr)          # no warmup_steps in its groups
+
+
+def schedule_free_radam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    t = h["k"]
+    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
+    s["exp_avg_sq"] = v
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    d = g / (np.sqrt(v / (1 - b2 ** t)) + h.get("eps", 1e-8)) if rho_t > 4 else g
+    return _schedule_free(p, _decay(d, p, h), s, h, lr, b1)
+
+
 def schedule_free_x(y, z, beta):
     """The averaged point x where eval mode puts the parameters: y = (1 - beta) z + beta x."""
     return (y - (1 - beta) * z) / beta
@@ -202,7 +229,8 @@ REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 #: per-group work once per step before the per-parameter rules: name -> fn(group, lr) ->
 #: (lr, c), the group's scalars (GROUP_KEYS) updated in the group dict
 GROUP_STEPS = {"schedule_free_adamw": schedule_free_group,
-               "schedule_free_sgd": schedule_free_group}
+               "schedule_free_sgd": schedule_free_group,
+               "schedule_free_radam": schedule_free_radam_group}
 GROUP_KEYS = ("k", "weight_sum", "lr_max", "scheduled_lr")
 
 # torch.optim's documented defaults that differ from the neutral values used above

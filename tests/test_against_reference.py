@@ -186,10 +186,13 @@ def test_random_hyperparameters(name, data):
              "maximize": data.draw(st.booleans())}
     hyper = {key: value for key, value in hyper.items() if key in rules}   # Rprop: no decay
     if name.startswith("schedule_free"):
-        hyper.update(warmup_steps=data.draw(st.sampled_from([0, 1, 3])),
-                     r=data.draw(st.sampled_from([0.0, 0.5, 2.0])),
+        hyper.update(r=data.draw(st.sampled_from([0.0, 0.5, 2.0])),
                      weight_lr_power=data.draw(st.sampled_from([0.0, 1.0, 2.0])))
-        if name == "schedule_free_adamw":
+        if "warmup_steps" in rules:
+            hyper["warmup_steps"] = data.draw(st.sampled_from([0, 1, 3]))
+        if "silent_sgd_phase" in rules:
+            hyper["silent_sgd_phase"] = data.draw(st.booleans())
+        if "betas" in rules:
             hyper.update(betas=(data.draw(st.floats(0.05, 0.999)), data.draw(unit)),
                          eps=data.draw(st.sampled_from([1e-8, 1e-4])))
         else:

@@ -1,4 +1,4 @@
-"""Schedule-Free AdamW and SGD: the train/eval modes, the group-level scalars kept in the param
+"""Schedule-Free AdamW, SGD and RAdam: the train/eval modes, the group-level scalars kept in the param
 groups, and their round trip through state_dict and fo.save/fo.load (the step itself is
 checked against the oracle and the recorded goldens with every other optimizer)."""
 import numpy as np
@@ -8,10 +8,12 @@ import fastopt as fo
 from fastopt import functional as F
 from reference import schedule_free_x
 
-NAMES = ("schedule_free_adamw", "schedule_free_sgd")
+NAMES = ("schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam")
 CLASSES = fo.optim.first_order.CLASSES
 HYPER = {"schedule_free_adamw": dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=5),
-         "schedule_free_sgd": dict(lr=0.05, momentum=0.8, weight_decay=0.01, warmup_steps=5)}
+         "schedule_free_sgd": dict(lr=0.05, momentum=0.8, weight_decay=0.01, warmup_steps=5),
+         # beta2 = 0.9: silent until step 4, rectified from step 5 on (rho_t > 4)
+         "schedule_free_radam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01)}
 
 
 def _beta(opt):
@@ -71,10 +73,25 @@ def test_group_scalars_are_the_packages(name):
     opt, _ = _run(name, 7)
     g = opt.param_groups[0]
     assert g["k"] == 7 and isinstance(g["k"], int)
-    lr = HYPER[name]["lr"]
-    assert g["scheduled_lr"] == lr and g["lr_max"] == lr
-    w = [(min(1, t / 5) * lr) ** 2 for t in range(1, 8)]
+    lrs = [_scheduled(name, t) for t in range(1, 8)]
+    assert g["scheduled_lr"] == pytest.approx(lrs[-1], rel=1e-14)
+    assert g["lr_max"] == pytest.approx(max(lrs), rel=1e-14)
+    w = [max(lrs[:t]) ** 2 for t in range(1, 8)]
     assert g["weight_sum"] == pytest.approx(sum(w), rel=1e-14)
+
+
+def _scheduled(name, t):
+    """The lr of step t: warmed up over 5 steps (AdamW, SGD); RAdam's rectified lr, 0 while
+    rho_t <= 4 (silent_sgd_phase)."""
+    lr = HYPER[name]["lr"]
+    if name != "schedule_free_radam":
+        return min(1, t / 5) * lr
+    b2 = HYPER[name]["betas"][1]
+    rho_inf = 2 / (1 - b2) - 1
+    rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho <= 4:
+        return 0.0
+    return lr * ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -149,7 +166,7 @@ def test_functional_form_carries_the_group_scalars(name):
     p = params[0]
     mine = p.copy()
     z = mine.copy()
-    extra = {"exp_avg_sq": np.zeros_like(p)} if name == "schedule_free_adamw" else {}
+    extra = {} if name == "schedule_free_sgd" else {"exp_avg_sq": np.zeros_like(p)}
     hyper = dict(HYPER[name])
     if "betas" in hyper:
         hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
@@ -170,7 +187,8 @@ def test_loads_the_packages_state_dict(name):
     torch = pytest.importorskip("torch", reason="needs torch")
     schedulefree = pytest.importorskip("schedulefree", reason="needs the schedulefree package")
     cls = {"schedule_free_adamw": schedulefree.AdamWScheduleFree,
-           "schedule_free_sgd": schedulefree.SGDScheduleFree}[name]
+           "schedule_free_sgd": schedulefree.SGDScheduleFree,
+           "schedule_free_radam": schedulefree.RAdamScheduleFree}[name]
     rng = np.random.default_rng(3)
     p0 = rng.standard_normal(6)
     tp = torch.tensor(p0.copy())

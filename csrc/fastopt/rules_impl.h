@@ -294,6 +294,36 @@ FO_DEVICE void FO_NAME(fo_schedule_free_sgd_rule)(fo_index i, FO_T *FO_RESTRICT 
     s0[i] = FO_FMA(-k.lr, d, z);
 }
 
+/* ---------------------------------------------------------------- Schedule-Free RAdam
+ * schedulefree.RAdamScheduleFree, at y = p:  v = beta2 v + (1 - beta2) g^2;
+ * rectify (rho_t > 4):  d = g / (sqrt(v / bc2) + eps) + wd y      else:  d = g + wd y
+ * y = lerp(y, z, ckp1) + lr (beta1 (1 - ckp1) - 1) d;  z -= lr d
+ * lr is the rectified lr of the step (0 or the group's lr while rho_t <= 4, silent_sgd_phase);
+ * see the optimizer table.  state: s0 = z, s1 = exp_avg_sq
+ */
+typedef struct {
+    FO_T lr, ckp1, one_minus_ckp1, small_ckp1, y_coef, beta2, one_minus_beta2, bc2, eps,
+        weight_decay;
+    int flags;
+} FO_NAME(fo_schedule_free_radam_k);
+
+FO_DEVICE void FO_NAME(fo_schedule_free_radam_rule)(fo_index i, FO_T *FO_RESTRICT p,
+                                                    const FO_T *FO_RESTRICT g_,
+                                                    FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                                    FO_T *FO_RESTRICT s2,
+                                                    FO_NAME(fo_schedule_free_radam_k) k)
+{
+    (void)s2;
+    FO_T g = g_[i], y = p[i], z = s0[i];
+    FO_T v = s1[i] * k.beta2 + k.one_minus_beta2 * g * g;
+    s1[i] = v;
+    FO_T d = (k.flags & FO_RECTIFY) ? g / (FO_SQRT(v / k.bc2) + k.eps) : g;
+    if (k.weight_decay != 0) d = FO_FMA(k.weight_decay, y, d);
+    y = FO_NAME(fo_lerp)(y, z, k.ckp1, k.one_minus_ckp1, k.small_ckp1 != 0);
+    p[i] = FO_FMA(k.y_coef, d, y);
+    s0[i] = FO_FMA(-k.lr, d, z);
+}
+
 /* ---------------------------------------------------------------- RAdam
  * decoupled: p *= 1 - lr wd        else g += wd p
  * m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2

@@ -86,12 +86,15 @@ def _bind(opt, exclude=()):
 
 def _uses_function(opt):
     """group -> which state buffers its options need (the table's flag conditions and each
-    buffer's flag; `first` and the step do not change which buffers exist)."""
+    buffer's flag; `first` and the step do not change which buffers exist). Only the flags that
+    some buffer needs are computed: a flag over the per-step group computation (Schedule-Free
+    RAdam's RECTIFY, over its ``rho_t``) changes the arithmetic, not the buffers."""
     kernel = _table.KERNELS[opt.kernel]
+    needed = {s.needs for s in kernel.state if s.needs is not None}
     inputs = {name: expr for name, expr in opt.inputs.items()}
     lines = [f"    {name} = {expr}\n" for name, expr in inputs.items()]
     lines += ["    first, step, lr = False, 1, 0.0\n", _steps.derived_lines(kernel),
-              f"    flags = {_steps._flags_expr(kernel)}\n",
+              f"    flags = {_steps._flags_expr(kernel, needed)}\n",
               f"    mask = {_steps.state_mask_expr(opt.kernel)}\n",
               f"    return ({''.join(f'bool(mask & {1 << i}), ' for i in range(len(kernel.state)))})\n"]
     source = f"def uses(g):\n{_bind(opt)}{''.join(lines)}"
@@ -111,7 +114,9 @@ def _run_function(opt):
     """(mod, plan, grads, group, step, lr, fresh, name) -> the runner of the optimizer's rule
     with the kernel inputs the table maps the group's hyperparameters to. With an ``advance``
     (the table's per-step group computation) it runs first, and `run` returns the new values
-    of the group state ({name: value}) for the caller to store in the group; else None."""
+    of the group state ({name: value}) for the caller to store in the group; else None. The
+    advance sees the hyperparameters, the group state and the mapped inputs (``beta2``), as
+    ``fastopt._steps.advance`` and the functional form do."""
     kernel = _table.KERNELS[opt.kernel]
     special = {"step": "step", "lr": "lr", "first": "fresh[0]"}
     defined = {name for name, _ in opt.advance}
@@ -121,6 +126,9 @@ def _run_function(opt):
     source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\"):\n"
               f"{_bind(opt, exclude=special)}"
               + "".join(f"    {name} = g[{name!r}]\n" for name in state)
+              # the advance may read the kernel inputs mapped from hyperparameters (beta2)
+              + "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items()
+                        if opt.advance)
               + _steps.advance_lines(opt) +
               f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
               + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))

@@ -41,10 +41,12 @@ def compile_function(name, source, namespace=None, module=__name__):
     return fn
 
 
-def _flags_expr(kernel):
+def _flags_expr(kernel, only=None):
+    """Python expression of the kernel's flags (those named in `only`, if given)."""
     bits = _table.FLAG_BITS
     return " | ".join(f"({bits[flag]} if {cond} else 0)"
-                      for flag, cond in kernel.flags.items()) or "0"
+                      for flag, cond in kernel.flags.items()
+                      if only is None or flag in only) or "0"
 
 
 def _scalars_expr(kernel):

@@ -153,7 +153,8 @@ FLAGS = (
     Flag("EPS_IN_SQRT", 64, "Adagrad/RMSprop: sqrt(v + eps) instead of sqrt(v) + eps"),
     Flag("MOMENTUM", 128, "SGD/RMSprop: momentum buffer in use"),
     Flag("DECOUPLED", 256, "Adam: decoupled weight decay (AdamW)"),
-    Flag("RECTIFY", 512, "RAdam: the variance is tractable (rho_t > 5): rectified adaptive step"),
+    Flag("RECTIFY", 512, "RAdam: the variance is tractable (rho_t > 5; Schedule-Free RAdam: "
+                         "rho_t > 4): rectified adaptive step"),
 )
 
 FLAG_BITS = {f.name: f.bit for f in FLAGS}
@@ -289,6 +290,22 @@ KERNELS = {k.name: k for k in (
         cost=2, backends=("cpu", "cuda"),
     ),
     Kernel(
+        name="schedule_free_radam", title="Schedule-Free RAdam",
+        inputs=("t", "lr", "ckp1", "rho_t", "beta1", "beta2", "eps", "weight_decay"),
+        scalars=(("lr", "lr"), ("ckp1", "ckp1"), ("y_coef", "lr * (beta1 * (1 - ckp1) - 1)"),
+                 ("beta2", "beta2"), ("bc2", "1 - beta2 ** t"), ("eps", "eps"),
+                 ("weight_decay", "weight_decay")),
+        consts=(("lr", "lr"), ("ckp1", "ckp1"), ("one_minus_ckp1", "1.0 - ckp1"),
+                ("small_ckp1", "ckp1 < 0.5 && ckp1 > -0.5"), ("y_coef", "y_coef"),
+                ("beta2", "beta2"), ("one_minus_beta2", "1.0 - beta2"), ("bc2", "bc2"),
+                ("eps", "eps"), ("weight_decay", "weight_decay")),
+        # the package's condition (torch's RAdam: rho_t > 5); rho_t comes from the advance
+        flags={"RECTIFY": "rho_t > 4.0"},
+        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
+        cases=((), ("RECTIFY",)),
+        cost=3, backends=("cpu", "cuda"),
+    ),
+    Kernel(
         name="radam", title="RAdam",
         inputs=("step", "lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
                 "decoupled_weight_decay"),
@@ -365,18 +382,32 @@ _SF_ADVANCE = (
     ("ckp1", "weight / weight_sum if weight_sum != 0 else 0.0"),    # the package's c_{k+1}
     ("k", "t"),
 )
+# Schedule-Free RAdam: no warmup; the lr of a step is rectified (rho_t > 4), or while rho_t <= 4
+# the step is plain SGD at lr, or with silent_sgd_phase (the default) lr = 0: only the second
+# moment moves, and the weight of the step in the average is 0 (w_t = t^r 0^q)
+_SF_RADAM_ADVANCE = (
+    ("t", "k + 1"),
+    ("rho_inf", "2 / (1 - beta2) - 1"),
+    ("rho_t", "rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)"),
+    ("lr", "lr * (((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))"
+           " ** 0.5 if rho_t > 4.0 else (0.0 if silent_sgd_phase else 1.0))"),
+    *_SF_ADVANCE[2:],
+)
 
 
-def _sf_doc(base, symbols, moment, state, defaults, example):
+_SF_WARMUP = (r"``warmup_steps`` :math:`W`, ", r"\gamma \min(1, t / W)", "warmup_steps=0, ")
+
+
+def _sf_doc(base, symbols, moment, state, defaults, example, schedule=_SF_WARMUP):
     text = r"""Schedule-Free @BASE@: no learning-rate schedule; the iterate is an online average.
 
         With learning rate :math:`\gamma` (``lr``), momentum :math:`@SYMBOLS@, weight decay
-        :math:`\lambda` (``weight_decay``), ``warmup_steps`` :math:`W`, ``r`` and
+        :math:`\lambda` (``weight_decay``), @WARMUP@``r`` and
         ``weight_lr_power`` :math:`q`, step :math:`t` (the group's ``k + 1``) with gradient
         :math:`g_t` taken at the parameters :math:`y` does
 
         .. math::
-            \gamma_t &= \gamma \min(1, t / W), \quad \gamma_{\max} = \max_{s \le t} \gamma_s,
+            \gamma_t &= @SCHEDULE@, \quad \gamma_{\max} = \max_{s \le t} \gamma_s,
             \quad w_t = t^r \gamma_{\max}^q, \quad c_t = w_t / \textstyle\sum_{s \le t} w_s \\
             @MOMENT@
             y_t &= (1 - c_t)\, y_{t-1} + c_t z_{t-1} + \gamma_t (\beta (1 - c_t) - 1)\, d_t \\
@@ -394,13 +425,15 @@ def _sf_doc(base, symbols, moment, state, defaults, example):
         ``train_mode``; state_dict and ``fo.save`` carry them. State: @STATE@; ``foreach`` is
         accepted and ignored (one fused pass).
 
-        Defaults: ``@DEFAULTS@, warmup_steps=0, r=0, weight_lr_power=2``, as the
+        Defaults: ``@DEFAULTS@, @WARMUP_DEFAULT@r=0, weight_lr_power=2``, as the
         ``schedulefree`` package, whose results it reproduces. Reference: Defazio et al., "The
         Road Less Scheduled", NeurIPS 2024.
 @EXAMPLE@
         """
     for key, value in (("@BASE@", base), ("@SYMBOLS@", symbols), ("@MOMENT@", moment.strip()),
-                       ("@STATE@", state), ("@DEFAULTS@", defaults), ("@EXAMPLE@", example)):
+                       ("@STATE@", state), ("@DEFAULTS@", defaults), ("@EXAMPLE@", example),
+                       ("@WARMUP@", schedule[0]), ("@SCHEDULE@", schedule[1]),
+                       ("@WARMUP_DEFAULT@", schedule[2])):
         text = text.replace(key, value)
     return text
 
@@ -879,5 +912,53 @@ OPTIMIZERS = {o.name: o for o in (
         array([ 0.712, -1.424])
         >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
         array([ 0.72, -1.44])"""),
+    ),
+    Optimizer(
+        name="schedule_free_radam", class_name="ScheduleFreeRAdam", kernel="schedule_free_radam",
+        torch=("no_step",), reference="schedulefree.RAdamScheduleFree", adapters=(),
+        hyper=(_lr(0.0025), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
+               Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER[1:],
+               Hyper("silent_sgd_phase", True, "boolean", None)),
+        inputs=_BETA_INPUTS, checks=(),
+        group_state=_SF_GROUP_STATE, advance=_SF_RADAM_ADVANCE,
+        modes=Modes("train_mode", True, "z", train="1 - beta1", eval="1 - 1 / beta1"),
+        cases=(
+            dict(lr=0.01, betas=(0.9, 0.8), silent_sgd_phase=False),   # SGD steps, then RAdam
+            dict(lr=0.01),                                             # silent up to step 4
+            dict(lr=0.02, betas=(0.8, 0.9), weight_decay=0.01),
+            dict(lr=0.01, betas=(0.95, 0.99), eps=1e-6, weight_decay=0.1, r=1.0,
+                 weight_lr_power=1.0, silent_sgd_phase=False),
+            dict(lr=0.005, betas=(0.9, 0.95), weight_decay=0.05, weight_lr_power=0.0),
+        ),
+        doc=_sf_doc("RAdam", r"""\beta_1` (``betas[0]``; :math:`\beta_2` = ``betas[1]``),
+        :math:`\epsilon` (``eps``)""", r"""
+            \rho_\infty &= \frac{2}{1 - \beta_2} - 1, \quad
+            \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t}, \quad
+            r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+            {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+            v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+            d_t = \frac{g_t}{\sqrt{v_t / (1 - \beta_2^{t})} + \epsilon} + \lambda y_{t-1}
+            \ \text{if } \rho_t > 4 \quad \text{else } d_t = g_t + \lambda y_{t-1} \\""",
+            "``z`` (:math:`z`), ``exp_avg_sq`` (:math:`v`)",
+            "lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0",
+            r"""
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.ScheduleFreeRAdam([w], lr=0.1)
+        >>> opt.train()
+        >>> opt.step([2 * w])          # rho_t <= 4 (silent_sgd_phase): only v moves
+        True
+        >>> w
+        array([ 1., -2.])
+        >>> for _ in range(5):         # rectified from step 5 (rho_5 > 4 at beta2 = 0.999)
+        ...     _ = opt.step([2 * w])
+        >>> w.round(6)                 # y, where gradients are taken
+        array([ 0.99641 , -1.996409])
+        >>> opt.eval(); w.round(6)     # the average x, where the model is evaluated
+        array([ 0.99649 , -1.996489])""",
+            schedule=("``silent_sgd_phase``, ",
+                      r"\gamma r_t \ (\rho_t > 4), \ \text{else } \gamma"
+                      r" \text{ or } 0 \text{ with silent\_sgd\_phase}",
+                      "silent_sgd_phase=True, ")),
     ),
 )}
