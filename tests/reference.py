@@ -67,7 +67,9 @@ def rmsprop(p, g, s, h, t, lr):
     return p - lr * g / a
 
 
-def adam(p, g, s, h, t, lr):
+def _moments(p, g, s, h, lr):
+    """Adam's and RAdam's start of a step: decoupled decay of p (or coupled decay in g), then
+    the running moments m, v of the gradient (stored in `s`). Returns (p, m, v)."""
     b1, b2 = h.get("betas", (0.9, 0.999))
     if h.get("decoupled_weight_decay", False):
         p = p * (1 - lr * h.get("weight_decay", 0.0))
@@ -75,6 +77,12 @@ def adam(p, g, s, h, t, lr):
     m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
     v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
     s["exp_avg"], s["exp_avg_sq"] = m, v
+    return p, m, v
+
+
+def adam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    p, m, v = _moments(p, g, s, h, lr)
     if h.get("amsgrad", False):
         v = np.maximum(s.get("max_exp_avg_sq", np.zeros_like(p)), v)
         s["max_exp_avg_sq"] = v
@@ -194,12 +202,7 @@ def schedule_free_x(y, z, beta):
 
 def radam(p, g, s, h, t, lr):
     b1, b2 = h.get("betas", (0.9, 0.999))
-    if h.get("decoupled_weight_decay", False):
-        p = p * (1 - lr * h.get("weight_decay", 0.0))
-    g = _grad(p, g, h)
-    m = b1 * s.get("exp_avg", np.zeros_like(p)) + (1 - b1) * g
-    v = b2 * s.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * g * g
-    s["exp_avg"], s["exp_avg_sq"] = m, v
+    p, m, v = _moments(p, g, s, h, lr)
     m_hat = m / (1 - b1 ** t)
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
