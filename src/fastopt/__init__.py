@@ -23,7 +23,7 @@ from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .flat import flatten
 from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
-from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Newton, NewtonStep,
+from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Muon, Newton, NewtonStep,
                     Optimizer)
 from .optim.first_order import CLASSES as _CLASSES
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
@@ -38,7 +38,7 @@ __all__ = [
     "functional", "save", "load", "flatten", "set_num_threads", "get_num_threads", "has_openmp",
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
-    "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
+    "NewtonStep", "SVRG", "Muon", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
     "train", "convergence",
 ]
 
