@@ -6,7 +6,7 @@ Design note
 One call steps one 2-D parameter (m rows, n columns, C order) with the GIL released:
 
 1. a fused pass over the elements (the parameter's dtype): ``buf = lerp(buf, g, 1 - mu)``,
-   ``u = lerp(g, buf, mu)`` with Nesterov else ``buf`` (torch's lerp, as in rules_impl.h),
+   ``u = lerp(g, buf, mu)`` with Nesterov else ``buf`` (torch's vectorized lerp, with fma),
    ``u`` written into the work matrix ``X`` in the iteration's dtype and its squared norm
    summed in double;
 2. ``X /= max(||X||, eps)``, then `ns_steps` iterations of ``A = X X^T``,
@@ -79,9 +79,13 @@ def round_bf16(x):
     return a
 
 
-cdef inline real _lerp(real self, real end, real w, real one_minus_w, bint small) noexcept nogil:
-    # torch's lerp (rules_impl.h's fo_lerp)
-    return self + w * (end - self) if small else end - (end - self) * one_minus_w
+cdef inline real _lerp(real self, real end, real w, real w_minus_one, bint small) noexcept nogil:
+    # torch's vectorized CPU lerp (aten's lerp_vec): fma(w, end - self, self) for w < 1/2,
+    # else fma(w - 1, end - self, end); one rounding each, as torch's kernels on x86-64
+    if real is float:
+        return fmaf(w, end - self, self) if small else fmaf(w_minus_one, end - self, end)
+    else:
+        return fma(w, end - self, self) if small else fma(w_minus_one, end - self, end)
 
 
 # ------------------------------------------------------------------------------ passes
@@ -90,10 +94,10 @@ cdef double _momentum(real *buf, const real *g, wreal *X, Py_ssize_t n, double m
     """buf = lerp(buf, g, 1 - mu); X = (nesterov ? lerp(g, buf, mu) : buf) in X's type
     (rounded to bfloat16 when bf16); returns the sum of squares of X (double)."""
     cdef real w = <real>(1.0 - momentum)
-    cdef real omw = <real>1 - w
+    cdef real omw = w - <real>1
     cdef bint small = w < <real>0.5
     cdef real mu = <real>momentum
-    cdef real omm = <real>1 - mu
+    cdef real omm = mu - <real>1
     cdef bint small_mu = mu < <real>0.5
     cdef real b, u
     cdef wreal x

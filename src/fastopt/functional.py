@@ -26,7 +26,7 @@ import numpy as np
 from . import _kernels, _runners, _specs, _steps, _table, _validate
 from ._newton import newton_step
 
-__all__ = ["newton_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
+__all__ = ["newton_", "muon_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
 
 
 def backend_for(arrays):
@@ -250,3 +250,49 @@ def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
     lists. NumPy arrays only.
     """
     return newton_step(param, grad, hessian, lr, damping)
+
+
+# -------------------------------------------------------------------------------------- Muon
+def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0.95,
+          nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5,
+          adjust_lr_fn=None, ns_dtype=None, workspace=None):
+    """Muon step, in place, on one 2-D array or a list of them (see :class:`fastopt.Muon`):
+    ``momentum_buffer`` (zeros before the first step) becomes ``lerp(buf, grad, 1 - momentum)``
+    and ``param`` moves by ``-lr' NS(update)`` after the decoupled decay ``1 - lr wd``.
+
+    NumPy float32/float64 C-contiguous arrays; every argument is checked before anything is
+    written. `workspace`: an optional 1-D work buffer (float64 for ``ns_dtype="float64"``,
+    else float32) of at least ``2 m n + 2 min(m, n)^2`` elements for the largest parameter,
+    reused across calls; without it one is allocated per call.
+    """
+    from . import _muon_rules as rules
+    params = _listify(param, "param")
+    grads = _listify(grad, "grad")
+    bufs = _listify(momentum_buffer, "momentum_buffer")
+    for i, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"param[{i}] must be a numpy.ndarray (muon_ runs on the CPU), got "
+                            f"{type(p).__module__}.{type(p).__name__}")
+        rules.check_2d(p, f"param[{i}]")
+    plan = _kernels.Plan(params, "param")
+    plan.check_grads(grads, "grad")
+    if len(bufs) != len(params):
+        raise ValueError(f"momentum_buffer has {len(bufs)} arrays but param has {len(params)}")
+    plan.set_state(0, bufs)
+    hyper = dict(lr=_validate.learning_rate("lr", lr, schedule=False))
+    args = dict(weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype)
+    hyper.update(_specs.apply_rules({k: rules.RULES[k] for k in args}, args))
+    need = rules.workspace_elements([p.shape for p in params])
+    wdt = rules.work_dtype(hyper["ns_dtype"])
+    if workspace is None:
+        workspace = np.empty(max(1, need), dtype=wdt)
+    elif not isinstance(workspace, np.ndarray) or workspace.dtype != wdt \
+            or workspace.ndim != 1 or not workspace.flags.c_contiguous \
+            or not workspace.flags.writeable or workspace.size < need:
+        raise ValueError(f"workspace must be a writable 1-D C-contiguous {np.dtype(wdt)} array "
+                         f"of at least {need} elements")
+    kernel = rules.kernel_module()
+    for p, g, b in zip(params, grads, bufs):
+        rules.step_one(kernel, p, g, b, workspace, **hyper)
