@@ -137,14 +137,15 @@ class Muon(GroupedOptimizer):
 
 # --------------------------------------------------------------------------- param split
 #: parameter names that stay with AdamW although 2-D: embeddings and output heads
-DEFAULT_EXCLUDE = r"(^|[._])(embed\w*|wte|wpe|tok_embeddings|lm_head|head|output|classifier|fc_out)([._]|$)"
+DEFAULT_EXCLUDE = r"(^|\.)(\w*embed\w*|wte|wpe|lm_head|head|output|classifier|fc_out)(\.|$)"
 
 
 def split_params(named_params, *, exclude=DEFAULT_EXCLUDE):
     """Split ``(name, array)`` pairs (or a dict name -> array) into Muon's and AdamW's
     parameters, as torch's Muon documentation recommends: 2-D arrays go to Muon unless their
-    name matches `exclude` (a regex; default: embeddings and output heads, ``embed``,
-    ``wte``, ``wpe``, ``lm_head``, ``head``, ``output``, ``classifier`` as a name component);
+    name matches `exclude` (a regex searched in the name; default: embeddings and output
+    heads, a dotted name component containing ``embed``, or one of ``wte``, ``wpe``,
+    ``lm_head``, ``head``, ``output``, ``classifier``, ``fc_out``);
     everything else (biases, norm gains, embeddings, heads, higher-dimensional tensors) goes
     to AdamW. Returns ``(muon_params, adamw_params)``, two lists of arrays in input order.
 
