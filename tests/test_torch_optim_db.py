@@ -38,8 +38,11 @@ except ImportError:     # only its TestCase base is needed to load the database
 common = pytest.importorskip("torch.testing._internal.common_optimizers",
                              reason="this torch has no optim_db")
 
-# the table's optimizers that torch.optim has (torch's optim_db covers those)
-NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None}
+# the table's optimizers that torch.optim has (torch's optim_db covers those), and Muon
+# (fastopt._torch_muon, outside the table: its parameters are 2-D, so its problem's bias is a
+# (10, 1) matrix)
+NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None} | {"Muon"}
+TWO_D = {"Muon"}
 INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
 UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
 N_STEPS = 6
@@ -67,10 +70,12 @@ CONFIGS = configs()
 ERRORS = error_inputs()
 
 
-def problem(dtype, seed=0):
+def problem(dtype, seed=0, two_d=False):
     g = torch.Generator().manual_seed(seed)
     weight = torch.nn.Parameter(torch.randn(10, 5, generator=g, dtype=dtype))
     bias = torch.nn.Parameter(torch.randn(10, generator=g, dtype=dtype))
+    if two_d:
+        bias = torch.nn.Parameter(bias.detach().reshape(10, 1))
     inputs = torch.randn(N_STEPS * 2, 5, generator=g, dtype=dtype)
     return weight, bias, inputs
 
@@ -78,7 +83,7 @@ def problem(dtype, seed=0):
 def closure_for(opt, weight, bias, x, maximize):
     def closure():
         opt.zero_grad()
-        loss = (weight.mv(x) + bias).pow(2).sum()
+        loss = (weight.mv(x) + bias.reshape(-1)).pow(2).sum()
         if maximize:            # ascend a bounded function, so that both runs stay finite
             loss = -torch.tanh(loss / 100)
         loss.backward()
@@ -87,7 +92,7 @@ def closure_for(opt, weight, bias, x, maximize):
 
 
 def train(cls, kwargs, dtype, schedulers=(), state_dict=None, start=0):
-    weight, bias, inputs = problem(dtype)
+    weight, bias, inputs = problem(dtype, two_d=cls.__name__ in TWO_D)
     opt = cls([weight, bias], **copy.deepcopy(kwargs))
     if state_dict is not None:
         opt.load_state_dict(copy.deepcopy(state_dict))
@@ -114,7 +119,7 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
     kwargs = inp.kwargs
     asked = [k for k in UNSUPPORTED if kwargs.get(k)]
     if asked:                                   # not applicable: refused with a clear error
-        weight, bias, _ = problem(dtype)
+        weight, bias, _ = problem(dtype, two_d=info.name in TWO_D)
         with pytest.raises(RuntimeError, match=asked[0]):
             ours([weight, bias], **copy.deepcopy(kwargs))
         return

@@ -127,11 +127,17 @@ class Workspaces:
 
 
 def step_one(kernel, p, g, buf, work, *, lr, weight_decay, momentum, nesterov,
-             ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype):
-    """One parameter's step through fastopt._muon (all arguments checked by the caller)."""
+             ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype, decay=None,
+             step_size=None):
+    """One parameter's step through fastopt._muon (all arguments checked by the caller).
+    `decay` (1 - lr wd) and `step_size` (the adjusted lr) default to their float64 values
+    (fastopt.torch passes those of a tensor lr, computed as torch does)."""
     a, b, c = ns_coefficients
-    kernel.step(p, g, buf, work, decay=1.0 - lr * weight_decay,
-                step_size=adjusted_lr(lr, adjust_lr_fn, p.shape), momentum=momentum,
+    if decay is None:
+        decay = 1.0 - lr * weight_decay
+    if step_size is None:
+        step_size = adjusted_lr(lr, adjust_lr_fn, p.shape)
+    kernel.step(p, g, buf, work, decay=decay, step_size=step_size, momentum=momentum,
                 nesterov=nesterov, a=a, b=b, c=c, ns_steps=ns_steps, eps=eps,
                 mode=mode_of(ns_dtype))
 

@@ -816,3 +816,8 @@ def _adapter(fo_cls):
 globals().update({cls.__name__: _adapter(cls)
                   for name, cls in _optim.first_order.CLASSES.items()
                   if "torch" in _table.OPTIMIZERS[name].adapters})
+
+# Muon (not an entry of the optimizer table: its step is a matrix iteration), fastopt._torch_muon
+from ._torch_muon import Muon, muon_param_groups  # noqa: E402
+
+__all__ += ["Muon", "muon_param_groups"]
