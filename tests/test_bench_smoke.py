@@ -19,7 +19,7 @@ impls = bench.load_impls(os.path.join(ROOT, "bench", "impls.py"))
 def _tiny_config(**overrides):
     opts = dict(quick=True, sizes=(1000,), samples=2, batch_ms=0.2, cold_sizes=(1000,),
                 evict_mb=1, list_scale=4000, thread_sizes=(4096,), crossover_sizes=(1024,),
-                threads=(1, 2))
+                threads=(1, 2), muon_shapes=((24, 40),))
     opts.update(overrides)
     return bench.Config(**opts)
 
@@ -40,6 +40,8 @@ def test_every_section_has_rows(report):
     assert [r["cache"] for r in report["cold"]] == ["cold"]
     assert {r["list"] for r in report["lists"]} == {"resnet50", "1000x1000"}
     assert report["threads"] and report["crossover"] and report["stream"]
+    assert {(r["ns_dtype"], r["threads"]) for r in report["muon"]} == {
+        (d, t) for d in ("bfloat16", "float32") for t in cfg.threads}
 
 
 def test_case_rows_are_consistent(report):
@@ -73,10 +75,23 @@ def test_threads_and_crossover_rows(report):
         assert _finite_positive(row["serial_us"]) and _finite_positive(row["parallel_us"])
 
 
+def test_muon_rows(report):
+    for row in report["muon"]:
+        assert row["shape"] == [24, 40]
+        assert row["flops"] == 5 * (4 * 24 * 24 * 40 + 2 * 24 ** 3)
+        for name in ("fastopt", "gemm"):
+            assert _finite_positive(row[name]["median_ms"])
+            assert _finite_positive(row[name]["gflops"])
+        assert _finite_positive(row["pct_gemm"])
+        if "torch" in row:
+            assert _finite_positive(row["torch"]["ratio"])
+
+
 def test_report_formats_and_serializes(report):
     text = bench.format_report(report)
     for heading in ("Update bandwidth", "One tensor, warm cache", "caches evicted",
-                    "Lists of tensors", "1 thread vs all threads", "Serial vs parallel"):
+                    "Lists of tensors", "1 thread vs all threads", "Serial vs parallel",
+                    "Muon step"):
         assert heading in text
     json.loads(json.dumps(report, default=str))
 

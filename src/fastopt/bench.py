@@ -88,6 +88,7 @@ SECTIONS = {
     "lists": "lists of tensors: ResNet-50's 161 shapes and 1000 tensors of 1000",
     "threads": "fastopt alone at 1 vs all threads",
     "crossover": "serial vs parallel step at small sizes",
+    "muon": "Muon's step vs the BLAS gemm rate of its Newton-Schulz iteration and torch's Muon",
 }
 
 
@@ -98,7 +99,7 @@ class Config:
     def __init__(self, quick=False, optimizers=None, dtypes=None, sizes=None, threads=None,
                  samples=None, batch_ms=None, cold_sizes=None, lists=True, list_scale=None,
                  thread_sizes=None, crossover_sizes=None, torch=True, evict_mb=None,
-                 sections=None):
+                 sections=None, muon_shapes=None):
         all_threads = _kernels.get_num_threads() if not threads else max(threads)
         self.quick = quick
         self.optimizers = tuple(optimizers or impls.OPTIMIZERS)
@@ -127,6 +128,9 @@ class Config:
         self.torch = torch
         self.evict_mb = evict_mb
         self.sections = tuple(sections or SECTIONS)
+        from ._bench_muon import FULL_SHAPES, QUICK_SHAPES
+        self.muon_shapes = tuple(tuple(s) for s in (muon_shapes or (QUICK_SHAPES if quick
+                                                                     else FULL_SHAPES)))
 
 
 # ------------------------------------------------------------------------------- machine
@@ -524,6 +528,12 @@ def plan(cfg):
         for name in cfg.crossover_optimizers:
             for n in cfg.crossover_sizes:
                 jobs.append(("crossover", (name, n)))
+    if "muon" in cfg.sections:
+        from ._bench_muon import NS_DTYPES
+        for shape in cfg.muon_shapes:
+            for ns_dtype in NS_DTYPES:
+                for threads in cfg.threads:
+                    jobs.append(("muon", (shape, ns_dtype, threads)))
     return jobs
 
 
@@ -565,13 +575,16 @@ def _describe_job(section, args):
         if section == "lists":
             what = f"{args[4]} {what}"
         return f"{section} {name} {what} {dtype} {threads}t"
+    if section == "muon":
+        return f"muon {args[0][0]}x{args[0][1]} {args[1] or 'bfloat16'} {args[2]}t"
     return f"{section} {args[0]} N={_fmt_n(args[1])}"
 
 
 def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
-              "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": []}
+              "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
+              "muon": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -593,6 +606,9 @@ def run(cfg, progress=True):
                 row["label"] = list_label(label, shapes, cfg.list_scale)
             elif section == "threads":
                 row = run_threads(*args, cfg, inputs)
+            elif section == "muon":
+                from ._bench_muon import run_muon
+                row = run_muon(*args, cfg, measure, Threads, _torch())
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -703,6 +719,9 @@ def format_report(report):
             ["N", "optimizer", "serial us", "parallel us", "parallel speedup"],
             [[r["n"], r["optimizer"], f"{r['serial_us']:.1f}", f"{r['parallel_us']:.1f}",
               f"{r['speedup']:.2f}x"] for r in report["crossover"]]))
+    if report.get("muon"):
+        from ._bench_muon import rows_table
+        parts.append(rows_table(report["muon"], _table, _fmt_ms))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)
