@@ -20,7 +20,7 @@ import contextlib
 import numpy as np
 
 QUICK_SHAPES = ((256, 512),)
-FULL_SHAPES = ((512, 512), (1024, 1024), (1024, 4096), (4096, 1024))
+FULL_SHAPES = ((512, 512), (512, 2048), (2048, 512), (1024, 1024))
 NS_DTYPES = (None, "float32")
 
 
