@@ -318,6 +318,17 @@ def gemm_only(X, Y, A, B, int steps):
     """The Newton-Schulz iteration's gemm calls only (no rounding, no copies) on the C-order
     m-by-n float32/float64 matrices X, Y and k-by-k A, B (k = min(m, n)), `steps` times: the
     BLAS yardstick of the benchmark (same BLAS, same shapes and flags as `step`)."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2:
+        raise ValueError("X must be a 2-D numpy.ndarray")
+    if X.dtype != np.float32 and X.dtype != np.float64:
+        raise TypeError(f"X must be float32 or float64, got {X.dtype}")
+    k = min(X.shape)
+    _check(X, "X", X.dtype, X.shape)
+    _check(Y, "Y", X.dtype, X.shape)
+    _check(A, "A", X.dtype, (k, k))
+    _check(B, "B", X.dtype, (k, k))
+    if steps < 0 or k == 0:
+        raise ValueError("steps must be >= 0 and X not empty")
     cdef cnp.ndarray Xa = X, Ya = Y, Aa = A, Ba = B
     cdef int m = X.shape[0], n = X.shape[1]
     if X.dtype == np.float32:

@@ -11,6 +11,8 @@ Every parameter and gradient of every group is checked before anything is writte
 Not supported (clear errors): 16-bit or complex parameters, sparse gradients, non-contiguous
 parameters, CUDA tensors, ``differentiable``/``foreach`` (torch's Muon has neither either).
 """
+import inspect
+
 import torch
 
 from . import _muon_rules as _rules
@@ -54,7 +56,7 @@ def _validated(group, where):
 class Muon(torch.optim.Optimizer):
     __doc__ = ("torch.optim.Optimizer running fastopt's Muon step on CPU tensors (see "
                "fastopt._torch_muon and :class:`fastopt.Muon`).\n\n"
-               + _NumpyMuon.__doc__[:_NumpyMuon.__doc__.find("\n    >>>")])
+               + inspect.getdoc(_NumpyMuon).split("\n>>>")[0])
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=_rules.DEFAULT_NS_COEFFICIENTS, eps=1e-7, ns_steps=5,
