@@ -246,48 +246,50 @@ def step(param, grad, buf, work, *, double decay, double step_size, double momen
         raise ValueError("ns_steps must be >= 0")
     if m > 2147483647 or n > 2147483647:
         raise ValueError("parameter too large for BLAS (int dimensions)")
-    cdef bint bf16 = mode == MODE_BF16
+    cdef _Settings s
+    s.m, s.n, s.decay, s.step_size, s.momentum = m, n, decay, step_size, momentum
+    s.a, s.b, s.c, s.eps, s.ns_steps, s.nesterov = a, b, c, eps, ns_steps, nesterov
+    s.bf16 = mode == MODE_BF16
     cdef cnp.ndarray P = param, G = grad, M = buf, W = work
+    cdef void *w = cnp.PyArray_DATA(W)
+    cdef bint w64 = wdt == np.float64
     if dt == np.float32:
-        if wdt == np.float32:
-            _run[float, float](<float *>cnp.PyArray_DATA(P), <float *>cnp.PyArray_DATA(G),
-                               <float *>cnp.PyArray_DATA(M), <float *>cnp.PyArray_DATA(W),
-                               m, n, decay, step_size, momentum, nesterov, a, b, c, ns_steps,
-                               eps, bf16)
-        else:
-            _run[float, double](<float *>cnp.PyArray_DATA(P), <float *>cnp.PyArray_DATA(G),
-                                <float *>cnp.PyArray_DATA(M), <double *>cnp.PyArray_DATA(W),
-                                m, n, decay, step_size, momentum, nesterov, a, b, c, ns_steps,
-                                eps, bf16)
+        _run_p(<float *>cnp.PyArray_DATA(P), <float *>cnp.PyArray_DATA(G),
+               <float *>cnp.PyArray_DATA(M), w, w64, s)
     else:
-        if wdt == np.float32:
-            _run[double, float](<double *>cnp.PyArray_DATA(P), <double *>cnp.PyArray_DATA(G),
-                                <double *>cnp.PyArray_DATA(M), <float *>cnp.PyArray_DATA(W),
-                                m, n, decay, step_size, momentum, nesterov, a, b, c, ns_steps,
-                                eps, bf16)
-        else:
-            _run[double, double](<double *>cnp.PyArray_DATA(P), <double *>cnp.PyArray_DATA(G),
-                                 <double *>cnp.PyArray_DATA(M), <double *>cnp.PyArray_DATA(W),
-                                 m, n, decay, step_size, momentum, nesterov, a, b, c, ns_steps,
-                                 eps, bf16)
+        _run_p(<double *>cnp.PyArray_DATA(P), <double *>cnp.PyArray_DATA(G),
+               <double *>cnp.PyArray_DATA(M), w, w64, s)
 
 
-cdef void _run(real *p, const real *g, real *buf, wreal *work, Py_ssize_t m, Py_ssize_t n,
-               double decay, double step_size, double momentum, bint nesterov, double a,
-               double b, double c, int ns_steps, double eps, bint bf16) noexcept:
-    cdef Py_ssize_t size = m * n, k = min(m, n)
+cdef struct _Settings:
+    Py_ssize_t m, n
+    double decay, step_size, momentum, a, b, c, eps
+    int ns_steps
+    bint nesterov, bf16
+
+
+cdef void _run_p(real *p, const real *g, real *buf, void *work, bint w64,
+                 _Settings s) noexcept:
+    if w64:
+        _run(p, g, buf, <double *>work, s)
+    else:
+        _run(p, g, buf, <float *>work, s)
+
+
+cdef void _run(real *p, const real *g, real *buf, wreal *work, _Settings s) noexcept:
+    cdef Py_ssize_t size = s.m * s.n, k = min(s.m, s.n)
     cdef wreal *X = work
     cdef wreal *Y = work + size
     cdef wreal *A = work + 2 * size
     cdef wreal *B = A + k * k
     cdef double ss
     with nogil:
-        ss = _momentum(buf, g, X, size, momentum, nesterov, bf16)
+        ss = _momentum(buf, g, X, size, s.momentum, s.nesterov, s.bf16)
         if size == 0:
             return
-        _normalize(X, size, ss, eps, bf16)
-        X = _newton_schulz(X, Y, A, B, <int>m, <int>n, a, b, c, ns_steps, bf16)
-        _update(p, X, size, decay, step_size)
+        _normalize(X, size, ss, s.eps, s.bf16)
+        X = _newton_schulz(X, Y, A, B, <int>s.m, <int>s.n, s.a, s.b, s.c, s.ns_steps, s.bf16)
+        _update(p, X, size, s.decay, s.step_size)
 
 
 def orthogonalize(G, *, double a=3.4445, double b=-4.7750, double c=2.0315, int ns_steps=5,
