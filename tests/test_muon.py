@@ -280,6 +280,8 @@ def test_bad_inputs_refused_and_nothing_changes():
         grads[1][:2] + [grads[1][2][:, :4]],                       # shape
         [grads[1][0], grads[1][1], params[2]],                     # aliases a parameter
         [grads[1][0], grads[1][1], opt.state[0]["momentum_buffer"][:5, :]],
+        [grads[1][0], grads[1][1], opt.state[2]["momentum_buffer"]],  # a buffer
+        [opt.state[1]["momentum_buffer"], grads[1][1], grads[1][2]],   # another group's
     ]
     for gs in bad_lists:
         with pytest.raises((TypeError, ValueError)):
@@ -313,6 +315,9 @@ def test_functional_refuses_before_writing():
         muon_(np.ones(3), np.ones(3), np.zeros(3))
     with pytest.raises(ValueError):
         muon_(p, g, p)                            # the buffer is the parameter
+    with pytest.raises(ValueError):
+        muon_(p, b, b)                            # the gradient is the buffer
+    np.testing.assert_array_equal(p, 1.0)
 
 
 def test_no_allocation_proportional_to_parameters_per_step():

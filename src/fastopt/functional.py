@@ -275,10 +275,10 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
                             f"{type(p).__module__}.{type(p).__name__}")
         rules.check_2d(p, f"param[{i}]")
     plan = _kernels.Plan(params, "param")
-    plan.check_grads(grads, "grad")
     if len(bufs) != len(params):
         raise ValueError(f"momentum_buffer has {len(bufs)} arrays but param has {len(params)}")
     plan.set_state(0, bufs)
+    plan.check_grads(grads, "grad")        # also: no gradient overlaps a buffer
     hyper = dict(lr=_validate.learning_rate("lr", lr, schedule=False))
     args = dict(weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                 ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,

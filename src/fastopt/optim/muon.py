@@ -132,7 +132,19 @@ class Muon(GroupedOptimizer):
         if not all("momentum_buffer" in e for e in entries):
             for e, p in zip(entries, rec.plan.params):
                 e["momentum_buffer"] = np.zeros_like(p)
+            self._attach(rec)
         return [e["momentum_buffer"] for e in entries]
+
+    def _attach(self, rec):
+        """Hand the group's buffers to its plan, whose gradient checks then refuse a gradient
+        that overlaps one."""
+        bufs = [self.state.get(rec.offset + j, {}).get("momentum_buffer")
+                for j in range(len(rec.plan))]
+        rec.plan.set_state(0, None if any(b is None for b in bufs) else bufs)
+
+    def _load_state(self, rec, group, entries):
+        super()._load_state(rec, group, entries)
+        self._attach(rec)
 
 
 # --------------------------------------------------------------------------- param split
