@@ -816,3 +816,8 @@ def _adapter(fo_cls):
 globals().update({cls.__name__: _adapter(cls)
                   for name, cls in _optim.first_order.CLASSES.items()
                   if "torch" in _table.OPTIMIZERS[name].adapters})
+
+# SparseAdam is not in the optimizer table (row-sparse gradients): its own adapter
+from ._torch_sparse import SparseAdam  # noqa: E402
+
+__all__ += ["SparseAdam"]
