@@ -14,10 +14,12 @@
  * Already ascending, distinct indices (a coalesced gradient) skip the sort: every sort leaves
  * them in place.
  *
- * The update is one pass over the distinct rows, split statically over OpenMP threads: a row's
- * gradient is summed in chunks of FO_CHUNK elements into a stack buffer (the first duplicate
- * copied, the others added in order), then the row's moments and parameter are updated in
- * place. Scalars are converted to the element type once per call, as torch converts a Python
+ * The update is one pass over the distinct rows, split in equal shares over OpenMP threads
+ * (one parallel region, FO_SHARE_REGION): a row's gradient is summed in chunks of FO_CHUNK
+ * elements into a stack buffer (the first duplicate copied, the others added in order), then
+ * the row's moments and parameter are updated in place by an `omp simd` loop. The row loop is
+ * compiled for AVX-512F, AVX2 and the baseline ISA (FO_CLONES, as kernels.c), since a square
+ * root and a division per element make it compute-bound on rows that are in cache. Scalars are converted to the element type once per call, as torch converts a Python
  * scalar for a float32 tensor. setup.py's -ffp-contract=off keeps every product and sum
  * rounded on its own, as torch's separate tensor operations round them.
  */
@@ -206,36 +208,19 @@ int64_t fo_sparse_coalesce_order(const int64_t *idx, int64_t nnz, int64_t *scrat
 
 #define FO_CHUNK 256
 
-#define FO_SPARSE_ADAM(suffix, T, SQRT)                                                        \
-    int fo_sparse_adam_step_##suffix(T *param, T *exp_avg, T *exp_avg_sq, int64_t n_rows,      \
-                                     int64_t row_len, const int64_t *indices, const T *values, \
-                                     int64_t nnz, int64_t *scratch,                            \
-                                     const fo_sparse_adam_hp *hp, int n_threads, int64_t *bad) \
+/* The update of the distinct rows [u0, u1): compiled per instruction set (FO_CLONES), called
+ * by each thread on its share of the rows. */
+#define FO_SPARSE_ROWS(suffix, T, SQRT)                                                        \
+    FO_CLONES static void fo_sparse_rows_##suffix(                                             \
+        T *param, T *exp_avg, T *exp_avg_sq, int64_t row_len, const T *values,                 \
+        const fo_pair *pairs, const int64_t *starts, int64_t u0, int64_t u1, T c1, T c2,       \
+        T eps, T nss, int maximize)                                                            \
     {                                                                                          \
-        if (n_rows < 0 || row_len < 0 || nnz < 0 || !hp || !bad) return FO_SPARSE_BAD_ARGS;    \
-        if (nnz == 0 || row_len == 0) return FO_SPARSE_OK;                                     \
-        if (!param || !exp_avg || !exp_avg_sq || !indices || !values || !scratch)              \
-            return FO_SPARSE_BAD_ARGS;                                                         \
-        for (int64_t k = 0; k < nnz; ++k)                                                      \
-            if (indices[k] < 0 || indices[k] >= n_rows) {                                      \
-                *bad = k;                                                                      \
-                return FO_SPARSE_BAD_INDEX;                                                    \
-            }                                                                                  \
-        fo_pair *pairs = (fo_pair *)(void *)scratch;                                           \
-        int64_t *starts = scratch + 2 * nnz;                                                   \
-        const int64_t n_unique = fo_order(indices, nnz, pairs, starts);                        \
-        const T c1 = (T)hp->one_minus_beta1, c2 = (T)hp->one_minus_beta2;                      \
-        const T eps = (T)hp->eps, nss = (T)hp->neg_step_size;                                  \
-        const int maximize = hp->maximize;                                                     \
-        const int team = fo_team_cap(n_unique * row_len, fo_sparse_parallel_threshold,        \
-                                     n_threads, n_unique);                                     \
-        (void)team;                                                                            \
-        FO_PRAGMA(omp parallel for schedule(static) num_threads(team) if (team > 1))           \
-        for (int64_t u = 0; u < n_unique; ++u) {                                               \
+        T g[FO_CHUNK];                                                                         \
+        for (int64_t u = u0; u < u1; ++u) {                                                    \
             const int64_t s = starts[u], e = starts[u + 1];                                    \
             const int64_t off = pairs[s].key * row_len;                                        \
             T *p = param + off, *m = exp_avg + off, *v = exp_avg_sq + off;                     \
-            T g[FO_CHUNK];                                                                     \
             for (int64_t j0 = 0; j0 < row_len; j0 += FO_CHUNK) {                               \
                 const int64_t len = row_len - j0 < FO_CHUNK ? row_len - j0 : FO_CHUNK;         \
                 const T *first = values + pairs[s].pos * row_len + j0;                         \
@@ -258,8 +243,40 @@ int64_t fo_sparse_coalesce_order(const int64_t *idx, int64_t nnz, int64_t *scrat
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
+    }
+
+FO_SPARSE_ROWS(f32, float, sqrtf)
+FO_SPARSE_ROWS(f64, double, sqrt)
+
+#define FO_SPARSE_ADAM(suffix, T)                                                              \
+    int fo_sparse_adam_step_##suffix(T *param, T *exp_avg, T *exp_avg_sq, int64_t n_rows,      \
+                                     int64_t row_len, const int64_t *indices, const T *values, \
+                                     int64_t nnz, int64_t *scratch,                            \
+                                     const fo_sparse_adam_hp *hp, int n_threads, int64_t *bad) \
+    {                                                                                          \
+        if (n_rows < 0 || row_len < 0 || nnz < 0 || !hp || !bad) return FO_SPARSE_BAD_ARGS;    \
+        if (nnz == 0 || row_len == 0) return FO_SPARSE_OK;                                     \
+        if (!param || !exp_avg || !exp_avg_sq || !indices || !values || !scratch)              \
+            return FO_SPARSE_BAD_ARGS;                                                         \
+        for (int64_t k = 0; k < nnz; ++k)                                                      \
+            if (indices[k] < 0 || indices[k] >= n_rows) {                                      \
+                *bad = k;                                                                      \
+                return FO_SPARSE_BAD_INDEX;                                                    \
+            }                                                                                  \
+        fo_pair *pairs = (fo_pair *)(void *)scratch;                                           \
+        int64_t *starts = scratch + 2 * nnz;                                                   \
+        const int64_t n_unique = fo_order(indices, nnz, pairs, starts);                        \
+        const T c1 = (T)hp->one_minus_beta1, c2 = (T)hp->one_minus_beta2;                      \
+        const T eps = (T)hp->eps, nss = (T)hp->neg_step_size;                                  \
+        const int maximize = hp->maximize;                                                     \
+        const int team = fo_team_cap(n_unique * row_len, fo_sparse_parallel_threshold,        \
+                                     n_threads, n_unique);                                     \
+        FO_SHARE_REGION(team, , n_unique, 1, lo, hi,                                           \
+                        fo_sparse_rows_##suffix(param, exp_avg, exp_avg_sq, row_len, values,   \
+                                                pairs, starts, lo, hi, c1, c2, eps, nss,       \
+                                                maximize););                                   \
         return FO_SPARSE_OK;                                                                   \
     }
 
-FO_SPARSE_ADAM(f32, float, sqrtf)
-FO_SPARSE_ADAM(f64, double, sqrt)
+FO_SPARSE_ADAM(f32, float)
+FO_SPARSE_ADAM(f64, double)

@@ -320,3 +320,20 @@ def test_functional_refusals_change_nothing():
         sparse_adam_(p, fo.RowSparseGrad([0], np.ones((1, 2))), m, v, step=0)
     with pytest.raises(TypeError, match="exp_avg has dtype"):
         sparse_adam_(p, fo.RowSparseGrad([0], np.ones((1, 2))), m.astype(np.float32), v, step=1)
+
+
+def test_a_step_allocates_nothing_proportional_to_the_parameter():
+    import tracemalloc
+    rng = np.random.default_rng(8)
+    table = np.zeros((200_000, 16), np.float32)            # 12.8 MB
+    opt = fo.SparseAdam([table])
+    grads = grads_for(rng, table.shape, np.float32, 3, most=256)
+    opt.step([grads[0]])                                    # creates the moments
+    tracemalloc.start()
+    try:
+        for g in grads[1:]:
+            opt.step([g])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024        # scratch for <= 256 entries; the table is 12.8 MB

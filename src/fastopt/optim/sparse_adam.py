@@ -8,6 +8,14 @@ from ._grouped import GroupedOptimizer
 __all__ = ["SparseAdam"]
 
 
+def _zeros(p):
+    """Zeros like `p`, written now: the pages are mapped at the first step (as torch's
+    zeros_like does), not one page fault at a time when a row is first looked up."""
+    a = np.empty_like(p)
+    a.fill(0)
+    return a
+
+
 class SparseAdam(GroupedOptimizer):
     r"""SparseAdam (torch.optim.SparseAdam): Adam on the rows a row-sparse gradient touches.
 
@@ -90,8 +98,8 @@ class SparseAdam(GroupedOptimizer):
             entry = self.state.get(i, {})
             m, v = entry.get("exp_avg"), entry.get("exp_avg_sq")
             fresh.append(m is None or v is None)
-            ms.append(np.zeros_like(p) if m is None else m)
-            vs.append(np.zeros_like(p) if v is None else v)
+            ms.append(_zeros(p) if m is None else m)
+            vs.append(_zeros(p) if v is None else v)
         grads = _sparse_adam.prepare(params, grads, ms, vs, self._names)
         return snapshots, params, grads, ms, vs, fresh
 
