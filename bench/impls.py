@@ -394,3 +394,58 @@ def make_torch(name, params, grads, variant):
 
     step.params = [t.detach().numpy() for t in tensors]
     return step
+
+
+# ------------------------------------------------------------ SparseAdam on an embedding table
+#: SparseAdam's traffic per touched element: the summed gradient read, parameter and both
+#: moments read and written (the duplicate rows' extra reads not counted)
+SPARSE_TRAFFIC = 7
+
+
+def sparse_batches(rows, dim, batch, dtype, n=8, seed=0):
+    """`n` row-sparse gradients of an embedding table (rows, dim): `batch` lookups each, a
+    quarter of them among 256 hot rows (so indices repeat, as in real batches), the rest
+    uniform; ``[(indices int64, values (batch, dim))]``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        hot = rng.random(batch) < 0.25
+        idx = np.where(hot, rng.integers(0, min(rows, 256), batch), rng.integers(0, rows, batch))
+        out.append((idx.astype(np.int64),
+                    rng.standard_normal((batch, dim), dtype=np.float32).astype(dtype)))
+    return out
+
+
+def make_sparse_adam(contender, table, batches):
+    """The zero-argument SparseAdam step of `contender` ("fastopt" or "torch") on its own copy
+    of `table`, cycling through `batches` (default hyperparameters); None when torch is
+    missing."""
+    table = table.copy()
+    k = [0]
+    if contender == "fastopt":
+        import fastopt as fo
+        opt = fo.SparseAdam([table])
+        grads = [[fo.RowSparseGrad(i, v)] for i, v in batches]
+
+        def step():
+            opt.step(grads[k[0] % len(grads)])
+            k[0] += 1
+        step.table = table
+        return step
+    if contender == "torch":
+        try:
+            import torch
+        except ImportError:
+            return None
+        w = torch.nn.Parameter(torch.from_numpy(table))
+        opt = torch.optim.SparseAdam([w])
+        grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(v),
+                                         table.shape) for i, v in batches]   # uncoalesced
+
+        def step():
+            w.grad = grads[k[0] % len(grads)]
+            opt.step()
+            k[0] += 1
+        step.table = table
+        return step
+    raise ValueError(f"unknown SparseAdam contender {contender!r}")

@@ -275,3 +275,28 @@ class ReferenceOptimizer:
     @property
     def params(self):
         return [p for g in self.groups for p in g["params"]]
+
+
+# ----------------------------------------------------------------- SparseAdam (not in the table)
+def sparse_adam(p, indices, values, s, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, maximize=False):
+    """torch.optim.SparseAdam's step on a row-sparse gradient, in float64, from its equations:
+    rows of one index summed (in order of appearance), then Adam on the distinct rows only,
+    with ``m += (1-beta1)(g-m)``, ``v += (1-beta2)(g^2-v)`` and
+    ``p -= lr sqrt(1-beta2^t)/(1-beta1^t) * m/(sqrt(v)+eps)``. Returns the new p; `s` holds
+    ``exp_avg``, ``exp_avg_sq`` (created as zeros)."""
+    p = np.array(p, np.float64)
+    values = np.asarray(values, np.float64).reshape((len(indices),) + p.shape[1:])
+    m = s.setdefault("exp_avg", np.zeros_like(p))
+    v = s.setdefault("exp_avg_sq", np.zeros_like(p))
+    if len(indices) == 0 or values.size == 0:
+        return p
+    rows = np.unique(indices)
+    g = np.zeros((len(rows),) + p.shape[1:])
+    np.add.at(g, np.searchsorted(rows, indices), values)
+    if maximize:
+        g = -g
+    m[rows] += (1 - beta1) * (g - m[rows])
+    v[rows] += (1 - beta2) * (g * g - v[rows])
+    step_size = lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    p[rows] -= step_size * m[rows] / (np.sqrt(v[rows]) + eps)
+    return p

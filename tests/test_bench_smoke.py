@@ -19,7 +19,7 @@ impls = bench.load_impls(os.path.join(ROOT, "bench", "impls.py"))
 def _tiny_config(**overrides):
     opts = dict(quick=True, sizes=(1000,), samples=2, batch_ms=0.2, cold_sizes=(1000,),
                 evict_mb=1, list_scale=4000, thread_sizes=(4096,), crossover_sizes=(1024,),
-                threads=(1, 2), muon_shapes=((24, 40),))
+                threads=(1, 2), muon_shapes=((24, 40),), sparse_shape=(2000, 8, 64))
     opts.update(overrides)
     return bench.Config(**opts)
 
@@ -85,6 +85,26 @@ def test_muon_rows(report):
         assert _finite_positive(row["pct_gemm"])
         if "torch" in row:
             assert _finite_positive(row["torch"]["ratio"])
+def test_sparse_rows(report):
+    assert [r["threads"] for r in report["sparse"]] == [1, 2]
+    for row in report["sparse"]:
+        assert (row["rows"], row["dim"], row["batch"]) == (2000, 8, 64)
+        assert _finite_positive(row["fastopt"]["median_ms"]) and _finite_positive(row["touched"])
+        if "torch" in row:
+            assert _finite_positive(row["torch"]["ratio"])
+    assert "SparseAdam on an embedding table" in bench.format_report(report)
+
+
+def test_sparse_contenders_compute_the_same_update():
+    pytest.importorskip("torch")
+    table = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+    batches = impls.sparse_batches(500, 4, 100, np.float32, n=3)
+    mine, theirs = (impls.make_sparse_adam(c, table, batches) for c in ("fastopt", "torch"))
+    for _ in range(5):
+        mine()
+        theirs()
+    assert not np.array_equal(mine.table, table)
+    np.testing.assert_allclose(mine.table, theirs.table, rtol=1e-6, atol=1e-6)
 
 
 def test_report_formats_and_serializes(report):

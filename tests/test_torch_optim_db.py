@@ -44,6 +44,8 @@ common = pytest.importorskip("torch.testing._internal.common_optimizers",
 NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None} | {"Muon"}
 TWO_D = {"Muon"}
 INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
+# SparseAdam (sparse gradients only, not in the table): its own configurations below
+SPARSE_INFOS = [info for info in common.optim_db if info.optim_cls.__name__ == "SparseAdam"]
 UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
 N_STEPS = 6
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -59,7 +61,7 @@ def configs():
 
 def error_inputs():
     out = []
-    for info in INFOS:
+    for info in INFOS + SPARSE_INFOS:
         for i, err in enumerate(info.optim_error_inputs_func("cpu", torch.float32)):
             desc = err.optimizer_error_input.desc
             out.append(pytest.param(info, i, id=f"{info.name}-{i}-{desc}"))
@@ -178,3 +180,102 @@ def test_harness_counts():
         e.values[1]].error_regex) for e in ERRORS)
     warnings.warn(UserWarning(f"optim_db: {len(CONFIGS)} configurations, {len(applicable)} "
                               f"applicable; {len(ERRORS)} error inputs"))
+
+
+# ----------------------------------------------------------------------------- SparseAdam
+# optim_db's SparseAdam (only_supports_sparse_grads): torch's tests turn each gradient into a
+# sparse one (p.grad.to_sparse(): two sparse dimensions for the weight, one for the bias);
+# here also an nn.Embedding(sparse=True) whose lookups repeat rows. Every configuration applies
+# (SparseAdam has no foreach/fused/differentiable/capturable variants); what optim_db's other
+# tests check and does not apply: dense gradients (refused, as torch refuses them; torch skips
+# test_can_load_older_state_dict for SparseAdam), complex parameters (refused, as torch),
+# CUDA/MPS and multi-device tests (fastopt.torch runs on CPU tensors).
+def sparse_configs():
+    return [pytest.param(info, inp, id=f"{info.name}-{inp.desc}") for info in SPARSE_INFOS
+            for inp in common._get_optim_inputs_including_global_cliquey_kwargs("cpu", None,
+                                                                                 info)]
+
+
+SPARSE_CONFIGS = sparse_configs()
+
+
+def train_sparse(cls, kwargs, dtype, schedulers=(), state_dict=None, start=0, embedding=False):
+    if embedding:
+        g = torch.Generator().manual_seed(1)
+        table = torch.nn.Parameter(torch.randn(30, 4, generator=g, dtype=dtype))
+        looks = torch.randint(0, 12, (N_STEPS * 2, 40), generator=g)
+        params = [table]
+    else:
+        weight, bias, inputs = problem(dtype)
+        params = [weight, bias]
+    opt = cls(params, **copy.deepcopy(kwargs))
+    if state_dict is not None:
+        opt.load_state_dict(copy.deepcopy(state_dict))
+    scheds = [make(opt) for make in schedulers]
+    for t in range(start, start + N_STEPS):
+        def closure():
+            opt.zero_grad()
+            if embedding:
+                out = torch.nn.functional.embedding(looks[t], table, sparse=True)
+                loss = (out.sum(1) - 1).pow(2).sum()
+            else:
+                loss = (weight.mv(inputs[t]) + bias).pow(2).sum()
+            if kwargs.get("maximize"):
+                loss = -torch.tanh(loss / 100)
+            loss.backward()
+            for p in params:
+                if not p.grad.is_sparse:
+                    p.grad = p.grad.to_sparse()
+            return loss
+        loss = opt.step(closure)
+        for s in scheds:
+            if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                s.step(float(loss))
+            else:
+                s.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("embedding", [False, True], ids=["to_sparse", "embedding"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("info,inp", SPARSE_CONFIGS)
+def test_optim_db_sparse_config_matches_torch(info, inp, dtype, embedding):
+    ours, kwargs = getattr(ft, info.name), inp.kwargs
+    with_schedulers = tuple(info.scheduler_inputs) if dtype == torch.float64 else ()
+    for schedulers in ((),) + with_schedulers:
+        ref_params, opt_ref = train_sparse(info.optim_cls, kwargs, dtype, schedulers,
+                                           embedding=embedding)
+        params, opt = train_sparse(ours, kwargs, dtype, schedulers, embedding=embedding)
+        assert max(rel(p, q) for p, q in zip(params, ref_params)) <= TOL[dtype]
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt_ref.param_groups]
+        for p, q in zip(params, ref_params):
+            assert opt.state[p].keys() == opt_ref.state[q].keys()
+            assert opt.state[p]["step"] == opt_ref.state[q]["step"]
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert rel(opt.state[p][key], opt_ref.state[q][key]) <= 10 * TOL[dtype], key
+        sd, sd_ref = opt.state_dict(), opt_ref.state_dict()
+        for key, value in sd_ref["param_groups"][0].items():
+            if key != "params" and not isinstance(value, torch.Tensor):
+                assert sd["param_groups"][0][key] == value, key
+    ref_next, _ = train_sparse(info.optim_cls, kwargs, dtype, state_dict=sd_ref, start=N_STEPS,
+                               embedding=embedding)
+    ours_next, _ = train_sparse(ours, kwargs, dtype, state_dict=sd_ref, start=N_STEPS,
+                                embedding=embedding)
+    cross, _ = train_sparse(info.optim_cls, kwargs, dtype, state_dict=sd, start=N_STEPS,
+                            embedding=embedding)
+    assert max(rel(p, q) for a in (ours_next, cross) for p, q in zip(a, ref_next)) <= TOL[dtype]
+
+
+def test_sparse_adam_refuses_dense_gradients_as_torch():
+    w = torch.nn.Parameter(torch.randn(3, 2))
+    opt = ft.SparseAdam([w])
+    w.grad = torch.ones(3, 2)
+    with pytest.raises(RuntimeError, match="SparseAdam does not support dense gradients"):
+        opt.step()
+    assert opt.state[w] == {}
+
+
+def test_sparse_harness_counts():
+    assert [info.name for info in SPARSE_INFOS] == ["SparseAdam"]
+    assert len(SPARSE_CONFIGS) == 4
+    assert sum(p.values[0].name == "SparseAdam" for p in ERRORS) == 10

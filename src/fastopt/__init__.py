@@ -26,6 +26,8 @@ from .nn import BatchNorm
 from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Muon, Newton, NewtonStep,
                     Optimizer)
 from .optim.first_order import CLASSES as _CLASSES
+from .optim import SparseAdam
+from .sparse import RowSparseGrad
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -39,7 +41,7 @@ __all__ = [
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
     "NewtonStep", "SVRG", "Muon", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
-    "train", "convergence",
+    "train", "convergence", "SparseAdam", "RowSparseGrad", "sparse",
 ]
 
 #: every public submodule. Those not imported above are imported on first access (PEP 562).
@@ -47,7 +49,7 @@ __all__ = [
 #: a name ``torch`` over the user's, and never imports PyTorch or CuPy.
 _SUBMODULES = ("bench", "checkpoint", "cli", "convergence", "cuda", "datasets", "demo",
                "distributed", "flat", "functional", "mixed", "nn", "optim", "plot", "problems",
-               "schedules", "torch", "train", "tricks", "viz")
+               "schedules", "sparse", "torch", "train", "tricks", "viz")
 
 
 #: public functions whose module is imported on their first access: name -> submodule

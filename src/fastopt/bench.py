@@ -14,7 +14,9 @@ One run measures everything at the same thread count, on the same machine state:
 * warm (the arrays stay in cache if they fit) and cold (caches evicted before every step);
 * two lists of tensors: ResNet-50's 161 parameter shapes (25.6M values) and 1000 x 1000;
 * 1 vs all threads for fastopt alone, with the process's CPU time per wall time;
-* the serial/parallel crossover that sets the kernels' parallel threshold.
+* the serial/parallel crossover that sets the kernels' parallel threshold;
+* SparseAdam on an embedding table (row-sparse gradients with repeated lookups) against
+  torch.optim.SparseAdam.
 
 Contenders are timed alternately: each sample runs every contender once, in an order that
 rotates, so drifts of a noisy machine hit all of them alike. A sample is one step, or for fast
@@ -89,7 +91,12 @@ SECTIONS = {
     "threads": "fastopt alone at 1 vs all threads",
     "crossover": "serial vs parallel step at small sizes",
     "muon": "Muon's step vs the BLAS gemm rate of its Newton-Schulz iteration and torch's Muon",
+    "sparse": "SparseAdam on an embedding table (1e6 x 64 float32, 4096-lookup batches with "
+              "repeats; 1e5 rows with --quick) vs torch.optim.SparseAdam",
 }
+#: the SparseAdam case: (table rows, row length, lookups per batch)
+SPARSE_SHAPE = (1_000_000, 64, 4096)
+QUICK_SPARSE_SHAPE = (100_000, 64, 4096)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -99,7 +106,7 @@ class Config:
     def __init__(self, quick=False, optimizers=None, dtypes=None, sizes=None, threads=None,
                  samples=None, batch_ms=None, cold_sizes=None, lists=True, list_scale=None,
                  thread_sizes=None, crossover_sizes=None, torch=True, evict_mb=None,
-                 sections=None, muon_shapes=None):
+                 sections=None, muon_shapes=None, sparse_shape=None):
         all_threads = _kernels.get_num_threads() if not threads else max(threads)
         self.quick = quick
         self.optimizers = tuple(optimizers or impls.OPTIMIZERS)
@@ -131,6 +138,7 @@ class Config:
         from ._bench_muon import FULL_SHAPES, QUICK_SHAPES
         self.muon_shapes = tuple(tuple(s) for s in (muon_shapes or (QUICK_SHAPES if quick
                                                                      else FULL_SHAPES)))
+        self.sparse_shape = tuple(sparse_shape or (QUICK_SPARSE_SHAPE if quick else SPARSE_SHAPE))
 
 
 # ------------------------------------------------------------------------------- machine
@@ -434,6 +442,33 @@ def run_case(name, shapes, dtype, threads, cfg, inputs, evict=None, flat=False):
     return row
 
 
+def run_sparse(rows, dim, batch, threads, cfg):
+    """SparseAdam on a float32 embedding table (rows, dim), `batch` lookups per step, against
+    torch.optim.SparseAdam (default hyperparameters; the same batches, uncoalesced)."""
+    batches = impls.sparse_batches(rows, dim, batch, np.float32)
+    table = np.random.default_rng(1).standard_normal((rows, dim), dtype=np.float32)
+    with Threads(threads):
+        contenders = {"fastopt": impls.make_sparse_adam("fastopt", table, batches)}
+        torch_step = impls.make_sparse_adam("torch", table, batches) if cfg.torch else None
+        if torch_step is not None:
+            contenders["torch"] = torch_step
+        del table
+        times = measure(contenders, cfg.samples, cfg.batch_ms / 1e3)
+    del contenders
+    _free(3 * 2 * rows * dim * 4)
+    touched = float(np.mean([len(np.unique(i)) for i, _ in batches])) * dim
+    row = {"optimizer": "sparse_adam", "dtype": "float32", "rows": rows, "dim": dim,
+           "batch": batch, "threads": threads, "touched": touched}
+    for key, ts in times.items():
+        entry = _summary(ts)
+        if key != "fastopt":
+            entry["ratio"] = _ratio(ts, times["fastopt"])
+        row[key] = entry
+    ms = row["fastopt"]["median_ms"]
+    row["fastopt"]["gbs"] = impls.SPARSE_TRAFFIC * 4 * touched / (ms / 1e3) / 1e9
+    return row
+
+
 def run_threads(name, n, dtype, cfg, inputs):
     """fastopt alone at 1 and at all threads, alternated on one optimizer."""
     params, grads = inputs.get([(n,)], dtype)
@@ -534,6 +569,9 @@ def plan(cfg):
             for ns_dtype in NS_DTYPES:
                 for threads in cfg.threads:
                     jobs.append(("muon", (shape, ns_dtype, threads)))
+    if "sparse" in cfg.sections:
+        for threads in cfg.threads:
+            jobs.append(("sparse", (*cfg.sparse_shape, threads)))
     return jobs
 
 
@@ -577,6 +615,8 @@ def _describe_job(section, args):
         return f"{section} {name} {what} {dtype} {threads}t"
     if section == "muon":
         return f"muon {args[0][0]}x{args[0][1]} {args[1] or 'bfloat16'} {args[2]}t"
+    if section == "sparse":
+        return f"sparse_adam {_fmt_n(args[0])}x{args[1]} batch {args[2]} {args[3]}t"
     return f"{section} {args[0]} N={_fmt_n(args[1])}"
 
 
@@ -584,7 +624,7 @@ def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
               "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
-              "muon": []}
+              "muon": [], "sparse": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -609,6 +649,8 @@ def run(cfg, progress=True):
             elif section == "muon":
                 from ._bench_muon import run_muon
                 row = run_muon(*args, cfg, measure, Threads, _torch())
+            elif section == "sparse":
+                row = run_sparse(*args, cfg)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -722,6 +764,15 @@ def format_report(report):
     if report.get("muon"):
         from ._bench_muon import rows_table
         parts.append(rows_table(report["muon"], _table, _fmt_ms))
+    if report.get("sparse"):
+        parts.append("\nSparseAdam on an embedding table (float32, warm; GB/s over the touched "
+                     "rows):\n" + _table(
+                         ["table", "batch", "thr", "fastopt ms", "GB/s", "torch ms", "vs torch"],
+                         [[f"{_fmt_n(r['rows'])}x{r['dim']}", r["batch"], r["threads"],
+                           f"{_fmt_ms(r['fastopt']['median_ms'])} ±"
+                           f"{r['fastopt']['spread_pct']:.0f}%", f"{r['fastopt']['gbs']:.1f}",
+                           _fmt_ms(r["torch"]["median_ms"]) if "torch" in r else "-",
+                           _x(r.get("torch"))] for r in report["sparse"]]))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)

@@ -25,8 +25,10 @@ import numpy as np
 
 from . import _kernels, _runners, _specs, _steps, _table, _validate
 from ._newton import newton_step
+from ._sparse_adam import sparse_adam_
 
-__all__ = ["newton_", "muon_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
+# and the forms: sgd_, adam_, ...
+__all__ = ["newton_", "muon_", "sparse_adam_", "backend_for", "FORMS", "make_form"]
 
 
 def backend_for(arrays):

@@ -821,3 +821,7 @@ globals().update({cls.__name__: _adapter(cls)
 from ._torch_muon import Muon, muon_param_groups  # noqa: E402
 
 __all__ += ["Muon", "muon_param_groups"]
+# SparseAdam is not in the optimizer table (row-sparse gradients): its own adapter
+from ._torch_sparse import SparseAdam  # noqa: E402
+
+__all__ += ["SparseAdam"]
