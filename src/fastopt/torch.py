@@ -682,6 +682,8 @@ class Optimizer(torch.optim.Optimizer):
         except ValueError as e:
             raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
                              "have gradients)") from None
+        if mixed == (False, "stochastic") and rec.dist:
+            self._fo_shard_noise(gi, js, tensors, layouts, plan)
         adopt = [] if mixed is None or not options[0] else \
             [k for k, (p, m) in enumerate(zip(tensors, masters))
              if m is None and p.dtype in _tm.LOW]
@@ -690,6 +692,22 @@ class Optimizer(torch.optim.Optimizer):
             rec.entries.pop(next(iter(rec.entries)))
         rec.entries[key] = entry
         return entry
+
+    @staticmethod
+    def _fo_shard_noise(gi, js, tensors, layouts, plan):
+        """Key the stochastic rounding of each bfloat16 DTensor shard by its elements' indices
+        in the whole parameter (fastopt._torch_dtensor.noise_index)."""
+        for k, (j, p, lay) in enumerate(zip(js, tensors, layouts)):
+            if p.dtype != torch.bfloat16:
+                continue
+            index = _dt.shard_noise_index(p, _where(gi, j))
+            if index is None:
+                continue
+            if not lay.contiguous:
+                raise ValueError(f"{_where(gi, j)}: its local shard is not contiguous, so "
+                                 "stochastic rounding on it would depend on the sharding; use "
+                                 "rounding='nearest' or master_weights=True for it")
+            plan.set_noise_index(k, *index)
 
     def _fo_attach(self, gi, entry, params, uses, missing):
         """Attach the existing state tensors of the entry's params to its plan."""
