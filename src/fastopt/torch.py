@@ -1,4 +1,4 @@
-"""fastopt's fused kernels as ``torch.optim`` optimizers for CPU tensors (``fastopt[torch]``).
+"""fastopt's fused kernels as ``torch.optim`` optimizers for CPU and CUDA tensors (``fastopt[torch]``).
 
 ``fastopt.torch.SGD, Adagrad, RMSprop, Adam, AdamW, Adadelta, Adamax`` are subclasses of
 ``torch.optim.Optimizer`` with the keywords, defaults and equations of the fastopt classes of
@@ -49,9 +49,13 @@ group (their own master). ``step`` follows torch.amp.GradScaler's protocol for f
 optimizers: gradients divided by ``grad_scale`` (in the kernel for 16-bit groups), nothing done
 when ``found_inf`` is nonzero.
 
+CUDA parameters (float32, float64) run fastopt's CUDA kernels (fastopt.cuda, CuPy) on CuPy
+views of the tensors' memory, on torch's current stream, with their state made on the device
+(fastopt._torch_cuda); a param group holds parameters of one device.
+
 Parameters, gradients and state must be dense CPU tensors of dtype float32, float64, float16 or
-bfloat16 (state: float32 for 16-bit parameters; any strides; a parameter or state tensor must
-not overlap itself); anything else raises
+bfloat16, or CUDA tensors of float32 or float64 (state: float32 for 16-bit parameters; any
+strides; a parameter or state tensor must not overlap itself); anything else raises
 ``TypeError``/``ValueError`` naming the tensor, before anything is modified. DTensor
 parameters (torch.distributed, e.g. FSDP2's ``fully_shard``) placed by ``Shard``/``Replicate``
 are updated on each rank's local shard, their state kept as DTensors on the parameter's mesh
@@ -819,7 +823,7 @@ def _doc(fo_cls):
     cut = text.find("\n>>>")
     body = text[:cut] if cut >= 0 else text
     return (f"torch.optim.Optimizer running fastopt's fused {fo_cls.__name__} kernel on CPU "
-            f"tensors (see the module docstring).\n\n{body.rstrip()}\n")
+            f"and CUDA tensors (see the module docstring).\n\n{body.rstrip()}\n")
 
 
 def _adapter(fo_cls):
