@@ -21,7 +21,9 @@
  * same float32 gradients. Conversions (fastopt/half.h) are integer bit manipulations (no FPU
  * mode or F16C needed), written branch-free so that they vectorize. Stochastic rounding draws
  * 16 bits of noise from a counter-based hash of (seed, call counter, parameter index, element
- * index), so results do not depend on the number of threads.
+ * index), so results do not depend on the number of threads; a segment that is a shard of a
+ * larger tensor may map its element indices to the whole tensor's (noise_block, noise_stride,
+ * noise_base of fo_mixed_segment), so results do not depend on the sharding either.
  *
  * Work is split like kernels.c: a group's segments form one range of `total` elements, thread t
  * of T takes [t*total/T, (t+1)*total/T) with boundaries on multiples of 32 elements (one cache
@@ -95,6 +97,13 @@ static inline void fo_store_lowp(const fo_mixed_segment *sg, int64_t c, int64_t 
     if (sg->lowp_dtype == FO_DT_F16) {
         FO_PRAGMA(omp simd)
         for (int64_t i = 0; i < m; ++i) out[i] = fo_f2h(v[i]);
+    } else if (stochastic && !sg->master && sg->noise_block > 0) {
+        /* a shard: the noise of the element's index in the whole tensor (see mixed.h) */
+        const int64_t blk = sg->noise_block, stride = sg->noise_stride, base = sg->noise_base;
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t e = c + i, q = e / blk;
+            out[i] = fo_f2bf_sr(v[i], fo_noise(key, base + q * stride + (e - q * blk)));
+        }
     } else if (stochastic && !sg->master) {
         FO_PRAGMA(omp simd)
         for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf_sr(v[i], fo_noise(key, c + i));

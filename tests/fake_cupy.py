@@ -18,14 +18,14 @@ import types
 import numpy as np
 
 _current_device = [0]
-log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": []}
+log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": []}
 pending_events = [False]          # when True, new events stay "in flight" until released
 _in_flight = []
 
 
 def reset():
     _current_device[0] = 0
-    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[])
+    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[])
     pending_events[0] = False
     _in_flight.clear()
     _Stream.current = _Stream.null
@@ -86,10 +86,43 @@ class ndarray:
     def get(self):
         return self._a.copy()
 
+    def __itruediv__(self, other):
+        self._a /= other
+        return self
+
+
+def _from_interface(obj):
+    """A view of the memory an object's ``__cuda_array_interface__`` describes (version 2/3:
+    shape, typestr, data=(pointer, read-only), strides in bytes or None for C order), as CuPy
+    makes one: no copy. The "device" id is the object's ``device.index`` (0 if it has none)."""
+    cai = obj.__cuda_array_interface__
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(cai["shape"])
+    ptr, readonly = cai["data"]
+    strides = cai.get("strides")
+    if strides is None:
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.append(step)
+            step *= max(n, 1)
+        strides = tuple(reversed(strides))
+    n = int(np.prod(shape)) if shape else 1
+    if n == 0 or ptr == 0:
+        a = np.empty(shape, dtype)
+    else:
+        span = sum((k - 1) * st for k, st in zip(shape, strides)) + dtype.itemsize
+        buf = (ctypes.c_char * span).from_address(ptr)
+        a = np.ndarray(shape, dtype, buffer=buf, strides=strides)
+    a.flags.writeable = not readonly
+    device = getattr(getattr(obj, "device", None), "index", None)
+    return ndarray(a, 0 if device is None else device)
+
 
 def asarray(a, dtype=None):
     if isinstance(a, ndarray):
         return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return _from_interface(a)
     return ndarray(np.array(a, dtype=dtype, copy=True))
 
 
@@ -124,6 +157,14 @@ class _Stream:
 
     def __exit__(self, *exc):
         _Stream.current = self._prev.pop()
+
+
+class _ExternalStream(_Stream):
+    """cupy.cuda.ExternalStream(ptr, device_id): a stream made elsewhere (torch's)."""
+
+    def __init__(self, ptr, device_id=-1):
+        super().__init__(int(ptr))
+        self.device_id = device_id
 
 
 _Stream.null = _Stream(0)
@@ -186,6 +227,7 @@ class _Kernel:
         assert all(isinstance(s, np.float64) for s in scalars)
         assert grid == (nchunks,) and block == (self.block,), (grid, block)
         log["launches"].append((self.opt, self.dtype, nchunks))
+        log["streams"].append(_Stream.current.ptr)
         tab = table._a.view(np.uint64)
         ch = chunks._a
         for c in range(nchunks):
@@ -212,7 +254,8 @@ class RawModule:
 
 
 cuda = types.SimpleNamespace(
-    Device=_Device, Event=_Event, Stream=_Stream, runtime=runtime,
+    Device=_Device, Event=_Event, Stream=_Stream, ExternalStream=_ExternalStream,
+    runtime=runtime,
     get_current_stream=lambda: _Stream.current,
     alloc_pinned_memory=_Pinned,
 )

@@ -48,6 +48,9 @@ typedef struct {
     int32_t lowp_dtype;       /* FO_DT_F16 or FO_DT_BF16 when lowp != NULL */
     int32_t grad_dtype;       /* FO_DT_F32, FO_DT_F16 or FO_DT_BF16 */
     uint64_t stream;          /* stochastic rounding: the parameter's stream (its index) */
+    int64_t noise_block;      /* stochastic rounding, a shard of a larger tensor: element i */
+    int64_t noise_stride;     /* draws the noise of element noise_base + (i / noise_block) *   */
+    int64_t noise_base;       /* noise_stride + i % noise_block of the whole; 0: element i's */
 } fo_mixed_segment;
 
 typedef struct {

@@ -50,6 +50,9 @@ cdef extern from "fastopt/mixed.h" nogil:
         int32_t lowp_dtype
         int32_t grad_dtype
         uint64_t stream
+        int64_t noise_block
+        int64_t noise_stride
+        int64_t noise_base
 
     ctypedef struct fo_mixed_opts:
         double grad_scale
@@ -289,6 +292,19 @@ cdef class Plan(PlanBase):
         o.seed = self.seed
         o.counter = self.counter
         return o
+
+    def set_noise_index(self, Py_ssize_t i, int64_t block, int64_t stride, int64_t base):
+        """Key the stochastic rounding noise of params[i] as a shard of a larger tensor:
+        element e draws the noise of element ``base + (e // block) * stride + e % block`` of
+        the whole (block 0: of element e, the default)."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"no parameter {i} in a plan of {self.n}")
+        if block < 0 or stride < 0 or base < 0 or (block > 0 and stride < block):
+            raise ValueError(f"noise index needs block >= 0, stride >= block and base >= 0, "
+                             f"got {block}, {stride}, {base}")
+        self.seg[i].noise_block = block
+        self.seg[i].noise_stride = stride
+        self.seg[i].noise_base = base
 
     def all_finite(self, grads, str name="grads"):
         """Whether every gradient divided by `grad_scale` is finite (reads the gradients only)."""

@@ -15,10 +15,13 @@ it. So a parameter is handed to the kernels as
 A gradient or state tensor whose strides differ from its parameter's order is gathered into a
 temporary of the parameter's order (state is scattered back after the step). Temporaries are
 allocated once per parameter and buffer, when first needed, and reused at every step.
+
+The arrays are NumPy views of CPU tensors and CuPy views of CUDA tensors (``array_of``;
+fastopt._torch_cuda); temporaries are made on the tensor's device.
 """
 import torch
 
-__all__ = ["Layout", "dense_strides", "overlaps", "numpy_of"]
+__all__ = ["Layout", "dense_strides", "overlaps", "numpy_of", "array_of"]
 
 
 def dense_strides(t):
@@ -58,7 +61,16 @@ def numpy_of(t):
     return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
-_numpy = numpy_of
+def array_of(t):
+    """The array the kernels take for tensor `t`, sharing its memory: NumPy for a CPU tensor,
+    CuPy for a CUDA one (fastopt._torch_cuda)."""
+    if t.is_cuda:
+        from . import _torch_cuda
+        return _torch_cuda.array(t)
+    return numpy_of(t)
+
+
+_numpy = array_of
 
 
 class Layout:
@@ -107,14 +119,14 @@ class Layout:
     def _temp(self, key, like):
         temp = self.temps.get(key)
         if temp is None or temp.dtype != like.dtype:
-            temp = self.temps[key] = torch.empty(self.n, dtype=like.dtype)
+            temp = self.temps[key] = like.new_empty((self.n,))   # on its device
         return temp
 
     def _ordered(self, temp):
         return temp.as_strided(self.shape, self.strides)
 
     def _array_of(self, temp):
-        a = numpy_of(temp)
+        a = _numpy(temp)
         return a.reshape(self.shape) if self.contiguous else a
 
     def _stage(self, key, t):

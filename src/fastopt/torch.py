@@ -1,4 +1,4 @@
-"""fastopt's fused kernels as ``torch.optim`` optimizers for CPU tensors (``fastopt[torch]``).
+"""fastopt's fused kernels as ``torch.optim`` optimizers for CPU and CUDA tensors (``fastopt[torch]``).
 
 ``fastopt.torch.SGD, Adagrad, RMSprop, Adam, AdamW, Adadelta, Adamax`` are subclasses of
 ``torch.optim.Optimizer`` with the keywords, defaults and equations of the fastopt classes of
@@ -49,9 +49,13 @@ group (their own master). ``step`` follows torch.amp.GradScaler's protocol for f
 optimizers: gradients divided by ``grad_scale`` (in the kernel for 16-bit groups), nothing done
 when ``found_inf`` is nonzero.
 
+CUDA parameters (float32, float64) run fastopt's CUDA kernels (fastopt.cuda, CuPy) on CuPy
+views of the tensors' memory, on torch's current stream, with their state made on the device
+(fastopt._torch_cuda); a param group holds parameters of one device.
+
 Parameters, gradients and state must be dense CPU tensors of dtype float32, float64, float16 or
-bfloat16 (state: float32 for 16-bit parameters; any strides; a parameter or state tensor must
-not overlap itself); anything else raises
+bfloat16, or CUDA tensors of float32 or float64 (state: float32 for 16-bit parameters; any
+strides; a parameter or state tensor must not overlap itself); anything else raises
 ``TypeError``/``ValueError`` naming the tensor, before anything is modified. DTensor
 parameters (torch.distributed, e.g. FSDP2's ``fully_shard``) placed by ``Shard``/``Replicate``
 are updated on each rank's local shard, their state kept as DTensors on the parameter's mesh
@@ -88,6 +92,7 @@ import inspect
 import numpy as np
 
 from . import _kernels, _mixed, _table, _torch_args, _validate
+from . import _torch_cuda as _cuda
 from . import _torch_dtensor as _dt
 from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
@@ -125,9 +130,13 @@ def _check_tensor(t, what, like=None, written=True, dtype=None):
     if t.layout != torch.strided:
         raise TypeError(f"{what} is a {t.layout} tensor; fastopt.torch needs dense tensors "
                         "(sparse gradients are not supported)")
-    if t.device.type != "cpu":
-        raise TypeError(f"{what} is on {t.device}; fastopt.torch runs on CPU tensors "
-                        "(for CUDA, use torch.optim with fused=True or fastopt's CuPy backend)")
+    if t.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"{what} is on {t.device}; fastopt.torch runs on CPU and CUDA tensors")
+    if t.is_cuda or (like is not None and like.is_cuda):
+        _cuda.check(t, what, like)
+    elif like is not None and t.device != like.device:
+        raise TypeError(f"{what} is on {t.device}, its parameter on {like.device}; a "
+                        "parameter's gradient and state must be on its device")
     if like is None:
         if t.dtype not in _DTYPES:
             raise TypeError(f"{what} has dtype {t.dtype}; fastopt.torch optimizes float32, "
@@ -162,12 +171,17 @@ def _plain(value):
     return value
 
 
+def _pointer(a):
+    """The address of a NumPy or CuPy array's first element."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else int(a.data.ptr)
+
+
 def _holds_tensor(value):
     return isinstance(value, torch.Tensor) or (
         isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value))
 
 
-_array = _layout.numpy_of       # the NumPy view of a CPU tensor's memory (no copy)
+_array = _layout.array_of       # the NumPy (CPU) or CuPy (CUDA) view of a tensor's memory
 
 
 class _Entry:
@@ -180,7 +194,7 @@ class _Entry:
     (None for float32 parameters, without master weights, and where the plan made the copy
     itself: those positions are in ``adopt`` until the copy becomes the state's 'master')."""
     __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain",
-                 "mixed", "masters", "adopt", "dist")
+                 "mixed", "masters", "adopt", "dist", "device")
 
     def __init__(self, idx, tensors, layouts, plan, n_state, mixed=None, masters=None,
                  adopt=()):
@@ -195,6 +209,7 @@ class _Entry:
         self.states = [None] * n_state          # the state tensors attached to each slot
         self.plain = all(lay.plain for lay in layouts)
         self.mixed, self.masters, self.adopt = mixed, masters, list(adopt)
+        self.device = local[0].device if local and local[0].is_cuda else None   # CUDA plans
 
     def holds(self, params):
         for k, j in enumerate(self.idx):
@@ -300,6 +315,7 @@ class Optimizer(torch.optim.Optimizer):
                     group[key] = hyper[key]
             for j, p in enumerate(group["params"]):
                 self._fo_check_param(p, _where(gi, j), hyper)
+            _cuda.check_group([_dt.local(p) for p in group["params"]], f"param_groups[{gi}]")
         except Exception:
             self.param_groups.pop()
             raise
@@ -380,8 +396,8 @@ class Optimizer(torch.optim.Optimizer):
             g = params[j].grad
             g.div_(scale)
             a = job.grads[k]
-            if staged and a.size and a.ctypes.data != _dt.local(g).data_ptr():
-                np.divide(a, a.dtype.type(scale), out=a)
+            if staged and a.size and _pointer(a) != _dt.local(g).data_ptr():
+                a /= a.dtype.type(scale)        # a staged copy (NumPy or CuPy)
 
     # ------------------------------------------------------------------------ validation
     def _fo_hyper(self, group, where):
@@ -494,6 +510,8 @@ class Optimizer(torch.optim.Optimizer):
         for j in job.entry.idx:
             p = params[j]
             _check_tensor(p.grad, _where(job.gi, j) + ".grad", like=p, written=False)
+        if job.entry.device is not None:        # fastopt.cuda's message names the tensor
+            return
         for k, j in enumerate(job.entry.idx):
             g = job.grads[k]
             for s in job.entry.states:
@@ -656,7 +674,9 @@ class Optimizer(torch.optim.Optimizer):
                                   dtype=torch.float32)
                 arrays.append(None if m is None else lay.state("master", _dt.local(m)))
         try:
-            if mixed is None:
+            if mixed is None and tensors[0].is_cuda:
+                plan = _cuda.plan([lay.array for lay in layouts])
+            elif mixed is None:
                 plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
             else:
                 offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
@@ -666,6 +686,8 @@ class Optimizer(torch.optim.Optimizer):
         except ValueError as e:
             raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
                              "have gradients)") from None
+        if mixed == (False, "stochastic") and rec.dist:
+            self._fo_shard_noise(gi, js, tensors, layouts, plan)
         adopt = [] if mixed is None or not options[0] else \
             [k for k, (p, m) in enumerate(zip(tensors, masters))
              if m is None and p.dtype in _tm.LOW]
@@ -674,6 +696,22 @@ class Optimizer(torch.optim.Optimizer):
             rec.entries.pop(next(iter(rec.entries)))
         rec.entries[key] = entry
         return entry
+
+    @staticmethod
+    def _fo_shard_noise(gi, js, tensors, layouts, plan):
+        """Key the stochastic rounding of each bfloat16 DTensor shard by its elements' indices
+        in the whole parameter (fastopt._torch_dtensor.noise_index)."""
+        for k, (j, p, lay) in enumerate(zip(js, tensors, layouts)):
+            if p.dtype != torch.bfloat16:
+                continue
+            index = _dt.shard_noise_index(p, _where(gi, j))
+            if index is None:
+                continue
+            if not lay.contiguous:
+                raise ValueError(f"{_where(gi, j)}: its local shard is not contiguous, so "
+                                 "stochastic rounding on it would depend on the sharding; use "
+                                 "rounding='nearest' or master_weights=True for it")
+            plan.set_noise_index(k, *index)
 
     def _fo_attach(self, gi, entry, params, uses, missing):
         """Attach the existing state tensors of the entry's params to its plan."""
@@ -771,6 +809,11 @@ class Optimizer(torch.optim.Optimizer):
             plan.seed = job.group["_fo_mixed"][2] & 0xFFFFFFFFFFFFFFFF
             plan.counter = job.step - 1 if self.spec.counts_steps else job.rec.calls
             plan.grad_scale = 1.0 if job.scale is None else job.scale
+        if entry.device is not None:            # on torch's current stream of the device
+            with _cuda.stream(entry.device):
+                self.spec.run(_cuda.module(), entry.plan, job.grads, job.group, job.step,
+                              job.lr, job.fresh)
+            return
         self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh)
 
 
@@ -780,7 +823,7 @@ def _doc(fo_cls):
     cut = text.find("\n>>>")
     body = text[:cut] if cut >= 0 else text
     return (f"torch.optim.Optimizer running fastopt's fused {fo_cls.__name__} kernel on CPU "
-            f"tensors (see the module docstring).\n\n{body.rstrip()}\n")
+            f"and CUDA tensors (see the module docstring).\n\n{body.rstrip()}\n")
 
 
 def _adapter(fo_cls):
