@@ -37,6 +37,7 @@ C_SOURCES = {
     "fastopt._linalg": [],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
+    "fastopt._adafactor": [f"{CSRC}/adafactor.c"],
 }
 
 

@@ -23,8 +23,8 @@ from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .flat import flatten
 from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
-from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Newton, NewtonStep,
-                    Optimizer)
+from .optim import (SVRG, Adafactor, HessianShiftWarning, LineSearchWarning, Newton,
+                    NewtonStep, Optimizer)
 from .optim.first_order import CLASSES as _CLASSES
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
 
@@ -39,7 +39,7 @@ __all__ = [
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
     "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
-    "train", "convergence",
+    "train", "convergence", "Adafactor",
 ]
 
 #: every public submodule. Those not imported above are imported on first access (PEP 562).

@@ -23,10 +23,10 @@ import re
 
 import numpy as np
 
-from . import _kernels, _runners, _specs, _steps, _table, _validate
+from . import _adafactor, _adafactor_hyper, _kernels, _runners, _specs, _steps, _table, _validate
 from ._newton import newton_step
 
-__all__ = ["newton_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
+__all__ = ["newton_", "adafactor_", "backend_for", "FORMS", "make_form"]   # and the forms: sgd_, adam_, ...
 
 
 def backend_for(arrays):
@@ -250,3 +250,63 @@ def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
     lists. NumPy arrays only.
     """
     return newton_step(param, grad, hessian, lr, damping)
+
+
+# --------------------------------------------------------------------------------- Adafactor
+def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, lr=1e-2,
+               beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
+               maximize=False):
+    """Adafactor step, in place; equations in :class:`fastopt.Adafactor` (torch's
+    ``torch.optim._functional.adafactor``, single-tensor path).
+
+    For a parameter of >= 2 dims pass `row_var` and `col_var` (torch's shapes: the
+    parameter's with dim -1, resp. dim -2, set to 1), else `variance` (its shape); with lists,
+    one entry per parameter (None where it does not apply). `step` is the 1-based step being
+    taken; eps1 None is the machine epsilon of the first parameter's dtype (as torch). NumPy
+    arrays only (CPU; CuPy arrays raise TypeError). Every array is checked before any is
+    written. Each call allocates the column-sum scratch (threads x the widest last dim
+    doubles); the class keeps one. Returns None.
+    """
+    params = _listify(param, "param")
+    n = len(params)
+
+    def per_param(x, name):
+        if isinstance(x, (list, tuple)):
+            if len(x) != n:
+                raise ValueError(f"{name} has {len(x)} entries but param has {n}")
+            return list(x)
+        if n != 1:
+            raise TypeError(f"{name} must be a list (one entry per parameter, None where it "
+                            "does not apply) when param is a list")
+        return [x]
+    grads = per_param(grad, "grad")
+    rows, cols, vars_ = (per_param(row_var, "row_var"), per_param(col_var, "col_var"),
+                         per_param(variance, "variance"))
+    for what, arrays in (("param", params), ("grad", grads)):
+        for a in arrays:
+            if type(a).__module__.startswith("cupy") or hasattr(a, "__cuda_array_interface__"):
+                raise TypeError(f"adafactor_ runs on NumPy (CPU) arrays only; {what} is a "
+                                "CuPy array (fastopt has no CUDA Adafactor kernel)")
+    step = _check_step(step)
+    lr = _check_lr(lr)
+    rules = _adafactor_hyper.RULES
+    beta2_decay = rules["beta2_decay"]("beta2_decay", beta2_decay)
+    eps1, eps2 = rules["eps"]("eps", (eps1, eps2))
+    d = rules["d"]("d", d)
+    weight_decay = rules["weight_decay"]("weight_decay", weight_decay)
+    maximize = rules["maximize"]("maximize", maximize)
+    names = lambda k: (f"param[{k}]", f"grad[{k}]", "") if n > 1 else ("param", "grad", "")
+    scratch = np.zeros(_adafactor.scratch_length([getattr(p, "shape", ()) for p in params],
+                                                 _kernels.get_num_threads()))
+    for k in range(n):
+        _adafactor.check(params[k], grads[k], rows[k], cols[k], vars_[k], scratch, *names(k))
+    seen = [(p, f"param[{k}]") for k, p in enumerate(params)]
+    for k, p in enumerate(params):
+        for q, what in seen[k + 1:]:
+            if p.size and q.size and np.may_share_memory(p, q):
+                raise ValueError(f"param[{k}] and {what} share memory; pass each parameter once")
+    omb, rho, decay = _adafactor_hyper.adafactor_scalars(step, lr, beta2_decay, weight_decay)
+    eps1 = _adafactor_hyper.eps1_for(eps1, params[0].dtype)
+    for k in range(n):
+        _adafactor.step(params[k], grads[k], rows[k], cols[k], vars_[k], scratch, omb, rho, eps1,
+                        eps2, d, decay, maximize, *names(k))
