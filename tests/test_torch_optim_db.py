@@ -40,6 +40,7 @@ common = pytest.importorskip("torch.testing._internal.common_optimizers",
 
 # the table's optimizers that torch.optim has (torch's optim_db covers those)
 NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None}
+NAMES |= {"Adafactor"}          # outside the table (fastopt._torch_adafactor)
 INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
 UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
 N_STEPS = 6
