@@ -390,7 +390,15 @@ def test_functional_matches_class():
         adafactor_(w, np.ones((2, 3)), np.zeros((1, 2)), np.zeros((1, 3)), step=1)
     with pytest.raises(ValueError, match="step"):
         adafactor_(w, np.ones((2, 3)), np.zeros((2, 1)), np.zeros((1, 3)), step=0)
-    assert np.all(w == 1)
+    v, shared = np.zeros(3), np.zeros(4)
+    with pytest.raises(ValueError, match="share memory"):      # across parameters
+        adafactor_([w, np.ones(3)], [np.ones((2, 3)), np.ones(3)], [shared[:2, None], None],
+                   [np.zeros((1, 3)), None], [None, shared[1:]], step=1)
+    with pytest.raises(ValueError, match=r"grad\[1\] shares memory with row_var\[0\]"):
+        rv = np.zeros((2, 1))
+        adafactor_([w, np.ones(2)], [np.ones((2, 3)), rv.reshape(2)], [rv, None],
+                   [np.zeros((1, 3)), None], [None, v[:2]], step=1)
+    assert np.all(w == 1) and not v.any()
 
 
 def test_step_allocates_no_parameter_sized_memory():

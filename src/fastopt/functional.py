@@ -19,6 +19,7 @@ These functions are usable as a backend by other frameworks; the classes in `fas
 call the same runners (`fastopt._runners`, compiled from the optimizer table
 fastopt._table by fastopt._steps) with cached plans.
 """
+import bisect
 import re
 
 import numpy as np
@@ -253,6 +254,27 @@ def newton_(param, grad, hessian, *, lr=1.0, damping=0.0):
 
 
 # --------------------------------------------------------------------------------- Adafactor
+def _adafactor_disjoint(params, grads, rows, cols, vars_):
+    """ValueError when two arrays the step writes, or a gradient and one of them, share
+    memory (every array already checked C-contiguous, so byte ranges are exact)."""
+    def span(a, label):
+        start = a.__array_interface__["data"][0]
+        return (start, start + a.nbytes, label)
+    written = [span(a, f"{name}[{k}]") for name, arrays in
+               (("param", params), ("row_var", rows), ("col_var", cols), ("variance", vars_))
+               for k, a in enumerate(arrays) if a is not None and a.nbytes]
+    _kernels.check_spans(written, "each array the step writes must be its own")
+    starts = [lo for lo, _, _ in written]
+    for k, g in enumerate(grads):
+        if g.nbytes:
+            lo, hi, _ = span(g, "")
+            j = bisect.bisect_right(starts, lo) - 1
+            for a_lo, a_hi, label in written[max(j, 0):j + 2]:
+                if a_lo < hi and lo < a_hi:
+                    raise ValueError(f"grad[{k}] shares memory with {label}, which the step "
+                                     "writes")
+
+
 def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, lr=1e-2,
                beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
                maximize=False):
@@ -300,11 +322,7 @@ def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, 
                                                  _kernels.get_num_threads()))
     for k in range(n):
         _adafactor.check(params[k], grads[k], rows[k], cols[k], vars_[k], scratch, *names(k))
-    seen = [(p, f"param[{k}]") for k, p in enumerate(params)]
-    for k, p in enumerate(params):
-        for q, what in seen[k + 1:]:
-            if p.size and q.size and np.may_share_memory(p, q):
-                raise ValueError(f"param[{k}] and {what} share memory; pass each parameter once")
+    _adafactor_disjoint(params, grads, rows, cols, vars_)
     omb, rho, decay = _adafactor_hyper.adafactor_scalars(step, lr, beta2_decay, weight_decay)
     eps1 = _adafactor_hyper.eps1_for(eps1, params[0].dtype)
     for k in range(n):
