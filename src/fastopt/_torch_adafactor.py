@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _adafactor, _kernels
+from . import _torch_dtensor as _dt
 from ._adafactor_hyper import adafactor_scalars, eps1_for
 from .optim.adafactor import Adafactor as _NumpyAdafactor
 
@@ -26,21 +27,15 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _check(t, what, like=None):
-    if t.layout != torch.strided:
-        raise TypeError(f"{what} is a {t.layout} tensor; fastopt.torch.Adafactor needs dense "
-                        "tensors")
-    if t.device.type != "cpu":
-        raise TypeError(f"{what} is on {t.device}; fastopt.torch.Adafactor runs on CPU tensors "
-                        "(fastopt has no CUDA Adafactor kernel; use torch.optim.Adafactor)")
+    """fastopt.torch's checks of a tensor handed to the kernels (dense, CPU, not overlapping
+    itself; with `like`, its dtype and shape), then the dtypes this kernel has."""
+    from .torch import _check_tensor      # (fastopt.torch imports this module at its end)
+    _check_tensor(t, what, like)
+    if _dt.is_dtensor(t):
+        raise TypeError(f"{what} is a DTensor; fastopt.torch.Adafactor steps plain CPU tensors")
     if t.dtype not in _DTYPES:
         raise TypeError(f"{what} has dtype {t.dtype}; fastopt.torch.Adafactor steps float32 "
                         "and float64 tensors")
-    if like is not None and (t.dtype != like.dtype or t.shape != like.shape):
-        raise ValueError(f"{what} has {t.dtype} {tuple(t.shape)}, expected {like.dtype} "
-                         f"{tuple(like.shape)} like its parameter")
-    if t.is_conj() or t.is_neg():
-        raise ValueError(f"{what} has a pending conjugate/negation bit; call .resolve_conj() "
-                         "/ .resolve_neg() first")
 
 
 def _array(t):

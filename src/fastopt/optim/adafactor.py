@@ -141,29 +141,18 @@ class Adafactor(GroupedOptimizer):
         rec.step += 1
 
     # ------------------------------------------------------------------------- state dict
-    def _saved_entry(self, i, entry, p, like=""):
-        """A saved entry's buffers, with torch's shapes for this parameter (row_var/col_var
-        for >= 2 dims, variance otherwise)."""
+    def _buffer_shape(self, name, p):
         shapes = _adafactor.state_shapes(p.shape)
-        out = {}
-        for name, value in entry.items():
-            if name == "step":
-                continue
-            if name not in self.BUFFERS:
-                raise ValueError(f"state[{i}] has unknown buffer {name!r}; Adafactor keeps "
-                                 f"{list(self.BUFFERS)}")
-            if name not in shapes:
-                raise ValueError(f"state[{i}] has {name!r}, but a parameter of shape "
-                                 f"{p.shape} keeps {sorted(shapes)}")
-            shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-            if shape is None or tuple(shape) != shapes[name]:
-                raise ValueError(f"state[{i}][{name!r}] has shape {shape}, expected "
-                                 f"{shapes[name]} for a parameter of shape {p.shape}")
-            if dtype is None or np.dtype(dtype).kind != "f":
-                raise TypeError(f"state[{i}][{name!r}] must be a floating array, got "
-                                f"dtype {dtype}")
-            out[name] = value
-        missing = sorted(set(shapes) - set(out))
+        if name not in shapes:
+            raise ValueError(f"state has {name!r}, but a parameter of shape {p.shape} keeps "
+                             f"{sorted(shapes)}")
+        return shapes[name]
+
+    def _saved_entry(self, i, entry, p, like=""):
+        """A saved entry's buffers, with torch's shapes for this parameter (row_var and
+        col_var for >= 2 dims, else variance), all of them or none."""
+        out = super()._saved_entry(i, entry, p, f" for a parameter of shape {p.shape}")
+        missing = sorted(set(_adafactor.state_shapes(p.shape)) - set(out))
         if out and missing:
             raise ValueError(f"state[{i}] lacks {missing}")
         return out
