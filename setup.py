@@ -38,6 +38,7 @@ C_SOURCES = {
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
     "fastopt._sparse": [f"{CSRC}/sparse_adam.c"],
+    "fastopt._adafactor": [f"{CSRC}/adafactor.c"],
 }
 
 

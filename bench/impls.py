@@ -449,3 +449,36 @@ def make_sparse_adam(contender, table, batches):
         step.table = table
         return step
     raise ValueError(f"unknown SparseAdam contender {contender!r}")
+# ------------------------------------------------------------------------------- Adafactor
+# Not in the optimizer table (not elementwise): its contenders, for `fastopt bench`'s adafactor
+# section. Minimal traffic: read p and g, write p (the stream kernel's 3 passes).
+ADAFACTOR_TRAFFIC = 3
+
+
+def make_fastopt_adafactor(params, grads):
+    """fastopt.Adafactor's ``step(grads)`` over copies of `params` (defaults)."""
+    import fastopt as fo
+    mine = [np.array(p, copy=True) for p in params]
+    opt = fo.Adafactor(mine)
+    return lambda: opt.step(grads)
+
+
+def adafactor_torch_variants():
+    """torch.optim.Adafactor's CPU variants ("single": the for-loop; "foreach"), or ()."""
+    try:
+        import torch
+    except ImportError:
+        return ()
+    return ("single", "foreach") if hasattr(torch.optim, "Adafactor") else ()
+
+
+def make_torch_adafactor(params, grads, variant):
+    """torch.optim.Adafactor's step over copies of `params` (gradients share the buffers)."""
+    import torch
+    tensors = []
+    for p, g in zip(params, grads):
+        t = torch.nn.Parameter(torch.from_numpy(np.array(p, copy=True)))
+        t.grad = torch.from_numpy(np.ascontiguousarray(g))
+        tensors.append(t)
+    opt = torch.optim.Adafactor(tensors, foreach=variant == "foreach")
+    return opt.step

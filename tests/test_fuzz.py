@@ -30,6 +30,7 @@ from fastopt import nn, optim, problems
 from fastopt import schedules as S
 from fastopt import tricks as T
 from fastopt._specs import SPECS
+import fuzz_adafactor  # noqa: F401  (registers its drivers)
 import fuzz_extras  # noqa: F401  (registers its drivers)
 import fuzz_mixed  # noqa: F401  (registers its drivers)
 import fuzz_muon  # noqa: F401  (registers its drivers)

@@ -43,6 +43,7 @@ common = pytest.importorskip("torch.testing._internal.common_optimizers",
 # (10, 1) matrix)
 NAMES = {opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None} | {"Muon"}
 TWO_D = {"Muon"}
+NAMES |= {"Adafactor"}          # outside the table (fastopt._torch_adafactor)
 INFOS = [info for info in common.optim_db if info.optim_cls.__name__ in NAMES]
 # SparseAdam (sparse gradients only, not in the table): its own configurations below
 SPARSE_INFOS = [info for info in common.optim_db if info.optim_cls.__name__ == "SparseAdam"]

@@ -23,8 +23,8 @@ from ._kernels import get_num_threads, has_openmp, set_num_threads
 from .flat import flatten
 from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
-from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Muon, Newton, NewtonStep,
-                    Optimizer)
+from .optim import (SVRG, Adafactor, HessianShiftWarning, LineSearchWarning, Muon, Newton,
+                    NewtonStep, Optimizer)
 from .optim.first_order import CLASSES as _CLASSES
 from .optim import SparseAdam
 from .sparse import RowSparseGrad
@@ -41,7 +41,7 @@ __all__ = [
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
     "NewtonStep", "SVRG", "Muon", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
-    "train", "convergence", "SparseAdam", "RowSparseGrad", "sparse",
+    "train", "convergence", "SparseAdam", "RowSparseGrad", "sparse", "Adafactor",
 ]
 
 #: every public submodule. Those not imported above are imported on first access (PEP 562).

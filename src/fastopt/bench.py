@@ -93,10 +93,13 @@ SECTIONS = {
     "muon": "Muon's step vs the BLAS gemm rate of its Newton-Schulz iteration and torch's Muon",
     "sparse": "SparseAdam on an embedding table (1e6 x 64 float32, 4096-lookup batches with "
               "repeats; 1e5 rows with --quick) vs torch.optim.SparseAdam",
+    "adafactor": "Adafactor (not elementwise) on one matrix vs torch's variants, float32",
 }
 #: the SparseAdam case: (table rows, row length, lookups per batch)
 SPARSE_SHAPE = (1_000_000, 64, 4096)
 QUICK_SPARSE_SHAPE = (100_000, 64, 4096)
+#: the matrix of the adafactor section (5e7 values; 1000 x 1000 with --quick)
+ADAFACTOR_SHAPE, ADAFACTOR_QUICK_SHAPE = (5000, 10000), (1000, 1000)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -139,6 +142,7 @@ class Config:
         self.muon_shapes = tuple(tuple(s) for s in (muon_shapes or (QUICK_SHAPES if quick
                                                                      else FULL_SHAPES)))
         self.sparse_shape = tuple(sparse_shape or (QUICK_SPARSE_SHAPE if quick else SPARSE_SHAPE))
+        self.adafactor_shape = ADAFACTOR_QUICK_SHAPE if quick else ADAFACTOR_SHAPE
 
 
 # ------------------------------------------------------------------------------- machine
@@ -493,6 +497,40 @@ def run_threads(name, n, dtype, cfg, inputs):
             "cpu_per_wall_one": cw1, "cpu_per_wall_all": cwn}
 
 
+def run_adafactor(shape, threads, cfg, inputs):
+    """fastopt.Adafactor vs torch.optim.Adafactor (for-loop and foreach, the faster reported
+    as "torch") and the stream kernel, on one float32 matrix, alternated."""
+    params, grads = inputs.get([shape], "float32")
+    n = math.prod(shape)
+    with Threads(threads):
+        contenders = {"fastopt": impls.make_fastopt_adafactor(params, grads),
+                      "stream": _stream_step(n, "float32")}
+        if cfg.torch:
+            for variant in impls.adafactor_torch_variants():
+                contenders[f"torch_{variant}"] = impls.make_torch_adafactor(params, grads,
+                                                                            variant)
+        times = measure(contenders, cfg.samples, cfg.batch_ms / 1e3)
+    del contenders
+    _free(n * 4)
+    mine = times["fastopt"]
+    row = {"optimizer": "adafactor", "dtype": "float32", "shape": list(shape), "n": n,
+           "threads": threads}
+    for key, ts in times.items():
+        entry = _summary(ts)
+        passes = 3 if key == "stream" else impls.ADAFACTOR_TRAFFIC
+        entry["gbs"] = passes * 4 * n / (entry["median_ms"] / 1e3) / 1e9
+        if key != "fastopt":
+            entry["ratio"] = _ratio(ts, mine)
+        row[key] = entry
+    row["fastopt"]["pct_bandwidth"] = float(np.median(
+        np.asarray(times["stream"]) / np.asarray(mine))) * impls.ADAFACTOR_TRAFFIC / 3 * 100
+    torches = [k for k in row if k.startswith("torch_")]
+    if torches:
+        best = min(torches, key=lambda k: row[k]["median_ms"])
+        row["torch"] = dict(row[best], variant=best.partition("_")[2])
+    return row
+
+
 def run_crossover(name, n, cfg, inputs):
     """Serial vs parallel (threshold forced to 1) at n float32 elements, alternated."""
     params, grads = inputs.get([(n,)], "float32")
@@ -572,6 +610,9 @@ def plan(cfg):
     if "sparse" in cfg.sections:
         for threads in cfg.threads:
             jobs.append(("sparse", (*cfg.sparse_shape, threads)))
+    if "adafactor" in cfg.sections:
+        for threads in cfg.threads:
+            jobs.append(("adafactor", (cfg.adafactor_shape, threads)))
     return jobs
 
 
@@ -617,6 +658,8 @@ def _describe_job(section, args):
         return f"muon {args[0][0]}x{args[0][1]} {args[1] or 'bfloat16'} {args[2]}t"
     if section == "sparse":
         return f"sparse_adam {_fmt_n(args[0])}x{args[1]} batch {args[2]} {args[3]}t"
+    if section == "adafactor":
+        return f"adafactor {args[0][0]}x{args[0][1]} float32 {args[1]}t"
     return f"{section} {args[0]} N={_fmt_n(args[1])}"
 
 
@@ -624,7 +667,7 @@ def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
               "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
-              "muon": [], "sparse": []}
+              "muon": [], "sparse": [], "adafactor": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -651,6 +694,8 @@ def run(cfg, progress=True):
                 row = run_muon(*args, cfg, measure, Threads, _torch())
             elif section == "sparse":
                 row = run_sparse(*args, cfg)
+            elif section == "adafactor":
+                row = run_adafactor(*args, cfg, inputs)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -773,6 +818,16 @@ def format_report(report):
                            f"{r['fastopt']['spread_pct']:.0f}%", f"{r['fastopt']['gbs']:.1f}",
                            _fmt_ms(r["torch"]["median_ms"]) if "torch" in r else "-",
                            _x(r.get("torch"))] for r in report["sparse"]]))
+    if report.get("adafactor"):
+        parts.append("\nAdafactor, one float32 matrix, warm (GB/s and %bw from reading p and g "
+                     "and writing p; torch: its faster variant):\n" + _table(
+                         ["shape", "thr", "fastopt ms", "GB/s", "%bw", "torch ms", "vs torch"],
+                         [["x".join(map(str, r["shape"])), r["threads"],
+                           f"{_fmt_ms(r['fastopt']['median_ms'])} ±{r['fastopt']['spread_pct']:.0f}%",
+                           f"{r['fastopt']['gbs']:.1f}", f"{r['fastopt']['pct_bandwidth']:.0f}%",
+                           f"{r['torch']['variant']} {_fmt_ms(r['torch']['median_ms'])}"
+                           if r.get("torch") else "-", _x(r.get("torch"))]
+                          for r in report["adafactor"]]))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)

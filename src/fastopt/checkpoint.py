@@ -506,8 +506,22 @@ def _shapes_of(path, params):
     return expect
 
 
+class _Shape:
+    """Something with a shape (what `_shapes_of` reads of a parameter)."""
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
 def _params_of(opt):
-    return [p for g in opt.param_groups for p in g["params"]]
+    """The parameters of `opt`, and (for optimizers whose state has other shapes, such as
+    Adafactor's row and column factors) something of each state shape (``_checkpoint_shapes``)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    extra = getattr(opt, "_checkpoint_shapes", None)
+    if extra is not None:
+        params += [_Shape(tuple(shape)) for shape in set(extra())]
+    return params
 
 
 def load(opt, path):

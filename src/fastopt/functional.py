@@ -19,16 +19,17 @@ These functions are usable as a backend by other frameworks; the classes in `fas
 call the same runners (`fastopt._runners`, compiled from the optimizer table
 fastopt._table by fastopt._steps) with cached plans.
 """
+import bisect
 import re
 
 import numpy as np
 
-from . import _kernels, _runners, _specs, _steps, _table, _validate
+from . import _adafactor, _adafactor_hyper, _kernels, _runners, _specs, _steps, _table, _validate
 from ._newton import newton_step
 from ._sparse_adam import sparse_adam_
 
 # and the forms: sgd_, adam_, ...
-__all__ = ["newton_", "muon_", "sparse_adam_", "backend_for", "FORMS", "make_form"]
+__all__ = ["newton_", "muon_", "sparse_adam_", "adafactor_", "backend_for", "FORMS", "make_form"]
 
 
 def backend_for(arrays):
@@ -298,3 +299,78 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
     kernel = rules.kernel_module()
     for p, g, b in zip(params, grads, bufs):
         rules.step_one(kernel, p, g, b, workspace, **hyper)
+# --------------------------------------------------------------------------------- Adafactor
+def _adafactor_disjoint(params, grads, rows, cols, vars_):
+    """ValueError when two arrays the step writes, or a gradient and one of them, share
+    memory (every array already checked C-contiguous, so byte ranges are exact)."""
+    def span(a, label):
+        start = a.__array_interface__["data"][0]
+        return (start, start + a.nbytes, label)
+    written = [span(a, f"{name}[{k}]") for name, arrays in
+               (("param", params), ("row_var", rows), ("col_var", cols), ("variance", vars_))
+               for k, a in enumerate(arrays) if a is not None and a.nbytes]
+    _kernels.check_spans(written, "each array the step writes must be its own")
+    starts = [lo for lo, _, _ in written]
+    for k, g in enumerate(grads):
+        if g.nbytes:
+            lo, hi, _ = span(g, "")
+            j = bisect.bisect_right(starts, lo) - 1
+            for a_lo, a_hi, label in written[max(j, 0):j + 2]:
+                if a_lo < hi and lo < a_hi:
+                    raise ValueError(f"grad[{k}] shares memory with {label}, which the step "
+                                     "writes")
+
+
+def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, lr=1e-2,
+               beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
+               maximize=False):
+    """Adafactor step, in place; equations in :class:`fastopt.Adafactor` (torch's
+    ``torch.optim._functional.adafactor``, single-tensor path).
+
+    For a parameter of >= 2 dims pass `row_var` and `col_var` (torch's shapes: the
+    parameter's with dim -1, resp. dim -2, set to 1), else `variance` (its shape); with lists,
+    one entry per parameter (None where it does not apply). `step` is the 1-based step being
+    taken; eps1 None is the machine epsilon of the first parameter's dtype (as torch). NumPy
+    arrays only (CPU; CuPy arrays raise TypeError). Every array is checked before any is
+    written. Each call allocates the column-sum scratch (threads x the widest last dim
+    doubles); the class keeps one. Returns None.
+    """
+    params = _listify(param, "param")
+    n = len(params)
+
+    def per_param(x, name):
+        if isinstance(x, (list, tuple)):
+            if len(x) != n:
+                raise ValueError(f"{name} has {len(x)} entries but param has {n}")
+            return list(x)
+        if n != 1:
+            raise TypeError(f"{name} must be a list (one entry per parameter, None where it "
+                            "does not apply) when param is a list")
+        return [x]
+    grads = per_param(grad, "grad")
+    rows, cols, vars_ = (per_param(row_var, "row_var"), per_param(col_var, "col_var"),
+                         per_param(variance, "variance"))
+    for what, arrays in (("param", params), ("grad", grads)):
+        for a in arrays:
+            if type(a).__module__.startswith("cupy") or hasattr(a, "__cuda_array_interface__"):
+                raise TypeError(f"adafactor_ runs on NumPy (CPU) arrays only; {what} is a "
+                                "CuPy array (fastopt has no CUDA Adafactor kernel)")
+    step = _check_step(step)
+    lr = _check_lr(lr)
+    rules = _adafactor_hyper.RULES
+    beta2_decay = rules["beta2_decay"]("beta2_decay", beta2_decay)
+    eps1, eps2 = rules["eps"]("eps", (eps1, eps2))
+    d = rules["d"]("d", d)
+    weight_decay = rules["weight_decay"]("weight_decay", weight_decay)
+    maximize = rules["maximize"]("maximize", maximize)
+    names = lambda k: (f"param[{k}]", f"grad[{k}]", "") if n > 1 else ("param", "grad", "")
+    scratch = np.zeros(_adafactor.scratch_length([getattr(p, "shape", ()) for p in params],
+                                                 _kernels.get_num_threads()))
+    for k in range(n):
+        _adafactor.check(params[k], grads[k], rows[k], cols[k], vars_[k], scratch, *names(k))
+    _adafactor_disjoint(params, grads, rows, cols, vars_)
+    omb, rho, decay = _adafactor_hyper.adafactor_scalars(step, lr, beta2_decay, weight_decay)
+    eps1 = _adafactor_hyper.eps1_for(eps1, params[0].dtype)
+    for k in range(n):
+        _adafactor.step(params[k], grads[k], rows[k], cols[k], vars_[k], scratch, omb, rho, eps1,
+                        eps2, d, decay, maximize, *names(k))

@@ -72,6 +72,11 @@ or a state tensor is picked up; the common step (every parameter has a gradient,
 costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
 of a group are views into one counter buffer, advanced by one NumPy operation.
 
+``fastopt.torch.Adafactor`` is ``torch.optim.Adafactor`` (a subclass: its construction,
+state creation and state_dict are torch's) whose step runs fastopt's Adafactor kernel on
+CPU float32/float64 tensors (fastopt._torch_adafactor); other dtypes and devices raise
+TypeError before anything is written.
+
 >>> import torch, fastopt.torch
 >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
 >>> opt = fastopt.torch.Adam([w], lr=0.1)
@@ -868,3 +873,8 @@ __all__ += ["Muon", "muon_param_groups"]
 from ._torch_sparse import SparseAdam  # noqa: E402
 
 __all__ += ["SparseAdam"]
+# Adafactor (not elementwise: row/column factors) subclasses torch.optim.Adafactor and replaces
+# only its step (fastopt._torch_adafactor)
+from ._torch_adafactor import Adafactor  # noqa: E402
+
+__all__ = [*__all__, "Adafactor"]

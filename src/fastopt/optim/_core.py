@@ -305,9 +305,15 @@ class OptimizerCore:
                              f"{sorted(values)}; fastopt keeps one per group")
         return values.pop()
 
+    def _buffer_shape(self, name, p):
+        """The shape of state buffer `name` of parameter `p`: p's (a hook: Adafactor's factors
+        have their own)."""
+        return p.shape
+
     def _saved_entry(self, i, entry, p, like=""):
         """The checked values of saved ``state[i]`` (`entry`, of parameter `p`) but 'step':
-        ``SCALARS`` as floats, ``BUFFERS`` of p's shape and a floating dtype, as they are."""
+        ``SCALARS`` as floats, ``BUFFERS`` of their shape (`_buffer_shape`) and a floating
+        dtype, as they are."""
         out = {}
         for name, value in entry.items():
             if name == "step":
@@ -322,9 +328,10 @@ class OptimizerCore:
             if value is None and self._NONE_IS_NO_BUFFER:
                 continue
             shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-            if shape is None or tuple(shape) != p.shape:
+            expected = self._buffer_shape(name, p)
+            if shape is None or tuple(shape) != expected:
                 raise ValueError(f"state[{i}][{name!r}] has shape {shape}, expected "
-                                 f"{p.shape}{like}")
+                                 f"{expected}{like}")
             if dtype is None or np.dtype(dtype).kind != "f":
                 raise TypeError(f"state[{i}][{name!r}] must be a floating array, got "
                                 f"dtype {dtype}")
