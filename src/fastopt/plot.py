@@ -124,6 +124,9 @@ def spaced_marks(xy, bounds, spacing=0.09):
     return marks
 
 
+_PER_ROW = 5      # methods per legend row (a row of the 12.5-inch figures holds 5 or 6)
+
+
 def _family_legend(fig, names, handles_by_name, extra=(), **kwargs):
     """A legend with one row per method family, its heading first, then a row of the
     `extra` handles (start, minimum, last iterate) under "marks". Returns (legend, rows)."""
@@ -136,6 +139,9 @@ def _family_legend(fig, names, handles_by_name, extra=(), **kwargs):
     rows = [(headings.get(f, "other"), hs) for f, hs in groups.items()]
     if extra:
         rows.append(("marks", list(extra)))
+    # a family of more than _PER_ROW methods continues on the next row, under no heading
+    rows = [(heading if k == 0 else "", hs[k:k + _PER_ROW])
+            for heading, hs in rows for k in range(0, max(len(hs), 1), _PER_ROW)]
     ncol = 1 + max(len(hs) for _, hs in rows)
     grid = []
     for heading, hs in rows:
