@@ -17,7 +17,7 @@ import fastopt as fo
 from fastopt._specs import SPECS
 from fuzz_optim import CLASSES, NAMES, draw_case
 from fuzzing import ERRORS, Masks, assert_close, entry_point, same_state_dict, spread_values
-from reference import reference_step
+from reference import GROUP_KEYS, GROUP_STEPS, reference_step
 
 try:
     import ml_dtypes
@@ -149,13 +149,18 @@ def fuzz_mixed_precision(ex, name):
             expected_scale = s * 2.0 if good_run == interval else s
             good_run = 0 if good_run == interval else good_run
             assert opt.loss_scale == expected_scale, (opt.loss_scale, expected_scale)
+        step_hyper, step_lr = full, None
+        if name in GROUP_STEPS:         # the group scalars before the step (Schedule-Free)
+            group_ref = {**full, **{k: sd["param_groups"][0][k] for k in GROUP_KEYS}}
+            step_lr, c = GROUP_STEPS[name](group_ref, full["lr"])
+            step_hyper = {**group_ref, "ckp1": c}
         for i, (p, g, m0) in enumerate(zip(params, scaled, masters_before)):
             start = m0 if m0 is not None else np.frombuffer(raw[i], p.dtype).reshape(p.shape)
             state = {k: np.array(v, np.float64) for k, v in sd["state"].get(i, {}).items()
                      if isinstance(v, np.ndarray) and k in spec.state}
             state_before = {k: v.copy() for k, v in state.items()}
             ref = reference_step(name, np.asarray(start, np.float64), g.astype(np.float64), state,
-                                 full, applied_steps)
+                                 step_hyper, applied_steps, step_lr)
             masks = Masks(np.asarray(start, np.float64).reshape(-1))
             masks.add(g.reshape(-1))
             for v in state.values():

@@ -149,7 +149,8 @@ def test_compare_returns_plain_arrays_for_every_method(breast_cancer):
     res = compare(prob, epochs=2, f_star=f_star)
     assert isinstance(res, Comparison)
     assert res.names() == ["gd", "sgd", "minibatch_sgd", "momentum", "nesterov", "adagrad",
-                           "rmsprop", "adam", "adadelta", "adamax", "svrg", "newton"]
+                           "rmsprop", "adam", "adadelta", "adamax", "lion", "schedule_free_adamw",
+                           "svrg", "newton"]
     n = prob.n_samples
     for name in res.names():
         tr = res[name]

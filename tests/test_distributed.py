@@ -334,3 +334,23 @@ def test_crafted_checkpoints_run_no_code_under_mpiexec(tmp_path):
             assert res["outcome"].startswith("ValueError:"), (r["rank"], case, res)
             assert res["unchanged"], (r["rank"], case)
     assert not (tmp_path / "marker").exists()
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_schedule_free_train_eval_through_both_wrappers(n, tmp_path):
+    """tests/mpi/schedule_free.py: y after the steps and x after eval() equal one process on
+    the global batch, group scalars included; a sharded checkpoint saved in eval mode loads into
+    a plain optimizer in eval mode and continues identically."""
+    results = run_workers(n, "schedule_free.py", tmp_path)
+    for r in results:
+        assert len(r["errors"]) == 6           # {Distributed, Sharded} x {AdamW, SGD, RAdam}
+        for case, err in r["errors"].items():
+            for point in ("y", "x"):
+                assert err[point]["float64"] < 1e-12, (case, point, r["rank"], err)
+                assert err[point]["float32"] < 1e-5, (case, point, r["rank"], err)
+        assert all(r["same_scalars"].values()), r["same_scalars"]
+    root = results[0]["checkpoint"]
+    assert root["mode"] == [False, False] and root["k"] == [10, 10]
+    assert root["continued"] < 1e-12 and root["continued_float32"] < 1e-5

@@ -751,6 +751,8 @@ def torch_run(name, hyper, steps=3):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
     opt = getattr(ft, SPECS[name].class_name)([w], **hyper)
+    if SPECS[name].modes is not None:        # Schedule-Free starts in eval mode, as schedulefree
+        opt.train()
     grads = torch.randn(steps, 5, dtype=torch.float64)
     for g in grads:
         w.grad = g.clone()

@@ -23,7 +23,7 @@ from fastopt import _mixed
 from fastopt.mixed import DynamicLossScale, MixedPrecision
 from cases import CASES, EXTRA_CASES
 from oracle_check import OracleRun
-from reference import ReferenceOptimizer
+from reference import GROUP_KEYS, ReferenceOptimizer
 
 try:
     import ml_dtypes
@@ -284,8 +284,11 @@ def test_without_master_each_step_follows_the_float64_oracle(name, case, hyper, 
             before = [p.astype(np.float64) for p in lowp]
             states = [{k: v.copy() for k, v in opt.state.get(i, {}).items()}
                       for i in range(len(lowp))]
-            oracle = OracleRun(name, oracle_groups(hyper, before), np.float32, states=states,
-                               steps=[t, t])
+            # the group-level scalars too (Schedule-Free's k, weight_sum, lr_max) as they are
+            groups = [dict(g, **{k: opt.param_groups[gi][k] for k in GROUP_KEYS
+                                 if k in opt.param_groups[gi]})
+                      for gi, g in enumerate(oracle_groups(hyper, before))]
+            oracle = OracleRun(name, groups, np.float32, states=states, steps=[t, t])
             assert opt.step(step[:3]) is True
             oracle.step(unscaled(step[:3], scale))
             oracle.check(lowp, [opt.state.get(i, {}) for i in range(len(lowp))],

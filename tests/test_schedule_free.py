@@ -216,7 +216,3 @@ def test_loads_the_packages_state_dict(name):
     opt.eval()
     np.testing.assert_allclose(w, tp.detach().numpy(), rtol=1e-13, atol=1e-15)
 
-
-def test_mixed_precision_is_declared_absent():
-    with pytest.raises(TypeError, match="mixed"):
-        fo.MixedPrecision(fo.ScheduleFreeAdamW, [np.zeros(3, np.float16)])

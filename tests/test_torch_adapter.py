@@ -65,6 +65,8 @@ def loss_fn(model, x, y, hyper):
 
 
 def train(model, opt, hyper, X, Y, start=0, stop=N_STEPS):
+    if callable(getattr(opt, "train", None)):     # train/eval optimizers (Schedule-Free)
+        opt.train()
     for t in range(start, stop):
         opt.zero_grad()
         loss_fn(model, X[t], Y[t], hyper).backward()

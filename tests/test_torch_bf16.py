@@ -121,7 +121,7 @@ def test_master_weights_match_mixed_precision_bit_for_bit(dtype):
             "exp_avg": torch.float32, "exp_avg_sq": torch.float32, "master": torch.float32}
 
 
-@pytest.mark.parametrize("cls", [n for n in ft.__all__ if n not in ("Optimizer", "AdamW")
+@pytest.mark.parametrize("cls", [n for n in ft.__all__ if n not in ("Optimizer", "AdamW", *ft._ALIASES)
                                  and isinstance(getattr(ft, n), type)
                                  and issubclass(getattr(ft, n), ft.Optimizer)])
 def test_every_optimizer_matches_mixed_precision(cls):
@@ -129,7 +129,23 @@ def test_every_optimizer_matches_mixed_precision(cls):
     kw = {"SGD": dict(lr=0.05, momentum=0.9)}.get(cls, {})      # the class defaults
     opt = getattr(ft, cls)(model.parameters(), **kw)
     ref = mirror(getattr(fo, cls), list(model.parameters()), **kw)
+    modes = callable(getattr(opt, "train", None))      # Schedule-Free: train(), then eval()
+    if modes:
+        opt.train()
     lockstep(model, opt, ref, 4, torch.bfloat16)
+    if modes:
+        # the move is torch's lerp_ here (as in schedulefree; it may fuse a multiply-add) and
+        # NumPy's there: the masters agree to the rounding of a float32 lerp, and the 16-bit
+        # parameters to a 16-bit rounding of theirs
+        opt.eval()
+        ref[0].eval()
+        params = list(model.parameters())
+        for i, (p, q, m) in enumerate(zip(params, ref[1], ref[0].master_params)):
+            mine = opt.state[p]["master"].numpy()
+            z = ref[0].state[i]["z"]
+            assert np.all(np.abs(mine - m) <= 2.0 ** -22 * (np.abs(m) + np.abs(z)))
+            np.testing.assert_allclose(as_numpy(p).astype(np.float32), q.astype(np.float32),
+                                       rtol=2.0 ** -7, atol=0)
 
 
 def test_16_and_32_bit_parameters_share_a_group():

@@ -266,3 +266,25 @@ def test_hessian_batch_size_at_least_n_uses_every_sample():
     seen.clear()
     train(Spy(), Newton([prob.init()]), epochs=1, batch_size=4, hessian_batch_size=5)
     assert [len(i) for i in seen] == [5] * 3
+
+
+def test_train_eval_optimizers_are_measured_at_their_average():
+    """Schedule-Free: gradients at y (train mode), every record at x = (y - (1 - b) z) / b
+    (between eval() and train()), the returned w is x, and the optimizer ends in train mode."""
+    prob = _problem()
+    w = prob.init()
+    opt = fo.ScheduleFreeAdamW([w], lr=0.1, betas=(0.8, 0.999))
+    seen = []
+    hist = train(prob, opt, epochs=5, callback=lambda r: seen.append(r["w"].copy()))
+    assert opt.param_groups[0]["train_mode"] is True
+    x = (w - 0.2 * opt.state[0]["z"]) / 0.8
+    np.testing.assert_allclose(hist.w, x, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(seen[-1], x, rtol=1e-12, atol=1e-14)
+    assert hist.loss[-1] == pytest.approx(prob.loss(hist.w), rel=1e-12)
+    assert not np.allclose(hist.w, w)              # y and x differ after 5 steps
+    # the same steps without records: the same y, to the rounding of the eval/train moves
+    v = prob.init()
+    plain = fo.ScheduleFreeAdamW([v], lr=0.1, betas=(0.8, 0.999))
+    for _ in range(5):
+        plain.step([prob.grad(v)])
+    np.testing.assert_allclose(w, v, rtol=1e-12, atol=1e-14)

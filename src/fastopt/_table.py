@@ -274,7 +274,7 @@ KERNELS = {k.name: k for k in (
         flags={},
         state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
         cases=((),),
-        cost=3, backends=("cpu", "cuda"),
+        cost=3, backends=BACKENDS,
     ),
     Kernel(
         name="schedule_free_sgd", title="Schedule-Free SGD",
@@ -287,7 +287,7 @@ KERNELS = {k.name: k for k in (
         flags={},
         state=(State("z", None, PARAM),),
         cases=((),),
-        cost=2, backends=("cpu", "cuda"),
+        cost=2, backends=BACKENDS,
     ),
     Kernel(
         name="schedule_free_radam", title="Schedule-Free RAdam",
@@ -303,7 +303,7 @@ KERNELS = {k.name: k for k in (
         flags={"RECTIFY": "rho_t > 4.0"},
         state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
         cases=((), ("RECTIFY",)),
-        cost=3, backends=("cpu", "cuda"),
+        cost=3, backends=BACKENDS,
     ),
     Kernel(
         name="radam", title="RAdam",
@@ -852,7 +852,7 @@ OPTIMIZERS = {o.name: o for o in (
     ),
     Optimizer(
         name="schedule_free_adamw", class_name="ScheduleFreeAdamW", kernel="schedule_free_adamw",
-        torch=("no_step",), reference="schedulefree.AdamWScheduleFree", adapters=(),
+        torch=("no_step",), reference="schedulefree.AdamWScheduleFree",
         hyper=(_lr(0.0025), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
                Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER),
         inputs=_BETA_INPUTS, checks=(),
@@ -885,7 +885,7 @@ OPTIMIZERS = {o.name: o for o in (
     ),
     Optimizer(
         name="schedule_free_sgd", class_name="ScheduleFreeSGD", kernel="schedule_free_sgd",
-        torch=("no_step",), reference="schedulefree.SGDScheduleFree", adapters=(),
+        torch=("no_step",), reference="schedulefree.SGDScheduleFree",
         hyper=(_lr(1.0), Hyper("momentum", 0.9, "open_unit",
                                "Momentum must be between 0 and 1 exclusive: {value}"),
                Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER),
@@ -915,7 +915,7 @@ OPTIMIZERS = {o.name: o for o in (
     ),
     Optimizer(
         name="schedule_free_radam", class_name="ScheduleFreeRAdam", kernel="schedule_free_radam",
-        torch=("no_step",), reference="schedulefree.RAdamScheduleFree", adapters=(),
+        torch=("no_step",), reference="schedulefree.RAdamScheduleFree",
         hyper=(_lr(0.0025), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
                Hyper("weight_decay", 0.0, "nonneg", _WD), *_SF_HYPER[1:],
                Hyper("silent_sgd_phase", True, "boolean", None)),

@@ -1,7 +1,8 @@
 r"""Convergence in terms of computation: many optimizers, one problem, one budget.
 
 :func:`compare` runs gradient descent, SGD with :math:`1/t` steps, minibatch SGD, heavy-ball
-momentum, Nesterov momentum, AdaGrad, RMSProp, Adam, AdaDelta, AdaMax, SVRG and Newton on one
+momentum, Nesterov momentum, AdaGrad, RMSProp, Adam, AdaDelta, AdaMax, Lion, Schedule-Free AdamW,
+SVRG and Newton on one
 logistic-regression problem (by default the breast-cancer data, :func:`default_problem`) for
 the same budget of gradient evaluations (counted in samples: ``epochs * n``), and returns
 each method's suboptimality :math:`f(w) - f^\star` against gradient evaluations and against
@@ -15,25 +16,29 @@ chosen by a small grid search (the value with the lowest mean log-suboptimality 
 digits data with l2 = 1e-2; see notes/newton.md), so they suit standardized features and
 penalties of that order:
 
-=================  =====  =====================================================================
-name               batch  hyperparameters
-=================  =====  =====================================================================
-gd                 all    SGD, lr = 1/L
-sgd                1      SGD, lr_t = lr0 / (1 + t/n), lr0 = 1/(2 L)
-minibatch_sgd      32     SGD, lr_t = lr0 / (1 + t/(4 n/32)), lr0 = 2/L
-momentum           all    SGD, lr = 1/L, momentum 0.7 (heavy ball)
-nesterov           all    SGD, lr = 1/L, momentum 0.7, nesterov
-adagrad            32     Adagrad, lr = 0.1
-rmsprop            32     RMSprop, lr = 1e-2, alpha = 0.99
-adam               32     Adam, lr = 1e-2 (betas 0.9, 0.999)
-adadelta           32     Adadelta, lr = 3.0, rho = 0.9
-adamax             32     Adamax, lr = 3e-2
-svrg               1      SVRG, lr = 1/(4 L), snapshot every epoch (n inner steps)
-newton             all    Newton, lr = 1, Armijo line search
-=================  =====  =====================================================================
+=====================  =====  ==================================================================
+name                   batch  hyperparameters
+=====================  =====  ==================================================================
+gd                     all    SGD, lr = 1/L
+sgd                    1      SGD, lr_t = lr0 / (1 + t/n), lr0 = 1/(2 L)
+minibatch_sgd          32     SGD, lr_t = lr0 / (1 + t/(4 n/32)), lr0 = 2/L
+momentum               all    SGD, lr = 1/L, momentum 0.7 (heavy ball)
+nesterov               all    SGD, lr = 1/L, momentum 0.7, nesterov
+adagrad                32     Adagrad, lr = 0.1
+rmsprop                32     RMSprop, lr = 1e-2, alpha = 0.99
+adam                   32     Adam, lr = 1e-2 (betas 0.9, 0.999)
+adadelta               32     Adadelta, lr = 3.0, rho = 0.9
+adamax                 32     Adamax, lr = 3e-2
+lion                   32     Lion, lr = 1e-2 (betas 0.9, 0.99)
+schedule_free_adamw    32     ScheduleFreeAdamW, lr = 0.1, no warmup and no schedule; measured at
+                              the average x (``eval()``)
+svrg                   1      SVRG, lr = 1/(4 L), snapshot every epoch (n inner steps)
+newton                 all    Newton, lr = 1, Armijo line search
+=====================  =====  ==================================================================
 
 (L is ``problem.L``; t counts steps from 0; the 1/t schedules are
-:class:`fastopt.schedules.inverse_time`.) Pass ``methods=[...]`` with names or your own
+:class:`fastopt.schedules.inverse_time`; the lr of Lion and of Schedule-Free AdamW come from
+the same grid on the breast-cancer data only.) Pass ``methods=[...]`` with names or your own
 :class:`Method` objects to change them.
 """
 import math
@@ -125,6 +130,9 @@ METHODS = {m.name: m for m in [
     Method("adam", "Adam", "Adam", 32, lambda p: dict(lr=1e-2)),
     Method("adadelta", "AdaDelta", "Adadelta", 32, lambda p: dict(lr=3.0, rho=0.9)),
     Method("adamax", "AdaMax", "Adamax", 32, lambda p: dict(lr=3e-2)),
+    Method("lion", "Lion", "Lion", 32, lambda p: dict(lr=1e-2)),
+    Method("schedule_free_adamw", "Schedule-Free AdamW", "ScheduleFreeAdamW", 32,
+           lambda p: dict(lr=0.1)),
     Method("svrg", "SVRG", "SVRG", 1, lambda p: dict(lr=_over_L(p, 0.25, "svrg"))),
     Method("newton", "Newton", "Newton", None, lambda p: dict(lr=1.0, line_search="armijo")),
 ]}

@@ -39,6 +39,15 @@ returns False. ``loss_scale="dynamic"`` (or a :class:`DynamicLossScale`) then mu
 :math:`S` by ``backoff_factor``, and by ``growth_factor`` after ``growth_interval`` finite steps
 in a row.
 
+Schedule-Free optimizers (``fo.ScheduleFreeAdamW``, ``ScheduleFreeSGD``, ``ScheduleFreeRAdam``)
+keep their ``z`` in float32 (it starts as a copy of the master), and ``train()``/``eval()`` move
+the master, :math:`\theta \leftarrow \mathrm{lerp}(\theta, z, w)` exactly as the float32
+optimizer moves a float32 parameter, then write :math:`\tilde\theta = \mathrm{rne}_{16}(\theta)`;
+so a run with its mode changes is, bit for bit, the float32 run, and the 16-bit parameters
+sit at the average :math:`x` (rounded) for evaluation. Without master weights the move runs
+on :math:`\mathrm{fl}_{32}(\tilde\theta)` and is rounded to nearest. The mode is part of the
+param groups, so ``state_dict``/``fo.save`` keep it.
+
 >>> import numpy as np, fastopt as fo
 >>> from fastopt.mixed import MixedPrecision      # also fo.MixedPrecision
 >>> w = np.array([1.0, -2.0], np.float16)
@@ -56,7 +65,7 @@ import threading
 import numpy as np
 
 from . import _mixed, _table, _validate
-from .optim.base import Optimizer, _to_host
+from .optim.base import Optimizer, _lerp_, _to_host
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
 
@@ -238,6 +247,25 @@ class MixedPrecision(Optimizer):
 
     def _state_like(self, params, fill=None):
         return [np.full(p.shape, 0.0 if fill is None else fill, dtype=np.float32) for p in params]
+
+    def _update_values(self, rec):
+        """The float32 values the rule updates: the master copies (a float32 parameter is its
+        own), or the 16-bit parameters themselves without master weights. Schedule-Free's z
+        starts as a copy of these."""
+        return [p if m is None else m for p, m in zip(rec.plan.params, rec.plan.masters)]
+
+    def _move(self, rec, i, p, end, weight):
+        """A mode change (Schedule-Free's train()/eval()) moves the float32 values the rule
+        updates, ``lerp(master, z, weight)`` exactly as a float32 optimizer moves its
+        parameter, and writes the 16-bit parameter from them rounded to nearest even; without
+        a master the move runs on the widened 16-bit value."""
+        m = rec.plan.masters[i]
+        if m is p:                                  # float32: its own master
+            _lerp_(p, end, weight)
+            return
+        values = p.astype(np.float32) if m is None else m
+        _lerp_(values, end, weight)
+        p[...] = values.astype(p.dtype)
 
     def _plans(self):
         """(offset, plan) of each param group, in order (as planned; see _groups.check_groups)."""

@@ -37,7 +37,7 @@ FAMILIES = {
     "adaptive": ("adaptive (batch 32)", "-."),
 }
 
-#: Method name -> (colour, family, marker). Thirteen colours that stay apart on white and on
+#: Method name -> (colour, family, marker). Fifteen colours that stay apart on white and on
 #: the grey contour plots (a qualitative set after S. Trubetskoy's "20 distinct colours").
 #: Gradient descent and heavy-ball momentum are drawn as wide translucent bands under the
 #: thin lines, since stochastic methods and Nesterov often run along their paths.
@@ -54,9 +54,11 @@ STYLES = {
     "adam": ("#3cb44b", "adaptive", "P"),
     "adadelta": ("#808080", "adaptive", "X"),
     "adamax": ("#800000", "adaptive", "*"),
+    "lion": ("#000075", "adaptive", "p"),
+    "schedule_free_adamw": ("#bfef45", "adaptive", "d"),
 }
-_EXTRA_COLOURS = ("#808000", "#000075", "#ffe119", "#bfef45", "#dcbeff", "#aaffc3")
-_EXTRA_MARKERS = ("p", "d", "8", "H", "1", "2")
+_EXTRA_COLOURS = ("#808000", "#ffe119", "#dcbeff", "#aaffc3")
+_EXTRA_MARKERS = ("8", "H", "1", "2")
 #: methods drawn as wide translucent bands under the thin lines -> (extra width in points,
 #: opacity, layer): heavy-ball momentum widest at the bottom, gradient descent on it
 _BANDS = {"momentum": (7.0, 0.5, 2.4), "gd": (4.0, 0.9, 2.5)}
@@ -122,6 +124,9 @@ def spaced_marks(xy, bounds, spacing=0.09):
     return marks
 
 
+_PER_ROW = 5      # methods per legend row (a row of the 12.5-inch figures holds 5 or 6)
+
+
 def _family_legend(fig, names, handles_by_name, extra=(), **kwargs):
     """A legend with one row per method family, its heading first, then a row of the
     `extra` handles (start, minimum, last iterate) under "marks". Returns (legend, rows)."""
@@ -134,6 +139,9 @@ def _family_legend(fig, names, handles_by_name, extra=(), **kwargs):
     rows = [(headings.get(f, "other"), hs) for f, hs in groups.items()]
     if extra:
         rows.append(("marks", list(extra)))
+    # a family of more than _PER_ROW methods continues on the next row, under no heading
+    rows = [(heading if k == 0 else "", hs[k:k + _PER_ROW])
+            for heading, hs in rows for k in range(0, max(len(hs), 1), _PER_ROW)]
     ncol = 1 + max(len(hs) for _, hs in rows)
     grid = []
     for heading, hs in rows:

@@ -38,6 +38,14 @@ value out of range. Where torch.optim refuses a value too, the error has torch's
 message first (``Invalid learning rate: -1``, ``Tensor lr must be 1-element``, the table's
 ``Hyper.torch_error``), then fastopt's reason and the group.
 
+Schedule-Free (``ScheduleFreeAdamW``, ``ScheduleFreeSGD``, ``ScheduleFreeRAdam``, also exported
+under the ``schedulefree`` package's names ``AdamWScheduleFree``, ``SGDScheduleFree``,
+``RAdamScheduleFree``) follows that package: its keywords and defaults, ``train()``/``eval()``
+moving the parameters with torch's ``lerp_``, the group scalars (``k``, ``weight_sum``,
+``lr_max``, ``scheduled_lr``, ``train_mode``) in ``param_groups``, state ``z``/``exp_avg_sq``
+without ``'step'``, so state_dicts move between the two both ways; it starts in eval mode, as
+the package does (fastopt._torch_modes).
+
 16-bit parameters (float16, bfloat16) run on the mixed-precision kernels of
 :class:`fastopt.MixedPrecision` (fastopt._torch_mixed), with its options as keyword-only
 arguments and group keys: ``master_weights=True`` keeps a float32 master copy in the state
@@ -101,6 +109,7 @@ from . import _torch_cuda as _cuda
 from . import _torch_dtensor as _dt
 from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
+from . import _torch_modes as _modes
 from . import optim as _optim
 
 __all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values()
@@ -294,7 +303,8 @@ class Optimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
                             f"{sorted(unknown)}")
-        defaults = {**self.spec.defaults, **self._fo_impl, **_tm.OPTIONS, **hyperparameters}
+        defaults = {**self.spec.defaults, **_modes.defaults(self.spec), **self._fo_impl,
+                    **_tm.OPTIONS, **hyperparameters}
         if self._fo_adam_like and "betas" in defaults:
             defaults["betas"] = _torch_args.scalar_betas(defaults["betas"])
         self._fo_records = {}
@@ -328,7 +338,8 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in {**self.spec.defaults, **self._fo_impl}.items():
+            for key, value in {**self.spec.defaults, **_modes.defaults(self.spec),
+                               **self._fo_impl}.items():
                 group.setdefault(key, value)
             for key, value in _tm.OPTIONS.items():
                 group.setdefault(key, getattr(self, "defaults", {}).get(key, value))
@@ -359,6 +370,8 @@ class Optimizer(torch.optim.Optimizer):
         divided by `grad_scale` (16-bit groups: as the kernel reads them; the gradients are
         left divided, as torch's fused kernels leave them), and nothing happens when
         `found_inf` is nonzero."""
+        if self.spec.modes is not None:       # as the package: before the closure runs
+            self._fo_check_train_mode()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -371,8 +384,13 @@ class Optimizer(torch.optim.Optimizer):
         if _tm.found_inf(found_inf):
             return loss
         jobs = []
+        advanced = {}       # group -> its new group state (Schedule-Free's k, weight_sum, ...)
         for gi, group in enumerate(self.param_groups):
-            jobs.extend(self._fo_prepare(gi, group))
+            group_jobs = self._fo_prepare(gi, group)
+            jobs.extend(group_jobs)
+            if not group_jobs and self.spec.group_state:     # no gradients: it advances all
+                hyper = self._fo_hyper(group, f"param_groups[{gi}]")    # the same (package)
+                advanced[gi] = _modes.advance(self.spec, hyper, hyper["lr"])
         if len(jobs) > 1 or (jobs and (jobs[0].creates_state or not jobs[0].entry.plain)):
             for job in jobs:              # check every gradient before anything is written
                 self._fo_check(job)
@@ -383,7 +401,9 @@ class Optimizer(torch.optim.Optimizer):
                     self._fo_unscale(job, True)
         touched = []
         for job in jobs:
-            self._fo_run(job)
+            changed = self._fo_run(job)
+            if changed is not None:             # the same for every job of a group
+                advanced[job.gi] = changed
             touched.extend(job.entry.tensors)
             if job.entry.dist:                  # the local shards were written too
                 touched.extend(_dt.local(p) for p in job.entry.tensors)
@@ -391,7 +411,23 @@ class Optimizer(torch.optim.Optimizer):
                 self._fo_unscale(job, False)
         if touched:
             torch.autograd.graph.increment_version(touched)
+        for gi, values in advanced.items():
+            self.param_groups[gi].update(values)
         return loss
+
+    # ---------------------------------------------------------------- train/eval modes
+    def _fo_check_train_mode(self):
+        """RuntimeError, before anything is done, unless every group is in train mode."""
+        key = self.spec.modes.key
+        for gi, group in enumerate(self.param_groups):
+            if group.get(key) is not True:
+                _modes.check_train_mode(self.spec, self._fo_hyper(group, f"param_groups[{gi}]"),
+                                        gi)
+
+    def _fo_set_mode(self, mode):
+        hypers = [self._fo_hyper(group, f"param_groups[{gi}]")
+                  for gi, group in enumerate(self.param_groups)]
+        _modes.set_mode(self, mode, hypers)
 
     def _fo_unscale(self, job, staged):
         """Divide the job's gradients by its grad_scale in place (and, with `staged`, the
@@ -413,7 +449,8 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{where}: lr must be a number or a one-element tensor; for "
                             "schedules use torch.optim.lr_scheduler")
         try:
-            values = self.spec.validate({key: _plain(group[key]) for key in self.spec.rules
+            values = self.spec.validate({key: _plain(group[key])
+                                         for key in (*self.spec.rules, *self.spec.group_rules)
                                          if key in group})
         except (TypeError, ValueError) as e:
             raise _torch_args.torch_error(self.spec, group, e, where) from None
@@ -441,7 +478,7 @@ class Optimizer(torch.optim.Optimizer):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} params in the "
                                  f"state_dict, {len(group['params'])} in the optimizer")
-            hyper = {**self.spec.defaults, **self._fo_impl,
+            hyper = {**self.spec.defaults, **_modes.defaults(self.spec), **self._fo_impl,
                      **{k: v for k, v in saved.items() if k != "params"}, **self._fo_fixed}
             self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
             self._fo_torch_checks(hyper)
@@ -741,7 +778,10 @@ class Optimizer(torch.optim.Optimizer):
         uses = self.spec.uses(group)
         created = {}
         for slot, (name, used, new) in enumerate(zip(self.spec.state, uses, fresh)):
-            if used and new:
+            if used and new and name in self.spec.copies:     # starts as the parameter (z)
+                created[slot] = [_modes.copy_of_param(params[j], self.state.get(params[j]))
+                                 for j in js]
+            elif used and new:
                 fill = self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"])
                 created[slot] = [torch.full_like(params[j], fill,
                                                  memory_format=torch.preserve_format,
@@ -771,13 +811,13 @@ class Optimizer(torch.optim.Optimizer):
         if entry.adopt:
             self._fo_adopt(entry)
         try:
-            self._fo_kernel(job)
+            changed = self._fo_kernel(job)
         except (TypeError, ValueError):            # not checked before: the common step
             if not self._fo_regrad(job):
                 self._fo_diagnose(job)
                 raise
             try:
-                self._fo_kernel(job)
+                changed = self._fo_kernel(job)
             except (TypeError, ValueError):
                 self._fo_diagnose(job)
                 raise
@@ -791,6 +831,7 @@ class Optimizer(torch.optim.Optimizer):
                 rec.steps += 1
             else:
                 rec.steps[entry.idx] += 1
+        return changed
 
     def _fo_adopt(self, entry):
         """Make the master copies a new mixed plan made the state's 'master' tensors, set to
@@ -816,10 +857,9 @@ class Optimizer(torch.optim.Optimizer):
             plan.grad_scale = 1.0 if job.scale is None else job.scale
         if entry.device is not None:            # on torch's current stream of the device
             with _cuda.stream(entry.device):
-                self.spec.run(_cuda.module(), entry.plan, job.grads, job.group, job.step,
-                              job.lr, job.fresh)
-            return
-        self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh)
+                return self.spec.run(_cuda.module(), entry.plan, job.grads, job.group,
+                                     job.step, job.lr, job.fresh)
+        return self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh)
 
 
 def _doc(fo_cls):
@@ -827,8 +867,13 @@ def _doc(fo_cls):
     text = inspect.getdoc(fo_cls) or ""
     cut = text.find("\n>>>")
     body = text[:cut] if cut >= 0 else text
+    modes = ""
+    if fo_cls.spec.modes is not None:
+        modes = ("\n\nUnlike fastopt's NumPy class and as the package it replaces, this "
+                 "optimizer starts in eval mode: call ``opt.train()`` before the first step "
+                 "(fastopt._torch_modes).")
     return (f"torch.optim.Optimizer running fastopt's fused {fo_cls.__name__} kernel on CPU "
-            f"and CUDA tensors (see the module docstring).\n\n{body.rstrip()}\n")
+            f"and CUDA tensors (see the module docstring).{modes}\n\n{body.rstrip()}\n")
 
 
 def _adapter(fo_cls):
@@ -852,11 +897,42 @@ def _adapter(fo_cls):
 
     __init__.__signature__ = sig
     __init__.__qualname__ = f"{fo_cls.__name__}.__init__"
-    return type(fo_cls.__name__, (Optimizer,), {
+    members = {
         "spec": fo_cls.spec, "__init__": __init__, "__doc__": _doc(fo_cls),
         "_fo_impl": impl, "_fo_fixed": fixed,
         "_fo_adam_like": torch_cls is not None and issubclass(torch_cls, torch.optim.Adam),
-        "__module__": __name__, "__qualname__": fo_cls.__name__})
+        "__module__": __name__, "__qualname__": fo_cls.__name__}
+    if fo_cls.spec.modes is not None:
+        members.update(_mode_methods(fo_cls))
+    return type(fo_cls.__name__, (Optimizer,), members)
+
+
+def _mode_methods(fo_cls):
+    """``train()`` and ``eval()`` of an adapter with modes (fastopt._torch_modes)."""
+    key = fo_cls.spec.modes.key
+
+    def train(self):
+        self._fo_set_mode("train")
+
+    def eval(self):
+        self._fo_set_mode("eval")
+
+    train.__doc__ = (f"Train mode: parameters at the point where gradients are taken (y), in "
+                     f"every group not in train mode (group[{key!r}] False); then steps are "
+                     f"allowed. {fo_cls.__name__} starts in eval mode, as the package does.")
+    eval.__doc__ = ("Eval mode: parameters at the average x, to evaluate and save; a step "
+                    "raises RuntimeError until train() is called.")
+    return {"train": train, "eval": eval}
+
+
+def _aliases(name):
+    """Other names of the adapter of table entry `name`: the class name of the package it
+    reproduces where that differs (schedulefree's AdamWScheduleFree for ScheduleFreeAdamW)."""
+    opt = _table.OPTIMIZERS[name]
+    if not opt.reference:
+        return ()
+    other = opt.reference.rpartition(".")[2]
+    return (other,) if other != opt.class_name else ()
 
 
 # one adapter per first-order class, that is per entry of the optimizer table (fastopt._table)
@@ -864,6 +940,11 @@ def _adapter(fo_cls):
 globals().update({cls.__name__: _adapter(cls)
                   for name, cls in _optim.first_order.CLASSES.items()
                   if "torch" in _table.OPTIMIZERS[name].adapters})
+# and under the names of the packages they reproduce (schedulefree.AdamWScheduleFree, ...)
+_ALIASES = {alias: globals()[opt.class_name] for name, opt in _table.OPTIMIZERS.items()
+            if "torch" in opt.adapters for alias in _aliases(name)}
+globals().update(_ALIASES)
+__all__ += list(_ALIASES)
 
 # Muon (not an entry of the optimizer table: its step is a matrix iteration), fastopt._torch_muon
 from ._torch_muon import Muon, muon_param_groups  # noqa: E402

@@ -13,7 +13,10 @@ smaller): ``batch_size=None`` (the whole set) is gradient descent, 1 is SGD. Per
 * :class:`fastopt.optim.Newton`: gradient and Hessian on the batch (stochastic Newton), or the
   Hessian on a separate random subsample of ``hessian_batch_size`` samples (subsampled Newton;
   every sample when ``hessian_batch_size >= n``);
-  the line search, when on, evaluates the loss on the same batch.
+  the line search, when on, evaluates the loss on the same batch;
+* optimizers with train/eval modes (``fastopt.ScheduleFreeAdamW``, ...): put in train mode
+  first; every record (and the callback, and the returned ``w``) sees the averaged point x,
+  between ``eval()`` and ``train()``, as the Schedule-Free method is evaluated.
 
 The :class:`History` holds NumPy arrays recorded at the start, every ``record_every`` steps and
 at the end: full objective, full gradient norm, gradient evaluations counted in samples (a
@@ -192,6 +195,15 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     since_snapshot = [0]
 
     def record():
+        if modes:               # Schedule-Free: measure (and hand the callback) the average x
+            optimizer.eval()
+        try:
+            return measure()
+        finally:
+            if modes:
+                optimizer.train()
+
+    def measure():
         if hasattr(problem, "loss_grad"):
             f, g = problem.loss_grad(w)
         else:
@@ -250,6 +262,10 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
             counts["grad_evals"] += m
         counts["step"] += 1
 
+    modes = callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None))
+    if modes:
+        optimizer.train()
     reason = record()
     bar = _progress_bar(progress, epochs * steps_per_epoch) if reason is None else None
     try:
@@ -285,9 +301,15 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     finally:
         if bar is not None:
             bar.close()
+    if modes:                   # the result is the average x; the optimizer stays in train mode
+        optimizer.eval()
+        final = np.array(w, copy=True)
+        optimizer.train()
+    else:
+        final = np.array(w, copy=True)
     ints = ("step", "grad_evals", "hess_evals", "loss_evals")
     arrays = {k: np.asarray(v, dtype=np.int64 if k in ints else np.float64)
               for k, v in rec.items()}
     return History(**arrays, stop_reason=reason, converged=reason in ("gtol", "ftol"),
-                   w=np.array(w, copy=True),
+                   w=final,
                    info=dict(batch_size=batch, n_samples=n, steps_per_epoch=steps_per_epoch))

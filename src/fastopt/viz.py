@@ -67,9 +67,11 @@ FUNCTIONS = {
                   ((-5.0, 5.0), (-5.0, 5.0))),
 }
 
-def _settings(lr_gd, momentum_lr, adagrad, rmsprop, adam, adadelta, adamax, momentum=0.9):
+def _settings(lr_gd, momentum_lr, adagrad, rmsprop, adam, adadelta, adamax, momentum=0.9,
+              lion=None, schedule_free_adamw=None):
     """One function's optimizer keyword arguments, method name -> dict. The stochastic
-    methods take gradient descent's step (SGD and minibatch SGD decaying as 1/(1 + t/100))."""
+    methods take gradient descent's step (SGD and minibatch SGD decaying as 1/(1 + t/100));
+    Lion takes a tenth of Adam's lr and Schedule-Free AdamW Adam's, unless given."""
     from .schedules import inverse_time
     return dict(
         gd=dict(lr=lr_gd), sgd=dict(lr=inverse_time(lr_gd, decay=0.01)),
@@ -78,6 +80,8 @@ def _settings(lr_gd, momentum_lr, adagrad, rmsprop, adam, adadelta, adamax, mome
         nesterov=dict(lr=momentum_lr, momentum=momentum, nesterov=True),
         adagrad=dict(lr=adagrad), rmsprop=dict(lr=rmsprop), adam=dict(lr=adam),
         adadelta=dict(lr=adadelta), adamax=dict(lr=adamax), svrg=dict(lr=lr_gd),
+        lion=dict(lr=adam / 10 if lion is None else lion),
+        schedule_free_adamw=dict(lr=adam if schedule_free_adamw is None else schedule_free_adamw),
         newton=dict(lr=1.0, line_search="armijo"))
 
 

@@ -48,9 +48,9 @@ def reference_package(name):
     return SPECS[name].reference.partition(".")[0]
 
 
-def run_torch(name, hyper, dtype):
+def run_torch(name, hyper, dtype, cls=None):
     """Trajectory {step: [params...]} and final state of the reference implementation (torch
-    optimizer) on the scenario.
+    optimizer; or of `cls`, e.g. fastopt.torch's class) on the scenario.
 
     For an optimizer with train/eval modes (the table's ``modes``: Schedule-Free), ``train()``
     comes first, as the reference requires; the trajectory is then the train-mode point y,
@@ -62,7 +62,7 @@ def run_torch(name, hyper, dtype):
     params0, grads = scenario()
     tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
     params = [torch.tensor(p.astype(dtype), dtype=tdtype) for p in params0]
-    cls = reference_class(name)
+    cls = reference_class(name) if cls is None else cls
     extra = {"foreach": False} if "foreach" in inspect.signature(cls.__init__).parameters else {}
     opt = cls(groups_for(hyper, params), **extra, **hyper)
     if spec.modes is not None:

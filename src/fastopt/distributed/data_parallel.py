@@ -150,6 +150,22 @@ class DistributedOptimizer:
             return self.opt.step(self._grad_views)
         return self.opt.step(self._grad_views, nonfinite=nonfinite)
 
+    # ------------------------------------------------------------------- train/eval modes
+    def train(self):
+        """Collective: the wrapped optimizer's ``train()`` (Schedule-Free: parameters at y),
+        on every rank alike."""
+        self._set_mode("train")
+
+    def eval(self):
+        """Collective: the wrapped optimizer's ``eval()`` (Schedule-Free: parameters at the
+        average x, to evaluate and save), on every rank alike."""
+        self._set_mode("eval")
+
+    def _set_mode(self, mode):
+        if getattr(self.opt.spec, "modes", None) is None:
+            raise TypeError(f"{type(self.opt).__name__} has no train/eval modes")
+        agree(self.comm, getattr(self.opt, mode))
+
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self):
         """The wrapped optimizer's state_dict (the same on every rank)."""

@@ -249,11 +249,51 @@ class ShardedOptimizer:
         for recv in self._recv:
             recv *= self._inv_size
         self._inner.step(self._inner_grads)
+        self._gather()
+        self._pull_group_state()
+        return True
+
+    def _gather(self):
+        """Collective: every rank's updated shard into the flat buffers, then the user's
+        arrays."""
+        MPI = mpi()
         for b, buf in enumerate(self._flat):
             s = self._shards[b]
             self.comm.Allgatherv(MPI.IN_PLACE, [buf, (s.counts, s.displs), mpi_type(buf.dtype)])
         self._unpack()
-        return True
+
+    def _pull_group_state(self):
+        """Copy the group-level scalars the inner optimizer advanced (Schedule-Free's k,
+        weight_sum, lr_max, train_mode; the same in every inner piece of a group, on every
+        rank) into `param_groups`, which `_sync_hyperparameters` hands back to the pieces."""
+        keys = self._inner.spec.group_state
+        if not keys:
+            return
+        for group, inner in zip(self.param_groups, self._first_inner_groups()):
+            for key in keys:
+                group[key] = inner[key]
+
+    # ------------------------------------------------------------------- train/eval modes
+    def train(self):
+        """Collective: train mode (Schedule-Free: parameters at y, where gradients are taken);
+        see `opt_cls.train`. Each rank moves its shard, then the shards are gathered."""
+        self._set_mode("train")
+
+    def eval(self):
+        """Collective: eval mode (Schedule-Free: parameters at the average x, to evaluate and
+        save); see `opt_cls.eval`."""
+        self._set_mode("eval")
+
+    def _set_mode(self, mode):
+        if self._inner.spec.modes is None:
+            raise TypeError(f"{self.opt_cls.__name__} has no train/eval modes")
+        agree(self.comm, self._check_arrays)
+        self._sync_hyperparameters()
+        for dst, src in self._shard_in:          # the user's arrays are the truth
+            dst[...] = src
+        getattr(self._inner, mode)()   # the same groups on every rank: all raise, or none
+        self._gather()
+        self._pull_group_state()
 
     def _arrays_problem(self):
         """Error message (str) if `param_groups` no longer holds the planned groups (a group's

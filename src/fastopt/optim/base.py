@@ -115,6 +115,17 @@ class Optimizer(OptimizerCore):
         parameters)."""
         return state_like(params, fill)
 
+    def _update_values(self, rec):
+        """The arrays the rule updates for a group's parameters, in order: the parameters
+        themselves (a hook: fastopt.mixed's float32 master copies). A state buffer that starts
+        as a copy of its parameter (Schedule-Free's z) copies these."""
+        return rec.plan.params
+
+    def _move(self, rec, i, p, end, weight):
+        """A mode change's move of parameter `p` (the group's i-th): p = lerp(p, end, weight)
+        (a hook: fastopt.mixed moves the master copy and rounds the 16-bit parameter)."""
+        _lerp_(p, end, weight)
+
     # --------------------------------------------------------------------------------- step
     def _ensure_state(self, rec, hyper, uses, lr):
         """Create the buffers a group needs now (`uses`, of its snapshot `hyper`; `lr`: this
@@ -125,7 +136,7 @@ class Optimizer(OptimizerCore):
             if needed and not present:
                 if name in self.spec.copies:       # starts as a copy of the parameter
                     arrays = self._state_like(params)
-                    for a, p in zip(arrays, params):
+                    for a, p in zip(arrays, self._update_values(rec)):
                         _copy_into(a, p)
                 else:
                     fill = self.spec.init.get(name, lambda g, lr: 0.0)(hyper, lr)
@@ -323,7 +334,7 @@ class Optimizer(OptimizerCore):
                 for i, p in enumerate(self.param_groups[gi]["params"]):
                     end = self.state.get(rec.offset + i, {}).get(modes.state)
                     if end is not None:
-                        _lerp_(p, end, weight)
+                        self._move(rec, i, p, end, weight)
                 self._store_group_state(gi, {modes.key: target})
 
     # --------------------------------------------------------------------------- state dict
