@@ -22,7 +22,7 @@ import linecache
 from . import _table
 
 __all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function",
-           "advance_lines", "derived_lines"]
+           "advance_lines", "derived_lines", "scalar_init"]
 
 # the builtins the table's per-step group computations (Optimizer.advance) may call
 _ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs}
@@ -96,13 +96,21 @@ def advance_lines(opt):
     return "".join(f"    {name} = {expr}\n" for name, expr in opt.advance)
 
 
-def advance(opt, group, lr):
+def scalar_init(opt, group, lr):
+    """{name: initial value} of the per-parameter scalars of `opt` (``param_scalars``), for
+    state created at a step with learning rate `lr`, over `group`'s hyperparameters."""
+    ns = {**group, "lr": lr}
+    return {s.name: float(eval(s.init, {"__builtins__": {}}, ns)) for s in opt.param_scalars}
+
+
+def advance(opt, group, lr, step=1):
     """The names the per-step group computation of `opt` assigns (``Optimizer.advance``),
-    evaluated over `group` (its hyperparameters and group state) and this step's `lr`:
+    evaluated over `group` (its hyperparameters, group state and per-parameter scalars; those
+    it lacks at their initial values), this step's `lr` and 1-based `step`:
     {name: value}, ``lr`` included."""
     ns = {name: eval(expr, {"__builtins__": {}}, dict(group))
           for name, expr in opt.inputs.items()}
-    ns = {**group, **ns, "lr": lr}
+    ns = {**scalar_init(opt, group, lr), **group, **ns, "lr": lr, "step": step}
     out = {"lr": lr}
     for name, expr in opt.advance:
         ns[name] = out[name] = eval(expr, {"__builtins__": _ADVANCE_BUILTINS}, ns)
@@ -112,13 +120,14 @@ def advance(opt, group, lr):
 def hp_values(optimizer, group, step, lr, first=False):
     """(the fo_<kernel>_hp fields, flags) of a step of `optimizer` with the hyperparameters of
     param `group` (a dict with torch's names, and the group state of an optimizer that has
-    one), at 1-based `step` with learning rate `lr`; `first`: the state buffers were created
-    for this step."""
+    one, and the per-parameter scalars as the step finds them: initial values where absent), at
+    1-based `step` with learning rate `lr`; `first`: the state buffers were created for this
+    step."""
     opt = _table.OPTIMIZERS[optimizer]
     k = _table.KERNELS[opt.kernel]
     special = {"step": step, "lr": lr, "first": first}
     if opt.advance:
-        special.update(advance(opt, group, lr))
+        special.update(advance(opt, group, lr, step))
     inputs = {}
     for name in k.inputs:
         if name in special:
