@@ -121,7 +121,9 @@ def _run_function(opt):
     ``fastopt._steps.advance`` and the functional form do. An optimizer with per-parameter
     scalars (the table's ``param_scalars``) takes them as ``scalars`` ({name: value} as the
     step finds them; None: at their initial values, the state being created) and returns
-    their new values with the group state's."""
+    their new values with the group state's; ``rounding`` (float -> float), if given, rounds
+    each new value as it is computed and is the advance's ``as_stored``, as a reference that
+    stores them in another precision does (torch's float32 scalars: fastopt.torch)."""
     kernel = _table.KERNELS[opt.kernel]
     special = {"step": "step", "lr": "lr", "first": "fresh[0]"}
     defined = {name for name, _ in opt.advance}
@@ -129,8 +131,12 @@ def _run_function(opt):
             for name in kernel.inputs]
     scalars = [p.name for p in opt.param_scalars]
     state = [s.name for s in opt.group_state] + scalars
+    advance = ("    as_stored = _float if rounding is None else rounding\n"
+               if scalars else "") + "".join(f"    {name} = {expr}\n" + (
+        f"    if rounding is not None:\n        {name} = rounding({name})\n"
+        if name in scalars else "") for name, expr in opt.advance)
     source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\""
-              + (", scalars=None" if scalars else "") + "):\n"
+              + (", scalars=None, rounding=None" if scalars else "") + "):\n"
               f"{_bind(opt, exclude=special)}"
               + "".join(f"    {s.name} = g[{s.name!r}]\n" for s in opt.group_state)
               # the per-parameter scalars as the step finds them (None: created for this step)
@@ -139,10 +145,11 @@ def _run_function(opt):
               # the advance may read the kernel inputs mapped from hyperparameters (beta2)
               + "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items()
                         if opt.advance)
-              + _steps.advance_lines(opt) +
+              + advance +
               f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
               + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))
-    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel)},
+    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel),
+                                                   "_float": float},
                                    module=f"{__name__}.{opt.name}")
 
 

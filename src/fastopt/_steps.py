@@ -24,8 +24,15 @@ from . import _table
 __all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function",
            "advance_lines", "derived_lines", "scalar_init"]
 
+
+def as_stored(x):
+    """A value as the reference stores its per-parameter scalars (the table's param_scalars):
+    unchanged here (float64); fastopt.torch rounds to torch's scalar dtype instead."""
+    return x
+
+
 # the builtins the table's per-step group computations (Optimizer.advance) may call
-_ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs}
+_ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs, "as_stored": as_stored}
 
 
 def compile_function(name, source, namespace=None, module=__name__):
@@ -92,8 +99,9 @@ def _values_function(kernel):
 
 def advance_lines(opt):
     """Source lines (indented once) of the table entry's per-step group computation
-    (``Optimizer.advance``), in order."""
-    return "".join(f"    {name} = {expr}\n" for name, expr in opt.advance)
+    (``Optimizer.advance``), in order (``as_stored``: the identity)."""
+    return "".join([f"    as_stored = _as_stored\n" if opt.param_scalars else ""]
+                   + [f"    {name} = {expr}\n" for name, expr in opt.advance])
 
 
 def scalar_init(opt, group, lr):

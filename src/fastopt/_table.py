@@ -130,7 +130,10 @@ Fields
                  expression over the hyperparameters and ``lr`` (the learning rate of the step
                  that creates the state). The ``advance`` reads the current value under its
                  name and assigning the name there gives the new value, so it is computed once
-                 per group and step, outside the element loop. The classes keep one value per
+                 per group and step, outside the element loop; ``as_stored(x)`` there is x
+                 in the precision the reference stores these scalars in (float64; in
+                 ``fastopt.torch`` torch's scalar dtype, to which each new value is also
+                 rounded, as torch's in-place updates of its 0-d tensors round). The classes keep one value per
                  group (like the step count) and save it in every parameter's state entry, in
                  the reference's layout (``state_dict``, ``fo.save``); loading refuses
                  parameters of one group with different values. ``fastopt.torch`` keeps them
@@ -909,7 +912,8 @@ OPTIMIZERS = {o.name: o for o in (
         # torch's momentum cache mu_t, mu_{t+1} and their running product
         advance=(("mu", "beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))"),
                  ("mu_next", "beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))"),
-                 ("mu_product", "mu_product * mu")),
+                 # torch multiplies its stored 0-d tensor in place (mu in its dtype)
+                 ("mu_product", "mu_product * as_stored(mu)")),
         cases=(
             dict(lr=0.01),
             dict(lr=0.01, weight_decay=0.01),
