@@ -9,7 +9,8 @@ Design note
 Every contender is built by a ``make_*`` function from the same inputs, a list of parameter
 arrays (copied, so contenders never share state) and a list of gradient arrays (shared,
 read-only), and returns a zero-argument callable that takes one step. All use the same
-hyperparameters, ``HYPER[name]``: fastopt's and torch's defaults, with momentum 0.9 for SGD.
+hyperparameters, ``HYPER[name]``: fastopt's and torch's defaults, with momentum 0.9 for SGD
+and t0=0 for ASGD (averaging from step 2).
 Every optimizer of the optimizer table (fastopt._table) is a contender; what each contender
 needs per optimizer is read from the table, the registry or the test suite's oracle:
 
@@ -45,7 +46,10 @@ __all__ = ["OPTIMIZERS", "OVERRIDES", "HYPER", "TRAFFIC", "NUMPY_BEST", "RESNET5
 OPTIMIZERS = tuple(_TABLE)
 
 #: hyperparameters that differ from the defaults (fastopt's and torch's defaults agree)
-OVERRIDES = {"sgd": {"momentum": 0.9}}
+OVERRIDES = {"sgd": {"momentum": 0.9},
+             # ASGD averages from step t0 + 2 on: with torch's t0=1e6 a benchmark would time
+             # only the copy ax = p (the average is written, never read)
+             "asgd": {"t0": 0.0}}
 #: packages of reference implementations whose step overwrites the gradients (schedulefree
 #: normalizes p.grad in place)
 WRITES_GRADS = {"schedulefree"}

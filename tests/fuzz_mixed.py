@@ -156,8 +156,9 @@ def fuzz_mixed_precision(ex, name):
             step_hyper = {**group_ref, "ckp1": c}
         for i, (p, g, m0) in enumerate(zip(params, scaled, masters_before)):
             start = m0 if m0 is not None else np.frombuffer(raw[i], p.dtype).reshape(p.shape)
+            # the buffers, and the per-parameter scalars (NAdam's mu_product) as 0-d arrays
             state = {k: np.array(v, np.float64) for k, v in sd["state"].get(i, {}).items()
-                     if isinstance(v, np.ndarray) and k in spec.state}
+                     if (isinstance(v, np.ndarray) and k in spec.state) or k in spec.scalars}
             state_before = {k: v.copy() for k, v in state.items()}
             ref = reference_step(name, np.asarray(start, np.float64), g.astype(np.float64), state,
                                  step_hyper, applied_steps, step_lr)
@@ -188,7 +189,9 @@ def fuzz_mixed_precision(ex, name):
                 assert (np.abs(got - want)[plain] <= bound[plain]).all(), f"{name} param {i} step {t}"
                 assert (np.isfinite(got) == np.isfinite(want))[masks.nonfinite].all()
             for k, v in opt.state.get(i, {}).items():
-                if k in state:
+                if k in spec.scalars:         # 0-d float64, computed once per step
+                    assert np.isclose(v, state[k], rtol=1e-12, atol=0), (name, k, t)
+                elif k in state:
                     assert v.dtype == F32
                     assert_close(v, state[k], masks, f"{name} state {k} step {t}",
                                  scale_from=state_before.get(k))

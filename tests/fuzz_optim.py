@@ -108,6 +108,10 @@ def compare_optimizer(opt, ref, masks, what, before):
             theirs = ref.states[gi][j]
             assert set(mine) == set(theirs), f"{what}: state[{k}] holds {set(mine)}, the reference {set(theirs)}"
             for n in mine:
+                if n in SPECS[ref.name].scalars:   # a per-parameter scalar: 0-d float64
+                    assert mine[n].shape == () and mine[n].dtype == np.float64
+                    assert np.isclose(mine[n], theirs[n], rtol=1e-12, atol=0), (what, n)
+                    continue
                 assert mine[n].dtype == p.dtype and mine[n].shape == p.shape
                 assert_close(mine[n], theirs[n], masks[k], f"{what}: state[{k}][{n!r}]",
                              scale_from=before[1][gi][j].get(n))
@@ -332,12 +336,15 @@ def fuzz_functional(ex, name):
             continue
         assert expect_ok, f"{what}: accepted an invalid call"
         # None, or the new group-level scalars of an optimizer that has them (Schedule-Free)
-        assert (out is None) == (not SPECS[name].group_state), f"{what}: returned {out!r}"
+        # (or per-parameter scalars: NAdam's mu_product)
+        assert (out is None) == (not (SPECS[name].group_state or SPECS[name].scalars)), \
+            f"{what}: returned {out!r}"
         changed = ex.changed_bytes(before, allowed=owned)
         assert not changed, f"{what}: wrote outside the parameters and state (offset {changed})"
         step_hyper, step_lr = full, None
         if out is not None:             # the group scalars go into the next call
             kwargs.update(out)
+        if name in GROUP_STEPS:         # the reference keeps per-parameter scalars itself
             step_lr, c = GROUP_STEPS[name](group_ref, full["lr"])
             step_hyper = {**group_ref, "ckp1": c}
         for j, (p, g) in enumerate(zip(params, grads)):
@@ -460,7 +467,7 @@ def fuzz_load_state_dict(ex, name):
     elif fault in ("bad shape", "bad dtype", "unknown buffer", "missing buffer") and entries \
             and len(sd["state"][entries[0]]) > 1 and (fault != "missing buffer" or name != "sgd"):
         entry = sd["state"][entries[0]]
-        buf = next(k for k in entry if k != "step")
+        buf = next(k for k in entry if k in SPECS[name].state)    # a buffer, not a scalar
         if fault == "bad shape":
             entry[buf] = np.zeros(entry[buf].size + 1, entry[buf].dtype)
         elif fault == "bad dtype":

@@ -172,7 +172,8 @@ class OracleRun:
             k += len(ps)
         sub.groups = groups
         sub.start = (start_params,
-                     [{n: np.asarray(v).reshape(-1)[idx[i]] for n, v in st.items()}
+                     [{n: np.asarray(v) if np.ndim(v) == 0 else np.asarray(v).reshape(-1)[idx[i]]
+                       for n, v in st.items()}     # 0-d: a per-parameter scalar (NAdam's)
                       for i, st in enumerate(self.start[1])], list(self.start[2]))
         sub.grads = [cut(step) for step in self.grads]
         return sub
@@ -207,7 +208,10 @@ class OracleRun:
             for i, ix in enumerate(over):
                 allow_p[i].reshape(-1)[ix] += sens_p[i]
                 for key in final_s[i]:
-                    allow_s[i][key].reshape(-1)[ix] += sens_s[i][key]
+                    if np.ndim(allow_s[i][key]) == 0:     # a per-parameter scalar
+                        allow_s[i][key] = allow_s[i][key] + sens_s[i][key]
+                    else:
+                        allow_s[i][key].reshape(-1)[ix] += sens_s[i][key]
         worst = 0.0
         for i, (a, e, allow) in enumerate(zip(params, final_p, allow_p)):
             worst = max(worst, _compare(a, e, allow, f"{what} param {i}"))

@@ -227,6 +227,33 @@ def rprop(p, g, s, h, t, lr):
     return p - np.where(np.isnan(g), 0.0, np.sign(g)) * size
 
 
+def nadam(p, g, s, h, t, lr):
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    psi = h.get("momentum_decay", 4e-3)
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))            # the momentum schedule, at t and t + 1
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
+    prod = float(s.get("mu_product", 1.0)) * mu         # kept per parameter, as torch
+    s["mu_product"] = np.array(prod)
+    d_g = _grad(p, g, h)                                # the gradient the moments see
+    p, m, v = _moments(p, g, s, h, lr)
+    denom = np.sqrt(v / (1 - b2 ** t)) + h.get("eps", 1e-8)
+    return (p - lr * (1 - mu) / (1 - prod) * d_g / denom
+            - lr * mu_next / (1 - prod * mu_next) * m / denom)
+
+
+def asgd(p, g, s, h, t, lr):
+    lambd, alpha, t0 = h.get("lambd", 1e-4), h.get("alpha", 0.75), h.get("t0", 1e6)
+    eta = float(s.get("eta", lr))                       # as the previous step left them
+    mu = float(s.get("mu", 1.0))
+    g = _grad(p, g, h)
+    p = p * (1 - lambd * eta) - eta * g
+    ax = s.get("ax", np.zeros_like(p))
+    s["ax"] = ax + mu * (p - ax) if mu != 1 else p.copy()    # the average from t0 + 2 on
+    s["eta"] = np.array(lr / (1 + lambd * lr * t) ** alpha)
+    s["mu"] = np.array(1 / max(1, t - t0))
+    return p
+
+
 REFERENCES = {name: globals()[name] for name in NAMES if name in globals()}
 
 #: per-group work once per step before the per-parameter rules: name -> fn(group, lr) ->

@@ -1,5 +1,6 @@
 """`fastopt bench` on tiny sizes: every section runs, the report is complete and consistent,
 and the contenders it compares compute the same update as fastopt. No timing is asserted."""
+import contextlib
 import json
 import math
 import os
@@ -171,6 +172,23 @@ def test_measure_alternates_and_counts():
     assert len(evicted) == 3 * 2
 
 
+
+@contextlib.contextmanager
+def torch_default_float64():
+    """torch keeps per-parameter scalars (NAdam's mu_product, ASGD's eta and mu) in its
+    default dtype: float64 here, like the parameters (as tests/golden/torch_runner.py)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
 @pytest.mark.parametrize("name", impls.OPTIMIZERS)
 def test_contenders_compute_the_same_update(name):
     """Textbook and best-effort NumPy (chunked path included) and torch match fastopt."""
@@ -185,14 +203,15 @@ def test_contenders_compute_the_same_update(name):
               for style in ("textbook", "best")}
     assert (others["best"] is None) == (name not in impls.NUMPY_BEST)
     others = {label: step for label, step in others.items() if step is not None}
-    for variant in impls.torch_variants(name):
-        others[variant] = impls.make_torch(name, params, current, variant)
-    for g in grads:
-        for dst, src in zip(current, g):
-            dst[...] = src
-        opt.step(current)
-        for step in others.values():
-            step()
+    with torch_default_float64():
+        for variant in impls.torch_variants(name):
+            others[variant] = impls.make_torch(name, params, current, variant)
+        for g in grads:
+            for dst, src in zip(current, g):
+                dst[...] = src
+            opt.step(current)
+            for step in others.values():
+                step()
     for label, step in others.items():
         for a, b in zip(step.params, mine):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=label)

@@ -49,7 +49,7 @@ BASE = {"sgd": dict(momentum=0.7), "rmsprop": dict(momentum=0.5, centered=True)}
 VALUE = dict(lr=0.0123, momentum=0.7, dampening=0.1, weight_decay=0.03, lr_decay=0.01,
              initial_accumulator_value=0.2, eps=1e-3, alpha=0.9, rho=0.85, beta1=0.8,
              beta2=0.99, r=0.5, weight_lr_power=1.5, etaminus=0.4, etaplus=1.3,
-             step_size_min=1e-4, step_size_max=0.5)
+             step_size_min=1e-4, step_size_max=0.5, momentum_decay=0.01, lambd=1e-3, t0=3.0)
 # the rule of each numeric key and a value out of its range (None: the rule has no range)
 RULE_OF = {_validate.learning_rate: -0.1, _validate.nonneg: -0.1, _validate.unit_open: 1.0,
            _validate.unit_closed: 1.5, _validate.real: None, _validate.open_unit: 1.0,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import fastopt as fo
 from fastopt import _mixed
+from fastopt._specs import SPECS
 from fastopt.mixed import DynamicLossScale, MixedPrecision
 from cases import CASES, EXTRA_CASES
 from oracle_check import OracleRun
@@ -151,6 +152,9 @@ def test_master_trajectory_equals_float32_run_bit_for_bit(name, case, hyper, dty
     for i in range(len(lowp)):                                 # float32 state, equal too
         assert opt.state.get(i, {}).keys() == ref.state.get(i, {}).keys()
         for key, value in ref.state.get(i, {}).items():
+            if key in SPECS[name].scalars:     # a per-parameter scalar (float64, 0-d)
+                assert opt.state[i][key] == value
+                continue
             assert opt.state[i][key].dtype == np.float32
             np.testing.assert_array_equal(bits(opt.state[i][key]), bits(value))
 
@@ -246,7 +250,9 @@ def test_master_weights_follow_the_float64_oracle(name, case, hyper, dtype, thre
     finally:
         fo.set_num_threads(0)
     states = [opt.state.get(i, {}) for i in range(len(lowp))]
-    assert all(v.dtype == np.float32 for s in states for v in s.values())
+    scalars = SPECS[name].scalars          # per-parameter scalars: 0-d float64 (NAdam's)
+    assert all(v.dtype == (np.float64 if k in scalars else np.float32)
+               for s in states for k, v in s.items())
     oracle.check(opt.master_params, states, f"{name} {hyper} {dtype}")
     assert opt.master_params[3] is lowp[3]
     for m, p in zip(opt.master_params, lowp):

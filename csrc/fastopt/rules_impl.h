@@ -386,3 +386,63 @@ FO_DEVICE void FO_NAME(fo_rprop_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_
     s0[i] = g;
     p[i] = p[i] - sign * ss;
 }
+
+/* ---------------------------------------------------------------- NAdam
+ * decoupled: p *= 1 - lr wd        else g += wd p
+ * m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2;  d = sqrt(v / bc2) + eps
+ * p += grad_coef g / d;  p += avg_coef m / d   (torch's two addcdiv, in its order)
+ * with bc2 = 1 - beta2^t and, from the momentum cache mu_t, mu_{t+1} and the product
+ * mu_product = mu_1 ... mu_t (computed once per step), grad_coef = -lr (1 - mu_t) /
+ * (1 - mu_product), avg_coef = -lr mu_{t+1} / (1 - mu_product mu_{t+1})
+ * state: s0 = exp_avg, s1 = exp_avg_sq
+ */
+typedef struct {
+    FO_T beta1, one_minus_beta1, beta2, one_minus_beta2, bc2, eps, weight_decay, decay_factor;
+    FO_T grad_coef, avg_coef;
+    int flags;
+} FO_NAME(fo_nadam_k);
+
+FO_DEVICE void FO_NAME(fo_nadam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_nadam_k) k)
+{
+    (void)s2;
+    FO_T m, v;
+    /* the gradient the moments see: decoupled decay scales p instead */
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], (k.flags & FO_DECOUPLED) ? (FO_T)0 : k.weight_decay,
+                              k.flags);
+    FO_T x = FO_NAME(fo_moments)(i, p[i], g_[i], s0, s1, k.beta1, k.one_minus_beta1, k.beta2,
+                                 k.one_minus_beta2, k.weight_decay, k.decay_factor, k.flags,
+                                 &m, &v);
+    FO_T d = FO_SQRT(v / k.bc2) + k.eps;
+    x = x + k.grad_coef * (g / d);
+    p[i] = x + k.avg_coef * (m / d);
+}
+
+/* ---------------------------------------------------------------- ASGD
+ * g (+ wd p);  p = p (1 - lambd eta) - eta g;  average (mu != 1): ax += mu (p - ax), else ax = p
+ * eta and mu are the state's per-parameter scalars as the previous step set them (computed once
+ * per step: eta = lr / (1 + lambd lr t)^alpha, mu = 1 / max(1, t - t0))
+ * state: s0 = ax
+ */
+typedef struct {
+    FO_T eta, decay, mu, weight_decay;
+    int flags;
+} FO_NAME(fo_asgd_k);
+
+FO_DEVICE void FO_NAME(fo_asgd_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
+                                     FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
+                                     FO_T *FO_RESTRICT s2, FO_NAME(fo_asgd_k) k)
+{
+    (void)s1;
+    (void)s2;
+    FO_T g = FO_NAME(fo_grad)(g_[i], p[i], k.weight_decay, k.flags);
+    FO_T x = FO_FMA(-k.eta, g, p[i] * k.decay);
+    p[i] = x;
+    if (k.flags & FO_AVERAGE) {
+        FO_T a = s0[i];
+        s0[i] = a + (x - a) * k.mu;
+    } else {
+        s0[i] = x;
+    }
+}

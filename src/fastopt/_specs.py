@@ -42,6 +42,8 @@ class Spec:
     copies: tuple = ()               # state buffers that start as a copy of their parameter
     modes: object = None             # the table's Modes, or None
     mode_weight: Callable = None     # (group, "train" | "eval") -> the lerp weight of the move
+    # per-parameter scalar state (the table's param_scalars: NAdam's mu_product, ASGD's eta):
+    scalars: dict = field(default_factory=dict)       # name -> (group, lr) -> initial value
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -116,23 +118,38 @@ def _run_function(opt):
     (the table's per-step group computation) it runs first, and `run` returns the new values
     of the group state ({name: value}) for the caller to store in the group; else None. The
     advance sees the hyperparameters, the group state and the mapped inputs (``beta2``), as
-    ``fastopt._steps.advance`` and the functional form do."""
+    ``fastopt._steps.advance`` and the functional form do. An optimizer with per-parameter
+    scalars (the table's ``param_scalars``) takes them as ``scalars`` ({name: value} as the
+    step finds them; None: at their initial values, the state being created) and returns
+    their new values with the group state's; ``rounding`` (float -> float), if given, rounds
+    each new value as it is computed and is the advance's ``as_stored``, as a reference that
+    stores them in another precision does (torch's float32 scalars: fastopt.torch)."""
     kernel = _table.KERNELS[opt.kernel]
     special = {"step": "step", "lr": "lr", "first": "fresh[0]"}
     defined = {name for name, _ in opt.advance}
     args = [name if name in defined else special.get(name) or opt.inputs.get(name) or name
             for name in kernel.inputs]
-    state = [s.name for s in opt.group_state]
-    source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\"):\n"
+    scalars = [p.name for p in opt.param_scalars]
+    state = [s.name for s in opt.group_state] + scalars
+    advance = ("    as_stored = _float if rounding is None else rounding\n"
+               if scalars else "") + "".join(f"    {name} = {expr}\n" + (
+        f"    if rounding is not None:\n        {name} = rounding({name})\n"
+        if name in scalars else "") for name, expr in opt.advance)
+    source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\""
+              + (", scalars=None, rounding=None" if scalars else "") + "):\n"
               f"{_bind(opt, exclude=special)}"
-              + "".join(f"    {name} = g[{name!r}]\n" for name in state)
+              + "".join(f"    {s.name} = g[{s.name!r}]\n" for s in opt.group_state)
+              # the per-parameter scalars as the step finds them (None: created for this step)
+              + "".join(f"    {p.name} = float(scalars[{p.name!r}] if scalars is not None else "
+                        f"{p.init})\n" for p in opt.param_scalars)
               # the advance may read the kernel inputs mapped from hyperparameters (beta2)
               + "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items()
                         if opt.advance)
-              + _steps.advance_lines(opt) +
+              + advance +
               f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
               + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))
-    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel)},
+    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel),
+                                                   "_float": float},
                                    module=f"{__name__}.{opt.name}")
 
 
@@ -161,6 +178,13 @@ def _init(state):
         elif s.init != 0:
             out[s.name] = (lambda value: lambda g, lr: value)(s.init)
     return out
+
+
+def _scalar_init_function(opt, scalar):
+    """(group, lr) -> the initial value of a per-parameter scalar (its ``init`` expression over
+    the group's hyperparameters and `lr`, the learning rate of the step creating it)."""
+    source = f"def init(g, lr):\n{_bind(opt, exclude=('lr',))}    return float({scalar.init})\n"
+    return _steps.compile_function("init", source, module=f"{__name__}.{opt.name}")
 
 
 def _mode_weight_function(opt):
@@ -192,6 +216,7 @@ def _spec(opt):
         group_rules={name: getattr(_validate, rule) for name, (_, rule) in group_state.items()},
         copies=tuple(s.name for s in kernel.state if s.init == _table.PARAM),
         modes=opt.modes, mode_weight=_mode_weight_function(opt),
+        scalars={p.name: _scalar_init_function(opt, p) for p in opt.param_scalars},
     )
 
 

@@ -22,10 +22,17 @@ import linecache
 from . import _table
 
 __all__ = ["runner", "hp_values", "state_mask", "state_mask_expr", "compile_function",
-           "advance_lines", "derived_lines"]
+           "advance_lines", "derived_lines", "scalar_init"]
+
+
+def as_stored(x):
+    """A value as the reference stores its per-parameter scalars (the table's param_scalars):
+    unchanged here (float64); fastopt.torch rounds to torch's scalar dtype instead."""
+    return x
+
 
 # the builtins the table's per-step group computations (Optimizer.advance) may call
-_ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs}
+_ADVANCE_BUILTINS = {"max": max, "min": min, "abs": abs, "as_stored": as_stored}
 
 
 def compile_function(name, source, namespace=None, module=__name__):
@@ -92,17 +99,26 @@ def _values_function(kernel):
 
 def advance_lines(opt):
     """Source lines (indented once) of the table entry's per-step group computation
-    (``Optimizer.advance``), in order."""
-    return "".join(f"    {name} = {expr}\n" for name, expr in opt.advance)
+    (``Optimizer.advance``), in order (``as_stored``: the identity)."""
+    return "".join([f"    as_stored = _as_stored\n" if opt.param_scalars else ""]
+                   + [f"    {name} = {expr}\n" for name, expr in opt.advance])
 
 
-def advance(opt, group, lr):
+def scalar_init(opt, group, lr):
+    """{name: initial value} of the per-parameter scalars of `opt` (``param_scalars``), for
+    state created at a step with learning rate `lr`, over `group`'s hyperparameters."""
+    ns = {**group, "lr": lr}
+    return {s.name: float(eval(s.init, {"__builtins__": {}}, ns)) for s in opt.param_scalars}
+
+
+def advance(opt, group, lr, step=1):
     """The names the per-step group computation of `opt` assigns (``Optimizer.advance``),
-    evaluated over `group` (its hyperparameters and group state) and this step's `lr`:
+    evaluated over `group` (its hyperparameters, group state and per-parameter scalars; those
+    it lacks at their initial values), this step's `lr` and 1-based `step`:
     {name: value}, ``lr`` included."""
     ns = {name: eval(expr, {"__builtins__": {}}, dict(group))
           for name, expr in opt.inputs.items()}
-    ns = {**group, **ns, "lr": lr}
+    ns = {**scalar_init(opt, group, lr), **group, **ns, "lr": lr, "step": step}
     out = {"lr": lr}
     for name, expr in opt.advance:
         ns[name] = out[name] = eval(expr, {"__builtins__": _ADVANCE_BUILTINS}, ns)
@@ -112,13 +128,14 @@ def advance(opt, group, lr):
 def hp_values(optimizer, group, step, lr, first=False):
     """(the fo_<kernel>_hp fields, flags) of a step of `optimizer` with the hyperparameters of
     param `group` (a dict with torch's names, and the group state of an optimizer that has
-    one), at 1-based `step` with learning rate `lr`; `first`: the state buffers were created
-    for this step."""
+    one, and the per-parameter scalars as the step finds them: initial values where absent), at
+    1-based `step` with learning rate `lr`; `first`: the state buffers were created for this
+    step."""
     opt = _table.OPTIMIZERS[optimizer]
     k = _table.KERNELS[opt.kernel]
     special = {"step": step, "lr": lr, "first": first}
     if opt.advance:
-        special.update(advance(opt, group, lr))
+        special.update(advance(opt, group, lr, step))
     inputs = {}
     for name in k.inputs:
         if name in special:

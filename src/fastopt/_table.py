@@ -109,8 +109,8 @@ Fields
                  values.
   ``advance``    the per-step group computation, once per group and step before the kernel:
                  ``(name, Python expression)`` assignments in order, over the hyperparameters,
-                 the group state, ``lr`` (this step's learning rate) and the names assigned
-                 before. An assigned group-state name is its new value (written back to the
+                 the group state, the ``param_scalars``, ``step`` (1-based), ``lr`` (this
+                 step's learning rate) and the names assigned before. An assigned group-state name is its new value (written back to the
                  group after the kernel ran); any other name (and ``lr``, reassigned) is a
                  local the kernel's ``inputs`` may use.
   ``modes``      ``Modes(key, initial, state, train, eval)`` for optimizers whose parameters
@@ -123,6 +123,22 @@ Fields
                  ``initial``). ``step`` refuses a group in eval mode (RuntimeError, nothing
                  changed).
   ``adapters``   the framework adapters made for it (``"torch"``: ``fastopt.torch``).
+  ``param_scalars`` per-parameter scalar state that the reference keeps next to each
+                 parameter's ``step`` (torch's 0-d tensors: NAdam's ``mu_product``, ASGD's
+                 ``eta`` and ``mu``) and that depends only on the step, the hyperparameters
+                 and the learning rates: ``ParamScalar(name, init)``, ``init`` a Python
+                 expression over the hyperparameters and ``lr`` (the learning rate of the step
+                 that creates the state). The ``advance`` reads the current value under its
+                 name and assigning the name there gives the new value, so it is computed once
+                 per group and step, outside the element loop; ``as_stored(x)`` there is x
+                 in the precision the reference stores these scalars in (float64; in
+                 ``fastopt.torch`` torch's scalar dtype, to which each new value is also
+                 rounded, as torch's in-place updates of its 0-d tensors round). The classes keep one value per
+                 group (like the step count) and save it in every parameter's state entry, in
+                 the reference's layout (``state_dict``, ``fo.save``); loading refuses
+                 parameters of one group with different values. ``fastopt.torch`` keeps them
+                 as 0-d tensors in each parameter's state, as torch. The functional form takes
+                 them as keywords (None: the initial value) and returns their new values.
 """
 from collections import namedtuple
 
@@ -133,11 +149,12 @@ State = namedtuple("State", "name needs init arg", defaults=(None,))
 Optimizer = namedtuple(
     "Optimizer",
     "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc "
-    "reference group_state advance modes adapters",
-    defaults=((), (), None, (), (), "", None, (), (), None, ("torch",)))
+    "reference group_state advance modes adapters param_scalars",
+    defaults=((), (), None, (), (), "", None, (), (), None, ("torch",), ()))
 Hyper = namedtuple("Hyper", "name default rule torch_error")
 GroupState = namedtuple("GroupState", "name init rule")
 Modes = namedtuple("Modes", "key initial state train eval")
+ParamScalar = namedtuple("ParamScalar", "name init")
 
 #: State.init of a buffer that starts as a copy of its parameter
 PARAM = "param"
@@ -155,6 +172,7 @@ FLAGS = (
     Flag("DECOUPLED", 256, "Adam: decoupled weight decay (AdamW)"),
     Flag("RECTIFY", 512, "RAdam: the variance is tractable (rho_t > 5; Schedule-Free RAdam: "
                          "rho_t > 4): rectified adaptive step"),
+    Flag("AVERAGE", 1024, "ASGD: averaging has started (mu != 1): ax += mu (p - ax), else ax = p"),
 )
 
 FLAG_BITS = {f.name: f.bit for f in FLAGS}
@@ -341,6 +359,38 @@ KERNELS = {k.name: k for k in (
         # the step sizes start at the group's lr, which the rule does not read otherwise
         state=(State("prev", None, 0), State("step_size", None, "lr")),
         cases=((),),
+        cost=2, backends=BACKENDS,
+    ),
+    Kernel(
+        name="nadam", title="NAdam",
+        # mu, mu_next and mu_product come from the optimizer's advance (once per step)
+        inputs=("step", "lr", "beta1", "beta2", "eps", "weight_decay", "mu", "mu_next",
+                "mu_product", "maximize", "decoupled_weight_decay"),
+        scalars=(("beta1", "beta1"), ("beta2", "beta2"), ("bc2", "1 - beta2 ** step"),
+                 ("eps", "eps"), ("weight_decay", "weight_decay"),
+                 ("decay_factor", "1 - lr * weight_decay"),
+                 ("grad_coef", "-lr * (1.0 - mu) / (1.0 - mu_product)"),
+                 ("avg_coef", "(-lr * mu_next) / (1.0 - mu_product * mu_next)")),
+        consts=(("beta1", "beta1"), ("one_minus_beta1", "1.0 - beta1"), ("beta2", "beta2"),
+                ("one_minus_beta2", "1.0 - beta2"), ("bc2", "bc2"), ("eps", "eps"),
+                ("weight_decay", "weight_decay"), ("decay_factor", "decay_factor"),
+                ("grad_coef", "grad_coef"), ("avg_coef", "avg_coef")),
+        flags={"MAXIMIZE": "maximize", "DECOUPLED": "decoupled_weight_decay"},
+        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0)),
+        cases=((), ("DECOUPLED",)),
+        cost=3, backends=BACKENDS,
+    ),
+    Kernel(
+        name="asgd", title="ASGD",
+        # eta_t, mu_t: the eta and mu of the state as the step finds them (the advance)
+        inputs=("eta_t", "mu_t", "lambd", "weight_decay", "maximize"),
+        scalars=(("eta", "eta_t"), ("decay", "1 - lambd * eta_t"), ("mu", "mu_t"),
+                 ("weight_decay", "weight_decay")),
+        consts=(("eta", "eta"), ("decay", "decay"), ("mu", "mu"),
+                ("weight_decay", "weight_decay")),
+        flags={"MAXIMIZE": "maximize", "AVERAGE": "mu_t != 1"},
+        state=(State("ax", None, 0),),
+        cases=((), ("AVERAGE",)),
         cost=2, backends=BACKENDS,
     ),
 )}
@@ -848,6 +898,110 @@ OPTIMIZERS = {o.name: o for o in (
         (True, True)
         >>> w.round(6)
         array([ 0.78, -1.78])
+        """,
+    ),
+    Optimizer(
+        name="nadam", class_name="NAdam", kernel="nadam", keyword_only="maximize",
+        hyper=(_lr(2e-3), _BETAS, Hyper("eps", 1e-8, "nonneg", _EPS),
+               Hyper("weight_decay", 0.0, "nonneg", _WD),
+               Hyper("momentum_decay", 4e-3, "nonneg", "Invalid momentum_decay value: {value}"),
+               Hyper("decoupled_weight_decay", False, "boolean", None),
+               Hyper("maximize", False, "boolean", None)),
+        inputs=_BETA_INPUTS, checks=(),
+        param_scalars=(ParamScalar("mu_product", "1.0"),),
+        # torch's momentum cache mu_t, mu_{t+1} and their running product
+        advance=(("mu", "beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))"),
+                 ("mu_next", "beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))"),
+                 # torch multiplies its stored 0-d tensor in place (mu in its dtype)
+                 ("mu_product", "mu_product * as_stored(mu)")),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.01),
+            dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True),
+            dict(lr=0.02, betas=(0.8, 0.99), eps=1e-06, momentum_decay=0.01, maximize=True),
+            dict(lr=0.02, betas=(0.3, 0.6), momentum_decay=0.0),
+        ),
+        doc=r"""NAdam: Adam with Nesterov momentum and a decaying momentum schedule.
+
+        With learning rate :math:`\gamma`, ``betas`` :math:`(\beta_1, \beta_2)`, :math:`\epsilon`,
+        ``momentum_decay`` :math:`\psi` and weight decay :math:`\lambda` (added to the
+        gradient, or with ``decoupled_weight_decay=True`` applied as :math:`\theta_{t-1}
+        \leftarrow (1 - \gamma\lambda)\,\theta_{t-1}`):
+
+        .. math::
+            \mu_t &= \beta_1 \left(1 - \tfrac{1}{2}\, 0.96^{t \psi}\right), \qquad
+            \Pi_t = \prod_{i \le t} \mu_i \\
+            m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+            v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+            d_t = \sqrt{v_t / (1 - \beta_2^t)} + \epsilon \\
+            \theta_t &= \theta_{t-1} - \gamma \frac{1 - \mu_t}{1 - \Pi_t} \frac{g_t}{d_t}
+            - \gamma \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}} \frac{m_t}{d_t}
+
+        :math:`\mu_t`, :math:`\mu_{t+1}` and :math:`\Pi_t` are computed once per step, outside
+        the element loop. State: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`) and, per
+        parameter as torch, ``mu_product`` (:math:`\Pi_t`, a number). Defaults: ``lr=2e-3,
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+        decoupled_weight_decay=False``, as torch. Reference: Dozat, "Incorporating Nesterov
+        Momentum into Adam", ICLR 2016 workshop.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.NAdam([w], lr=0.1)
+        >>> opt.step([2 * w])
+        True
+        >>> w.round(6)
+        array([ 0.9, -1.9])
+        >>> round(opt.state_dict()["state"][0]["mu_product"], 6)
+        0.450081
+        """,
+    ),
+    Optimizer(
+        name="asgd", class_name="ASGD", kernel="asgd", keyword_only=None,
+        hyper=(_lr(1e-2), Hyper("lambd", 1e-4, "real", None), Hyper("alpha", 0.75, "real", None),
+               Hyper("t0", 1e6, "real", None), Hyper("weight_decay", 0.0, "nonneg", _WD),
+               Hyper("maximize", False, "boolean", None)),
+        inputs={}, checks=(),
+        param_scalars=(ParamScalar("eta", "lr"), ParamScalar("mu", "1.0")),
+        # the step uses eta and mu as the previous step left them, then sets them for the next
+        advance=(("eta_t", "eta"), ("mu_t", "mu"),
+                 ("eta", "lr / ((1 + lambd * lr * step) ** alpha)"),
+                 ("mu", "1 / max(1, step - t0)")),
+        cases=(
+            dict(lr=0.01),
+            dict(lr=0.05, lambd=1e-3, alpha=0.6, t0=20.0),
+            dict(lr=0.02, lambd=0.01, t0=1.0, weight_decay=0.01),
+            dict(lr=0.01, alpha=1.0, t0=100.0, weight_decay=0.05, maximize=True),
+        ),
+        doc=r"""ASGD: averaged stochastic gradient descent (Polyak-Ruppert averaging).
+
+        With learning rate :math:`\gamma`, decay term ``lambd`` :math:`\lambda`, power
+        ``alpha`` :math:`\alpha`, averaging start ``t0`` :math:`t_0` and weight decay
+        :math:`w` (added to the gradient), step :math:`t` does, with :math:`\eta_1 = \gamma`
+        and :math:`\mu_1 = 1`:
+
+        .. math::
+            \theta_t &= (1 - \lambda \eta_t)\, \theta_{t-1} - \eta_t g_t \\
+            a_t &= a_{t-1} + \mu_t (\theta_t - a_{t-1}) \ \text{if } \mu_t \ne 1
+            \quad \text{else } a_t = \theta_t \\
+            \eta_{t+1} &= \frac{\gamma}{(1 + \lambda \gamma t)^\alpha}, \qquad
+            \mu_{t+1} = \frac{1}{\max(1, t - t_0)}
+
+        The parameters follow the SGD iterate; the average :math:`a` is the state ``ax``
+        (evaluate with it; it equals the iterate until step :math:`t_0 + 2`). :math:`\eta` and
+        :math:`\mu` are computed once per step, outside the element loop, and kept per
+        parameter as torch (``eta``, ``mu``: numbers). Defaults: ``lr=1e-2, lambd=1e-4,
+        alpha=0.75, t0=1e6, weight_decay=0``, as torch. Reference: Polyak & Juditsky,
+        "Acceleration of Stochastic Approximation by Averaging", SIAM J. Control Optim. 1992.
+
+        >>> import numpy as np, fastopt as fo
+        >>> w = np.array([1.0, -2.0])
+        >>> opt = fo.ASGD([w], lr=0.1)
+        >>> opt.step([2 * w])
+        True
+        >>> w.round(6)
+        array([ 0.79999, -1.59998])
+        >>> opt.state[0]["ax"].round(6)
+        array([ 0.79999, -1.59998])
         """,
     ),
     Optimizer(

@@ -167,16 +167,21 @@ def _form_source(opt):
     hyper = _hyper_args(opt, kernel)
     lr_default = next(h.default for h in opt.hyper if h.name == "lr")
     uses_step = any("step" in _identifiers(expr)
-                    for _, expr in kernel.derived + kernel.scalars + tuple(kernel.flags.items()))
+                    for _, expr in kernel.derived + kernel.scalars + tuple(kernel.flags.items())
+                    + opt.advance)
     first_needs = [cond for _, _, cond in states if cond is not None] if "first" in kernel.inputs \
         else []
     step_arg = "step" if uses_step else "step=None" if first_needs else "step=1"
     sig = ["param", "grad"] + [f"{arg}=None" if cond else arg for _, arg, cond in states]
     group_state = [(g.name, g.init) for g in opt.group_state]
     hyper += group_state
-    takes_lr = "lr" in kernel.inputs     # Rprop's rule reads its step sizes, not lr
+    scalars = [p.name for p in opt.param_scalars]
+    # Rprop's rule reads its step sizes, not lr; ASGD's advance reads it
+    takes_lr = "lr" in kernel.inputs or any(
+        "lr" in _identifiers(expr) for expr in [e for _, e in opt.advance]
+        + [p.init for p in opt.param_scalars])
     sig += ["*", step_arg] + ([f"lr={lr_default!r}"] if takes_lr else []) \
-        + [f"{n}={d!r}" for n, d in hyper]
+        + [f"{n}={d!r}" for n, d in hyper] + [f"{n}=None" for n in scalars]
     body = ["    lr = _check_lr(lr)\n"] if takes_lr else []
     if not first_needs:
         body.append("    step = _check_step(step)\n")
@@ -203,11 +208,15 @@ def _form_source(opt):
                       f"({slot}, {arg!r}, {arg} if ({cond}) else _UNUSED)"
                       for slot, arg, cond in states)
     body.append(f"    mod, plan = _plan(param, [{slots}])\n")
+    # the per-parameter scalars as the step finds them (None: the state's first step)
+    body += [f"    {p.name} = _validate.real({p.name!r}, {p.init} if {p.name} is None else "
+             f"{p.name})\n" for p in opt.param_scalars]
     body.append(_steps.advance_lines(opt))
     body.append(f"    _runners.{opt.kernel}(mod, plan, _listify(grad, 'grad'), "
                 f"{', '.join(kernel.inputs)}, 'grad')\n")
-    if group_state:
-        body.append(f"    return {{{', '.join(f'{n!r}: {n}' for n, _ in group_state)}}}\n")
+    returned = [n for n, _ in group_state] + scalars
+    if returned:
+        body.append(f"    return {{{', '.join(f'{n!r}: {n}' for n in returned)}}}\n")
     return f"def {opt.name}_({', '.join(sig)}):\n{''.join(body)}"
 
 
@@ -220,6 +229,13 @@ def _form_doc(opt):
                      f"{', '.join(f'{g.name}={g.init!r}' for g in opt.group_state)}) are "
                      "inputs; returns their new values as a dict, to pass to the next step. "
                      "The parameters are the gradient point y (train mode).")
+    if opt.param_scalars:
+        names = ", ".join(f"`{p.name}`" for p in opt.param_scalars)
+        lines.append(f"The per-parameter scalars {names} (torch keeps them in each parameter's "
+                     f"state; None, the default: their initial values "
+                     f"{', '.join(f'{p.name}={p.init}' for p in opt.param_scalars)}, for the "
+                     "first step) are inputs; returns their new values as a dict, to pass to "
+                     "the next step.")
     notes = [f"`{arg}` is required when {_when(cond)}." for _, arg, cond in _state_args(kernel)
              if cond is not None]
     notes += [f"`{s.arg or s.name}` starts filled with the `{s.init}` hyperparameter's value "
@@ -232,7 +248,8 @@ def _form_doc(opt):
 def make_form(opt):
     """The functional form ``<name>_(param, grad, *state, step, lr, **hyperparameters)`` of
     the table entry `opt` (a fastopt._table.Optimizer)."""
-    fn = _steps.compile_function(f"{opt.name}_", _form_source(opt), globals(), module=__name__)
+    fn = _steps.compile_function(f"{opt.name}_", _form_source(opt),
+                                 {**globals(), "_as_stored": _steps.as_stored}, module=__name__)
     fn.__doc__ = _form_doc(opt)
     return fn
 

@@ -257,15 +257,24 @@ class _Record:
     nothing. A 'step' found in the state that is not such a view (after load_state_dict, or
     set by the user) is copied into a fresh buffer, which is then linked to every parameter
     (old views, perhaps held by an earlier state_dict, are left alone).
-    """
-    __slots__ = ("group", "params", "steps", "views", "entries", "calls", "dist")
 
-    def __init__(self, group):
+    The per-parameter scalars of the optimizer (the table's ``param_scalars``: NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``) are kept the same way, in ``scalars[name]``
+    (torch's scalar dtype, as 'step') with their 0-d views ``scalar_views[name]``.
+    """
+    __slots__ = ("group", "params", "steps", "views", "entries", "calls", "dist", "scalars",
+                 "scalar_views")
+
+    def __init__(self, group, scalars=()):
         self.group = group
         self.params = group["params"]
         dtype = _scalar_dtype(group.get("fused"))
         self.steps = np.zeros(len(self.params), dtype=_NUMPY_DTYPE[dtype])
         self.views = list(torch.from_numpy(self.steps).unbind(0)) if len(self.params) else []
+        self.scalars = {name: np.zeros(len(self.params), dtype=_NUMPY_DTYPE[dtype])
+                        for name in scalars}
+        self.scalar_views = {name: list(torch.from_numpy(a).unbind(0)) if len(a) else []
+                             for name, a in self.scalars.items()}
         self.entries = {}
         self.dist = any(map(_dt.is_dtensor, self.params))     # DTensor parameters
         self.calls = 0              # mixed kernel calls (the noise counter of optimizers
@@ -492,6 +501,8 @@ class Optimizer(torch.optim.Optimizer):
                 for name, value in entry.items():
                     if name == "step":
                         _validate.whole(f"{where}['step']", _plain(value))
+                    elif name in self.spec.scalars:
+                        _validate.real(f"{where}[{name!r}]", _plain(value))
                     elif name == "master" and p.dtype not in _tm.LOW:
                         raise ValueError(f"{where} has a master copy but {_where(gi, j)} is "
                                          f"{p.dtype} (only 16-bit parameters have one)")
@@ -570,7 +581,7 @@ class Optimizer(torch.optim.Optimizer):
         rec = self._fo_records.get(id(group))
         if rec is None or rec.group is not group or rec.params is not group["params"] \
                 or len(rec.steps) != len(group["params"]):
-            rec = _Record(group)
+            rec = _Record(group, self.spec.scalars)
             self._fo_records[id(group)] = rec
             self._fo_relink(rec)
         return rec
@@ -581,6 +592,9 @@ class Optimizer(torch.optim.Optimizer):
             return
         steps = rec.steps.copy()
         views = list(torch.from_numpy(steps).unbind(0)) if len(steps) else []
+        scalars = {name: a.copy() for name, a in rec.scalars.items()}
+        scalar_views = {name: list(torch.from_numpy(a).unbind(0)) if len(a) else []
+                        for name, a in scalars.items()}
         linked = []
         for j, p in enumerate(rec.params):           # check every count before relinking any
             st = self.state.get(p)
@@ -590,10 +604,20 @@ class Optimizer(torch.optim.Optimizer):
             cur = st["step"]
             if cur is not rec.views[j]:
                 steps[j] = _validate.whole("state['step'] of a parameter", _plain(cur))
+            for name, a in scalars.items():
+                cur = st.get(name)
+                if cur is None:
+                    raise ValueError(f"state[{_where(self.param_groups.index(rec.group), j)}] "
+                                     f"has a 'step' but no {name!r}")
+                if cur is not rec.scalar_views[name][j]:
+                    a[j] = _validate.real(f"state[...][{name!r}] of a parameter", _plain(cur))
             linked.append((st, j))
         for st, j in linked:
             st["step"] = views[j]
+            for name, v in scalar_views.items():
+                st[name] = v[j]
         rec.steps, rec.views = steps, views
+        rec.scalars, rec.scalar_views = scalars, scalar_views
 
     def _fo_prepare(self, gi, group):
         """Check a group and plan its kernel calls; changes nothing the user can observe."""
@@ -620,12 +644,21 @@ class Optimizer(torch.optim.Optimizer):
         if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses) \
                 and (entry.mixed is None or entry.mixed == hyper["_fo_mixed"][:2]):
             steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
-            if steps.min() == steps.max():
+            if steps.min() == steps.max() and self._fo_uniform(rec, idx):
                 if not entry.plain:
                     grads = self._fo_layout_grads(gi, entry, params)
                 return [_Job(gi, hyper, rec, entry, grads, int(steps[0]) + 1, lr,
                              self._fo_no_fresh, False)]
         return self._fo_partition(gi, hyper, rec, idx, grads, uses, lr)
+
+    @staticmethod
+    def _fo_uniform(rec, idx):
+        """Whether params `idx` of the group have the same per-parameter scalars."""
+        for a in rec.scalars.values():
+            a = a if len(idx) == len(a) else a[idx]
+            if a.min() != a.max():
+                return False
+        return True
 
     @property
     def _fo_no_fresh(self):
@@ -643,6 +676,8 @@ class Optimizer(torch.optim.Optimizer):
         expected = [(self.spec.state[slot], entry.states[slot]) for slot in slots]
         if counted:
             expected.append(("step", [rec.views[j] for j in entry.idx]))
+            expected += [(name, [v[j] for j in entry.idx])
+                         for name, v in rec.scalar_views.items()]
         if masters is not None:
             expected.append(("master", masters))
         get = self.state.get
@@ -667,11 +702,13 @@ class Optimizer(torch.optim.Optimizer):
             missing = tuple(bool(u) and st.get(n) is None for u, n in zip(uses, names))
             link = counted and "step" not in st
             step = float(rec.steps[j]) if counted and not link else 0.0
-            part = parts.setdefault((step, missing, link), ([], []))
+            # params with other per-parameter scalars (NAdam's mu_product) run apart
+            values = () if link else tuple(float(a[j]) for a in rec.scalars.values())
+            part = parts.setdefault((step, missing, link, values), ([], []))
             part[0].append(j)
             part[1].append(grads[k])
         jobs = []
-        for (step, missing, link), (js, gs) in parts.items():
+        for (step, missing, link, _), (js, gs) in parts.items():
             entry = self._fo_entry(gi, rec, js, group["_fo_mixed"])
             self._fo_attach(gi, entry, params, uses, missing)
             if not entry.plain:
@@ -681,7 +718,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def _fo_unlinked(self, rec, j):
         st = self.state.get(rec.params[j])
-        return bool(st) and "step" in st and st["step"] is not rec.views[j]
+        return bool(st) and "step" in st and (st["step"] is not rec.views[j] or any(
+            st.get(name) is not v[j] for name, v in rec.scalar_views.items()))
 
     def _fo_masters(self, rec, js, options):
         """The state's master tensors of params `js` (None where a parameter has none or
@@ -791,11 +829,15 @@ class Optimizer(torch.optim.Optimizer):
             for j, t in zip(js, tensors):
                 self.state[params[j]][self.spec.state[slot]] = t
         if link and self.spec.counts_steps:
+            init = {name: fn(group, _plain(group["lr"])) for name, fn in self.spec.scalars.items()}
             for j in js:
                 st = self.state[params[j]]
                 if "step" not in st:
                     rec.steps[j] = 0
                     st["step"] = rec.views[j]
+                    for name, value in init.items():   # as torch creates them
+                        rec.scalars[name][j] = value
+                        st[name] = rec.scalar_views[name][j]
         return created
 
     def _fo_run(self, job):
@@ -857,9 +899,28 @@ class Optimizer(torch.optim.Optimizer):
             plan.grad_scale = 1.0 if job.scale is None else job.scale
         if entry.device is not None:            # on torch's current stream of the device
             with _cuda.stream(entry.device):
-                return self.spec.run(_cuda.module(), entry.plan, job.grads, job.group,
-                                     job.step, job.lr, job.fresh)
-        return self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh)
+                return self._fo_launch(_cuda.module(), entry, job)
+        return self._fo_launch(mod, entry, job)
+
+    def _fo_launch(self, mod, entry, job):
+        """Run the step's kernel from `mod` (the CPU, mixed or CUDA module); returns the
+        group state's new values (None without group state), and writes the per-parameter
+        scalars (NAdam's mu_product, ASGD's eta and mu) back to their tensors."""
+        if not self.spec.scalars:
+            return self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr,
+                                 job.fresh)
+        rec, idx = job.rec, entry.idx
+        whole = len(idx) == len(rec.steps)
+        scalars = {name: float(a[idx[0]]) for name, a in rec.scalars.items()}
+        dtype = next(iter(rec.scalars.values())).dtype
+        new = self.spec.run(mod, entry.plan, job.grads, job.group, job.step, job.lr, job.fresh,
+                            "grads", scalars, None if dtype == np.float64 else
+                            lambda v: float(dtype.type(v)))
+        for name, a in rec.scalars.items():   # rounded to torch's scalar dtype, as torch
+            if whole:
+                a[...] = new[name]
+            else:
+                a[idx] = new[name]
 
 
 def _doc(fo_cls):

@@ -55,7 +55,22 @@ def run_torch(name, hyper, dtype, cls=None):
     For an optimizer with train/eval modes (the table's ``modes``: Schedule-Free), ``train()``
     comes first, as the reference requires; the trajectory is then the train-mode point y,
     ``traj["eval"]`` the parameters after ``eval()`` at the end, and ``state["group<i>"]``
-    the group-level scalars of group i (``group_state`` and the mode key) after the steps."""
+    the group-level scalars of group i (``group_state`` and the mode key) after the steps.
+
+    torch's default dtype is the parameters' during the run: torch keeps per-parameter
+    scalars ('step', NAdam's mu_product, ASGD's eta and mu) in it, so float64 runs keep them
+    in float64, as fastopt does (with float32 a per-step scalar such as mu_product would be
+    rounded to float32; 'step' is a small whole number, exact either way)."""
+    import torch
+    old = torch.get_default_dtype()
+    torch.set_default_dtype({np.float32: torch.float32, np.float64: torch.float64}[dtype])
+    try:
+        return _run_torch(name, hyper, dtype)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _run_torch(name, hyper, dtype):
     from fastopt._specs import SPECS
     spec = SPECS[name]
     import torch

@@ -384,6 +384,9 @@ class ShardedOptimizer:
             if group_entry is None:               # the group has not stepped yet
                 continue
             state[i] = {"step": group_entry["step"]}
+            for name in self._inner.spec.scalars:   # per-parameter scalars: one per group
+                if name in group_entry:
+                    state[i][name] = group_entry[name]
             for name in names:
                 if name in group_entry:
                     state[i][name] = full[(b, name)][off:off + n].reshape(
@@ -399,7 +402,11 @@ class ShardedOptimizer:
         """
         agree(self.comm, self._check_arrays)
         plan = agree(self.comm, self._plan_on_root, state_dict)
-        meta = bcast_tree(self.comm, [(hyper, steps, _common_names(bufs))
+        scalars = self._inner.spec.scalars      # per-parameter scalars: one value per group
+        meta = bcast_tree(self.comm, [(hyper, steps, [n for n in _common_names(bufs)
+                                                      if n not in scalars],
+                                       {n: float(bufs[0][n]) for n in scalars
+                                        if bufs and n in bufs[0]})
                                       for hyper, steps, bufs in plan] if self.rank == 0 else None)
         names = self._inner.spec.state
         shard_state = {}
@@ -423,16 +430,16 @@ class ShardedOptimizer:
                 shard_state[(b, name)] = mine
         inner_state, inner_groups = {}, []
         for k, pc in enumerate(self._pieces):
-            hyper, steps, bufnames = meta[pc.group]
+            hyper, steps, bufnames, values = meta[pc.group]
             lo = self._shards[pc.buf].bounds(self.rank)[0]
             if bufnames or steps:
-                inner_state[k] = {"step": float(steps)}
+                inner_state[k] = {"step": float(steps), **values}
                 for name in bufnames:
                     inner_state[k][name] = shard_state[(pc.buf, name)][pc.start - lo:pc.stop - lo]
             inner_groups.append({**hyper, "params": [k]})
         agree(self.comm, self._inner.load_state_dict,
               {"state": inner_state, "param_groups": inner_groups})
-        for gi, (hyper, _, _) in enumerate(meta):
+        for gi, (hyper, _, _, _) in enumerate(meta):
             params = self.param_groups[gi]["params"]
             self.param_groups[gi].clear()
             self.param_groups[gi].update({**hyper, "params": params})

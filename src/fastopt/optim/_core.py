@@ -98,7 +98,7 @@ class GroupRecord:
     """Per-group bookkeeping that is not a hyperparameter: plan, steps taken, buffers present,
     and the last validated snapshot of the group's values."""
     __slots__ = ("plan", "mod", "step", "present", "offset", "checked", "hyper", "uses",
-                 "arrays")
+                 "arrays", "scalars")
 
     def __init__(self, plan, mod, offset, group, uses):
         self.plan = plan
@@ -110,6 +110,8 @@ class GroupRecord:
         self.uses = uses                     # the state buffers `hyper`'s options need
         self.present = (False,) * len(uses)  # the state buffers allocated
         self.arrays = tuple(group["params"])  # the group's arrays as planned (check_groups)
+        self.scalars = None     # per-parameter scalars: {name: 0-d float64 array}, one array
+        #                         per group shared by its parameters' state entries, or None
 
 
 class OptimizerCore:

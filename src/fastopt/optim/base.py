@@ -102,6 +102,8 @@ class Optimizer(OptimizerCore):
     DEFAULTS = property(lambda self: {**self.spec.defaults, **self.spec.group_state})
     RULES = property(lambda self: {**self.spec.rules, **self.spec.group_rules})
     BUFFERS = property(lambda self: self.spec.state)
+    # per-parameter scalars (the table's param_scalars): one value per group, in `rec.scalars`
+    SCALARS = property(lambda self: tuple(self.spec.scalars))
 
     def _validate(self, group):
         return self.spec.validate(group)
@@ -216,7 +218,11 @@ class Optimizer(OptimizerCore):
         counter."""
         run = self.spec.run
         for gi, (rec, hyper, lr, grads, fresh) in enumerate(work):
-            changed = run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            if self.spec.scalars:
+                changed = run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh, "grads",
+                              rec.scalars)
+            else:
+                changed = run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
             rec.step += 1
             if changed is not None:
                 self._store_group_state(gi, changed)
@@ -288,7 +294,11 @@ class Optimizer(OptimizerCore):
                 work = [[rec, hyper, lr, grads, fresh]]
                 self._allocate(work)
                 fresh = work[0][4]
-            changed = self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
+            if self.spec.scalars:
+                changed = self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr,
+                                        fresh, "grads", rec.scalars)
+            else:
+                changed = self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh)
             rec.step += 1
             if changed is not None:
                 self._store_group_state(0, changed)
@@ -298,8 +308,13 @@ class Optimizer(OptimizerCore):
     def _store_group_state(self, gi, values):
         """Write the group-level scalars the step (or a mode change) computed ({name: value},
         plain and valid by construction) into param group gi and into its validated snapshot,
-        so the next step does not re-validate the group for them."""
+        so the next step does not re-validate the group for them. The per-parameter scalars
+        among `values` (the table's param_scalars) go to the group's record instead."""
         group, rec = self.param_groups[gi], self._records[gi]
+        if self.spec.scalars:
+            self._set_scalars(gi, {name: values.pop(name) for name in self.spec.scalars})
+            if not values:
+                return
         keys = list(rec.hyper)
         checked = list(rec.checked)
         for key, value in values.items():
@@ -352,6 +367,7 @@ class Optimizer(OptimizerCore):
         buffers = [self._saved_entry(i, e, p, f" like params[{offset + j}]")
                    for j, (i, e, p) in enumerate(zip(ids, entries,
                                                      self.param_groups[gi]["params"]))]
+        self._check_scalars(gi, ids, buffers, steps)
         needed = self.spec.uses(hyper)
         for slot, name in enumerate(self.spec.state):
             if needed[slot] and not all(name in b for b in buffers) and steps > 0 \
@@ -359,6 +375,40 @@ class Optimizer(OptimizerCore):
                 raise ValueError(f"param_groups[{gi}]: state buffer {name!r} is missing "
                                  "for these options")
         return steps, buffers
+
+    def _check_scalars(self, gi, ids, entries, steps):
+        """The per-parameter scalars of a group's saved state: present for every parameter
+        once it has stepped, and equal over the group (fastopt keeps one value per group, as
+        it keeps one step count)."""
+        for name in self.spec.scalars:
+            have = [name in e for e in entries]
+            if steps > 0 and not all(have):
+                raise ValueError(f"param_groups[{gi}]: state entry {name!r} is missing")
+            values = {e[name] for e in entries if name in e}
+            if len(values) > 1:
+                raise ValueError(f"param_groups[{gi}]: parameters have different {name!r} "
+                                 f"values {sorted(values)}; fastopt keeps one per group")
+            if any(have) and not all(have):
+                raise ValueError(f"param_groups[{gi}]: state entry {name!r} is missing for "
+                                 f"some parameters of {ids}")
+
+    def _set_scalars(self, gi, values):
+        """Set group gi's per-parameter scalars ({name: float}; None: remove them). Each is one
+        0-d float64 array, shared by the state entries of the group's parameters (as torch's
+        0-d tensors), so a step writes it once."""
+        rec = self._records[gi]
+        if values is None:
+            for i in range(len(rec.arrays)):
+                for name in self.spec.scalars:
+                    self.state.get(rec.offset + i, {}).pop(name, None)
+            rec.scalars = None
+        elif rec.scalars is None:
+            rec.scalars = {name: np.array(float(v)) for name, v in values.items()}
+            for i in range(len(rec.arrays)):
+                self.state.setdefault(rec.offset + i, {}).update(rec.scalars)
+        else:
+            for name, value in values.items():
+                rec.scalars[name][()] = value
 
     def _load_state(self, rec, group, buffers):
         """Copy the buffers into this optimizer's own arrays (cast to the parameter dtype)
@@ -383,3 +433,8 @@ class Optimizer(OptimizerCore):
                 for i in range(len(group["params"])):
                     self.state.get(rec.offset + i, {}).pop(name, None)
         rec.present = uses
+        if self.spec.scalars:
+            gi = self._records.index(rec)
+            self._set_scalars(gi, None)
+            if buffers and self.spec.scalars.keys() <= buffers[0].keys():
+                self._set_scalars(gi, {name: buffers[0][name] for name in self.spec.scalars})
