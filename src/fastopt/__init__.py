@@ -25,6 +25,7 @@ from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
 from .optim import (SVRG, HessianShiftWarning, LineSearchWarning, Newton, NewtonStep,
                     Optimizer)
+from .optim import LBFGS
 from .optim.first_order import CLASSES as _CLASSES
 from .tricks import RandomBatchShapes, mixup, random_resize, smooth_labels, softmax_cross_entropy
 
@@ -39,7 +40,7 @@ __all__ = [
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
     "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
-    "train", "convergence",
+    "train", "convergence", "LBFGS",
 ]
 
 #: every public submodule. Those not imported above are imported on first access (PEP 562).

@@ -1,15 +1,17 @@
 """Stateful optimizers (torch.optim's names, keywords, defaults and state layout).
 
 The first-order classes (SGD, Adam, ...) are made from the optimizer table by
-:mod:`fastopt.optim.first_order`; Newton and SVRG are written in their own modules.
+:mod:`fastopt.optim.first_order`; Newton, SVRG and LBFGS are written in their own modules.
 """
 from . import first_order
 from .base import Optimizer
 from .first_order import CLASSES
 from .newton import HessianShiftWarning, LineSearchWarning, Newton, NewtonStep
 from .svrg import SVRG
+from .lbfgs import LBFGS
 
 globals().update({cls.__name__: cls for cls in CLASSES.values()})
 
 __all__ = ["Optimizer", *(cls.__name__ for cls in CLASSES.values()),
-           "Newton", "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning"]
+           "Newton", "NewtonStep", "SVRG", "HessianShiftWarning", "LineSearchWarning",
+           "LBFGS"]
