@@ -7,25 +7,18 @@ Design note
 -----------
 The history is one preallocated buffer of shape ``(history_size, 2, n)`` in the parameters'
 dtype: slot k holds ``s_k`` (torch's ``old_stps``) in row 0 and ``y_k`` (``old_dirs``) in
-row 1, used as a ring (the oldest pair is overwritten when the history is full). Next to it,
-float64 Gram matrices by slot: ``SY[i, j] = s_i . y_j`` and ``YY[i, j] = y_i . y_j``.
+row 1, used as a ring (the oldest pair is overwritten when the history is full). The two-loop
+recursion runs in C over the ring (csrc/lbfgs.c: torch's arithmetic, each dot product fused
+into the pass before it, 2k + 2 passes over n). Nothing of size n is allocated during a step:
+every n-vector is a preallocated buffer (the flat gradient, the previous one, d, s, y, a
+scratch vector, the line search's bracket gradients and the point it starts from).
 
-torch's two-loop recursion makes 2m passes over the history per iteration (a dot product and
-an axpy per pair in each loop). Here it runs on dot products instead (the "vector-free" form
-of the same recursion): with ``Sg_i = s_i . g``, ``Yg_i = y_i . g`` and the Gram matrices,
-
-    loop 1 (newest to oldest):  al_i = ro_i (-Sg_i - sum_{j>i} al_j SY_ij)
-    loop 2 (oldest to newest):  be_i = ro_i (H_diag (-Yg_i - sum_j al_j YY_ij)
-                                             + sum_{j<i} c_j SY_ji),   c_i = al_i - be_i
-    direction:                  d = -H_diag g + sum_i (c_i s_i - H_diag al_i y_i)
-
-which are torch's al, be and d exactly (q = -g - sum_{j>i} al_j y_j, r = H_diag q + sum_{j<i}
-c_j s_j substituted), up to rounding. So an iteration reads the history twice: one matrix
-product ``history @ [g, s, y]`` (the new Gram entries come out of the same pass when a pair
-is stored) and one ``coefficients @ history`` for d, both BLAS (numpy.dot), plus O(m^2)
-scalar work. Nothing of size n is allocated during a step: every n-vector is a preallocated
-buffer (the flat gradient, the previous one, d, s, y, a scratch vector, the line search's
-bracket gradients and the point it starts from).
+Why not the "vector-free" form (the recursion on the Gram matrices S^T Y, Y^T Y and S^T g,
+Y^T g, which reads the history only twice per iteration): it computes s_i . q as
+s_i . g - sum_j al_j s_i . y_j, whose rounding error scales with |s_i| |g| rather than
+|s_i| |q|; on ill-conditioned problems, where q shrinks by orders of magnitude in the first
+loop, its iterates drifted from torch's 100x further than torch's own drift from a start 1 ulp
+away (torch's optim_db problem, float64), while the two-loop form stays within it.
 
 The scalars (t, gtd, ys, H_diag, ro, al, losses) are Python floats (float64) whatever the
 parameters' dtype; torch keeps them as 0-d tensors of the parameters' dtype, so float32 runs
@@ -34,6 +27,8 @@ agree with torch to float32 rounding, float64 runs to float64 rounding.
 import math
 
 import numpy as np
+
+from . import _lbfgs_loops as _loops
 
 __all__ = ["History", "Workspace", "cubic_interpolate", "strong_wolfe", "lbfgs_step", "amax"]
 
@@ -59,26 +54,23 @@ def _div(a, b):
 
 
 class History:
-    """The (s, y) pairs in a ring buffer, their Gram matrices and curvatures ro = 1/(y.s)."""
+    """The (s, y) pairs in a ring buffer and their curvatures ro = 1 / (y . s)."""
 
     def __init__(self, size, n, dtype):
         self.size, self.n = size, n
         self.buf = np.zeros((size, 2, n), dtype)
-        self.SY = np.zeros((size, size))
-        self.YY = np.zeros((size, size))
         self.ro = np.zeros(size)
+        self.al = np.zeros(size)
+        self.slots = np.zeros(size, np.int64)
         self.start = 0
         self.count = 0
-        self.coef = np.zeros((size, 2), dtype)   # of the direction, interleaved like buf
-        self.prod = np.zeros((2 * size, 3), dtype)
-        self.prod1 = np.zeros(2 * size, dtype)
 
     def order(self):
         """The slots from the oldest pair to the newest."""
         return [(self.start + i) % self.size for i in range(self.count)]
 
     def push(self, s, y, ys):
-        """Store a pair (copies of s and y) over the oldest one when full; returns its slot."""
+        """Store a pair (copies of s and y) over the oldest one when full."""
         if self.count < self.size:
             k = (self.start + self.count) % self.size
             self.count += 1
@@ -88,85 +80,34 @@ class History:
         self.buf[k, 0] = s
         self.buf[k, 1] = y
         self.ro[k] = 1.0 / ys
-        return k
 
-    def used(self):
-        """The slots in use as one (2 * slots, n) view (the ring fills slots 0.. first)."""
-        top = self.size if self.count == self.size else self.start + self.count
-        return self.buf[:top].reshape(2 * top, self.n), top
-
-    def direction(self, g, new_slot, s, y, h_diag, d, scratch, al_out):
-        """d = -H g by the two-loop recursion (module docstring); new_slot: the slot stored in
-        this iteration (its Gram entries are computed here, from s and y), or None."""
-        hist, top = self.used()
-        if new_slot is None:
-            prod = self.prod1[:2 * top]
-            np.dot(hist, g, out=prod)
-            sg, yg = prod[0::2].astype(np.float64), prod[1::2].astype(np.float64)
-        else:
-            work = scratch                       # (3, n): g, s, y
-            work[0] = g
-            work[1] = s
-            work[2] = y
-            prod = self.prod[:2 * top]
-            np.dot(hist, work.T, out=prod)
-            p = prod.astype(np.float64)
-            sg, yg = p[0::2, 0], p[1::2, 0]
-            k = new_slot
-            self.SY[k, :top] = p[1::2, 1]         # s_k . y_j
-            self.SY[:top, k] = p[0::2, 2]         # s_j . y_k
-            self.YY[k, :top] = p[1::2, 2]
-            self.YY[:top, k] = p[1::2, 2]
-        order = self.order()
-        m = len(order)
-        idx = np.array(order, dtype=np.intp)
-        SY = self.SY[np.ix_(idx, idx)]
-        YY = self.YY[np.ix_(idx, idx)]
-        ro = self.ro[idx]
-        Sg, Yg = sg[idx], yg[idx]
-        al = np.zeros(m)
-        for i in range(m - 1, -1, -1):
-            al[i] = ro[i] * (-Sg[i] - SY[i, i + 1:] @ al[i + 1:])
-        yq = -Yg - YY @ al
-        c = np.zeros(m)
-        for i in range(m):
-            be = ro[i] * (h_diag * yq[i] + SY[:i, i] @ c[:i])
-            c[i] = al[i] - be
-        coef = self.coef[:top]
-        coef[idx, 0] = c
-        coef[idx, 1] = -h_diag * al
-        np.dot(coef.reshape(-1), hist, out=d)
-        np.multiply(g, h_diag, out=scratch[0])
-        d -= scratch[0]
-        for i in range(m):
-            al_out[i] = float(al[i])
+    def direction(self, g, h_diag, d, al_out):
+        """d = -H g by the two-loop recursion (csrc/lbfgs.c); al_out[i] = al_i (by age)."""
+        k = self.count
+        slots = self.slots[:k]
+        for i in range(k):
+            slots[i] = (self.start + i) % self.size
+        _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al)
+        for i in range(k):
+            al_out[i] = float(self.al[i])
 
     def resized(self, size):
         """A history of another size holding the newest min(count, size) pairs."""
         other = History(size, self.n, self.buf.dtype)
         keep = self.order()[max(0, self.count - size):]
-        idx = np.array(keep, dtype=np.intp)
-        k = len(keep)
-        other.buf[:k] = self.buf[idx]
-        other.SY[:k, :k] = self.SY[np.ix_(idx, idx)]
-        other.YY[:k, :k] = self.YY[np.ix_(idx, idx)]
-        other.ro[:k] = self.ro[idx]
-        other.count = k
+        for i, k in enumerate(keep):
+            other.buf[i] = self.buf[k]
+            other.ro[i] = self.ro[k]
+        other.count = len(keep)
         return other
 
     def load(self, dirs, stps, ro):
         """Fill from torch's lists (oldest first): old_dirs (y), old_stps (s), ro."""
-        k = len(dirs)
-        self.start, self.count = 0, k
-        for i in range(k):
+        self.start, self.count = 0, len(dirs)
+        for i in range(len(dirs)):
             self.buf[i, 0] = stps[i]
             self.buf[i, 1] = dirs[i]
             self.ro[i] = ro[i]
-        if k:
-            flat = self.buf[:k].reshape(2 * k, self.n).astype(np.float64)
-            gram = flat @ flat.T if self.n else np.zeros((2 * k, 2 * k))
-            self.SY[:k, :k] = gram[0::2, 1::2]
-            self.YY[:k, :k] = gram[1::2, 1::2]
 
 
 class Workspace:
@@ -178,7 +119,7 @@ class Workspace:
         self.flat_grad = v[0]      # the gradient at the current point
         self.prev_flat_grad = v[1]
         self.d = v[2]
-        self.scratch = v[3:6]      # (3, n): g, s, y for the history product; a temporary
+        self.scratch = v[3:6]      # a temporary, then s and y
         self.x = v[6]              # the point a line search starts from / before a move
         self.g_new = v[7]
         self.g_prev = v[8]
@@ -348,6 +289,11 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     tolerance_change = hyper["tolerance_change"]
     line_search_fn = hyper["line_search_fn"]
 
+    # torch compares its 0-d tensors with these in the parameters' dtype
+    as_dtype = ws.dtype.type
+    tol_grad_t = float(as_dtype(tolerance_grad))
+    tol_change_t = float(as_dtype(tolerance_change))
+    curvature_t = float(as_dtype(1e-10))
     flat_grad = ws.flat_grad
     orig_loss = evaluate(flat_grad)           # first: nothing has been written yet
     state.setdefault("func_evals", 0)
@@ -355,7 +301,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     loss = orig_loss
     current_evals = 1
     state["func_evals"] += 1
-    opt_cond = amax(flat_grad) <= tolerance_grad
+    opt_cond = amax(flat_grad) <= tol_grad_t
     if opt_cond:
         return orig_loss
 
@@ -379,16 +325,15 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 np.subtract(flat_grad, ws.prev_flat_grad, out=y)
                 np.multiply(d, t, out=s)
                 ys = float(np.dot(y, s))
-                new_slot = None
-                if ys > 1e-10:
-                    new_slot = hist.push(s, y, ys)
+                if ys > curvature_t:
+                    hist.push(s, y, ys)
                     yy = float(np.dot(y, y))
                     h_diag = ys / yy if yy != 0 else _div(ys, yy)
                 al = state.setdefault("al", [None] * hist.size)
                 if hist.count == 0:
                     np.multiply(flat_grad, -h_diag, out=d)
                 else:
-                    hist.direction(flat_grad, new_slot, s, y, h_diag, d, ws.scratch, al)
+                    hist.direction(flat_grad, h_diag, d, al)
             np.copyto(ws.prev_flat_grad, flat_grad)
             have_prev = True
             prev_loss = loss
@@ -398,7 +343,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
             else:
                 t = lr
             gtd = float(np.dot(flat_grad, d))
-            if gtd > -tolerance_change:
+            if gtd > -tol_change_t:
                 break
             ls_func_evals = 0
             params.save(ws.x)
@@ -414,12 +359,12 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 loss, t, ls_func_evals = strong_wolfe(obj_func, t, d, loss, flat_grad, gtd,
                                                       ws, max_ls=max_eval - current_evals)
                 params.add(t, d)
-                opt_cond = amax(flat_grad) <= tolerance_grad
+                opt_cond = amax(flat_grad) <= tol_grad_t
             else:
                 params.add(t, d)
                 if n_iter != max_iter:
                     loss = evaluate(flat_grad)
-                    opt_cond = amax(flat_grad) <= tolerance_grad
+                    opt_cond = amax(flat_grad) <= tol_grad_t
                     ls_func_evals = 1
             moved = False
             current_evals += ls_func_evals
@@ -430,7 +375,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 break
             if opt_cond:
                 break
-            if amax(d) * abs(t) <= tolerance_change:
+            if float(as_dtype(amax(d) * abs(t))) <= tol_change_t:
                 break
             if abs(loss - prev_loss) < tolerance_change:
                 break

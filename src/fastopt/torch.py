@@ -816,3 +816,9 @@ def _adapter(fo_cls):
 globals().update({cls.__name__: _adapter(cls)
                   for name, cls in _optim.first_order.CLASSES.items()
                   if "torch" in _table.OPTIMIZERS[name].adapters})
+
+# L-BFGS is not an elementwise rule and has no table entry: its adapter is written by hand
+# over fastopt.optim.LBFGS (fastopt._torch_lbfgs)
+from ._torch_lbfgs import LBFGS  # noqa: E402
+
+__all__.append("LBFGS")

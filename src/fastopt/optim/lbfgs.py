@@ -195,7 +195,7 @@ class LBFGS(GroupedOptimizer):
 
     def _expose(self, state, hist):
         """torch's history lists in `state`: views of the ring buffer, oldest first."""
-        if "n_iter" not in state:
+        if "d" not in state:
             return
         order = hist.order()
         state["old_stps"] = [hist.buf[k, 0] for k in order]
@@ -297,7 +297,7 @@ class LBFGS(GroupedOptimizer):
         for key in ("func_evals", "n_iter"):
             if key in present:
                 state[key] = out[key]
-        if "n_iter" in present:
+        if "d" in present:
             for key, buf in (("d", ws.d), ("prev_flat_grad", ws.prev_flat_grad)):
                 if out[key] is not None:
                     np.copyto(buf, out[key])
