@@ -88,6 +88,7 @@ SECTIONS = {
     "lists": "lists of tensors: ResNet-50's 161 shapes and 1000 tensors of 1000",
     "threads": "fastopt alone at 1 vs all threads",
     "crossover": "serial vs parallel step at small sizes",
+    "lbfgs": "L-BFGS per iteration (closure excluded) vs history_size numpy dots",
 }
 
 
@@ -98,7 +99,7 @@ class Config:
     def __init__(self, quick=False, optimizers=None, dtypes=None, sizes=None, threads=None,
                  samples=None, batch_ms=None, cold_sizes=None, lists=True, list_scale=None,
                  thread_sizes=None, crossover_sizes=None, torch=True, evict_mb=None,
-                 sections=None):
+                 sections=None, lbfgs_cases=None):
         all_threads = _kernels.get_num_threads() if not threads else max(threads)
         self.quick = quick
         self.optimizers = tuple(optimizers or impls.OPTIMIZERS)
@@ -127,6 +128,11 @@ class Config:
         self.torch = torch
         self.evict_mb = evict_mb
         self.sections = tuple(sections or SECTIONS)
+        #: L-BFGS rows: (N, history_size, dtype)
+        self.lbfgs_cases = tuple(lbfgs_cases if lbfgs_cases is not None else
+                                 (((10_000, 20, "float64"),) if quick else
+                                  ((10_000, 100, "float64"), (100_000, 100, "float64"),
+                                   (100_000, 100, "float32"))))
 
 
 # ------------------------------------------------------------------------------- machine
@@ -524,6 +530,9 @@ def plan(cfg):
         for name in cfg.crossover_optimizers:
             for n in cfg.crossover_sizes:
                 jobs.append(("crossover", (name, n)))
+    if "lbfgs" in cfg.sections:
+        for case in cfg.lbfgs_cases:
+            jobs.append(("lbfgs", case))
     return jobs
 
 
@@ -559,6 +568,8 @@ def _progress(total, enabled):
 
 
 def _describe_job(section, args):
+    if section == "lbfgs":
+        return f"lbfgs N={_fmt_n(args[0])} m={args[1]} {args[2]}"
     if section in ("sizes", "cold", "lists"):
         name, shapes, dtype, threads = args[:4]
         what = f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
@@ -571,7 +582,8 @@ def _describe_job(section, args):
 def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
-              "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": []}
+              "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
+              "lbfgs": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -593,6 +605,9 @@ def run(cfg, progress=True):
                 row["label"] = list_label(label, shapes, cfg.list_scale)
             elif section == "threads":
                 row = run_threads(*args, cfg, inputs)
+            elif section == "lbfgs":
+                from ._bench_lbfgs import run_lbfgs
+                row = run_lbfgs(*args, samples=cfg.samples)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -703,6 +718,9 @@ def format_report(report):
             ["N", "optimizer", "serial us", "parallel us", "parallel speedup"],
             [[r["n"], r["optimizer"], f"{r['serial_us']:.1f}", f"{r['parallel_us']:.1f}",
               f"{r['speedup']:.2f}x"] for r in report["crossover"]]))
+    if report.get("lbfgs"):
+        from ._bench_lbfgs import format_lbfgs
+        parts.append(format_lbfgs(report["lbfgs"], _table))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)
