@@ -35,6 +35,7 @@ CSRC = "csrc"
 C_SOURCES = {
     "fastopt._kernels": [f"{CSRC}/kernels.c", f"{CSRC}/finite.c"],
     "fastopt._linalg": [],
+    "fastopt._lbfgs_loops": [f"{CSRC}/lbfgs.c"],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
     "fastopt._sparse": [f"{CSRC}/sparse_adam.c"],

@@ -1563,7 +1563,7 @@ def fuzz_compare(ex, name):
             methods.append(m)
             valid = valid and ok
         elif ex.chance(5, "bad method"):
-            methods.append(ex.draw(st.sampled_from(["lbfgs", 3, None]), "bad method"))
+            methods.append(ex.draw(st.sampled_from(["bfgs", 3, None]), "bad method"))
             valid = False
         else:
             methods.append(ex.draw(st.sampled_from(_CHEAP[:4] if default else _CHEAP), "method"))

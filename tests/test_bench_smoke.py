@@ -20,7 +20,8 @@ impls = bench.load_impls(os.path.join(ROOT, "bench", "impls.py"))
 def _tiny_config(**overrides):
     opts = dict(quick=True, sizes=(1000,), samples=2, batch_ms=0.2, cold_sizes=(1000,),
                 evict_mb=1, list_scale=4000, thread_sizes=(4096,), crossover_sizes=(1024,),
-                threads=(1, 2), muon_shapes=((24, 40),), sparse_shape=(2000, 8, 64))
+                threads=(1, 2), muon_shapes=((24, 40),), sparse_shape=(2000, 8, 64),
+                lbfgs_cases=((2000, 5, "float64"),))
     opts.update(overrides)
     return bench.Config(**opts)
 
@@ -43,6 +44,11 @@ def test_every_section_has_rows(report):
     assert report["threads"] and report["crossover"] and report["stream"]
     assert {(r["ns_dtype"], r["threads"]) for r in report["muon"]} == {
         (d, t) for d in ("bfloat16", "float32") for t in cfg.threads}
+    (row,) = report["lbfgs"]
+    assert (row["n"], row["history_size"], row["dtype"]) == (2000, 5, "float64")
+    for key in ("lbfgs_ms", "dot_ms", "dot_hot_ms", "ratio", "ratio_hot"):
+        assert _finite_positive(row[key]), (key, row)
+    assert "L-BFGS per iteration" in bench.format_report(report)
 
 
 def test_case_rows_are_consistent(report):

@@ -150,7 +150,7 @@ def test_compare_returns_plain_arrays_for_every_method(breast_cancer):
     assert isinstance(res, Comparison)
     assert res.names() == ["gd", "sgd", "minibatch_sgd", "momentum", "nesterov", "adagrad",
                            "rmsprop", "adam", "adadelta", "adamax", "lion", "schedule_free_adamw",
-                           "svrg", "newton"]
+                           "svrg", "newton", "lbfgs"]
     n = prob.n_samples
     for name in res.names():
         tr = res[name]
@@ -163,7 +163,9 @@ def test_compare_returns_plain_arrays_for_every_method(breast_cancer):
         np.testing.assert_allclose(tr.epochs, tr.grad_evals / n)
         assert tr.subopt.min() > -1e-12
         assert tr.subopt[-1] < tr.subopt[0]
-        if name != "newton":
+        if name == "lbfgs":         # a step: up to max_eval = 10 full gradients
+            assert tr.grad_evals[-1] <= 2 * n + 10 * n
+        elif name != "newton":
             assert tr.grad_evals[-1] <= 2 * n + 2 * tr.batch_size
         assert all(isinstance(v, (int, float, str, bool, type(None)))
                    for v in tr.hyperparameters.values())
@@ -187,7 +189,7 @@ def test_compare_custom_method_and_errors(breast_cancer):
     assert res["mine"].hyperparameters == {"lr": 0.05, "amsgrad": True}
     assert res["mine"].batch_size == 64
     with pytest.raises(ValueError, match="unknown method"):
-        compare(prob, ["lbfgs"], f_star=f_star)
+        compare(prob, ["bfgs"], f_star=f_star)
     with pytest.raises(TypeError, match="Method objects"):
         compare(prob, [3], f_star=f_star)
     with pytest.raises(ValueError, match="epochs"):

@@ -32,6 +32,7 @@ from fastopt import tricks as T
 from fastopt._specs import SPECS
 import fuzz_adafactor  # noqa: F401  (registers its drivers)
 import fuzz_extras  # noqa: F401  (registers its drivers)
+import fuzz_lbfgs  # noqa: F401  (registers its drivers)
 import fuzz_mixed  # noqa: F401  (registers its drivers)
 import fuzz_muon  # noqa: F401  (registers its drivers)
 import fuzz_optim  # noqa: F401  (registers its drivers)

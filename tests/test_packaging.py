@@ -118,7 +118,8 @@ def test_wheel_contents(tmp_path):
                 assert z.read(f"fastopt/csrc/fastopt/{h}") == f.read(), h
         modules = [n for n in names if n.endswith((".so", ".pyd"))]
         assert {m.split("/")[-1].split(".")[0] for m in modules} == {
-            "_kernels", "_linalg", "_mixed", "_tricks"}
+            "_kernels", "_linalg", "_mixed", "_tricks",
+            "_lbfgs_loops"}
         if sys.platform == "linux":
             for m in modules:
                 assert debug_sections(z.read(m)) == [], m

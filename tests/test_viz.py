@@ -113,7 +113,7 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="unknown function or optimizer"):
         viz.trajectories(["himmelblau"])
     with pytest.raises(ValueError, match="unknown function or optimizer"):
-        viz.trajectories(optimizers=["lbfgs"])
+        viz.trajectories(optimizers=["bfgs"])
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         viz.trajectories(steps=0)
 

@@ -25,6 +25,7 @@ from .mixed import DynamicLossScale, MixedPrecision
 from .nn import BatchNorm
 from .optim import (SVRG, Adafactor, HessianShiftWarning, LineSearchWarning, Muon, Newton,
                     NewtonStep, Optimizer)
+from .optim import LBFGS
 from .optim.first_order import CLASSES as _CLASSES
 from .optim import SparseAdam
 from .sparse import RowSparseGrad
@@ -41,7 +42,7 @@ __all__ = [
     "schedules", "tricks", "nn", "BatchNorm", "mixup", "smooth_labels", "softmax_cross_entropy",
     "random_resize", "RandomBatchShapes", "MixedPrecision", "DynamicLossScale", "Newton",
     "NewtonStep", "SVRG", "Muon", "HessianShiftWarning", "LineSearchWarning", "problems", "datasets",
-    "train", "convergence", "SparseAdam", "RowSparseGrad", "sparse", "Adafactor",
+    "train", "convergence", "SparseAdam", "RowSparseGrad", "sparse", "Adafactor", "LBFGS",
 ]
 
 #: every public submodule. Those not imported above are imported on first access (PEP 562).

@@ -94,6 +94,7 @@ SECTIONS = {
     "sparse": "SparseAdam on an embedding table (1e6 x 64 float32, 4096-lookup batches with "
               "repeats; 1e5 rows with --quick) vs torch.optim.SparseAdam",
     "adafactor": "Adafactor (not elementwise) on one matrix vs torch's variants, float32",
+    "lbfgs": "L-BFGS per iteration (closure excluded) vs history_size numpy dots",
 }
 #: the SparseAdam case: (table rows, row length, lookups per batch)
 SPARSE_SHAPE = (1_000_000, 64, 4096)
@@ -109,7 +110,7 @@ class Config:
     def __init__(self, quick=False, optimizers=None, dtypes=None, sizes=None, threads=None,
                  samples=None, batch_ms=None, cold_sizes=None, lists=True, list_scale=None,
                  thread_sizes=None, crossover_sizes=None, torch=True, evict_mb=None,
-                 sections=None, muon_shapes=None, sparse_shape=None):
+                 sections=None, muon_shapes=None, sparse_shape=None, lbfgs_cases=None):
         all_threads = _kernels.get_num_threads() if not threads else max(threads)
         self.quick = quick
         self.optimizers = tuple(optimizers or impls.OPTIMIZERS)
@@ -143,6 +144,11 @@ class Config:
                                                                      else FULL_SHAPES)))
         self.sparse_shape = tuple(sparse_shape or (QUICK_SPARSE_SHAPE if quick else SPARSE_SHAPE))
         self.adafactor_shape = ADAFACTOR_QUICK_SHAPE if quick else ADAFACTOR_SHAPE
+        #: L-BFGS rows: (N, history_size, dtype)
+        self.lbfgs_cases = tuple(lbfgs_cases if lbfgs_cases is not None else
+                                 (((10_000, 20, "float64"),) if quick else
+                                  ((10_000, 100, "float64"), (100_000, 100, "float64"),
+                                   (100_000, 100, "float32"))))
 
 
 # ------------------------------------------------------------------------------- machine
@@ -613,6 +619,9 @@ def plan(cfg):
     if "adafactor" in cfg.sections:
         for threads in cfg.threads:
             jobs.append(("adafactor", (cfg.adafactor_shape, threads)))
+    if "lbfgs" in cfg.sections:
+        for case in cfg.lbfgs_cases:
+            jobs.append(("lbfgs", case))
     return jobs
 
 
@@ -648,6 +657,8 @@ def _progress(total, enabled):
 
 
 def _describe_job(section, args):
+    if section == "lbfgs":
+        return f"lbfgs N={_fmt_n(args[0])} m={args[1]} {args[2]}"
     if section in ("sizes", "cold", "lists"):
         name, shapes, dtype, threads = args[:4]
         what = f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
@@ -667,7 +678,7 @@ def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
               "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
-              "muon": [], "sparse": [], "adafactor": []}
+              "muon": [], "sparse": [], "adafactor": [], "lbfgs": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -696,6 +707,9 @@ def run(cfg, progress=True):
                 row = run_sparse(*args, cfg)
             elif section == "adafactor":
                 row = run_adafactor(*args, cfg, inputs)
+            elif section == "lbfgs":
+                from ._bench_lbfgs import run_lbfgs
+                row = run_lbfgs(*args, samples=cfg.samples)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -828,6 +842,9 @@ def format_report(report):
                            f"{r['torch']['variant']} {_fmt_ms(r['torch']['median_ms'])}"
                            if r.get("torch") else "-", _x(r.get("torch"))]
                           for r in report["adafactor"]]))
+    if report.get("lbfgs"):
+        from ._bench_lbfgs import format_lbfgs
+        parts.append(format_lbfgs(report["lbfgs"], _table))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)

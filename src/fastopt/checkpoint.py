@@ -480,13 +480,14 @@ def read_state_dict(path, expect=None):
     return sd
 
 
-def read_state_dict_of(path, optimizer_name, params=None):
+def read_state_dict_of(path, optimizer_name, params=None, extra_shapes=()):
     """`read_state_dict`, checking that the file holds an `optimizer_name` optimizer's state.
 
     With `params` (the optimizer's parameters), every array in the file must have the shape
-    of one of them (or be a scalar); checked before any array data is read.
+    of one of them, or one of `extra_shapes` (e.g. LBFGS's flat vectors), or be a scalar;
+    checked before any array data is read.
     """
-    expect = None if params is None else _shapes_of(path, params)
+    expect = None if params is None else _shapes_of(path, params, extra_shapes)
     sd = read_state_dict(path, expect)
     saved_cls = sd.pop("optimizer")
     if saved_cls != optimizer_name:
@@ -495,8 +496,8 @@ def read_state_dict_of(path, optimizer_name, params=None):
     return sd
 
 
-def _shapes_of(path, params):
-    shapes = {tuple(p.shape) for p in params} | {()}
+def _shapes_of(path, params, extra_shapes=()):
+    shapes = {tuple(p.shape) for p in params} | {()} | {tuple(s) for s in extra_shapes}
 
     def expect(declared):
         for name, (_, shape) in sorted(declared.items()):
@@ -526,7 +527,9 @@ def _params_of(opt):
 
 def load(opt, path):
     """Load a checkpoint written by `save` into `opt` (verified; on error `opt` is unchanged)."""
-    sd = read_state_dict_of(path, type(opt).__name__, _params_of(opt))
+    extra = getattr(opt, "_checkpoint_shapes", None)
+    sd = read_state_dict_of(path, type(opt).__name__, _params_of(opt),
+                            extra() if extra is not None else ())
     try:
         opt.load_state_dict(sd)
     except (TypeError, ValueError, OverflowError) as e:

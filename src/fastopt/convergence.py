@@ -2,7 +2,7 @@ r"""Convergence in terms of computation: many optimizers, one problem, one budge
 
 :func:`compare` runs gradient descent, SGD with :math:`1/t` steps, minibatch SGD, heavy-ball
 momentum, Nesterov momentum, AdaGrad, RMSProp, Adam, AdaDelta, AdaMax, Lion, Schedule-Free AdamW,
-SVRG and Newton on one
+SVRG, Newton and L-BFGS on one
 logistic-regression problem (by default the breast-cancer data, :func:`default_problem`) for
 the same budget of gradient evaluations (counted in samples: ``epochs * n``), and returns
 each method's suboptimality :math:`f(w) - f^\star` against gradient evaluations and against
@@ -34,6 +34,9 @@ schedule_free_adamw    32     ScheduleFreeAdamW, lr = 0.1, no warmup and no sche
                               the average x (``eval()``)
 svrg                   1      SVRG, lr = 1/(4 L), snapshot every epoch (n inner steps)
 newton                 all    Newton, lr = 1, Armijo line search
+lbfgs                  all    L-BFGS, lr = 1, strong-Wolfe line search (at most 9 trial points),
+                              history 10, one iteration per step (each step evaluates at its
+                              start, as torch's)
 =====================  =====  ==================================================================
 
 (L is ``problem.L``; t counts steps from 0; the 1/t schedules are
@@ -135,6 +138,9 @@ METHODS = {m.name: m for m in [
            lambda p: dict(lr=0.1)),
     Method("svrg", "SVRG", "SVRG", 1, lambda p: dict(lr=_over_L(p, 0.25, "svrg"))),
     Method("newton", "Newton", "Newton", None, lambda p: dict(lr=1.0, line_search="armijo")),
+    Method("lbfgs", "L-BFGS", "LBFGS", None,
+           lambda p: dict(lr=1.0, line_search_fn="strong_wolfe", history_size=10, max_iter=1,
+                              max_eval=10)),
 ]}
 
 
@@ -271,6 +277,9 @@ def compare(problem=None, methods=None, *, epochs=30, records_per_epoch=10, seed
         steps_per_epoch = -(-n // batch)
         if method.optimizer == "Newton":      # until f reaches f* (to rounding)
             run_epochs, record_every, max_evals, ftol = newton_iters, 1, None, 0.0
+        elif method.optimizer == "LBFGS":     # the budget, recorded at every iteration
+            run_epochs, record_every = math.ceil(epochs) + 1, 1
+            max_evals, ftol = max(1, int(epochs * n)), 0.0
         else:
             run_epochs = math.ceil(epochs) + 1
             record_every = max(1, round(steps_per_epoch / records_per_epoch))

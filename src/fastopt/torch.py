@@ -1020,3 +1020,9 @@ __all__ += ["SparseAdam"]
 from ._torch_adafactor import Adafactor  # noqa: E402
 
 __all__ = [*__all__, "Adafactor"]
+
+# L-BFGS is not an elementwise rule and has no table entry: its adapter is written by hand
+# over fastopt.optim.LBFGS (fastopt._torch_lbfgs)
+from ._torch_lbfgs import LBFGS  # noqa: E402
+
+__all__.append("LBFGS")

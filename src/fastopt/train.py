@@ -17,6 +17,8 @@ smaller): ``batch_size=None`` (the whole set) is gradient descent, 1 is SGD. Per
 * optimizers with train/eval modes (``fastopt.ScheduleFreeAdamW``, ...): put in train mode
   first; every record (and the callback, and the returned ``w``) sees the averaged point x,
   between ``eval()`` and ``train()``, as the Schedule-Free method is evaluated.
+* :class:`fastopt.optim.LBFGS`: ``step(closure)`` with a closure returning the loss and
+  gradient on the batch (each call counts |B| sample-gradients).
 
 The :class:`History` holds NumPy arrays recorded at the start, every ``record_every`` steps and
 at the end: full objective, full gradient norm, gradient evaluations counted in samples (a
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .optim.lbfgs import LBFGS
 from .optim.newton import Newton
 from .optim.svrg import SVRG
 
@@ -176,6 +179,7 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
     record_every = _positive_int("record_every", record_every) or max(1, steps_per_epoch // 10)
     w = _the_parameter(optimizer, problem)
     is_newton, is_svrg = isinstance(optimizer, Newton), isinstance(optimizer, SVRG)
+    is_lbfgs = isinstance(optimizer, LBFGS)
     if hbatch is not None and not is_newton:
         raise ValueError("hessian_batch_size applies to fastopt.Newton only")
     if is_newton and not hasattr(problem, "hessian"):
@@ -257,6 +261,15 @@ def train(problem, optimizer, *, epochs=10, batch_size=None, shuffle=True, seed=
                 counts["loss_evals"] += m
                 return problem.loss(w, idx)
             optimizer.step([g], [H], closure=closure, loss=f0)
+        elif is_lbfgs:
+            def closure():
+                counts["grad_evals"] += m
+                if hasattr(problem, "loss_grad"):
+                    f, g = problem.loss_grad(w, idx)
+                else:
+                    f, g = problem.loss(w, idx), problem.grad(w, idx)
+                return float(f), [g]
+            optimizer.step(closure)
         else:
             optimizer.step([problem.grad(w, idx)])
             counts["grad_evals"] += m
