@@ -608,7 +608,7 @@ def run(cfg, progress=True):
                 row = run_threads(*args, cfg, inputs)
             elif section == "muon":
                 from ._bench_muon import run_muon
-                row = run_muon(*args, cfg, measure, Threads, _torch())
+                row = run_muon(*args, cfg, measure, Threads, _torch(), _summary, _ratio)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
