@@ -32,10 +32,12 @@ def _blas_threads(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module):
-    """One row: {shape, ns_dtype, threads, fastopt/gemm/torch summaries, pct_gemm, ratios}."""
+def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module, summary,
+             ratio):
+    """One row: {shape, ns_dtype, threads, fastopt/gemm/torch summaries, pct_gemm, ratios}.
+    `measure`, `threads_ctx`, `summary`, `ratio`: fastopt.bench's timing helpers (passed in:
+    this module sits below fastopt.bench in the import graph)."""
     from . import _muon
-    from .bench import _ratio, _summary
     from .optim.muon import Muon
     m, n = shape
     rng = np.random.default_rng(0)
@@ -60,11 +62,11 @@ def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module):
     row = {"shape": list(shape), "ns_dtype": ns_dtype or "bfloat16", "threads": threads,
            "flops": flops}
     for name, ts in times.items():
-        row[name] = _summary(ts)
+        row[name] = summary(ts)
         row[name]["gflops"] = flops / (row[name]["median_ms"] / 1e3) / 1e9
-    row["pct_gemm"] = 100 * _ratio(times["gemm"], times["fastopt"])
+    row["pct_gemm"] = 100 * ratio(times["gemm"], times["fastopt"])
     if "torch" in times:
-        row["torch"]["ratio"] = _ratio(times["torch"], times["fastopt"])
+        row["torch"]["ratio"] = ratio(times["torch"], times["fastopt"])
     return row
 
 

@@ -702,7 +702,7 @@ def run(cfg, progress=True):
                 row = run_threads(*args, cfg, inputs)
             elif section == "muon":
                 from ._bench_muon import run_muon
-                row = run_muon(*args, cfg, measure, Threads, _torch())
+                row = run_muon(*args, cfg, measure, Threads, _torch(), _summary, _ratio)
             elif section == "sparse":
                 row = run_sparse(*args, cfg)
             elif section == "adafactor":
