@@ -5,7 +5,7 @@ Each entry point has one driver, `fuzz_<entry>(ex, name)`, registered with `@ent
 in tests/fuzz_optim.py (optimizers, functional steps, checkpoints, threads) or
 tests/fuzz_extras.py (schedules, training tricks, BatchNorm). Adding an entry point is one
 driver there (tests/fuzz_second_order.py: Newton, SVRG, flatten; tests/fuzz_muon.py: Muon;
-tests/fuzz_mixed.py:
+tests/fuzz_sparse.py: SparseAdam, RowSparseGrad; tests/fuzz_mixed.py:
 MixedPrecision, DynamicLossScale; tests/fuzz_problems.py: problems, datasets, train,
 convergence). `test_entry_point` runs every (driver, name) pair under hypothesis; the arrays,
 the contract that says whether a call must succeed, and the comparisons are in
@@ -38,6 +38,7 @@ import fuzz_muon  # noqa: F401  (registers its drivers)
 import fuzz_optim  # noqa: F401  (registers its drivers)
 import fuzz_problems  # noqa: F401  (registers its drivers)
 import fuzz_second_order  # noqa: F401  (registers its drivers)
+import fuzz_sparse  # noqa: F401  (registers its drivers)
 from fuzzing import COUNTS, ENTRY_POINTS, run
 
 # the float64 references meet the same NaN/Inf/overflow as the code under test; numpy's

@@ -121,6 +121,7 @@ def test_master_weights_match_mixed_precision_bit_for_bit(dtype):
             "exp_avg": torch.float32, "exp_avg_sq": torch.float32, "master": torch.float32}
 
 
+# the table's adapters (Muon, SparseAdam, Adafactor, LBFGS have their own, without a 16-bit path)
 @pytest.mark.parametrize("cls", [n for n in ft.__all__ if n not in ("Optimizer", "AdamW", *ft._ALIASES)
                                  and isinstance(getattr(ft, n), type)
                                  and issubclass(getattr(ft, n), ft.Optimizer)])

@@ -123,7 +123,7 @@ def check_step(param, exp_avg, exp_avg_sq, indices, values,
         for b, bn in written[i + 1:] + ((values, valname), (indices, iname)):
             if a.size and b.size and np.may_share_memory(a, b):
                 raise ValueError(f"{an} shares memory with {bn}")
-    if indices.shape[0] and values.size:
+    if indices.shape[0]:
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= param.shape[0]:
             bad = int(np.flatnonzero((indices < 0) | (indices >= param.shape[0]))[0])
