@@ -826,4 +826,6 @@ globals().update({cls.__name__: _adapter(cls)
 # only its step (fastopt._torch_adafactor)
 from ._torch_adafactor import Adafactor  # noqa: E402
 
+Adafactor._fo_check_tensor = staticmethod(_check_tensor)
+
 __all__ = [*__all__, "Adafactor"]
