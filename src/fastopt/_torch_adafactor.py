@@ -29,8 +29,7 @@ _DTYPES = (torch.float32, torch.float64)
 def _check(t, what, like=None):
     """fastopt.torch's checks of a tensor handed to the kernels (dense, CPU, not overlapping
     itself; with `like`, its dtype and shape), then the dtypes this kernel has."""
-    from .torch import _check_tensor      # (fastopt.torch imports this module at its end)
-    _check_tensor(t, what, like)
+    Adafactor._fo_check_tensor(t, what, like)
     if _dt.is_dtensor(t):
         raise TypeError(f"{what} is a DTensor; fastopt.torch.Adafactor steps plain CPU tensors")
     if t.dtype not in _DTYPES:
@@ -50,6 +49,10 @@ class Adafactor(torch.optim.Adafactor):
     __doc__ = ("torch.optim.Adafactor with the step of fastopt's C kernel (CPU float32/float64 "
                "tensors; see fastopt._torch_adafactor).\n\n"
                + (_NumpyAdafactor.__doc__ or "").split("\n    >>>")[0].strip() + "\n")
+
+    #: fastopt.torch's tensor check, set by fastopt.torch when it imports this module (so
+    #: that this module does not import fastopt.torch back)
+    _fo_check_tensor = None
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
                  weight_decay=0.0, *, foreach=None, maximize=False):

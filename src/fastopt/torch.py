@@ -1019,6 +1019,8 @@ __all__ += ["SparseAdam"]
 # only its step (fastopt._torch_adafactor)
 from ._torch_adafactor import Adafactor  # noqa: E402
 
+Adafactor._fo_check_tensor = staticmethod(_check_tensor)
+
 __all__ = [*__all__, "Adafactor"]
 
 # L-BFGS is not an elementwise rule and has no table entry: its adapter is written by hand
