@@ -16,15 +16,10 @@ with temporaries on the device. A param group holds parameters of one device onl
 """
 import torch
 
-__all__ = ["DTYPES", "is_cuda", "array", "plan", "stream", "check", "check_group"]
+__all__ = ["DTYPES", "array", "plan", "module", "stream", "check", "check_group"]
 
 DTYPES = (torch.float32, torch.float64)
 _STREAMS = {}           # (device index, stream pointer) -> cupy.cuda.ExternalStream
-
-
-def is_cuda(t):
-    """Whether tensor `t` lives on a CUDA device."""
-    return t.is_cuda
 
 
 def _cuda():
