@@ -950,9 +950,9 @@ OPTIMIZERS = {o.name: o for o in (
         >>> opt.step([2 * w])
         True
         >>> w.round(6)
-        array([ 0.9, -1.9])
+        array([ 0.894355, -1.894355])
         >>> round(opt.state_dict()["state"][0]["mu_product"], 6)
-        0.450081
+        0.450073
         """,
     ),
     Optimizer(
