@@ -54,6 +54,7 @@ STYLES = {
     "adam": ("#3cb44b", "adaptive", "P"),
     "adadelta": ("#808080", "adaptive", "X"),
     "adamax": ("#800000", "adaptive", "*"),
+    "lbfgs": ("#000075", "full", "d"),
 }
 _EXTRA_COLOURS = ("#808000", "#000075", "#ffe119", "#bfef45", "#dcbeff", "#aaffc3")
 _EXTRA_MARKERS = ("p", "d", "8", "H", "1", "2")
