@@ -36,6 +36,7 @@ C_SOURCES = {
     "fastopt._kernels": [f"{CSRC}/kernels.c", f"{CSRC}/finite.c"],
     "fastopt._linalg": [],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
+    "fastopt._qstate": [f"{CSRC}/qstate.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
 }
 

@@ -47,7 +47,7 @@ __all__ = [
 #: a name ``torch`` over the user's, and never imports PyTorch or CuPy.
 _SUBMODULES = ("bench", "checkpoint", "cli", "convergence", "cuda", "datasets", "demo",
                "distributed", "flat", "functional", "mixed", "nn", "optim", "plot", "problems",
-               "schedules", "torch", "train", "tricks", "viz")
+               "schedules", "torch", "train", "tricks", "viz", "state_format")
 
 
 #: public functions whose module is imported on their first access: name -> submodule
