@@ -49,7 +49,8 @@ def np_q8_encode(v, qmap):
     flat = np.asarray(v, np.float64).reshape(-1)
     nb = -(-flat.size // 256)
     absmax = np.array([np.abs(flat[256 * j:256 * j + 256]).max() for j in range(nb)])
-    x = flat / np.repeat(absmax, 256)[:flat.size]
+    with np.errstate(invalid="ignore"):                 # an all-zero block: NaN -> code 0
+        x = flat / np.repeat(absmax, 256)[:flat.size]
     codes = np.abs(x[:, None] - qmap.astype(np.float64)[None, :]).argmin(axis=1)
     return codes.astype(np.uint8), absmax
 
@@ -241,3 +242,32 @@ def test_float64_parameters_are_refused_for_low_bit_state():
 def test_optimizers_without_moments_take_no_state_dtype():
     with pytest.raises(TypeError):
         fo.Rprop([np.zeros(3, np.float32)], state_dtype="int8")
+
+
+def test_scalar_and_vector_codecs_give_the_same_codes():
+    """The AVX-512 codecs and the scalar ones (other machines) agree code for code, with the
+    NumPy encoder, on values across the map's range, zeros, ties and NaN."""
+    rng = np.random.default_rng(5)
+    for signed in (True, False):
+        qmap = dynamic_map(signed)
+        v = rng.standard_normal(256 * 40) * 10.0 ** rng.uniform(-8, 0, 256 * 40)
+        v = np.abs(v) if not signed else v
+        mids = (qmap[:-1].astype(np.float64) + qmap[1:]) / 2
+        v[:255] = mids                          # at the midpoints, rounded to float32
+        v[255] = 1.0                            # block 0's absmax: x == v
+        v[256:512] = 0.0                        # an all-zero block
+        v = v.astype(np.float32)
+        out = []
+        for scalar in (False, True):
+            _qstate.use_scalar_codecs(scalar)
+            try:
+                codes, absmax = _qstate.encode("int8", v, qmap)
+                back = _qstate.decode("int8", codes, absmax, qmap)
+            finally:
+                _qstate.use_scalar_codecs(False)
+            out.append((codes, absmax, back))
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a, b)
+        want, _ = np_q8_encode(v.astype(np.float64), qmap)
+        assert (out[0][0] != want).mean() < 1e-3 and np.abs(out[0][0] - want.astype(int)).max() <= 1
+        np.testing.assert_array_equal(out[0][0][:512], want[:512])     # midpoints, zeros

@@ -69,6 +69,11 @@ int fo_qstate_decode(int32_t format, const void *src, const float *absmax, const
 int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
                      const float *qmap, int64_t n);
 
+/* Whether the int8 codecs run as AVX-512 vector code on this machine (1) or as scalar code (0);
+ * use = 0 switches to the scalar code, 1 back to the machine's choice, -1 only asks (tests: both
+ * give the same codes). */
+int fo_qstate_vector_codecs(int use);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,11 +55,12 @@ cdef extern from "fastopt/qstate.h" nogil:
 
     int fo_qstate_decode(int32_t, const void *, const float *, const float *, float *, int64_t)
     int fo_qstate_encode(int32_t, const float *, void *, float *, const float *, int64_t)
+    int fo_qstate_vector_codecs(int use)
 
 assert FO_QBLOCK == QBLOCK
 
 __all__ = ["Plan", "check_grads_disjoint", "ROUNDINGS", "FORMATS", "encode", "decode",
-           "format_of"]  # and the step functions (_qstate_steps.pxi)
+           "format_of", "vector_codecs", "use_scalar_codecs"]  # and the step functions (_qstate_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 #: slot format of a state buffer -> FO_SF_*
@@ -239,6 +240,16 @@ cdef class Plan(PlanBase):
         o.seed = self.seed
         o.counter = self.counter
         return o
+
+
+def vector_codecs():
+    """Whether the int8 codecs run as AVX-512 vector code here (else scalar, same codes)."""
+    return bool(fo_qstate_vector_codecs(-1))
+
+
+def use_scalar_codecs(scalar=True):
+    """Run the int8 codecs as scalar code (True), or as this machine allows (False; tests)."""
+    fo_qstate_vector_codecs(0 if scalar else 1)
 
 
 cdef int _fail(int bad) except -1:
