@@ -37,6 +37,7 @@ C_SOURCES = {
     "fastopt._linalg": [],
     "fastopt._lbfgs_loops": [f"{CSRC}/lbfgs.c"],
     "fastopt._mixed": [f"{CSRC}/mixed.c"],
+    "fastopt._qstate": [f"{CSRC}/qstate.c"],
     "fastopt._tricks": [f"{CSRC}/resize.c"],
     "fastopt._sparse": [f"{CSRC}/sparse_adam.c"],
     "fastopt._adafactor": [f"{CSRC}/adafactor.c"],

@@ -30,6 +30,7 @@ TEMPLATES = (
     "src/fastopt/_kernels_decl.pxi.tp",
     "src/fastopt/_kernels_steps.pxi.tp",
     "src/fastopt/_mixed_steps.pxi.tp",
+    "src/fastopt/_qstate_steps.pxi.tp",
 )
 
 
@@ -44,6 +45,9 @@ def _namespace(table, template):
     bits = table["FLAG_BITS"]
 
     def on(backend):
+        """The kernels of a backend; "qstate": those with a low-bit state format."""
+        if backend == "qstate":
+            return [k for k in kernels if len(table["state_formats"](k)) > 1]
         return [k for k in kernels if backend in k.backends]
 
     def fields(k):

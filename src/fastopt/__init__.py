@@ -50,7 +50,7 @@ __all__ = [
 #: a name ``torch`` over the user's, and never imports PyTorch or CuPy.
 _SUBMODULES = ("bench", "checkpoint", "cli", "convergence", "cuda", "datasets", "demo",
                "distributed", "flat", "functional", "mixed", "nn", "optim", "plot", "problems",
-               "schedules", "sparse", "torch", "train", "tricks", "viz")
+               "schedules", "sparse", "state_format", "torch", "train", "tricks", "viz")
 
 
 #: public functions whose module is imported on their first access: name -> submodule

@@ -75,6 +75,11 @@ Fields
                  None for always, initial value: a hyperparameter name, a number,
                  ``"param"``: a copy of the parameter when the buffer is created, or "lr": the
                  learning rate of the step that creates the buffer (Rprop's step_size).
+                 ``quant``: SIGNED or UNSIGNED when the buffer may be held in a low-bit
+                 state format (``state_dtype="bfloat16"|"int8"``; int8 uses bitsandbytes'
+                 signed or unsigned dynamic map), None when it always stays float32; a
+                 kernel with such a slot is compiled for every ``STATE_FORMATS`` entry
+                 (``state_formats``, csrc/qstate.c), the rule itself unchanged.
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
                  mixed precision); the union of their flags is the instance mask.
   ``cost``       relative cost per element (SGD = 1) for the serial/parallel threshold.
@@ -145,7 +150,7 @@ from collections import namedtuple
 Flag = namedtuple("Flag", "name bit doc")
 Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends "
                    "derived", defaults=((),))
-State = namedtuple("State", "name needs init arg", defaults=(None,))
+State = namedtuple("State", "name needs init arg quant", defaults=(None, None))
 Optimizer = namedtuple(
     "Optimizer",
     "name class_name kernel hyper inputs checks torch fixed keyword_only cases extra_cases doc "
@@ -158,6 +163,11 @@ ParamScalar = namedtuple("ParamScalar", "name init")
 
 #: State.init of a buffer that starts as a copy of its parameter
 PARAM = "param"
+
+#: State.quant: the buffer may be held in a low-bit state format (``state_dtype``), with the
+#: signed (first moments, momenta) or unsigned (second moments, sums of squares) int8 map
+SIGNED = "signed"
+UNSIGNED = "unsigned"
 
 # Option bits of `k.flags`, shared by every rule, binding and backend.
 FLAGS = (
@@ -191,7 +201,7 @@ KERNELS = {k.name: k for k in (
         # torch's form starts a new momentum buffer at the gradient; the lecture's from zeros
         flags={"MAXIMIZE": "maximize", "NESTEROV": "nesterov", "MOMENTUM": "momentum != 0",
                "SUTSKEVER": "sutskever", "FIRST": "first and not sutskever"},
-        state=(State("momentum_buffer", "MOMENTUM", 0),),
+        state=(State("momentum_buffer", "MOMENTUM", 0, quant=SIGNED),),
         # FIRST only comes with MOMENTUM and never with SUTSKEVER; NESTEROV only with MOMENTUM
         cases=((), ("MOMENTUM",), ("MOMENTUM", "FIRST"), ("MOMENTUM", "NESTEROV"),
                ("MOMENTUM", "NESTEROV", "FIRST"), ("MOMENTUM", "SUTSKEVER"),
@@ -205,7 +215,7 @@ KERNELS = {k.name: k for k in (
                  ("weight_decay", "weight_decay")),
         consts=(("clr", "clr"), ("eps", "eps"), ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize", "EPS_IN_SQRT": "eps_in_sqrt"},
-        state=(State("sum", None, "initial_accumulator_value", arg="state_sum"),),
+        state=(State("sum", None, "initial_accumulator_value", arg="state_sum", quant=UNSIGNED),),
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
@@ -219,8 +229,9 @@ KERNELS = {k.name: k for k in (
                 ("eps", "eps"), ("weight_decay", "weight_decay"), ("momentum", "momentum")),
         flags={"MAXIMIZE": "maximize", "CENTERED": "centered", "MOMENTUM": "momentum > 0",
                "EPS_IN_SQRT": "eps_in_sqrt"},
-        state=(State("square_avg", None, 0), State("momentum_buffer", "MOMENTUM", 0),
-               State("grad_avg", "CENTERED", 0)),
+        state=(State("square_avg", None, 0, quant=UNSIGNED),
+               State("momentum_buffer", "MOMENTUM", 0, quant=SIGNED),
+               State("grad_avg", "CENTERED", 0, quant=SIGNED)),
         cases=((), ("CENTERED",), ("MOMENTUM",), ("CENTERED", "MOMENTUM")),
         cost=2, backends=BACKENDS,
     ),
@@ -238,8 +249,8 @@ KERNELS = {k.name: k for k in (
                 ("weight_decay", "weight_decay"), ("decay_factor", "decay_factor")),
         flags={"MAXIMIZE": "maximize", "AMSGRAD": "amsgrad",
                "DECOUPLED": "decoupled_weight_decay"},
-        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0),
-               State("max_exp_avg_sq", "AMSGRAD", 0)),
+        state=(State("exp_avg", None, 0, quant=SIGNED), State("exp_avg_sq", None, 0, quant=UNSIGNED),
+               State("max_exp_avg_sq", "AMSGRAD", 0, quant=UNSIGNED)),
         cases=((), ("AMSGRAD",), ("DECOUPLED",), ("AMSGRAD", "DECOUPLED")),
         cost=3, backends=BACKENDS,
     ),
@@ -250,7 +261,8 @@ KERNELS = {k.name: k for k in (
         consts=(("lr", "lr"), ("rho", "rho"), ("one_minus_rho", "1.0 - rho"), ("eps", "eps"),
                 ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize"},
-        state=(State("square_avg", None, 0), State("acc_delta", None, 0)),
+        state=(State("square_avg", None, 0, quant=UNSIGNED),
+               State("acc_delta", None, 0, quant=UNSIGNED)),
         cases=((),),
         cost=4, backends=BACKENDS,
     ),
@@ -262,7 +274,7 @@ KERNELS = {k.name: k for k in (
         consts=(("clr", "clr"), ("beta1", "beta1"), ("one_minus_beta1", "1.0 - beta1"),
                 ("beta2", "beta2"), ("eps", "eps"), ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize"},
-        state=(State("exp_avg", None, 0), State("exp_inf", None, 0)),
+        state=(State("exp_avg", None, 0, quant=SIGNED), State("exp_inf", None, 0, quant=UNSIGNED)),
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
@@ -275,7 +287,7 @@ KERNELS = {k.name: k for k in (
                 ("beta2", "beta2"), ("one_minus_beta2", "1.0 - beta2"),
                 ("decay_factor", "decay_factor")),
         flags={"MAXIMIZE": "maximize"},
-        state=(State("exp_avg", None, 0),),
+        state=(State("exp_avg", None, 0, quant=SIGNED),),
         cases=((),),
         cost=2, backends=BACKENDS,
     ),
@@ -290,7 +302,7 @@ KERNELS = {k.name: k for k in (
                 ("beta2", "beta2"), ("one_minus_beta2", "1.0 - beta2"), ("bc2", "bc2"),
                 ("eps", "eps"), ("weight_decay", "weight_decay")),
         flags={},
-        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
+        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((),),
         cost=3, backends=BACKENDS,
     ),
@@ -319,7 +331,7 @@ KERNELS = {k.name: k for k in (
                 ("eps", "eps"), ("weight_decay", "weight_decay")),
         # the package's condition (torch's RAdam: rho_t > 5); rho_t comes from the advance
         flags={"RECTIFY": "rho_t > 4.0"},
-        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0)),
+        state=(State("z", None, PARAM), State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((), ("RECTIFY",)),
         cost=3, backends=BACKENDS,
     ),
@@ -344,7 +356,7 @@ KERNELS = {k.name: k for k in (
                 ("decay_factor", "decay_factor")),
         flags={"MAXIMIZE": "maximize", "DECOUPLED": "decoupled_weight_decay",
                "RECTIFY": "rho_t > 5"},
-        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0)),
+        state=(State("exp_avg", None, 0, quant=SIGNED), State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((), ("RECTIFY",), ("DECOUPLED",), ("DECOUPLED", "RECTIFY")),
         cost=3, backends=BACKENDS,
     ),
@@ -1116,3 +1128,23 @@ OPTIMIZERS = {o.name: o for o in (
                       "silent_sgd_phase=True, ")),
     ),
 )}
+
+
+# ---------------------------------------------------------------------------- state formats
+#: The formats optimizer state can be held in (``state_dtype``): float32 (the parameter's
+#: dtype), bfloat16 (2 bytes: rounded to nearest even, or stochastically), int8 (1 byte plus a
+#: float32 absmax per block of QBLOCK: bitsandbytes' blockwise dynamic quantization).
+STATE_FORMATS = ("float32", "bfloat16", "int8")
+#: elements per int8 block (one float32 absmax each), bitsandbytes' blocksize
+QBLOCK = 256
+#: tensors with fewer elements keep float32 state under state_dtype="int8" (bitsandbytes'
+#: min_8bit_size)
+MIN_8BIT_SIZE = 4096
+
+
+def state_formats(kernel):
+    """The state formats a kernel is compiled for: all of STATE_FORMATS when one of its state
+    slots is quantizable (``State.quant``), else float32 only. Those kernels get a low-bit
+    state loop (csrc/qstate.c, the "qstate" backend); slots without ``quant`` (a parameter-like
+    iterate such as Schedule-Free's z) stay float32 in every format."""
+    return STATE_FORMATS if any(s.quant for s in kernel.state) else STATE_FORMATS[:1]

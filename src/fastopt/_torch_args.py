@@ -20,6 +20,7 @@ import re
 import torch
 
 from . import _table, _validate
+from .optim._state_format import STATE_KEYWORDS
 
 __all__ = ["IMPL", "signature", "check_group", "torch_error", "scalar_betas"]
 
@@ -30,9 +31,10 @@ _TENSOR_FOREACH = "{what} as a Tensor is not supported for capturable=False and 
 
 def signature(fo_cls, torch_cls):
     """(signature, {implementation keyword: torch's default}) of the fastopt.torch class."""
-    fo = inspect.signature(fo_cls.__init__).parameters
+    fo = {name: p for name, p in inspect.signature(fo_cls.__init__).parameters.items()
+          if name not in STATE_KEYWORDS}     # low-bit state: fastopt's classes only (yet)
     if torch_cls is None:
-        return inspect.signature(fo_cls.__init__), {}
+        return inspect.Signature(list(fo.values())), {}
     out, impl = [], {}
     for name, p in inspect.signature(torch_cls.__init__).parameters.items():
         if name in fo:

@@ -38,7 +38,9 @@ from operator import is_ as _is
 import numpy as np
 
 from ..flat import state_like
+from ..state_format import Blockwise8
 from ._core import OptimizerCore
+from ._state_format import saved_values, store_values
 from ._groups import check_groups
 
 __all__ = ["Optimizer"]
@@ -88,6 +90,7 @@ class Optimizer(OptimizerCore):
     """
 
     spec = None  # a fastopt._specs.Spec; set by each subclass
+    _state_format = None  # a low-bit state format (fastopt.optim._state_format), or None
     _NONE_IS_NO_BUFFER = True   # torch's SGD saves momentum_buffer=None before momentum runs
 
     def __init__(self, params, **hyperparameters):
@@ -106,10 +109,33 @@ class Optimizer(OptimizerCore):
     SCALARS = property(lambda self: tuple(self.spec.scalars))
 
     def _validate(self, group):
-        return self.spec.validate(group)
+        values = self.spec.validate(group)
+        if self._state_format is not None:
+            self._state_format.check(values)
+        return values
 
     def _uses(self, hyper):
         return self.spec.uses(hyper)
+
+    def _plan_for(self, params, offset):
+        """The kernel module and plan of a new group: the low-bit state loops when the
+        optimizer keeps low-bit state (``state_dtype``)."""
+        if self._state_format is not None:
+            return self._state_format.plan(params, offset)
+        return super()._plan_for(params, offset)
+
+    def _new_state(self, slot, params, fill=None):
+        """New buffers of state slot `slot` for `params` (`_state_like`, or in the state
+        format's types)."""
+        if self._state_format is not None:
+            return self._state_format.new(slot, params, fill)
+        return self._state_like(params, fill)
+
+    @staticmethod
+    def _store_buffer(mine, value):
+        """Write a saved buffer (of any state format) into one of this optimizer's."""
+        if store_values(mine, value) is NotImplemented:
+            _copy_into(mine, saved_values(value))
 
     def _state_like(self, params, fill=None):
         """New state buffers for a group's `params`, filled with `fill` or uninitialized
@@ -137,12 +163,12 @@ class Optimizer(OptimizerCore):
         for slot, (name, needed, present) in enumerate(zip(self.spec.state, uses, rec.present)):
             if needed and not present:
                 if name in self.spec.copies:       # starts as a copy of the parameter
-                    arrays = self._state_like(params)
+                    arrays = self._new_state(slot, params)
                     for a, p in zip(arrays, self._update_values(rec)):
                         _copy_into(a, p)
                 else:
                     fill = self.spec.init.get(name, lambda g, lr: 0.0)(hyper, lr)
-                    arrays = self._state_like(params, fill)
+                    arrays = self._new_state(slot, params, fill)
                 rec.plan.set_state(slot, arrays)
                 for i, a in enumerate(arrays):
                     self.state.setdefault(rec.offset + i, {})[name] = a
@@ -422,9 +448,9 @@ class Optimizer(OptimizerCore):
                     mine = self.state.get(rec.offset + i, {}).get(name)
                     if mine is None:
                         if spare is None:
-                            spare = self._state_like(group["params"])
+                            spare = self._new_state(slot, group["params"])
                         mine = spare[i]
-                    _copy_into(mine, buffers[i][name])
+                    self._store_buffer(mine, buffers[i][name])
                     arrays.append(mine)
                     self.state.setdefault(rec.offset + i, {})[name] = mine
                 rec.plan.set_state(slot, arrays)

@@ -4,12 +4,15 @@ Each class is :class:`fastopt.optim.base.Optimizer` with the table entry's regis
 (fastopt._specs), the entry's algorithm box as its docstring, and an ``__init__`` with torch's
 signature made from the entry's hyperparameters: their names and defaults in order, positional
 up to ``keyword_only``, keyword-only from there; hyperparameters the entry fixes (AdamW's
-``decoupled_weight_decay``) are not arguments. Nothing here is written per optimizer: an entry
+``decoupled_weight_decay``) are not arguments. An optimizer with low-bit state formats (the
+table's ``state_formats``) also takes the keyword-only ``state_dtype``, ``rounding``, ``seed``
+and ``min_8bit_size`` (`fastopt.state_format`). Nothing here is written per optimizer: an entry
 added to the table is a class here, exported by ``fastopt.optim`` and ``fastopt``.
 """
 import inspect
 
 from .. import _specs, _steps, _table
+from ._state_format import STATE_KEYWORDS, make_state_format
 from .base import Optimizer
 
 __all__ = ["CLASSES", "make_class"]
@@ -24,13 +27,22 @@ def _init_source(opt):
             args.append("*")
         args.append(f"{h.name}={h.default!r}")
     passed = ", ".join(f"{h.name}={h.name}" for h in hyper)
-    return (f"def __init__(self, params, {', '.join(args)}):\n"
+    state = ""
+    if len(_table.state_formats(_table.KERNELS[opt.kernel])) > 1:   # low-bit state formats
+        if "*" not in args:
+            args.append("*")
+        args += [f"{k}={v!r}" for k, v in STATE_KEYWORDS.items()]
+        state = (f"    self._state_format = _make_state_format({opt.kernel!r}, "
+                 f"{', '.join(STATE_KEYWORDS)})\n")
+    return (f"def __init__(self, params, {', '.join(args)}):\n" + state +
             f"    _Optimizer.__init__(self, params, {passed})\n")
 
 
 def make_class(opt):
     """The optimizer class of the table entry `opt` (a fastopt._table.Optimizer)."""
-    init = _steps.compile_function("__init__", _init_source(opt), {"_Optimizer": Optimizer},
+    init = _steps.compile_function("__init__", _init_source(opt),
+                                   {"_Optimizer": Optimizer,
+                                    "_make_state_format": make_state_format},
                                    module=__name__)
     init.__qualname__ = f"{opt.class_name}.__init__"
     members = {"__init__": init, "__doc__": inspect.cleandoc(opt.doc), "__module__": __name__,
