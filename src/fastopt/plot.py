@@ -56,9 +56,9 @@ STYLES = {
     "adamax": ("#800000", "adaptive", "*"),
     "lion": ("#000075", "adaptive", "p"),
     "schedule_free_adamw": ("#bfef45", "adaptive", "d"),
-    "lbfgs": ("#808000", "full", "8"),
+    "lbfgs": ("#ffe119", "full", "8"),
 }
-_EXTRA_COLOURS = ("#ffe119", "#dcbeff", "#aaffc3")
+_EXTRA_COLOURS = ("#808000", "#dcbeff", "#aaffc3")
 _EXTRA_MARKERS = ("H", "1", "2")
 #: methods drawn as wide translucent bands under the thin lines -> (extra width in points,
 #: opacity, layer): heavy-ball momentum widest at the bottom, gradient descent on it

@@ -65,12 +65,12 @@ def run_torch(name, hyper, dtype, cls=None):
     old = torch.get_default_dtype()
     torch.set_default_dtype({np.float32: torch.float32, np.float64: torch.float64}[dtype])
     try:
-        return _run_torch(name, hyper, dtype)
+        return _run_torch(name, hyper, dtype, cls)
     finally:
         torch.set_default_dtype(old)
 
 
-def _run_torch(name, hyper, dtype):
+def _run_torch(name, hyper, dtype, cls):
     from fastopt._specs import SPECS
     spec = SPECS[name]
     import torch
