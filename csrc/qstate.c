@@ -9,15 +9,14 @@
  * thread walks its share of a group in blocks of FO_QBLOCK (256) elements, the int8 block:
  *
  *   1. each low-bit slot of the block is decoded into a stack buffer: bfloat16 by a shift,
- *      int8 by `qmap[code] * absmax` (a 256-entry table in L1, a vector gather);
+ *      int8 by `qmap[code] * absmax` (byte-table permutes or a vector gather, below);
  *   2. the rule runs over the block exactly as in kernels.c (same rule, same constants from
  *      fastopt/constants.h, the same FO_CASES_<opt> branch-free instances), on the parameter
  *      and gradient in place and on the buffers (a float32 slot in place);
  *   3. each low-bit slot is encoded back: bfloat16 rounded to nearest even or stochastically
  *      (fastopt/half.h); int8 with the block's new absmax = max |v| (NaN ignored, as
- *      bitsandbytes' fmax), then per element the nearest map entry to v / absmax, found by a
- *      branch-free binary search over the sorted map (8 selects, then the closer of the two
- *      neighbours, ties to the lower code): bitsandbytes' CPU quantize_blockwise, code for code.
+ *      bitsandbytes' fmax), then per element the nearest map entry to v * (1 / absmax), read
+ *      from a bucket table by the bits of the value (below), ties to the lower code.
  *
  * So codes and absmax are read and written once per step, and nothing but 2 (bfloat16) or
  * 1 + 4/256 (int8) bytes per element and slot moves for the state. Work is split over whole
@@ -31,53 +30,192 @@
 #include "fastopt/constants.h"
 #include "fastopt/mixed.h"       /* FO_ROUND_* */
 #include "fastopt/qstate.h"
-#include "fastopt/instances.h"   /* FO_QSTATE_KERNELS, FO_MASK_<opt>, FO_CASES_<opt>, FO_COST_<opt> */
+#include "fastopt/instances.h"   /* FO_QSTATE_KERNELS, FO_MASK_, FO_CASES_, FO_COST_<opt> */
 #include "fastopt/half.h"        /* bfloat16 conversions, stochastic-rounding noise */
 
 #include "fastopt/parallel.h"
 
-/* the codecs: inlined into the two slot functions below, each compiled for every ISA (one copy
- * per ISA for all kernels, called once per block and slot) */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #define FO_QI static inline
 
-/* ------------------------------------------------------------------------------- codecs */
+/* ------------------------------------------------------------------------------ int8 tables */
 /*
- * int8 encoding by thresholds. With m the sorted map, element v of a block with absmax a gets
- * code j = #{ k < 255 : x >= t_k }, x = v / a, where t_k is the smallest float32 above the
- * exact midpoint (m_k + m_{k+1}) / 2. That is bitsandbytes' rule (the largest j with
- * m_j <= x, then j + 1 when |x - m_{j+1}| < |x - m_j|): between two neighbouring codes both
- * differences are exact (Sterbenz), so its comparison is the exact one against the midpoint,
- * ties to the lower code; NaN gets code 0 as there. The count is done in two levels of 16:
- * the group c = #{ g in 1..15 : x >= t_{16g} }, then j = 16 c + #{ s : x >= t_{16c+s} }, with
- * the second level's thresholds of all 16 groups in one 16-lane row per s, so that an AVX-512
- * register permute (vpermps) picks each lane's threshold: 31 compares and 16 permutes per 16
- * elements, no memory gathers. Decoding picks m[code] with 8 two-register permutes
- * (vpermi2ps) and a blend tree. Where AVX-512F is absent the same counts run as scalar code
- * (the same thresholds, so the same codes); fo_q8_vector says which.
+ * The code of x = v * (1 / absmax) is j = #{ k < 255 : x >= t_k }, with t_k the smallest float32
+ * above the exact midpoint (m_k + m_{k+1}) / 2 of two neighbouring map values. That is
+ * bitsandbytes' rule (the largest j with m_j <= x, then j + 1 when |x - m_{j+1}| < |x - m_j|):
+ * between two neighbouring codes both differences are exact (Sterbenz), so its comparison is
+ * the exact one against the midpoint, ties to the lower code; NaN gets code 0.
+ *
+ * The count is read from a bucket table instead of being counted. The float32 bits of |x|,
+ * shifted right by 23 - K, number the buckets: K mantissa bits, each octave cut into 2^K
+ * equal intervals. K (4..8) is the smallest for which no bucket holds more than one
+ * threshold, so a bucket's entry is the count below it plus at most one threshold, held as
+ * the low mantissa bits it is reached at:
+ *
+ *     positive x:  j = base + (low(x) >= thr)          (thr = 2^(23-K): no threshold)
+ *     negative x:  j = base' + !(low(|x|) >= thr)      (base' = count - 1 mod 256,
+ *                                                       thr = low(|t|) + 1)
+ *
+ * one entry of 32 bits (base in the low byte, thr above it), so the code is the low byte of
+ * entry + (hit XOR negative). |x| is clamped below to 2^e, the largest power of two whose
+ * first bucket lies below every threshold (there x and 0 share a code), and above to 2, the
+ * bucket that answers NaN (v * (1 / absmax) is below 2 in magnitude, or NaN). For the dynamic
+ * maps that is K = 6 (signed) or 7 (unsigned), 1473 or 3073 entries per sign; a 16-lane vector
+ * gather reads them. A map for which no K works (unsorted, thresholds too close or too near
+ * zero) is encoded by counting.
+ *
+ * Decoding is m[code] * absmax: a 16-lane gather from the map, or, with AVX-512 VBMI, 64
+ * codes at a time by byte tables: byte q of m[code] for every q by two 128-entry byte
+ * permutes (vpermi2b) and a select on the code's top bit, the four bytes interleaved back into
+ * floats (the codes are first permuted so the interleave yields the floats in order).
+ *
+ * A table is built once per distinct map and kept (fo_q8_get: a small process-wide cache,
+ * keyed by the map's bits, built under a spin lock, read without one).
  */
+#define FO_Q8_KMIN 4
+#define FO_Q8_KMAX 8
+#define FO_Q8_OCTAVES 30
+#define FO_Q8_NB_MAX (((FO_Q8_OCTAVES + 1) << FO_Q8_KMAX) + 1)
+#define FO_Q8_CACHE 16
+
 typedef struct {
-    const float *map;         /* the map these thresholds belong to */
-    float t[256];             /* t[k], k < 255; t[255] = +inf */
-    float row[16][16];        /* row[s][c] = t[16 c + s] */
-    float m[256];             /* the map itself, 64-byte aligned for vector loads */
+    float key[256];                  /* the map as given: the cache key */
+    float t[256];                    /* t[k], k < 255; t[255] = +inf */
+    float m[256];                    /* the map, 64-byte aligned for vector loads */
+    uint8_t plane[4][256];           /* plane[q][c]: byte q of the bits of m[c] */
+    uint8_t order[64];               /* the code permutation of the byte-table decoder */
+    int fast;                        /* the bucket table below is valid */
+    int shift;                       /* 23 - K */
+    uint32_t abits, topbits;         /* clamp of |x|'s bits: 2^e, 2.0 */
+    int32_t ha, nb;                  /* first bucket (abits >> shift); buckets per sign */
+    uint32_t ent[2 * FO_Q8_NB_MAX];  /* [negative * nb + bucket - ha] */
 } __attribute__((aligned(64))) fo_q8_table;
+
+static inline uint32_t fo_q8_bits(float f) { return fo_bits(f); }
+
+/* #{ k < 255 : t_k <= x } and #{ k < 255 : t_k < x } of a sorted threshold list */
+static int fo_q8_count_le(const float *t, float x)
+{
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (t[mid] <= x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+static int fo_q8_count_lt(const float *t, float x)
+{
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (t[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* the bucket table for K = k and lower clamp 2^(e - 127); 0 when a bucket holds two
+ * thresholds or the lowest bucket is not below every threshold */
+static int fo_q8_fill(fo_q8_table *T, int k, int e)
+{
+    const int shift = 23 - k;
+    const uint32_t never = 1u << shift, lowmask = never - 1;
+    const uint32_t abits = (uint32_t)e << 23, topbits = 0x40000000u;
+    const int32_t ha = (int32_t)(abits >> shift), htop = (int32_t)(topbits >> shift);
+    const int32_t nb = htop - ha + 1;
+    if (nb > FO_Q8_NB_MAX) return 0;
+    const float edge = fo_float((uint32_t)(ha + 1) << shift);
+    if (fo_q8_count_lt(T->t, edge) != fo_q8_count_le(T->t, -edge)) return 0;
+    for (int32_t h = ha; h < htop; ++h) {
+        const float lo = fo_float((uint32_t)h << shift), hi = fo_float((uint32_t)(h + 1) << shift);
+        const int base = fo_q8_count_le(T->t, lo);
+        int inside = fo_q8_count_lt(T->t, hi) - base;
+        if (inside > 1) return 0;
+        uint32_t thr = inside ? (fo_q8_bits(T->t[base]) & lowmask) : never;
+        T->ent[h - ha] = (uint32_t)base | thr << 8;
+        const int below = fo_q8_count_le(T->t, -lo);          /* x in (-hi, -lo] */
+        inside = below - fo_q8_count_le(T->t, -hi);
+        if (inside > 1) return 0;
+        thr = inside ? (fo_q8_bits(-T->t[below - 1]) & lowmask) + 1 : never;
+        T->ent[nb + h - ha] = (uint32_t)((below + 255) & 255) | thr << 8;
+    }
+    T->ent[nb - 1] = never << 8;                  /* NaN: code 0 */
+    T->ent[2 * nb - 1] = 255u | never << 8;       /* -NaN: 255 + 1 = code 0 */
+    T->shift = shift;
+    T->abits = abits;
+    T->topbits = topbits;
+    T->ha = ha;
+    T->nb = nb;
+    return 1;
+}
 
 static void fo_q8_prepare(fo_q8_table *T, const float *map)
 {
-    T->map = map;
+    memcpy(T->key, map, sizeof T->key);
+    int sorted = 1;
     for (int k = 0; k < 255; ++k) {
         const double mid = ((double)map[k] + (double)map[k + 1]) / 2.0;
         float f = (float)mid;
         if ((double)f <= mid)
             f = nextafterf(f, INFINITY);
         T->t[k] = f;
+        if (k > 0 && !(T->t[k - 1] <= f)) sorted = 0;
     }
     T->t[255] = INFINITY;
-    for (int s = 0; s < 16; ++s)
-        for (int c = 0; c < 16; ++c) T->row[s][c] = T->t[16 * c + s];
-    for (int k = 0; k < 256; ++k) T->m[k] = map[k];
+    for (int c = 0; c < 256; ++c) {
+        T->m[c] = map[c];
+        const uint32_t u = fo_q8_bits(map[c]);
+        for (int q = 0; q < 4; ++q) T->plane[q][c] = (uint8_t)(u >> (8 * q));
+    }
+    /* the interleave of 4 byte planes yields, in 128-bit lane L of float vector j, the bytes
+     * at 16 L + 4 j + r; element 16 j + 4 L + r must be there */
+    for (int L = 0; L < 4; ++L)
+        for (int j = 0; j < 4; ++j)
+            for (int r = 0; r < 4; ++r)
+                T->order[16 * L + 4 * j + r] = (uint8_t)(16 * j + 4 * L + r);
+    T->fast = 0;
+    if (!sorted) return;
+    float least = INFINITY;
+    for (int k = 0; k < 255; ++k) least = fabsf(T->t[k]) < least ? fabsf(T->t[k]) : least;
+    if (!(least > 0.0f) || !(fabsf(T->t[0]) < 1.0f) || !(fabsf(T->t[254]) < 1.0f)) return;
+    const int top_e = (int)(fo_q8_bits(least) >> 23);
+    for (int k = FO_Q8_KMIN; k <= FO_Q8_KMAX && !T->fast; ++k)
+        for (int e = top_e; e >= 127 - FO_Q8_OCTAVES && e > 0 && !T->fast; --e)
+            T->fast = fo_q8_fill(T, k, e);
 }
 
+static fo_q8_table fo_q8_cache[FO_Q8_CACHE];
+static int fo_q8_cached;
+static char fo_q8_lock;
+
+/* The table of `map` from the cache (built on first use), or NULL when the cache is full. */
+static const fo_q8_table *fo_q8_get(const float *map)
+{
+    int n = __atomic_load_n(&fo_q8_cached, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; ++i)
+        if (memcmp(fo_q8_cache[i].key, map, sizeof fo_q8_cache[i].key) == 0)
+            return &fo_q8_cache[i];
+    while (__atomic_test_and_set(&fo_q8_lock, __ATOMIC_ACQUIRE))
+        ;
+    const fo_q8_table *got = 0;
+    const int now = __atomic_load_n(&fo_q8_cached, __ATOMIC_ACQUIRE);
+    for (int i = n; i < now && !got; ++i)
+        if (memcmp(fo_q8_cache[i].key, map, sizeof fo_q8_cache[i].key) == 0)
+            got = &fo_q8_cache[i];
+    if (!got && now < FO_Q8_CACHE) {
+        fo_q8_prepare(&fo_q8_cache[now], map);
+        got = &fo_q8_cache[now];
+        __atomic_store_n(&fo_q8_cached, now + 1, __ATOMIC_RELEASE);
+    }
+    __atomic_clear(&fo_q8_lock, __ATOMIC_RELEASE);
+    return got;
+}
+
+/* ------------------------------------------------------------------------------- codecs */
 FO_QI float fo_q8_absmax(const float *FO_RESTRICT v, int64_t m)
 {
     float amax = 0.0f;
@@ -89,19 +227,39 @@ FO_QI float fo_q8_absmax(const float *FO_RESTRICT v, int64_t m)
     return amax;
 }
 
-FO_QI uint8_t fo_q8_code(float x, const fo_q8_table *T)
+/* the code of x by counting (the definition; maps without a bucket table) */
+FO_QI uint8_t fo_q8_code_count(float x, const fo_q8_table *T)
 {
-    int32_t c = 0;
-    for (int g = 1; g < 16; ++g) c += x >= T->t[16 * g];
-    int32_t j = 16 * c;
-    for (int s = 0; s < 16; ++s) j += x >= T->t[16 * c + s];
+    int32_t j = 0;
+    for (int k = 0; k < 255; ++k) j += x >= T->t[k];
     return (uint8_t)j;
 }
+
+/* the code of x from the bucket table */
+FO_QI uint8_t fo_q8_code(float x, const fo_q8_table *T)
+{
+    const uint32_t b = fo_q8_bits(x), neg = b >> 31;
+    uint32_t a = b & 0x7fffffffu;
+    a = a < T->abits ? T->abits : a;
+    a = a > T->topbits ? T->topbits : a;
+    const uint32_t e = T->ent[(int32_t)(a >> T->shift) - T->ha + (neg ? T->nb : 0)];
+    const uint32_t hit = (a & ((1u << T->shift) - 1)) >= (e >> 8);
+    return (uint8_t)(e + (hit ^ neg));
+}
+
+/* x = v * (1 / absmax): the reciprocal rounded once per block, as bitsandbytes' CUDA kernels
+ * scale a block; where it overflows (absmax below 2^-128, not 0) the block divides instead. */
+FO_QI int fo_q8_divides(float amax) { return amax != 0.0f && !(1.0f / amax <= FLT_MAX); }
 
 static void fo_q8_encode_scalar(const float *FO_RESTRICT v, int64_t m, float amax,
                                 const fo_q8_table *T, uint8_t *FO_RESTRICT out)
 {
-    for (int64_t i = 0; i < m; ++i) out[i] = fo_q8_code(v[i] / amax, T);
+    const float r = 1.0f / amax;
+    const int divide = fo_q8_divides(amax);
+    for (int64_t i = 0; i < m; ++i) {
+        const float x = divide ? v[i] / amax : v[i] * r;
+        out[i] = T->fast ? fo_q8_code(x, T) : fo_q8_code_count(x, T);
+    }
 }
 
 static void fo_q8_decode_scalar(const uint8_t *FO_RESTRICT q, float absmax,
@@ -110,105 +268,230 @@ static void fo_q8_decode_scalar(const uint8_t *FO_RESTRICT q, float absmax,
     for (int64_t i = 0; i < m; ++i) out[i] = T->m[q[i]] * absmax;
 }
 
-#if FO_HAS_CLONES
-#include <string.h>
-typedef float fo_v16f __attribute__((vector_size(64)));
-typedef int32_t fo_v16i __attribute__((vector_size(64)));
-
-__attribute__((target("avx512f"))) static void
-fo_q8_encode_avx512(const float *FO_RESTRICT v, int64_t m, float amax, const fo_q8_table *T,
-                    uint8_t *FO_RESTRICT out)
-{
-    int64_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        fo_v16f x;
-        memcpy(&x, v + i, sizeof x);
-        x = x / amax;
-        fo_v16i c = {0};
-        for (int g = 1; g < 16; ++g) c -= (x >= T->t[16 * g]);     /* true: -1 */
-        fo_v16i j = c * 16;
-        for (int s = 0; s < 16; ++s) {
-            fo_v16f row;
-            memcpy(&row, T->row[s], sizeof row);
-            j -= (x >= __builtin_shuffle(row, c));
-        }
-        for (int l = 0; l < 16; ++l) out[i + l] = (uint8_t)j[l];
-    }
-    for (; i < m; ++i) out[i] = fo_q8_code(v[i] / amax, T);
-}
-
-__attribute__((target("avx512f"))) static void
-fo_q8_decode_avx512(const uint8_t *FO_RESTRICT q, float absmax, const fo_q8_table *T,
-                    float *FO_RESTRICT out, int64_t m)
-{
-    fo_v16f tab[16];
-    memcpy(tab, T->m, sizeof tab);
-    int64_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        fo_v16i code;
-        for (int l = 0; l < 16; ++l) code[l] = q[i + l];
-        const fo_v16i lo = code & 31, hi = code >> 5;
-        fo_v16f r = __builtin_shuffle(tab[0], tab[1], lo);
-        for (int h = 1; h < 8; ++h) {
-            const fo_v16f t = __builtin_shuffle(tab[2 * h], tab[2 * h + 1], lo);
-            const fo_v16i pick = hi == h;                       /* -1 where true */
-            r = (fo_v16f)(((fo_v16i)t & pick) | ((fo_v16i)r & ~pick));
-        }
-        r = r * absmax;
-        memcpy(out + i, &r, sizeof r);
-    }
-    for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
-}
-
-/* 1 when the AVX-512 codecs run (set once by fo_q8_init; -1: not decided yet) */
-static int fo_q8_vector = -1;
-static void fo_q8_init(void)
-{
-    if (fo_q8_vector < 0) {
-        __builtin_cpu_init();
-        fo_q8_vector = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-}
-#define FO_Q8_ENCODE(V, M, A, T, OUT) \
-    (fo_q8_vector ? fo_q8_encode_avx512(V, M, A, T, OUT) : fo_q8_encode_scalar(V, M, A, T, OUT))
-#define FO_Q8_DECODE(Q, A, T, OUT, M) \
-    (fo_q8_vector ? fo_q8_decode_avx512(Q, A, T, OUT, M) : fo_q8_decode_scalar(Q, A, T, OUT, M))
-#else
-static int fo_q8_vector = 0;
-static void fo_q8_init(void) {}
-#define FO_Q8_ENCODE fo_q8_encode_scalar
-#define FO_Q8_DECODE fo_q8_decode_scalar
-#endif
-
-int fo_qstate_vector_codecs(int use)
-{
-    if (use >= 0) fo_q8_vector = -1;      /* decide again */
-    fo_q8_init();
-    if (use == 0) fo_q8_vector = 0;
-    return fo_q8_vector;
-}
-
-FO_QI void fo_bf16_decode(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out, int64_t m)
+FO_QI void fo_bf16_decode_scalar(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out, int64_t m)
 {
     FO_PRAGMA(omp simd)
     for (int64_t i = 0; i < m; ++i) out[i] = fo_bf2f(s[i]);
 }
 
+FO_QI void fo_bf16_encode_scalar(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out, int64_t m)
+{
+    FO_PRAGMA(omp simd)
+    for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf(v[i]);
+}
+
+/* codec levels: what fo_q8_level says runs */
+#define FO_Q8_SCALAR 0
+#define FO_Q8_AVX512F 1      /* gather encode and decode */
+#define FO_Q8_AVX512VBMI 2   /* gather encode, byte-table decode */
+
+#if FO_HAS_CLONES
+#include <immintrin.h>
+#define FO_T512 __attribute__((target("avx512f")))
+#define FO_TVBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+/* an int8 slot's encoder: the bucket table's constants in vector registers */
+typedef struct {
+    __m512i lo, top, nb, lowmask, shift;
+    const int *ent;
+    const fo_q8_table *T;
+} fo_qf_coder;
+
+FO_T512 static inline void fo_qf_coder_init(fo_qf_coder *E, const fo_q8_table *T)
+{
+    E->T = T;
+    E->lo = _mm512_set1_epi32((int)T->abits);
+    E->top = _mm512_set1_epi32((int)T->topbits);
+    E->nb = _mm512_set1_epi32(T->nb);
+    E->lowmask = _mm512_set1_epi32((int)((1u << T->shift) - 1));
+    E->shift = _mm512_set1_epi32(T->shift);
+    E->ent = (const int *)T->ent - T->ha;
+}
+
+/* 16 values of a block encoded, r = 1 / absmax (a block with fo_q8_divides(absmax) or a map
+ * without a bucket table takes fo_q8_encode_scalar instead) */
+FO_T512 static inline void fo_qf_enc16(const float *FO_RESTRICT v, __m512 r,
+                                       const fo_qf_coder *E, uint8_t *FO_RESTRICT out)
+{
+    const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(v), r));
+    const __m512i a = _mm512_min_epu32(
+        _mm512_max_epu32(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), E->lo), E->top);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(b, _mm512_setzero_si512());
+    const __m512i h = _mm512_srlv_epi32(a, E->shift);
+    const __m512i e = _mm512_i32gather_epi32(_mm512_mask_add_epi32(h, neg, h, E->nb), E->ent, 4);
+    const __mmask16 hit = _mm512_cmpge_epu32_mask(_mm512_and_si512(a, E->lowmask),
+                                                  _mm512_srli_epi32(e, 8));
+    const __m512i code = _mm512_mask_add_epi32(e, _kxor_mask16(hit, neg), e, _mm512_set1_epi32(1));
+    _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(code));
+}
+
+FO_T512 static void fo_q8_encode_avx512(const float *FO_RESTRICT v, int64_t m, float amax,
+                                        const fo_q8_table *T, uint8_t *FO_RESTRICT out)
+{
+    if (!T->fast || fo_q8_divides(amax)) {
+        fo_q8_encode_scalar(v, m, amax, T, out);
+        return;
+    }
+    const float r = 1.0f / amax;
+    fo_qf_coder E;
+    fo_qf_coder_init(&E, T);
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) fo_qf_enc16(v + i, _mm512_set1_ps(r), &E, out + i);
+    for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, T);
+}
+
+FO_T512 static void fo_q8_decode_avx512(const uint8_t *FO_RESTRICT q, float absmax,
+                                        const fo_q8_table *T, float *FO_RESTRICT out, int64_t m)
+{
+    const __m512 am = _mm512_set1_ps(absmax);
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, T->m, 4), am));
+    }
+    for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
+}
+
+/* 64 codes decoded by the byte tables (64-byte aligned `out`) */
+FO_TVBMI static inline void fo_qf_dec64(const uint8_t *FO_RESTRICT q, float amax,
+                                        const fo_q8_table *T, float *FO_RESTRICT out)
+{
+    const __m512 am = _mm512_set1_ps(amax);
+    const __m512i c = _mm512_permutexvar_epi8(_mm512_load_si512(T->order), _mm512_loadu_si512(q));
+    const __mmask64 upper = _mm512_movepi8_mask(c);
+    __m512i p[4];
+    for (int k = 0; k < 4; ++k) {
+        const uint8_t *pl = T->plane[k];
+        const __m512i a = _mm512_permutex2var_epi8(_mm512_load_si512(pl), c,
+                                                   _mm512_load_si512(pl + 64));
+        const __m512i b = _mm512_permutex2var_epi8(_mm512_load_si512(pl + 128), c,
+                                                   _mm512_load_si512(pl + 192));
+        p[k] = _mm512_mask_blend_epi8(upper, a, b);
+    }
+    const __m512i w01l = _mm512_unpacklo_epi8(p[0], p[1]), w01h = _mm512_unpackhi_epi8(p[0], p[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(p[2], p[3]), w23h = _mm512_unpackhi_epi8(p[2], p[3]);
+    const __m512i f[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
+                          _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    for (int j = 0; j < 4; ++j)
+        _mm512_store_ps(out + 16 * j, _mm512_mul_ps(_mm512_castsi512_ps(f[j]), am));
+}
+
+FO_TVBMI static void fo_q8_decode_vbmi(const uint8_t *FO_RESTRICT q, float absmax,
+                                       const fo_q8_table *T, float *FO_RESTRICT out, int64_t m)
+{
+    int64_t i = 0;
+    if (((uintptr_t)out & 63) == 0)
+        for (; i + 64 <= m; i += 64) fo_qf_dec64(q + i, absmax, T, out + i);
+    fo_q8_decode_avx512(q + i, absmax, T, out + i, m - i);
+}
+
+FO_T512 static void fo_bf16_decode_avx512(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out,
+                                          int64_t m)
+{
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+        _mm512_storeu_si512(out + i, _mm512_slli_epi32(w, 16));
+    }
+    for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
+}
+
+/* fo_f2bf of half.h, 16 at a time */
+FO_T512 static inline void fo_bf16_encode16(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+{
+    const __m512 x = _mm512_loadu_ps(v);
+    const __m512i b = _mm512_castps_si512(x), hi = _mm512_srli_epi32(b, 16);
+    const __m512i rne = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __m512i r = _mm512_mask_or_epi32(rne, nan, hi, _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16(r));
+}
+
+FO_T512 static void fo_bf16_encode_avx512(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out,
+                                          int64_t m)
+{
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) fo_bf16_encode16(v + i, out + i);
+    for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
+}
+
+/* the level running now (-1: not decided yet) and the machine's best */
+static int fo_q8_level = -1;
+static int fo_q8_best(void)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f")) return FO_Q8_SCALAR;
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi"))
+        return FO_Q8_AVX512VBMI;
+    return FO_Q8_AVX512F;
+}
+
+static inline void fo_q8_encode(const float *v, int64_t m, float amax, const fo_q8_table *T,
+                                uint8_t *out)
+{
+    if (fo_q8_level >= FO_Q8_AVX512F) fo_q8_encode_avx512(v, m, amax, T, out);
+    else fo_q8_encode_scalar(v, m, amax, T, out);
+}
+
+static inline void fo_q8_decode(const uint8_t *q, float amax, const fo_q8_table *T, float *out,
+                                int64_t m)
+{
+    if (fo_q8_level == FO_Q8_AVX512VBMI) fo_q8_decode_vbmi(q, amax, T, out, m);
+    else if (fo_q8_level == FO_Q8_AVX512F) fo_q8_decode_avx512(q, amax, T, out, m);
+    else fo_q8_decode_scalar(q, amax, T, out, m);
+}
+
+static inline void fo_bf16_decode(const uint16_t *s, float *out, int64_t m)
+{
+    if (fo_q8_level >= FO_Q8_AVX512F) fo_bf16_decode_avx512(s, out, m);
+    else fo_bf16_decode_scalar(s, out, m);
+}
+
+static inline void fo_bf16_encode_nearest(const float *v, uint16_t *out, int64_t m)
+{
+    if (fo_q8_level >= FO_Q8_AVX512F) fo_bf16_encode_avx512(v, out, m);
+    else fo_bf16_encode_scalar(v, out, m);
+}
+#else
+static int fo_q8_level = -1;
+static int fo_q8_best(void) { return FO_Q8_SCALAR; }
+#define fo_q8_encode fo_q8_encode_scalar
+#define fo_q8_decode fo_q8_decode_scalar
+#define fo_bf16_decode fo_bf16_decode_scalar
+#define fo_bf16_encode_nearest fo_bf16_encode_scalar
+#endif
+
+static void fo_q8_init(void)
+{
+    if (fo_q8_level < 0) fo_q8_level = fo_q8_best();
+}
+
+int fo_qstate_vector_codecs(int use)
+{
+    const int best = fo_q8_best();
+    if (use == 0) fo_q8_level = FO_Q8_SCALAR;
+    else if (use == 1) fo_q8_level = best;
+    else if (use >= 2) fo_q8_level = best < FO_Q8_AVX512F ? best : FO_Q8_AVX512F;
+    fo_q8_init();
+    return fo_q8_level;
+}
+
 FO_QI void fo_bf16_encode(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out, int64_t m,
-                                  int stochastic, uint64_t key, int64_t c)
+                          int stochastic, uint64_t key, int64_t c)
 {
     if (stochastic) {
         FO_PRAGMA(omp simd)
         for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf_sr(v[i], fo_noise(key, c + i));
     } else {
-        FO_PRAGMA(omp simd)
-        for (int64_t i = 0; i < m; ++i) out[i] = fo_f2bf(v[i]);
+        fo_bf16_encode_nearest(v, out, m);
     }
 }
 
 /* Slot k of the block at element c (m elements): its float32 values, decoded into buf if the
  * slot is low-bit; NULL for an unused slot. `T`: the slot's int8 table (fo_q_table). */
-FO_CLONES static float *fo_q_load(const fo_qstate_segment *sg, int k, int64_t c, int64_t m,
+static inline float *fo_q_load(const fo_qstate_segment *sg, int k, int64_t c, int64_t m,
                                float *FO_RESTRICT buf, const fo_q8_table *T)
 {
     if (!sg->state[k])
@@ -218,7 +501,7 @@ FO_CLONES static float *fo_q_load(const fo_qstate_segment *sg, int k, int64_t c,
         fo_bf16_decode((const uint16_t *)sg->state[k] + c, buf, m);
         return buf;
     case FO_SF_Q8:
-        FO_Q8_DECODE((const uint8_t *)sg->state[k] + c, sg->absmax[k][c / FO_QBLOCK], T, buf, m);
+        fo_q8_decode((const uint8_t *)sg->state[k] + c, sg->absmax[k][c / FO_QBLOCK], T, buf, m);
         return buf;
     default:
         return (float *)sg->state[k] + c;
@@ -226,8 +509,8 @@ FO_CLONES static float *fo_q_load(const fo_qstate_segment *sg, int k, int64_t c,
 }
 
 FO_CLONES static void fo_q_store(const fo_qstate_segment *sg, int k, int64_t c, int64_t m,
-                              const float *FO_RESTRICT buf, int stochastic, uint64_t key,
-                              const fo_q8_table *T)
+                                 const float *FO_RESTRICT buf, int stochastic, uint64_t key,
+                                 const fo_q8_table *T)
 {
     if (!sg->state[k])
         return;
@@ -236,16 +519,50 @@ FO_CLONES static void fo_q_store(const fo_qstate_segment *sg, int k, int64_t c, 
     } else if (sg->format[k] == FO_SF_Q8) {
         const float amax = fo_q8_absmax(buf, m);
         sg->absmax[k][c / FO_QBLOCK] = amax;
-        FO_Q8_ENCODE(buf, m, amax, T, (uint8_t *)sg->state[k] + c);
+        fo_q8_encode(buf, m, amax, T, (uint8_t *)sg->state[k] + c);
     }
 }
 
-/* The int8 table of slot k of a segment, rebuilt only when its map changes. */
-FO_QI const fo_q8_table *fo_q_table(const fo_qstate_segment *sg, int k, fo_q8_table *T)
+/* The tables of a segment's int8 slots: T[k] is kept while the map pointer stays `src[k]`;
+ * a map the cache cannot hold is prepared into own[k] (allocated once per call; own NULL:
+ * cached tables only). Returns 0, or -1 when a table is missing. */
+static int fo_q_tables(const fo_qstate_segment *sg, const fo_q8_table *T[FO_MAX_STATE],
+                       const float *src[FO_MAX_STATE], fo_q8_table *own[FO_MAX_STATE])
 {
-    if (sg->state[k] && sg->format[k] == FO_SF_Q8 && T->map != sg->qmap[k])
-        fo_q8_prepare(T, sg->qmap[k]);
-    return T;
+    for (int k = 0; k < FO_MAX_STATE; ++k) {
+        if (!sg->state[k] || sg->format[k] != FO_SF_Q8 || src[k] == sg->qmap[k])
+            continue;
+        const fo_q8_table *got = fo_q8_get(sg->qmap[k]);
+        if (!got) {
+            if (!own) return -1;
+            if (!own[k] && !(own[k] = (fo_q8_table *)aligned_alloc(64, sizeof(fo_q8_table))))
+                return -1;
+            fo_q8_prepare(own[k], sg->qmap[k]);
+            got = own[k];
+        }
+        T[k] = got;
+        src[k] = sg->qmap[k];
+    }
+    return 0;
+}
+
+/* Every int8 map of the segments in the cache (built now, before any thread runs): 0, or -1
+ * when the cache cannot hold them (FO_Q8_CACHE distinct maps). */
+static int fo_q_cache_maps(const fo_qstate_segment *segs, int64_t nseg)
+{
+    for (int64_t s = 0; s < nseg; ++s)
+        for (int k = 0; k < FO_MAX_STATE; ++k)
+            if (segs[s].n > 0 && segs[s].state[k] && segs[s].format[k] == FO_SF_Q8
+                && !fo_q8_get(segs[s].qmap[k]))
+                return -1;
+    return 0;
+}
+
+static inline int fo_q_has_q8(const fo_qstate_segment *sg)
+{
+    for (int k = 0; k < FO_MAX_STATE; ++k)
+        if (sg->state[k] && sg->format[k] == FO_SF_Q8) return 1;
+    return 0;
 }
 
 static inline int64_t fo_q_blocks(int64_t n) { return (n + FO_QBLOCK - 1) / FO_QBLOCK; }
@@ -261,29 +578,42 @@ static inline int fo_q_bad_segment(const fo_qstate_segment *sg)
     return 0;
 }
 
+/* one slot (state[0]) of a segment, decoded or encoded block by block */
+static int fo_q_codec(fo_qstate_segment *sg, float *values, int encode)
+{
+    const fo_q8_table *T[FO_MAX_STATE] = {0};
+    const float *src[FO_MAX_STATE] = {0};
+    fo_q8_table *own[FO_MAX_STATE] = {0};
+    fo_q8_init();
+    if (fo_q_tables(sg, T, src, own) != 0) return -1;
+    for (int64_t c = 0; c < sg->n; c += FO_QBLOCK) {
+        const int64_t m = sg->n - c < FO_QBLOCK ? sg->n - c : FO_QBLOCK;
+        if (encode && sg->format[0] == FO_SF_F32) {
+            memcpy((float *)sg->state[0] + c, values + c, (size_t)m * sizeof(float));
+        } else if (encode) {
+            fo_q_store(sg, 0, c, m, values + c, 0, 0, T[0]);
+        } else {
+            const float *v = fo_q_load(sg, 0, c, m, values + c, T[0]);
+            if (v != values + c) memcpy(values + c, v, (size_t)m * sizeof(float));
+        }
+    }
+    free(own[0]);
+    return 0;
+}
+
 int fo_qstate_decode(int32_t format, const void *src, const float *absmax, const float *qmap,
                      float *dst, int64_t n)
 {
     fo_qstate_segment sg = {0};
     if (n < 0 || (n > 0 && (src == 0 || dst == 0))) return -1;
+    if (format < FO_SF_F32 || format > FO_SF_Q8) return -1;
+    if (format == FO_SF_Q8 && n > 0 && (absmax == 0 || qmap == 0)) return -1;
     sg.state[0] = (void *)src;
     sg.absmax[0] = (float *)absmax;
     sg.qmap[0] = qmap;
     sg.format[0] = format;
     sg.n = n;
-    if (format < FO_SF_F32 || format > FO_SF_Q8) return -1;
-    if (format == FO_SF_Q8 && n > 0 && (absmax == 0 || qmap == 0)) return -1;
-    fo_q8_table T;
-    T.map = 0;
-    fo_q8_init();
-    fo_q_table(&sg, 0, &T);
-    for (int64_t c = 0; c < n; c += FO_QBLOCK) {
-        const int64_t m = n - c < FO_QBLOCK ? n - c : FO_QBLOCK;
-        const float *v = fo_q_load(&sg, 0, c, m, dst + c, &T);
-        if (v != dst + c)
-            for (int64_t i = 0; i < m; ++i) dst[c + i] = v[i];
-    }
-    return 0;
+    return n > 0 ? fo_q_codec(&sg, dst, 0) : 0;
 }
 
 int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
@@ -291,25 +621,156 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
 {
     fo_qstate_segment sg = {0};
     if (n < 0 || (n > 0 && (src == 0 || dst == 0))) return -1;
-    if (format == FO_SF_Q8 && n > 0 && (absmax == 0 || qmap == 0)) return -1;
     if (format < FO_SF_F32 || format > FO_SF_Q8) return -1;
+    if (format == FO_SF_Q8 && n > 0 && (absmax == 0 || qmap == 0)) return -1;
     sg.state[0] = dst;
     sg.absmax[0] = absmax;
     sg.qmap[0] = qmap;
     sg.format[0] = format;
-    fo_q8_table T;
-    T.map = 0;
-    fo_q8_init();
-    fo_q_table(&sg, 0, &T);
-    for (int64_t c = 0; c < n; c += FO_QBLOCK) {
-        const int64_t m = n - c < FO_QBLOCK ? n - c : FO_QBLOCK;
-        if (format == FO_SF_F32)
-            for (int64_t i = 0; i < m; ++i) ((float *)dst)[c + i] = src[c + i];
-        else
-            fo_q_store(&sg, 0, c, m, src + c, 0, 0, &T);
-    }
-    return 0;
+    sg.n = n;
+    return n > 0 ? fo_q_codec(&sg, (float *)src, 1) : 0;
 }
+
+/* ----------------------------------------------------------------- the pipelined int8 loop */
+/*
+ * On machines with AVX-512 VBMI the full blocks of a segment run software-pipelined: while
+ * block j is decoded and updated 64 elements at a time, block j - 1 (whose absmax is known)
+ * is encoded in the same 64-element steps. The rule's divisions and square roots occupy the
+ * divider, the codecs the shuffle, load and integer ports, and interleaving them lets the
+ * core run both at once; the codes, absmax and values written are those of the block-by-block
+ * loop (same codecs, same rule, same order within a block).
+ */
+#if FO_HAS_CLONES
+#define FO_TFAST __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi," \
+                                       "prefer-vector-width=512")))
+#define FO_QF FO_TFAST static inline __attribute__((always_inline))
+
+/* 64 values of slot q out of their low-bit form */
+FO_QF void fo_qf_load64(const fo_qstate_segment *sg, int q, int64_t at, float amax,
+                        const fo_q8_table *T, float *FO_RESTRICT buf)
+{
+    if (sg->format[q] == FO_SF_Q8) {
+        fo_qf_dec64((const uint8_t *)sg->state[q] + at, amax, T, buf);
+    } else {
+        const uint16_t *s = (const uint16_t *)sg->state[q] + at;
+        for (int u = 0; u < 64; u += 16) {
+            const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + u)));
+            _mm512_store_si512(buf + u, _mm512_slli_epi32(w, 16));
+        }
+    }
+}
+
+/* 16 values of slot q back into their low-bit form: int8 with reciprocal r of the block's
+ * absmax (scalar: the block's absmax, where `scalar`), or bfloat16 */
+FO_QF void fo_qf_store16(const fo_qstate_segment *sg, int q, int64_t at, __m512 r, float amax,
+                         int scalar, const fo_qf_coder *E, const float *FO_RESTRICT buf,
+                         int stochastic, uint64_t key)
+{
+    if (sg->format[q] == FO_SF_Q8) {
+        if (scalar) fo_q8_encode_scalar(buf, 16, amax, E->T, (uint8_t *)sg->state[q] + at);
+        else fo_qf_enc16(buf, r, E, (uint8_t *)sg->state[q] + at);
+    } else if (stochastic) {
+        fo_bf16_encode(buf, (uint16_t *)sg->state[q] + at, 16, 1, key, at);
+    } else {
+        fo_bf16_encode16(buf, (uint16_t *)sg->state[q] + at);
+    }
+}
+
+#define FO_QF_RULE(OPT, K)                                                                    \
+    do {                                                                                      \
+        FO_PRAGMA(omp simd)                                                                   \
+        for (int64_t i = 0; i < fo_g; ++i)                                                    \
+            fo_##OPT##_rule_f32(i, pc, gc, s[0], s[1], s[2], (K));                            \
+    } while (0)
+
+#define FO_QF_CASE(OPT, SFX, V)                                                               \
+    case (V): {                                                                               \
+        fo_##OPT##_k_f32 kv = k;                                                              \
+        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
+        FO_QF_RULE(OPT, kv);                                                                  \
+        break;                                                                                \
+    }
+
+/* Full blocks [ja, jb) of one segment, pipelined in steps of G elements (16: int8 slots,
+ * whose encoding is costly and interleaves best finely; 64: bfloat16). */
+#define FO_QFAST_STAMP_G(OPT, G)                                                                   \
+    FO_TFAST static void fo_qfast_##OPT##_blocks##G(const fo_qstate_segment *sg, int64_t ja,     \
+                                                 int64_t jb, fo_##OPT##_k_f32 k,             \
+                                                 const fo_q8_table *const *T, int stochastic, \
+                                                 const uint64_t *key)                         \
+    {                                                                                         \
+        enum { fo_g = G };                      /* the step, seen by FO_QF_RULE */            \
+        float buf[2][FO_MAX_STATE][FO_QBLOCK] __attribute__((aligned(64)));                   \
+        fo_qf_coder E[FO_MAX_STATE];                                                          \
+        int low[FO_MAX_STATE];                  /* the slot is bfloat16 or int8 */            \
+        float amax_prev[FO_MAX_STATE] = {0}, amax_old[FO_MAX_STATE] = {0};                    \
+        __m512 r_prev[FO_MAX_STATE];                                                          \
+        int scalar_prev[FO_MAX_STATE] = {0};                                                  \
+        for (int q = 0; q < FO_MAX_STATE; ++q) {                                              \
+            low[q] = sg->state[q] && sg->format[q] != FO_SF_F32;                              \
+            r_prev[q] = _mm512_setzero_ps();                                                  \
+            if (low[q] && sg->format[q] == FO_SF_Q8) fo_qf_coder_init(&E[q], T[q]);           \
+        }                                                                                     \
+        for (int64_t j = ja; j <= jb; ++j) {                                                  \
+            const int cur = (int)(j & 1), prev = cur ^ 1, work = j < jb, encode = j > ja;     \
+            const int64_t c = j * FO_QBLOCK;                                                  \
+            __m512 acc[FO_MAX_STATE];                                                         \
+            for (int q = 0; q < FO_MAX_STATE; ++q) {                                          \
+                acc[q] = _mm512_setzero_ps();                                                 \
+                if (work && low[q] && sg->format[q] == FO_SF_Q8)                              \
+                    amax_old[q] = sg->absmax[q][j];                                           \
+            }                                                                                 \
+            for (int64_t o = 0; o < FO_QBLOCK; o += 64) {                                     \
+                float *FO_RESTRICT s[FO_MAX_STATE];                                           \
+                for (int q = 0; q < FO_MAX_STATE; ++q) {                                      \
+                    s[q] = !sg->state[q] ? 0 : !low[q] ? (float *)sg->state[q] + c + o        \
+                                                       : buf[cur][q] + o;                     \
+                    if (work && low[q]) fo_qf_load64(sg, q, c + o, amax_old[q], T[q], s[q]);  \
+                }                                                                             \
+                for (int64_t u = 0; u < 64; u += G) {                                         \
+                    if (encode)                                                               \
+                        for (int q = 0; q < FO_MAX_STATE; ++q)                                \
+                            if (low[q])                                                       \
+                                for (int64_t v = u; v < u + G; v += 16)                       \
+                                    fo_qf_store16(sg, q, c - FO_QBLOCK + o + v, r_prev[q],    \
+                                                  amax_prev[q], scalar_prev[q], &E[q],        \
+                                                  buf[prev][q] + o + v, stochastic, key[q]);  \
+                    if (!work)                                                                \
+                        continue;                                                             \
+                    float *FO_RESTRICT pc = sg->param + c + o + u;                            \
+                    const float *FO_RESTRICT gc = sg->grad + c + o + u;                       \
+                    switch (k.flags & FO_MASK_##OPT) {                                        \
+                        FO_CASES_##OPT(FO_QF_CASE, OPT, f32)                                  \
+                    default:                                                                  \
+                        FO_QF_RULE(OPT, k);                                                   \
+                    }                                                                         \
+                    for (int q = 0; q < FO_MAX_STATE; ++q) {                                  \
+                        if (low[q] && sg->format[q] == FO_SF_Q8)                              \
+                            for (int64_t v = 0; v < G; v += 16)                               \
+                                acc[q] = _mm512_max_ps(_mm512_abs_ps(_mm512_load_ps(s[q] + v)),\
+                                                       acc[q]);                               \
+                        if (s[q]) s[q] += G;                                                  \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            if (work)                                                                         \
+                for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
+                    if (low[q] && sg->format[q] == FO_SF_Q8) {                                \
+                        const float amax = _mm512_reduce_max_ps(acc[q]);                      \
+                        sg->absmax[q][j] = amax_prev[q] = amax;                               \
+                        scalar_prev[q] = !T[q]->fast || fo_q8_divides(amax);                  \
+                        r_prev[q] = _mm512_set1_ps(1.0f / amax);                              \
+                    }                                                                         \
+        }                                                                                     \
+    }
+
+#define FO_QFAST_STAMP(OPT) FO_QFAST_STAMP_G(OPT, 16) FO_QFAST_STAMP_G(OPT, 64)
+FO_QSTATE_KERNELS(FO_QFAST_STAMP)
+#define FO_QFAST_BLOCKS(OPT, Q8, ...)                                                         \
+    ((Q8) ? fo_qfast_##OPT##_blocks16(__VA_ARGS__) : fo_qfast_##OPT##_blocks64(__VA_ARGS__))
+#else
+#define FO_QFAST_BLOCKS(OPT, Q8, ...) ((void)0)
+#endif
 
 /* ------------------------------------------------------------------------- the step loops */
 #define FO_Q_RULE_LOOP(OPT, K)                                                                \
@@ -327,16 +788,37 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         break;                                                                                \
     }
 
-/* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order). */
+/* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order): block by block, or
+ * with AVX-512 VBMI the full blocks of each segment pipelined and its short last block alone. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
-    FO_CLONES static void fo_qstate_##OPT##_range(const fo_qstate_segment *segs, int64_t nseg,\
+    FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
+                                                  int64_t m, fo_##OPT##_k_f32 k,              \
+                                                  const fo_q8_table *const *T, int stochastic,\
+                                                  const uint64_t *key)                        \
+    {                                                                                         \
+        float buf[FO_MAX_STATE][FO_QBLOCK] __attribute__((aligned(64)));                      \
+        float *FO_RESTRICT p = sg->param + c;                                                 \
+        const float *FO_RESTRICT g = sg->grad + c;                                            \
+        float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
+        float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
+        float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
+        switch (k.flags & FO_MASK_##OPT) {                                                    \
+            FO_CASES_##OPT(FO_Q_CASE, OPT, f32)                                               \
+        default:                                                                              \
+            FO_Q_RULE_LOOP(OPT, k);                                                           \
+        }                                                                                     \
+        fo_q_store(sg, 0, c, m, buf[0], stochastic, key[0], T[0]);                            \
+        fo_q_store(sg, 1, c, m, buf[1], stochastic, key[1], T[1]);                            \
+        fo_q_store(sg, 2, c, m, buf[2], stochastic, key[2], T[2]);                            \
+    }                                                                                         \
+    static void fo_qstate_##OPT##_range(const fo_qstate_segment *segs, int64_t nseg,          \
                                         int64_t blo, int64_t bhi, fo_##OPT##_k_f32 k,         \
                                         const fo_qstate_opts *o)                              \
     {                                                                                         \
-        float buf[FO_MAX_STATE][FO_QBLOCK] __attribute__((aligned(64)));                      \
-        fo_q8_table tab[FO_MAX_STATE];                                                        \
-        tab[0].map = tab[1].map = tab[2].map = 0;                                             \
+        const fo_q8_table *T[FO_MAX_STATE] = {0};                                             \
+        const float *src[FO_MAX_STATE] = {0};                                                 \
         const int stochastic = o->rounding == FO_ROUND_STOCHASTIC;                            \
+        const int pipelined = fo_q8_level == FO_Q8_AVX512VBMI;                                \
         int64_t first = 0;                                                                    \
         for (int64_t s = 0; s < nseg && first < bhi; ++s) {                                   \
             const fo_qstate_segment *sg = &segs[s];                                           \
@@ -347,25 +829,19 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
             if (stochastic)                                                                   \
                 for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
                     key[q] = fo_stream_key(o->seed, o->counter, sg->stream * 4 + q);          \
-            const fo_q8_table *T0 = fo_q_table(sg, 0, &tab[0]);                               \
-            const fo_q8_table *T1 = fo_q_table(sg, 1, &tab[1]);                               \
-            const fo_q8_table *T2 = fo_q_table(sg, 2, &tab[2]);                               \
-            for (int64_t j = ja; j < jb; ++j) {                                               \
+            fo_q_tables(sg, T, src, 0);            /* cached: the step checked them */        \
+            int64_t j = ja;                                                                   \
+            if (pipelined) {                                                                  \
+                const int64_t full = sg->n / FO_QBLOCK < jb ? sg->n / FO_QBLOCK : jb;          \
+                if (full > ja) {                                                              \
+                    FO_QFAST_BLOCKS(OPT, fo_q_has_q8(sg), sg, ja, full, k, T, stochastic, key);\
+                    j = full;                                                                 \
+                }                                                                             \
+            }                                                                                 \
+            for (; j < jb; ++j) {                                                             \
                 const int64_t c = j * FO_QBLOCK;                                              \
                 const int64_t m = sg->n - c < FO_QBLOCK ? sg->n - c : FO_QBLOCK;              \
-                float *FO_RESTRICT p = sg->param + c;                                         \
-                const float *FO_RESTRICT g = sg->grad + c;                                    \
-                float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T0);                   \
-                float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T1);                   \
-                float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T2);                   \
-                switch (k.flags & FO_MASK_##OPT) {                                            \
-                    FO_CASES_##OPT(FO_Q_CASE, OPT, f32)                                       \
-                default:                                                                      \
-                    FO_Q_RULE_LOOP(OPT, k);                                                   \
-                }                                                                             \
-                fo_q_store(sg, 0, c, m, buf[0], stochastic, key[0], T0);                      \
-                fo_q_store(sg, 1, c, m, buf[1], stochastic, key[1], T1);                      \
-                fo_q_store(sg, 2, c, m, buf[2], stochastic, key[2], T2);                      \
+                fo_qstate_##OPT##_block(sg, c, m, k, T, stochastic, key);                     \
             }                                                                                 \
             first = last;                                                                     \
         }                                                                                     \
@@ -380,6 +856,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         for (int64_t s = 0; s < nseg; ++s) blocks += fo_q_blocks(segs[s].n);                  \
         const fo_##OPT##_k_f32 k = fo_##OPT##_constants_f32(hp);                              \
         fo_q8_init();                                                                         \
+        if (fo_q_cache_maps(segs, nseg) != 0) return -1;                                      \
         const int nt = fo_team_cap(total * (FO_COST_##OPT), threshold, n_threads, blocks);    \
         FO_SHARE_REGION(nt, , blocks, 1, lo, hi,                                              \
                         fo_qstate_##OPT##_range(segs, nseg, lo, hi, k, o););                  \

@@ -14,7 +14,7 @@
  *               elements (block j: elements [j*FO_QBLOCK, (j+1)*FO_QBLOCK) of the tensor),
  *               value = qmap[code] * absmax with `qmap` 256 sorted float32 values in [-1, 1];
  *               a block is written with absmax = max |v| and each code the nearest qmap entry
- *               to v / absmax (ties to the lower code).
+ *               to v * (1 / absmax), the reciprocal rounded once per block (ties to the lower code).
  * `hp` is the struct of kernels.h, filled by the same runners, converted by
  * fastopt/constants.h: the rule of rules.h is the float32 one. Returns 0, or -1 for invalid
  * arguments (the bindings check everything first).

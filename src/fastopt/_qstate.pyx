@@ -60,7 +60,8 @@ cdef extern from "fastopt/qstate.h" nogil:
 assert FO_QBLOCK == QBLOCK
 
 __all__ = ["Plan", "check_grads_disjoint", "ROUNDINGS", "FORMATS", "encode", "decode",
-           "format_of", "vector_codecs", "use_scalar_codecs"]  # and the step functions (_qstate_steps.pxi)
+           "format_of", "vector_codecs", "use_scalar_codecs", "codec_level",
+           "use_codecs"]  # and the step functions (_qstate_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 #: slot format of a state buffer -> FO_SF_*
@@ -242,9 +243,27 @@ cdef class Plan(PlanBase):
         return o
 
 
+_CODEC_LEVELS = ("scalar", "avx512f", "avx512vbmi")
+
+
 def vector_codecs():
     """Whether the int8 codecs run as AVX-512 vector code here (else scalar, same codes)."""
     return bool(fo_qstate_vector_codecs(-1))
+
+
+def codec_level():
+    """The codecs running now: "scalar", "avx512f" (block by block, vector gathers) or
+    "avx512vbmi" (byte-table decoding, blocks pipelined)."""
+    return _CODEC_LEVELS[fo_qstate_vector_codecs(-1)]
+
+
+def use_codecs(level):
+    """Run the codecs at `level`: "scalar", "avx512f" (where the machine has it) or "best"
+    (this machine's best); every level writes the same codes (tests, benchmarks)."""
+    cdef int use = {"scalar": 0, "best": 1, "avx512f": 2}.get(level, -1)
+    if use < 0:
+        raise ValueError(f"level must be 'scalar', 'avx512f' or 'best', got {level!r}")
+    fo_qstate_vector_codecs(use)
 
 
 def use_scalar_codecs(scalar=True):

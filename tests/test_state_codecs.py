@@ -1,0 +1,176 @@
+"""The int8 and bfloat16 state codecs of csrc/qstate.c, level by level.
+
+The code of x = v * (1 / absmax) is the number of thresholds t_k <= x, t_k the smallest float32
+above the exact midpoint of map entries k and k + 1 (the nearest entry, ties to the lower one;
+NaN: code 0). The C codecs read it from a bucket table (csrc/qstate.c); these tests compare
+them with that count, computed here in NumPy, on every value where the count can change: each
+threshold and its neighbours, each bucket edge, both signs, zeros, NaN and the extremes. Every
+codec level (scalar, AVX-512F, AVX-512 VBMI with the pipelined loop) must write the same codes,
+absmax and parameters.
+"""
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _qstate
+from fastopt.state_format import dynamic_map
+
+LEVELS = ["scalar"] + (["avx512f", "best"] if _qstate.vector_codecs() else [])
+
+
+def thresholds(qmap):
+    """t_k, k < 255: the smallest float32 above the exact midpoint of qmap[k], qmap[k + 1]."""
+    q = qmap.astype(np.float64)
+    mid = (q[:-1] + q[1:]) / 2
+    t = mid.astype(np.float32)
+    up = t.astype(np.float64) <= mid
+    t[up] = np.nextafter(t[up], np.float32(np.inf))
+    return t
+
+
+def count_codes(x, qmap):
+    """The definition: #{k : t_k <= x}, NaN -> 0 (for a sorted threshold list)."""
+    t = thresholds(qmap)
+    x = np.asarray(x, np.float32)
+    codes = np.searchsorted(t, x, side="right") if np.all(np.diff(t) >= 0) else \
+        (x[:, None] >= t[None, :]).sum(axis=1)
+    return np.where(np.isnan(x), 0, codes).astype(np.uint8)
+
+
+def critical_values(qmap, rng):
+    """Every x where a code can change: thresholds +- 3 ulp, bucket edges (low 15 mantissa bits
+    all zero or all one, any K <= 8) from 2^-31 to 1, both signs, specials, random values."""
+    bits = thresholds(qmap).view(np.int32).astype(np.int64)
+    near = (bits[:, None] + np.arange(-3, 4)[None, :]).reshape(-1)
+    edges = np.arange(96 << 8, 128 << 8, dtype=np.int64) << 15
+    edges = np.concatenate([edges, edges + (1 << 15) - 1])
+    pos = np.concatenate([near[near > 0], edges]).astype(np.uint32).view(np.float32)
+    pos = pos[(pos >= 0) & (pos <= 1)]
+    special = np.array([0.0, -0.0, np.nan, -np.nan, 1.0, -1.0, 1e-38, -1e-38, 1e-45,
+                        np.nextafter(np.float32(1), np.float32(0))], np.float32)
+    rand = (rng.uniform(-1, 1, 20000) * 10.0 ** rng.uniform(-9, 0, 20000)).astype(np.float32)
+    return np.concatenate([pos, -pos, special, rand])
+
+
+def encode_at_unit_absmax(x, qmap):
+    """Codes of x from the C encoder, in blocks whose absmax is 1 (so x = v exactly)."""
+    x = np.asarray(x, np.float32)
+    blocks = -(-x.size // 255)
+    where = np.zeros((blocks, 256), bool)
+    where[:, :255] = True
+    where = where.reshape(-1)
+    where[np.flatnonzero(where)[x.size:]] = False
+    flat = np.zeros(blocks * 256, np.float32)
+    flat[255::256] = 1.0
+    flat[where] = x
+    codes, absmax = _qstate.encode("int8", flat, qmap)
+    assert np.all(absmax == 1.0)
+    return codes[where]
+
+
+def maps():
+    rng = np.random.default_rng(3)
+    random_sorted = np.sort(rng.uniform(-1, 1, 256)).astype(np.float32)
+    close = np.sort(np.concatenate([np.linspace(-1, 1, 250), 0.5 + 1e-6 * np.arange(6)]))
+    unsorted = rng.uniform(-1, 1, 256).astype(np.float32)
+    return {"signed": dynamic_map(True), "unsigned": dynamic_map(False),
+            "random": random_sorted, "close": close.astype(np.float32), "unsorted": unsorted}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("name", list(maps()))
+def test_codes_are_the_threshold_count(name, level):
+    qmap = maps()[name]
+    x = critical_values(qmap, np.random.default_rng(11))
+    _qstate.use_codecs(level)
+    try:
+        got = encode_at_unit_absmax(x, qmap)
+    finally:
+        _qstate.use_codecs("best")
+    want = count_codes(x, qmap)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{bad.size} codes differ, e.g. x={x[bad[:5]]} got {got[bad[:5]]} " \
+                          f"want {want[bad[:5]]}"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_scale_is_the_rounded_reciprocal(level):
+    """x = v * fl(1 / absmax); a block whose reciprocal overflows (absmax below 2^-128)
+    divides instead; an all-zero block is all code 0 (NaN)."""
+    rng = np.random.default_rng(2)
+    qmap = dynamic_map(True)
+    v = rng.standard_normal(256 * 6).astype(np.float32) * 0.37
+    v[256:512] *= np.float32(1e-39)                 # subnormal absmax
+    v[512:768] = 0.0
+    _qstate.use_codecs(level)
+    try:
+        codes, absmax = _qstate.encode("int8", v, qmap)
+        back = _qstate.decode("int8", codes, absmax, qmap)
+    finally:
+        _qstate.use_codecs("best")
+    blocks = v.reshape(-1, 256)
+    np.testing.assert_array_equal(absmax, np.abs(blocks).max(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (np.float32(1) / absmax).astype(np.float32)
+        x = (blocks * r[:, None]).astype(np.float32)
+        x[1] = blocks[1] / absmax[1]
+    np.testing.assert_array_equal(codes.reshape(-1, 256), count_codes(x.reshape(-1), qmap)
+                                  .reshape(-1, 256))
+    assert np.all(codes[512:768] == 0)
+    np.testing.assert_array_equal(back, qmap[codes] * np.repeat(absmax, 256))
+
+
+def run(level, fmt, rounding, threads, name, hyper):
+    rng = np.random.default_rng(4)
+    shapes = [(5000,), (7 * 256,), (9 * 256 + 17,), (64, 70), (4096 + 300,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    cls = getattr(fo, name)
+    extra = {"rounding": rounding, "seed": 9} if fmt == "bfloat16" else {}
+    opt = cls([p.copy() for p in params], **hyper, state_dtype=fmt, min_8bit_size=0, **extra)
+    fo.set_num_threads(threads)
+    _qstate.use_codecs(level)
+    try:
+        for step in range(4):
+            grads = [(rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 0, s)).astype(np.float32)
+                     for s in shapes]
+            if step == 2:
+                grads[1][5] = np.nan
+            opt.step(grads)
+    finally:
+        _qstate.use_codecs("best")
+        fo.set_num_threads(0)
+    out = [p.copy() for group in opt.param_groups for p in group["params"]]
+    for st in opt.state.values():
+        for buf in st.values():
+            if hasattr(buf, "codes"):
+                out += [buf.codes.copy(), buf.absmax.copy()]
+            elif isinstance(buf, np.ndarray):
+                out.append(buf.copy())
+    return out
+
+
+CASES = [("Adam", dict(lr=1e-2)), ("AdamW", dict(lr=1e-2, amsgrad=True)),
+         ("Lion", dict(lr=1e-3)), ("RMSprop", dict(lr=1e-2, momentum=0.9)),
+         ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True)), ("Adagrad", dict(lr=1e-2))]
+
+
+@pytest.mark.skipif(len(LEVELS) < 2, reason="this machine has only the scalar codecs")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fmt,rounding", [("int8", "nearest"), ("bfloat16", "nearest"),
+                                          ("bfloat16", "stochastic")])
+@pytest.mark.parametrize("name,hyper", CASES, ids=[c[0] for c in CASES])
+def test_every_codec_level_steps_alike(name, hyper, fmt, rounding, threads):
+    """Scalar, block-by-block AVX-512 and the pipelined loop: the same parameters, codes,
+    absmax and bfloat16 bits, partial blocks, NaN gradients and threads included."""
+    ref = run("scalar", fmt, rounding, threads, name, hyper)
+    for level in LEVELS[1:]:
+        got = run(level, fmt, rounding, threads, name, hyper)
+        assert len(got) == len(ref)
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a, b, err_msg=f"{level}")
+
+
+def test_codec_level_names():
+    assert _qstate.codec_level() in ("scalar", "avx512f", "avx512vbmi")
+    with pytest.raises(ValueError, match="level"):
+        _qstate.use_codecs("avx2")
