@@ -283,7 +283,7 @@ FO_QI void fo_bf16_encode_scalar(const float *FO_RESTRICT v, uint16_t *FO_RESTRI
 /* codec levels: what fo_q8_level says runs */
 #define FO_Q8_SCALAR 0
 #define FO_Q8_AVX512F 1      /* gather encode and decode */
-#define FO_Q8_AVX512VBMI 2   /* gather encode, byte-table decode */
+#define FO_Q8_AVX512VBMI 2   /* gather encode, byte-table decode (AVX-512 VBMI) */
 
 #if FO_HAS_CLONES
 #include <immintrin.h>
@@ -295,9 +295,9 @@ typedef struct {
     __m512i lo, top, nb, lowmask, shift;
     const int *ent;
     const fo_q8_table *T;
-} fo_qf_coder;
+} fo_q8_coder;
 
-FO_T512 static inline void fo_qf_coder_init(fo_qf_coder *E, const fo_q8_table *T)
+FO_T512 static inline void fo_q8_coder_init(fo_q8_coder *E, const fo_q8_table *T)
 {
     E->T = T;
     E->lo = _mm512_set1_epi32((int)T->abits);
@@ -310,8 +310,8 @@ FO_T512 static inline void fo_qf_coder_init(fo_qf_coder *E, const fo_q8_table *T
 
 /* 16 values of a block encoded, r = 1 / absmax (a block with fo_q8_divides(absmax) or a map
  * without a bucket table takes fo_q8_encode_scalar instead) */
-FO_T512 static inline void fo_qf_enc16(const float *FO_RESTRICT v, __m512 r,
-                                       const fo_qf_coder *E, uint8_t *FO_RESTRICT out)
+FO_T512 static inline void fo_q8_enc16(const float *FO_RESTRICT v, __m512 r,
+                                       const fo_q8_coder *E, uint8_t *FO_RESTRICT out)
 {
     const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(v), r));
     const __m512i a = _mm512_min_epu32(
@@ -333,10 +333,10 @@ FO_T512 static void fo_q8_encode_avx512(const float *FO_RESTRICT v, int64_t m, f
         return;
     }
     const float r = 1.0f / amax;
-    fo_qf_coder E;
-    fo_qf_coder_init(&E, T);
+    fo_q8_coder E;
+    fo_q8_coder_init(&E, T);
     int64_t i = 0;
-    for (; i + 16 <= m; i += 16) fo_qf_enc16(v + i, _mm512_set1_ps(r), &E, out + i);
+    for (; i + 16 <= m; i += 16) fo_q8_enc16(v + i, _mm512_set1_ps(r), &E, out + i);
     for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, T);
 }
 
@@ -353,7 +353,7 @@ FO_T512 static void fo_q8_decode_avx512(const uint8_t *FO_RESTRICT q, float absm
 }
 
 /* 64 codes decoded by the byte tables (64-byte aligned `out`) */
-FO_TVBMI static inline void fo_qf_dec64(const uint8_t *FO_RESTRICT q, float amax,
+FO_TVBMI static inline void fo_q8_dec64(const uint8_t *FO_RESTRICT q, float amax,
                                         const fo_q8_table *T, float *FO_RESTRICT out)
 {
     const __m512 am = _mm512_set1_ps(amax);
@@ -381,7 +381,7 @@ FO_TVBMI static void fo_q8_decode_vbmi(const uint8_t *FO_RESTRICT q, float absma
 {
     int64_t i = 0;
     if (((uintptr_t)out & 63) == 0)
-        for (; i + 64 <= m; i += 64) fo_qf_dec64(q + i, absmax, T, out + i);
+        for (; i + 64 <= m; i += 64) fo_q8_dec64(q + i, absmax, T, out + i);
     fo_q8_decode_avx512(q + i, absmax, T, out + i, m - i);
 }
 
@@ -558,13 +558,6 @@ static int fo_q_cache_maps(const fo_qstate_segment *segs, int64_t nseg)
     return 0;
 }
 
-static inline int fo_q_has_q8(const fo_qstate_segment *sg)
-{
-    for (int k = 0; k < FO_MAX_STATE; ++k)
-        if (sg->state[k] && sg->format[k] == FO_SF_Q8) return 1;
-    return 0;
-}
-
 static inline int64_t fo_q_blocks(int64_t n) { return (n + FO_QBLOCK - 1) / FO_QBLOCK; }
 
 static inline int fo_q_bad_segment(const fo_qstate_segment *sg)
@@ -631,147 +624,6 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
     return n > 0 ? fo_q_codec(&sg, (float *)src, 1) : 0;
 }
 
-/* ----------------------------------------------------------------- the pipelined int8 loop */
-/*
- * On machines with AVX-512 VBMI the full blocks of a segment run software-pipelined: while
- * block j is decoded and updated 64 elements at a time, block j - 1 (whose absmax is known)
- * is encoded in the same 64-element steps. The rule's divisions and square roots occupy the
- * divider, the codecs the shuffle, load and integer ports, and interleaving them lets the
- * core run both at once; the codes, absmax and values written are those of the block-by-block
- * loop (same codecs, same rule, same order within a block).
- */
-#if FO_HAS_CLONES
-#define FO_TFAST __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi," \
-                                       "prefer-vector-width=512")))
-#define FO_QF FO_TFAST static inline __attribute__((always_inline))
-
-/* 64 values of slot q out of their low-bit form */
-FO_QF void fo_qf_load64(const fo_qstate_segment *sg, int q, int64_t at, float amax,
-                        const fo_q8_table *T, float *FO_RESTRICT buf)
-{
-    if (sg->format[q] == FO_SF_Q8) {
-        fo_qf_dec64((const uint8_t *)sg->state[q] + at, amax, T, buf);
-    } else {
-        const uint16_t *s = (const uint16_t *)sg->state[q] + at;
-        for (int u = 0; u < 64; u += 16) {
-            const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + u)));
-            _mm512_store_si512(buf + u, _mm512_slli_epi32(w, 16));
-        }
-    }
-}
-
-/* 16 values of slot q back into their low-bit form: int8 with reciprocal r of the block's
- * absmax (scalar: the block's absmax, where `scalar`), or bfloat16 */
-FO_QF void fo_qf_store16(const fo_qstate_segment *sg, int q, int64_t at, __m512 r, float amax,
-                         int scalar, const fo_qf_coder *E, const float *FO_RESTRICT buf,
-                         int stochastic, uint64_t key)
-{
-    if (sg->format[q] == FO_SF_Q8) {
-        if (scalar) fo_q8_encode_scalar(buf, 16, amax, E->T, (uint8_t *)sg->state[q] + at);
-        else fo_qf_enc16(buf, r, E, (uint8_t *)sg->state[q] + at);
-    } else if (stochastic) {
-        fo_bf16_encode(buf, (uint16_t *)sg->state[q] + at, 16, 1, key, at);
-    } else {
-        fo_bf16_encode16(buf, (uint16_t *)sg->state[q] + at);
-    }
-}
-
-#define FO_QF_RULE(OPT, K)                                                                    \
-    do {                                                                                      \
-        FO_PRAGMA(omp simd)                                                                   \
-        for (int64_t i = 0; i < fo_g; ++i)                                                    \
-            fo_##OPT##_rule_f32(i, pc, gc, s[0], s[1], s[2], (K));                            \
-    } while (0)
-
-#define FO_QF_CASE(OPT, SFX, V)                                                               \
-    case (V): {                                                                               \
-        fo_##OPT##_k_f32 kv = k;                                                              \
-        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
-        FO_QF_RULE(OPT, kv);                                                                  \
-        break;                                                                                \
-    }
-
-/* Full blocks [ja, jb) of one segment, pipelined in steps of G elements (16: int8 slots,
- * whose encoding is costly and interleaves best finely; 64: bfloat16). */
-#define FO_QFAST_STAMP_G(OPT, G)                                                                   \
-    FO_TFAST static void fo_qfast_##OPT##_blocks##G(const fo_qstate_segment *sg, int64_t ja,     \
-                                                 int64_t jb, fo_##OPT##_k_f32 k,             \
-                                                 const fo_q8_table *const *T, int stochastic, \
-                                                 const uint64_t *key)                         \
-    {                                                                                         \
-        enum { fo_g = G };                      /* the step, seen by FO_QF_RULE */            \
-        float buf[2][FO_MAX_STATE][FO_QBLOCK] __attribute__((aligned(64)));                   \
-        fo_qf_coder E[FO_MAX_STATE];                                                          \
-        int low[FO_MAX_STATE];                  /* the slot is bfloat16 or int8 */            \
-        float amax_prev[FO_MAX_STATE] = {0}, amax_old[FO_MAX_STATE] = {0};                    \
-        __m512 r_prev[FO_MAX_STATE];                                                          \
-        int scalar_prev[FO_MAX_STATE] = {0};                                                  \
-        for (int q = 0; q < FO_MAX_STATE; ++q) {                                              \
-            low[q] = sg->state[q] && sg->format[q] != FO_SF_F32;                              \
-            r_prev[q] = _mm512_setzero_ps();                                                  \
-            if (low[q] && sg->format[q] == FO_SF_Q8) fo_qf_coder_init(&E[q], T[q]);           \
-        }                                                                                     \
-        for (int64_t j = ja; j <= jb; ++j) {                                                  \
-            const int cur = (int)(j & 1), prev = cur ^ 1, work = j < jb, encode = j > ja;     \
-            const int64_t c = j * FO_QBLOCK;                                                  \
-            __m512 acc[FO_MAX_STATE];                                                         \
-            for (int q = 0; q < FO_MAX_STATE; ++q) {                                          \
-                acc[q] = _mm512_setzero_ps();                                                 \
-                if (work && low[q] && sg->format[q] == FO_SF_Q8)                              \
-                    amax_old[q] = sg->absmax[q][j];                                           \
-            }                                                                                 \
-            for (int64_t o = 0; o < FO_QBLOCK; o += 64) {                                     \
-                float *FO_RESTRICT s[FO_MAX_STATE];                                           \
-                for (int q = 0; q < FO_MAX_STATE; ++q) {                                      \
-                    s[q] = !sg->state[q] ? 0 : !low[q] ? (float *)sg->state[q] + c + o        \
-                                                       : buf[cur][q] + o;                     \
-                    if (work && low[q]) fo_qf_load64(sg, q, c + o, amax_old[q], T[q], s[q]);  \
-                }                                                                             \
-                for (int64_t u = 0; u < 64; u += G) {                                         \
-                    if (encode)                                                               \
-                        for (int q = 0; q < FO_MAX_STATE; ++q)                                \
-                            if (low[q])                                                       \
-                                for (int64_t v = u; v < u + G; v += 16)                       \
-                                    fo_qf_store16(sg, q, c - FO_QBLOCK + o + v, r_prev[q],    \
-                                                  amax_prev[q], scalar_prev[q], &E[q],        \
-                                                  buf[prev][q] + o + v, stochastic, key[q]);  \
-                    if (!work)                                                                \
-                        continue;                                                             \
-                    float *FO_RESTRICT pc = sg->param + c + o + u;                            \
-                    const float *FO_RESTRICT gc = sg->grad + c + o + u;                       \
-                    switch (k.flags & FO_MASK_##OPT) {                                        \
-                        FO_CASES_##OPT(FO_QF_CASE, OPT, f32)                                  \
-                    default:                                                                  \
-                        FO_QF_RULE(OPT, k);                                                   \
-                    }                                                                         \
-                    for (int q = 0; q < FO_MAX_STATE; ++q) {                                  \
-                        if (low[q] && sg->format[q] == FO_SF_Q8)                              \
-                            for (int64_t v = 0; v < G; v += 16)                               \
-                                acc[q] = _mm512_max_ps(_mm512_abs_ps(_mm512_load_ps(s[q] + v)),\
-                                                       acc[q]);                               \
-                        if (s[q]) s[q] += G;                                                  \
-                    }                                                                         \
-                }                                                                             \
-            }                                                                                 \
-            if (work)                                                                         \
-                for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
-                    if (low[q] && sg->format[q] == FO_SF_Q8) {                                \
-                        const float amax = _mm512_reduce_max_ps(acc[q]);                      \
-                        sg->absmax[q][j] = amax_prev[q] = amax;                               \
-                        scalar_prev[q] = !T[q]->fast || fo_q8_divides(amax);                  \
-                        r_prev[q] = _mm512_set1_ps(1.0f / amax);                              \
-                    }                                                                         \
-        }                                                                                     \
-    }
-
-#define FO_QFAST_STAMP(OPT) FO_QFAST_STAMP_G(OPT, 16) FO_QFAST_STAMP_G(OPT, 64)
-FO_QSTATE_KERNELS(FO_QFAST_STAMP)
-#define FO_QFAST_BLOCKS(OPT, Q8, ...)                                                         \
-    ((Q8) ? fo_qfast_##OPT##_blocks16(__VA_ARGS__) : fo_qfast_##OPT##_blocks64(__VA_ARGS__))
-#else
-#define FO_QFAST_BLOCKS(OPT, Q8, ...) ((void)0)
-#endif
-
 /* ------------------------------------------------------------------------- the step loops */
 #define FO_Q_RULE_LOOP(OPT, K)                                                                \
     do {                                                                                      \
@@ -788,8 +640,7 @@ FO_QSTATE_KERNELS(FO_QFAST_STAMP)
         break;                                                                                \
     }
 
-/* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order): block by block, or
- * with AVX-512 VBMI the full blocks of each segment pipelined and its short last block alone. */
+/* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order), one at a time. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
     FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
                                                   int64_t m, fo_##OPT##_k_f32 k,              \
@@ -818,7 +669,6 @@ FO_QSTATE_KERNELS(FO_QFAST_STAMP)
         const fo_q8_table *T[FO_MAX_STATE] = {0};                                             \
         const float *src[FO_MAX_STATE] = {0};                                                 \
         const int stochastic = o->rounding == FO_ROUND_STOCHASTIC;                            \
-        const int pipelined = fo_q8_level == FO_Q8_AVX512VBMI;                                \
         int64_t first = 0;                                                                    \
         for (int64_t s = 0; s < nseg && first < bhi; ++s) {                                   \
             const fo_qstate_segment *sg = &segs[s];                                           \
@@ -830,15 +680,7 @@ FO_QSTATE_KERNELS(FO_QFAST_STAMP)
                 for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
                     key[q] = fo_stream_key(o->seed, o->counter, sg->stream * 4 + q);          \
             fo_q_tables(sg, T, src, 0);            /* cached: the step checked them */        \
-            int64_t j = ja;                                                                   \
-            if (pipelined) {                                                                  \
-                const int64_t full = sg->n / FO_QBLOCK < jb ? sg->n / FO_QBLOCK : jb;          \
-                if (full > ja) {                                                              \
-                    FO_QFAST_BLOCKS(OPT, fo_q_has_q8(sg), sg, ja, full, k, T, stochastic, key);\
-                    j = full;                                                                 \
-                }                                                                             \
-            }                                                                                 \
-            for (; j < jb; ++j) {                                                             \
+            for (int64_t j = ja; j < jb; ++j) {                                               \
                 const int64_t c = j * FO_QBLOCK;                                              \
                 const int64_t m = sg->n - c < FO_QBLOCK ? sg->n - c : FO_QBLOCK;              \
                 fo_qstate_##OPT##_block(sg, c, m, k, T, stochastic, key);                     \

@@ -5,7 +5,7 @@ above the exact midpoint of map entries k and k + 1 (the nearest entry, ties to 
 NaN: code 0). The C codecs read it from a bucket table (csrc/qstate.c); these tests compare
 them with that count, computed here in NumPy, on every value where the count can change: each
 threshold and its neighbours, each bucket edge, both signs, zeros, NaN and the extremes. Every
-codec level (scalar, AVX-512F, AVX-512 VBMI with the pipelined loop) must write the same codes,
+codec level (scalar, AVX-512F, AVX-512 VBMI byte-table decoding) must write the same codes,
 absmax and parameters.
 """
 import numpy as np
@@ -160,7 +160,7 @@ CASES = [("Adam", dict(lr=1e-2)), ("AdamW", dict(lr=1e-2, amsgrad=True)),
                                           ("bfloat16", "stochastic")])
 @pytest.mark.parametrize("name,hyper", CASES, ids=[c[0] for c in CASES])
 def test_every_codec_level_steps_alike(name, hyper, fmt, rounding, threads):
-    """Scalar, block-by-block AVX-512 and the pipelined loop: the same parameters, codes,
+    """Scalar, AVX-512F and AVX-512 VBMI codecs: the same parameters, codes,
     absmax and bfloat16 bits, partial blocks, NaN gradients and threads included."""
     ref = run("scalar", fmt, rounding, threads, name, hyper)
     for level in LEVELS[1:]:

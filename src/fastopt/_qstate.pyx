@@ -252,8 +252,8 @@ def vector_codecs():
 
 
 def codec_level():
-    """The codecs running now: "scalar", "avx512f" (block by block, vector gathers) or
-    "avx512vbmi" (byte-table decoding, blocks pipelined)."""
+    """The codecs running now: "scalar", "avx512f" (vector gathers) or
+    "avx512vbmi" (AVX-512 with byte-table decoding)."""
     return _CODEC_LEVELS[fo_qstate_vector_codecs(-1)]
 
 
