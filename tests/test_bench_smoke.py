@@ -21,7 +21,7 @@ def _tiny_config(**overrides):
     opts = dict(quick=True, sizes=(1000,), samples=2, batch_ms=0.2, cold_sizes=(1000,),
                 evict_mb=1, list_scale=4000, thread_sizes=(4096,), crossover_sizes=(1024,),
                 threads=(1, 2), muon_shapes=((24, 40),), sparse_shape=(2000, 8, 64),
-                lbfgs_cases=((2000, 5, "float64"),))
+                lbfgs_cases=((2000, 5, "float64"),), states_n=5000)
     opts.update(overrides)
     return bench.Config(**opts)
 
@@ -92,6 +92,22 @@ def test_muon_rows(report):
         assert _finite_positive(row["pct_gemm"])
         if "torch" in row:
             assert _finite_positive(row["torch"]["ratio"])
+def test_state_format_rows(report):
+    """Adam with each state format against the yardstick: bytes per parameter measured from
+    the state arrays, limits in the order of the bytes moved."""
+    assert [r["threads"] for r in report["states"]] == [1, 2]
+    for row in report["states"]:
+        assert row["n"] == 5000 and _finite_positive(row["stream"]["gbs"])
+        for fmt, most in (("float32", 8.0), ("bfloat16", 4.0), ("int8", 2.05)):
+            e = row[fmt]
+            assert _finite_positive(e["median_ms"]) and _finite_positive(e["vs_float32"])
+            assert 0 < e["state_bytes"] <= most
+        assert row["int8"]["limit_ms"] < row["bfloat16"]["limit_ms"] < row["float32"]["limit_ms"]
+        if "torch" in row:
+            assert _finite_positive(row["torch"]["over_int8"])
+    assert "Adam by state format" in bench.format_report(report)
+
+
 def test_sparse_rows(report):
     assert [r["threads"] for r in report["sparse"]] == [1, 2]
     for row in report["sparse"]:

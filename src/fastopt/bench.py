@@ -95,6 +95,8 @@ SECTIONS = {
               "repeats; 1e5 rows with --quick) vs torch.optim.SparseAdam",
     "adafactor": "Adafactor (not elementwise) on one matrix vs torch's variants, float32",
     "lbfgs": "L-BFGS per iteration (closure excluded) vs history_size numpy dots",
+    "states": "Adam with float32, bfloat16 and int8 state (5e7 float32; 1e6 with --quick) vs "
+              "torch's fused Adam, bitsandbytes' CPU Adam8bit and each format's bandwidth limit",
 }
 #: the SparseAdam case: (table rows, row length, lookups per batch)
 SPARSE_SHAPE = (1_000_000, 64, 4096)
@@ -110,7 +112,8 @@ class Config:
     def __init__(self, quick=False, optimizers=None, dtypes=None, sizes=None, threads=None,
                  samples=None, batch_ms=None, cold_sizes=None, lists=True, list_scale=None,
                  thread_sizes=None, crossover_sizes=None, torch=True, evict_mb=None,
-                 sections=None, muon_shapes=None, sparse_shape=None, lbfgs_cases=None):
+                 sections=None, muon_shapes=None, sparse_shape=None, lbfgs_cases=None,
+                 states_n=None):
         all_threads = _kernels.get_num_threads() if not threads else max(threads)
         self.quick = quick
         self.optimizers = tuple(optimizers or impls.OPTIMIZERS)
@@ -149,6 +152,9 @@ class Config:
                                  (((10_000, 20, "float64"),) if quick else
                                   ((10_000, 100, "float64"), (100_000, 100, "float64"),
                                    (100_000, 100, "float32"))))
+        from ._bench_states import N as STATES_N, QUICK_N as STATES_QUICK_N
+        #: the N of the state-format rows
+        self.states_n = int(states_n or (STATES_QUICK_N if quick else STATES_N))
 
 
 # ------------------------------------------------------------------------------- machine
@@ -622,6 +628,9 @@ def plan(cfg):
     if "lbfgs" in cfg.sections:
         for case in cfg.lbfgs_cases:
             jobs.append(("lbfgs", case))
+    if "states" in cfg.sections:
+        from . import _bench_states
+        jobs += _bench_states.jobs(cfg)
     return jobs
 
 
@@ -659,6 +668,9 @@ def _progress(total, enabled):
 def _describe_job(section, args):
     if section == "lbfgs":
         return f"lbfgs N={_fmt_n(args[0])} m={args[1]} {args[2]}"
+    if section == "states":
+        from ._bench_states import describe
+        return describe(args)
     if section in ("sizes", "cold", "lists"):
         name, shapes, dtype, threads = args[:4]
         what = f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
@@ -678,7 +690,7 @@ def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
               "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
-              "muon": [], "sparse": [], "adafactor": [], "lbfgs": []}
+              "muon": [], "sparse": [], "adafactor": [], "lbfgs": [], "states": []}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -710,6 +722,10 @@ def run(cfg, progress=True):
             elif section == "lbfgs":
                 from ._bench_lbfgs import run_lbfgs
                 row = run_lbfgs(*args, samples=cfg.samples)
+            elif section == "states":
+                from ._bench_states import run_states
+                row = run_states(*args, cfg, measure, Threads, _torch(), _summary, _ratio,
+                                 _stream_step)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -845,6 +861,9 @@ def format_report(report):
     if report.get("lbfgs"):
         from ._bench_lbfgs import format_lbfgs
         parts.append(format_lbfgs(report["lbfgs"], _table))
+    if report.get("states"):
+        from ._bench_states import rows_table as states_table
+        parts.append(states_table(report["states"], _table, _fmt_ms))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)
