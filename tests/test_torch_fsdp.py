@@ -7,35 +7,16 @@ compare the gathered parameters and state; then save a distributed checkpoint af
 load it into a fresh model and optimizer and check that training continues exactly as the
 uninterrupted run.
 """
-import os
-import socket
-
 import pytest
 
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
+from gloo import CASES, spawn  # noqa: E402
 
 from fastopt import torch as fot  # noqa: E402
 
-if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
-    pytest.fail("this torch build has no torch.distributed with gloo (the CPU wheel has both)",
-                pytrace=False)
-
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
-WORLD = 2
 STEPS = 20
-CASES = {
-    "Adam": {"lr": 1e-2, "betas": (0.8, 0.95), "weight_decay": 1e-2},
-    "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
-    "SGD": {"lr": 5e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(seed, mesh):
@@ -160,33 +141,24 @@ def _bf16_masters(mesh, rank):
         assert torch.equal(opt.state[p]["master"].full_tensor().bfloat16(), p.full_tensor())
 
 
-def _worker(rank, port, name, path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        mesh = init_device_mesh("cpu", (WORLD,))
-        kwargs = CASES[name]
-        batches = _batches(rank)
-        model, ref_model = _model(0, mesh), _model(0, mesh)
-        opt = getattr(fot, name)(model.parameters(), **kwargs)
-        ref_opt = getattr(torch.optim, name)(ref_model.parameters(), **kwargs)
-        _train(model, opt, batches)
-        _train(ref_model, ref_opt, batches)
-        full, ref_full = _full(model), _full(ref_model)
-        assert any(not torch.equal(u, v) for u, v in zip(full, _full(_model(0, mesh))))
-        _close(full, ref_full, f"{name} parameters")
-        _check_state(opt, model, ref_opt, ref_model, name)
-        _checkpoint(mesh, name, kwargs, batches, full, path)
-        _placements_refused(mesh)
-        if name == "AdamW":
-            _bf16_masters(mesh, rank)
-    finally:
-        dist.destroy_process_group()
+def _worker(mesh, rank, name, path):
+    kwargs = CASES[name]
+    batches = _batches(rank)
+    model, ref_model = _model(0, mesh), _model(0, mesh)
+    opt = getattr(fot, name)(model.parameters(), **kwargs)
+    ref_opt = getattr(torch.optim, name)(ref_model.parameters(), **kwargs)
+    _train(model, opt, batches)
+    _train(ref_model, ref_opt, batches)
+    full, ref_full = _full(model), _full(ref_model)
+    assert any(not torch.equal(u, v) for u, v in zip(full, _full(_model(0, mesh))))
+    _close(full, ref_full, f"{name} parameters")
+    _check_state(opt, model, ref_opt, ref_model, name)
+    _checkpoint(mesh, name, kwargs, batches, full, path)
+    _placements_refused(mesh)
+    if name == "AdamW":
+        _bf16_masters(mesh, rank)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fsdp2_matches_torch_and_checkpoints(name, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), name, str(tmp_path / "ckpt")), nprocs=WORLD,
-             join=True)
+    spawn(_worker, name, str(tmp_path / "ckpt"))

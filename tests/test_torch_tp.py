@@ -14,37 +14,19 @@ Replicate on 1-D and 2-D meshes, 2 CPU processes over gloo (as tests/test_torch_
   themselves, for every box of a few shapes; the shards it cannot map raise ValueError.
 """
 import itertools
-import os
-import socket
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch (pip install 'fastopt[torch]')")
+from gloo import CASES, WORLD, spawn  # noqa: E402
 
 from fastopt import _torch_dtensor  # noqa: E402
 from fastopt import torch as fot  # noqa: E402
 
-if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
-    pytest.fail("this torch build has no torch.distributed with gloo (the CPU wheel has both)",
-                pytrace=False)
-
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
-WORLD = 2
 STEPS = 12
-CASES = {
-    "Adam": {"lr": 1e-2, "betas": (0.8, 0.95), "weight_decay": 1e-2},
-    "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
-    "SGD": {"lr": 5e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------ noise_index (no dist)
@@ -208,28 +190,20 @@ def _stochastic(mesh, placements):
     assert any(not torch.equal(u, v) for u, v in zip(want, nearest))
 
 
-def _worker(rank, port, name, path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor import Replicate, Shard
-        mesh = init_device_mesh("cpu", (WORLD,))
-        if name == "stochastic":
-            _stochastic(mesh, [(Shard(0),), (Shard(1),), (Shard(2),), (Replicate(),)])
-            _stochastic(mesh, [(Shard(1),), (Replicate(),), (Shard(1),), (Shard(0),)])
-            for shape in ((WORLD, 1), (1, WORLD)):
-                mesh2 = init_device_mesh("cpu", shape)
-                two = (Shard(0), Shard(1))
-                _stochastic(mesh2, [two, two, (Shard(0), Shard(2)), (Replicate(), Shard(0))])
-        else:
-            _tensor_parallel(mesh, name, path)
-    finally:
-        dist.destroy_process_group()
+def _worker(mesh, rank, name, path):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+    if name == "stochastic":
+        _stochastic(mesh, [(Shard(0),), (Shard(1),), (Shard(2),), (Replicate(),)])
+        _stochastic(mesh, [(Shard(1),), (Replicate(),), (Shard(1),), (Shard(0),)])
+        for shape in ((WORLD, 1), (1, WORLD)):
+            mesh2 = init_device_mesh("cpu", shape)
+            two = (Shard(0), Shard(1))
+            _stochastic(mesh2, [two, two, (Shard(0), Shard(2)), (Replicate(), Shard(0))])
+    else:
+        _tensor_parallel(mesh, name, path)
 
 
 @pytest.mark.parametrize("name", [*sorted(CASES), "stochastic"])
 def test_tensor_parallel(name, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), name, str(tmp_path / "ckpt")), nprocs=WORLD,
-             join=True)
+    spawn(_worker, name, str(tmp_path / "ckpt"))
