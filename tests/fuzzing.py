@@ -422,6 +422,21 @@ COUNTS = {}          # examples run per key (reported by scripts/fuzz.sh)
 ERRORS = (TypeError, ValueError)
 
 
+def checked_step(ex, ok, step):
+    """Run step(): when it raises one of ERRORS the arguments must have been invalid (`ok`
+    False) and no byte of the inputs may have changed; when it returns they must have been
+    valid. Returns whether the step ran."""
+    snap = ex.snapshot()
+    try:
+        step()
+    except ERRORS as err:
+        assert not ok, f"step rejected valid gradients: {err!r}"
+        assert not ex.changed_bytes(snap)
+        return False
+    assert ok, "step accepted invalid gradients"
+    return True
+
+
 def entry_point(*names, entry=None):
     """Register `fuzz_x(ex, name)` as the driver of entry point x (or `entry`), once per name
     in `names`; its keys are "x:name"."""
