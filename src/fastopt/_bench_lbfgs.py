@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-__all__ = ["run_lbfgs", "format_lbfgs"]
+__all__ = ["run_lbfgs", "jobs", "describe", "run", "table"]
 
 
 def _lbfgs_sample(n, m, dtype, iters):
@@ -69,10 +69,23 @@ def run_lbfgs(n, m, dtype, samples=5, iters=10):
     return row
 
 
-def format_lbfgs(rows, table):
-    """The report's L-BFGS table (`table(header, rows)` from fastopt.bench)."""
+def jobs(cfg):
+    return list(cfg.lbfgs_cases)
+
+
+def describe(args):
+    n, m, dtype = args
+    return f"lbfgs N={n} m={m} {dtype}"
+
+
+def run(args, cfg, kit):
+    return run_lbfgs(*args, samples=cfg.samples)
+
+
+def table(rows, kit):
+    """The report's L-BFGS table."""
     return ("\nL-BFGS per iteration, closure excluded, vs history_size numpy.dot over the "
-            "parameters (streamed rows; hot: one cached pair):\n" + table(
+            "parameters (streamed rows; hot: one cached pair):\n" + kit.table(
                 ["N", "m", "dtype", "lbfgs ms", "m dots ms", "ratio", "m dots hot ms",
                  "ratio hot"],
                 [[r["n"], r["history_size"], r["dtype"], f"{r['lbfgs_ms']:.3f}",

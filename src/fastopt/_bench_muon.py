@@ -32,11 +32,21 @@ def _blas_threads(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module, summary,
-             ratio):
-    """One row: {shape, ns_dtype, threads, fastopt/gemm/torch summaries, pct_gemm, ratios}.
-    `measure`, `threads_ctx`, `summary`, `ratio`: fastopt.bench's timing helpers (passed in:
-    this module sits below fastopt.bench in the import graph)."""
+def jobs(cfg):
+    return [(tuple(shape), ns_dtype, threads) for shape in cfg.muon_shapes
+            for ns_dtype in NS_DTYPES for threads in cfg.threads]
+
+
+def describe(args):
+    (m, n), ns_dtype, threads = args
+    return f"muon {m}x{n} {ns_dtype or 'bfloat16'} {threads}t"
+
+
+def run(args, cfg, kit):
+    """One row: {shape, ns_dtype, threads, fastopt/gemm/torch summaries, pct_gemm, ratios},
+    timed with fastopt.bench's helpers (`kit`)."""
+    shape, ns_dtype, threads = args
+    measure, threads_ctx, summary, ratio = kit.measure, kit.threads, kit.summary, kit.ratio
     from . import _muon
     from .optim.muon import Muon
     m, n = shape
@@ -50,7 +60,7 @@ def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module, 
     steps = opt.param_groups[0]["ns_steps"]
     contenders = {"fastopt": lambda: opt.step([G]),
                   "gemm": lambda: _muon.gemm_only(X, Y, A, B, steps)}
-    torch = torch_module if cfg.torch else None
+    torch = kit.torch() if cfg.torch else None
     if torch is not None:
         Wt = torch.nn.Parameter(torch.from_numpy(W.copy()))
         Wt.grad = torch.from_numpy(G.copy())
@@ -70,7 +80,8 @@ def run_muon(shape, ns_dtype, threads, cfg, measure, threads_ctx, torch_module, 
     return row
 
 
-def rows_table(rows, table, fmt_ms):
+def table(rows, kit):
+    fmt_ms = kit.fmt_ms
     head = ["shape", "ns_dtype", "thr", "fastopt ms", "GFLOP/s", "gemm ms", "gemm GFLOP/s",
             "%gemm", "torch ms", "vs torch"]
     out = []
@@ -83,4 +94,4 @@ def rows_table(rows, table, fmt_ms):
                     fmt_ms(t["median_ms"]) if t else "-", f"{t['ratio']:.2f}x" if t else "-"])
     return ("\nMuon step, float32 parameter (gemm: the Newton-Schulz gemm calls alone, same "
             "BLAS; %gemm: gemm time / step time; vs torch: torch.optim.Muon's time / "
-            "fastopt's):\n" + table(head, out))
+            "fastopt's):\n" + kit.table(head, out))

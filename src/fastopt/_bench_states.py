@@ -23,7 +23,7 @@ MOVED = {"float32": 12 + 2 * 8, "bfloat16": 12 + 2 * 4, "int8": 12 + 2 * (2 + 8 
 
 
 def jobs(cfg):
-    return [("states", (cfg.states_n, threads)) for threads in cfg.threads]
+    return [(cfg.states_n, threads) for threads in cfg.threads]
 
 
 def describe(args):
@@ -43,11 +43,11 @@ def _bnb_step(w, g):
     return opt.step
 
 
-def run_states(n, threads, cfg, measure, threads_ctx, torch_module, summary, ratio,
-               stream_step):
+def run(args, cfg, kit):
     """One row: {n, threads, per contender summary (+ bytes per parameter, limit ms, ratio to
-    float32 state), stream GB/s}. The timing helpers come from fastopt.bench (this module
-    sits below it in the import graph)."""
+    float32 state), stream GB/s}, timed with fastopt.bench's helpers (`kit`)."""
+    n, threads = args
+    ratio = kit.ratio
     from .optim import Adam
     rng = np.random.default_rng(0)
     g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)
@@ -59,8 +59,8 @@ def run_states(n, threads, cfg, measure, threads_ctx, torch_module, summary, rat
         state_bytes[fmt] = sum(b.nbytes for b in opt.state[0].values()
                                if hasattr(b, "nbytes")) / n
         contenders[fmt] = (lambda o=opt: o.step([g]))
-    contenders["stream"] = stream_step(n, "float32")
-    torch = torch_module if cfg.torch else None
+    contenders["stream"] = kit.stream_step(n, "float32")
+    torch = kit.torch() if cfg.torch else None
     if torch is not None:
         tw = torch.nn.Parameter(torch.from_numpy(w.copy()))
         tw.grad = torch.from_numpy(g)
@@ -69,11 +69,11 @@ def run_states(n, threads, cfg, measure, threads_ctx, torch_module, summary, rat
     if bnb is not None:
         bnb()
         contenders["bnb"] = bnb
-    with threads_ctx(threads):
-        times = measure(contenders, max(3, cfg.samples), batch_s=cfg.batch_ms / 1e3)
+    with kit.threads(threads):
+        times = kit.measure(contenders, max(3, cfg.samples), batch_s=cfg.batch_ms / 1e3)
     row = {"n": n, "threads": threads}
     for name, ts in times.items():
-        row[name] = summary(ts)
+        row[name] = kit.summary(ts)
     stream_s = row["stream"]["median_ms"] / 1e3
     row["stream"]["gbs"] = 12 * n / stream_s / 1e9
     for fmt in FORMATS:
@@ -87,7 +87,8 @@ def run_states(n, threads, cfg, measure, threads_ctx, torch_module, summary, rat
     return row
 
 
-def rows_table(rows, table, fmt_ms):
+def table(rows, kit):
+    fmt_ms = kit.fmt_ms
     head = ["N", "thr", "state", "ms", "x float32 state", "state B/param", "limit ms",
             "torch fused ms", "bnb Adam8bit ms", "bnb / int8"]
     out = []
@@ -104,4 +105,4 @@ def rows_table(rows, table, fmt_ms):
                         f"{r['bnb']['over_int8']:.1f}x" if "bnb" in r and int8 else ""])
     return ("\nAdam by state format, one float32 tensor, warm (x float32 state: time over the "
             "float32-state step's, per sample pair; limit: the format's bytes per parameter at "
-            "the stream kernel's GB/s in the same samples):\n" + table(head, out))
+            "the stream kernel's GB/s in the same samples):\n" + kit.table(head, out))

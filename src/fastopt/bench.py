@@ -587,6 +587,30 @@ def _stream_reference(cfg):
     return out
 
 
+#: sections measured by a module of their own: section -> module of fastopt, which defines
+#: jobs(cfg) (the argument tuples of its rows), describe(args) (a progress label),
+#: run(args, cfg, kit) (one row) and table(rows, kit) (its part of the report); `kit` is _Kit
+MODULE_SECTIONS = {"muon": "_bench_muon", "lbfgs": "_bench_lbfgs", "states": "_bench_states"}
+
+
+def _section_module(section):
+    return importlib.import_module(f".{MODULE_SECTIONS[section]}", __package__)
+
+
+class _Kit:
+    """What a section module may use of this one (passed in: the modules sit below
+    fastopt.bench in the import graph)."""
+    measure = staticmethod(lambda *a, **k: measure(*a, **k))
+    threads = staticmethod(lambda n: Threads(n))
+    torch = staticmethod(lambda: _torch())
+    summary = staticmethod(lambda ts: _summary(ts))
+    ratio = staticmethod(lambda other, mine: _ratio(other, mine))
+    stream_step = staticmethod(lambda n, dtype: _stream_step(n, dtype))
+    table = staticmethod(lambda header, rows: _table(header, rows))
+    fmt_ms = staticmethod(lambda ms: _fmt_ms(ms))
+    fmt_n = staticmethod(lambda n: _fmt_n(n))
+
+
 def plan(cfg):
     """The list of (section, callable) jobs of a run, in order."""
     jobs = []
@@ -613,24 +637,15 @@ def plan(cfg):
         for name in cfg.crossover_optimizers:
             for n in cfg.crossover_sizes:
                 jobs.append(("crossover", (name, n)))
-    if "muon" in cfg.sections:
-        from ._bench_muon import NS_DTYPES
-        for shape in cfg.muon_shapes:
-            for ns_dtype in NS_DTYPES:
-                for threads in cfg.threads:
-                    jobs.append(("muon", (shape, ns_dtype, threads)))
     if "sparse" in cfg.sections:
         for threads in cfg.threads:
             jobs.append(("sparse", (*cfg.sparse_shape, threads)))
     if "adafactor" in cfg.sections:
         for threads in cfg.threads:
             jobs.append(("adafactor", (cfg.adafactor_shape, threads)))
-    if "lbfgs" in cfg.sections:
-        for case in cfg.lbfgs_cases:
-            jobs.append(("lbfgs", case))
-    if "states" in cfg.sections:
-        from . import _bench_states
-        jobs += _bench_states.jobs(cfg)
+    for section in MODULE_SECTIONS:
+        if section in cfg.sections:
+            jobs += [(section, args) for args in _section_module(section).jobs(cfg)]
     return jobs
 
 
@@ -666,19 +681,14 @@ def _progress(total, enabled):
 
 
 def _describe_job(section, args):
-    if section == "lbfgs":
-        return f"lbfgs N={_fmt_n(args[0])} m={args[1]} {args[2]}"
-    if section == "states":
-        from ._bench_states import describe
-        return describe(args)
+    if section in MODULE_SECTIONS:
+        return _section_module(section).describe(args)
     if section in ("sizes", "cold", "lists"):
         name, shapes, dtype, threads = args[:4]
         what = f"N={_fmt_n(sum(math.prod(s) for s in shapes))}"
         if section == "lists":
             what = f"{args[4]} {what}"
         return f"{section} {name} {what} {dtype} {threads}t"
-    if section == "muon":
-        return f"muon {args[0][0]}x{args[0][1]} {args[1] or 'bfloat16'} {args[2]}t"
     if section == "sparse":
         return f"sparse_adam {_fmt_n(args[0])}x{args[1]} batch {args[2]} {args[3]}t"
     if section == "adafactor":
@@ -690,7 +700,7 @@ def run(cfg, progress=True):
     """Run every job of `cfg`; returns the report dict (machine, stream, sections' rows)."""
     report = {"machine": machine_info(), "config": {k: v for k, v in vars(cfg).items()},
               "stream": [], "sizes": [], "cold": [], "lists": [], "threads": [], "crossover": [],
-              "muon": [], "sparse": [], "adafactor": [], "lbfgs": [], "states": []}
+              "sparse": [], "adafactor": [], **{name: [] for name in MODULE_SECTIONS}}
     started = time.perf_counter()
     report["stream"] = _stream_reference(cfg)
     jobs = plan(cfg)
@@ -712,20 +722,12 @@ def run(cfg, progress=True):
                 row["label"] = list_label(label, shapes, cfg.list_scale)
             elif section == "threads":
                 row = run_threads(*args, cfg, inputs)
-            elif section == "muon":
-                from ._bench_muon import run_muon
-                row = run_muon(*args, cfg, measure, Threads, _torch(), _summary, _ratio)
             elif section == "sparse":
                 row = run_sparse(*args, cfg)
             elif section == "adafactor":
                 row = run_adafactor(*args, cfg, inputs)
-            elif section == "lbfgs":
-                from ._bench_lbfgs import run_lbfgs
-                row = run_lbfgs(*args, samples=cfg.samples)
-            elif section == "states":
-                from ._bench_states import run_states
-                row = run_states(*args, cfg, measure, Threads, _torch(), _summary, _ratio,
-                                 _stream_step)
+            elif section in MODULE_SECTIONS:
+                row = _section_module(section).run(args, cfg, _Kit)
             else:
                 row = run_crossover(*args, cfg, inputs)
             report[section].append(row)
@@ -836,9 +838,6 @@ def format_report(report):
             ["N", "optimizer", "serial us", "parallel us", "parallel speedup"],
             [[r["n"], r["optimizer"], f"{r['serial_us']:.1f}", f"{r['parallel_us']:.1f}",
               f"{r['speedup']:.2f}x"] for r in report["crossover"]]))
-    if report.get("muon"):
-        from ._bench_muon import rows_table
-        parts.append(rows_table(report["muon"], _table, _fmt_ms))
     if report.get("sparse"):
         parts.append("\nSparseAdam on an embedding table (float32, warm; GB/s over the touched "
                      "rows):\n" + _table(
@@ -858,12 +857,9 @@ def format_report(report):
                            f"{r['torch']['variant']} {_fmt_ms(r['torch']['median_ms'])}"
                            if r.get("torch") else "-", _x(r.get("torch"))]
                           for r in report["adafactor"]]))
-    if report.get("lbfgs"):
-        from ._bench_lbfgs import format_lbfgs
-        parts.append(format_lbfgs(report["lbfgs"], _table))
-    if report.get("states"):
-        from ._bench_states import rows_table as states_table
-        parts.append(states_table(report["states"], _table, _fmt_ms))
+    for section in MODULE_SECTIONS:
+        if report.get(section):
+            parts.append(_section_module(section).table(report[section], _Kit))
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
     parts.append(f"\n{report.get('seconds', 0):.0f} s ({spent})")
     return "\n".join(parts)
