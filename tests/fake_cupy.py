@@ -80,6 +80,9 @@ class ndarray:
     def __getitem__(self, idx):
         return ndarray(self._a[idx], self.device.id)
 
+    def __setitem__(self, idx, value):
+        self._a[idx] = value._a if isinstance(value, ndarray) else value
+
     def reshape(self, *shape):
         return ndarray(self._a.reshape(*shape), self.device.id)
 

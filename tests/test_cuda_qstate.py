@@ -178,3 +178,53 @@ def cq_flags_momentum():
 def test_gpu_matches_cpu_bitwise(case, fmt):
     import cupy
     _compare(case, fmt, cupy.asarray, cq)
+
+
+# ------------------------------------------------- the optimizer classes on CuPy parameters
+QNAMES = [n for n, o in _table.OPTIMIZERS.items() if o.kernel in cq.QKERNELS]
+
+
+def _classes_agree(name, fmt, to_dev, from_dev):
+    """fastopt's class of `name` with `state_dtype=fmt` on device arrays and on NumPy ones:
+    the same parameters, bit for bit, after three steps (small tensors keep float32 state)."""
+    import fastopt as fo
+    cls = getattr(fo, _table.OPTIMIZERS[name].class_name)
+    rng = np.random.default_rng(5)
+    host = [rng.standard_normal(s).astype(np.float32) for s in [(5000,), (300,), (3, 7)]]
+    dev = [to_dev(p) for p in host]
+    a, b = cls(host, state_dtype=fmt), cls(dev, state_dtype=fmt)
+    for _ in range(3):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in host]
+        a.step(grads)
+        b.step([to_dev(g) for g in grads])
+    for x, y in zip(host, dev):
+        assert np.array_equal(x, from_dev(y), equal_nan=True), name
+    quant = {s.name for s in _table.KERNELS[_table.OPTIMIZERS[name].kernel].state if s.quant}
+    held = [v for k, v in b.state.get(0, {}).items() if k in quant]
+    assert all(isinstance(v, Blockwise8) if fmt == "int8" else v.dtype == np.uint16
+               for v in held)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name", QNAMES)
+def test_optimizer_classes_on_the_stand_in(fake, name, fmt):
+    _classes_agree(name, fmt, lambda a: fk.ndarray(np.array(a, copy=True), 0), lambda a: a.get())
+    assert any(kind == "qstate" for _, kind, _ in fake.log["launches"])
+
+
+def test_stochastic_rounding_is_cpu_only(fake):
+    import fastopt as fo
+    p = fk.ndarray(np.zeros(10, np.float32), 0)
+    with pytest.raises(ValueError, match="rounding='stochastic'"):
+        opt = fo.Adam([p], state_dtype="bfloat16", rounding="stochastic")
+        opt.step([fk.ndarray(np.zeros(10, np.float32), 0)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda.has_gpu(), reason="needs CuPy and a CUDA GPU (pip install "
+                    "'fastopt[gpu]'); none found on this machine")
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name", QNAMES)
+def test_gpu_optimizer_classes_match_cpu(name, fmt):
+    import cupy
+    _classes_agree(name, fmt, cupy.asarray, cupy.asnumpy)
