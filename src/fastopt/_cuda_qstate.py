@@ -34,7 +34,7 @@ import numpy as np
 from . import _steps, _table
 from .state_format import Blockwise8, QBLOCK
 
-__all__ = ["QKERNELS", "Plan", "generate_qstate_source", "kernel_name", *()]
+__all__ = ["QKERNELS", "Plan", "generate_qstate_source", "kernel_name"]
 
 #: the kernels with low-bit state formats that run on CUDA
 QKERNELS = tuple(k.name for k in _table.KERNELS.values()

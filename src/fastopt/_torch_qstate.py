@@ -28,11 +28,12 @@ import torch
 
 from . import _qstate, _table, _validate
 from .optim._state_format import make_state_format
-from .state_format import Blockwise8, QBLOCK, dynamic_map
+from .state_format import Blockwise8, QBLOCK
 
-__all__ = ["OPTIONS", "has_formats", "group_format", "check_param", "new_state", "attach",
-           "conform", "conform_all", "check_saved", "hold_codes", "restore_codes", "is_bitsandbytes", "from_bitsandbytes",
-           "to_bitsandbytes"]
+__all__ = ["OPTIONS", "has_formats", "group_format", "check_param", "slot_format", "new_state",
+           "conform", "conform_all", "attach", "detach", "current", "check_saved",
+           "check_saved_codes", "hold_codes", "restore_codes", "is_bitsandbytes",
+           "from_bitsandbytes", "to_bitsandbytes"]
 
 #: the group options added to the classes with low-bit state formats (rounding and seed are
 #: shared with the 16-bit options of fastopt._torch_mixed)
@@ -220,7 +221,8 @@ def restore_codes(opt, held):
         opt.state[p][name] = value.to(device=p.device)
 
 
-def _buffer(st, name, p, kind, what):
+def _buffer(st, name, kind):
+    """The plan's buffer of slot `name` in format `kind` (views of the state tensors)."""
     t = st[name]
     if kind == "float32":
         return t.numpy()
@@ -239,7 +241,7 @@ def attach(entry, slot, name, states, fmt, where):
         if not _holds(st, name, p, kind, fmt, slot):
             raise TypeError(f"state[{where(k)}][{name!r}] is not {kind} state as the group's "
                             f"state_dtype={fmt.dtype!r} needs")
-        bufs.append(_buffer(st, name, p, kind, where(k)))
+        bufs.append(_buffer(st, name, kind))
         main.append(st[name])
         extra.append(tuple(st.get(name + s) for s in _SUFFIXES) if kind == "int8" else ())
     entry.plan.set_state(slot, bufs, name)
@@ -397,7 +399,3 @@ def to_bitsandbytes(opt, decoupled):
         state[pid] = out
     return {"state": state, "param_groups": groups}
 
-
-def maps():
-    """bitsandbytes' signed and unsigned maps (for tests and users building state)."""
-    return dynamic_map(True), dynamic_map(False)

@@ -1,4 +1,4 @@
-"""The bitsandbytes state_dict interchange of fastopt.torch (tests/test_torch_state_dtype_bnb.py)
+"""The bitsandbytes state_dict interchange of fastopt.torch (tests/test_bnb_state_dict.py)
 and bitsandbytes' side of it (needs torch and bitsandbytes; the recorder
 tests/golden/make_bnb_state_dict_golden.py stores its results in bnb_adamw8bit_state_dict.npz).
 
