@@ -80,6 +80,14 @@ or a state tensor is picked up; the common step (every parameter has a gradient,
 costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
 of a group are views into one counter buffer, advanced by one NumPy operation.
 
+Low-bit state (``state_dtype="bfloat16"|"int8"`` with ``rounding``, ``seed`` and
+``min_8bit_size``, as the NumPy classes; fastopt._torch_qstate): the adapters whose NumPy class
+takes ``state_dtype`` run fastopt's low-bit state loops on float32 CPU tensors, the state held
+in torch tensors (bfloat16; int8 as uint8 codes with ``<name>_absmax`` and ``<name>_qmap``,
+bitsandbytes' blockwise layout). ``load_state_dict`` converts any format into the group's, and
+reads bitsandbytes' ``Adam8bit``/``AdamW8bit`` state_dicts into Adam/AdamW, which
+``bitsandbytes_state_dict()`` writes back.
+
 ``fastopt.torch.Adafactor`` is ``torch.optim.Adafactor`` (a subclass: its construction,
 state creation and state_dict are torch's) whose step runs fastopt's Adafactor kernel on
 CPU float32/float64 tensors (fastopt._torch_adafactor); other dtypes and devices raise
