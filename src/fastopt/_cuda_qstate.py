@@ -31,7 +31,7 @@ attached state change; the block table (tensor, first element) is made once per 
 """
 import numpy as np
 
-from . import _steps, _table
+from . import _table
 from .state_format import Blockwise8, QBLOCK
 
 __all__ = ["QKERNELS", "Plan", "generate_qstate_source", "kernel_name"]
@@ -342,14 +342,10 @@ class Plan:
 
 def _step_function(opt):
     """``opt(plan, grads, <the fields of fo_<opt>_hp>, flags, name="grads")``, as
-    ``fastopt._qstate.<opt>``."""
+    ``fastopt._qstate.<opt>``: fastopt.cuda's binding text (it calls ``plan._step``)."""
     from . import cuda
-    fields = ", ".join(cuda._hp_fields(opt))
-    source = (f"def {opt}(plan, grads, {fields}, flags, name=\"grads\"):\n"
-              f"    flags = int(flags)\n"
-              f"    plan._step({opt!r}, grads, name, {_steps.state_mask_expr(opt)}, ({fields},),"
-              f" flags)\n")
-    fn = _steps.compile_function(opt, source, module=__name__)
+    fn = cuda._step_function(opt)
+    fn.__module__ = __name__
     fn.__doc__ = f"{_table.KERNELS[opt].title} step over low-bit state on CUDA."
     return fn
 
