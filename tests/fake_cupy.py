@@ -80,6 +80,9 @@ class ndarray:
     def __getitem__(self, idx):
         return ndarray(self._a[idx], self.device.id)
 
+    def __setitem__(self, idx, value):
+        self._a[idx] = value._a if isinstance(value, ndarray) else value
+
     def reshape(self, *shape):
         return ndarray(self._a.reshape(*shape), self.device.id)
 
@@ -241,15 +244,63 @@ class _Kernel:
             getattr(K, self.opt)(plan, [g], *(float(x) for x in scalars), int(flags))
 
 
+class _QKernel:
+    """A low-bit state kernel (fastopt._cuda_qstate): block b of the launch is quantization
+    block b of the block table; each is emulated by the CPU binding fastopt._qstate on views of
+    that block's elements (its codes, its one absmax, the map) that the table points at."""
+
+    def __init__(self, name):
+        m = re.fullmatch(r"fo_(\w+)_qstate_f32", name)
+        assert m, name
+        self.opt = m.group(1)
+
+    def __call__(self, grid, block, args):
+        from fastopt import _qstate as Q
+        from fastopt.state_format import Blockwise8
+        table, nseg, blocks, nblocks, *scalars, flags, used = args
+        nseg, nblocks = int(nseg), int(nblocks)
+        assert isinstance(flags, np.int32) and isinstance(used, np.int32)
+        assert all(isinstance(s, np.float64) for s in scalars)
+        assert grid == (nblocks,) and block == (256,), (grid, block)
+        log["launches"].append((self.opt, "qstate", nblocks))
+        tab = table._a.view(np.uint64)
+        bl = blocks._a
+        f32 = np.dtype(np.float32)
+        for b in range(nblocks):
+            s, c, n = (int(x) for x in bl[[b, nblocks + b, 2 * nblocks + b]])
+            assert c % 256 == 0 and c < n
+            rows = [int(tab[r * nseg + s]) for r in range(14)]
+            m = min(256, n - c)
+            p, g = (_view(rows[r], n, f32)[c:c + m] for r in (0, 1))
+            plan = Q.Plan([p])
+            for q in range(3):
+                if not (rows[2 + q] and int(used) >> q & 1):
+                    continue
+                fmt = rows[11 + q]
+                if fmt == 0:
+                    buf = _view(rows[2 + q], n, f32)[c:c + m]
+                elif fmt == 1:
+                    buf = _view(rows[2 + q], n, np.dtype(np.uint16))[c:c + m]
+                else:
+                    assert fmt == 2, fmt
+                    buf = Blockwise8(_view(rows[2 + q], n, np.dtype(np.uint8))[c:c + m],
+                                     _view(rows[5 + q], -(-n // 256), f32)[c // 256:c // 256 + 1],
+                                     _view(rows[8 + q], 256, f32))
+                plan.set_state(q, [buf])
+            getattr(Q, self.opt)(plan, [g], *(float(x) for x in scalars), int(flags))
+
+
 class RawModule:
     def __init__(self, code=None, options=()):
         m = re.search(r"#define FO_BLOCK (\d+)", code)
-        self.block = int(m.group(1))
+        self.block = int(m.group(1)) if m else None     # None: the low-bit state module
         self.code = code
         log["modules"].append((code, options))
 
     def get_function(self, name):
         assert f" {name}(" in self.code or f"\n{name}(" in self.code, name
+        if name.endswith("_qstate_f32"):
+            return _QKernel(name)
         return _Kernel(name, self.block)
 
 

@@ -13,7 +13,8 @@ from fastopt import _table, _validate  # noqa: E402
 NAMES = [opt.class_name for opt in _table.OPTIMIZERS.values() if opt.reference is None]
 IMPL = ("foreach", "fused", "capturable", "differentiable")
 EXTRA = {"sutskever", "eps_in_sqrt",           # fastopt's own options, keyword-only
-         "master_weights", "rounding", "seed"}
+         "master_weights", "rounding", "seed",
+         "state_dtype", "min_8bit_size"}           # low-bit state (fastopt._torch_qstate)
 
 
 def pair(name):

@@ -27,15 +27,16 @@ OPTIONS = {"master_weights": True, "rounding": "nearest", "seed": 0}
 ROUNDINGS = ("nearest", "stochastic")
 
 
-def options(group, where):
+def options(group, where, low_state=False):
     """(master_weights, rounding, seed) of a group, checked; TypeError/ValueError naming
-    `where`."""
+    `where`. With `low_state` (a low-bit ``state_dtype``, fastopt._torch_qstate) rounding and
+    seed are those of the state, checked there."""
     try:
         mw = _validate.boolean("master_weights", group.get("master_weights", True))
         rounding = group.get("rounding", "nearest")
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        if rounding == "stochastic" and mw:
+        if rounding == "stochastic" and mw and not low_state:
             raise ValueError("rounding='stochastic' needs master_weights=False (with a master "
                              "copy the 16-bit parameter is the master rounded to nearest even)")
         seed = _validate.integer("seed", group.get("seed", 0))

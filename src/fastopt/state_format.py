@@ -21,7 +21,10 @@ parameter-like buffer (Schedule-Free's ``z``) stays float32.
   :class:`Blockwise8` (``codes``, ``absmax``, ``qmap``): 1 + 4/256 bytes per element.
 
 Parameters and gradients are float32 (float64 parameters keep float64 state: a low-bit
-``state_dtype`` raises for them).
+``state_dtype`` raises for them). float32 CuPy parameters run the CUDA kernels of
+`fastopt._cuda_qstate` (the same codes and bits as the CPU loops; ``rounding="stochastic"`` is
+CPU-only), and ``fastopt.torch``'s optimizers take the same keywords for CPU tensors
+(`fastopt._torch_qstate`).
 """
 import numpy as np
 

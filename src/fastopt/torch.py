@@ -80,6 +80,14 @@ or a state tensor is picked up; the common step (every parameter has a gradient,
 costs a pass over the gradient list and one kernel call per group. The 0-d ``'step'`` tensors
 of a group are views into one counter buffer, advanced by one NumPy operation.
 
+Low-bit state (``state_dtype="bfloat16"|"int8"`` with ``rounding``, ``seed`` and
+``min_8bit_size``, as the NumPy classes; fastopt._torch_qstate): the adapters whose NumPy class
+takes ``state_dtype`` run fastopt's low-bit state loops on float32 CPU tensors, the state held
+in torch tensors (bfloat16; int8 as uint8 codes with ``<name>_absmax`` and ``<name>_qmap``,
+bitsandbytes' blockwise layout). ``load_state_dict`` converts any format into the group's, and
+reads bitsandbytes' ``Adam8bit``/``AdamW8bit`` state_dicts into Adam/AdamW, which
+``bitsandbytes_state_dict()`` writes back.
+
 ``fastopt.torch.Adafactor`` is ``torch.optim.Adafactor`` (a subclass: its construction,
 state creation and state_dict are torch's) whose step runs fastopt's Adafactor kernel on
 CPU float32/float64 tensors (fastopt._torch_adafactor); other dtypes and devices raise
@@ -104,12 +112,13 @@ import inspect
 
 import numpy as np
 
-from . import _kernels, _mixed, _table, _torch_args, _validate
+from . import _kernels, _mixed, _qstate, _table, _torch_args, _validate
 from . import _torch_cuda as _cuda
 from . import _torch_dtensor as _dt
 from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
 from . import _torch_modes as _modes
+from . import _torch_qstate as _tq
 from . import optim as _optim
 
 __all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values()
@@ -208,7 +217,7 @@ class _Entry:
     (None for float32 parameters, without master weights, and where the plan made the copy
     itself: those positions are in ``adopt`` until the copy becomes the state's 'master')."""
     __slots__ = ("idx", "tensors", "ptrs", "strides", "layouts", "plan", "states", "plain",
-                 "mixed", "masters", "adopt", "dist", "device")
+                 "mixed", "masters", "adopt", "dist", "device", "qformat", "qextra", "qnames")
 
     def __init__(self, idx, tensors, layouts, plan, n_state, mixed=None, masters=None,
                  adopt=()):
@@ -224,6 +233,9 @@ class _Entry:
         self.plain = all(lay.plain for lay in layouts)
         self.mixed, self.masters, self.adopt = mixed, masters, list(adopt)
         self.device = local[0].device if local and local[0].is_cuda else None   # CUDA plans
+        self.qformat = None                     # a low-bit state format (fastopt._torch_qstate)
+        self.qextra = [None] * n_state          # its int8 slots' (absmax, qmap) tensors
+        self.qnames = ()
 
     def holds(self, params):
         for k, j in enumerate(self.idx):
@@ -304,16 +316,17 @@ class Optimizer(torch.optim.Optimizer):
     _fo_impl = {}       # torch's implementation keywords the class takes, with their defaults
     _fo_fixed = {}      # hyperparameters the class does not take: kept at these values
     _fo_adam_like = False   # torch's class is (a subclass of) torch.optim.Adam
+    _fo_qopts = {}      # the low-bit state options the class takes (fastopt._torch_qstate)
     _step_supports_amp_scaling = True   # GradScaler hands over grad_scale and found_inf
 
     def __init__(self, params, **hyperparameters):
         unknown = set(hyperparameters) - set(self.spec.defaults) - set(self._fo_impl) \
-            - set(_tm.OPTIONS)
+            - set(_tm.OPTIONS) - set(self._fo_qopts)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
                             f"{sorted(unknown)}")
         defaults = {**self.spec.defaults, **_modes.defaults(self.spec), **self._fo_impl,
-                    **_tm.OPTIONS, **hyperparameters}
+                    **_tm.OPTIONS, **self._fo_qopts, **hyperparameters}
         if self._fo_adam_like and "betas" in defaults:
             defaults["betas"] = _torch_args.scalar_betas(defaults["betas"])
         self._fo_records = {}
@@ -350,7 +363,7 @@ class Optimizer(torch.optim.Optimizer):
             for key, value in {**self.spec.defaults, **_modes.defaults(self.spec),
                                **self._fo_impl}.items():
                 group.setdefault(key, value)
-            for key, value in _tm.OPTIONS.items():
+            for key, value in {**_tm.OPTIONS, **self._fo_qopts}.items():
                 group.setdefault(key, getattr(self, "defaults", {}).get(key, value))
             group.update(self._fo_fixed)        # AdamW stays decoupled, as in torch
             if isinstance(group.get("betas"), list):
@@ -365,10 +378,31 @@ class Optimizer(torch.optim.Optimizer):
         of 16-bit parameters, which are float32; a 16-bit parameter with a master copy
         (``'master'``) is set to it, rounded to nearest even.
         """
+        if self._fo_qopts and _tq.is_bitsandbytes(state_dict):
+            state_dict = _tq.from_bitsandbytes(self.spec, state_dict, self._fo_decoupled())
         self._fo_check_state_dict(state_dict)
         state_dict, held = _tm.hold_float32(self, state_dict)
+        codes = []
+        if self._fo_qopts:          # uint8 codes and bfloat16 state as they are
+            state_dict, codes = _tq.hold_codes(self, state_dict)
         super().load_state_dict(state_dict)
         _tm.restore_float32(self, held)
+        if self._fo_qopts:          # each slot into its group's state format
+            _tq.restore_codes(self, codes)
+            _tq.conform_all(self, [self._fo_hyper(g, f"param_groups[{gi}]")["_fo_state"]
+                                   for gi, g in enumerate(self.param_groups)])
+
+    def bitsandbytes_state_dict(self):
+        """The state_dict in the layout of bitsandbytes' ``Adam8bit``/``AdamW8bit`` (Adam and
+        AdamW; codes, absmax and maps as they are, see fastopt._torch_qstate), which their
+        ``load_state_dict`` takes. ``load_state_dict`` reads that layout too."""
+        if not self._fo_qopts:
+            raise TypeError(f"{type(self).__name__} keeps no low-bit state")
+        return _tq.to_bitsandbytes(self, self._fo_decoupled())
+
+    def _fo_decoupled(self):
+        """Per group: whether weight decay is decoupled (AdamW), as bitsandbytes applies it."""
+        return [bool(g.get("decoupled_weight_decay", False)) for g in self.param_groups]
 
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale=None, found_inf=None):
@@ -463,13 +497,22 @@ class Optimizer(torch.optim.Optimizer):
                                          if key in group})
         except (TypeError, ValueError) as e:
             raise _torch_args.torch_error(self.spec, group, e, where) from None
-        return {**group, **values, "_fo_mixed": _tm.options(group, where)}
+        fmt = _tq.group_format(self.spec, group, where) if self._fo_qopts else None
+        if fmt is not None:
+            try:
+                fmt.check(values)           # centered RMSprop has no int8 state
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        return {**group, **values, "_fo_mixed": _tm.options(group, where, fmt is not None),
+                "_fo_state": fmt}
 
     @staticmethod
     def _fo_check_param(p, what, hyper):
         """A parameter the kernels can take with the group's options."""
         _check_tensor(p, what)
-        if p.dtype in _tm.LOW:
+        if hyper.get("_fo_state") is not None:
+            _tq.check_param(p, what, hyper["_fo_state"])
+        elif p.dtype in _tm.LOW:
             _tm.check_param(p, what, hyper["_fo_mixed"][1])
 
     def _fo_torch_checks(self, group):
@@ -506,6 +549,9 @@ class Optimizer(torch.optim.Optimizer):
                     elif name == "master" and p.dtype not in _tm.LOW:
                         raise ValueError(f"{where} has a master copy but {_where(gi, j)} is "
                                          f"{p.dtype} (only 16-bit parameters have one)")
+                    elif name in self.spec.state and value is not None and self._fo_qopts:
+                        _tq.check_saved(where, name, value, p)
+                        _tq.check_saved_codes(where, entry, name, p)
                     elif (name in self.spec.state or name == "master") and value is not None:
                         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                             raise TypeError(f"{where}[{name!r}] must be a floating tensor, got "
@@ -642,7 +688,8 @@ class Optimizer(torch.optim.Optimizer):
         # the common case: a cached plan whose tensors are all current, one step count
         entry = rec.entries.get(tuple(idx))
         if entry is not None and entry.holds(params) and self._fo_current(rec, entry, uses) \
-                and (entry.mixed is None or entry.mixed == hyper["_fo_mixed"][:2]):
+                and (entry.mixed is None or entry.mixed == hyper["_fo_mixed"][:2]) \
+                and entry.qformat is hyper["_fo_state"]:
             steps = rec.steps if len(idx) == len(params) else rec.steps[idx]
             if steps.min() == steps.max() and self._fo_uniform(rec, idx):
                 if not entry.plain:
@@ -688,6 +735,9 @@ class Optimizer(torch.optim.Optimizer):
             for name, tensors in expected:
                 if st.get(name) is not tensors[k]:
                     return False
+        if entry.qformat is not None:           # int8 slots: their absmax and map tensors
+            states = [get(p) for p in entry.tensors]
+            return all(_tq.current(entry, slot, states) for slot in slots)
         return True
 
     def _fo_partition(self, gi, group, rec, idx, grads, uses, lr):
@@ -709,7 +759,7 @@ class Optimizer(torch.optim.Optimizer):
             part[1].append(grads[k])
         jobs = []
         for (step, missing, link, _), (js, gs) in parts.items():
-            entry = self._fo_entry(gi, rec, js, group["_fo_mixed"])
+            entry = self._fo_entry(gi, rec, js, group["_fo_mixed"], group["_fo_state"])
             self._fo_attach(gi, entry, params, uses, missing)
             if not entry.plain:
                 gs = self._fo_layout_grads(gi, entry, params)
@@ -732,17 +782,17 @@ class Optimizer(torch.optim.Optimizer):
         get = self.state.get
         return [(get(p) or {}).get("master") if p.dtype in _tm.LOW else None for p in tensors]
 
-    def _fo_entry(self, gi, rec, js, options):
+    def _fo_entry(self, gi, rec, js, options, fmt=None):
         key = tuple(js)
         entry = rec.entries.get(key)
-        masters = self._fo_masters(rec, js, options)
-        if entry is not None and entry.holds(rec.params) and (masters is None or (
-                entry.mixed == options[:2]
-                and all(a is b for a, b in zip(entry.masters, masters)))):
+        masters = None if fmt is not None else self._fo_masters(rec, js, options)
+        if entry is not None and entry.holds(rec.params) and entry.qformat is fmt and (
+                masters is None or (entry.mixed == options[:2]
+                                    and all(a is b for a, b in zip(entry.masters, masters)))):
             return entry
         tensors = [rec.params[j] for j in js]
         for j, p in zip(js, tensors):
-            self._fo_check_param(p, _where(gi, j), {"_fo_mixed": options})
+            self._fo_check_param(p, _where(gi, j), {"_fo_mixed": options, "_fo_state": fmt})
         layouts = [_layout.Layout(_dt.local(p)) for p in tensors]
         mixed = None if masters is None else options[:2]
         arrays = None
@@ -754,7 +804,11 @@ class Optimizer(torch.optim.Optimizer):
                                   dtype=torch.float32)
                 arrays.append(None if m is None else lay.state("master", _dt.local(m)))
         try:
-            if mixed is None and tensors[0].is_cuda:
+            if fmt is not None:            # low-bit state (fastopt._torch_qstate)
+                offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
+                plan = _qstate.Plan([lay.array for lay in layouts], "params", offset,
+                                    rounding=fmt.rounding, seed=fmt.seed)
+            elif mixed is None and tensors[0].is_cuda:
                 plan = _cuda.plan([lay.array for lay in layouts])
             elif mixed is None:
                 plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
@@ -772,6 +826,8 @@ class Optimizer(torch.optim.Optimizer):
             [k for k, (p, m) in enumerate(zip(tensors, masters))
              if m is None and p.dtype in _tm.LOW]
         entry = _Entry(js, tensors, layouts, plan, len(self.spec.state), mixed, masters, adopt)
+        if fmt is not None:
+            entry.qformat, entry.qnames = fmt, self.spec.state
         if len(rec.entries) >= _MAX_PLANS:
             rec.entries.pop(next(iter(rec.entries)))
         rec.entries[key] = entry
@@ -798,7 +854,20 @@ class Optimizer(torch.optim.Optimizer):
         for slot, (name, used) in enumerate(zip(self.spec.state, uses)):
             if not used or missing[slot]:
                 if entry.states[slot] is not None:
-                    entry.set_state(slot, None)
+                    if entry.qformat is not None:
+                        _tq.detach(entry, slot)
+                    else:
+                        entry.set_state(slot, None)
+                continue
+            if entry.qformat is not None:       # low-bit state: in the group's format
+                states = [self.state[params[j]] for j in entry.idx]
+                for p, st in zip(entry.tensors, states):
+                    _tq.conform(st, p, entry.qformat, self.spec.state, uses)
+                if entry.states[slot] is None or not all(
+                        a is st[name] for a, st in zip(entry.states[slot], states)) \
+                        or not _tq.current(entry, slot, states):
+                    _tq.attach(entry, slot, name, states, entry.qformat,
+                               lambda k: _where(gi, entry.idx[k]))
                 continue
             current = [self.state[params[j]][name] for j in entry.idx]
             attached = entry.states[slot]
@@ -815,8 +884,20 @@ class Optimizer(torch.optim.Optimizer):
         params = group["params"]
         uses = self.spec.uses(group)
         created = {}
+        fmt = group.get("_fo_state")
         for slot, (name, used, new) in enumerate(zip(self.spec.state, uses, fresh)):
-            if used and new and name in self.spec.copies:     # starts as the parameter (z)
+            if used and new and fmt is not None:        # low-bit state (fastopt._torch_qstate)
+                fill = 0.0 if name in self.spec.copies else \
+                    self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"])
+                created[slot] = []
+                for j in js:
+                    p = params[j]
+                    values = p.detach().numpy().reshape(-1) if name in self.spec.copies \
+                        else None
+                    tensors = _tq.new_state(p, fmt, slot, name, fill, values)
+                    self.state[p].update(tensors)
+                    created[slot].append(tensors[name])
+            elif used and new and name in self.spec.copies:     # starts as the parameter (z)
                 created[slot] = [_modes.copy_of_param(params[j], self.state.get(params[j]))
                                  for j in js]
             elif used and new:
@@ -827,7 +908,7 @@ class Optimizer(torch.optim.Optimizer):
                                  for j in js]
         for slot, tensors in created.items():
             for j, t in zip(js, tensors):
-                self.state[params[j]][self.spec.state[slot]] = t
+                self.state[params[j]][self.spec.state[slot]] = t   # (low-bit: already there)
         if link and self.spec.counts_steps:
             init = {name: fn(group, _plain(group["lr"])) for name, fn in self.spec.scalars.items()}
             for j in js:
@@ -845,7 +926,12 @@ class Optimizer(torch.optim.Optimizer):
         if job.creates_state:
             created = self._fo_create_state(job.group, rec, entry.idx, job.fresh, job.link)
             for slot, tensors in created.items():
-                entry.set_state(slot, tensors, self.spec.state[slot])
+                if entry.qformat is not None:
+                    _tq.attach(entry, slot, self.spec.state[slot],
+                               [self.state[p] for p in entry.tensors], entry.qformat,
+                               lambda k: _where(job.gi, entry.idx[k]))
+                else:
+                    entry.set_state(slot, tensors, self.spec.state[slot])
         plain = entry.plain
         if not plain:
             for lay in entry.layouts:
@@ -866,7 +952,7 @@ class Optimizer(torch.optim.Optimizer):
         if not plain:
             for lay in entry.layouts:
                 lay.scatter()
-        if entry.mixed is not None:
+        if entry.mixed is not None or entry.qformat is not None:
             rec.calls += 1
         if self.spec.counts_steps:
             if len(entry.idx) == len(rec.steps):
@@ -890,7 +976,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def _fo_kernel(self, job):
         entry = job.entry
-        if entry.mixed is None:
+        if entry.qformat is not None:           # low-bit state (fastopt._torch_qstate)
+            mod = _qstate
+            entry.plan.counter = job.step - 1 if self.spec.counts_steps else job.rec.calls
+        elif entry.mixed is None:
             mod = _kernels
         else:
             mod, plan = _mixed, entry.plan
@@ -943,9 +1032,10 @@ def _adapter(fo_cls):
     defaults and equations of fastopt's class."""
     torch_cls = getattr(torch.optim, fo_cls.__name__, None)
     sig, impl = _torch_args.signature(fo_cls, torch_cls)
+    qopts = dict(_tq.OPTIONS) if _tq.has_formats(fo_cls.spec) else {}
     sig = sig.replace(parameters=[*sig.parameters.values(), *(
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
-        for name, value in _tm.OPTIONS.items())])
+        for name, value in {**_tm.OPTIONS, **qopts}.items())])
     fixed = {k: v for k, v in fo_cls.spec.defaults.items() if k not in sig.parameters}
 
     def __init__(self, params, *args, **kwargs):
@@ -960,7 +1050,7 @@ def _adapter(fo_cls):
     __init__.__qualname__ = f"{fo_cls.__name__}.__init__"
     members = {
         "spec": fo_cls.spec, "__init__": __init__, "__doc__": _doc(fo_cls),
-        "_fo_impl": impl, "_fo_fixed": fixed,
+        "_fo_impl": impl, "_fo_fixed": fixed, "_fo_qopts": qopts,
         "_fo_adam_like": torch_cls is not None and issubclass(torch_cls, torch.optim.Adam),
         "__module__": __name__, "__qualname__": fo_cls.__name__}
     if fo_cls.spec.modes is not None:

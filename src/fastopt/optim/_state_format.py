@@ -61,6 +61,11 @@ class StateFormat:
                              "difference of two int8 moments can be negative)")
 
     def plan(self, params, offset):
+        from .. import cuda
+        if params and cuda.is_cupy_array(params[0]):      # CUDA: fastopt._cuda_qstate
+            from .. import _cuda_qstate
+            return _cuda_qstate, _cuda_qstate.Plan(params, "params", offset,
+                                                   rounding=self.rounding, seed=self.seed)
         from .. import _qstate
         return _qstate, _qstate.Plan(params, "params", offset, rounding=self.rounding,
                                      seed=self.seed)
@@ -76,6 +81,9 @@ class StateFormat:
     def new(self, slot, params, fill=None):
         """New buffers of a slot for `params`, holding `fill` (None: zeros, to be written)."""
         value = 0.0 if fill is None else float(fill)
+        from .. import cuda
+        if params and cuda.is_cupy_array(params[0]):
+            return self._new_on_device(slot, params, value)
         out = []
         floats = state_like(params, value)
         for p, f in zip(params, floats):
@@ -87,6 +95,27 @@ class StateFormat:
                 out.append(_qstate.encode("bfloat16", f).reshape(p.shape))
             else:
                 out.append(Blockwise8.quantize(f, self.quant[slot] == _table.SIGNED))
+        return out
+
+
+    def _new_on_device(self, slot, params, value):
+        """`new` for CuPy parameters: the buffers made on the host, copied to the device once
+        (when the state is created)."""
+        import cupy
+        from .. import _qstate
+        out = []
+        for p in params:
+            host = np.full(p.shape, value, np.float32)
+            fmt = self._format(slot, p)
+            with cupy.cuda.Device(p.device.id):
+                if fmt == "float32":
+                    out.append(cupy.asarray(host))
+                elif fmt == "bfloat16":
+                    out.append(cupy.asarray(_qstate.encode("bfloat16", host).reshape(p.shape)))
+                else:
+                    b = Blockwise8.quantize(host, self.quant[slot] == _table.SIGNED)
+                    out.append(Blockwise8(cupy.asarray(b.codes), cupy.asarray(b.absmax),
+                                          cupy.asarray(np.array(b.qmap))))
         return out
 
 
