@@ -19,8 +19,8 @@ block of 256 elements, thread t element t:
    (constants from the same ``fo_<opt>_constants_f32``; NVRTC with ``--fmad=false``);
 3. each int8 slot's new absmax is the block's max |v| (NaN skipped; a warp-shuffle ``fmaxf``
    tree, then the 8 warps' maxima), and each element's code the count of thresholds at or
-   below ``v / absmax`` (a binary search over the thresholds in shared memory: ties go to the
-   lower code, NaN to code 0); bfloat16 slots are rounded to nearest even (fastopt/half.h's
+   below ``v * (1 / absmax)`` (the reciprocal rounded once per block; a binary search over the
+   thresholds in shared memory: ties go to the lower code, NaN to code 0); bfloat16 slots are rounded to nearest even (fastopt/half.h's
    ``fo_f2bf``).
 
 So the codes, absmax and bfloat16 bits are those of the CPU loops, bit for bit (a gpu-marked
@@ -171,8 +171,12 @@ extern "C" __global__ void __launch_bounds__(FO_QBLOCK)
             ((unsigned short *)st[q])[i] = fo_q_f2bf(v);
         else if (fmt[q] == 2) {{              /* the whole block takes part */
             const float amax = fo_q_block_max(in ? fabsf(v) : 0.0f, warps);
+            /* x = v * (1 / absmax), the reciprocal rounded once, as on the CPU (csrc/qstate.c);
+             * where it overflows (absmax below 2^-128, not 0) the block divides */
+            const float rcp = 1.0f / amax;
+            const float x = (amax != 0.0f && !(rcp <= 3.402823466e38f)) ? v / amax : v * rcp;
             if (in)
-                ((unsigned char *)st[q])[i] = fo_q_code(v / amax, thr[q]);
+                ((unsigned char *)st[q])[i] = fo_q_code(x, thr[q]);
             if (t == 0)
                 absmax[q][c / FO_QBLOCK] = amax;
         }}
