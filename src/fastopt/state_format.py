@@ -26,7 +26,7 @@ Parameters and gradients are float32 (float64 parameters keep float64 state: a l
 import numpy as np
 
 __all__ = ["Blockwise8", "dynamic_map", "QBLOCK", "MIN_8BIT_SIZE", "STATE_FORMATS",
-           "state_bytes"]
+           "state_bytes", "n_blocks", "check_qmap"]
 
 from ._table import MIN_8BIT_SIZE, QBLOCK, STATE_FORMATS
 
@@ -75,6 +75,24 @@ def dynamic_map(signed=True):
     return out
 
 
+def n_blocks(n):
+    """Blocks (absmax values) of an int8 buffer of `n` elements: ceil(n / QBLOCK)."""
+    return -(-int(n) // QBLOCK)
+
+
+def check_qmap(qmap, what="qmap"):
+    """ValueError unless `qmap` is a float32 array of 256 finite values, strictly increasing,
+    in [-1, 1] (what the codecs' sorted-map search needs)."""
+    if not isinstance(qmap, np.ndarray) or qmap.dtype != np.float32 or qmap.shape != (256,):
+        raise ValueError(f"{what} must be a float32 array of shape (256,), got "
+                         f"{getattr(qmap, 'dtype', type(qmap).__name__)} "
+                         f"{getattr(qmap, 'shape', '')}")
+    if not np.isfinite(qmap).all():
+        raise ValueError(f"{what} holds NaN or Inf")
+    if not (np.all(np.diff(qmap) > 0) and qmap[0] >= -1.0 and qmap[-1] <= 1.0):
+        raise ValueError(f"{what} must hold 256 strictly increasing values in [-1, 1]")
+
+
 class Blockwise8:
     """An int8 blockwise state buffer of one tensor: ``codes`` (uint8, the tensor's shape),
     ``absmax`` (float32, one per block of 256 elements) and ``qmap`` (the 256-value map, read
@@ -92,6 +110,23 @@ class Blockwise8:
         values = np.asarray(values)
         codes, absmax = _qstate.encode("int8", values, qmap)
         return cls(codes.reshape(values.shape), absmax, qmap)
+
+    @classmethod
+    def checked(cls, codes, absmax, qmap, shape=None, what="buffer"):
+        """A Blockwise8 of the given arrays after checking them, or ValueError naming `what`:
+        codes uint8 (of `shape` when given), absmax float32 of ceil(codes.size / 256) values,
+        qmap as `check_qmap`. The arrays are taken as they are (no copy)."""
+        for name, a, dtype in (("codes", codes, np.uint8), ("absmax", absmax, np.float32)):
+            if not isinstance(a, np.ndarray) or a.dtype != dtype:
+                raise ValueError(f"{what}.{name} must be a {np.dtype(dtype)} numpy.ndarray, got "
+                                 f"{getattr(a, 'dtype', type(a).__name__)}")
+        if shape is not None and codes.shape != tuple(shape):
+            raise ValueError(f"{what}.codes has shape {codes.shape}, expected {tuple(shape)}")
+        if absmax.shape != (n_blocks(codes.size),):
+            raise ValueError(f"{what}.absmax must hold {n_blocks(codes.size)} values (one per "
+                             f"block of {QBLOCK}), got shape {absmax.shape}")
+        check_qmap(qmap, f"{what}.qmap")
+        return cls(codes, absmax, qmap)
 
     def dequantize(self):
         """The float32 values (a new array of the tensor's shape)."""

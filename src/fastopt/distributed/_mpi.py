@@ -39,9 +39,11 @@ def world(comm):
 
 
 def mpi_type(dtype):
-    """The MPI datatype of a float32/float64 NumPy dtype."""
+    """The MPI datatype of a float32/float64 NumPy dtype (or uint8/uint16: int8 codes and
+    bfloat16 bits of low-bit optimizer state)."""
     MPI = mpi()
-    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[np.dtype(dtype)]
+    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
+            np.dtype(np.uint8): MPI.UINT8_T, np.dtype(np.uint16): MPI.UINT16_T}[np.dtype(dtype)]
 
 
 _KINDS = (FileNotFoundError, PermissionError, TypeError, ValueError, OSError)
