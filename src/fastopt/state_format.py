@@ -22,6 +22,10 @@ parameter-like buffer (Schedule-Free's ``z``) stays float32.
 
 Parameters and gradients are float32 (float64 parameters keep float64 state: a low-bit
 ``state_dtype`` raises for them).
+
+``state_dict()`` holds copies of the buffers as they are (uint16 bits, `Blockwise8`);
+``load_state_dict`` and ``fastopt.load`` take a buffer of any format for a slot that may be
+low-bit and convert it to the optimizer's own (codes copied when both are int8 with one map).
 """
 import numpy as np
 

@@ -26,6 +26,13 @@ receives the sum of the flags with its shard and all raise together, nothing cha
 without an extra message. A skipped or refused step writes neither the flat parameter
 buffers nor the user's arrays nor the inner optimizer.
 
+Low-bit inner state (``state_dtype``): bfloat16 is elementwise and shards as float state does.
+With int8 (blocks of 256 counted from each tensor's start, and float32 state for tensors below
+``min_8bit_size``) the shard boundaries fall on whole blocks of each tensor, each tensor part
+in a shard is its own inner param group, and a part keeps the format of its whole tensor
+(``_qshard``), so a sharded run equals the unsharded one bit for bit (stochastic bfloat16
+rounding draws its noise per inner parameter, so it differs).
+
 Checkpoints are gathered on rank 0 into the single-process layout, ``fastopt.save``'s format
 with the inner class's name: such a file loads into a plain optimizer with ``fastopt.load``,
 and a ``ShardedOptimizer`` on any number of ranks loads either kind (rank 0 reads, checks,
