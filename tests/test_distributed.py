@@ -379,19 +379,23 @@ def test_schedule_free_train_eval_through_both_wrappers(n, tmp_path):
 @pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 3])
 def test_low_bit_state_sharded_and_data_parallel_equal_one_process_bit_for_bit(tmp_path, n):
-    """tests/mpi/state_dtype.py: Adam and SGD momentum with bfloat16 and int8 state through
+    """tests/mpi/state_dtype.py: Adam, SGD momentum and Schedule-Free AdamW with bfloat16 and
+    int8 state through
     both wrappers equal one process bit for bit (parameters and state_dict), and continue bit
     for bit after save/load, also in a plain optimizer; int8 shards are cut at whole blocks of
     each tensor, so a tensor part below min_8bit_size keeps int8 state like its tensor."""
     results = run_workers(n, "state_dtype.py", tmp_path)
     for r in results:
-        assert len(r["results"]) == 8       # {Adam, SGD} x {bfloat16, int8} x {Sharded, Distributed}
+        # {Adam, SGD, ScheduleFreeAdamW} x {bfloat16, int8} x {Sharded, Distributed}
+        assert len(r["results"]) == 12
         for case, out in r["results"].items():
             assert out["params_equal"] and out["continued_equal"], (case, r["rank"], out)
             if r["rank"] == 0:
                 assert out["state_equal"] and out["continued_state_equal"], (case, out)
                 assert out["plain_continued_equal"], (case, out)
-                want = ["<f4", "Blockwise8"] if "int8" in case else ["<u2"]
+                # int8: the small tensor keeps float32; Schedule-Free's z is float32
+                want = ["<f4", "Blockwise8"] if "int8" in case else \
+                    (["<f4", "<u2"] if "sfadamw" in case else ["<u2"])
                 assert out["kinds"] == want, (case, out["kinds"])
             if "int8-sharded" in case:
                 starts = [0, 5000, 10200, 10500]          # the tensors in the flat buffer

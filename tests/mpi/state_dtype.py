@@ -1,7 +1,7 @@
 """Low-bit optimizer state through DistributedOptimizer and ShardedOptimizer (run under mpiexec):
 usage ``state_dtype.py DIR``.
 
-For Adam and SGD with momentum, ``state_dtype`` "bfloat16" and "int8" (two param groups, four
+For Adam, SGD with momentum and Schedule-Free AdamW, ``state_dtype`` "bfloat16" and "int8" (two param groups, four
 float32 tensors: two int8 ones that a shard boundary cuts, one below ``min_8bit_size`` and one
 just above it): every rank passes the same dyadic gradients, so the averaged gradient is exactly
 ``float32(N g) * float32(1 / N)``, which the single-process reference here steps with. Reports
@@ -25,7 +25,8 @@ comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 directory = sys.argv[1]
 SHAPES = [(5000,), (40, 130), (300,), (4097,)]
-CASES = {"adam": (fo.Adam, dict(lr=0.01)), "sgd": (fo.SGD, dict(lr=0.05, momentum=0.9))}
+CASES = {"adam": (fo.Adam, dict(lr=0.01)), "sgd": (fo.SGD, dict(lr=0.05, momentum=0.9)),
+         "sfadamw": (fo.ScheduleFreeAdamW, dict(lr=0.01))}   # z float32, exp_avg_sq low-bit
 FORMATS = ("bfloat16", "int8")
 
 
@@ -90,6 +91,9 @@ for name, (cls, hyper) in CASES.items():
                 return DistributedOptimizer(cls(groups(ps), state_dtype=fmt, **hyper), comm)
 
             opt = build(params)
+            if hasattr(ref, "train"):
+                ref.train()
+                opt.train()
             run(opt, params, ref, ref_params, 0, 6)
             out = {"params_equal": same(params, ref_params)}
             sd = opt.state_dict()
@@ -118,7 +122,7 @@ for name, (cls, hyper) in CASES.items():
                 out["continued_state_equal"] = flat_state(sd_after) == flat_state(ref.state_dict())
                 plain_params = [p.copy() for p in saved]
                 plain = cls(groups(plain_params), state_dtype=fmt, **hyper)
-                fo.load(plain, path)
+                fo.load(plain, path)          # Schedule-Free: saved in train mode
                 for t in range(6, 10):
                     plain.step([averaged(grad(p, t)) for p in plain_params])
                 out["plain_continued_equal"] = same(plain_params, params)
