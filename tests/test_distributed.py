@@ -95,6 +95,25 @@ def test_shards_cover_the_buffer_contiguously(total, n):
     assert sum(b - a for _, a, b in pieces) == total - total // 3
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_int8_shards_cut_at_whole_blocks_of_each_tensor(n):
+    from fastopt.distributed._flat import FlatLayout
+    from fastopt.distributed._qshard import BlockSpace, aligned_shards
+    sizes = [5000, 300, 4097, 1, 1000]
+    layout = FlatLayout([np.zeros(k, np.float32) for k in sizes])
+    s = aligned_shards(layout, 0, n)
+    total, starts = sum(sizes), list(np.cumsum([0] + sizes[:-1]))
+    assert sum(s.counts) == total and s.displs[0] == 0
+    assert all(s.bounds(r)[1] == s.bounds(r + 1)[0] for r in range(n - 1))
+    for bound in s.displs:
+        tensor = max(t for t in starts if t <= bound)
+        assert (bound - tensor) % 256 == 0, (n, s.displs)
+    assert all(abs(c - total / n) <= 256 for c in s.counts), s.counts   # nearest block cut
+    space = BlockSpace(layout, 0)
+    blocks = space.shards(s)
+    assert space.total == sum(-(-k // 256) for k in sizes) == sum(blocks.counts)
+
+
 def test_flat_layout_round_trip():
     from fastopt.distributed._flat import FlatLayout
     params = [np.arange(6.0).reshape(2, 3), np.arange(4, dtype=np.float32), np.arange(2.0)]
@@ -354,3 +373,37 @@ def test_schedule_free_train_eval_through_both_wrappers(n, tmp_path):
     root = results[0]["checkpoint"]
     assert root["mode"] == [False, False] and root["k"] == [10, 10]
     assert root["continued"] < 1e-12 and root["continued_float32"] < 1e-5
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_low_bit_state_sharded_and_data_parallel_equal_one_process_bit_for_bit(tmp_path, n):
+    """tests/mpi/state_dtype.py: Adam, SGD momentum and Schedule-Free AdamW with bfloat16 and
+    int8 state through
+    both wrappers equal one process bit for bit (parameters and state_dict), and continue bit
+    for bit after save/load, also in a plain optimizer; int8 shards are cut at whole blocks of
+    each tensor, so a tensor part below min_8bit_size keeps int8 state like its tensor."""
+    results = run_workers(n, "state_dtype.py", tmp_path)
+    for r in results:
+        # {Adam, SGD, ScheduleFreeAdamW} x {bfloat16, int8} x {Sharded, Distributed}
+        assert len(r["results"]) == 12
+        for case, out in r["results"].items():
+            assert out["params_equal"] and out["continued_equal"], (case, r["rank"], out)
+            if r["rank"] == 0:
+                assert out["state_equal"] and out["continued_state_equal"], (case, out)
+                assert out["plain_continued_equal"], (case, out)
+                # int8: the small tensor keeps float32; Schedule-Free's z is float32
+                want = ["<f4", "Blockwise8"] if "int8" in case else \
+                    (["<f4", "<u2"] if "sfadamw" in case else ["<u2"])
+                assert out["kinds"] == want, (case, out["kinds"])
+            if "int8-sharded" in case:
+                starts = [0, 5000, 10200, 10500]          # the tensors in the flat buffer
+                for bound in out["bounds"][0][1:-1]:
+                    tensor = max(s for s in starts if s <= bound)
+                    assert (bound - tensor) % 256 == 0, (case, out["bounds"])
+                assert any(b not in starts for b in out["bounds"][0][1:-1])   # inside a tensor
+    for case in results[0]["results"]:
+        if "sharded" in case:
+            nbytes = [r["results"][case]["state_nbytes"] for r in results]
+            assert max(nbytes) < 0.6 * sum(nbytes), (case, nbytes)     # state is split

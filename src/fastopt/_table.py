@@ -368,7 +368,10 @@ KERNELS = {k.name: k for k in (
         consts=(("etaminus", "etaminus"), ("etaplus", "etaplus"),
                 ("step_size_min", "step_size_min"), ("step_size_max", "step_size_max")),
         flags={"MAXIMIZE": "maximize"},
-        # the step sizes start at the group's lr, which the rule does not read otherwise
+        # the step sizes start at the group's lr, which the rule does not read otherwise.
+        # No low-bit format (quant): prev only carries a sign, and step_size is a per-element
+        # step multiplied by etaplus/etaminus every step across many decades, which a
+        # block-relative int8 format would round to zero (frozen) and bfloat16 would bias.
         state=(State("prev", None, 0), State("step_size", None, "lr")),
         cases=((),),
         cost=2, backends=BACKENDS,
@@ -388,7 +391,8 @@ KERNELS = {k.name: k for k in (
                 ("weight_decay", "weight_decay"), ("decay_factor", "decay_factor"),
                 ("grad_coef", "grad_coef"), ("avg_coef", "avg_coef")),
         flags={"MAXIMIZE": "maximize", "DECOUPLED": "decoupled_weight_decay"},
-        state=(State("exp_avg", None, 0), State("exp_avg_sq", None, 0)),
+        state=(State("exp_avg", None, 0, quant=SIGNED),
+               State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((), ("DECOUPLED",)),
         cost=3, backends=BACKENDS,
     ),
@@ -401,6 +405,8 @@ KERNELS = {k.name: k for k in (
         consts=(("eta", "eta"), ("decay", "decay"), ("mu", "mu"),
                 ("weight_decay", "weight_decay")),
         flags={"MAXIMIZE": "maximize", "AVERAGE": "mu_t != 1"},
+        # ax is a parameter-like iterate (the Polyak average one evaluates; ax = p before
+        # averaging starts), not a moment: it stays float32, as Schedule-Free's z (no quant)
         state=(State("ax", None, 0),),
         cases=((), ("AVERAGE",)),
         cost=2, backends=BACKENDS,

@@ -14,7 +14,10 @@ that fit the optimizer, exactly as a hand-made `state_dict` can.
 Reading is bounded: the archive's member names, every array's dtype and shape (from the
 metadata, its ``.npy`` header and the zip directory) are checked against each other, and by
 `load` against the optimizer's parameters, before any array is read; a member is never read
-past the size its header declares. A rejected file costs memory in proportion to its metadata.
+past the size its header declares. An int8 buffer's codes must be uint8 with a parameter's
+shape, its absmax float32 of ceil(size / 256) values and its map float32 of 256 values, all
+from the declarations; the map's values (finite, strictly increasing, in [-1, 1]) are checked
+once read, before the state_dict is built. A rejected file costs memory in proportion to its metadata.
 
 File format, version 2 (an uncompressed .npz, i.e. a zip of ``.npy`` members)
 ---------------------------------------------------------------------------
@@ -24,7 +27,10 @@ File format, version 2 (an uncompressed .npz, i.e. a zip of ``.npy`` members)
 (other keys: ``{"__dict__": [[key, value], ...]}``), lists as lists, tuples as
 ``{"__tuple__": [...]}``, numbers, booleans, strings and None as themselves (non-finite floats
 as ``{"__float__": "nan" | "inf" | "-inf"}``), arrays as ``{"__array__": member, "dtype":
-str, "shape": [...]}`` with the data in the member of that name, and schedules as
+str, "shape": [...]}`` with the data in the member of that name, int8 blockwise state buffers
+(`fastopt.state_format.Blockwise8`) as ``{"__blockwise8__": {"codes": array, "absmax": array,
+"qmap": array}}`` (codes uint8 of the parameter's shape, absmax float32 of one value per block
+of 256, the 256-value float32 map; bfloat16 state is a plain uint16 array), and schedules as
 ``{"schedule": name, "args": {...}}``. ``__sha256__``: the digest of the metadata bytes and of
 every array's name, dtype, shape and bytes (sorted by name). Any other value is refused by
 `save` with a TypeError (nothing is written). Version 1 files (state arrays as
@@ -48,6 +54,7 @@ import zipfile
 import numpy as np
 
 from . import schedules as _schedules
+from .state_format import Blockwise8, n_blocks
 
 __all__ = ["save", "load", "write_state_dict", "read_state_dict", "read_state_dict_of",
            "FORMAT", "VERSION"]
@@ -56,7 +63,10 @@ FORMAT = "fastopt-checkpoint"
 VERSION = 2
 MAX_META_BYTES = 64 << 20          # the JSON metadata is read whole; more is not a checkpoint
 _META, _DIGEST = "__meta__", "__sha256__"
-_MARKERS = ("__dict__", "__tuple__", "__float__", "__array__", "__pickle__", "schedule")
+_Q8 = "__blockwise8__"              # an int8 state buffer (fastopt.state_format.Blockwise8)
+_MARKERS = ("__dict__", "__tuple__", "__float__", "__array__", "__pickle__", "schedule", _Q8)
+_Q8_PARTS = {"codes": np.dtype(np.uint8), "absmax": np.dtype(np.float32),
+             "qmap": np.dtype(np.float32)}
 _V1_ARRAY = re.compile(r"state/\d+/[A-Za-z_]\w*\Z")
 
 
@@ -83,6 +93,9 @@ def _encode(value, path, arrays):
         return {"__float__": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, _schedules.Schedule):
         return _schedules.to_data(value)
+    if isinstance(value, Blockwise8):
+        return {_Q8: {part: _encode(getattr(value, part), f"{path}/{part}", arrays)
+                      for part in _Q8_PARTS}}
     if _is_array(value):
         a = _c_order(_host(value))
         if path in arrays:                     # e.g. keys 0 and "0" in one dict
@@ -312,6 +325,13 @@ def _decode(node, arrays):
         raise _Refused(f"unexpected value {node!r:.100}")
     if "__array__" in node:
         return arrays[node["__array__"]]
+    if set(node) == {_Q8}:
+        parts = {k: arrays[v["__array__"]] for k, v in node[_Q8].items()}
+        try:
+            return Blockwise8.checked(parts["codes"], parts["absmax"], parts["qmap"],
+                                      what=f"int8 buffer {node[_Q8]['codes']['__array__']!r}")
+        except ValueError as e:
+            raise _Refused(str(e)) from None
     if set(node) == {"__tuple__"} and isinstance(node["__tuple__"], list):
         return tuple(_decode(v, arrays) for v in node["__tuple__"])
     if set(node) == {"__float__"} and node["__float__"] in ("nan", "inf", "-inf"):
@@ -332,13 +352,23 @@ def _decode(node, arrays):
     return {k: _decode(v, arrays) for k, v in node.items()}
 
 
-def _declared_arrays(node, out):
-    """Collect {name: (dtype, shape)} of the arrays a v2 tree refers to, checking each spec."""
+def _declared_arrays(node, out, q8=None):
+    """Collect {name: (dtype, shape)} of the arrays a v2 tree refers to, checking each spec;
+    the int8 buffers' (codes, absmax, qmap) names go to `q8` (a list)."""
     if isinstance(node, list):
         for v in node:
-            _declared_arrays(v, out)
+            _declared_arrays(v, out, q8)
     elif isinstance(node, dict):
-        if "__array__" in node:
+        if _Q8 in node:
+            parts = node[_Q8]
+            if set(node) != {_Q8} or not isinstance(parts, dict) or set(parts) != set(_Q8_PARTS) \
+                    or not all(isinstance(v, dict) and "__array__" in v for v in parts.values()):
+                raise _Refused(f"malformed int8 state buffer {node!r:.200}")
+            for v in parts.values():
+                _declared_arrays(v, out, q8)
+            if q8 is not None:
+                q8.append(tuple(parts[k]["__array__"] for k in _Q8_PARTS))
+        elif "__array__" in node:
             name, dtype, shape = node.get("__array__"), node.get("dtype"), node.get("shape")
             if set(node) != {"__array__", "dtype", "shape"} or not isinstance(name, str) \
                     or not isinstance(dtype, str) or not isinstance(shape, list) \
@@ -356,7 +386,30 @@ def _declared_arrays(node, out):
             out[name] = (dt, tuple(shape))
         else:
             for v in node.values():
-                _declared_arrays(v, out)
+                _declared_arrays(v, out, q8)
+
+
+def _check_q8_layout(declared, q8):
+    """Each int8 buffer's declared parts: codes uint8, absmax float32 of one value per block of
+    the codes, qmap float32 (256,). Returns the names of the absmax and qmap arrays (whose
+    shapes follow from their codes')."""
+    tied = set()
+    for codes, absmax, qmap in q8:
+        (cd, cs), (ad, ash), (qd, qs) = declared[codes], declared[absmax], declared[qmap]
+        n = 1
+        for s in cs:
+            n *= s
+        if cd != _Q8_PARTS["codes"] or ad != _Q8_PARTS["absmax"] or qd != _Q8_PARTS["qmap"]:
+            raise _Refused(f"int8 buffer {codes!r}: codes must be uint8, absmax and qmap "
+                           f"float32, the metadata declares {cd}, {ad}, {qd}")
+        if ash != (n_blocks(n),):
+            raise _Refused(f"int8 buffer {codes!r}: absmax must hold {n_blocks(n)} values (one "
+                           f"per block of 256 of {n} codes), the metadata declares {list(ash)}")
+        if qs != (256,):
+            raise _Refused(f"int8 buffer {codes!r}: qmap must hold 256 values, the metadata "
+                           f"declares {list(qs)}")
+        tied.update((absmax, qmap))
+    return tied
 
 
 def _find_pickled(node, where="param_groups"):
@@ -408,16 +461,17 @@ def _read(zf, expect):
             f.close()
             declared[name] = (dt, shape)
     else:
-        declared = {}
-        _declared_arrays(meta.get("state_dict"), declared)
+        declared, q8 = {}, []
+        _declared_arrays(meta.get("state_dict"), declared, q8)
         if set(declared) != members:
             extra, missing = sorted(members - set(declared)), sorted(set(declared) - members)
             raise _Refused(f"the archive's arrays do not match its metadata (unlisted: "
                            f"{extra[:5]}, missing: {missing[:5]})")
         for name, (dt, shape) in declared.items():
             archive.open_checked(name, dt, shape)[0].close()
+    tied = set() if version == 1 else _check_q8_layout(declared, q8)
     if expect is not None:
-        expect(declared)
+        expect({k: v for k, v in declared.items() if k not in tied})
     h = hashlib.sha256()
     h.update(meta_bytes)
     arrays = {}

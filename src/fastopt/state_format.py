@@ -15,7 +15,8 @@ parameter-like buffer (Schedule-Free's ``z``) stays float32.
   Block-wise Quantization", ICLR 2022), the format of bitsandbytes' blockwise 8-bit
   optimizers: a tensor is cut into blocks of 256 elements; block :math:`b` keeps
   :math:`a_b = \max_{i \in b} |v_i|` (float32) and per element the code
-  :math:`q_i = \arg\min_j |m_j - v_i / a_b|` (ties to the lower code) of the 256-value map
+  :math:`q_i = \arg\min_j |m_j - v_i r_b|`, :math:`r_b = \mathrm{fl}(1 / a_b)` the
+  reciprocal rounded to float32 once per block (ties to the lower code) of the 256-value map
   :math:`m` (:func:`dynamic_map`), so :math:`v_i \approx m_{q_i} a_b`. Tensors with fewer than
   ``min_8bit_size`` (4096) elements keep float32 state, as bitsandbytes does. A buffer is a
   :class:`Blockwise8` (``codes``, ``absmax``, ``qmap``): 1 + 4/256 bytes per element.
@@ -25,11 +26,15 @@ Parameters and gradients are float32 (float64 parameters keep float64 state: a l
 `fastopt._cuda_qstate` (the same codes and bits as the CPU loops; ``rounding="stochastic"`` is
 CPU-only), and ``fastopt.torch``'s optimizers take the same keywords for CPU tensors
 (`fastopt._torch_qstate`).
+
+``state_dict()`` holds copies of the buffers as they are (uint16 bits, `Blockwise8`);
+``load_state_dict`` and ``fastopt.load`` take a buffer of any format for a slot that may be
+low-bit and convert it to the optimizer's own (codes copied when both are int8 with one map).
 """
 import numpy as np
 
 __all__ = ["Blockwise8", "dynamic_map", "QBLOCK", "MIN_8BIT_SIZE", "STATE_FORMATS",
-           "state_bytes"]
+           "state_bytes", "n_blocks", "check_qmap"]
 
 from ._table import MIN_8BIT_SIZE, QBLOCK, STATE_FORMATS
 
@@ -78,6 +83,24 @@ def dynamic_map(signed=True):
     return out
 
 
+def n_blocks(n):
+    """Blocks (absmax values) of an int8 buffer of `n` elements: ceil(n / QBLOCK)."""
+    return -(-int(n) // QBLOCK)
+
+
+def check_qmap(qmap, what="qmap"):
+    """ValueError unless `qmap` is a float32 array of 256 finite values, strictly increasing,
+    in [-1, 1] (what the codecs' sorted-map search needs)."""
+    if not isinstance(qmap, np.ndarray) or qmap.dtype != np.float32 or qmap.shape != (256,):
+        raise ValueError(f"{what} must be a float32 array of shape (256,), got "
+                         f"{getattr(qmap, 'dtype', type(qmap).__name__)} "
+                         f"{getattr(qmap, 'shape', '')}")
+    if not np.isfinite(qmap).all():
+        raise ValueError(f"{what} holds NaN or Inf")
+    if not (np.all(np.diff(qmap) > 0) and qmap[0] >= -1.0 and qmap[-1] <= 1.0):
+        raise ValueError(f"{what} must hold 256 strictly increasing values in [-1, 1]")
+
+
 class Blockwise8:
     """An int8 blockwise state buffer of one tensor: ``codes`` (uint8, the tensor's shape),
     ``absmax`` (float32, one per block of 256 elements) and ``qmap`` (the 256-value map, read
@@ -95,6 +118,23 @@ class Blockwise8:
         values = np.asarray(values)
         codes, absmax = _qstate.encode("int8", values, qmap)
         return cls(codes.reshape(values.shape), absmax, qmap)
+
+    @classmethod
+    def checked(cls, codes, absmax, qmap, shape=None, what="buffer"):
+        """A Blockwise8 of the given arrays after checking them, or ValueError naming `what`:
+        codes uint8 (of `shape` when given), absmax float32 of ceil(codes.size / 256) values,
+        qmap as `check_qmap`. The arrays are taken as they are (no copy)."""
+        for name, a, dtype in (("codes", codes, np.uint8), ("absmax", absmax, np.float32)):
+            if not isinstance(a, np.ndarray) or a.dtype != dtype:
+                raise ValueError(f"{what}.{name} must be a {np.dtype(dtype)} numpy.ndarray, got "
+                                 f"{getattr(a, 'dtype', type(a).__name__)}")
+        if shape is not None and codes.shape != tuple(shape):
+            raise ValueError(f"{what}.codes has shape {codes.shape}, expected {tuple(shape)}")
+        if absmax.shape != (n_blocks(codes.size),):
+            raise ValueError(f"{what}.absmax must hold {n_blocks(codes.size)} values (one per "
+                             f"block of {QBLOCK}), got shape {absmax.shape}")
+        check_qmap(qmap, f"{what}.qmap")
+        return cls(codes, absmax, qmap)
 
     def dequantize(self):
         """The float32 values (a new array of the tensor's shape)."""

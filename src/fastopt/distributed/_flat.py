@@ -125,6 +125,14 @@ class Shards:
         for r in range(1, n):
             self.displs[r] = self.displs[r - 1] + self.counts[r - 1]
 
+    @classmethod
+    def from_bounds(cls, bounds):
+        """The split with rank r's shard at [bounds[r], bounds[r + 1]) (non-decreasing)."""
+        self = cls.__new__(cls)
+        self.displs = list(bounds[:-1])
+        self.counts = [z - a for a, z in zip(bounds[:-1], bounds[1:])]
+        return self
+
     def bounds(self, rank):
         """(start, stop) of `rank`'s shard."""
         return self.displs[rank], self.displs[rank] + self.counts[rank]

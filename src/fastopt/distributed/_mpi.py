@@ -39,9 +39,11 @@ def world(comm):
 
 
 def mpi_type(dtype):
-    """The MPI datatype of a float32/float64 NumPy dtype."""
+    """The MPI datatype of a float32/float64 NumPy dtype (or uint8/uint16: int8 codes and
+    bfloat16 bits of low-bit optimizer state)."""
     MPI = mpi()
-    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[np.dtype(dtype)]
+    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
+            np.dtype(np.uint8): MPI.UINT8_T, np.dtype(np.uint16): MPI.UINT16_T}[np.dtype(dtype)]
 
 
 _KINDS = (FileNotFoundError, PermissionError, TypeError, ValueError, OSError)
@@ -91,11 +93,15 @@ def bcast_tree(comm, tree, root=0):
     """Broadcast a nested dict/list of NumPy arrays and plain values from `root`.
 
     The structure goes as one pickled message, all array bytes as one raw buffer (so a
-    checkpoint with many tensors costs two messages, whatever their number).
+    checkpoint with many tensors costs two messages, whatever their number); an int8 state
+    buffer (`fastopt.state_format.Blockwise8`) goes as its three arrays.
     """
+    from ..state_format import Blockwise8
     arrays = []
 
     def strip(node):
+        if isinstance(node, Blockwise8):
+            return ("__blockwise8__", strip(node.codes), strip(node.absmax), strip(node.qmap))
         if isinstance(node, np.ndarray):
             arrays.append(np.ascontiguousarray(node))
             return ("__array__", len(arrays) - 1, node.dtype.str, node.shape)
@@ -133,6 +139,8 @@ def bcast_tree(comm, tree, root=0):
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def build(node):
+        if isinstance(node, tuple) and len(node) == 4 and node[0] == "__blockwise8__":
+            return Blockwise8(*(build(v) for v in node[1:]))
         if isinstance(node, tuple) and len(node) == 4 and node[0] == "__array__":
             i = node[1]
             raw = blob[starts[i]:starts[i + 1]]

@@ -26,6 +26,13 @@ receives the sum of the flags with its shard and all raise together, nothing cha
 without an extra message. A skipped or refused step writes neither the flat parameter
 buffers nor the user's arrays nor the inner optimizer.
 
+Low-bit inner state (``state_dtype``): bfloat16 is elementwise and shards as float state does.
+With int8 (blocks of 256 counted from each tensor's start, and float32 state for tensors below
+``min_8bit_size``) the shard boundaries fall on whole blocks of each tensor, each tensor part
+in a shard is its own inner param group, and a part keeps the format of its whole tensor
+(``_qshard``), so a sharded run equals the unsharded one bit for bit (stochastic bfloat16
+rounding draws its noise per inner parameter, so it differs).
+
 Checkpoints are gathered on rank 0 into the single-process layout, ``fastopt.save``'s format
 with the inner class's name: such a file loads into a plain optimizer with ``fastopt.load``,
 and a ``ShardedOptimizer`` on any number of ranks loads either kind (rank 0 reads, checks,
@@ -37,18 +44,20 @@ from .. import _kernels, checkpoint
 from ..optim._core import group_params, normalize_params, saved_group
 from ..optim._groups import check_groups
 from ..optim.base import Optimizer
-from . import _flat
+from . import _flat, _qshard
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
 
 __all__ = ["ShardedOptimizer"]
 
 
 class _Piece:
-    """One inner param group: the part of user group `group` in buffer `buf` on this rank."""
-    __slots__ = ("group", "buf", "start", "stop")
+    """One inner param group: the part of user group `group` in buffer `buf` on this rank
+    (flat elements start:stop); `tensor`: the first parameter it covers (None: empty)."""
+    __slots__ = ("group", "buf", "start", "stop", "tensor")
 
-    def __init__(self, group, buf, start, stop):
+    def __init__(self, group, buf, start, stop, tensor=None):
         self.group, self.buf, self.start, self.stop = group, buf, start, stop
+        self.tensor = tensor
 
 
 class ShardedOptimizer:
@@ -89,7 +98,11 @@ class ShardedOptimizer:
                    [len(g["params"]) for g in groups])] + _flat.signature(self._params),
                    "the optimizers or parameters")
         self._layout = layout = _flat.FlatLayout(self._params)
-        self._shards = [_flat.Shards(n, self.size) for n in layout.sizes]
+        # int8 state: shards, and the inner parameters, cut at whole blocks of each tensor
+        self._by_tensor = hyperparameters.get("state_dtype") == "int8"
+        self._shards = [_qshard.aligned_shards(layout, b, self.size) if self._by_tensor
+                        else _flat.Shards(n, self.size) for b, n in enumerate(layout.sizes)]
+        self._spaces = [_qshard.BlockSpace(layout, b) for b in range(len(layout.dtypes))]
         self._flat = layout.empty()
         self._unpack = layout.unpacker(self._flat, self._params)
         self._group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
@@ -136,18 +149,26 @@ class ShardedOptimizer:
         return out
 
     def _cut(self, group_of):
-        """The inner param groups: each (user group, buffer) run, clipped to this shard."""
+        """The inner param groups: each (user group, buffer) run, clipped to this shard (with
+        int8 state: each tensor's part in this shard, so that its blocks are the tensor's);
+        a (group, buffer) with nothing here is one empty piece."""
         pieces = []
         for b in range(len(self._layout.dtypes)):
             lo, hi = self._shards[b].bounds(self.rank)
             runs = {}
             for i in self._layout.members[b]:
                 _, off, n = self._layout.where[i]
-                start, stop = runs.get(group_of[i], (off, off))
-                runs[group_of[i]] = (start, off + n)
-            for gi, (start, stop) in sorted(runs.items()):
+                key = (group_of[i], i if self._by_tensor else -1)
+                start, stop, first = runs.get(key, (off, off, i))
+                runs[key] = (start, off + n, first)
+            here = {}
+            for (gi, _), (start, stop, first) in sorted(runs.items()):
                 a, z = max(start, lo), min(stop, hi)
-                pieces.append(_Piece(gi, b, a, z) if a < z else _Piece(gi, b, lo, lo))
+                here.setdefault(gi, [])
+                if a < z:
+                    here[gi].append(_Piece(gi, b, a, z, first))
+            for gi, got in here.items():
+                pieces += got or [_Piece(gi, b, lo, lo)]
         pieces.sort(key=lambda pc: (pc.group, pc.buf))
         return pieces
 
@@ -188,7 +209,13 @@ class ShardedOptimizer:
         for pc in self._pieces:
             hyper = {k: v for k, v in groups[pc.group].items() if k != "params"}
             inner_groups.append({**hyper, "params": [self._flat[pc.buf][pc.start:pc.stop]]})
-        return self.opt_cls(inner_groups, **hyperparameters)
+        inner = self.opt_cls(inner_groups, **hyperparameters)
+        fmt = inner._state_format
+        if fmt is not None and self._by_tensor:     # a part keeps the format of its tensor
+            for pc, ig in zip(self._pieces, inner.param_groups):
+                if pc.tensor is not None:
+                    fmt.whole_sizes[id(ig["params"][0])] = self._params[pc.tensor].size
+        return inner
 
     def _first_inner_groups(self):
         firsts = {}
@@ -355,24 +382,19 @@ class ShardedOptimizer:
         self._sync_hyperparameters()
         inner = self._inner.state_dict()["state"]      # this shard, one entry per piece
         names = self._inner.spec.state
-        full = {}
+        full, formats = {}, {}
         for b, buf in enumerate(self._flat):
-            s = self._shards[b]
-            lo, hi = s.bounds(self.rank)
-            for name in names:
+            for slot, name in enumerate(names):
                 have = [k for k, pc in enumerate(self._pieces)
                         if pc.buf == b and name in inner.get(k, {})]
                 if not have:                      # the same on every rank: same groups, steps
                     continue
-                local = np.zeros(hi - lo, buf.dtype)
-                for k in have:
-                    pc = self._pieces[k]
-                    local[pc.start - lo:pc.stop - lo] = inner[k][name]
-                whole = np.empty(buf.size, buf.dtype) if self.rank == 0 else None
-                self.comm.Gatherv([local, mpi_type(buf.dtype)],
-                                  [whole, (s.counts, s.displs), mpi_type(buf.dtype)]
-                                  if self.rank == 0 else None, root=0)
-                full[(b, name)] = whole
+                formats[(b, name)] = f = _qshard.slot_formats(self._inner, self._layout, b, slot)
+                parts = [(f[pc.tensor], pc.start, pc.stop, inner[k][name])
+                         for k, pc in ((k, self._pieces[k]) for k in have)
+                         if pc.start < pc.stop]
+                full[(b, name)] = _qshard.gather_slot(self.comm, self._shards[b],
+                                                      self._spaces[b], f, parts, buf.dtype)
         if self.rank != 0:
             return None
         first_piece = {}
@@ -387,10 +409,12 @@ class ShardedOptimizer:
             for name in self._inner.spec.scalars:   # per-parameter scalars: one per group
                 if name in group_entry:
                     state[i][name] = group_entry[name]
-            for name in names:
+            for slot, name in enumerate(names):
                 if name in group_entry:
-                    state[i][name] = full[(b, name)][off:off + n].reshape(
-                        self._params[i].shape).copy()
+                    state[i][name] = _qshard.root_buffer(
+                        full[(b, name)], formats[(b, name)][i], i, self._layout,
+                        self._spaces[b], self._params[i].shape,
+                        _qshard.slot_signed(self._inner, slot))
         groups = [saved_group(g, off) for g, off in zip(self.param_groups, self._group_start)]
         return {"state": state, "param_groups": groups}
 
@@ -411,31 +435,33 @@ class ShardedOptimizer:
         names = self._inner.spec.state
         shard_state = {}
         for b, buf in enumerate(self._flat):
-            s = self._shards[b]
-            for name in names:
+            for slot, name in enumerate(names):
                 if not any(name in m[2] for m in meta):
                     continue
-                whole = None
+                saved = None
                 if self.rank == 0:
-                    whole = np.zeros(buf.size, buf.dtype)
-                    for i, (bi, off, n) in enumerate(self._layout.where):
+                    saved = {}
+                    for i in self._layout.members[b]:
                         gi = self._group_of[i]
-                        if bi == b and name in meta[gi][2]:
-                            k = i - self._group_start[gi]
-                            whole[off:off + n] = np.asarray(plan[gi][2][k][name]).reshape(-1)
-                mine = np.empty(s.counts[self.rank], buf.dtype)
-                self.comm.Scatterv([whole, (s.counts, s.displs), mpi_type(buf.dtype)]
-                                   if self.rank == 0 else None, [mine, mpi_type(buf.dtype)],
-                                   root=0)
-                shard_state[(b, name)] = mine
+                        if name in meta[gi][2]:
+                            saved[i] = plan[gi][2][i - self._group_start[gi]][name]
+                f = _qshard.slot_formats(self._inner, self._layout, b, slot)
+                signed = _qshard.slot_signed(self._inner, slot)
+                shard_state[(b, name)] = (f, signed, _qshard.scatter_slot(
+                    self.comm, saved, self._shards[b], self._spaces[b], f, self._layout, b,
+                    buf.dtype, signed))
         inner_state, inner_groups = {}, []
         for k, pc in enumerate(self._pieces):
             hyper, steps, bufnames, values = meta[pc.group]
             lo = self._shards[pc.buf].bounds(self.rank)[0]
+            blo = self._spaces[pc.buf].shards(self._shards[pc.buf]).bounds(self.rank)[0]
             if bufnames or steps:
                 inner_state[k] = {"step": float(steps), **values}
                 for name in bufnames:
-                    inner_state[k][name] = shard_state[(pc.buf, name)][pc.start - lo:pc.stop - lo]
+                    f, signed, mine = shard_state[(pc.buf, name)]
+                    kind = f[pc.tensor] if pc.tensor is not None else next(iter(mine))
+                    inner_state[k][name] = _qshard.part_buffer(
+                        mine, kind, pc.start, pc.stop, lo, self._spaces[pc.buf], blo, signed)
             inner_groups.append({**hyper, "params": [k]})
         agree(self.comm, self._inner.load_state_dict,
               {"state": inner_state, "param_groups": inner_groups})

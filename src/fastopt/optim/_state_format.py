@@ -51,6 +51,7 @@ class StateFormat:
         self.seed = seed
         self.min_8bit_size = min_8bit_size
         self.quant = tuple(s.quant for s in _table.KERNELS[kernel].state)
+        self.whole_sizes = {}
 
     def check(self, values):
         """A group's validated hyperparameters against the format: centered RMSprop subtracts
@@ -70,13 +71,19 @@ class StateFormat:
         return _qstate, _qstate.Plan(params, "params", offset, rounding=self.rounding,
                                      seed=self.seed)
 
-    def _format(self, slot, p):
-        """The format of slot `slot` of parameter `p`."""
+    def format_for(self, slot, size):
+        """The format of slot `slot` of a tensor of `size` elements."""
         if self.quant[slot] is None:
             return "float32"
-        if self.dtype == "int8" and p.size < self.min_8bit_size:
+        if self.dtype == "int8" and size < self.min_8bit_size:
             return "float32"
         return self.dtype
+
+    def _format(self, slot, p):
+        """The format of slot `slot` of parameter `p`: of its whole tensor when `p` is a part
+        of one (``whole_sizes``: id of the part -> the tensor's size; ShardedOptimizer's shard
+        views, which the optimizer keeps alive)."""
+        return self.format_for(slot, self.whole_sizes.get(id(p), p.size))
 
     def new(self, slot, params, fill=None):
         """New buffers of a slot for `params`, holding `fill` (None: zeros, to be written)."""

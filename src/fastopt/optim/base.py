@@ -37,6 +37,7 @@ from operator import is_ as _is
 
 import numpy as np
 
+from .. import _table
 from ..flat import state_like
 from ..state_format import Blockwise8
 from ._core import OptimizerCore
@@ -401,6 +402,33 @@ class Optimizer(OptimizerCore):
                 raise ValueError(f"param_groups[{gi}]: state buffer {name!r} is missing "
                                  "for these options")
         return steps, buffers
+
+    def _saved_entry(self, i, entry, p, like=""):
+        """As `OptimizerCore._saved_entry`, and a buffer of a slot that may be low-bit
+        (``State.quant``) may also be saved in a low-bit format whatever this optimizer's
+        ``state_dtype``: a uint16 array of bfloat16 bits of the parameter's shape, or a
+        `Blockwise8` (checked: codes of the shape, absmax of one float32 per block, a sorted
+        finite map in [-1, 1]). `_store_buffer` converts between formats."""
+        low = {}
+        if isinstance(entry, dict):
+            quant = {s.name for s in _table.KERNELS[self.spec.kernel].state if s.quant}
+            for name, value in entry.items():
+                if name not in quant:
+                    continue
+                what = f"state[{i}][{name!r}]"
+                if isinstance(value, Blockwise8):
+                    low[name] = Blockwise8.checked(_to_host(value.codes), _to_host(value.absmax),
+                                                   _to_host(value.qmap), tuple(p.shape), what)
+                elif isinstance(value, np.ndarray) and value.dtype == np.uint16:
+                    if value.shape != tuple(p.shape):
+                        raise ValueError(f"{what} has shape {value.shape}, expected "
+                                         f"{tuple(p.shape)}{like}")
+                    low[name] = value
+        if not low:
+            return super()._saved_entry(i, entry, p, like)
+        out = super()._saved_entry(i, {k: v for k, v in entry.items() if k not in low}, p, like)
+        out.update(low)
+        return out
 
     def _check_scalars(self, gi, ids, entries, steps):
         """The per-parameter scalars of a group's saved state: present for every parameter
