@@ -18,14 +18,15 @@ import types
 import numpy as np
 
 _current_device = [0]
-log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": []}
+log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": [],
+       "ops": []}
 pending_events = [False]          # when True, new events stay "in flight" until released
 _in_flight = []
 
 
 def reset():
     _current_device[0] = 0
-    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[])
+    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[], ops=[])
     pending_events[0] = False
     _in_flight.clear()
     _Stream.current = _Stream.null
@@ -90,6 +91,15 @@ class ndarray:
         self._a /= other
         return self
 
+    def copy(self):
+        return ndarray(self._a.copy(), self.device.id)
+
+    def view(self, dtype):
+        return ndarray(self._a.view(dtype), self.device.id)
+
+    def __len__(self):
+        return len(self._a)
+
 
 def _from_interface(obj):
     """A view of the memory an object's ``__cuda_array_interface__`` describes (version 2/3:
@@ -137,6 +147,47 @@ def empty(shape, dtype=np.float64):
 
 def zeros_like(a):
     return ndarray(np.zeros_like(a._a), a.device.id)
+
+
+# ------------------------------------------------------------------- array operations
+# NumPy's functions on the host memory behind the stand-in arrays: what the CuPy paths of
+# Muon, Adafactor and SparseAdam call (ufuncs with out=, matmul, reductions, scatter). Every
+# call is logged by name (log["ops"]), so a test can see what a step ran.
+def _unwrap(x):
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    return x
+
+
+def _numpy_op(name, fn):
+    def op(*args, **kwargs):
+        log.setdefault("ops", []).append(name)
+        device = next((a.device.id for a in list(args) + list(kwargs.values())
+                       if isinstance(a, ndarray)), _current_device[0])
+        out = kwargs.get("out")
+        result = fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        if out is not None:
+            return out
+        if isinstance(result, np.ndarray):
+            return ndarray(result, device)
+        return result
+    op.__name__ = name
+    return op
+
+
+_OPS = ("add", "subtract", "multiply", "divide", "sqrt", "maximum", "minimum", "right_shift",
+        "bitwise_and", "isnan", "isfinite", "copyto", "matmul", "sum", "square", "abs", "all",
+        "mean", "take", "cumsum", "concatenate", "where")
+
+
+def __getattr__(name):
+    """The array operations, as attributes only (module-level names would shadow builtins
+    such as sum and all in this file)."""
+    if name in _OPS:
+        return _numpy_op(name, getattr(np, name))
+    raise AttributeError(f"module 'fake_cupy' has no attribute {name!r}")
 
 
 class _Stream:

@@ -95,3 +95,32 @@ def test_functional_on_gpu():
     m, v = cp.zeros_like(p), cp.zeros_like(p)
     fo.functional.adam_(p, cp.ones_like(p), m, v, step=1, lr=0.1)
     np.testing.assert_allclose(p.get(), 0.9, rtol=1e-6)
+
+
+# ------------------------------------------------------------- Muon on the GPU (cuBLAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ns_dtype", ["float64", "float32", None])
+def test_muon_on_gpu_matches_cpu(dtype, ns_dtype):
+    """fastopt._muon_cupy (cupy.matmul on cuBLAS) against the CPU step: the same equations
+    in the same order, to rounding (no fma in the lerps and the update, cuBLAS's summation
+    order; bfloat16: at most one bfloat16 ulp of O per step, times lr)."""
+    import cupy as cp
+    rng = np.random.default_rng(4)
+    shapes = [(64, 160), (300, 48), (33, 33)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gpu = [cp.asarray(p) for p in params]
+    hyper = dict(lr=0.02, weight_decay=0.01, ns_dtype=ns_dtype)
+    cpu_opt, gpu_opt = fo.Muon(params, **hyper), fo.Muon(gpu, **hyper)
+    steps = 8
+    for _ in range(steps):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        cpu_opt.step(gs)
+        gpu_opt.step([cp.asarray(g) for g in gs])
+    for a, b in zip(gpu, params):
+        assert isinstance(a, cp.ndarray) and a.dtype == b.dtype
+        diff = float(np.max(np.abs(a.get() - b)))
+        if ns_dtype is None:
+            assert diff < steps * hyper["lr"] * 2.0 ** -7 * 2
+        else:
+            tol = 1e-11 if (ns_dtype, dtype) == ("float64", np.float64) else 1e-5
+            assert diff / float(np.max(np.abs(b))) < tol

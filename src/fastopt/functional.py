@@ -280,21 +280,24 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
     ``momentum_buffer`` (zeros before the first step) becomes ``lerp(buf, grad, 1 - momentum)``
     and ``param`` moves by ``-lr' NS(update)`` after the decoupled decay ``1 - lr wd``.
 
-    NumPy float32/float64 C-contiguous arrays; every argument is checked before anything is
-    written. `workspace`: an optional 1-D work buffer (float64 for ``ns_dtype="float64"``,
-    else float32) of at least ``2 m n + 2 min(m, n)^2`` elements for the largest parameter,
-    reused across calls; without it one is allocated per call.
+    NumPy or CuPy float32/float64 C-contiguous arrays; every argument is checked before
+    anything is written. `workspace` (NumPy): an optional 1-D work buffer (float64 for
+    ``ns_dtype="float64"``, else float32) of at least ``2 m n + 2 min(m, n)^2`` elements for
+    the largest parameter, reused across calls; (CuPy) an optional
+    ``fastopt._muon_cupy.Workspaces()``, reused across calls; without it one is allocated
+    per call.
     """
     from . import _muon_rules as rules
     params = _listify(param, "param")
     grads = _listify(grad, "grad")
     bufs = _listify(momentum_buffer, "momentum_buffer")
+    backend = backend_for(params)
     for i, p in enumerate(params):
-        if not isinstance(p, np.ndarray):
-            raise TypeError(f"param[{i}] must be a numpy.ndarray (muon_ runs on the CPU), got "
+        if not isinstance(p, np.ndarray) and backend is _kernels:
+            raise TypeError(f"param[{i}] must be a numpy.ndarray or a cupy.ndarray, got "
                             f"{type(p).__module__}.{type(p).__name__}")
         rules.check_2d(p, f"param[{i}]")
-    plan = _kernels.Plan(params, "param")
+    plan = backend.Plan(params, "param")
     if len(bufs) != len(params):
         raise ValueError(f"momentum_buffer has {len(bufs)} arrays but param has {len(params)}")
     plan.set_state(0, bufs)
@@ -304,6 +307,17 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
                 ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
                 adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype)
     hyper.update(_specs.apply_rules({k: rules.RULES[k] for k in args}, args))
+    if backend is not _kernels:                     # CuPy: fastopt._muon_cupy
+        from . import _muon_cupy
+        if workspace is None:
+            workspace = _muon_cupy.Workspaces()
+        elif not isinstance(workspace, _muon_cupy.Workspaces):
+            raise TypeError("workspace must be a fastopt._muon_cupy.Workspaces() for CuPy "
+                            f"arrays, got {type(workspace).__name__}")
+        work = workspace.get(hyper["ns_dtype"], params)
+        for p, g, b in zip(params, grads, bufs):
+            rules.step_one(_muon_cupy, p, g, b, work, **hyper)
+        return
     need = rules.workspace_elements([p.shape for p in params])
     wdt = rules.work_dtype(hyper["ns_dtype"])
     if workspace is None:

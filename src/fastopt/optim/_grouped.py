@@ -22,6 +22,15 @@ from ._core import OptimizerCore
 __all__ = ["GroupedOptimizer"]
 
 
+def _cupy_of(a):
+    from ..cuda import require_cupy
+    return require_cupy()
+
+
+def _device_of(a):
+    return _cupy_of(a).cuda.Device(a.device.id)
+
+
 class GroupedOptimizer(OptimizerCore):
     """Base of Newton and SVRG (see the module docstring)."""
 
@@ -53,7 +62,9 @@ class GroupedOptimizer(OptimizerCore):
         arrays = self._as_list(arrays, name)
         for rec in self._records:
             rec.plan.check_grads(arrays[rec.offset:rec.offset + len(rec.plan)], name)
-        if len(self._records) > 1:      # each plan checked its own group; now across groups
+        if len(self._records) > 1 and self._records[0].mod is _kernels:
+            # each plan checked its own group; now across groups (NumPy: CuPy plans check
+            # their own group only, as the first-order optimizers' do)
             _kernels.check_grads_disjoint([rec.plan for rec in self._records], arrays, name)
         return arrays
 
@@ -80,7 +91,12 @@ class GroupedOptimizer(OptimizerCore):
                 else:
                     mine.pop(name, None)
             for name in self.BUFFERS:
-                if name in entry:
+                if name in entry and not isinstance(p, np.ndarray):      # CuPy
+                    from ..cuda import to_numpy
+                    host = np.asarray(to_numpy(entry[name]), dtype=p.dtype).reshape(p.shape)
+                    with _device_of(p):
+                        mine[name] = _cupy_of(p).asarray(np.ascontiguousarray(host))
+                elif name in entry:
                     buf = mine.get(name)
                     if buf is None:
                         buf = np.empty_like(p)
