@@ -94,6 +94,9 @@ class ndarray:
     def copy(self):
         return ndarray(self._a.copy(), self.device.id)
 
+    def astype(self, dtype):
+        return ndarray(self._a.astype(dtype), self.device.id)
+
     def view(self, dtype):
         return ndarray(self._a.view(dtype), self.device.id)
 
@@ -179,7 +182,7 @@ def _numpy_op(name, fn):
 
 _OPS = ("add", "subtract", "multiply", "divide", "sqrt", "maximum", "minimum", "right_shift",
         "bitwise_and", "isnan", "isfinite", "copyto", "matmul", "sum", "square", "abs", "all",
-        "mean", "take", "cumsum", "concatenate", "where")
+        "mean", "take", "cumsum", "concatenate", "where", "empty_like", "zeros")
 
 
 def __getattr__(name):

@@ -178,3 +178,102 @@ def test_muon_errors_on_the_stand_in(fake):
         opt.step([dev(g)], nonfinite="raise")
     np.testing.assert_array_equal(p.get(), before)
     assert opt.state == {} or "momentum_buffer" not in opt.state.get(0, {})
+
+
+# ------------------------------------------------------------------------------ Adafactor
+AF_SHAPES = [(5, 8), (3, 4, 6), (1, 9), (7,), ()]    # matrix, batch of matrices, a row,
+                                                      # vector, 0-d
+AF_TOL = {np.float64: 1e-14, np.float32: 2e-6}
+
+
+def adafactor_run(dtype, hyper, steps=6, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in AF_SHAPES]
+    device = [dev(p) for p in params]
+    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], "lr": hyper["lr"] / 2}]
+    cpu, gpu = fo.Adafactor(groups(params), **hyper), fo.Adafactor(groups(device), **hyper)
+    for _ in range(steps):
+        gs = [rng.standard_normal(s).astype(dtype) for s in AF_SHAPES]
+        cpu.step(gs)
+        assert gpu.step([dev(g) for g in gs]) is True
+    return cpu, gpu, params, device
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hyper", [dict(lr=0.05), dict(lr=0.05, weight_decay=0.01, maximize=True,
+                                                       d=1.5, eps=(1e-20, 1e-2))])
+def test_adafactor_on_the_stand_in_matches_the_cpu(fake, dtype, hyper):
+    """Same equations and order as csrc/adafactor.c: the parameters and every state buffer
+    (row_var, col_var, variance) agree to rounding (the CPU's lerps and update are fmas)."""
+    cpu, gpu, params, device = adafactor_run(dtype, hyper)
+    for p, q in zip(params, device):
+        assert isinstance(q, fk.ndarray) and q.dtype == dtype and q.shape == p.shape
+        assert rel(q, p) < AF_TOL[dtype] or np.max(np.abs(host(q) - p)) == 0
+    for i, entry in cpu.state.items():
+        assert set(gpu.state[i]) == set(entry)
+        for k, v in entry.items():
+            if isinstance(v, np.ndarray):
+                got = gpu.state[i][k]
+                assert isinstance(got, fk.ndarray) and got.shape == v.shape
+                assert rel(got, v) < 4 * AF_TOL[dtype]
+
+
+def test_adafactor_workspaces_are_reused(fake):
+    rng = np.random.default_rng(5)
+    p = dev(rng.standard_normal((6, 10)))
+    opt = fo.Adafactor([p])
+    opt.step([dev(rng.standard_normal((6, 10)))])
+    (key, first), = opt._device_work._ws.items()
+    ptrs = [b.data.ptr for b in first]
+    for _ in range(3):
+        opt.step([dev(rng.standard_normal((6, 10)))])
+    assert [b.data.ptr for b in opt._device_work._ws[key]] == ptrs
+    assert first[0].size == 60 and first[0].dtype == np.float64
+
+
+def test_adafactor_functional_on_the_stand_in(fake):
+    from fastopt.functional import adafactor_
+    rng = np.random.default_rng(6)
+    p, r, c = rng.standard_normal((4, 5)), np.zeros((4, 1)), np.zeros((1, 5))
+    dp, dr, dc = dev(p), dev(r), dev(c)
+    for t in range(1, 4):
+        g = rng.standard_normal((4, 5))
+        adafactor_(p, g, r, c, step=t, lr=0.1)
+        adafactor_(dp, dev(g), dr, dc, step=t, lr=0.1)
+    assert rel(dp, p) < 1e-14 and rel(dr, r) < 1e-14 and rel(dc, c) < 1e-14
+    before = [dp.get(), dr.get(), dc.get()]
+    with pytest.raises(ValueError, match="row_var of shape"):
+        adafactor_(dp, dev(g), dc, dr, step=4)                 # factors swapped
+    for a, b in zip([dp, dr, dc], before):
+        np.testing.assert_array_equal(a.get(), b)
+
+
+def test_adafactor_state_moves_between_devices(fake):
+    from fastopt import cuda
+    cpu, gpu, params, device = adafactor_run(np.float64, dict(lr=0.05), steps=3)
+    back = fo.Adafactor([{"params": [dev(p) for p in params[:3]]},
+                         {"params": [dev(p) for p in params[3:]], "lr": 0.025}], lr=0.05)
+    back.load_state_dict(cpu.state_dict())                      # CPU state -> device
+    assert all(isinstance(v, fk.ndarray) for e in back.state.values() for v in e.values()
+               if not isinstance(v, float))
+    host_opt = fo.Adafactor([{"params": [p.copy() for p in params[:3]]},
+                             {"params": [p.copy() for p in params[3:]], "lr": 0.025}], lr=0.05)
+    host_opt.load_state_dict(cuda.to_numpy(gpu.state_dict()))  # device state -> CPU
+    for i, entry in cpu.state.items():
+        for k, v in entry.items():
+            if isinstance(v, np.ndarray):
+                assert rel(host_opt.state[i][k], v) < 1e-14
+                assert rel(back.state[i][k], v) == 0
+
+
+def test_adafactor_errors_on_the_stand_in(fake):
+    p = dev(np.ones((2, 3)))
+    opt = fo.Adafactor([p])
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([dev(np.ones((3, 2)))])
+    g = np.ones((2, 3))
+    g[1, 2] = np.inf
+    assert opt.step([dev(g)], nonfinite="skip") is False
+    with pytest.raises(ValueError, match=r"grads\[0\] contains NaN or Inf"):
+        opt.step([dev(g)], nonfinite="raise")
+    np.testing.assert_array_equal(p.get(), 1)

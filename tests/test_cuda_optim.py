@@ -124,3 +124,29 @@ def test_muon_on_gpu_matches_cpu(dtype, ns_dtype):
         else:
             tol = 1e-11 if (ns_dtype, dtype) == ("float64", np.float64) else 1e-5
             assert diff / float(np.max(np.abs(b))) < tol
+
+
+# ------------------------------------------------------------------ Adafactor on the GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adafactor_on_gpu_matches_cpu(dtype):
+    """fastopt._adafactor_cupy against csrc/adafactor.c: the same equations and order, to
+    rounding (no fma in the lerps and the update; CuPy's reduction order)."""
+    import cupy as cp
+    rng = np.random.default_rng(7)
+    shapes = [(128, 300), (4, 33, 17), (1000,), ()]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gpu = [cp.asarray(p) for p in params]
+    hyper = dict(lr=0.02, weight_decay=0.01)
+    cpu_opt, gpu_opt = fo.Adafactor(params, **hyper), fo.Adafactor(gpu, **hyper)
+    for _ in range(8):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        cpu_opt.step(gs)
+        gpu_opt.step([cp.asarray(g) for g in gs])
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    for a, b in zip(gpu, params):
+        assert isinstance(a, cp.ndarray) and a.dtype == b.dtype
+        assert float(np.max(np.abs(a.get() - b))) <= tol * max(1.0, float(np.max(np.abs(b))))
+    for i, entry in cpu_opt.state.items():
+        for k, v in entry.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(gpu_opt.state[i][k].get(), v, rtol=10 * tol)
