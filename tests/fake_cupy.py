@@ -79,7 +79,25 @@ class ndarray:
     T = property(lambda self: ndarray(self._a.T, self.device.id))
 
     def __getitem__(self, idx):
-        return ndarray(self._a[idx], self.device.id)
+        return ndarray(self._a[_unwrap(idx)], self.device.id)
+
+    def __setitem__(self, idx, value):
+        self._a[_unwrap(idx)] = _unwrap(value)
+
+    def max(self):
+        return ndarray(self._a.max(), self.device.id)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __neg__(self):
+        return ndarray(-self._a, self.device.id)
 
     def reshape(self, *shape):
         return ndarray(self._a.reshape(*shape), self.device.id)
@@ -102,6 +120,21 @@ class ndarray:
 
     def __len__(self):
         return len(self._a)
+
+
+def _binary(op):
+    def method(self, other):
+        return ndarray(op(self._a, _unwrap(other)), self.device.id)
+    return method
+
+
+for _op, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
+                 "truediv": np.divide, "lt": np.less, "le": np.less_equal,
+                 "gt": np.greater, "ge": np.greater_equal}.items():
+    setattr(ndarray, f"__{_op}__", _binary(_fn))
+    if _op in ("add", "sub", "mul", "truediv"):
+        setattr(ndarray, f"__r{_op}__", _binary(lambda a, b, f=_fn: f(b, a)))
+del _op, _fn
 
 
 def _from_interface(obj):
@@ -182,7 +215,9 @@ def _numpy_op(name, fn):
 
 _OPS = ("add", "subtract", "multiply", "divide", "sqrt", "maximum", "minimum", "right_shift",
         "bitwise_and", "isnan", "isfinite", "copyto", "matmul", "sum", "square", "abs", "all",
-        "mean", "take", "cumsum", "concatenate", "where", "empty_like", "zeros")
+        "mean", "take", "cumsum", "concatenate", "where", "empty_like", "zeros", "ones",
+        "logical_or", "any", "argmax", "argsort", "not_equal", "flatnonzero", "diff",
+        "negative", "ascontiguousarray")
 
 
 def __getattr__(name):

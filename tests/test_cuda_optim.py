@@ -150,3 +150,27 @@ def test_adafactor_on_gpu_matches_cpu(dtype):
         for k, v in entry.items():
             if isinstance(v, np.ndarray):
                 np.testing.assert_allclose(gpu_opt.state[i][k].get(), v, rtol=10 * tol)
+
+
+# ----------------------------------------------------------------- SparseAdam on the GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_adam_on_gpu_matches_cpu(dtype):
+    """fastopt._sparse_adam_cupy against csrc/sparse_adam.c: the CPU's element operations
+    (no fma on either side: the kernels here are CuPy's elementwise operations, which nvcc
+    may contract; then to rounding), and repeats summed in gradient order (the CPU: in torch's
+    CPU sort order; the same when no index repeats three times)."""
+    import cupy as cp
+    rng = np.random.default_rng(8)
+    tab = rng.standard_normal((1000, 16)).astype(dtype)
+    dtab = cp.asarray(tab)
+    cpu_opt, gpu_opt = fo.SparseAdam([tab], lr=0.01), fo.SparseAdam([dtab], lr=0.01)
+    for _ in range(10):
+        ids = rng.permutation(1000)[:300]
+        ids = np.concatenate([ids, ids[:100]])             # repeats, at most twice
+        vals = rng.standard_normal((400, 16)).astype(dtype)
+        cpu_opt.step([fo.RowSparseGrad(ids, vals)])
+        gpu_opt.step([fo.RowSparseGrad(cp.asarray(ids), cp.asarray(vals))])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(dtab.get(), tab, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gpu_opt.state[0]["exp_avg_sq"].get(),
+                               cpu_opt.state[0]["exp_avg_sq"], rtol=tol)
