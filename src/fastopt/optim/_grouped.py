@@ -1,4 +1,5 @@
-"""The base of the optimizers outside the first-order registry (Newton, SVRG): what their state is.
+"""The base of the optimizers outside the first-order registry (Newton, SVRG, Muon, Adafactor,
+SparseAdam, LBFGS): what their state is.
 
 Design note
 -----------
@@ -6,7 +7,8 @@ Newton and SVRG take more than one list of arrays per step, so they do not fit t
 ``step(grads)`` runner; everything else is the core every optimizer shares
 (`fastopt.optim._core.OptimizerCore`: param groups, hyperparameters declared as ``DEFAULTS``
 and ``RULES``, schedules, torch's state_dict layout, every check before any write). What is
-theirs: NumPy parameters only, checked by a `fastopt._kernels.Plan` each, and state held in
+theirs: NumPy parameters, checked by a `fastopt._kernels.Plan` each (Muon, Adafactor and
+SparseAdam also take CuPy arrays, checked by a `fastopt.cuda.Plan`), and state held in
 `state` as plain per-parameter entries (``BUFFERS``: arrays, ``SCALARS``: floats), not in
 kernel plans; `_check_like_params` checks the extra per-parameter lists a step takes.
 
@@ -22,13 +24,12 @@ from ._core import OptimizerCore
 __all__ = ["GroupedOptimizer"]
 
 
-def _cupy_of(a):
+def _to_device(host, like):
+    """A new CuPy array holding `host` (NumPy) on the device of CuPy array `like`."""
     from ..cuda import require_cupy
-    return require_cupy()
-
-
-def _device_of(a):
-    return _cupy_of(a).cuda.Device(a.device.id)
+    cp = require_cupy()
+    with cp.cuda.Device(like.device.id):
+        return cp.asarray(np.ascontiguousarray(host))
 
 
 class GroupedOptimizer(OptimizerCore):
@@ -94,8 +95,7 @@ class GroupedOptimizer(OptimizerCore):
                 if name in entry and not isinstance(p, np.ndarray):      # CuPy
                     from ..cuda import to_numpy
                     host = np.asarray(to_numpy(entry[name]), dtype=p.dtype).reshape(p.shape)
-                    with _device_of(p):
-                        mine[name] = _cupy_of(p).asarray(np.ascontiguousarray(host))
+                    mine[name] = _to_device(host, p)
                 elif name in entry:
                     buf = mine.get(name)
                     if buf is None:
