@@ -32,19 +32,10 @@ def _cupy():
 
 
 def check_grad(grad, param, name):
-    """`grad` (a RowSparseGrad of CuPy arrays) fit for the CuPy parameter `param`, or
-    TypeError/ValueError naming `name` (index ranges are checked by `step`, before it
-    writes)."""
-    from .sparse import RowSparseGrad
+    """`grad` (a RowSparseGrad of CuPy arrays, as `fastopt.sparse.check_row_sparse` passes
+    it) fit for the CuPy parameter `param`, or TypeError/ValueError naming `name` (index
+    ranges are checked by `step`, before it writes)."""
     cp = _cupy()
-    if isinstance(grad, tuple) and len(grad) == 2:
-        try:
-            grad = RowSparseGrad(*grad)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{name}: {e}") from None
-    if not isinstance(grad, RowSparseGrad):
-        raise TypeError(f"{name} must be a fastopt.RowSparseGrad (of CuPy arrays) or an "
-                        f"(indices, values) tuple, got {type(grad).__name__}")
     if param.ndim < 1:
         raise ValueError(f"{name}: a row-sparse gradient needs a parameter with at least one "
                          "axis")
@@ -64,7 +55,7 @@ def check_grad(grad, param, name):
         raise ValueError(f"{name}.values has shape {tuple(vals.shape)}, expected {expected} (one "
                          f"row of the parameter's shape {tuple(param.shape[1:])} per index)")
     if not vals.flags.c_contiguous or not idx.flags.c_contiguous:
-        grad = RowSparseGrad(cp.ascontiguousarray(idx), cp.ascontiguousarray(vals))
+        grad = type(grad)(cp.ascontiguousarray(idx), cp.ascontiguousarray(vals))
     return grad
 
 
