@@ -32,6 +32,19 @@ def _to_device(host, like):
         return cp.asarray(np.ascontiguousarray(host))
 
 
+def _all_finite(plan, grads, device):
+    """Whether every element of `grads` is finite (NumPy: fastopt._kernels' parallel
+    read-only pass over a plan's gradients, or NumPy's check without a plan; CuPy: one
+    reduction per array)."""
+    if not device:
+        if plan is None:
+            return all(bool(np.isfinite(g).all()) for g in grads)
+        return _kernels.all_finite(plan, grads)
+    from ..cuda import require_cupy
+    cp = require_cupy()
+    return all(bool(cp.all(cp.isfinite(g))) for g in grads)
+
+
 class GroupedOptimizer(OptimizerCore):
     """Base of Newton and SVRG (see the module docstring)."""
 
@@ -68,6 +81,24 @@ class GroupedOptimizer(OptimizerCore):
             # their own group only, as the first-order optimizers' do)
             _kernels.check_grads_disjoint([rec.plan for rec in self._records], arrays, name)
         return arrays
+
+    def _finite_gate(self, grads, nonfinite):
+        """With ``nonfinite="skip"|"raise"``, whether to go on with a step whose (checked)
+        `grads` may hold NaN/Inf: False to skip, ValueError to raise, True when all are
+        finite (a read-only pass: NumPy fastopt._kernels', CuPy one reduction per array)."""
+        if nonfinite == "ignore":
+            return True
+        device = self._records[0].mod is not _kernels
+        for rec in self._records:
+            sl = grads[rec.offset:rec.offset + len(rec.plan)]
+            if not _all_finite(rec.plan, sl, device):
+                if nonfinite == "skip":
+                    return False
+                bad = next(rec.offset + j for j, g in enumerate(sl)
+                           if not _all_finite(None, [g], device))
+                raise ValueError(f"grads[{bad}] contains NaN or Inf; nothing was updated "
+                                 "(nonfinite='raise')")
+        return True
 
     # --------------------------------------------------------------------------- state dict
     def _plan_state(self, gi, ids, hyper, entries):

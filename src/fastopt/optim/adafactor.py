@@ -11,17 +11,6 @@ __all__ = ["Adafactor"]
 _NONFINITE = ("ignore", "skip", "raise")
 
 
-def _all_finite(plan, grads, device):
-    """Whether every element of `grads` is finite (NumPy: fastopt._kernels' read-only pass,
-    with the plan's checks; CuPy: one reduction per array)."""
-    if not device:
-        return _kernels.all_finite(plan, grads) if plan is not None else \
-            all(bool(np.isfinite(g).all()) for g in grads)
-    from ..cuda import require_cupy
-    cp = require_cupy()
-    return all(bool(cp.all(cp.isfinite(g))) for g in grads)
-
-
 class Adafactor(GroupedOptimizer):
     r"""Adafactor (Shazeer & Stern, 2018) with torch.optim.Adafactor's equations.
 
@@ -137,17 +126,9 @@ class Adafactor(GroupedOptimizer):
         with self._lock:
             snapshots = self._snapshots()
             grads = self._check_like_params(grads, "grads")
+            if not self._finite_gate(grads, nonfinite):
+                return False
             device = self._on_device
-            if nonfinite != "ignore":
-                for rec in self._records:
-                    sl = grads[rec.offset:rec.offset + len(rec.plan)]
-                    if not _all_finite(rec.plan, sl, device):
-                        if nonfinite == "skip":
-                            return False
-                        bad = next(j for j, g in enumerate(sl)
-                                   if not _all_finite(None, [g], device))
-                        raise ValueError(f"grads[{rec.offset + bad}] contains NaN or Inf; "
-                                         "nothing was updated (nonfinite='raise')")
             params = self._all_params()
             for i, p in enumerate(params):
                 if not self._has_state(i):

@@ -17,20 +17,6 @@ def _on_device(a):
     return type(a).__module__.startswith("cupy")
 
 
-def _finite_one(g, device):
-    return _all_finite(None, [g], True) if device else bool(np.isfinite(g).all())
-
-
-def _all_finite(plan, grads, device):
-    """Whether every element of `grads` is finite (NumPy: one parallel read-only pass of
-    fastopt._kernels; CuPy: one reduction per array)."""
-    if not device:
-        return _kernels.all_finite(plan, grads)
-    from ..cuda import require_cupy
-    cp = require_cupy()
-    return all(bool(cp.all(cp.isfinite(g))) for g in grads)
-
-
 class Muon(GroupedOptimizer):
     r"""Muon (torch.optim.Muon): SGD momentum whose update is orthogonalized, for 2-D weights.
 
@@ -129,17 +115,9 @@ class Muon(GroupedOptimizer):
         with self._lock:
             snapshots = self._snapshots()
             grads = self._check_like_params(grads, "grads")
+            if not self._finite_gate(grads, nonfinite):
+                return False
             device = self._records[0].mod is not _kernels
-            if nonfinite != "ignore":
-                for rec in self._records:
-                    sl = grads[rec.offset:rec.offset + len(rec.plan)]
-                    if not _all_finite(rec.plan, sl, device):
-                        if nonfinite == "skip":
-                            return False
-                        bad = next(rec.offset + j for j, g in enumerate(sl)
-                                   if not _finite_one(g, device))
-                        raise ValueError(f"grads[{bad}] contains NaN or Inf; nothing was "
-                                         "updated (nonfinite='raise')")
             params = self._all_params()
             works = {}
             if device:
