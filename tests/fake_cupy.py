@@ -18,14 +18,15 @@ import types
 import numpy as np
 
 _current_device = [0]
-log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": []}
+log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": [],
+       "ops": []}
 pending_events = [False]          # when True, new events stay "in flight" until released
 _in_flight = []
 
 
 def reset():
     _current_device[0] = 0
-    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[])
+    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[], ops=[])
     pending_events[0] = False
     _in_flight.clear()
     _Stream.current = _Stream.null
@@ -78,7 +79,25 @@ class ndarray:
     T = property(lambda self: ndarray(self._a.T, self.device.id))
 
     def __getitem__(self, idx):
-        return ndarray(self._a[idx], self.device.id)
+        return ndarray(self._a[_unwrap(idx)], self.device.id)
+
+    def __setitem__(self, idx, value):
+        self._a[_unwrap(idx)] = _unwrap(value)
+
+    def max(self):
+        return ndarray(self._a.max(), self.device.id)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __neg__(self):
+        return ndarray(-self._a, self.device.id)
 
     def __setitem__(self, idx, value):
         self._a[idx] = value._a if isinstance(value, ndarray) else value
@@ -92,6 +111,33 @@ class ndarray:
     def __itruediv__(self, other):
         self._a /= other
         return self
+
+    def copy(self):
+        return ndarray(self._a.copy(), self.device.id)
+
+    def astype(self, dtype):
+        return ndarray(self._a.astype(dtype), self.device.id)
+
+    def view(self, dtype):
+        return ndarray(self._a.view(dtype), self.device.id)
+
+    def __len__(self):
+        return len(self._a)
+
+
+def _binary(op):
+    def method(self, other):
+        return ndarray(op(self._a, _unwrap(other)), self.device.id)
+    return method
+
+
+for _op, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
+                 "truediv": np.divide, "lt": np.less, "le": np.less_equal,
+                 "gt": np.greater, "ge": np.greater_equal}.items():
+    setattr(ndarray, f"__{_op}__", _binary(_fn))
+    if _op in ("add", "sub", "mul", "truediv"):
+        setattr(ndarray, f"__r{_op}__", _binary(lambda a, b, f=_fn: f(b, a)))
+del _op, _fn
 
 
 def _from_interface(obj):
@@ -140,6 +186,49 @@ def empty(shape, dtype=np.float64):
 
 def zeros_like(a):
     return ndarray(np.zeros_like(a._a), a.device.id)
+
+
+# ------------------------------------------------------------------- array operations
+# NumPy's functions on the host memory behind the stand-in arrays: what the CuPy paths of
+# Muon, Adafactor and SparseAdam call (ufuncs with out=, matmul, reductions, scatter). Every
+# call is logged by name (log["ops"]), so a test can see what a step ran.
+def _unwrap(x):
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    return x
+
+
+def _numpy_op(name, fn):
+    def op(*args, **kwargs):
+        log.setdefault("ops", []).append(name)
+        device = next((a.device.id for a in list(args) + list(kwargs.values())
+                       if isinstance(a, ndarray)), _current_device[0])
+        out = kwargs.get("out")
+        result = fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        if out is not None:
+            return out
+        if isinstance(result, np.ndarray):
+            return ndarray(result, device)
+        return result
+    op.__name__ = name
+    return op
+
+
+_OPS = ("add", "subtract", "multiply", "divide", "sqrt", "maximum", "minimum", "right_shift",
+        "bitwise_and", "isnan", "isfinite", "copyto", "matmul", "sum", "square", "abs", "all",
+        "mean", "take", "cumsum", "concatenate", "where", "empty_like", "zeros", "ones",
+        "logical_or", "any", "argmax", "argsort", "not_equal", "flatnonzero", "diff",
+        "negative", "ascontiguousarray")
+
+
+def __getattr__(name):
+    """The array operations, as attributes only (module-level names would shadow builtins
+    such as sum and all in this file)."""
+    if name in _OPS:
+        return _numpy_op(name, getattr(np, name))
+    raise AttributeError(f"module 'fake_cupy' has no attribute {name!r}")
 
 
 class _Stream:

@@ -309,17 +309,24 @@ def test_bad_grads_change_nothing():
     assert opt.state_dict()["state"][0]["step"] == 1.0
 
 
-def test_cupy_arrays_are_refused(monkeypatch):
-    """Adafactor is CPU-only: CuPy arrays (the stand-in of tests/fake_cupy.py) are refused."""
+def test_mixing_cupy_and_numpy_arrays_is_refused(monkeypatch):
+    """CuPy arrays run fastopt._adafactor_cupy (tests/test_cuda_muon_adafactor.py); a CuPy
+    gradient (the stand-in of tests/fake_cupy.py) for a NumPy parameter, or the other way
+    round, is refused with a TypeError before anything is written."""
     import sys
     import fake_cupy as fk
     monkeypatch.setitem(sys.modules, "cupy", fk)
     monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
     dev = fk.ndarray(np.zeros((2, 3), np.float32))
-    with pytest.raises(TypeError, match="numpy.ndarray parameters, got cupy.ndarray"):
-        fo.Adafactor([dev])
-    with pytest.raises(TypeError, match="CuPy array"):
-        adafactor_(dev, dev, dev, dev, step=1)
+    w = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="CuPy array but param is not"):
+        adafactor_(w, dev, np.zeros((2, 1), np.float32), np.zeros((1, 3), np.float32), step=1)
+    with pytest.raises(TypeError, match="cupy.ndarray"):
+        adafactor_(dev, np.ones((2, 3), np.float32), dev[:, :1], dev[:1], step=1)
+    opt = fo.Adafactor([w])
+    with pytest.raises(TypeError):
+        opt.step([dev])
+    np.testing.assert_array_equal(w, 1)
 
 
 @pytest.mark.parametrize("mode", ["skip", "raise"])

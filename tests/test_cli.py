@@ -76,7 +76,7 @@ def test_demo_help_lists_allowed_values(capsys):
 
 def test_viz_help_lists_allowed_values(capsys):
     text = _help(["viz", "--help"], capsys)
-    assert ", ".join(METHODS) in text
+    assert ", ".join(viz.METHODS) in text
     assert ", ".join(viz.FUNCTIONS) in text
     assert "current directory" in text
 

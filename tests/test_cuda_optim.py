@@ -95,3 +95,82 @@ def test_functional_on_gpu():
     m, v = cp.zeros_like(p), cp.zeros_like(p)
     fo.functional.adam_(p, cp.ones_like(p), m, v, step=1, lr=0.1)
     np.testing.assert_allclose(p.get(), 0.9, rtol=1e-6)
+
+
+# ------------------------------------------------------------- Muon on the GPU (cuBLAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ns_dtype", ["float64", "float32", None])
+def test_muon_on_gpu_matches_cpu(dtype, ns_dtype):
+    """fastopt._muon_cupy (cupy.matmul on cuBLAS) against the CPU step: the same equations
+    in the same order, to rounding (no fma in the lerps and the update, cuBLAS's summation
+    order; bfloat16: at most one bfloat16 ulp of O per step, times lr)."""
+    import cupy as cp
+    rng = np.random.default_rng(4)
+    shapes = [(64, 160), (300, 48), (33, 33)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gpu = [cp.asarray(p) for p in params]
+    hyper = dict(lr=0.02, weight_decay=0.01, ns_dtype=ns_dtype)
+    cpu_opt, gpu_opt = fo.Muon(params, **hyper), fo.Muon(gpu, **hyper)
+    steps = 8
+    for _ in range(steps):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        cpu_opt.step(gs)
+        gpu_opt.step([cp.asarray(g) for g in gs])
+    for a, b in zip(gpu, params):
+        assert isinstance(a, cp.ndarray) and a.dtype == b.dtype
+        diff = float(np.max(np.abs(a.get() - b)))
+        if ns_dtype is None:
+            assert diff < steps * hyper["lr"] * 2.0 ** -7 * 2
+        else:
+            tol = 1e-11 if (ns_dtype, dtype) == ("float64", np.float64) else 1e-5
+            assert diff / float(np.max(np.abs(b))) < tol
+
+
+# ------------------------------------------------------------------ Adafactor on the GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adafactor_on_gpu_matches_cpu(dtype):
+    """fastopt._adafactor_cupy against csrc/adafactor.c: the same equations and order, to
+    rounding (no fma in the lerps and the update; CuPy's reduction order)."""
+    import cupy as cp
+    rng = np.random.default_rng(7)
+    shapes = [(128, 300), (4, 33, 17), (1000,), ()]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gpu = [cp.asarray(p) for p in params]
+    hyper = dict(lr=0.02, weight_decay=0.01)
+    cpu_opt, gpu_opt = fo.Adafactor(params, **hyper), fo.Adafactor(gpu, **hyper)
+    for _ in range(8):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        cpu_opt.step(gs)
+        gpu_opt.step([cp.asarray(g) for g in gs])
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    for a, b in zip(gpu, params):
+        assert isinstance(a, cp.ndarray) and a.dtype == b.dtype
+        assert float(np.max(np.abs(a.get() - b))) <= tol * max(1.0, float(np.max(np.abs(b))))
+    for i, entry in cpu_opt.state.items():
+        for k, v in entry.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(gpu_opt.state[i][k].get(), v, rtol=10 * tol)
+
+
+# ----------------------------------------------------------------- SparseAdam on the GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_adam_on_gpu_matches_cpu(dtype):
+    """fastopt._sparse_adam_cupy against csrc/sparse_adam.c: the CPU's element operations
+    (no fma on either side: the kernels here are CuPy's elementwise operations, which nvcc
+    may contract; then to rounding), and repeats summed in gradient order (the CPU: in torch's
+    CPU sort order; the same when no index repeats three times)."""
+    import cupy as cp
+    rng = np.random.default_rng(8)
+    tab = rng.standard_normal((1000, 16)).astype(dtype)
+    dtab = cp.asarray(tab)
+    cpu_opt, gpu_opt = fo.SparseAdam([tab], lr=0.01), fo.SparseAdam([dtab], lr=0.01)
+    for _ in range(10):
+        ids = rng.permutation(1000)[:300]
+        ids = np.concatenate([ids, ids[:100]])             # repeats, at most twice
+        vals = rng.standard_normal((400, 16)).astype(dtype)
+        cpu_opt.step([fo.RowSparseGrad(ids, vals)])
+        gpu_opt.step([fo.RowSparseGrad(cp.asarray(ids), cp.asarray(vals))])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(dtab.get(), tab, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gpu_opt.state[0]["exp_avg_sq"].get(),
+                               cpu_opt.state[0]["exp_avg_sq"], rtol=tol)

@@ -407,3 +407,72 @@ def test_low_bit_state_sharded_and_data_parallel_equal_one_process_bit_for_bit(t
         if "sharded" in case:
             nbytes = [r["results"][case]["state_nbytes"] for r in results]
             assert max(nbytes) < 0.6 * sum(nbytes), (case, nbytes)     # state is split
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def non_elementwise(request):
+    """tests/mpi/non_elementwise.py on 2 and on 3 ranks, run once for the tests that read it."""
+    if not HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec: pip install "fastopt[mpi]" (mpi4py + mpich)')
+    return request.param, [r["results"] for r in run_workers(request.param,
+                                                             "non_elementwise.py")]
+
+
+# case -> (float64 bound, float32 bound) on the relative error against one process. Muon's
+# Newton-Schulz and L-BFGS's line search amplify the rounding of the averaged gradient.
+BOUNDS = {"muon/float64": (1e-12, 2e-6), "muon/float32": (1e-12, 2e-6),
+          "muon/default": (1e-12, 2e-6), "adafactor": (1e-13, 1e-6),
+          "sparse_adam": (1e-13, 1e-6), "lbfgs/strong_wolfe": (1e-9, None),
+          "lbfgs/None": (1e-9, None)}
+
+
+@pytest.mark.mpi
+def test_muon_adafactor_sparse_adam_lbfgs_on_n_ranks_equal_one_process(non_elementwise):
+    """DistributedOptimizer averages the gradients (SparseAdam: gathers every rank's rows;
+    LBFGS: averages each closure evaluation) and every rank takes the step one process takes
+    on the global batch, holding bit-identical parameters."""
+    n, results = non_elementwise
+    for r in results:
+        for case, (tol64, tol32) in BOUNDS.items():
+            got = r[case]
+            assert got["same"], case
+            for dtype, err in zip(got["dtypes"], got["errors"]):
+                assert err < (tol64 if dtype == "float64" else tol32), (case, n, dtype, err)
+        assert max(r["sparse_adam"]["state"]) < 1e-6
+        assert r["sparse_adam"]["moved"] > 1e-2
+        for search in ("strong_wolfe", "None"):
+            lb = r[f"lbfgs/{search}"]
+            assert lb["loss_error"] < 1e-9
+            assert lb["calls"] == lb["evals"] == lb["ref_evals"] > 4
+
+
+@pytest.mark.mpi
+def test_bad_input_on_one_rank_raises_on_every_rank(non_elementwise):
+    n, results = non_elementwise
+    for rank, r in enumerate(results):
+        sparse = r["sparse_adam"]
+        assert "out of range" in sparse["bad_range"]           # found after the gather
+        assert "invalid input to step on 1 of" in sparse["bad_shape"]
+        if rank == n - 1:
+            assert "expected (6, 4)" in sparse["bad_shape"] or "expected (4, 4)" in \
+                sparse["bad_shape"]
+        assert "nonfinite must be 'ignore' for SparseAdam" in sparse["nonfinite"]
+        assert sparse["unchanged"]
+        failure = r["lbfgs_failure"]
+        assert failure["unchanged"]
+        if rank == n - 1:
+            assert failure["error"] == "FloatingPointError: this rank's closure failed"
+        else:
+            assert failure["error"].startswith("RuntimeError: the closure failed on 1 of")
+
+
+@pytest.mark.mpi
+def test_sharded_refuses_rules_that_are_not_elementwise(non_elementwise):
+    _, results = non_elementwise
+    why = {"Muon": "Newton-Schulz", "Adafactor": "row and column", "SparseAdam": "row-sparse",
+           "LBFGS": "closure"}
+    for r in results:
+        for name, message in r["sharded_refuses"].items():
+            assert "elementwise update rules only" in message, name
+            assert why[name] in message and f"DistributedOptimizer({name}(params)" in message
+        assert "does not drive Newton" in r["distributed_refuses_newton"]

@@ -364,8 +364,9 @@ def test_steps_in_threads_release_the_gil():
 
 
 def test_cupy_arrays_refused_clearly():
-    """No CUDA path yet: CuPy arrays (here tests/fake_cupy's stand-in) are refused with a
-    TypeError that names the kind of array Muon takes."""
+    """Arrays that are neither NumPy nor CuPy (here tests/fake_cupy's stand-in, not
+    registered as ``cupy``) are refused with a TypeError that names the kinds Muon takes (its
+    CuPy path: tests/test_cuda_muon_adafactor.py)."""
     import fake_cupy
     with pytest.raises(TypeError, match="numpy.ndarray"):
         fo.Muon([fake_cupy.empty((2, 2), np.float32)])

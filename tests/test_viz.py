@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fastopt import cli, viz
-from fastopt.convergence import METHODS
+from fastopt.convergence import METHODS as COMPARED
 
-PATHS = [m for m in METHODS if m != "lbfgs"]     # viz draws every method but L-BFGS
+METHODS = viz.METHODS
+PATHS = list(METHODS)
 from fastopt.problems import Beale, Rosenbrock
 
 
@@ -68,6 +69,39 @@ def test_the_paths_do_what_the_functions_say(quick):
     saddle = panels["saddle"]
     for name, xy in saddle.paths.items():
         assert abs(xy[-1, 1]) > abs(xy[0, 1]), name      # away from the saddle along y
+
+
+def test_the_methods_drawn():
+    """Every method of fastopt.convergence but L-BFGS (compared on logistic regression only),
+    plus Rprop, NAdam and RAdam, which only viz draws."""
+    assert set(PATHS) == (set(COMPARED) - {"lbfgs"}) | {"rprop", "nadam", "radam"}
+    for name in ("lbfgs", "bfgs"):
+        with pytest.raises(ValueError, match="unknown function or optimizer"):
+            viz.trajectories(["beale"], [name], steps=2)
+    assert METHODS["rprop"].batch_size is None                 # exact gradients: sign logic
+    assert METHODS["nadam"].batch_size == METHODS["radam"].batch_size == 32
+
+
+def test_new_methods_follow_their_rules():
+    """Rprop's path on the quadratic, recomputed: step sizes grow by 1.2 while the gradient
+    keeps its sign (w_{k+1} = w_k - step_k sign(g_k)); with the full budget Rprop reaches
+    Beale's minimum and RAdam (its lr set so its unrectified first steps stay in the plot)
+    the quadratic's."""
+    panel = viz.trajectories(["quadratic"], ["rprop"], steps=3)[0]
+    f = panel.problem
+    w, step = np.array(panel.start, np.float64), np.full(2, 1e-2)
+    g_prev = np.zeros(2)
+    expected = [w.copy()]
+    for _ in range(3):
+        g = f.grad(w)
+        step = np.where(g * g_prev > 0, np.minimum(step * 1.2, 50), step)
+        w = w - step * np.sign(g)
+        g_prev = g
+        expected.append(w.copy())
+    np.testing.assert_allclose(panel.paths["rprop"], np.array(expected), rtol=1e-12)
+    panels = {p.name: p for p in viz.trajectories(["beale", "quadratic"], ["rprop", "radam"])}
+    np.testing.assert_allclose(panels["beale"].paths["rprop"][-1], [3, 0.5], atol=1e-4)
+    assert panels["quadratic"].problem.loss(panels["quadratic"].paths["radam"][-1]) < 0.1
 
 
 def test_recorded_paths_are_the_optimizer_iterates():

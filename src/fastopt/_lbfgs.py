@@ -62,6 +62,7 @@ class History:
         self.ro = np.zeros(size)
         self.al = np.zeros(size)
         self.slots = np.zeros(size, np.int64)
+        self._ages = np.arange(size, dtype=np.int64)
         self.start = 0
         self.count = 0
 
@@ -82,14 +83,15 @@ class History:
         self.ro[k] = 1.0 / ys
 
     def direction(self, g, h_diag, d, al_out):
-        """d = -H g by the two-loop recursion (csrc/lbfgs.c); al_out[i] = al_i (by age)."""
+        """d = -H g by the two-loop recursion (csrc/lbfgs.c); al_out[i] = al_i (by age).
+        The slot table and al_out are filled by whole-array calls, not a Python loop per
+        pair (history_size is 100 by default)."""
         k = self.count
         slots = self.slots[:k]
-        for i in range(k):
-            slots[i] = (self.start + i) % self.size
+        np.add(self._ages[:k], self.start, out=slots)
+        np.remainder(slots, self.size, out=slots)
         _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al)
-        for i in range(k):
-            al_out[i] = float(self.al[i])
+        al_out[:k] = self.al[:k].tolist()
 
     def resized(self, size):
         """A history of another size holding the newest min(count, size) pairs."""

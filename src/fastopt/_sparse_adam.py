@@ -30,6 +30,10 @@ RULES = dict(lr=positive_lr, betas=_validate.betas, eps=_validate.positive,
              maximize=_validate.boolean)
 
 
+def _on_device(a):
+    return type(a).__module__.startswith("cupy")
+
+
 def _names(i, many):
     at = f"[{i}]" if many else ""
     return (f"param{at}", f"exp_avg{at}", f"exp_avg_sq{at}", f"grad{at}.indices",
@@ -43,7 +47,11 @@ def prepare(params, grads, exp_avgs, exp_avg_sqs, names):
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         pn, mn, vn, iname, valname = names(i)
         g = check_row_sparse(g, p, iname.rpartition(".")[0])
-        _sparse.check_step(p, m, v, g.indices, g.values, (pn, mn, vn, iname, valname))
+        if _on_device(p):                     # CuPy: fastopt._sparse_adam_cupy
+            from ._sparse_adam_cupy import check_state
+            check_state(p, m, v, (pn, mn, vn, iname, valname))
+        else:
+            _sparse.check_step(p, m, v, g.indices, g.values, (pn, mn, vn, iname, valname))
         checked.append(g)
     return checked
 
@@ -54,6 +62,11 @@ def run(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, maxim
     bias_correction2 = 1 - beta2 ** step
     step_size = lr * math.sqrt(bias_correction2) / bias_correction1
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        if _on_device(p):
+            from . import _sparse_adam_cupy
+            _sparse_adam_cupy.step(p, m, v, g.indices, g.values, 1 - beta1, 1 - beta2, eps,
+                                   -step_size, maximize, names(i))
+            continue
         _sparse.sparse_adam_step(p, m, v, g.indices, g.values, 1 - beta1, 1 - beta2, eps,
                                  -step_size, maximize, names(i), True)
 

@@ -280,21 +280,24 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
     ``momentum_buffer`` (zeros before the first step) becomes ``lerp(buf, grad, 1 - momentum)``
     and ``param`` moves by ``-lr' NS(update)`` after the decoupled decay ``1 - lr wd``.
 
-    NumPy float32/float64 C-contiguous arrays; every argument is checked before anything is
-    written. `workspace`: an optional 1-D work buffer (float64 for ``ns_dtype="float64"``,
-    else float32) of at least ``2 m n + 2 min(m, n)^2`` elements for the largest parameter,
-    reused across calls; without it one is allocated per call.
+    NumPy or CuPy float32/float64 C-contiguous arrays; every argument is checked before
+    anything is written. `workspace` (NumPy): an optional 1-D work buffer (float64 for
+    ``ns_dtype="float64"``, else float32) of at least ``2 m n + 2 min(m, n)^2`` elements for
+    the largest parameter, reused across calls; (CuPy) an optional
+    ``fastopt._muon_cupy.Workspaces()``, reused across calls; without it one is allocated
+    per call.
     """
     from . import _muon_rules as rules
     params = _listify(param, "param")
     grads = _listify(grad, "grad")
     bufs = _listify(momentum_buffer, "momentum_buffer")
+    backend = backend_for(params)
     for i, p in enumerate(params):
-        if not isinstance(p, np.ndarray):
-            raise TypeError(f"param[{i}] must be a numpy.ndarray (muon_ runs on the CPU), got "
+        if not isinstance(p, np.ndarray) and backend is _kernels:
+            raise TypeError(f"param[{i}] must be a numpy.ndarray or a cupy.ndarray, got "
                             f"{type(p).__module__}.{type(p).__name__}")
         rules.check_2d(p, f"param[{i}]")
-    plan = _kernels.Plan(params, "param")
+    plan = backend.Plan(params, "param")
     if len(bufs) != len(params):
         raise ValueError(f"momentum_buffer has {len(bufs)} arrays but param has {len(params)}")
     plan.set_state(0, bufs)
@@ -304,6 +307,17 @@ def muon_(param, grad, momentum_buffer, *, lr=1e-3, weight_decay=0.1, momentum=0
                 ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
                 adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype)
     hyper.update(_specs.apply_rules({k: rules.RULES[k] for k in args}, args))
+    if backend is not _kernels:                     # CuPy: fastopt._muon_cupy
+        from . import _muon_cupy
+        if workspace is None:
+            workspace = _muon_cupy.Workspaces()
+        elif not isinstance(workspace, _muon_cupy.Workspaces):
+            raise TypeError("workspace must be a fastopt._muon_cupy.Workspaces() for CuPy "
+                            f"arrays, got {type(workspace).__name__}")
+        work = workspace.get(hyper["ns_dtype"], params)
+        for p, g, b in zip(params, grads, bufs):
+            rules.step_one(_muon_cupy, p, g, b, work, **hyper)
+        return
     need = rules.workspace_elements([p.shape for p in params])
     wdt = rules.work_dtype(hyper["ns_dtype"])
     if workspace is None:
@@ -348,8 +362,8 @@ def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, 
     parameter's with dim -1, resp. dim -2, set to 1), else `variance` (its shape); with lists,
     one entry per parameter (None where it does not apply). `step` is the 1-based step being
     taken; eps1 None is the machine epsilon of the first parameter's dtype (as torch). NumPy
-    arrays only (CPU; CuPy arrays raise TypeError). Every array is checked before any is
-    written. Each call allocates the column-sum scratch (threads x the widest last dim
+    arrays, or CuPy arrays (fastopt._adafactor_cupy; work buffers made per call, the class
+    keeps them). Every array is checked before any is written. Each call allocates the column-sum scratch (threads x the widest last dim
     doubles); the class keeps one. Returns None.
     """
     params = _listify(param, "param")
@@ -367,11 +381,14 @@ def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, 
     grads = per_param(grad, "grad")
     rows, cols, vars_ = (per_param(row_var, "row_var"), per_param(col_var, "col_var"),
                          per_param(variance, "variance"))
-    for what, arrays in (("param", params), ("grad", grads)):
-        for a in arrays:
-            if type(a).__module__.startswith("cupy") or hasattr(a, "__cuda_array_interface__"):
-                raise TypeError(f"adafactor_ runs on NumPy (CPU) arrays only; {what} is a "
-                                "CuPy array (fastopt has no CUDA Adafactor kernel)")
+    device = bool(params) and type(params[0]).__module__.startswith("cupy")
+    if not device:
+        for what, arrays in (("param", params), ("grad", grads)):
+            for a in arrays:
+                if type(a).__module__.startswith("cupy") or \
+                        hasattr(a, "__cuda_array_interface__"):
+                    raise TypeError(f"{what} is a CuPy array but param is not; pass all "
+                                    "NumPy or all CuPy arrays")
     step = _check_step(step)
     lr = _check_lr(lr)
     rules = _adafactor_hyper.RULES
@@ -381,6 +398,20 @@ def adafactor_(param, grad, row_var=None, col_var=None, variance=None, *, step, 
     weight_decay = rules["weight_decay"]("weight_decay", weight_decay)
     maximize = rules["maximize"]("maximize", maximize)
     names = lambda k: (f"param[{k}]", f"grad[{k}]", "") if n > 1 else ("param", "grad", "")
+    if device:                                       # fastopt._adafactor_cupy
+        from . import _adafactor_cupy
+        for k in range(n):
+            _adafactor_cupy.check(params[k], grads[k], rows[k], cols[k], vars_[k], names(k))
+        cuda_plan = backend_for(params).Plan(params, "param")     # one device, no overlaps
+        cuda_plan.check_grads(grads, "grad")
+        omb, rho, decay = _adafactor_hyper.adafactor_scalars(step, lr, beta2_decay, weight_decay)
+        eps1 = _adafactor_hyper.eps1_for(eps1, params[0].dtype)
+        work = _adafactor_cupy.Workspaces().get(params)
+        for k in range(n):
+            _adafactor_cupy.step(params[k], grads[k], rows[k], cols[k], vars_[k], work,
+                                 one_minus_beta2=omb, rho=rho, eps1=eps1, eps2=eps2, d=d,
+                                 decay=decay, maximize=maximize)
+        return
     scratch = np.zeros(_adafactor.scratch_length([getattr(p, "shape", ()) for p in params],
                                                  _kernels.get_num_threads()))
     for k in range(n):

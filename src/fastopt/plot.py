@@ -12,7 +12,7 @@ state), so they work on headless machines and inside other programs.
   functions drawn over contour plots, as a PNG and as an animated GIF (from
   :func:`fastopt.viz.trajectories`).
 
-Every method has its own colour (:data:`STYLES`: twelve that stay apart), its family's line
+Every method has its own colour (:data:`STYLES`: eighteen that stay apart), its family's line
 style (:data:`FAMILIES`: full batch solid, stochastic dashed, adaptive dash-dot) and its own
 marker; the legend has one row per family. Lines are layered so that each path shows where
 paths coincide: adaptive methods at the bottom, then gradient descent and heavy-ball momentum
@@ -37,8 +37,9 @@ FAMILIES = {
     "adaptive": ("adaptive (batch 32)", "-."),
 }
 
-#: Method name -> (colour, family, marker). Fifteen colours that stay apart on white and on
-#: the grey contour plots (a qualitative set after S. Trubetskoy's "20 distinct colours").
+#: Method name -> (colour, family, marker). Eighteen colours that stay apart on white and on
+#: the grey contour plots (a qualitative set after S. Trubetskoy's "20 distinct colours"; Rprop, NAdam and RAdam take
+#: three darker web colours, since the set's remaining pastels vanish on the contours).
 #: Gradient descent and heavy-ball momentum are drawn as wide translucent bands under the
 #: thin lines, since stochastic methods and Nesterov often run along their paths.
 STYLES = {
@@ -57,6 +58,9 @@ STYLES = {
     "lion": ("#000075", "adaptive", "p"),
     "schedule_free_adamw": ("#bfef45", "adaptive", "d"),
     "lbfgs": ("#ffe119", "full", "8"),
+    "rprop": ("#006400", "full", "s"),
+    "nadam": ("#9370db", "adaptive", "v"),
+    "radam": ("#ff7f7f", "adaptive", "s"),
 }
 _EXTRA_COLOURS = ("#808000", "#dcbeff", "#aaffc3")
 _EXTRA_MARKERS = ("H", "1", "2")

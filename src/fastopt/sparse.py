@@ -34,6 +34,9 @@ class RowSparseGrad:
     __slots__ = ("indices", "values")
 
     def __init__(self, indices, values):
+        if _on_device(indices) or _on_device(values):
+            self.indices, self.values = _device_pair(indices, values)
+            return
         idx = np.asarray(indices)
         if idx.dtype == np.bool_ or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
             raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
@@ -73,6 +76,27 @@ class RowSparseGrad:
                 f"dtype={self.values.dtype})")
 
 
+def _on_device(a):
+    return type(a).__module__.startswith("cupy")
+
+
+def _device_pair(indices, values):
+    """(indices as int64, values) of a gradient held by CuPy arrays (both on the device)."""
+    if not (_on_device(indices) and _on_device(values)):
+        raise TypeError("indices and values must both be CuPy arrays or both host arrays, "
+                        f"got {type(indices).__name__} and {type(values).__name__}")
+    kind = np.dtype(indices.dtype)
+    if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or indices.size == 0):
+        raise TypeError(f"indices must be integers, got dtype {kind}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D (one row index per value row), got shape "
+                         f"{indices.shape}")
+    if values.ndim < 1 or values.shape[0] != indices.shape[0]:
+        raise ValueError(f"values must have one row per index: indices has "
+                         f"{indices.shape[0]} entries, values has shape {values.shape}")
+    return (indices if kind == np.int64 else indices.astype(np.int64)), values
+
+
 def check_row_sparse(grad, param, name):
     """`grad` as a RowSparseGrad fit for `param` (values of its dtype, C-contiguous: a copy
     only when needed), or TypeError/ValueError naming `name`. A plain array is refused as
@@ -90,6 +114,9 @@ def check_row_sparse(grad, param, name):
                             "values) or an (indices, values) tuple)")
         raise TypeError(f"{name} must be a fastopt.RowSparseGrad or an (indices, values) "
                         f"tuple, got {type(grad).__name__}")
+    if _on_device(param):                         # CuPy: fastopt._sparse_adam_cupy checks
+        from ._sparse_adam_cupy import check_grad
+        return check_grad(grad, param, name)
     if not isinstance(param, np.ndarray) or param.ndim < 1:
         raise ValueError(f"{name}: a row-sparse gradient needs a parameter with at least one "
                          "axis")

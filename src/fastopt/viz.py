@@ -1,6 +1,8 @@
 r"""`fastopt viz`: the paths of every optimizer on 2-D test functions, over contour plots.
 
-:func:`trajectories` runs each optimizer of :data:`fastopt.convergence.METHODS` with
+:func:`trajectories` runs each optimizer of :data:`METHODS` (those of
+:data:`fastopt.convergence.METHODS` but L-BFGS, which is compared on logistic regression, plus
+Rprop, NAdam and RAdam, which are drawn here only) with
 :func:`fastopt.train.train` from the function's start point and records every iterate, on
 
 * the Rosenbrock valley :math:`(1-x)^2 + 100 (y - x^2)^2` (start (-1.5, 2), minimum (1, 1));
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FUNCTIONS", "SETTINGS", "NoisySum", "Panel", "trajectories", "run",
+__all__ = ["FUNCTIONS", "METHODS", "SETTINGS", "NoisySum", "Panel", "trajectories", "run",
            "add_arguments", "run_from_args"]
 
 STEPS, QUICK_STEPS = 500, 40
@@ -67,11 +69,38 @@ FUNCTIONS = {
                   ((-5.0, 5.0), (-5.0, 5.0))),
 }
 
+
+def _methods():
+    """The methods drawn: fastopt.convergence's but L-BFGS, then Rprop (full batch: its
+    sign logic assumes exact gradients), NAdam and RAdam (on the noisy sums, as Adam)."""
+    from .convergence import METHODS as COMPARED, Method
+    drawn = {name: m for name, m in COMPARED.items() if name != "lbfgs"}
+    extra = [Method("nadam", "NAdam", "NAdam", 32, lambda p: dict(lr=1e-2)),
+             Method("radam", "RAdam", "RAdam", 32, lambda p: dict(lr=1e-2)),
+             Method("rprop", "Rprop", "Rprop", None, lambda p: dict(lr=1e-2))]
+    order = list(drawn)
+    at = order.index("schedule_free_adamw") + 1
+    names = order[:at] + ["nadam", "radam"] + order[at:] + ["rprop"]
+    return {name: drawn.get(name) or next(m for m in extra if m.name == name)
+            for name in names}
+
+
+#: name -> :class:`fastopt.convergence.Method`: the optimizers `fastopt viz` draws, in
+#: legend order (only their name, label, class and batch size are used here; the
+#: hyperparameters come from :data:`SETTINGS`).
+METHODS = _methods()
+
+
 def _settings(lr_gd, momentum_lr, adagrad, rmsprop, adam, adadelta, adamax, momentum=0.9,
-              lion=None, schedule_free_adamw=None):
+              lion=None, schedule_free_adamw=None, nadam=None, radam=None, rprop=None):
     """One function's optimizer keyword arguments, method name -> dict. The stochastic
     methods take gradient descent's step (SGD and minibatch SGD decaying as 1/(1 + t/100));
-    Lion takes a tenth of Adam's lr and Schedule-Free AdamW Adam's, unless given."""
+    Lion takes a tenth of Adam's lr, Schedule-Free AdamW, NAdam and RAdam Adam's, Rprop a
+    first step of 0.01 (torch's default), unless given. RAdam's first five steps are not
+    rectified (rho_t <= 5: a momentum step lr * m_hat, no division by the second moment), so
+    where the gradient at the start is large (Rosenbrock, Beale, the quadratic) it takes a
+    smaller lr than Adam, or those steps leave the plot; on the saddle a larger one, so that
+    it leaves the saddle within the quick budget."""
     from .schedules import inverse_time
     return dict(
         gd=dict(lr=lr_gd), sgd=dict(lr=inverse_time(lr_gd, decay=0.01)),
@@ -82,19 +111,22 @@ def _settings(lr_gd, momentum_lr, adagrad, rmsprop, adam, adadelta, adamax, mome
         adadelta=dict(lr=adadelta), adamax=dict(lr=adamax), svrg=dict(lr=lr_gd),
         lion=dict(lr=adam / 10 if lion is None else lion),
         schedule_free_adamw=dict(lr=adam if schedule_free_adamw is None else schedule_free_adamw),
+        nadam=dict(lr=adam if nadam is None else nadam),
+        radam=dict(lr=adam if radam is None else radam),
+        rprop=dict(lr=1e-2 if rprop is None else rprop),
         newton=dict(lr=1.0, line_search="armijo"))
 
 
 #: function name -> method name -> optimizer keyword arguments (see :func:`_settings`).
 SETTINGS = {
     "rosenbrock": _settings(1e-3, 1e-3, adagrad=1.0, rmsprop=5e-2, adam=0.1, adadelta=20.0,
-                            adamax=0.2),
+                            adamax=0.2, radam=7e-3),
     "beale": _settings(2e-2, 2e-3, adagrad=1.0, rmsprop=2e-2, adam=0.1, adadelta=10.0,
-                       adamax=0.2),
+                       adamax=0.2, radam=7e-3),
     "saddle": _settings(5e-2, 5e-2, adagrad=0.2, rmsprop=1e-2, adam=2e-2, adadelta=20.0,
-                        adamax=2e-2),
+                        adamax=2e-2, radam=5e-2),
     "quadratic": _settings(0.07, 0.02, adagrad=1.5, rmsprop=5e-2, adam=0.2, adadelta=50.0,
-                           adamax=0.2, momentum=0.8),
+                           adamax=0.2, momentum=0.8, radam=5e-2),
 }
 
 
@@ -210,15 +242,13 @@ def trajectories(functions=None, optimizers=None, *, steps=STEPS, seed=0, progre
     """Run every optimizer on every function; returns a list of :class:`Panel`.
 
     functions: names from :data:`FUNCTIONS` (default all); optimizers: names from
-    :data:`fastopt.convergence.METHODS` (default all); steps: iterations per run (a run also
+    :data:`METHODS` (default all); steps: iterations per run (a run also
     stops at a gradient norm <= 1e-10 or when it leaves the plotted box by half its size).
     """
-    from .convergence import METHODS
     functions = list(FUNCTIONS) if functions is None else list(functions)
-    # L-BFGS is compared on logistic regression (fastopt.convergence), not on the 2-D paths
-    optimizers = [m for m in METHODS if m != "lbfgs"] if optimizers is None else list(optimizers)
+    optimizers = list(METHODS) if optimizers is None else list(optimizers)
     bad = [f for f in functions if f not in FUNCTIONS] + [m for m in optimizers
-                                                          if m not in METHODS or m == "lbfgs"]
+                                                          if m not in METHODS]
     if bad:
         raise ValueError(f"unknown function or optimizer {bad}; functions: {list(FUNCTIONS)}, "
                          f"optimizers: {list(METHODS)}")
@@ -286,7 +316,6 @@ def run(out="fastopt-viz", *, quick=False, steps=None, functions=None, optimizer
 # ------------------------------------------------------------------------------ command
 def add_arguments(parser):
     """Options of `fastopt viz`."""
-    from .convergence import METHODS
     parser.add_argument("--out", default="fastopt-viz", metavar="DIR",
                         help="folder for trajectories.png and trajectories.gif, created if "
                              "missing (default: %(default)s, in the current directory)")

@@ -4,9 +4,11 @@ Run the same script on N processes, e.g. ``mpiexec -n 4 python train.py``; each 
 gradients on its 1/N of the global batch.
 
 * `DistributedOptimizer(opt, comm)`: every rank keeps all state; gradients are averaged with
-  bucketed in-place ``Allreduce``, then `opt`'s fused step runs.
+  bucketed in-place ``Allreduce``, then `opt`'s fused step runs (also Muon and Adafactor;
+  SparseAdam's row-sparse gradients are all-gathered; LBFGS's closure is averaged).
 * `ShardedOptimizer(opt_cls, params, comm, **hyperparameters)`: ZeRO stage 1, each rank keeps
-  and updates the state of 1/N of the parameters (``Reduce_scatter`` + ``Allgatherv``).
+  and updates the state of 1/N of the parameters (``Reduce_scatter`` + ``Allgatherv``);
+  elementwise rules only (Muon, Adafactor, SparseAdam, LBFGS raise TypeError).
 * `SyncBatchNorm(comm, num_features, ...)`: `fastopt.nn.BatchNorm` with batch statistics over all ranks.
 
 Needs the ``[mpi]`` extra (``pip install "fastopt[mpi]"``: mpi4py and the mpich wheel, which

@@ -19,17 +19,46 @@ Non-finite gradients: after the ``Allreduce`` every rank holds the same averaged
 or Inf on one rank, or a sum that overflows, is non-finite there on every rank), so the
 wrapped optimizer's own ``step(..., nonfinite=...)`` check reaches the same decision
 everywhere: every rank skips, or every rank raises, or every rank updates. No extra message.
+
+What a step averages depends on what the wrapped optimizer's step takes:
+
+* gradients (the first-order optimizers of the table, Muon, Adafactor): the buffers above,
+  then its step; Muon's Newton-Schulz and Adafactor's row/column factors then see the same
+  averaged matrix on every rank, so every rank computes the same update;
+* row-sparse gradients (SparseAdam): every rank's rows are all-gathered (``_row_sparse``),
+  values / N, and SparseAdam sums duplicated rows; no gradient-sized buffer is kept;
+* a closure (LBFGS): ``step(closure)`` runs LBFGS with a closure that calls this rank's
+  closure and averages its loss and gradients over the ranks (the bucketed ``Allreduce`` plus
+  one two-element ``Allreduce`` of the loss and an error flag) on every evaluation. LBFGS is
+  deterministic in what the closure returns, so every rank takes the same iterations, line
+  search trials and stopping decision, and calls the closure equally often. A closure that
+  raises on one rank makes every rank raise (that rank its own error), LBFGS restoring the
+  parameters of the iteration as it does alone.
+
+Newton and SVRG (whose steps take Hessians or snapshots) are refused with a TypeError.
 """
 import numpy as np
 
 from .. import _validate, checkpoint
+from ..optim.adafactor import Adafactor
 from ..optim.base import Optimizer
-from . import _flat
+from ..optim.lbfgs import LBFGS
+from ..optim.muon import Muon
+from ..optim.sparse_adam import SparseAdam
+from . import _flat, _row_sparse
 from ._mpi import agree, bcast_tree, check_same, mpi, world
 
 __all__ = ["DistributedOptimizer"]
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20
+
+
+def _check_closure(closure, problem):
+    if problem is not None:
+        raise ValueError(problem)
+    if not callable(closure):
+        raise TypeError(f"closure must be a callable returning (loss, grads), got "
+                        f"{type(closure).__name__}")
 
 
 class DistributedOptimizer:
@@ -43,7 +72,10 @@ class DistributedOptimizer:
     Parameters
     ----------
     opt : fastopt.Optimizer
-        The optimizer to drive (over NumPy arrays); it keeps its state and hyperparameters.
+        The optimizer to drive (over NumPy arrays); it keeps its state and hyperparameters:
+        a first-order one (``fastopt.Adam``, ...), ``Muon`` or ``Adafactor`` (``step(grads)``),
+        ``SparseAdam`` (``step(row_sparse_grads)``: the rows of all ranks are gathered) or
+        ``LBFGS`` (``step(closure)``: each evaluation's loss and gradients are averaged).
     comm : mpi4py communicator, default ``MPI.COMM_WORLD``
     bucket_bytes : int, default 25 MiB
         Largest message of one ``Allreduce``.
@@ -62,6 +94,8 @@ class DistributedOptimizer:
         self.comm = comm = world(comm)
         self.opt = opt
         params = agree(comm, self._check_args, opt, bucket_bytes)
+        self._kind = ("sparse" if isinstance(opt, SparseAdam) else
+                      "closure" if isinstance(opt, LBFGS) else "dense")
         check_same(comm, [("optimizer", type(opt).__name__)] + _flat.signature(params),
                    "the optimizers or parameters")
         self._params = params
@@ -72,12 +106,20 @@ class DistributedOptimizer:
         self._buckets = self._split(bucket_bytes)
         self._inv_size = 1.0 / comm.Get_size()
         self._broadcast_params()
+        if self._kind == "sparse":           # gradients are gathered rows, not these buffers
+            self._buffers = self._grad_views = None
+        self._status = np.zeros(2, np.float64)          # LBFGS: the loss and an error flag
 
     @staticmethod
     def _check_args(opt, bucket_bytes):
-        if not isinstance(opt, Optimizer):
+        if not isinstance(opt, (Optimizer, Muon, Adafactor, SparseAdam, LBFGS)):
+            what = type(opt).__name__
+            if what in ("Newton", "SVRG"):
+                raise TypeError(f"DistributedOptimizer does not drive {what}, whose step takes "
+                                "more than gradients (Hessians, snapshots); it drives the "
+                                "first-order optimizers, Muon, Adafactor, SparseAdam and LBFGS")
             raise TypeError(f"opt must be a fastopt optimizer (e.g. fastopt.Adam(params)), got "
-                            f"{type(opt).__name__}")
+                            f"{what}")
         _validate.integer("bucket_bytes", bucket_bytes, low=8)
         params = [p for g in opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
@@ -127,6 +169,8 @@ class DistributedOptimizer:
         any rank raise ValueError on every rank, with parameters and state unchanged
         everywhere.
         """
+        if self._kind != "dense":
+            return self._step_other(grads, nonfinite)
         problem = _flat.nonfinite_problem(nonfinite) or self._layout.grad_problem(grads)
         flag = self._buffers[-1][-1:]
         if problem is None:
@@ -149,6 +193,54 @@ class DistributedOptimizer:
         if nonfinite == "ignore":
             return self.opt.step(self._grad_views)
         return self.opt.step(self._grad_views, nonfinite=nonfinite)
+
+    def _step_other(self, arg, nonfinite):
+        """SparseAdam (`arg`: row-sparse gradients) and LBFGS (`arg`: a closure); neither
+        has a `nonfinite` option. Bad arguments on any rank raise on every rank."""
+        problem = None
+        if not (isinstance(nonfinite, str) and nonfinite == "ignore"):
+            problem = (f"nonfinite must be 'ignore' for {type(self.opt).__name__}, whose step "
+                       f"has no nonfinite option; got {nonfinite!r}")
+        if self._kind == "sparse":
+            return self.opt.step(_row_sparse.gather(self.comm, self._params, arg, problem))
+        agree(self.comm, _check_closure, arg, problem)
+        return self.opt.step(lambda: self._averaged(arg))
+
+    def _averaged(self, closure):
+        """One evaluation of LBFGS's closure: this rank's (loss, grads), averaged over the
+        ranks (collective; every rank raises if one rank's closure failed)."""
+        error = None
+        try:
+            result = closure()
+            if not isinstance(result, (tuple, list)) or len(result) != 2:
+                raise TypeError("closure() must return (loss, grads), got "
+                                f"{type(result).__name__}")
+            loss = float(result[0])
+            problem = self._layout.grad_problem(result[1])
+            if problem is not None:
+                raise ValueError(f"closure()'s {problem}")
+        except Exception as e:          # joins the collectives below, then raises
+            error = e
+        status = self._status
+        if error is None:
+            self._layout.pack(result[1], self._buffers)
+            status[:] = loss, 0.0
+        else:
+            for buf in self._buffers:
+                buf.fill(0)
+            status[:] = 0.0, 1.0
+        in_place = mpi().IN_PLACE
+        for b, start, stop in self._buckets:
+            bucket = self._buffers[b][start:stop]
+            self.comm.Allreduce(in_place, bucket)
+            bucket *= self._inv_size
+        self.comm.Allreduce(in_place, status)
+        if status[1] != 0:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"the closure failed on {int(status[1])} of "
+                               f"{self.comm.Get_size()} ranks (see the error there)")
+        return status[0] * self._inv_size, self._grad_views
 
     # ------------------------------------------------------------------- train/eval modes
     def train(self):

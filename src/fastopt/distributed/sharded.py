@@ -41,13 +41,25 @@ and scatters each state buffer along the new shards).
 import numpy as np
 
 from .. import _kernels, checkpoint
-from ..optim._core import group_params, normalize_params, saved_group
+from ..optim._core import OptimizerCore, group_params, normalize_params, saved_group
 from ..optim._groups import check_groups
 from ..optim.base import Optimizer
 from . import _flat, _qshard
 from ._mpi import agree, bcast_tree, check_same, mpi, mpi_type, world
 
 __all__ = ["ShardedOptimizer"]
+
+
+#: The optimizers whose update is not elementwise, and why a shard cannot update itself.
+_NOT_ELEMENTWISE = {
+    "Muon": "orthogonalizes each whole 2-D update (Newton-Schulz over the full matrix)",
+    "Adafactor": "factors each matrix's second moment into row and column means over the "
+                 "full matrix",
+    "SparseAdam": "takes row-sparse gradients and updates whole rows",
+    "LBFGS": "takes a closure and inner products over all parameters, with a line search",
+    "Newton": "solves with the Hessian of all parameters",
+    "SVRG": "takes full-gradient snapshots of all parameters",
+}
 
 
 class _Piece:
@@ -136,6 +148,16 @@ class ShardedOptimizer:
     # ------------------------------------------------------------------------- construction
     @staticmethod
     def _check_args(opt_cls, params):
+        if isinstance(opt_cls, type) and issubclass(opt_cls, OptimizerCore) \
+                and not issubclass(opt_cls, Optimizer):
+            name = opt_cls.__name__
+            why = next((_NOT_ELEMENTWISE[k.__name__] for k in opt_cls.__mro__
+                        if k.__name__ in _NOT_ELEMENTWISE), "has no elementwise update rule")
+            instead = ("" if name in ("Newton", "SVRG") else
+                       f". Use DistributedOptimizer({name}(params), comm) instead")
+            raise TypeError(f"ShardedOptimizer updates each rank's contiguous 1/N of the "
+                            f"flattened parameters on its own, so it takes elementwise update "
+                            f"rules only; {name} {why}{instead}")
         if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)):
             raise TypeError(f"opt_cls must be a fastopt optimizer class (e.g. fastopt.Adam), got "
                             f"{opt_cls!r}")

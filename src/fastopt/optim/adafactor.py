@@ -45,7 +45,9 @@ class Adafactor(GroupedOptimizer):
     tensor, three fused passes of the C kernel (csrc/adafactor.c; two for a vector) with the
     GIL released; the column sums use scratch sized once, when the state is created, for the
     thread count of that moment (more threads later: pass 1 runs on that many). An empty
-    parameter is left as it is (torch's step divides by its size). Reference: N. Shazeer and
+    parameter is left as it is (torch's step divides by its size). On CuPy arrays the same
+    passes run as CuPy array operations (`fastopt._adafactor_cupy`), equal to the CPU to
+    rounding. Reference: N. Shazeer and
     M. Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018.
 
     >>> import numpy as np
@@ -71,10 +73,24 @@ class Adafactor(GroupedOptimizer):
         super().__init__(params, lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
                          weight_decay=weight_decay, foreach=foreach, maximize=maximize)
 
+    def _plan_for(self, params, offset):
+        if params and type(params[0]).__module__.startswith("cupy"):   # fastopt._adafactor_cupy
+            from .. import _adafactor_cupy, cuda
+            if getattr(self, "_device_work", None) is None:
+                self._device_work = _adafactor_cupy.Workspaces()
+            return cuda, cuda.Plan(params, "params", offset)
+        return super()._plan_for(params, offset)
+
+    @property
+    def _on_device(self):
+        return bool(self._records) and self._records[0].mod is not _kernels
+
     # ------------------------------------------------------------------------------ state
     def _ensure_scratch(self):
         """The column-sum scratch for every parameter, sized for today's thread count (made
         with the state, never during a step that has its state)."""
+        if self._on_device:
+            return
         need = _adafactor.scratch_length([p.shape for p in self._all_params()],
                                          _kernels.get_num_threads())
         if self._scratch.size < need:
@@ -83,7 +99,13 @@ class Adafactor(GroupedOptimizer):
     def _create_state(self, i, p):
         entry = self.state.setdefault(i, {})
         for name, shape in _adafactor.state_shapes(p.shape).items():
-            entry[name] = np.zeros(shape, p.dtype)
+            if isinstance(p, np.ndarray):
+                entry[name] = np.zeros(shape, p.dtype)
+            else:
+                from ..cuda import require_cupy
+                cp = require_cupy()
+                with cp.cuda.Device(p.device.id):
+                    entry[name] = cp.zeros(shape, p.dtype)
 
     def _has_state(self, i):
         return any(name in self.state.get(i, {}) for name in self.BUFFERS)
@@ -104,15 +126,9 @@ class Adafactor(GroupedOptimizer):
         with self._lock:
             snapshots = self._snapshots()
             grads = self._check_like_params(grads, "grads")
-            if nonfinite != "ignore":
-                for rec in self._records:
-                    sl = grads[rec.offset:rec.offset + len(rec.plan)]
-                    if not _kernels.all_finite(rec.plan, sl):
-                        if nonfinite == "skip":
-                            return False
-                        bad = next(j for j, g in enumerate(sl) if not np.isfinite(g).all())
-                        raise ValueError(f"grads[{rec.offset + bad}] contains NaN or Inf; "
-                                         "nothing was updated (nonfinite='raise')")
+            if not self._finite_gate(grads, nonfinite):
+                return False
+            device = self._on_device
             params = self._all_params()
             for i, p in enumerate(params):
                 if not self._has_state(i):
@@ -120,9 +136,17 @@ class Adafactor(GroupedOptimizer):
             self._ensure_scratch()
             for i, (p, g) in enumerate(zip(params, grads)):
                 entry = self.state[i]
-                _adafactor.check(p, g, entry.get("row_var"), entry.get("col_var"),
-                                 entry.get("variance"), self._scratch, f"params[{i}]",
-                                 f"grads[{i}]", f"state[{i}]")
+                if device:
+                    from .. import _adafactor_cupy
+                    _adafactor_cupy.check(p, g, entry.get("row_var"), entry.get("col_var"),
+                                          entry.get("variance"),
+                                          (f"params[{i}]", f"grads[{i}]", f"state[{i}]"))
+                else:
+                    _adafactor.check(p, g, entry.get("row_var"), entry.get("col_var"),
+                                     entry.get("variance"), self._scratch, f"params[{i}]",
+                                     f"grads[{i}]", f"state[{i}]")
+            if device:
+                self._device_work.get(params)      # buffers first: a failure writes nothing
             for (hyper, lr), rec in zip(snapshots, self._records):
                 self._step_group(hyper, lr, rec, params, grads)
             return True
@@ -134,6 +158,14 @@ class Adafactor(GroupedOptimizer):
         eps1 = eps1_for(eps1, params[rec.offset].dtype)
         for i in range(rec.offset, rec.offset + len(rec.plan)):
             entry = self.state[i]
+            if not isinstance(params[i], np.ndarray):
+                from .. import _adafactor_cupy
+                _adafactor_cupy.step(params[i], grads[i], entry.get("row_var"),
+                                     entry.get("col_var"), entry.get("variance"),
+                                     self._device_work, one_minus_beta2=omb, rho=rho,
+                                     eps1=eps1, eps2=eps2, d=hyper["d"], decay=decay,
+                                     maximize=hyper["maximize"])
+                continue
             _adafactor.step(params[i], grads[i], entry.get("row_var"), entry.get("col_var"),
                             entry.get("variance"), self._scratch, omb, rho, eps1, eps2,
                             hyper["d"], decay, hyper["maximize"], f"params[{i}]",
@@ -175,7 +207,14 @@ class Adafactor(GroupedOptimizer):
                 self._create_state(i, p)
                 mine = self.state[i]
             for name, value in entry.items():
-                np.copyto(mine[name], np.asarray(value), casting="unsafe")
+                if isinstance(mine[name], np.ndarray):
+                    np.copyto(mine[name], np.asarray(value), casting="unsafe")
+                else:                                    # CuPy: a new device array
+                    from ..cuda import require_cupy, to_numpy
+                    cp = require_cupy()
+                    host = np.asarray(to_numpy(value), dtype=p.dtype).reshape(mine[name].shape)
+                    with cp.cuda.Device(p.device.id):
+                        mine[name] = cp.asarray(np.ascontiguousarray(host))
         self._ensure_scratch()
 
     def _checkpoint_shapes(self):

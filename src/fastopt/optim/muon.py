@@ -12,6 +12,11 @@ __all__ = ["Muon", "split_params"]
 _NONFINITE = ("ignore", "skip", "raise")
 
 
+def _on_device(a):
+    """Whether `a` is a CuPy array (by its type's module, without importing CuPy)."""
+    return type(a).__module__.startswith("cupy")
+
+
 class Muon(GroupedOptimizer):
     r"""Muon (torch.optim.Muon): SGD momentum whose update is orthogonalized, for 2-D weights.
 
@@ -81,9 +86,20 @@ class Muon(GroupedOptimizer):
 
     def _plan_for(self, params, offset):
         for j, p in enumerate(params):
-            if isinstance(p, np.ndarray):
+            if isinstance(p, np.ndarray) or _on_device(p):
                 _rules.check_2d(p, f"params[{offset + j}]")
+        if params and _on_device(params[0]):           # CuPy: fastopt._muon_cupy's step
+            from .. import cuda
+            return cuda, cuda.Plan(params, "params", offset)
         return super()._plan_for(params, offset)
+
+    @property
+    def _device_work(self):
+        work = self.__dict__.get("_cupy_work")
+        if work is None:
+            from .. import _muon_cupy
+            work = self.__dict__["_cupy_work"] = _muon_cupy.Workspaces()
+        return work
 
     # ------------------------------------------------------------------------------ step
     def step(self, grads, nonfinite="ignore"):
@@ -99,19 +115,19 @@ class Muon(GroupedOptimizer):
         with self._lock:
             snapshots = self._snapshots()
             grads = self._check_like_params(grads, "grads")
-            if nonfinite != "ignore":
-                for rec in self._records:
-                    sl = grads[rec.offset:rec.offset + len(rec.plan)]
-                    if not _kernels.all_finite(rec.plan, sl):
-                        if nonfinite == "skip":
-                            return False
-                        bad = next(rec.offset + j for j, g in enumerate(sl)
-                                   if not np.isfinite(g).all())
-                        raise ValueError(f"grads[{bad}] contains NaN or Inf; nothing was "
-                                         "updated (nonfinite='raise')")
-            kernel = _rules.kernel_module()
+            if not self._finite_gate(grads, nonfinite):
+                return False
+            device = self._records[0].mod is not _kernels
             params = self._all_params()
             works = {}
+            if device:
+                from .. import _muon_cupy as kernel
+                for snap, _ in snapshots:
+                    dt = snap["ns_dtype"]
+                    if dt not in works:
+                        works[dt] = self._device_work.get(dt, params)
+            else:
+                kernel = _rules.kernel_module()
             for snap, _ in snapshots:      # work buffers first: an allocation failure writes nothing
                 dt = snap["ns_dtype"]
                 if dt not in works:
@@ -131,7 +147,11 @@ class Muon(GroupedOptimizer):
         entries = [self.state.setdefault(rec.offset + j, {}) for j in range(n)]
         if not all("momentum_buffer" in e for e in entries):
             for e, p in zip(entries, rec.plan.params):
-                e["momentum_buffer"] = np.zeros_like(p)
+                if isinstance(p, np.ndarray):
+                    e["momentum_buffer"] = np.zeros_like(p)
+                else:
+                    from ..cuda import zeros_like
+                    e["momentum_buffer"] = zeros_like(p)
             self._attach(rec)
         return [e["momentum_buffer"] for e in entries]
 

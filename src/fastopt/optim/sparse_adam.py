@@ -11,6 +11,9 @@ __all__ = ["SparseAdam"]
 def _zeros(p):
     """Zeros like `p`, written now: the pages are mapped at the first step (as torch's
     zeros_like does), not one page fault at a time when a row is first looked up."""
+    if not isinstance(p, np.ndarray):                 # CuPy
+        from ..cuda import zeros_like
+        return zeros_like(p)
     a = np.empty_like(p)
     a.fill(0)
     return a
@@ -71,9 +74,12 @@ class SparseAdam(GroupedOptimizer):
 
     def _plan_for(self, params, offset):
         for j, p in enumerate(params):
-            if isinstance(p, np.ndarray) and p.ndim == 0:
+            if getattr(p, "ndim", None) == 0:
                 raise ValueError(f"params[{offset + j}] is 0-d; SparseAdam indexes rows along "
                                  "a parameter's first axis")
+        if params and type(params[0]).__module__.startswith("cupy"):   # _sparse_adam_cupy
+            from .. import cuda
+            return cuda, cuda.Plan(params, "params", offset)
         return super()._plan_for(params, offset)
 
     def _names(self, i):
