@@ -99,9 +99,6 @@ class ndarray:
     def __neg__(self):
         return ndarray(-self._a, self.device.id)
 
-    def __setitem__(self, idx, value):
-        self._a[idx] = value._a if isinstance(value, ndarray) else value
-
     def reshape(self, *shape):
         return ndarray(self._a.reshape(*shape), self.device.id)
 
