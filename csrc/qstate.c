@@ -42,6 +42,30 @@
 
 #define FO_QI static inline
 
+/* 64-byte alignment, the map cache's atomics and aligned allocation, per compiler (MSVC builds
+ * run the scalar codecs: FO_HAS_CLONES is 0 there) */
+#if defined(_MSC_VER)
+#include <intrin.h>
+#include <malloc.h>
+#define FO_ALIGN64 __declspec(align(64))
+typedef volatile long fo_q8_atomic;
+#define FO_Q8_LOAD(p) (*(p))                                    /* /volatile:ms: acquire */
+#define FO_Q8_STORE(p, v) (*(p) = (v))                          /* and release */
+#define FO_Q8_LOCK(p) while (_InterlockedExchange((p), 1)) {}
+#define FO_Q8_UNLOCK(p) _InterlockedExchange((p), 0)
+#define fo_q8_alloc(size) _aligned_malloc((size), 64)
+#define fo_q8_free(ptr) _aligned_free(ptr)
+#else
+#define FO_ALIGN64 __attribute__((aligned(64)))
+typedef int fo_q8_atomic;
+#define FO_Q8_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define FO_Q8_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define FO_Q8_LOCK(p) while (__atomic_exchange_n((p), 1, __ATOMIC_ACQUIRE)) {}
+#define FO_Q8_UNLOCK(p) __atomic_store_n((p), 0, __ATOMIC_RELEASE)
+#define fo_q8_alloc(size) aligned_alloc(64, (size))
+#define fo_q8_free(ptr) free(ptr)
+#endif
+
 /* ------------------------------------------------------------------------------ int8 tables */
 /*
  * The code of x = v * (1 / absmax) is j = #{ k < 255 : x >= t_k }, with t_k the smallest float32
@@ -82,7 +106,7 @@
 #define FO_Q8_NB_MAX (((FO_Q8_OCTAVES + 1) << FO_Q8_KMAX) + 1)
 #define FO_Q8_CACHE 16
 
-typedef struct {
+typedef struct FO_ALIGN64 {
     float key[256];                  /* the map as given: the cache key */
     float t[256];                    /* t[k], k < 255; t[255] = +inf */
     float m[256];                    /* the map, 64-byte aligned for vector loads */
@@ -93,7 +117,7 @@ typedef struct {
     uint32_t abits, topbits;         /* clamp of |x|'s bits: 2^e, 2.0 */
     int32_t ha, nb;                  /* first bucket (abits >> shift); buckets per sign */
     uint32_t ent[2 * FO_Q8_NB_MAX];  /* [negative * nb + bucket - ha] */
-} __attribute__((aligned(64))) fo_q8_table;
+} fo_q8_table;
 
 static inline uint32_t fo_q8_bits(float f) { return fo_bits(f); }
 
@@ -189,29 +213,28 @@ static void fo_q8_prepare(fo_q8_table *T, const float *map)
 }
 
 static fo_q8_table fo_q8_cache[FO_Q8_CACHE];
-static int fo_q8_cached;
-static char fo_q8_lock;
+static fo_q8_atomic fo_q8_cached;
+static fo_q8_atomic fo_q8_lock;
 
 /* The table of `map` from the cache (built on first use), or NULL when the cache is full. */
 static const fo_q8_table *fo_q8_get(const float *map)
 {
-    int n = __atomic_load_n(&fo_q8_cached, __ATOMIC_ACQUIRE);
+    int n = (int)FO_Q8_LOAD(&fo_q8_cached);
     for (int i = 0; i < n; ++i)
         if (memcmp(fo_q8_cache[i].key, map, sizeof fo_q8_cache[i].key) == 0)
             return &fo_q8_cache[i];
-    while (__atomic_test_and_set(&fo_q8_lock, __ATOMIC_ACQUIRE))
-        ;
+    FO_Q8_LOCK(&fo_q8_lock);
     const fo_q8_table *got = 0;
-    const int now = __atomic_load_n(&fo_q8_cached, __ATOMIC_ACQUIRE);
+    const int now = (int)FO_Q8_LOAD(&fo_q8_cached);
     for (int i = n; i < now && !got; ++i)
         if (memcmp(fo_q8_cache[i].key, map, sizeof fo_q8_cache[i].key) == 0)
             got = &fo_q8_cache[i];
     if (!got && now < FO_Q8_CACHE) {
         fo_q8_prepare(&fo_q8_cache[now], map);
         got = &fo_q8_cache[now];
-        __atomic_store_n(&fo_q8_cached, now + 1, __ATOMIC_RELEASE);
+        FO_Q8_STORE(&fo_q8_cached, now + 1);
     }
-    __atomic_clear(&fo_q8_lock, __ATOMIC_RELEASE);
+    FO_Q8_UNLOCK(&fo_q8_lock);
     return got;
 }
 
@@ -535,7 +558,7 @@ static int fo_q_tables(const fo_qstate_segment *sg, const fo_q8_table *T[FO_MAX_
         const fo_q8_table *got = fo_q8_get(sg->qmap[k]);
         if (!got) {
             if (!own) return -1;
-            if (!own[k] && !(own[k] = (fo_q8_table *)aligned_alloc(64, sizeof(fo_q8_table))))
+            if (!own[k] && !(own[k] = (fo_q8_table *)fo_q8_alloc(sizeof(fo_q8_table))))
                 return -1;
             fo_q8_prepare(own[k], sg->qmap[k]);
             got = own[k];
@@ -590,7 +613,7 @@ static int fo_q_codec(fo_qstate_segment *sg, float *values, int encode)
             if (v != values + c) memcpy(values + c, v, (size_t)m * sizeof(float));
         }
     }
-    free(own[0]);
+    fo_q8_free(own[0]);
     return 0;
 }
 
@@ -647,7 +670,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
                                                   const fo_q8_table *const *T, int stochastic,\
                                                   const uint64_t *key)                        \
     {                                                                                         \
-        float buf[FO_MAX_STATE][FO_QBLOCK] __attribute__((aligned(64)));                      \
+        FO_ALIGN64 float buf[FO_MAX_STATE][FO_QBLOCK];                                        \
         float *FO_RESTRICT p = sg->param + c;                                                 \
         const float *FO_RESTRICT g = sg->grad + c;                                            \
         float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
