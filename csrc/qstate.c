@@ -694,7 +694,10 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         const int stochastic = o->rounding == FO_ROUND_STOCHASTIC;                            \
         int64_t first = 0;                                                                    \
         for (int64_t s = 0; s < nseg && first < bhi; ++s) {                                   \
-            const fo_qstate_segment *sg = &segs[s];                                           \
+            fo_qstate_segment used = segs[s];      /* slots the rule does not use: absent */  \
+            for (int q = 0; q < FO_MAX_STATE; ++q)                                            \
+                if (!((o->used >> q) & 1u)) used.state[q] = 0;                                \
+            const fo_qstate_segment *sg = &used;                                              \
             const int64_t nb = fo_q_blocks(sg->n), last = first + nb;                         \
             const int64_t ja = blo > first ? blo - first : 0;                                 \
             const int64_t jb = bhi < last ? bhi - first : nb;                                 \

@@ -174,3 +174,28 @@ def test_codec_level_names():
     assert _qstate.codec_level() in ("scalar", "avx512f", "avx512vbmi")
     with pytest.raises(ValueError, match="level"):
         _qstate.use_codecs("avx2")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name,hyper,option,off", [
+    ("Adam", dict(lr=1e-2, amsgrad=True), "amsgrad", False),
+    ("SGD", dict(lr=1e-2, momentum=0.9), "momentum", 0.0),
+])
+def test_a_slot_the_step_does_not_use_is_left_as_it_is(name, hyper, option, off, fmt):
+    """State of an option switched off mid-run (amsgrad's max_exp_avg_sq, SGD's signed momentum
+    buffer, whose map has no -1: re-encoding would shrink its absmax) is not touched."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal(5000).astype(np.float32)
+    opt = getattr(fo, name)([w], **hyper, state_dtype=fmt)
+    for _ in range(3):
+        opt.step([rng.standard_normal(5000).astype(np.float32)])
+    key = "max_exp_avg_sq" if name == "Adam" else "momentum_buffer"
+    buf = opt.state[0][key]
+    before = [a.copy() for a in ((buf.codes, buf.absmax) if hasattr(buf, "codes") else (buf,))]
+    opt.param_groups[0][option] = off
+    for _ in range(3):
+        opt.step([rng.standard_normal(5000).astype(np.float32)])
+    buf = opt.state[0][key]
+    after = (buf.codes, buf.absmax) if hasattr(buf, "codes") else (buf,)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)

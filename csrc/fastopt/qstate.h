@@ -52,6 +52,8 @@ typedef struct {
     int rounding;
     uint64_t seed;            /* stochastic rounding: the user's seed ... */
     uint64_t counter;         /* ... and the call count; noise = hash(seed, counter, stream*4+slot, i) */
+    uint32_t used;            /* bit k: the rule uses slot k under these flags; another attached
+                               * slot is left as it is (neither decoded nor written back) */
 } fo_qstate_opts;
 
 #define FO_QSTATE_DECLARE(opt)                                                                \

@@ -22,7 +22,7 @@ runs before any element is written; the module holds no math but the codec entry
 import numpy as np
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 from ._kernels cimport (PlanBase, _check_layout, _check_writable, _describe, _refuse_subclass,
                         _same_shape)
@@ -52,6 +52,7 @@ cdef extern from "fastopt/qstate.h" nogil:
         int rounding
         uint64_t seed
         uint64_t counter
+        uint32_t used
 
     int fo_qstate_decode(int32_t, const void *, const float *, const float *, float *, int64_t)
     int fo_qstate_encode(int32_t, const float *, void *, float *, const float *, int64_t)
@@ -235,11 +236,12 @@ cdef class Plan(PlanBase):
         for i in range(self.n):
             self.seg[i].grad = NULL
 
-    cdef fo_qstate_opts _opts(self):
+    cdef fo_qstate_opts _opts(self, uint32_t used):
         cdef fo_qstate_opts o
         o.rounding = self._rounding
         o.seed = self.seed
         o.counter = self.counter
+        o.used = used
         return o
 
 
