@@ -32,6 +32,23 @@ def reset():
     _Stream.current = _Stream.null
 
 
+def installed(monkeypatch):
+    """For a fixture (``yield from fake_cupy.installed(monkeypatch)``): this module is
+    ``cupy`` for one test, its arrays report ``cupy`` as their module, and the log starts and
+    ends empty."""
+    import sys
+    reset()
+    monkeypatch.setitem(sys.modules, "cupy", sys.modules[__name__])
+    monkeypatch.setattr(ndarray, "__module__", "cupy")
+    yield sys.modules[__name__]
+    reset()
+
+
+def device_copy(a):
+    """A stand-in device array holding a copy of `a`."""
+    return ndarray(np.array(a, copy=True))
+
+
 def release_events():
     """Complete every pending event (the device catching up)."""
     for ev in _in_flight:

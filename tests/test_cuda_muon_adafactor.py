@@ -13,7 +13,6 @@ Agreement with the CPU, and why not bit for bit:
   parameters; float32 iteration: 1e-6; the default bfloat16 iteration: a value at a bfloat16
   rounding boundary may round the other way (a difference of one bfloat16 ulp in O, times lr).
 """
-import sys
 
 import numpy as np
 import pytest
@@ -25,15 +24,10 @@ from fastopt.functional import muon_
 
 @pytest.fixture
 def fake(monkeypatch):
-    fk.reset()
-    monkeypatch.setitem(sys.modules, "cupy", fk)
-    monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
-    yield fk
-    fk.reset()
+    yield from fk.installed(monkeypatch)
 
 
-def dev(a):
-    return fk.ndarray(np.array(a, copy=True))
+dev = fk.device_copy
 
 
 def host(a):
@@ -51,17 +45,23 @@ MUON_TOL = {("float64", np.float64): 1e-13, ("float64", np.float32): 2e-7,
             ("float32", np.float64): 2e-6, ("float32", np.float32): 2e-6}
 
 
-def muon_run(dtype, hyper, steps=6, seed=0):
+def run_pair(cls, shapes, first, dtype, hyper, steps, seed):
+    """`cls` on host arrays and on stand-in device copies of them, two groups (the first
+    `first` shapes, then the rest at half the lr), `steps` steps of the same gradients."""
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     device = [dev(p) for p in params]
-    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": hyper["lr"] / 2}]
-    cpu, gpu = fo.Muon(groups(params), **hyper), fo.Muon(groups(device), **hyper)
+    groups = lambda ps: [{"params": ps[:first]}, {"params": ps[first:], "lr": hyper["lr"] / 2}]
+    cpu, gpu = cls(groups(params), **hyper), cls(groups(device), **hyper)
     for _ in range(steps):
-        gs = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
         cpu.step(gs)
         assert gpu.step([dev(g) for g in gs]) is True
     return cpu, gpu, params, device
+
+
+def muon_run(dtype, hyper, steps=6, seed=0):
+    return run_pair(fo.Muon, SHAPES, 2, dtype, hyper, steps, seed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -187,16 +187,7 @@ AF_TOL = {np.float64: 1e-14, np.float32: 2e-6}
 
 
 def adafactor_run(dtype, hyper, steps=6, seed=0):
-    rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(dtype) for s in AF_SHAPES]
-    device = [dev(p) for p in params]
-    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], "lr": hyper["lr"] / 2}]
-    cpu, gpu = fo.Adafactor(groups(params), **hyper), fo.Adafactor(groups(device), **hyper)
-    for _ in range(steps):
-        gs = [rng.standard_normal(s).astype(dtype) for s in AF_SHAPES]
-        cpu.step(gs)
-        assert gpu.step([dev(g) for g in gs]) is True
-    return cpu, gpu, params, device
+    return run_pair(fo.Adafactor, AF_SHAPES, 3, dtype, hyper, steps, seed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -166,13 +166,17 @@ def test_plan_refuses_what_it_cannot_do(fake):
                cq_flags_momentum())
 
 
+#: the tests that run the real kernel
+needs_gpu = pytest.mark.skipif(not cuda.has_gpu(), reason="needs CuPy and a CUDA GPU (pip "
+                               "install 'fastopt[gpu]'); none found on this machine")
+
+
 def cq_flags_momentum():
     return _table.FLAG_BITS["MOMENTUM"]
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuda.has_gpu(), reason="needs CuPy and a CUDA GPU (pip install "
-                    "'fastopt[gpu]'); none found on this machine")
+@needs_gpu
 @pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
 @pytest.mark.parametrize("case", QCASES)
 def test_gpu_matches_cpu_bitwise(case, fmt):
@@ -221,8 +225,7 @@ def test_stochastic_rounding_is_cpu_only(fake):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuda.has_gpu(), reason="needs CuPy and a CUDA GPU (pip install "
-                    "'fastopt[gpu]'); none found on this machine")
+@needs_gpu
 @pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
 @pytest.mark.parametrize("name", QNAMES)
 def test_gpu_optimizer_classes_match_cpu(name, fmt):

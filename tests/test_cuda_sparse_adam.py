@@ -7,7 +7,6 @@ repeats in the order of torch's unstable CPU sort (introsort), the device in gra
 (a stable sort), a difference of rounding in those rows' sums. (Below 16 entries the CPU's
 sort is an insertion sort, stable too.) A GPU-marked comparison is in tests/test_cuda_optim.py.
 """
-import sys
 
 import numpy as np
 import pytest
@@ -19,15 +18,10 @@ from fastopt.functional import sparse_adam_
 
 @pytest.fixture
 def fake(monkeypatch):
-    fk.reset()
-    monkeypatch.setitem(sys.modules, "cupy", fk)
-    monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
-    yield fk
-    fk.reset()
+    yield from fk.installed(monkeypatch)
 
 
-def dev(a):
-    return fk.ndarray(np.array(a, copy=True))
+dev = fk.device_copy
 
 
 SHAPES = [(20, 4), (15, 2, 3), (9,)]
