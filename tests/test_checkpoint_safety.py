@@ -24,6 +24,7 @@ from fastopt import checkpoint
 from fastopt.schedules import cosine_decay, join, linear_warmup, warmup_cosine
 
 from crafted_checkpoints import crafted_files
+from state_dicts import flatten
 
 
 def _adam(shape=(5,), seed=1):
@@ -289,26 +290,8 @@ def _mid_run_round_trip(make, step, tmp_path, n_before=4, n_after=4):
         assert p.tobytes() == q.tobytes()
     a, b = opt.state_dict(), other.state_dict()
     assert repr(a["param_groups"]) == repr(b["param_groups"])
-    assert _flatten(a) == _flatten(b)
+    assert flatten(a) == flatten(b)
     return a
-
-
-def _flatten(sd):
-    out = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for k in sorted(node, key=str):
-                walk(node[k], f"{path}/{k}")
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{path}/{i}")
-        elif isinstance(node, np.ndarray):
-            out.append((path, node.dtype.str, node.shape, node.tobytes()))
-        else:
-            out.append((path, repr(node)))
-    walk(sd, "")
-    return out
 
 
 def _grad(p, t):

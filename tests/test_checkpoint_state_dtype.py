@@ -15,6 +15,8 @@ import fastopt as fo
 from fastopt import _qstate, checkpoint
 from fastopt.state_format import Blockwise8, dynamic_map
 
+from state_dicts import flatten
+
 SHAPES = [(4100,), (33, 130), (300,)]       # two int8 tensors (one with a short block), one small
 LOW = ["bfloat16", "int8"]
 # every optimizer with a low-bit format, an option set that uses its low-bit slots
@@ -49,30 +51,8 @@ def _step(opt, params, t):
     opt.step([_grad(p, t) for p in params])
 
 
-def _flat(sd):
-    """Everything in a state_dict as comparable bytes (Blockwise8 by its three arrays)."""
-    out = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for k in sorted(node, key=str):
-                walk(node[k], f"{path}/{k}")
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{path}/{i}")
-        elif isinstance(node, Blockwise8):
-            for part in ("codes", "absmax", "qmap"):
-                walk(getattr(node, part), f"{path}.{part}")
-        elif isinstance(node, np.ndarray):
-            out.append((path, node.dtype.str, node.shape, node.tobytes()))
-        else:
-            out.append((path, repr(node)))
-    walk(sd, "")
-    return out
-
-
 def _fingerprint(opt, params):
-    return _flat(opt.state_dict()), [p.tobytes() for p in params]
+    return flatten(opt.state_dict()), [p.tobytes() for p in params]
 
 
 # ------------------------------------------------------------------------------ round trips
@@ -102,7 +82,7 @@ def test_mid_run_save_and_load_continue_bit_for_bit(tmp_path, cls, hyper, fmt):
         for t in range(3, 6):
             _step(other, other_params, t)
         assert [p.tobytes() for p in params] == [q.tobytes() for q in other_params], how
-        assert _flat(opt.state_dict()) == _flat(other.state_dict()), how
+        assert flatten(opt.state_dict()) == flatten(other.state_dict()), how
 
 
 def test_state_dict_holds_codes_absmax_and_map():
