@@ -119,28 +119,19 @@ typedef struct FO_ALIGN64 {
     uint32_t ent[2 * FO_Q8_NB_MAX];  /* [negative * nb + bucket - ha] */
 } fo_q8_table;
 
-static inline uint32_t fo_q8_bits(float f) { return fo_bits(f); }
-
-/* #{ k < 255 : t_k <= x } and #{ k < 255 : t_k < x } of a sorted threshold list */
-static int fo_q8_count_le(const float *t, float x)
+/* #{ k < 255 : t_k <= x } (strict = 0) or #{ k < 255 : t_k < x } (strict = 1) of a sorted
+ * threshold list */
+static int fo_q8_count(const float *t, float x, int strict)
 {
     int lo = 0, hi = 255;
     while (lo < hi) {
         const int mid = (lo + hi) / 2;
-        if (t[mid] <= x) lo = mid + 1; else hi = mid;
+        if (strict ? t[mid] < x : t[mid] <= x) lo = mid + 1; else hi = mid;
     }
     return lo;
 }
-
-static int fo_q8_count_lt(const float *t, float x)
-{
-    int lo = 0, hi = 255;
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (t[mid] < x) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-}
+#define fo_q8_count_le(t, x) fo_q8_count((t), (x), 0)
+#define fo_q8_count_lt(t, x) fo_q8_count((t), (x), 1)
 
 /* the bucket table for K = k and lower clamp 2^(e - 127); 0 when a bucket holds two
  * thresholds or the lowest bucket is not below every threshold */
@@ -159,12 +150,12 @@ static int fo_q8_fill(fo_q8_table *T, int k, int e)
         const int base = fo_q8_count_le(T->t, lo);
         int inside = fo_q8_count_lt(T->t, hi) - base;
         if (inside > 1) return 0;
-        uint32_t thr = inside ? (fo_q8_bits(T->t[base]) & lowmask) : never;
+        uint32_t thr = inside ? (fo_bits(T->t[base]) & lowmask) : never;
         T->ent[h - ha] = (uint32_t)base | thr << 8;
         const int below = fo_q8_count_le(T->t, -lo);          /* x in (-hi, -lo] */
         inside = below - fo_q8_count_le(T->t, -hi);
         if (inside > 1) return 0;
-        thr = inside ? (fo_q8_bits(-T->t[below - 1]) & lowmask) + 1 : never;
+        thr = inside ? (fo_bits(-T->t[below - 1]) & lowmask) + 1 : never;
         T->ent[nb + h - ha] = (uint32_t)((below + 255) & 255) | thr << 8;
     }
     T->ent[nb - 1] = never << 8;                  /* NaN: code 0 */
@@ -192,7 +183,7 @@ static void fo_q8_prepare(fo_q8_table *T, const float *map)
     T->t[255] = INFINITY;
     for (int c = 0; c < 256; ++c) {
         T->m[c] = map[c];
-        const uint32_t u = fo_q8_bits(map[c]);
+        const uint32_t u = fo_bits(map[c]);
         for (int q = 0; q < 4; ++q) T->plane[q][c] = (uint8_t)(u >> (8 * q));
     }
     /* the interleave of 4 byte planes yields, in 128-bit lane L of float vector j, the bytes
@@ -206,7 +197,7 @@ static void fo_q8_prepare(fo_q8_table *T, const float *map)
     float least = INFINITY;
     for (int k = 0; k < 255; ++k) least = fabsf(T->t[k]) < least ? fabsf(T->t[k]) : least;
     if (!(least > 0.0f) || !(fabsf(T->t[0]) < 1.0f) || !(fabsf(T->t[254]) < 1.0f)) return;
-    const int top_e = (int)(fo_q8_bits(least) >> 23);
+    const int top_e = (int)(fo_bits(least) >> 23);
     for (int k = FO_Q8_KMIN; k <= FO_Q8_KMAX && !T->fast; ++k)
         for (int e = top_e; e >= 127 - FO_Q8_OCTAVES && e > 0 && !T->fast; --e)
             T->fast = fo_q8_fill(T, k, e);
@@ -261,7 +252,7 @@ FO_QI uint8_t fo_q8_code_count(float x, const fo_q8_table *T)
 /* the code of x from the bucket table */
 FO_QI uint8_t fo_q8_code(float x, const fo_q8_table *T)
 {
-    const uint32_t b = fo_q8_bits(x), neg = b >> 31;
+    const uint32_t b = fo_bits(x), neg = b >> 31;
     uint32_t a = b & 0x7fffffffu;
     a = a < T->abits ? T->abits : a;
     a = a > T->topbits ? T->topbits : a;

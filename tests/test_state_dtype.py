@@ -266,12 +266,12 @@ def test_scalar_and_vector_codecs_give_the_same_codes():
         v = v.astype(np.float32)
         out = []
         for scalar in (False, True):
-            _qstate.use_scalar_codecs(scalar)
+            _qstate.use_codecs("scalar" if scalar else "best")
             try:
                 codes, absmax = _qstate.encode("int8", v, qmap)
                 back = _qstate.decode("int8", codes, absmax, qmap)
             finally:
-                _qstate.use_scalar_codecs(False)
+                _qstate.use_codecs("best")
             out.append((codes, absmax, back))
         for a, b in zip(*out):
             np.testing.assert_array_equal(a, b)

@@ -61,8 +61,7 @@ cdef extern from "fastopt/qstate.h" nogil:
 assert FO_QBLOCK == QBLOCK
 
 __all__ = ["Plan", "check_grads_disjoint", "ROUNDINGS", "FORMATS", "encode", "decode",
-           "format_of", "vector_codecs", "use_scalar_codecs", "codec_level",
-           "use_codecs"]  # and the step functions (_qstate_steps.pxi)
+           "format_of", "vector_codecs", "codec_level", "use_codecs"]  # and the step functions (_qstate_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 #: slot format of a state buffer -> FO_SF_*
@@ -266,11 +265,6 @@ def use_codecs(level):
     if use < 0:
         raise ValueError(f"level must be 'scalar', 'avx512f' or 'best', got {level!r}")
     fo_qstate_vector_codecs(use)
-
-
-def use_scalar_codecs(scalar=True):
-    """Run the int8 codecs as scalar code (True), or as this machine allows (False; tests)."""
-    fo_qstate_vector_codecs(0 if scalar else 1)
 
 
 cdef int _fail(int bad) except -1:

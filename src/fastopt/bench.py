@@ -597,20 +597,6 @@ def _section_module(section):
     return importlib.import_module(f".{MODULE_SECTIONS[section]}", __package__)
 
 
-class _Kit:
-    """What a section module may use of this one (passed in: the modules sit below
-    fastopt.bench in the import graph)."""
-    measure = staticmethod(lambda *a, **k: measure(*a, **k))
-    threads = staticmethod(lambda n: Threads(n))
-    torch = staticmethod(lambda: _torch())
-    summary = staticmethod(lambda ts: _summary(ts))
-    ratio = staticmethod(lambda other, mine: _ratio(other, mine))
-    stream_step = staticmethod(lambda n, dtype: _stream_step(n, dtype))
-    table = staticmethod(lambda header, rows: _table(header, rows))
-    fmt_ms = staticmethod(lambda ms: _fmt_ms(ms))
-    fmt_n = staticmethod(lambda n: _fmt_n(n))
-
-
 def plan(cfg):
     """The list of (section, callable) jobs of a run, in order."""
     jobs = []
@@ -796,6 +782,20 @@ def _case_rows(rows, with_list=False):
                   _x(torch), f"{f['cpu_per_wall']:.2f}"]
         out.append(cells)
     return out
+
+
+class _Kit:
+    """What a section module may use of this one (passed in: the modules sit below
+    fastopt.bench in the import graph)."""
+    measure = staticmethod(measure)
+    threads = Threads
+    torch = staticmethod(_torch)
+    summary = staticmethod(_summary)
+    ratio = staticmethod(_ratio)
+    stream_step = staticmethod(_stream_step)
+    table = staticmethod(_table)
+    fmt_ms = staticmethod(_fmt_ms)
+    fmt_n = staticmethod(_fmt_n)
 
 
 def format_report(report):
