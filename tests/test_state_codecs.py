@@ -93,6 +93,48 @@ def test_codes_are_the_threshold_count(name, level):
                           f"want {want[bad[:5]]}"
 
 
+def bfloat16_nearest(x):
+    """The definition: the top half of x's bits rounded to nearest even; a NaN keeps its top
+    half with the quiet bit (0x40) set; subnormals round like any other value."""
+    b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rne = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
+    return np.where(np.isnan(x), (b >> 16) | 0x40, rne).astype(np.uint16)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_bfloat16_rounding_at_every_level(level):
+    """Every level (the best one with the AVX-512 BF16 instruction where the CPU has it, which
+    flushes subnormal inputs: those groups take the integer path) rounds to nearest even."""
+    rng = np.random.default_rng(8)
+    bits = rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32)
+    edge = np.array([0x00000001, 0x00007FFF, 0x00008000, 0x00018000, 0x007FFFFF, 0x007F8000,
+                     0x00800000, 0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x7F7F8000,
+                     0x7F800000, 0x7F800001, 0x7FBFFFFF, 0x7FC00000, 0xFF800001, 0x80000000,
+                     0x80000001, 0x807FFFFF, 0xFF7FFFFF, 0x00000000], np.uint32)
+    bits[:edge.size] = edge                         # one subnormal in an otherwise clean group
+    bits[1000] = 0x00400000
+    for at in (2048, 2048 + 33, 4096 - 9):          # clean groups after subnormal ones, a tail
+        bits[at:at + edge.size] = edge[:4096 - at]
+    x = bits.view(np.float32)
+    _qstate.use_codecs(level)
+    try:
+        for size in (x.size, 33, 31, 5):
+            got = _qstate.encode("bfloat16", x[:size])
+            np.testing.assert_array_equal(got, bfloat16_nearest(x[:size]))
+            back = _qstate.decode("bfloat16", got)
+            np.testing.assert_array_equal(back.view(np.uint32), got.astype(np.uint32) << 16)
+    finally:
+        _qstate.use_codecs("best")
+
+
+def test_bfloat16_instruction_only_at_the_best_level():
+    _qstate.use_codecs("avx512f" if _qstate.vector_codecs() else "scalar")
+    try:
+        assert not _qstate.bf16_instruction()
+    finally:
+        _qstate.use_codecs("best")
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_scale_is_the_rounded_reciprocal(level):
     """x = v * fl(1 / absmax); a block whose reciprocal overflows (absmax below 2^-128)

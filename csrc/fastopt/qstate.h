@@ -71,10 +71,14 @@ int fo_qstate_decode(int32_t format, const void *src, const float *absmax, const
 int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
                      const float *qmap, int64_t n);
 
-/* Whether the int8 codecs run as AVX-512 vector code on this machine (1) or as scalar code (0);
- * use = 0 switches to the scalar code, 1 back to the machine's choice, -1 only asks (tests: both
- * give the same codes). */
+/* The codec level running (0 scalar, 1 AVX-512F, 2 AVX-512 VBMI); use = 0 switches to the
+ * scalar code, 1 back to the machine's best, 2 to AVX-512F, -1 only asks (every level writes
+ * the same codes and bits). */
 int fo_qstate_vector_codecs(int use);
+
+/* Whether bfloat16 state is rounded to nearest by the AVX-512 BF16 instruction now (the best
+ * level on a CPU that has it; same bits as the other levels). */
+int fo_qstate_bf16_instruction(void);
 
 #ifdef __cplusplus
 }

@@ -57,11 +57,12 @@ cdef extern from "fastopt/qstate.h" nogil:
     int fo_qstate_decode(int32_t, const void *, const float *, const float *, float *, int64_t)
     int fo_qstate_encode(int32_t, const float *, void *, float *, const float *, int64_t)
     int fo_qstate_vector_codecs(int use)
+    int fo_qstate_bf16_instruction()
 
 assert FO_QBLOCK == QBLOCK
 
 __all__ = ["Plan", "check_grads_disjoint", "ROUNDINGS", "FORMATS", "encode", "decode",
-           "format_of", "vector_codecs", "codec_level", "use_codecs"]  # and the step functions (_qstate_steps.pxi)
+           "format_of", "vector_codecs", "codec_level", "use_codecs", "bf16_instruction"]  # and the step functions (_qstate_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 #: slot format of a state buffer -> FO_SF_*
@@ -256,6 +257,12 @@ def codec_level():
     """The codecs running now: "scalar", "avx512f" (vector gathers) or
     "avx512vbmi" (AVX-512 with byte-table decoding)."""
     return _CODEC_LEVELS[fo_qstate_vector_codecs(-1)]
+
+
+def bf16_instruction():
+    """Whether bfloat16 state is rounded to nearest by the AVX-512 BF16 conversion instruction
+    now (at the "best" level, on a CPU that has it; the same bits as every other level)."""
+    return bool(fo_qstate_bf16_instruction())
 
 
 def use_codecs(level):
