@@ -104,6 +104,12 @@ class ndarray:
     def max(self):
         return ndarray(self._a.max(), self.device.id)
 
+    def min(self):
+        return ndarray(self._a.min(), self.device.id)
+
+    def sum(self):
+        return ndarray(self._a.sum(), self.device.id)
+
     def __int__(self):
         return int(self._a)
 
@@ -124,6 +130,10 @@ class ndarray:
 
     def __itruediv__(self, other):
         self._a /= other
+        return self
+
+    def __iadd__(self, other):
+        self._a += _unwrap(other)
         return self
 
     def copy(self):
@@ -223,8 +233,8 @@ def _numpy_op(name, fn):
         result = fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
         if out is not None:
             return out
-        if isinstance(result, np.ndarray):
-            return ndarray(result, device)
+        if isinstance(result, np.ndarray) or (name == "dot" and isinstance(result, np.generic)):
+            return ndarray(np.asarray(result), device)      # CuPy's dot: a 0-d device array
         return result
     op.__name__ = name
     return op
@@ -234,7 +244,7 @@ _OPS = ("add", "subtract", "multiply", "divide", "sqrt", "maximum", "minimum", "
         "bitwise_and", "isnan", "isfinite", "copyto", "matmul", "sum", "square", "abs", "all",
         "mean", "take", "cumsum", "concatenate", "where", "empty_like", "zeros", "ones",
         "logical_or", "any", "argmax", "argsort", "not_equal", "flatnonzero", "diff",
-        "negative", "ascontiguousarray")
+        "negative", "ascontiguousarray", "dot", "stack")
 
 
 def __getattr__(name):

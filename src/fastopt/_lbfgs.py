@@ -23,6 +23,12 @@ away (torch's optim_db problem, float64), while the two-loop form stays within i
 The scalars (t, gtd, ys, H_diag, ro, al, losses) are Python floats (float64) whatever the
 parameters' dtype; torch keeps them as 0-d tensors of the parameters' dtype, so float32 runs
 agree with torch to float32 rounding, float64 runs to float64 rounding.
+
+CuPy: the same buffers are CuPy arrays (``xp``, the array module, is ``cupy``) and every
+vector operation is the same call on that module; the two-loop recursion runs as CuPy dot
+products and axpys (fastopt._lbfgs_cupy), the al_i and be_i kept on the device (one host sync
+per recursion, for the state's ``al``). The line search and the stopping tests read their
+scalars on the host, as torch's ``.item()``-like comparisons do.
 """
 import math
 
@@ -54,11 +60,12 @@ def _div(a, b):
 
 
 class History:
-    """The (s, y) pairs in a ring buffer and their curvatures ro = 1 / (y . s)."""
+    """The (s, y) pairs in a ring buffer and their curvatures ro = 1 / (y . s). `xp`: the
+    array module of the buffer (numpy or cupy); ro, al and the slot table stay on the host."""
 
-    def __init__(self, size, n, dtype):
-        self.size, self.n = size, n
-        self.buf = np.zeros((size, 2, n), dtype)
+    def __init__(self, size, n, dtype, xp=np):
+        self.size, self.n, self.xp = size, n, xp
+        self.buf = xp.zeros((size, 2, n), dtype=dtype)
         self.ro = np.zeros(size)
         self.al = np.zeros(size)
         self.slots = np.zeros(size, np.int64)
@@ -78,46 +85,52 @@ class History:
         else:
             k = self.start
             self.start = (self.start + 1) % self.size
-        self.buf[k, 0] = s
-        self.buf[k, 1] = y
+        self.xp.copyto(self.buf[k, 0], s)
+        self.xp.copyto(self.buf[k, 1], y)
         self.ro[k] = 1.0 / ys
 
-    def direction(self, g, h_diag, d, al_out):
-        """d = -H g by the two-loop recursion (csrc/lbfgs.c); al_out[i] = al_i (by age).
-        The slot table and al_out are filled by whole-array calls, not a Python loop per
-        pair (history_size is 100 by default)."""
+    def direction(self, g, h_diag, d, al_out, tmp=None):
+        """d = -H g by the two-loop recursion (csrc/lbfgs.c; CuPy: fastopt._lbfgs_cupy, with
+        `tmp` an n-vector of scratch); al_out[i] = al_i (by age). The slot table and al_out
+        are filled by whole-array calls, not a Python loop per pair (history_size is 100 by
+        default)."""
         k = self.count
         slots = self.slots[:k]
         np.add(self._ages[:k], self.start, out=slots)
         np.remainder(slots, self.size, out=slots)
-        _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al)
+        if self.xp is np:
+            _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al)
+        else:
+            from . import _lbfgs_cupy
+            _lbfgs_cupy.two_loop(self.xp, self.buf, slots, self.ro, g, d, h_diag, self.al, tmp)
         al_out[:k] = self.al[:k].tolist()
 
     def resized(self, size):
         """A history of another size holding the newest min(count, size) pairs."""
-        other = History(size, self.n, self.buf.dtype)
+        other = History(size, self.n, self.buf.dtype, self.xp)
         keep = self.order()[max(0, self.count - size):]
         for i, k in enumerate(keep):
-            other.buf[i] = self.buf[k]
+            self.xp.copyto(other.buf[i], self.buf[k])
             other.ro[i] = self.ro[k]
         other.count = len(keep)
         return other
 
     def load(self, dirs, stps, ro):
-        """Fill from torch's lists (oldest first): old_dirs (y), old_stps (s), ro."""
+        """Fill from torch's lists (oldest first): old_dirs (y), old_stps (s), ro; host
+        (NumPy) vectors, copied to the device for a CuPy history."""
         self.start, self.count = 0, len(dirs)
         for i in range(len(dirs)):
-            self.buf[i, 0] = stps[i]
-            self.buf[i, 1] = dirs[i]
+            self.xp.copyto(self.buf[i, 0], self.xp.asarray(stps[i]))
+            self.xp.copyto(self.buf[i, 1], self.xp.asarray(dirs[i]))
             self.ro[i] = ro[i]
 
 
 class Workspace:
-    """Every n-vector a step needs, allocated once."""
+    """Every n-vector a step needs, allocated once (NumPy or CuPy: `xp`)."""
 
-    def __init__(self, n, dtype):
-        self.n, self.dtype = n, np.dtype(dtype)
-        v = np.zeros((11, n), dtype)
+    def __init__(self, n, dtype, xp=np):
+        self.n, self.dtype, self.xp = n, np.dtype(dtype), xp
+        v = xp.zeros((11, n), dtype=dtype)
         self.flat_grad = v[0]      # the gradient at the current point
         self.prev_flat_grad = v[1]
         self.d = v[2]
@@ -153,11 +166,12 @@ def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_chang
     the loss at x + t d with its gradient written into `out`. Returns (f_new, t, evals); the
     gradient at the returned point is in ``ws.flat_grad`` (g, which the search only reads
     until then)."""
+    xp = ws.xp
     d_norm = amax(d)
     g_new, g_prev_buf, B = ws.g_new, ws.g_prev, ws.bracket
     f_new = obj_func(t, g_new)
     ls_func_evals = 1
-    gtd_new = float(np.dot(g_new, d))
+    gtd_new = float(xp.dot(g_new, d))
     t_prev, f_prev, gtd_prev = 0, f, gtd
     g_prev = g                       # the buffer holding g_prev: g itself or g_prev_buf
     done = False
@@ -166,18 +180,18 @@ def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_chang
     while ls_iter < max_ls:
         if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
             bracket, bracket_f, bracket_gtd = [t_prev, t], [f_prev, f_new], [gtd_prev, gtd_new]
-            np.copyto(B[0], g_prev)
-            np.copyto(B[1], g_new)
+            xp.copyto(B[0], g_prev)
+            xp.copyto(B[1], g_new)
             break
         if abs(gtd_new) <= -c2 * gtd:
             bracket, bracket_f = [t], [f_new]
-            np.copyto(B[0], g_new)
+            xp.copyto(B[0], g_new)
             done = True
             break
         if gtd_new >= 0:
             bracket, bracket_f, bracket_gtd = [t_prev, t], [f_prev, f_new], [gtd_prev, gtd_new]
-            np.copyto(B[0], g_prev)
-            np.copyto(B[1], g_new)
+            xp.copyto(B[0], g_prev)
+            xp.copyto(B[1], g_new)
             break
         min_step = t + 0.01 * (t - t_prev)
         max_step = t * 10
@@ -186,17 +200,17 @@ def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_chang
                               bounds=(min_step, max_step))
         t_prev = tmp
         f_prev = f_new
-        np.copyto(g_prev_buf, g_new)
+        xp.copyto(g_prev_buf, g_new)
         g_prev = g_prev_buf
         gtd_prev = gtd_new
         f_new = obj_func(t, g_new)
         ls_func_evals += 1
-        gtd_new = float(np.dot(g_new, d))
+        gtd_new = float(xp.dot(g_new, d))
         ls_iter += 1
     if ls_iter == max_ls:
         bracket, bracket_f = [0, t], [f, f_new]
-        np.copyto(B[0], g)
-        np.copyto(B[1], g_new)
+        xp.copyto(B[0], g)
+        xp.copyto(B[1], g_new)
         # torch's bracket_gtd is left from the bracketing loop here (or unbound, when the
         # loop never ran: max_ls <= 0); the zoom loop below does not run either way
 
@@ -221,12 +235,12 @@ def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_chang
             insuf_progress = False
         f_new = obj_func(t, g_new)
         ls_func_evals += 1
-        gtd_new = float(np.dot(g_new, d))
+        gtd_new = float(xp.dot(g_new, d))
         ls_iter += 1
         if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
             bracket[high_pos] = t
             bracket_f[high_pos] = f_new
-            np.copyto(B[high_pos], g_new)
+            xp.copyto(B[high_pos], g_new)
             bracket_gtd[high_pos] = gtd_new
             low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
         else:
@@ -235,15 +249,15 @@ def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_chang
             elif gtd_new * (bracket[high_pos] - bracket[low_pos]) >= 0:
                 bracket[high_pos] = bracket[low_pos]
                 bracket_f[high_pos] = bracket_f[low_pos]
-                np.copyto(B[high_pos], B[low_pos])
+                xp.copyto(B[high_pos], B[low_pos])
                 bracket_gtd[high_pos] = bracket_gtd[low_pos]
             bracket[low_pos] = t
             bracket_f[low_pos] = f_new
-            np.copyto(B[low_pos], g_new)
+            xp.copyto(B[low_pos], g_new)
             bracket_gtd[low_pos] = gtd_new
     t = bracket[low_pos]
     f_new = bracket_f[low_pos]
-    np.copyto(ws.flat_grad, B[low_pos])
+    xp.copyto(ws.flat_grad, B[low_pos])
     return f_new, t, ls_func_evals
 
 
@@ -262,7 +276,7 @@ class Params:
     def add(self, t, d):
         """params += t * d (torch's _add_grad)."""
         tmp = self.ws.scratch[0]
-        np.multiply(d, t, out=tmp)
+        self.ws.xp.multiply(d, t, out=tmp)
         for v, sl in zip(self.views, self.slices):
             v += tmp[sl]
 
@@ -296,6 +310,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     tol_grad_t = float(as_dtype(tolerance_grad))
     tol_change_t = float(as_dtype(tolerance_change))
     curvature_t = float(as_dtype(1e-10))
+    xp = ws.xp
     flat_grad = ws.flat_grad
     orig_loss = evaluate(flat_grad)           # first: nothing has been written yet
     state.setdefault("func_evals", 0)
@@ -320,31 +335,31 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
             n_iter += 1
             state["n_iter"] += 1
             if state["n_iter"] == 1:
-                np.negative(flat_grad, out=d)
+                xp.negative(flat_grad, out=d)
                 hist.start = hist.count = 0
                 h_diag = 1.0
             else:
-                np.subtract(flat_grad, ws.prev_flat_grad, out=y)
-                np.multiply(d, t, out=s)
-                ys = float(np.dot(y, s))
+                xp.subtract(flat_grad, ws.prev_flat_grad, out=y)
+                xp.multiply(d, t, out=s)
+                ys = float(xp.dot(y, s))
                 if ys > curvature_t:
                     hist.push(s, y, ys)
-                    yy = float(np.dot(y, y))
+                    yy = float(xp.dot(y, y))
                     h_diag = ys / yy if yy != 0 else _div(ys, yy)
                 al = state.setdefault("al", [None] * hist.size)
                 if hist.count == 0:
-                    np.multiply(flat_grad, -h_diag, out=d)
+                    xp.multiply(flat_grad, -h_diag, out=d)
                 else:
-                    hist.direction(flat_grad, h_diag, d, al)
-            np.copyto(ws.prev_flat_grad, flat_grad)
+                    hist.direction(flat_grad, h_diag, d, al, ws.scratch[0])
+            xp.copyto(ws.prev_flat_grad, flat_grad)
             have_prev = True
             prev_loss = loss
             if state["n_iter"] == 1:
-                abs_sum = float(np.abs(flat_grad, out=ws.scratch[0]).sum())
+                abs_sum = float(xp.abs(flat_grad, out=ws.scratch[0]).sum())
                 t = min(1.0, _div(1.0, abs_sum)) * lr
             else:
                 t = lr
-            gtd = float(np.dot(flat_grad, d))
+            gtd = float(xp.dot(flat_grad, d))
             if gtd > -tol_change_t:
                 break
             ls_func_evals = 0

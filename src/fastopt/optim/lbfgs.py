@@ -1,9 +1,10 @@
 """L-BFGS with torch.optim.LBFGS's keywords, iterations, line search and state layout."""
+import contextlib
 import numbers
 
 import numpy as np
 
-from .. import _lbfgs
+from .. import _kernels, _lbfgs, cuda
 from .._validate import integer, learning_rate, nonneg, real, whole
 from ._grouped import GroupedOptimizer
 
@@ -35,9 +36,10 @@ def _optional_real(name, value):
 
 
 def _loss_value(value):
-    """The closure's loss as a float: a real number or a one-element array (NaN and inf are
-    passed on, as torch does)."""
-    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "fiu":
+    """The closure's loss as a float: a real number or a one-element array, NumPy or CuPy
+    (NaN and inf are passed on, as torch does)."""
+    if (isinstance(value, np.ndarray) or cuda.is_cupy_array(value)) and value.size == 1 \
+            and np.dtype(value.dtype).kind in "fiu":
         return float(value.reshape(()))
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return float(value)
@@ -73,10 +75,13 @@ class LBFGS(GroupedOptimizer):
     search the last iteration's point is not evaluated (as torch). Returns the loss of the
     first evaluation.
 
-    The iterates are torch's to rounding. The two-loop recursion runs on dot products (the
-    vector-free form of the same recursion: ``fastopt._lbfgs``): the history lives in a
-    preallocated ``(history_size, 2, n)`` ring buffer, read twice per iteration by BLAS, and
-    a step allocates nothing proportional to the number of parameters.
+    The iterates are torch's to rounding. The two-loop recursion runs in C (each dot product
+    fused into the pass before it, ``fastopt._lbfgs``): the history lives in a preallocated
+    ``(history_size, 2, n)`` ring buffer, read twice per iteration, and a step allocates
+    nothing proportional to the number of parameters. On CuPy arrays (parameters, the
+    closure's gradients and the history on one GPU) the same iterations run as CuPy
+    operations (``fastopt._lbfgs_cupy``: cuBLAS dot products, the recursion's scalars kept on
+    the device); the closure's loss may be a float or a one-element CuPy array.
 
     Defaults: ``lr=1, max_iter=20, max_eval=max_iter * 5 // 4, tolerance_grad=1e-7,
     tolerance_change=1e-9, history_size=100, line_search_fn=None``. One param group; the
@@ -126,6 +131,16 @@ class LBFGS(GroupedOptimizer):
                                  f"vector), got {sorted(str(d) for d in dtypes)}")
         super().add_param_group(param_group)
 
+    def _plan_for(self, params, offset):
+        if params and cuda.is_cupy_array(params[0]):
+            return cuda, cuda.Plan(params, "params", offset)
+        return super()._plan_for(params, offset)
+
+    @property
+    def _xp(self):
+        """The array module of the parameters: numpy, or cupy."""
+        return np if self._records[0].mod is _kernels else cuda.require_cupy()
+
     # -------------------------------------------------------------------------- buffers
     @property
     def numel(self):
@@ -136,17 +151,24 @@ class LBFGS(GroupedOptimizer):
         """The workspace and history, made on first use (and the history remade when
         `history_size` changed)."""
         params = self._all_params()
-        if self._ws is None:
-            n, dtype = self.numel, params[0].dtype
-            self._ws = _lbfgs.Workspace(n, dtype)
-            self._hist = _lbfgs.History(history_size, n, dtype)
-            self._flat = _lbfgs.Params([p.reshape(-1) for p in params], self._ws)
-        elif self._hist.size != history_size:
-            self._hist = self._hist.resized(history_size)
+        with self._on_device():
+            if self._ws is None:
+                n, dtype, xp = self.numel, params[0].dtype, self._xp
+                self._ws = _lbfgs.Workspace(n, dtype, xp)
+                self._hist = _lbfgs.History(history_size, n, dtype, xp)
+                self._flat = _lbfgs.Params([p.reshape(-1) for p in params], self._ws)
+            elif self._hist.size != history_size:
+                self._hist = self._hist.resized(history_size)
             al = self.state.get(0, {}).get("al")
             if al is not None:
                 self.state[0]["al"] = (al + [None] * history_size)[:history_size]
         return self._ws, self._hist, self._flat
+
+    def _on_device(self):
+        """A context on the parameters' GPU (CuPy), or one that does nothing (NumPy)."""
+        if self._xp is np:
+            return contextlib.nullcontext()
+        return self._xp.cuda.Device(self._all_params()[0].device.id)
 
     # ------------------------------------------------------------------------------ step
     def step(self, closure):
@@ -182,7 +204,8 @@ class LBFGS(GroupedOptimizer):
 
             fresh = not state
             try:
-                loss = _lbfgs.lbfgs_step(state, hist, ws, flat, evaluate, hyper, lr)
+                with self._on_device():
+                    loss = _lbfgs.lbfgs_step(state, hist, ws, flat, evaluate, hyper, lr)
             except BaseException:
                 if fresh and not state:
                     self.state.pop(0, None)
@@ -211,11 +234,12 @@ class LBFGS(GroupedOptimizer):
         entry = self.state.get(0)
         if entry:
             out = {}
+            is_array = lambda v: isinstance(v, np.ndarray) or cuda.is_cupy_array(v)
             for key, value in entry.items():
-                if isinstance(value, np.ndarray):
+                if is_array(value):
                     out[key] = value.copy()
                 elif isinstance(value, list):
-                    out[key] = [v.copy() if isinstance(v, np.ndarray) else v for v in value]
+                    out[key] = [v.copy() if is_array(v) else v for v in value]
                 else:
                     out[key] = value
             sd["state"] = {0: out}
@@ -249,7 +273,7 @@ class LBFGS(GroupedOptimizer):
             if np.dtype(v.dtype).kind != "f":
                 raise TypeError(f"{where}[{key!r}] must be a floating array, got dtype "
                                 f"{v.dtype}")
-            return np.asarray(v).astype(dtype)
+            return np.asarray(cuda.to_numpy(v)).astype(dtype)
 
         out = {}
         step = whole(f"{where}['step']", entry.get("step", 0))
@@ -292,7 +316,8 @@ class LBFGS(GroupedOptimizer):
         ws, hist, _ = self._buffers(size)
         m = len(out["old_dirs"])
         keep = slice(max(0, m - size), m)
-        hist.load(out["old_dirs"][keep], out["old_stps"][keep], out["ro"][keep])
+        with self._on_device():
+            hist.load(out["old_dirs"][keep], out["old_stps"][keep], out["ro"][keep])
         state = {}
         for key in ("func_evals", "n_iter"):
             if key in present:
@@ -300,7 +325,8 @@ class LBFGS(GroupedOptimizer):
         if "d" in present:
             for key, buf in (("d", ws.d), ("prev_flat_grad", ws.prev_flat_grad)):
                 if out[key] is not None:
-                    np.copyto(buf, out[key])
+                    with self._on_device():
+                        ws.xp.copyto(buf, ws.xp.asarray(out[key]))
                 state[key] = None if out[key] is None else buf
             state["t"], state["H_diag"], state["prev_loss"] = \
                 out["t"], out["H_diag"] if out["H_diag"] is not None else 1.0, out["prev_loss"]
