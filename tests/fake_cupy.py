@@ -19,14 +19,15 @@ import numpy as np
 
 _current_device = [0]
 log = {"launches": [], "waits": 0, "syncs": 0, "copies": 0, "modules": [], "streams": [],
-       "ops": []}
+       "ops": [], "op_streams": []}
 pending_events = [False]          # when True, new events stay "in flight" until released
 _in_flight = []
 
 
 def reset():
     _current_device[0] = 0
-    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[], ops=[])
+    log.update(launches=[], waits=0, syncs=0, copies=0, modules=[], streams=[], ops=[],
+               op_streams=[])
     pending_events[0] = False
     _in_flight.clear()
     _Stream.current = _Stream.null
@@ -227,6 +228,7 @@ def _unwrap(x):
 def _numpy_op(name, fn):
     def op(*args, **kwargs):
         log.setdefault("ops", []).append(name)
+        log.setdefault("op_streams", []).append(_Stream.current.ptr)
         device = next((a.device.id for a in list(args) + list(kwargs.values())
                        if isinstance(a, ndarray)), _current_device[0])
         out = kwargs.get("out")

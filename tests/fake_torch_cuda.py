@@ -66,3 +66,17 @@ def cuda(t):
 
 def current_stream(device=None):
     return types.SimpleNamespace(cuda_stream=STREAM)
+
+
+_as_tensor = torch.as_tensor
+
+
+def as_tensor(data, dtype=None, device=None):
+    """torch.as_tensor, where a stand-in CuPy array (tests/fake_cupy.py) put on a CUDA device
+    becomes a CudaTensor over the same host memory (zero-copy, as torch views a CuPy array
+    through its __cuda_array_interface__)."""
+    if type(data).__module__ in ("cupy", "fake_cupy") and hasattr(data, "_a") \
+            and device is not None and torch.device(device).type == "cuda":
+        out = torch.from_numpy(data._a).as_subclass(CudaTensor)
+        return out if dtype is None else out.to(dtype)
+    return _as_tensor(data, dtype=dtype, device=device)

@@ -16,7 +16,7 @@ with temporaries on the device. A param group holds parameters of one device onl
 """
 import torch
 
-__all__ = ["DTYPES", "array", "plan", "module", "stream", "check", "check_group"]
+__all__ = ["DTYPES", "array", "tensor", "plan", "module", "stream", "check", "check_group"]
 
 DTYPES = (torch.float32, torch.float64)
 _STREAMS = {}           # (device index, stream pointer) -> cupy.cuda.ExternalStream
@@ -31,6 +31,12 @@ def array(t):
     """The CuPy view of a CUDA tensor's memory (zero-copy, through __cuda_array_interface__)."""
     cupy = _cuda().require_cupy()
     return cupy.asarray(t.detach())
+
+
+def tensor(a, device):
+    """A torch tensor on `device` viewing CuPy array `a` (zero-copy, through its
+    __cuda_array_interface__; the tensor keeps `a` alive)."""
+    return torch.as_tensor(a, device=device)
 
 
 def plan(arrays, name="params"):

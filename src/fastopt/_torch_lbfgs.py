@@ -9,13 +9,22 @@ zeros, sparse gradients are made dense). The state is torch's, kept under the fi
 ``func_evals``, ``n_iter``, ``t``, ``H_diag``, ``prev_loss`` and ``ro``/``al`` as Python numbers,
 ``d``, ``prev_flat_grad``, ``old_dirs`` and ``old_stps`` as tensors (views of fastopt's
 buffers), so a state_dict of torch.optim.LBFGS loads here and back. Parameters must be dense
-CPU tensors of one dtype: float32, float64, complex64 or complex128, contiguous.
+contiguous tensors of one dtype (float32, float64, complex64 or complex128) on one device.
+
+CUDA tensors (needs CuPy): the inner optimizer runs on CuPy views of the parameters and
+gradients (fastopt._torch_cuda.array, zero-copy), its history and vectors on the parameters'
+GPU (fastopt._lbfgs_cupy), every CuPy operation on torch's current stream of that device (so
+ordered after the closure's backward pass); the state's tensors view fastopt's device buffers
+(fastopt._torch_cuda.tensor).
 """
 import numbers
+
+import contextlib
 
 import numpy as np
 import torch
 
+from . import _torch_cuda
 from .optim.lbfgs import LBFGS as _NumpyLBFGS
 
 __all__ = ["LBFGS"]
@@ -34,10 +43,12 @@ def _plain(value):
     return value
 
 
-def _as_numpy(t, what):
-    """The NumPy view of a parameter tensor's memory (complex: its real view)."""
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type != "cpu":
-        raise TypeError(f"{what} must be a dense CPU tensor")
+def _as_array(t, what):
+    """The NumPy (CPU) or CuPy (CUDA) view of a parameter tensor's memory (complex: its real
+    view)."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided \
+            or t.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"{what} must be a dense CPU or CUDA tensor")
     if t.dtype not in _DTYPES:
         raise TypeError(f"{what} must be float32, float64, complex64 or complex128, got "
                         f"{t.dtype}")
@@ -46,19 +57,29 @@ def _as_numpy(t, what):
     t = t.detach()
     if t.is_complex():
         t = torch.view_as_real(t)
-    return t.numpy()
+    return _torch_cuda.array(t) if t.device.type == "cuda" else t.numpy()
 
 
-def _grad_numpy(p, like):
+def _grad_array(p, like, what):
+    """p.grad as an array like `like` (its parameter's view): None counts as zeros, a sparse
+    gradient is made dense; TypeError for a gradient on another device."""
     g = p.grad
     if g is None:
-        return np.zeros_like(like)
+        g = torch.zeros_like(p)
+    if g.device != p.device:
+        raise TypeError(f"{what} is on {g.device}, its parameter on {p.device}")
     if g.is_sparse:
         g = g.to_dense()
     g = g.detach().contiguous()
     if g.is_complex():
         g = torch.view_as_real(g)
-    return g.reshape(like.shape).numpy()
+    g = g.reshape(like.shape)
+    return _torch_cuda.array(g) if g.device.type == "cuda" else g.numpy()
+
+
+def _address(a):
+    """Where an array's memory starts (NumPy or CuPy)."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
 
 
 class LBFGS(torch.optim.Optimizer):
@@ -83,7 +104,11 @@ class LBFGS(torch.optim.Optimizer):
         self._fo = None
         self._fo_key = None
         for i, p in enumerate(self._params):       # the rest is checked at the first step
-            _as_numpy(p, f"params[{i}]")
+            _as_array(p, f"params[{i}]")
+        devices = {str(p.device) for p in self._params}
+        if len(devices) > 1:
+            raise ValueError("LBFGS treats its parameters as one vector: they must be on one "
+                             f"device, got {', '.join(sorted(devices))}")
 
     def _group_values(self):
         group = self.param_groups[0]
@@ -92,8 +117,8 @@ class LBFGS(torch.optim.Optimizer):
     def _inner_for(self):
         """The fastopt.optim.LBFGS over the parameters' current memory (remade, keeping its
         buffers and state, when a parameter's storage changed)."""
-        arrays = [_as_numpy(p, f"params[{i}]") for i, p in enumerate(self._params)]
-        key = tuple((a.__array_interface__["data"][0], a.shape, a.dtype.str) for a in arrays)
+        arrays = [_as_array(p, f"params[{i}]") for i, p in enumerate(self._params)]
+        key = tuple((_address(a), a.shape, a.dtype.str) for a in arrays)
         hyper = self._group_values()
         if self._fo is None or key != self._fo_key:
             inner = _NumpyLBFGS(arrays, **hyper)
@@ -130,14 +155,23 @@ class LBFGS(torch.optim.Optimizer):
             loss = closure()
             if not first:
                 first.append(loss)
-            grads = [_grad_numpy(p, a) for p, a in zip(self._params, arrays)]
+            grads = [_grad_array(p, a, f"params[{i}].grad")
+                     for i, (p, a) in enumerate(zip(self._params, arrays))]
             return float(loss), grads
 
         try:
-            inner.step(numpy_closure)
+            with self._stream():
+                inner.step(numpy_closure)
         finally:
             self._publish()
         return first[0]
+
+    def _stream(self):
+        """CUDA parameters: torch's current stream of their device as CuPy's current one."""
+        device = self._params[0].device
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        return _torch_cuda.stream(device)
 
     def _publish(self):
         """torch's state layout under the first parameter, from the inner optimizer's state
@@ -145,14 +179,19 @@ class LBFGS(torch.optim.Optimizer):
         src = self._fo.state.get(0)
         if not src:
             return
+        device = self._params[0].device
+        if device.type == "cuda":
+            tensor = lambda a: _torch_cuda.tensor(a, device)
+        else:
+            tensor = torch.from_numpy
         out = {}
         for key, value in src.items():
             if key == "step":
                 continue
-            if isinstance(value, np.ndarray):
-                out[key] = torch.from_numpy(value)
+            if key in ("d", "prev_flat_grad") and value is not None:
+                out[key] = tensor(value)
             elif isinstance(value, list) and key in ("old_dirs", "old_stps"):
-                out[key] = [torch.from_numpy(v) for v in value]
+                out[key] = [tensor(v) for v in value]
             elif isinstance(value, list):
                 out[key] = list(value)
             else:
