@@ -378,6 +378,7 @@ class _QKernel:
         assert all(isinstance(s, np.float64) for s in scalars)
         assert grid == (nblocks,) and block == (256,), (grid, block)
         log["launches"].append((self.opt, "qstate", nblocks))
+        log["streams"].append(_Stream.current.ptr)
         tab = table._a.view(np.uint64)
         bl = blocks._a
         f32 = np.dtype(np.float32)

@@ -18,7 +18,8 @@ import types
 import torch
 
 STREAM = 0x5EED
-_TYPESTR = {torch.float32: "<f4", torch.float64: "<f8", torch.float16: "<f2"}
+_TYPESTR = {torch.float32: "<f4", torch.float64: "<f8", torch.float16: "<f2", torch.int16: "<i2",
+            torch.uint8: "|u1"}
 
 
 def _host(device):
@@ -80,3 +81,25 @@ def as_tensor(data, dtype=None, device=None):
         out = torch.from_numpy(data._a).as_subclass(CudaTensor)
         return out if dtype is None else out.to(dtype)
     return _as_tensor(data, dtype=dtype, device=device)
+
+
+def installed(monkeypatch, chunk=5):
+    """For a fixture (``yield from fake_torch_cuda.installed(monkeypatch)``): the stand-in
+    CuPy as ``cupy`` (fastopt.cuda's kernel caches emptied, chunks of `chunk` elements),
+    torch's current stream and ``torch.as_tensor`` of a CuPy array faked; yields fake_cupy."""
+    import sys
+
+    import fake_cupy as fk
+    from fastopt import _torch_cuda, cuda as fo_cuda
+    fk.reset()
+    monkeypatch.setitem(sys.modules, "cupy", fk)
+    monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
+    monkeypatch.setattr(fo_cuda, "_MODULES", {})
+    monkeypatch.setattr(fo_cuda, "_KERNELS", {})
+    monkeypatch.setattr(fo_cuda, "CHUNK", chunk)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
+    yield fk
+    fk.release_events()
+    fk.reset()

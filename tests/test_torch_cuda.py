@@ -10,7 +10,6 @@ group, a gradient on another device and 16-bit CUDA parameters are clear errors 
 modified. The real kernels on a real GPU: tests/test_torch_cuda_gpu.py.
 """
 import copy
-import sys
 
 import numpy as np
 import pytest
@@ -32,17 +31,7 @@ SHAPES = [(3, 4), (0,), (1,), (11,), (5, 2)]
 @pytest.fixture
 def fake(monkeypatch):
     """fastopt.cuda on the stand-in CuPy (chunks of 5 elements), torch's current stream faked."""
-    fk.reset()
-    monkeypatch.setitem(sys.modules, "cupy", fk)
-    monkeypatch.setattr(cuda, "_MODULES", {})
-    monkeypatch.setattr(cuda, "_KERNELS", {})
-    monkeypatch.setattr(cuda, "CHUNK", 5)
-    monkeypatch.setattr(torch.cuda, "current_stream", fc.current_stream)
-    from fastopt import _torch_cuda
-    monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
-    yield fk
-    fk.release_events()
-    fk.reset()
+    yield from fc.installed(monkeypatch)
 
 
 def make(dtype, on_cuda, seed=0, channels_last=False):

@@ -99,3 +99,26 @@ def test_cpu_and_cuda_in_one_group_is_refused():
     with pytest.raises(ValueError, match="holds parameters on"):
         ft.Adam([torch.nn.Parameter(torch.zeros(2)),
                  torch.nn.Parameter(torch.zeros(2, device="cuda"))])
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_low_bit_state_on_cuda_matches_cpu_tensors(state_dtype):
+    """fastopt.torch.Adam with low-bit state: CUDA tensors (fastopt._cuda_qstate) give the CPU
+    tensors' parameters and codes bit for bit (the same rule and codecs)."""
+    g = torch.Generator().manual_seed(0)
+    cpu = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(5000,), (64, 300), (17,)]]
+    gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    a = ft.Adam(cpu, lr=1e-2, state_dtype=state_dtype)
+    b = ft.Adam(gpu, lr=1e-2, state_dtype=state_dtype)
+    for _ in range(5):
+        for p, q in zip(cpu, gpu):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.cuda()
+        a.step()
+        b.step()
+    for p, q in zip(cpu, gpu):
+        assert q.is_cuda
+        torch.testing.assert_close(q.detach().cpu(), p.detach(), rtol=0, atol=0)
+        for key, t in a.state[p].items():
+            if isinstance(t, torch.Tensor) and t.dim() > 0:
+                torch.testing.assert_close(b.state[q][key].cpu(), t, rtol=0, atol=0)

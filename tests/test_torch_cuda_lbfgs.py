@@ -7,8 +7,6 @@ to rounding (the device recursion's axpy is a multiply and an add where the CPU'
 an fma); the state's tensors are on the device and view fastopt's buffers; state_dict moves
 between CPU and CUDA optimizers; mixed devices are refused.
 """
-import sys
-
 import numpy as np
 import pytest
 
@@ -22,15 +20,7 @@ from fastopt import torch as ft  # noqa: E402
 
 @pytest.fixture
 def fake(monkeypatch):
-    fk.reset()
-    monkeypatch.setitem(sys.modules, "cupy", fk)
-    monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
-    monkeypatch.setattr(torch.cuda, "current_stream", fc.current_stream)
-    monkeypatch.setattr(torch, "as_tensor", fc.as_tensor)
-    from fastopt import _torch_cuda
-    monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
-    yield fk
-    fk.reset()
+    yield from fc.installed(monkeypatch)
 
 
 def host(t):

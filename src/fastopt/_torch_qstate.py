@@ -4,9 +4,11 @@ The keywords are those of the NumPy classes (`fastopt.state_format`): ``state_dt
 ``rounding`` and ``seed`` (stochastic rounding of bfloat16 state; for 16-bit parameters the
 same two keywords keep their mixed-precision meaning, and a low-bit ``state_dtype`` refuses
 16-bit parameters) and ``min_8bit_size``. They are group options (``param_groups`` keys),
-checked at construction and at every step. Low-bit state is for dense, contiguous float32 CPU
-parameters (TypeError/ValueError naming the parameter otherwise: CUDA parameters, other
-dtypes, DTensors and non-contiguous layouts keep float32 state).
+checked at construction and at every step. Low-bit state is for dense, contiguous float32
+parameters on the CPU or a CUDA device (TypeError/ValueError naming the parameter otherwise:
+other dtypes, DTensors and non-contiguous layouts keep float32 state). On CUDA the state
+tensors are made on the parameter's device and the step runs fastopt's low-bit CUDA kernel
+(fastopt._cuda_qstate) over CuPy views of them (rounding="nearest" only).
 
 How the state looks in ``opt.state`` and ``state_dict()`` (torch tensors throughout, so a
 checkpoint is an ordinary torch one):
@@ -26,7 +28,7 @@ and `to_bitsandbytes` translate the state_dicts of bitsandbytes' ``Adam8bit``/``
 import numpy as np
 import torch
 
-from . import _qstate, _table, _validate
+from . import _qstate, _table, _torch_cuda, _validate
 from .optim._state_format import make_state_format
 from .state_format import Blockwise8, QBLOCK
 
@@ -87,10 +89,11 @@ def group_format(spec, group, where):
 
 
 def check_param(p, what, fmt):
-    """A parameter that low-bit state can go with: a dense contiguous float32 CPU tensor."""
-    if p.is_cuda or p.device.type != "cpu":
+    """A parameter that low-bit state can go with: a dense contiguous float32 CPU or CUDA
+    tensor."""
+    if p.device.type not in ("cpu", "cuda"):
         raise TypeError(f"{what} is on {p.device}; state_dtype={fmt.dtype!r} is implemented "
-                        "for CPU tensors (use state_dtype='float32' on CUDA)")
+                        "for CPU and CUDA tensors")
     if p.dtype != torch.float32:
         raise TypeError(f"{what} has dtype {p.dtype}; state_dtype={fmt.dtype!r} needs float32 "
                         "parameters (float64 and 16-bit parameters keep float32 state: use "
@@ -109,18 +112,29 @@ def slot_format(fmt, slot, n):
     return fmt.dtype
 
 
+def _on_device_of(t, p):
+    """Host tensor `t` on `p`'s device (a copy there for a CUDA parameter)."""
+    if p.device.type == "cpu":
+        return t
+    return p.new_empty(t.shape, dtype=t.dtype).copy_(t)
+
+
 def _tensors_of(p, values, fmt, slot, name):
-    """{key: tensor} of slot `name` holding `values` (float array of p's elements)."""
+    """{key: tensor} of slot `name` holding `values` (float array of p's elements), on p's
+    device."""
     kind = slot_format(fmt, slot, p.numel())
     values = np.asarray(values).reshape(p.shape)
     if kind == "float32":           # (decoded for a float64 parameter: its dtype)
-        return {name: torch.from_numpy(np.array(values, np.float32)).to(p.dtype)}
-    if kind == "bfloat16":
+        out = {name: torch.from_numpy(np.array(values, np.float32)).to(p.dtype)}
+    elif kind == "bfloat16":
         bits = _qstate.encode("bfloat16", values).reshape(p.shape)
-        return {name: torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)}
-    buf = Blockwise8.quantize(values, fmt.quant[slot] == _table.SIGNED)
-    return {name: torch.from_numpy(buf.codes), name + "_absmax": torch.from_numpy(buf.absmax),
-            name + "_qmap": torch.from_numpy(np.array(buf.qmap))}
+        out = {name: torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)}
+    else:
+        buf = Blockwise8.quantize(values, fmt.quant[slot] == _table.SIGNED)
+        out = {name: torch.from_numpy(buf.codes),
+               name + "_absmax": torch.from_numpy(buf.absmax),
+               name + "_qmap": torch.from_numpy(np.array(buf.qmap))}
+    return {k: _on_device_of(t, p) for k, t in out.items()}
 
 
 def new_state(p, fmt, slot, name, fill=0.0, values=None):
@@ -132,17 +146,18 @@ def new_state(p, fmt, slot, name, fill=0.0, values=None):
 
 def _values(st, name, p):
     """float32 values of what slot `name` holds in state dict `st` (any format)."""
+    host = lambda v: v.detach().cpu().numpy()
     t = st[name]
     if t.dtype == torch.uint8:
-        return Blockwise8(t.numpy(), st[name + "_absmax"].detach().numpy(),
-                          st[name + "_qmap"].detach().numpy()).dequantize()
-    return t.detach().to(torch.float32).contiguous().numpy()
+        return Blockwise8(host(t), host(st[name + "_absmax"]),
+                          host(st[name + "_qmap"])).dequantize()
+    return host(t.detach().to(torch.float32).contiguous())
 
 
 def _holds(st, name, p, kind, fmt, slot):
     """Whether slot `name` of `st` is already in format `kind` (with a map of its sign)."""
     t = st.get(name)
-    if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+    if not isinstance(t, torch.Tensor) or t.device != p.device:
         return False
     if kind == "float32":
         return t.dtype == torch.float32 and not any(name + s in st for s in _SUFFIXES)
@@ -151,8 +166,8 @@ def _holds(st, name, p, kind, fmt, slot):
     a, q = st.get(name + "_absmax"), st.get(name + "_qmap")
     return (t.dtype == torch.uint8 and isinstance(a, torch.Tensor) and
             isinstance(q, torch.Tensor) and a.dtype == torch.float32 and
-            q.dtype == torch.float32 and tuple(q.shape) == (256,) and q.device.type == "cpu"
-            and a.device.type == "cpu" and a.numel() == -(-p.numel() // QBLOCK))
+            q.dtype == torch.float32 and tuple(q.shape) == (256,) and q.device == p.device
+            and a.device == p.device and a.numel() == -(-p.numel() // QBLOCK))
 
 
 @torch.no_grad()
@@ -222,13 +237,15 @@ def restore_codes(opt, held):
 
 
 def _buffer(st, name, kind):
-    """The plan's buffer of slot `name` in format `kind` (views of the state tensors)."""
+    """The plan's buffer of slot `name` in format `kind` (views of the state tensors: NumPy,
+    or CuPy for CUDA tensors)."""
     t = st[name]
+    view = _torch_cuda.array if t.device.type == "cuda" else (lambda v: v.numpy())
     if kind == "float32":
-        return t.numpy()
+        return view(t)
     if kind == "bfloat16":
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return Blockwise8(t.numpy(), st[name + "_absmax"].numpy(), st[name + "_qmap"].numpy())
+        return view(t.view(torch.int16)).view(np.uint16)
+    return Blockwise8(view(t), view(st[name + "_absmax"]), view(st[name + "_qmap"]))
 
 
 def attach(entry, slot, name, states, fmt, where):

@@ -24,7 +24,7 @@ parameter-like buffer (Schedule-Free's ``z``) stays float32.
 Parameters and gradients are float32 (float64 parameters keep float64 state: a low-bit
 ``state_dtype`` raises for them). float32 CuPy parameters run the CUDA kernels of
 `fastopt._cuda_qstate` (the same codes and bits as the CPU loops; ``rounding="stochastic"`` is
-CPU-only), and ``fastopt.torch``'s optimizers take the same keywords for CPU tensors
+CPU-only), and ``fastopt.torch``'s optimizers take the same keywords for CPU and CUDA tensors
 (`fastopt._torch_qstate`).
 
 ``state_dict()`` holds copies of the buffers as they are (uint16 bits, `Blockwise8`);

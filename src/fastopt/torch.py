@@ -806,8 +806,7 @@ class Optimizer(torch.optim.Optimizer):
         try:
             if fmt is not None:            # low-bit state (fastopt._torch_qstate)
                 offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
-                plan = _qstate.Plan([lay.array for lay in layouts], "params", offset,
-                                    rounding=fmt.rounding, seed=fmt.seed)
+                plan = fmt.plan([lay.array for lay in layouts], offset)[1]
             elif mixed is None and tensors[0].is_cuda:
                 plan = _cuda.plan([lay.array for lay in layouts])
             elif mixed is None:
@@ -892,8 +891,8 @@ class Optimizer(torch.optim.Optimizer):
                 created[slot] = []
                 for j in js:
                     p = params[j]
-                    values = p.detach().numpy().reshape(-1) if name in self.spec.copies \
-                        else None
+                    values = p.detach().cpu().numpy().reshape(-1) \
+                        if name in self.spec.copies else None
                     tensors = _tq.new_state(p, fmt, slot, name, fill, values)
                     self.state[p].update(tensors)
                     created[slot].append(tensors[name])
@@ -987,8 +986,12 @@ class Optimizer(torch.optim.Optimizer):
             plan.counter = job.step - 1 if self.spec.counts_steps else job.rec.calls
             plan.grad_scale = 1.0 if job.scale is None else job.scale
         if entry.device is not None:            # on torch's current stream of the device
+            if entry.qformat is not None:
+                from . import _cuda_qstate as mod
+            else:
+                mod = _cuda.module()
             with _cuda.stream(entry.device):
-                return self._fo_launch(_cuda.module(), entry, job)
+                return self._fo_launch(mod, entry, job)
         return self._fo_launch(mod, entry, job)
 
     def _fo_launch(self, mod, entry, job):
