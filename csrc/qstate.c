@@ -582,7 +582,8 @@ FO_CLONES static void fo_q_store(const fo_qstate_segment *sg, int k, int64_t c, 
     if (!sg->state[k])
         return;
     if (sg->format[k] == FO_SF_BF16) {
-        fo_bf16_encode(buf, (uint16_t *)sg->state[k] + c, m, stochastic, key, c);
+        fo_bf16_encode(buf, (uint16_t *)sg->state[k] + c, m, stochastic, key,
+                       sg->noise_base + c);
     } else if (sg->format[k] == FO_SF_Q8) {
         const float amax = fo_q8_absmax(buf, m);
         sg->absmax[k][c / FO_QBLOCK] = amax;

@@ -38,10 +38,11 @@ def _grad(p, t):
     return (np.sin(np.arange(p.size).reshape(p.shape) * 0.37 + 3.0 * t) * 0.5).astype(p.dtype)
 
 
-def _make(cls, hyper, fmt, seed=0):
+def _make(cls, hyper, fmt, seed=0, rounding="nearest"):
     params = _params(seed)
+    extra = {"rounding": rounding, "seed": 7} if rounding != "nearest" else {}
     opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": hyper.get("lr", 1.0) / 2}],
-              state_dtype=fmt, **hyper)
+              state_dtype=fmt, **hyper, **extra)
     if hasattr(opt, "train"):
         opt.train()
     return opt, params
@@ -56,10 +57,13 @@ def _fingerprint(opt, params):
 
 
 # ------------------------------------------------------------------------------ round trips
-@pytest.mark.parametrize("fmt", LOW)
+@pytest.mark.parametrize("fmt,rounding", [("bfloat16", "nearest"), ("int8", "nearest"),
+                                          ("bfloat16", "stochastic")])
 @pytest.mark.parametrize("cls, hyper", QUANT_CASES, ids=[c.__name__ for c, _ in QUANT_CASES])
-def test_mid_run_save_and_load_continue_bit_for_bit(tmp_path, cls, hyper, fmt):
-    opt, params = _make(cls, hyper, fmt)
+def test_mid_run_save_and_load_continue_bit_for_bit(tmp_path, cls, hyper, fmt, rounding):
+    """Stochastic rounding too: its noise is keyed by the group's step count, which the
+    checkpoint holds."""
+    opt, params = _make(cls, hyper, fmt, rounding=rounding)
     for t in range(3):
         _step(opt, params, t)
     sd = opt.state_dict()
@@ -72,7 +76,7 @@ def test_mid_run_save_and_load_continue_bit_for_bit(tmp_path, cls, hyper, fmt):
     for t in range(3, 6):
         _step(opt, params, t)
     for how in ("file", "state_dict"):
-        other, other_params = _make(cls, hyper, fmt, seed=1)
+        other, other_params = _make(cls, hyper, fmt, seed=1, rounding=rounding)
         if how == "file":
             fo.load(other, tmp_path / "mid.npz")
         else:

@@ -379,15 +379,16 @@ def test_schedule_free_train_eval_through_both_wrappers(n, tmp_path):
 @pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 3])
 def test_low_bit_state_sharded_and_data_parallel_equal_one_process_bit_for_bit(tmp_path, n):
-    """tests/mpi/state_dtype.py: Adam, SGD momentum and Schedule-Free AdamW with bfloat16 and
-    int8 state through
+    """tests/mpi/state_dtype.py: Adam, SGD momentum and Schedule-Free AdamW with bfloat16
+    (nearest and stochastic rounding) and int8 state through
     both wrappers equal one process bit for bit (parameters and state_dict), and continue bit
     for bit after save/load, also in a plain optimizer; int8 shards are cut at whole blocks of
     each tensor, so a tensor part below min_8bit_size keeps int8 state like its tensor."""
     results = run_workers(n, "state_dtype.py", tmp_path)
     for r in results:
-        # {Adam, SGD, ScheduleFreeAdamW} x {bfloat16, int8} x {Sharded, Distributed}
-        assert len(r["results"]) == 12
+        # {Adam, SGD, ScheduleFreeAdamW} x {bfloat16, int8, bfloat16 stochastic} x
+        # {Sharded, Distributed}
+        assert len(r["results"]) == 18
         for case, out in r["results"].items():
             assert out["params_equal"] and out["continued_equal"], (case, r["rank"], out)
             if r["rank"] == 0:

@@ -44,14 +44,17 @@ typedef struct {
     const float *qmap[FO_MAX_STATE];    /* FO_SF_Q8: the 256 sorted map values */
     int32_t format[FO_MAX_STATE];       /* FO_SF_* of each slot */
     int64_t n;
-    uint64_t stream;                    /* stochastic rounding: the parameter's index */
+    uint64_t stream;                    /* stochastic rounding: the parameter's index ... */
+    int64_t noise_base;                 /* ... and its first element's index in the tensor
+                                         * it is a part of (0: the whole tensor) */
 } fo_qstate_segment;
 
 /* bfloat16 state rounding (FO_ROUND_* of mixed.h: 0 nearest even, 1 stochastic) */
 typedef struct {
     int rounding;
     uint64_t seed;            /* stochastic rounding: the user's seed ... */
-    uint64_t counter;         /* ... and the call count; noise = hash(seed, counter, stream*4+slot, i) */
+    uint64_t counter;         /* ... and the call count; noise = hash(seed, counter,
+                               * stream*4+slot, noise_base + i) */
     uint32_t used;            /* bit k: the rule uses slot k under these flags; another attached
                                * slot is left as it is (neither decoded nor written back) */
 } fo_qstate_opts;

@@ -47,6 +47,7 @@ cdef extern from "fastopt/qstate.h" nogil:
         int32_t format[3]
         int64_t n
         uint64_t stream
+        int64_t noise_base
 
     ctypedef struct fo_qstate_opts:
         int rounding
@@ -147,6 +148,17 @@ cdef class Plan(PlanBase):
 
     def __dealloc__(self):
         PyMem_Free(self.seg)
+
+    def set_noise_index(self, Py_ssize_t i, uint64_t stream, int64_t base):
+        """Key the stochastic rounding noise of params[i] as elements ``base``, ``base + 1``,
+        ... of parameter number ``stream`` (default: its own index in the optimizer, from 0):
+        a part of a tensor (ShardedOptimizer's) then draws the whole tensor's noise."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"no parameter {i} in a plan of {self.n}")
+        if base < 0:
+            raise ValueError(f"noise index base must be >= 0, got {base}")
+        self.seg[i].stream = stream
+        self.seg[i].noise_base = base
 
     cdef list _owned(self, list states, str state_word):
         """Params, then each attached state buffer; an int8 buffer as its codes and absmax."""

@@ -1,7 +1,8 @@
 """Low-bit optimizer state through DistributedOptimizer and ShardedOptimizer (run under mpiexec):
 usage ``state_dtype.py DIR``.
 
-For Adam, SGD with momentum and Schedule-Free AdamW, ``state_dtype`` "bfloat16" and "int8" (two param groups, four
+For Adam, SGD with momentum and Schedule-Free AdamW, ``state_dtype`` "bfloat16" (rounded to
+nearest and stochastically) and "int8" (two param groups, four
 float32 tensors: two int8 ones that a shard boundary cuts, one below ``min_8bit_size`` and one
 just above it): every rank passes the same dyadic gradients, so the averaged gradient is exactly
 ``float32(N g) * float32(1 / N)``, which the single-process reference here steps with. Reports
@@ -27,7 +28,10 @@ directory = sys.argv[1]
 SHAPES = [(5000,), (40, 130), (300,), (4097,)]
 CASES = {"adam": (fo.Adam, dict(lr=0.01)), "sgd": (fo.SGD, dict(lr=0.05, momentum=0.9)),
          "sfadamw": (fo.ScheduleFreeAdamW, dict(lr=0.01))}   # z float32, exp_avg_sq low-bit
-FORMATS = ("bfloat16", "int8")
+#: case label -> (state_dtype, extra keywords): stochastic bfloat16 draws each element's noise
+#: from its index in its whole tensor, so shards draw the noise of one process
+FORMATS = {"bfloat16": ("bfloat16", {}), "int8": ("int8", {}),
+           "bfloat16sr": ("bfloat16", {"rounding": "stochastic", "seed": 5})}
 
 
 def init():
@@ -78,17 +82,18 @@ def same(params, ref_params):
 
 results = {}
 for name, (cls, hyper) in CASES.items():
-    for fmt in FORMATS:
+    for label, (fmt, extra) in FORMATS.items():
+        hyper_f = {**hyper, **extra}
         for kind in ("sharded", "distributed"):
-            case = f"{name}-{fmt}-{kind}"
+            case = f"{name}-{label}-{kind}"
             path = os.path.join(directory, f"{case}.npz")
             params, ref_params = init(), init()
-            ref = cls(groups(ref_params), state_dtype=fmt, **hyper)
+            ref = cls(groups(ref_params), state_dtype=fmt, **hyper_f)
 
             def build(ps):
                 if kind == "sharded":
-                    return ShardedOptimizer(cls, groups(ps), comm, state_dtype=fmt, **hyper)
-                return DistributedOptimizer(cls(groups(ps), state_dtype=fmt, **hyper), comm)
+                    return ShardedOptimizer(cls, groups(ps), comm, state_dtype=fmt, **hyper_f)
+                return DistributedOptimizer(cls(groups(ps), state_dtype=fmt, **hyper_f), comm)
 
             opt = build(params)
             if hasattr(ref, "train"):
@@ -121,7 +126,7 @@ for name, (cls, hyper) in CASES.items():
             if rank == 0:
                 out["continued_state_equal"] = flat_state(sd_after) == flat_state(ref.state_dict())
                 plain_params = [p.copy() for p in saved]
-                plain = cls(groups(plain_params), state_dtype=fmt, **hyper)
+                plain = cls(groups(plain_params), state_dtype=fmt, **hyper_f)
                 fo.load(plain, path)          # Schedule-Free: saved in train mode
                 for t in range(6, 10):
                     plain.step([averaged(grad(p, t)) for p in plain_params])

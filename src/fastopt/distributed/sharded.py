@@ -110,8 +110,13 @@ class ShardedOptimizer:
                    [len(g["params"]) for g in groups])] + _flat.signature(self._params),
                    "the optimizers or parameters")
         self._layout = layout = _flat.FlatLayout(self._params)
-        # int8 state: shards, and the inner parameters, cut at whole blocks of each tensor
+        # int8 state: shards, and the inner parameters, cut at whole blocks of each tensor;
+        # stochastic bfloat16: one inner parameter per tensor part, keyed by the tensor's
+        # elements (the noise of one process)
         self._by_tensor = hyperparameters.get("state_dtype") == "int8"
+        self._per_tensor = self._by_tensor or (
+            hyperparameters.get("state_dtype") == "bfloat16"
+            and hyperparameters.get("rounding") == "stochastic")
         self._shards = [_qshard.aligned_shards(layout, b, self.size) if self._by_tensor
                         else _flat.Shards(n, self.size) for b, n in enumerate(layout.sizes)]
         self._spaces = [_qshard.BlockSpace(layout, b) for b in range(len(layout.dtypes))]
@@ -180,7 +185,7 @@ class ShardedOptimizer:
             runs = {}
             for i in self._layout.members[b]:
                 _, off, n = self._layout.where[i]
-                key = (group_of[i], i if self._by_tensor else -1)
+                key = (group_of[i], i if self._per_tensor else -1)
                 start, stop, first = runs.get(key, (off, off, i))
                 runs[key] = (start, off + n, first)
             here = {}
@@ -233,10 +238,15 @@ class ShardedOptimizer:
             inner_groups.append({**hyper, "params": [self._flat[pc.buf][pc.start:pc.stop]]})
         inner = self.opt_cls(inner_groups, **hyperparameters)
         fmt = inner._state_format
-        if fmt is not None and self._by_tensor:     # a part keeps the format of its tensor
+        if fmt is not None and self._per_tensor:    # a part keeps the format of its tensor
             for pc, ig in zip(self._pieces, inner.param_groups):
                 if pc.tensor is not None:
-                    fmt.whole_sizes[id(ig["params"][0])] = self._params[pc.tensor].size
+                    part = ig["params"][0]
+                    fmt.whole_sizes[id(part)] = self._params[pc.tensor].size
+                    fmt.noise_index[id(part)] = \
+                        (pc.tensor, pc.start - self._layout.where[pc.tensor][1])
+            for rec in inner._records:
+                fmt.key_noise(rec.plan)
         return inner
 
     def _first_inner_groups(self):

@@ -52,6 +52,9 @@ class StateFormat:
         self.min_8bit_size = min_8bit_size
         self.quant = tuple(s.quant for s in _table.KERNELS[kernel].state)
         self.whole_sizes = {}
+        #: id of a part of a tensor -> (the tensor's parameter index, the part's first element
+        #: in it): the stochastic bfloat16 noise of the whole tensor (ShardedOptimizer)
+        self.noise_index = {}
 
     def check(self, values):
         """A group's validated hyperparameters against the format: centered RMSprop subtracts
@@ -70,6 +73,14 @@ class StateFormat:
         from .. import _qstate
         return _qstate, _qstate.Plan(params, "params", offset, rounding=self.rounding,
                                      seed=self.seed)
+
+    def key_noise(self, plan):
+        """Give `plan` (a CPU low-bit plan) the noise index of each of its parameters that is a
+        part of a tensor (``noise_index``)."""
+        for k, p in enumerate(plan.params):
+            where = self.noise_index.get(id(p))
+            if where is not None:
+                plan.set_noise_index(k, *where)
 
     def format_for(self, slot, size):
         """The format of slot `slot` of a tensor of `size` elements."""

@@ -245,6 +245,7 @@ class Optimizer(OptimizerCore):
         counter."""
         run = self.spec.run
         for gi, (rec, hyper, lr, grads, fresh) in enumerate(work):
+            self._key_rounding(rec)
             if self.spec.scalars:
                 changed = run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr, fresh, "grads",
                               rec.scalars)
@@ -253,6 +254,13 @@ class Optimizer(OptimizerCore):
             rec.step += 1
             if changed is not None:
                 self._store_group_state(gi, changed)
+
+    def _key_rounding(self, rec):
+        """Low-bit state: the stochastic rounding noise of this step is keyed by the group's
+        count of steps before it (saved in the state_dict, so a loaded run draws the noise
+        of an uninterrupted one), as fastopt.torch keys it."""
+        if self._state_format is not None:
+            rec.plan.counter = rec.step
 
     def step(self, grads, nonfinite="ignore"):
         """Apply one update with `grads` (a list of arrays in the order of the parameters).
@@ -321,6 +329,7 @@ class Optimizer(OptimizerCore):
                 work = [[rec, hyper, lr, grads, fresh]]
                 self._allocate(work)
                 fresh = work[0][4]
+            self._key_rounding(rec)
             if self.spec.scalars:
                 changed = self.spec.run(rec.mod, rec.plan, grads, hyper, rec.step + 1, lr,
                                         fresh, "grads", rec.scalars)
