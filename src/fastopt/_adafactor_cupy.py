@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from .cuda import check_device_array
+
 __all__ = ["Workspaces", "step"]
 
 
@@ -170,14 +172,9 @@ def check(param, grad, row_var, col_var, variance, names):
                                        for k, v in given.items()]:
         if a is None:
             continue
-        if not isinstance(a, cp.ndarray):
-            raise TypeError(f"{label} must be a cupy.ndarray like {pname}, got "
-                            f"{type(a).__module__}.{type(a).__name__}")
+        check_device_array(a, label, param, pname)
         if a.dtype != param.dtype:
             raise TypeError(f"{label} must have dtype {param.dtype} like {pname}, got {a.dtype}")
-        if a.device.id != param.device.id:
-            raise ValueError(f"{label} is on GPU {a.device.id} but {pname} is on GPU "
-                             f"{param.device.id}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{label} must be C-contiguous")
     if grad is None or grad.shape != param.shape:

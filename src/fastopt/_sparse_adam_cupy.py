@@ -23,6 +23,8 @@ range check.
 """
 import numpy as np
 
+from .cuda import check_device_array
+
 __all__ = ["check_grad", "check_state", "step"]
 
 
@@ -41,12 +43,7 @@ def check_grad(grad, param, name):
                          "axis")
     vals, idx = grad.values, grad.indices
     for label, a in ((f"{name}.values", vals), (f"{name}.indices", idx)):
-        if not isinstance(a, cp.ndarray):
-            raise TypeError(f"{label} must be a cupy.ndarray like the parameter, got "
-                            f"{type(a).__module__}.{type(a).__name__}")
-        if a.device.id != param.device.id:
-            raise ValueError(f"{label} is on GPU {a.device.id} but the parameter is on GPU "
-                             f"{param.device.id}")
+        check_device_array(a, label, param, "the parameter")
     if vals.dtype != param.dtype:
         raise TypeError(f"{name}.values has dtype {vals.dtype}, expected {param.dtype} like its "
                         "parameter")

@@ -55,7 +55,8 @@ from . import _kernels, _steps, _table, _validate
 _OPTIMIZERS = tuple(k.name for k in _table.KERNELS.values() if "cuda" in k.backends)
 __all__ = [
     "Plan", *_OPTIMIZERS, "newton_solve",
-    "generate_cuda_source", "is_cupy_array", "require_cupy", "has_gpu", "zeros_like",
+    "generate_cuda_source", "is_cupy_array", "check_device_array", "require_cupy", "has_gpu",
+    "zeros_like",
     "to_numpy", "to_device", *_table.FLAG_BITS,
 ]
 
@@ -89,6 +90,17 @@ def is_cupy_array(x):
     """Whether ``x`` is a ``cupy.ndarray``, without importing CuPy (no CuPy loaded: False)."""
     cupy = sys.modules.get("cupy")
     return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def check_device_array(a, label, like, like_name):
+    """TypeError unless `a` is a CuPy array, ValueError unless it is on the device of CuPy
+    array `like` (the messages name `label` and `like_name`)."""
+    if not is_cupy_array(a):
+        raise TypeError(f"{label} must be a cupy.ndarray like {like_name}, got "
+                        f"{type(a).__module__}.{type(a).__name__}")
+    if a.device.id != like.device.id:
+        raise ValueError(f"{label} is on GPU {a.device.id} but {like_name} is on GPU "
+                         f"{like.device.id}")
 
 
 def has_gpu():
