@@ -96,6 +96,14 @@ class ndarray:
     data = property(lambda self: _Data(self._a.ctypes.data))
     T = property(lambda self: ndarray(self._a.T, self.device.id))
 
+    @property
+    def __cuda_array_interface__(self):
+        """As CuPy's (version 3), pointing at the host memory behind the stand-in."""
+        a = self._a
+        strides = None if a.flags.c_contiguous else a.strides
+        return {"shape": a.shape, "typestr": a.dtype.str, "strides": strides,
+                "data": (a.ctypes.data, not a.flags.writeable), "version": 3}
+
     def __getitem__(self, idx):
         return ndarray(self._a[_unwrap(idx)], self.device.id)
 

@@ -130,6 +130,33 @@ def test_state_moves_between_devices(fake):
         assert rel(q, p) < 1e-12 and rel(s, p) < 1e-12
 
 
+def test_checkpoint_file_moves_between_devices(fake, tmp_path):
+    """fo.save of a device run, fo.load into a CPU and a device optimizer: both continue as
+    the run that was saved."""
+    import fastopt as fo
+    X, y = cases.data()
+    prob = cases.problem(X, y)
+    config = dict(history_size=4, max_iter=5, line_search_fn="strong_wolfe")
+    gpu = [dev(p) for p in cases.start(prob)]
+    g = LBFGS(gpu, **config)
+    for _ in range(2):
+        g.step(closure_for(prob, gpu, True))
+    fo.save(g, tmp_path / "lbfgs.npz")
+    cpu = [host(p).copy() for p in gpu]
+    back = [dev(p) for p in cpu]
+    c, e = LBFGS(cpu, **config), LBFGS(back, **config)
+    fo.load(c, tmp_path / "lbfgs.npz")
+    fo.load(e, tmp_path / "lbfgs.npz")
+    assert isinstance(e.state[0]["old_dirs"][0], fk.ndarray)
+    for _ in range(2):
+        g.step(closure_for(prob, gpu, True))
+        c.step(closure_for(prob, cpu, False))
+        e.step(closure_for(prob, back, True))
+    for p, q, s in zip(gpu, cpu, back):
+        assert rel(q, p) < 1e-12
+        np.testing.assert_array_equal(host(s), host(p))     # the same operations
+
+
 def test_errors_on_the_stand_in(fake):
     X, y = cases.data()
     prob = cases.problem(X, y)
