@@ -17,9 +17,8 @@ GPU (fastopt._lbfgs_cupy), every CuPy operation on torch's current stream of tha
 ordered after the closure's backward pass); the state's tensors view fastopt's device buffers
 (fastopt._torch_cuda.tensor).
 """
-import numbers
-
 import contextlib
+import numbers
 
 import numpy as np
 import torch

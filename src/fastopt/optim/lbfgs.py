@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from .. import _kernels, _lbfgs, cuda
+from .. import _kernels, _lbfgs
 from .._validate import integer, learning_rate, nonneg, real, whole
 from ._grouped import GroupedOptimizer
 
@@ -12,6 +12,16 @@ __all__ = ["LBFGS"]
 
 _KEYS = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag",
          "prev_flat_grad", "prev_loss", "al")
+
+
+def _on_device(a):
+    """Whether `a` is a CuPy array (without importing fastopt.cuda or CuPy)."""
+    return type(a).__module__.startswith("cupy")
+
+
+def _cuda():
+    from .. import cuda
+    return cuda
 
 
 def _line_search_fn(name, value):
@@ -38,7 +48,7 @@ def _optional_real(name, value):
 def _loss_value(value):
     """The closure's loss as a float: a real number or a one-element array, NumPy or CuPy
     (NaN and inf are passed on, as torch does)."""
-    if (isinstance(value, np.ndarray) or cuda.is_cupy_array(value)) and value.size == 1 \
+    if (isinstance(value, np.ndarray) or _on_device(value)) and value.size == 1 \
             and np.dtype(value.dtype).kind in "fiu":
         return float(value.reshape(()))
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
@@ -132,14 +142,15 @@ class LBFGS(GroupedOptimizer):
         super().add_param_group(param_group)
 
     def _plan_for(self, params, offset):
-        if params and cuda.is_cupy_array(params[0]):
+        if params and _on_device(params[0]):
+            cuda = _cuda()
             return cuda, cuda.Plan(params, "params", offset)
         return super()._plan_for(params, offset)
 
     @property
     def _xp(self):
         """The array module of the parameters: numpy, or cupy."""
-        return np if self._records[0].mod is _kernels else cuda.require_cupy()
+        return np if self._records[0].mod is _kernels else _cuda().require_cupy()
 
     # -------------------------------------------------------------------------- buffers
     @property
@@ -234,7 +245,7 @@ class LBFGS(GroupedOptimizer):
         entry = self.state.get(0)
         if entry:
             out = {}
-            is_array = lambda v: isinstance(v, np.ndarray) or cuda.is_cupy_array(v)
+            is_array = lambda v: isinstance(v, np.ndarray) or _on_device(v)
             for key, value in entry.items():
                 if is_array(value):
                     out[key] = value.copy()
@@ -273,7 +284,7 @@ class LBFGS(GroupedOptimizer):
             if np.dtype(v.dtype).kind != "f":
                 raise TypeError(f"{where}[{key!r}] must be a floating array, got dtype "
                                 f"{v.dtype}")
-            return np.asarray(cuda.to_numpy(v)).astype(dtype)
+            return np.asarray(v.get() if _on_device(v) else v).astype(dtype)
 
         out = {}
         step = whole(f"{where}['step']", entry.get("step", 0))
