@@ -292,6 +292,12 @@ class _ExternalStream(_Stream):
         super().__init__(int(ptr))
         self.device_id = device_id
 
+    def __enter__(self):
+        if self.device_id >= 0 and self.device_id != _current_device[0]:
+            raise RuntimeError(f"The device that the stream is created on ({self.device_id}) "
+                               f"does not match with the current device ({_current_device[0]})")
+        return super().__enter__()
+
 
 _Stream.null = _Stream(0)
 _Stream.current = _Stream.null

@@ -173,7 +173,7 @@ def test_errors_on_the_stand_in(fake):
     assert opt.state == {} or not opt.state.get(0)
     with pytest.raises(ValueError, match="one dtype"):
         LBFGS([dev(np.zeros(3)), dev(np.zeros(3, np.float32))])
-    with pytest.raises(TypeError):                 # a NumPy and a CuPy parameter together
+    with pytest.raises(TypeError, match="all numpy.ndarray or all cupy.ndarray"):
         LBFGS([dev(np.zeros(3)), np.zeros(3)])
 
 

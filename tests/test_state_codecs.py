@@ -101,33 +101,60 @@ def bfloat16_nearest(x):
     return np.where(np.isnan(x), (b >> 16) | 0x40, rne).astype(np.uint16)
 
 
+NORMAL_EDGES = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x3F807FFF, 0x7F7FFFFF, 0x7F7F8000,
+                         0x7F800000, 0x7F800001, 0x7FBFFFFF, 0x7FC00000, 0xFF800001, 0xFFC12345,
+                         0x80000000, 0x00000000, 0x00800000, 0x80800000, 0xFF7FFFFF, 0x00808000,
+                         0x00818000, 0xBF808000, 0xBF818000], np.uint32)  # ties, NaN, inf, max
+SUBNORMAL_EDGES = np.array([0x00000001, 0x00007FFF, 0x00008000, 0x00018000, 0x007FFFFF,
+                            0x007F8000, 0x80000001, 0x807FFFFF, 0x00400000], np.uint32)
+
+
+def bfloat16_cases(rng):
+    """Values in groups of 32 (the instruction's unit): groups without a subnormal (the edge
+    values included: they reach the instruction) and groups with one (the integer path)."""
+    bits = rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32)
+    sub = (bits & 0x7F800000) == 0
+    bits[sub] |= 0x00800000                         # no stray subnormal in a clean group
+    for g in (2, 5, 64, 127):                       # clean groups holding the edge values
+        bits[32 * g:32 * g + NORMAL_EDGES.size] = NORMAL_EDGES
+    for g, at in ((0, 3), (7, 31), (70, 0)):        # a subnormal in an otherwise normal group
+        bits[32 * g + at] = SUBNORMAL_EDGES[g % SUBNORMAL_EDGES.size]
+    bits[32 * 9:32 * 9 + SUBNORMAL_EDGES.size] = SUBNORMAL_EDGES
+    return bits.view(np.float32)
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_bfloat16_rounding_at_every_level(level):
-    """Every level (the best one with the AVX-512 BF16 instruction where the CPU has it, which
-    flushes subnormal inputs: those groups take the integer path) rounds to nearest even."""
-    rng = np.random.default_rng(8)
-    bits = rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32)
-    edge = np.array([0x00000001, 0x00007FFF, 0x00008000, 0x00018000, 0x007FFFFF, 0x007F8000,
-                     0x00800000, 0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x7F7F8000,
-                     0x7F800000, 0x7F800001, 0x7FBFFFFF, 0x7FC00000, 0xFF800001, 0x80000000,
-                     0x80000001, 0x807FFFFF, 0xFF7FFFFF, 0x00000000], np.uint32)
-    bits[:edge.size] = edge                         # one subnormal in an otherwise clean group
-    bits[1000] = 0x00400000
-    for at in (2048, 2048 + 33, 4096 - 9):          # clean groups after subnormal ones, a tail
-        bits[at:at + edge.size] = edge[:4096 - at]
-    x = bits.view(np.float32)
+    """Every level rounds to nearest even (the best one with the AVX-512 BF16 instruction where
+    the CPU has it; it flushes subnormal inputs, so 32 values with one take the integer path)."""
+    x = bfloat16_cases(np.random.default_rng(8))
     _qstate.use_codecs(level)
     try:
-        for size in (x.size, 33, 31, 5):
-            got = _qstate.encode("bfloat16", x[:size])
-            np.testing.assert_array_equal(got, bfloat16_nearest(x[:size]))
+        for lo, hi in ((0, x.size), (0, 33), (64, 95), (32 * 64 + 1, 32 * 66), (0, 5)):
+            got = _qstate.encode("bfloat16", x[lo:hi])
+            np.testing.assert_array_equal(got, bfloat16_nearest(x[lo:hi]))
             back = _qstate.decode("bfloat16", got)
             np.testing.assert_array_equal(back.view(np.uint32), got.astype(np.uint32) << 16)
     finally:
         _qstate.use_codecs("best")
 
 
-def test_bfloat16_instruction_only_at_the_best_level():
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def test_bfloat16_instruction_at_the_best_level_only():
+    """The best level uses the BF16 instruction exactly where the CPU has it (Linux: its flags
+    in /proc/cpuinfo); the other levels never do."""
+    flags = _cpu_flags()
+    if flags is not None:
+        assert _qstate.bf16_instruction() == ("avx512_bf16" in flags and "avx512bw" in flags
+                                              and "avx512dq" in flags)
     _qstate.use_codecs("avx512f" if _qstate.vector_codecs() else "scalar")
     try:
         assert not _qstate.bf16_instruction()

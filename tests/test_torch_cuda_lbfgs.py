@@ -112,3 +112,18 @@ def test_mixed_devices_are_refused(fake):
     with pytest.raises(TypeError, match="grad"):
         opt.step(closure)
     np.testing.assert_array_equal(host(q), np.zeros(3))
+
+
+def test_runs_when_another_gpu_is_current(fake):
+    """CuPy refuses a stream of another device than the current one: the step (and a load)
+    make the parameters' device current first."""
+    config = cases.CONFIGS["default"]
+    cpu, a, ca = setup(False, config)
+    fake._current_device[0] = 1
+    gpu, b, cb = setup(True, config)
+    a.step(ca)
+    b.step(cb)
+    b.load_state_dict(b.state_dict())
+    assert fake._current_device[0] == 1
+    for p, q in zip(cpu, gpu):
+        np.testing.assert_allclose(host(q), host(p), rtol=0, atol=1e-9)

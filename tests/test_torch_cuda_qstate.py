@@ -104,3 +104,14 @@ def test_stochastic_rounding_is_refused_on_cuda(fake):
     with pytest.raises(ValueError, match="stochastic"):
         opt.step()
     torch.testing.assert_close(host(p), torch.ones(5000), rtol=0, atol=0)
+
+
+def test_runs_when_another_gpu_is_current(fake):
+    """CuPy refuses a stream of another device than the current one: the step makes the
+    parameters' device current first."""
+    cpu, a = run("Adam", dict(lr=1e-2), "int8", False)
+    fake._current_device[0] = 1
+    gpu, b = run("Adam", dict(lr=1e-2), "int8", True)
+    assert fake._current_device[0] == 1
+    for p, q in zip(cpu, gpu):
+        torch.testing.assert_close(host(q), p.detach(), rtol=0, atol=0)

@@ -212,3 +212,19 @@ def test_parameters_off_cpu_and_cuda_are_refused():
     fmt = tq.group_format(ft.Adam.spec, {"state_dtype": "int8"}, "g")
     with pytest.raises(TypeError, match="state_dtype='int8' is implemented for CPU and CUDA"):
         tq.check_param(torch.zeros(5000, device="meta"), "param_groups[0]['params'][0]", fmt)
+
+
+def test_bad_saved_codes_change_nothing():
+    tensors, opt, arrays, n_opt = _pair("adam", {}, "int8", "nearest")
+    _steps(tensors, opt, arrays, n_opt, 1)
+    sd = opt.state_dict()
+    before = {k: v.clone() for k, v in opt.state[tensors[0]].items()}
+    bad = {**sd, "state": {**sd["state"], 0: {**sd["state"][0]}}}
+    bad["state"][0]["exp_avg_absmax"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="exp_avg_absmax"):
+        opt.load_state_dict(bad)
+    bad["state"][0].pop("exp_avg_absmax")
+    with pytest.raises(ValueError, match="exp_avg_absmax"):
+        opt.load_state_dict(bad)
+    for k, v in before.items():
+        torch.testing.assert_close(opt.state[tensors[0]][k], v, rtol=0, atol=0)

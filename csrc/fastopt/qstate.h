@@ -53,7 +53,7 @@ typedef struct {
 typedef struct {
     int rounding;
     uint64_t seed;            /* stochastic rounding: the user's seed ... */
-    uint64_t counter;         /* ... and the call count; noise = hash(seed, counter,
+    uint64_t counter;         /* ... and the group's step count; noise = hash(seed, counter,
                                * stream*4+slot, noise_base + i) */
     uint32_t used;            /* bit k: the rule uses slot k under these flags; another attached
                                * slot is left as it is (neither decoded nor written back) */

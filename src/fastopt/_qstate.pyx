@@ -98,7 +98,8 @@ cdef class Plan(PlanBase):
 
     ``Plan(params, name="params", offset=0, *, rounding="nearest", seed=0)``: float32
     parameters; ``rounding`` of bfloat16 state ("nearest" even or "stochastic", keyed by
-    ``seed`` and ``counter``, the kernel calls so far).
+    ``seed``, ``counter`` (the optimizers set it to the group's steps so far) and each
+    element's parameter and index, see `set_noise_index`).
     """
     cdef fo_qstate_segment *seg
     cdef readonly str rounding

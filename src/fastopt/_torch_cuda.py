@@ -14,9 +14,11 @@ TypeError); dense non-contiguous tensors are handled by fastopt._torch_layout as
 with temporaries on the device. A param group holds parameters of one device only
 (``check_group``).
 """
+import contextlib
+
 import torch
 
-__all__ = ["DTYPES", "array", "tensor", "plan", "module", "stream", "check", "check_group"]
+__all__ = ["DTYPES", "array", "tensor", "plan", "module", "on", "stream", "check", "check_group"]
 
 DTYPES = (torch.float32, torch.float64)
 _STREAMS = {}           # (device index, stream pointer) -> cupy.cuda.ExternalStream
@@ -50,9 +52,20 @@ def module():
     return _cuda()
 
 
+@contextlib.contextmanager
+def on(device):
+    """A context running CuPy work on `device` (its CuPy device made current) on torch's
+    current stream there (`stream`): CuPy refuses a stream of another device than the
+    current one."""
+    cupy = _cuda().require_cupy()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with cupy.cuda.Device(index), stream(device):
+        yield
+
+
 def stream(device):
     """torch's current stream on `device` as a CuPy stream (a context manager making it
-    CuPy's current stream)."""
+    CuPy's current stream; enter it through `on`, which makes its device current first)."""
     cupy = _cuda().require_cupy()
     index = device.index if device.index is not None else torch.cuda.current_device()
     ptr = torch.cuda.current_stream(device).cuda_stream

@@ -150,7 +150,7 @@ class LBFGS(torch.optim.Optimizer):
         closure = torch.enable_grad()(closure)
         first = []
 
-        def numpy_closure():
+        def array_closure():
             loss = closure()
             if not first:
                 first.append(loss)
@@ -160,7 +160,7 @@ class LBFGS(torch.optim.Optimizer):
 
         try:
             with self._stream():
-                inner.step(numpy_closure)
+                inner.step(array_closure)
         finally:
             self._publish()
         return first[0]
@@ -170,7 +170,7 @@ class LBFGS(torch.optim.Optimizer):
         device = self._params[0].device
         if device.type != "cuda":
             return contextlib.nullcontext()
-        return _torch_cuda.stream(device)
+        return _torch_cuda.on(device)
 
     def _publish(self):
         """torch's state layout under the first parameter, from the inner optimizer's state
@@ -228,5 +228,6 @@ class LBFGS(torch.optim.Optimizer):
         sd = {"state": {0: {k: numpy(v) for k, v in entry.items()}} if entry else {},
               "param_groups": [{**self._group_values(),
                                 "params": list(range(len(self._params)))}]}
-        inner.load_state_dict(sd)
+        with self._stream():             # the copies to the device on torch's stream
+            inner.load_state_dict(sd)
         self._publish()

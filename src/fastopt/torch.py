@@ -990,7 +990,7 @@ class Optimizer(torch.optim.Optimizer):
                 from . import _cuda_qstate as mod
             else:
                 mod = _cuda.module()
-            with _cuda.stream(entry.device):
+            with _cuda.on(entry.device):
                 return self._fo_launch(mod, entry, job)
         return self._fo_launch(mod, entry, job)
 

@@ -71,8 +71,9 @@ class StateFormat:
             return _cuda_qstate, _cuda_qstate.Plan(params, "params", offset,
                                                    rounding=self.rounding, seed=self.seed)
         from .. import _qstate
-        return _qstate, _qstate.Plan(params, "params", offset, rounding=self.rounding,
-                                     seed=self.seed)
+        plan = _qstate.Plan(params, "params", offset, rounding=self.rounding, seed=self.seed)
+        self.key_noise(plan)
+        return _qstate, plan
 
     def key_noise(self, plan):
         """Give `plan` (a CPU low-bit plan) the noise index of each of its parameters that is a

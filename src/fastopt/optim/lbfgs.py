@@ -142,6 +142,10 @@ class LBFGS(GroupedOptimizer):
         super().add_param_group(param_group)
 
     def _plan_for(self, params, offset):
+        kinds = {_on_device(p) for p in params}
+        if len(kinds) > 1:
+            raise TypeError("LBFGS takes parameters that are all numpy.ndarray or all "
+                            "cupy.ndarray (one vector in one memory), got both")
         if params and _on_device(params[0]):
             cuda = _cuda()
             return cuda, cuda.Plan(params, "params", offset)
@@ -246,13 +250,14 @@ class LBFGS(GroupedOptimizer):
         if entry:
             out = {}
             is_array = lambda v: isinstance(v, np.ndarray) or _on_device(v)
-            for key, value in entry.items():
-                if is_array(value):
-                    out[key] = value.copy()
-                elif isinstance(value, list):
-                    out[key] = [v.copy() if is_array(v) else v for v in value]
-                else:
-                    out[key] = value
+            with self._on_device():           # CuPy: copies on the parameters' GPU
+                for key, value in entry.items():
+                    if is_array(value):
+                        out[key] = value.copy()
+                    elif isinstance(value, list):
+                        out[key] = [v.copy() if is_array(v) else v for v in value]
+                    else:
+                        out[key] = value
             sd["state"] = {0: out}
         else:
             sd["state"] = {}
