@@ -96,7 +96,8 @@ def hold_float32(opt, sd):
     for torch's load_state_dict, which would round those tensors to 16 bits."""
     held, state = [], dict(sd["state"])
     for saved, group in zip(sd["param_groups"], opt.param_groups):
-        keep_master = options(group, "param group")[0]
+        low_state = group.get("state_dtype", "float32") != "float32"   # (no 16-bit params)
+        keep_master = options(group, "param group", low_state)[0]
         for pid, p in zip(saved["params"], group["params"]):
             entry = state.get(pid)
             if p.dtype not in LOW or not isinstance(entry, dict):
