@@ -85,21 +85,17 @@ def as_tensor(data, dtype=None, device=None):
 
 def installed(monkeypatch, chunk=5):
     """For a fixture (``yield from fake_torch_cuda.installed(monkeypatch)``): the stand-in
-    CuPy as ``cupy`` (fastopt.cuda's kernel caches emptied, chunks of `chunk` elements),
-    torch's current stream and ``torch.as_tensor`` of a CuPy array faked; yields fake_cupy."""
-    import sys
-
+    CuPy installed as `fake_cupy.installed` does, fastopt.cuda's kernel caches emptied (chunks
+    of `chunk` elements), torch's current stream and ``torch.as_tensor`` of a CuPy array
+    faked; yields fake_cupy."""
     import fake_cupy as fk
     from fastopt import _torch_cuda, cuda as fo_cuda
-    fk.reset()
-    monkeypatch.setitem(sys.modules, "cupy", fk)
-    monkeypatch.setattr(fk.ndarray, "__module__", "cupy")
-    monkeypatch.setattr(fo_cuda, "_MODULES", {})
-    monkeypatch.setattr(fo_cuda, "_KERNELS", {})
-    monkeypatch.setattr(fo_cuda, "CHUNK", chunk)
-    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
-    monkeypatch.setattr(torch, "as_tensor", as_tensor)
-    monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
-    yield fk
-    fk.release_events()
-    fk.reset()
+    for fake in fk.installed(monkeypatch):
+        monkeypatch.setattr(fo_cuda, "_MODULES", {})
+        monkeypatch.setattr(fo_cuda, "_KERNELS", {})
+        monkeypatch.setattr(fo_cuda, "CHUNK", chunk)
+        monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+        monkeypatch.setattr(torch, "as_tensor", as_tensor)
+        monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
+        yield fake
+        fk.release_events()
