@@ -258,3 +258,23 @@ def test_stochastic_bfloat16_state_dict_round_trip(name):
         torch.testing.assert_close(q, p, rtol=0, atol=0)
     else:                        # SGD: the noise follows the calls, which are not saved
         torch.testing.assert_close(q, p, rtol=0, atol=1e-2)
+
+
+def test_stochastic_noise_of_a_parameter_does_not_depend_on_the_others_gradients():
+    """A parameter draws the noise of its own index in the optimizer, also in a step where an
+    earlier parameter of its group has no gradient (the plan then holds fewer parameters)."""
+    kw = dict(lr=1e-2, state_dtype="bfloat16", rounding="stochastic", seed=4)
+    g = torch.Generator().manual_seed(1)
+    start = [torch.randn(5000, generator=g) for _ in range(3)]
+    grads = [[torch.randn(5000, generator=g) for _ in range(3)] for _ in range(3)]
+    runs = []
+    for skip_middle in (False, True):
+        ps = [torch.nn.Parameter(s.clone()) for s in start]
+        opt = ft.Adam(ps, **kw)
+        for gs in grads:
+            for k, (p, x) in enumerate(zip(ps, gs)):
+                p.grad = None if skip_middle and k == 1 else x.clone()
+            opt.step()
+        runs.append(ps)
+    torch.testing.assert_close(runs[1][2], runs[0][2], rtol=0, atol=0)
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)

@@ -805,8 +805,11 @@ class Optimizer(torch.optim.Optimizer):
                 arrays.append(None if m is None else lay.state("master", _dt.local(m)))
         try:
             if fmt is not None:            # low-bit state (fastopt._torch_qstate)
-                offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
-                plan = fmt.plan([lay.array for lay in layouts], offset)[1]
+                first = sum(len(g["params"]) for g in self.param_groups[:gi])
+                plan = fmt.plan([lay.array for lay in layouts], first + js[0])[1]
+                if fmt.rounding == "stochastic":   # noise of each parameter's own index,
+                    for k, j in enumerate(js):     # whichever others have gradients
+                        plan.set_noise_index(k, first + j, 0)
             elif mixed is None and tensors[0].is_cuda:
                 plan = _cuda.plan([lay.array for lay in layouts])
             elif mixed is None:
