@@ -8,7 +8,6 @@ over the first epoch and cosine decay, batch 64) with its state held as float32,
 tensor). Every row uses the same initializations and batch orders (one per seed); the table
 gives the test accuracy and cross-entropy as mean +- std (ddof=1) over the seeds.
 """
-import argparse
 import os
 import sys
 import time
@@ -18,7 +17,8 @@ import numpy as np
 import fastopt as fo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tricks_mlp import BATCH, MLP, N_CLASSES, format_table, load_split  # noqa: E402
+from tricks_mlp import (BATCH, MLP, N_CLASSES, format_table, load_split,  # noqa: E402
+                        parse_setting)
 
 FULL = dict(seeds=10, epochs=40, hidden=128)
 QUICK = dict(seeds=2, epochs=4, hidden=128)
@@ -69,17 +69,9 @@ def compare(seeds, epochs, hidden, split_seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 4 epochs")
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 10)")
-    parser.add_argument("--epochs", type=int, help="epochs (default 40)")
-    args = parser.parse_args(argv)
-    setting = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "epochs"):
-        if getattr(args, key) is not None:
-            setting[key] = getattr(args, key)
-    if setting["seeds"] < 2 or setting["epochs"] < 1:
-        parser.error("need --seeds >= 2 and --epochs >= 1")
+    setting = parse_setting(__doc__.splitlines()[0], argv, FULL, QUICK, "2 seeds, 4 epochs",
+                            {"seeds": "number of seeds (default 10)",
+                             "epochs": "epochs (default 40)"})
     t0 = time.perf_counter()
     results = compare(**setting)
     print(f"digits MLP (64 -> {setting['hidden']} -> BatchNorm -> ReLU -> 10), Adam lr {LR} "

@@ -204,20 +204,35 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="the reduced setting CI runs (2 seeds, 4 epochs, 32 hidden units)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 10, quick 2)")
-    parser.add_argument("--epochs", type=int, help="epochs (default 40, quick 4)")
-    parser.add_argument("--hidden", type=int, help="hidden units (default 128, quick 32)")
+_LEAST = {"seeds": 2, "epochs": 1, "hidden": 1}
+
+
+def parse_setting(description, argv, full, quick, quick_help, helps):
+    """The run's setting: `full`, or `quick` with --quick, each key of `helps` (an option
+    ``--<key>``, its help text) overridden from the command line; argparse's error unless
+    seeds >= 2, epochs >= 1 and hidden >= 1."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    for key, text in helps.items():
+        parser.add_argument(f"--{key}", type=int, help=text)
     args = parser.parse_args(argv)
-    setting = dict(QUICK if args.quick else FULL)
-    for key in setting:
+    setting = dict(quick if args.quick else full)
+    for key in helps:
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
-    if setting["seeds"] < 2 or setting["epochs"] < 1 or setting["hidden"] < 1:
-        parser.error("need --seeds >= 2, --epochs >= 1, --hidden >= 1")
+    if any(setting[key] < least for key, least in _LEAST.items() if key in helps):
+        parser.error("need " + ", ".join(f"--{key} >= {least}" for key, least in _LEAST.items()
+                                         if key in helps))
+    return setting
+
+
+def main(argv=None):
+    setting = parse_setting(
+        __doc__.splitlines()[0], argv, FULL, QUICK,
+        "the reduced setting CI runs (2 seeds, 4 epochs, 32 hidden units)",
+        {"seeds": "number of seeds (default 10, quick 2)",
+         "epochs": "epochs (default 40, quick 4)",
+         "hidden": "hidden units (default 128, quick 32)"})
     t0 = time.perf_counter()
     results = ablation(**setting)
     print(f"digits MLP (64 -> {setting['hidden']} -> BatchNorm -> ReLU -> 10), SGD momentum "
