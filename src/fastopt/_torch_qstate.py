@@ -113,7 +113,8 @@ def slot_format(fmt, slot, n):
 
 
 def _on_device_of(t, p):
-    """Host tensor `t` on `p`'s device (a copy there for a CUDA parameter)."""
+    """Host tensor `t` on `p`'s device (a copy there for a CUDA parameter; made as `p`'s
+    new tensor, so whatever decides `p`'s device decides the copy's)."""
     if p.device.type == "cpu":
         return t
     return p.new_empty(t.shape, dtype=t.dtype).copy_(t)

@@ -258,7 +258,8 @@ class Optimizer(OptimizerCore):
     def _key_rounding(self, rec):
         """Low-bit state: the stochastic rounding noise of this step is keyed by the group's
         count of steps before it (saved in the state_dict, so a loaded run draws the noise
-        of an uninterrupted one), as fastopt.torch keys it."""
+        of an uninterrupted one), as fastopt.torch keys it for the optimizers that count
+        steps."""
         if self._state_format is not None:
             rec.plan.counter = rec.step
 
