@@ -2,6 +2,7 @@
 updates without them, GradScaler's protocol for fused optimizers, state_dict round trips, and
 the errors. The reference is fastopt.MixedPrecision on NumPy views of the same tensors (the
 same kernels), so parameters must agree bit for bit."""
+import copy
 import io
 
 import ml_dtypes
@@ -226,6 +227,41 @@ def test_stochastic_rounding_without_step_counts_changes_noise_every_step():
         ref.step([as_numpy(g)])
         np.testing.assert_array_equal(as_numpy(p).view(np.uint16), arrays[0].view(np.uint16))
     assert 0.99 < float(p.detach().float().mean()) < 0.9995     # E[p] = 1 - 3e-3
+
+
+@pytest.mark.parametrize("name", ["SGD", "ScheduleFreeSGD"])
+def test_stochastic_rounding_without_step_counts_continues_after_a_state_dict(name):
+    """The noise counter of an optimizer that counts no steps (the group's stochastic kernel
+    calls) travels in the state_dict as param_groups[i]['noise_calls']: a run loaded from one
+    draws the noise of the uninterrupted run (it drew the first step's noise again)."""
+    kw = dict(lr=0.5, master_weights=False, rounding="stochastic", seed=7)
+    gen = torch.Generator().manual_seed(2)
+    start = torch.randn(4096, generator=gen).to(torch.bfloat16)
+    grads = [(torch.randn(4096, generator=gen) * 1e-3).to(torch.bfloat16) for _ in range(6)]
+    p = torch.nn.Parameter(start.clone())
+    a = getattr(ft, name)([p], **kw)
+    if hasattr(a, "train"):              # Schedule-Free starts in eval mode
+        a.train()
+    for g in grads[:3]:
+        p.grad = g.clone()
+        a.step()
+    sd = copy.deepcopy(a.state_dict())
+    assert sd["param_groups"][0]["noise_calls"] == 3
+    q = torch.nn.Parameter(p.detach().clone())
+    b = getattr(ft, name)([q], **kw)
+    b.load_state_dict(sd)
+    if hasattr(b, "train"):
+        b.train()
+    for g in grads[3:]:
+        p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+        assert torch.equal(bits(q), bits(p))
+    bad = copy.deepcopy(sd)
+    bad["param_groups"][0]["noise_calls"] = -1
+    with pytest.raises(ValueError, match="noise_calls"):
+        b.load_state_dict(bad)
+    assert b.param_groups[0]["noise_calls"] == 6
 
 
 # --------------------------------------------------------------------- GradScaler

@@ -230,11 +230,12 @@ def test_bad_saved_codes_change_nothing():
         torch.testing.assert_close(opt.state[tensors[0]][k], v, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["Adam", "SGD"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Lion"])
 def test_stochastic_bfloat16_state_dict_round_trip(name):
     """A stochastic-bfloat16 optimizer loads its own state_dict (it raised: the 16-bit
-    parameters' option check ran on it) and, where the torch optimizer counts steps (Adam),
-    continues with the noise of the uninterrupted run."""
+    parameters' option check ran on it) and continues with the noise of the uninterrupted run:
+    by the saved step count where the torch optimizer counts steps (Adam), by the group's
+    saved 'noise_calls' where it does not (SGD, Lion)."""
     hyper = dict(lr=1e-2, momentum=0.9) if name == "SGD" else dict(lr=1e-2)
     kw = dict(state_dtype="bfloat16", rounding="stochastic", seed=3)
     g = torch.Generator().manual_seed(0)
@@ -254,10 +255,11 @@ def test_stochastic_bfloat16_state_dict_round_trip(name):
         p.grad, q.grad = x.clone(), x.clone()
         a.step()
         b.step()
-    if name == "Adam":
-        torch.testing.assert_close(q, p, rtol=0, atol=0)
-    else:                        # SGD: the noise follows the calls, which are not saved
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-2)
+    torch.testing.assert_close(q, p, rtol=0, atol=0)
+    for key, value in a.state[p].items():
+        torch.testing.assert_close(b.state[q][key], value, rtol=0, atol=0)
+    if name != "Adam":
+        assert sd["param_groups"][0]["noise_calls"] == 3
 
 
 def test_stochastic_noise_of_a_parameter_does_not_depend_on_the_others_gradients():

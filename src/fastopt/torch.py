@@ -52,10 +52,12 @@ arguments and group keys: ``master_weights=True`` keeps a float32 master copy in
 (``'master'``), updated by the kernel, which writes the parameter rounded to nearest even in the
 same pass; ``master_weights=False`` updates in 16 bits, rounded to nearest even or, for
 bfloat16, ``rounding="stochastic"`` (noise keyed by ``seed``, the parameter's index over all
-groups and its step count). Their state buffers are float32; float32 parameters may share the
-group (their own master). ``step`` follows torch.amp.GradScaler's protocol for fused
-optimizers: gradients divided by ``grad_scale`` (in the kernel for 16-bit groups), nothing done
-when ``found_inf`` is nonzero.
+groups and its step count; for optimizers that count no steps, SGD, Lion and the Schedule-Free
+ones, the group's stochastic kernel calls, kept in the group as ``"noise_calls"`` so that a
+loaded state_dict continues the noise of the uninterrupted run). Their state buffers are
+float32; float32 parameters may share the group (their own master). ``step`` follows
+torch.amp.GradScaler's protocol for fused optimizers: gradients divided by ``grad_scale`` (in
+the kernel for 16-bit groups), nothing done when ``found_inf`` is nonzero.
 
 CUDA parameters (float32, float64) run fastopt's CUDA kernels (fastopt.cuda, CuPy) on CuPy
 views of the tensors' memory, on torch's current stream, with their state made on the device
@@ -127,6 +129,9 @@ __all__ = ["Optimizer", *(opt.class_name for opt in _table.OPTIMIZERS.values()
 _DTYPES = (torch.float32, torch.float64, *_tm.LOW)
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _MAX_PLANS = 8          # cached plans per group (one per distinct set of params with grads)
+# the param-group key that holds the stochastic-rounding draws so far of an optimizer that
+# counts no steps (SGD, Lion, the Schedule-Free ones): their noise counter, saved with the group
+NOISE_CALLS = "noise_calls"
 
 
 def _scalar_dtype(fused=None):
@@ -289,8 +294,9 @@ class _Record:
                              for name, a in self.scalars.items()}
         self.entries = {}
         self.dist = any(map(_dt.is_dtensor, self.params))     # DTensor parameters
-        self.calls = 0              # mixed kernel calls (the noise counter of optimizers
-                                    # that count no steps)
+        # mixed and low-bit kernel calls: the noise counter of optimizers that count no
+        # steps, kept in the group (NOISE_CALLS) so that a state_dict carries it
+        self.calls = int(group.get(NOISE_CALLS, 0))
 
 
 class _Job:
@@ -534,6 +540,9 @@ class Optimizer(torch.optim.Optimizer):
                      **{k: v for k, v in saved.items() if k != "params"}, **self._fo_fixed}
             self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
             self._fo_torch_checks(hyper)
+            if NOISE_CALLS in saved:
+                _validate.whole(f"state_dict['param_groups'][{gi}][{NOISE_CALLS!r}]",
+                                _plain(saved[NOISE_CALLS]))
             for j, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 entry = sd["state"].get(pid)
                 if entry is None:
@@ -956,6 +965,8 @@ class Optimizer(torch.optim.Optimizer):
                 lay.scatter()
         if entry.mixed is not None or entry.qformat is not None:
             rec.calls += 1
+            if not self.spec.counts_steps and job.group["_fo_mixed"][1] == "stochastic":
+                rec.group[NOISE_CALLS] = rec.calls
         if self.spec.counts_steps:
             if len(entry.idx) == len(rec.steps):
                 rec.steps += 1
