@@ -293,6 +293,14 @@ cdef class Plan(PlanBase):
         o.counter = self.counter
         return o
 
+    def set_stream(self, Py_ssize_t i, uint64_t stream):
+        """Key the stochastic rounding noise of params[i] by `stream` (default: offset + i, its
+        index among all parameters): fastopt.torch gives each parameter its own index also
+        when the plan holds only those with gradients."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"no parameter {i} in a plan of {self.n}")
+        self.seg[i].stream = stream
+
     def set_noise_index(self, Py_ssize_t i, int64_t block, int64_t stride, int64_t base):
         """Key the stochastic rounding noise of params[i] as a shard of a larger tensor:
         element e draws the noise of element ``base + (e // block) * stride + e % block`` of

@@ -824,10 +824,13 @@ class Optimizer(torch.optim.Optimizer):
             elif mixed is None:
                 plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
             else:
-                offset = sum(len(g["params"]) for g in self.param_groups[:gi]) + js[0]
-                plan = _mixed.Plan([lay.array for lay in layouts], "params", offset,
+                first = sum(len(g["params"]) for g in self.param_groups[:gi])
+                plan = _mixed.Plan([lay.array for lay in layouts], "params", first + js[0],
                                    master_weights=options[0], rounding=options[1],
                                    masters=arrays)
+                if options[1] == "stochastic":     # each parameter's own index, whichever
+                    for k, j in enumerate(js):     # others have gradients
+                        plan.set_stream(k, first + j)
         except ValueError as e:
             raise ValueError(f"param_groups[{gi}]: {e} (indices within the parameters that "
                              "have gradients)") from None
