@@ -17,76 +17,112 @@
  * multiply-adds (torch's vectorized add with alpha is an FMA), the dot products accumulated in
  * T (vectorized partial sums, as BLAS does; the summation order differs, so results agree to
  * rounding). Compiled per instruction set like the update loops (FO_CLONES).
+ *
+ * Threads. Every pass is cut into the same blocks, fixed by n alone (at most
+ * FO_LBFGS_MAX_BLOCKS of them, each at least FO_LBFGS_MIN_BLOCK elements, a multiple of 64):
+ * a block's dot product is its own vectorized partial sum, and a pass's dot product is the
+ * sum of the block partials in block order. So the direction is the same bits on any number
+ * of threads. One parallel region runs the whole recursion: each thread takes a contiguous
+ * share of the blocks, one barrier per pass publishes the partials, and every thread sums
+ * them (at most 1024 additions) to get the next coefficient itself; the partials alternate
+ * between two arrays, so a pass never overwrites the ones a slower thread is still summing.
+ * Serial below the update loops' parallel threshold (fastopt.set_parallel_threshold).
  */
 #include <math.h>
 
 #include "fastopt/lbfgs.h"
-#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_CLONES */
+#include "fastopt/parallel.h"   /* FO_PRAGMA, FO_CLONES, FO_REGION, fo_team_cap, fo_share */
+
+#define FO_LBFGS_MAX_BLOCKS 1024
+#define FO_LBFGS_MIN_BLOCK 4096
+
+/* the block length for n elements: at most FO_LBFGS_MAX_BLOCKS blocks */
+static int64_t fo_lbfgs_block(int64_t n)
+{
+    int64_t b = (n + FO_LBFGS_MAX_BLOCKS - 1) / FO_LBFGS_MAX_BLOCKS;
+    b = (b + 63) & ~(int64_t)63;
+    return b < FO_LBFGS_MIN_BLOCK ? FO_LBFGS_MIN_BLOCK : b;
+}
+
+/* Over this thread's blocks [blo, bhi): for every element j of block b, STATEMENT (which may
+ * use j and accumulates the block's dot product into `acc_`), then part[b] = acc_. */
+#define FO_LBFGS_BLOCKS(T, part, STATEMENT)                                                   \
+    for (int64_t b_ = blo; b_ < bhi; ++b_) {                                                  \
+        const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                    \
+        T acc_ = 0;                                                                           \
+        FO_PRAGMA(omp simd reduction(+ : acc_))                                               \
+        for (int64_t j = lo_; j < hi_; ++j) { STATEMENT }                                     \
+        (part)[b_] = acc_;                                                                    \
+    }
+
+/* the pass's dot product: the block partials summed in block order, after every thread
+ * wrote its own (the barrier) */
+#define FO_LBFGS_TOTAL(T, part, out)                                                          \
+    do {                                                                                      \
+        FO_PRAGMA(omp barrier)                                                                \
+        T sum_ = 0;                                                                           \
+        for (int64_t b_ = 0; b_ < nb; ++b_) sum_ += (part)[b_];                               \
+        (out) = sum_;                                                                         \
+    } while (0)
 
 #define FO_LBFGS_STAMP(SFX, T, FMA)                                                           \
 FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *order,        \
                                       int64_t k, const double *ro, const T *g, T *d,          \
-                                      double h_diag, double *al)                              \
+                                      double h_diag, double *al, int64_t threshold,           \
+                                      int n_threads)                                          \
 {                                                                                             \
-    int64_t i, j;                                                                             \
-    T acc = 0;                                                                                \
-    const T *s = hist + 2 * order[k - 1] * n;                                                 \
-    FO_PRAGMA(omp simd reduction(+ : acc))                                                    \
-    for (j = 0; j < n; ++j) {                                                                 \
-        const T q = -g[j];                                                                    \
-        d[j] = q;                                                                             \
-        acc += s[j] * q;                                                                      \
-    }                                                                                         \
-    for (i = k - 1; i >= 0; --i) {                                                            \
-        const T *y = hist + (2 * order[i] + 1) * n;                                           \
-        const T a = acc * (T)ro[order[i]];                                                    \
-        const T na = -a;                                                                      \
-        al[i] = (double)a;                                                                    \
-        if (i > 0) {                                                                          \
-            const T *sn = hist + 2 * order[i - 1] * n;                                        \
-            T next = 0;                                                                       \
-            FO_PRAGMA(omp simd reduction(+ : next))                                           \
-            for (j = 0; j < n; ++j) {                                                         \
-                const T q = FMA(y[j], na, d[j]);                                              \
-                d[j] = q;                                                                     \
-                next += sn[j] * q;                                                            \
-            }                                                                                 \
-            acc = next;                                                                       \
-        } else {                                                                              \
-            FO_PRAGMA(omp simd)                                                               \
-            for (j = 0; j < n; ++j)                                                           \
-                d[j] = FMA(y[j], na, d[j]);                                                   \
+    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    T parts[2][FO_LBFGS_MAX_BLOCKS];                                                          \
+    const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
+    FO_REGION(nt, , t, team, {                                                                \
+        int64_t blo, bhi, i;                                                                  \
+        fo_share(nb, t, team, 1, &blo, &bhi);                                                 \
+        int ping = 0;                                                                         \
+        T acc;                                                                                \
+        {                                                                                     \
+            const T *s = hist + 2 * order[k - 1] * n;                                         \
+            FO_LBFGS_BLOCKS(T, parts[ping], const T q = -g[j]; d[j] = q; acc_ += s[j] * q;)   \
+            FO_LBFGS_TOTAL(T, parts[ping], acc);                                              \
         }                                                                                     \
-    }                                                                                         \
-    const T hd = (T)h_diag;                                                                   \
-    const T *y0 = hist + (2 * order[0] + 1) * n;                                              \
-    acc = 0;                                                                                  \
-    FO_PRAGMA(omp simd reduction(+ : acc))                                                    \
-    for (j = 0; j < n; ++j) {                                                                 \
-        const T r = d[j] * hd;                                                                \
-        d[j] = r;                                                                             \
-        acc += y0[j] * r;                                                                     \
-    }                                                                                         \
-    for (i = 0; i < k; ++i) {                                                                 \
-        const T *si = hist + 2 * order[i] * n;                                                \
-        const T be = acc * (T)ro[order[i]];                                                   \
-        const T c = (T)al[i] - be;                                                            \
-        if (i + 1 < k) {                                                                      \
-            const T *yn = hist + (2 * order[i + 1] + 1) * n;                                  \
-            T next = 0;                                                                       \
-            FO_PRAGMA(omp simd reduction(+ : next))                                           \
-            for (j = 0; j < n; ++j) {                                                         \
-                const T r = FMA(si[j], c, d[j]);                                              \
-                d[j] = r;                                                                     \
-                next += yn[j] * r;                                                            \
+        for (i = k - 1; i >= 0; --i) {                                                        \
+            const T *y = hist + (2 * order[i] + 1) * n;                                       \
+            const T a = acc * (T)ro[order[i]];                                                \
+            const T na = -a;                                                                  \
+            if (t == 0) al[i] = (double)a;                                                    \
+            ping ^= 1;                                                                        \
+            if (i > 0) {                                                                      \
+                const T *sn = hist + 2 * order[i - 1] * n;                                    \
+                FO_LBFGS_BLOCKS(T, parts[ping],                                               \
+                                const T q = FMA(y[j], na, d[j]); d[j] = q; acc_ += sn[j] * q;) \
+                FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
+            } else {                                                                          \
+                const T hd = (T)h_diag;                                                       \
+                const T *y0 = hist + (2 * order[0] + 1) * n;                                  \
+                FO_LBFGS_BLOCKS(T, parts[ping],                                               \
+                                const T r = FMA(y[j], na, d[j]) * hd; d[j] = r;               \
+                                acc_ += y0[j] * r;)                                           \
+                FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
             }                                                                                 \
-            acc = next;                                                                       \
-        } else {                                                                              \
-            FO_PRAGMA(omp simd)                                                               \
-            for (j = 0; j < n; ++j)                                                           \
-                d[j] = FMA(si[j], c, d[j]);                                                   \
         }                                                                                     \
-    }                                                                                         \
+        for (i = 0; i < k; ++i) {                                                             \
+            const T *si = hist + 2 * order[i] * n;                                            \
+            const T be = acc * (T)ro[order[i]];                                               \
+            const T c = (T)al[i] - be;                                                        \
+            ping ^= 1;                                                                        \
+            if (i + 1 < k) {                                                                  \
+                const T *yn = hist + (2 * order[i + 1] + 1) * n;                              \
+                FO_LBFGS_BLOCKS(T, parts[ping],                                               \
+                                const T r = FMA(si[j], c, d[j]); d[j] = r; acc_ += yn[j] * r;) \
+                FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
+            } else {                                                                          \
+                for (int64_t b_ = blo; b_ < bhi; ++b_) {                                      \
+                    const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;        \
+                    FO_PRAGMA(omp simd)                                                       \
+                    for (int64_t j = lo_; j < hi_; ++j) d[j] = FMA(si[j], c, d[j]);           \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    });                                                                                       \
     return 0;                                                                                 \
 }
 

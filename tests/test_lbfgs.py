@@ -218,6 +218,8 @@ def test_schedule_lr_is_read_per_step():
     ({"history_size": 0}, ValueError, "history_size"),
     ({"line_search_fn": "armijo"}, ValueError, "line_search_fn"),
     ({"line_search_fn": 1}, TypeError, "line_search_fn"),
+    ({"threads": 0}, ValueError, "threads"),
+    ({"threads": 1.5}, TypeError, "threads"),
 ])
 def test_bad_hyperparameters_are_refused(kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -276,3 +278,36 @@ def test_converges_like_newton_on_logistic_regression():
     opt.step(lambda: (float(prob.loss(w)), [prob.grad(w)]))
     assert np.abs(prob.grad(w)).max() <= 1e-7
     assert opt.state[0]["n_iter"] < 40
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_threads_give_the_same_bits(dtype):
+    """LBFGS(threads=k): the two-loop recursion's passes are cut into blocks fixed by the
+    vector length and its dot products summed block by block in one order, so the iterates
+    are the same bits on 1, 2 and 3 threads (here above the parallel threshold, with many
+    blocks: 5e5 elements; the pair count exceeds the history, so the ring wraps)."""
+    rng = np.random.default_rng(4)
+    n = 500_003
+    c = rng.uniform(1.0, 4.0, n).astype(dtype)
+    target = rng.standard_normal(n).astype(dtype)
+    runs = []
+    threshold = fo._kernels.get_parallel_threshold()
+    try:
+        fo._kernels.set_parallel_threshold(1000)
+        for threads in (1, 2, 3):
+            w = np.zeros(n, dtype)
+
+            def closure():
+                r = w - target
+                return float(0.5 * np.dot(r, c * r)), [c * r]
+            opt = fo.LBFGS([w], lr=0.5, max_iter=12, history_size=5, threads=threads)
+            for _ in range(2):
+                opt.step(closure)
+            runs.append((w.copy(), list(opt.state[0]["al"]), opt.state[0]["d"].copy()))
+    finally:
+        fo._kernels.set_parallel_threshold(threshold)
+    for w, al, d in runs[1:]:
+        assert np.array_equal(w.view(np.uint8), runs[0][0].view(np.uint8))
+        assert np.array_equal(d.view(np.uint8), runs[0][2].view(np.uint8))
+        assert al == runs[0][1]
+    assert not np.array_equal(runs[0][0], np.zeros(n, dtype))

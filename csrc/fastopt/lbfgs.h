@@ -5,7 +5,8 @@
  * hist + (2 k + 1) n); order[i]: the slot of the i-th oldest of the k pairs; ro[slot] =
  * 1 / (y . s); g: the gradient; d: the direction written, -H g; h_diag: the initial Hessian
  * scale; al[i]: the first loop's coefficient of the i-th oldest pair (written). k >= 1.
- * Serial; no allocation; returns 0.
+ * threshold, n_threads: the update loops' parallel threshold and thread count (serial when
+ * n < threshold); the result does not depend on them. No allocation; returns 0.
  */
 #ifndef FASTOPT_LBFGS_H
 #define FASTOPT_LBFGS_H
@@ -14,9 +15,9 @@
 
 int fo_lbfgs_two_loop_f32(const float *hist, int64_t n, const int64_t *order, int64_t k,
                           const double *ro, const float *g, float *d, double h_diag,
-                          double *al);
+                          double *al, int64_t threshold, int n_threads);
 int fo_lbfgs_two_loop_f64(const double *hist, int64_t n, const int64_t *order, int64_t k,
                           const double *ro, const double *g, double *d, double h_diag,
-                          double *al);
+                          double *al, int64_t threshold, int n_threads);
 
 #endif

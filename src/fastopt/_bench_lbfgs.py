@@ -8,7 +8,14 @@ subtracted from the step's. The history is filled before the samples. The yardst
 ``history_size`` calls of ``numpy.dot`` on n-vectors, each a different row of two
 ``(history_size, n)`` arrays (operands streamed from memory as the history is), and, for
 reference, the same count of dots on two cache-resident n-vectors ("hot").
+
+The recursion runs on ``LBFGS(threads=...)`` = fastopt's thread count. With more than one,
+the closure's BLAS is held to one thread (threadpoolctl; without it the recursion stays on
+one thread), as the class docstring advises: NumPy's OpenBLAS threads keep spinning after a
+call and a multi-threaded recursion, with a barrier per pass, would wait for them. The
+yardstick's dots run with BLAS's own thread count, after the L-BFGS samples.
 """
+import contextlib
 import statistics
 import time
 
@@ -17,7 +24,17 @@ import numpy as np
 __all__ = ["run_lbfgs", "jobs", "describe", "run", "table"]
 
 
-def _lbfgs_sample(n, m, dtype, iters):
+def _blas_limiter():
+    """A function making a context that holds BLAS to one thread (threadpoolctl, which
+    applies the limit when the context is made), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return lambda: threadpool_limits(limits=1, user_api="blas")
+
+
+def _lbfgs_sample(n, m, dtype, iters, threads):
     from .optim.lbfgs import LBFGS
     w = np.ones(n, dtype)
     c = np.linspace(1.0, 4.0, n).astype(dtype)
@@ -31,28 +48,37 @@ def _lbfgs_sample(n, m, dtype, iters):
         spent[0] += time.perf_counter() - t0
         return loss, [g]
     opt = LBFGS([w], lr=1e-3, max_iter=iters, history_size=m, tolerance_grad=0.0,
-                tolerance_change=0.0)
+                tolerance_change=0.0, threads=threads)
     opt.step(closure)                       # first step: buffers, then the history fills
     while len(opt.state[0]["old_dirs"]) < m:
         opt.step(closure)
     return opt, closure, spent
 
 
-def run_lbfgs(n, m, dtype, samples=5, iters=10):
-    """Median per-iteration ms of fastopt.LBFGS (closure excluded) and of the yardsticks."""
+def run_lbfgs(n, m, dtype, samples=5, iters=10, threads=None):
+    """Median per-iteration ms of fastopt.LBFGS (closure excluded) and of the yardsticks;
+    `threads`: the recursion's (default: fastopt's thread count)."""
+    from . import _kernels
     dtype = np.dtype(dtype)
-    opt, closure, spent = _lbfgs_sample(n, m, dtype, iters)
+    threads = _kernels.get_num_threads() if threads is None else threads
+    limiter = _blas_limiter() if threads > 1 else None
+    if limiter is None:
+        threads, limiter = 1, contextlib.nullcontext
+    with limiter():
+        opt, closure, spent = _lbfgs_sample(n, m, dtype, iters, threads)
     a = np.random.default_rng(0).standard_normal((m, n)).astype(dtype)
     b = np.random.default_rng(1).standard_normal((m, n)).astype(dtype)
     ours, streamed, hot = [], [], []
-    for _ in range(samples):
+    for _ in range(samples):        # first (the yardstick's BLAS threads would spin after it)
         spent[0] = 0.0
         before = opt.state[0]["n_iter"]
-        t0 = time.perf_counter()
-        opt.step(closure)
-        total = time.perf_counter() - t0
+        with limiter():
+            t0 = time.perf_counter()
+            opt.step(closure)
+            total = time.perf_counter() - t0
         done = opt.state[0]["n_iter"] - before
         ours.append((total - spent[0]) / done * 1e3)
+    for _ in range(samples):
         t0 = time.perf_counter()
         for i in range(m):
             np.dot(a[i], b[i])
@@ -61,7 +87,7 @@ def run_lbfgs(n, m, dtype, samples=5, iters=10):
         for i in range(m):
             np.dot(a[0], b[0])
         hot.append((time.perf_counter() - t0) * 1e3)
-    row = {"n": n, "history_size": m, "dtype": dtype.name,
+    row = {"n": n, "history_size": m, "dtype": dtype.name, "threads": threads,
            "lbfgs_ms": statistics.median(ours), "dot_ms": statistics.median(streamed),
            "dot_hot_ms": statistics.median(hot)}
     row["ratio"] = row["lbfgs_ms"] / row["dot_ms"]
@@ -86,8 +112,9 @@ def table(rows, kit):
     """The report's L-BFGS table."""
     return ("\nL-BFGS per iteration, closure excluded, vs history_size numpy.dot over the "
             "parameters (streamed rows; hot: one cached pair):\n" + kit.table(
-                ["N", "m", "dtype", "lbfgs ms", "m dots ms", "ratio", "m dots hot ms",
-                 "ratio hot"],
-                [[r["n"], r["history_size"], r["dtype"], f"{r['lbfgs_ms']:.3f}",
+                ["N", "m", "dtype", "threads", "lbfgs ms", "m dots ms", "ratio",
+                 "m dots hot ms", "ratio hot"],
+                [[r["n"], r["history_size"], r["dtype"], r.get("threads", 1),
+                  f"{r['lbfgs_ms']:.3f}",
                   f"{r['dot_ms']:.3f}", f"{r['ratio']:.2f}x", f"{r['dot_hot_ms']:.3f}",
                   f"{r['ratio_hot']:.2f}x"] for r in rows]))

@@ -72,6 +72,7 @@ class History:
         self._ages = np.arange(size, dtype=np.int64)
         self.start = 0
         self.count = 0
+        self.threads = 1            # of the CPU recursion (LBFGS(threads=...))
 
     def order(self):
         """The slots from the oldest pair to the newest."""
@@ -99,7 +100,7 @@ class History:
         np.add(self._ages[:k], self.start, out=slots)
         np.remainder(slots, self.size, out=slots)
         if self.xp is np:
-            _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al)
+            _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al, self.threads)
         else:
             from . import _lbfgs_cupy
             _lbfgs_cupy.two_loop(self.xp, self.buf, slots, self.ro, g, d, h_diag, self.al, tmp)
@@ -108,6 +109,7 @@ class History:
     def resized(self, size):
         """A history of another size holding the newest min(count, size) pairs."""
         other = History(size, self.n, self.buf.dtype, self.xp)
+        other.threads = self.threads
         keep = self.order()[max(0, self.count - size):]
         for i, k in enumerate(keep):
             self.xp.copyto(other.buf[i], self.buf[k])
