@@ -14,6 +14,7 @@ tests/test_cuda_source.py (nvcc) and tests/test_cuda.py (a GPU).
 import ctypes
 import re
 import types
+import warnings
 
 import numpy as np
 
@@ -286,9 +287,13 @@ class _Stream:
 
 
 class _ExternalStream(_Stream):
-    """cupy.cuda.ExternalStream(ptr, device_id): a stream made elsewhere (torch's)."""
+    """cupy.cuda.ExternalStream(ptr, device_id): a stream made elsewhere (torch's); deprecated
+    in CuPy 14, as here."""
 
-    def __init__(self, ptr, device_id=-1):
+    def __init__(self, ptr, device_id=-1, *, _warn=True):
+        if _warn:
+            warnings.warn("ExternalStream is deprecated; use Stream.from_external",
+                          DeprecationWarning, stacklevel=2)
         super().__init__(int(ptr))
         self.device_id = device_id
 
@@ -299,6 +304,25 @@ class _ExternalStream(_Stream):
         return super().__enter__()
 
 
+def _from_external(obj):
+    """cupy.cuda.Stream.from_external(obj) (CuPy >= 14): a stream over the handle that
+    obj.__cuda_stream__() returns as (0, pointer), on the current device."""
+    if not hasattr(obj, "__cuda_stream__"):
+        raise AttributeError(f"{type(obj).__name__} does not implement __cuda_stream__")
+    got = obj.__cuda_stream__()
+    if not isinstance(got, tuple) or len(got) != 2:
+        raise TypeError("__cuda_stream__ must return a 2-tuple")
+    version, ptr = got
+    if not isinstance(version, int) or not isinstance(ptr, int):
+        raise TypeError("__cuda_stream__ must return (int, int)")
+    if version != 0:
+        raise ValueError(f"unsupported version {version} of __cuda_stream__")
+    s = _ExternalStream(ptr, _current_device[0], _warn=False)
+    s._foreign_stream_ref = obj
+    return s
+
+
+_Stream.from_external = staticmethod(_from_external)
 _Stream.null = _Stream(0)
 _Stream.current = _Stream.null
 

@@ -111,6 +111,31 @@ def test_plan_views_share_the_tensors_memory(fake):
     assert [int(entry.plan.states[0][k].data.ptr) for k in full] == state
 
 
+@pytest.mark.parametrize("from_external", [True, False], ids=["cupy14", "cupy13"])
+def test_launches_run_on_torchs_stream_without_deprecated_api(fake, monkeypatch, from_external):
+    """torch's current stream reaches CuPy through Stream.from_external (CuPy >= 14, where
+    ExternalStream is deprecated: no DeprecationWarning) and through ExternalStream on older
+    CuPy, either way on torch's stream of the parameters' device."""
+    import warnings
+
+    from fastopt import _torch_cuda
+    monkeypatch.setattr(_torch_cuda, "_STREAMS", {})
+    if not from_external:
+        monkeypatch.delattr(fk._Stream, "from_external")
+    params, grads = make(torch.float32, True)
+    opt = ft.Adam(params, lr=0.1)
+    for p, x in zip(params, grads[0]):
+        p.grad = x
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        opt.step()
+    deprecated = [w for w in seen if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecated) == (0 if from_external else 1)
+    assert {s for s in fk.log["streams"]} == {fc.STREAM}
+    (made,) = _torch_cuda._STREAMS.values()
+    assert made.ptr == fc.STREAM and made.device_id == 0
+
+
 def test_one_launch_per_group_and_reuse(fake):
     params, grads = make(torch.float32, True)
     opt = ft.SGD([{"params": params[:3]}, {"params": params[3:]}], lr=0.1, momentum=0.9)

@@ -4,8 +4,9 @@ A CUDA parameter, its gradient and its state are handed to fastopt.cuda as CuPy 
 ``cupy.asarray`` from the tensors' ``__cuda_array_interface__``: views of torch's memory,
 nothing copied (``array``). The state buffers are torch tensors made on the parameter's device
 (``torch.full_like``), so they move with torch's ``state_dict`` like torch.optim's. Each kernel
-launch runs on torch's current stream of the parameters' device (``stream``: a
-``cupy.cuda.ExternalStream`` over ``torch.cuda.current_stream(device).cuda_stream``), so it is
+launch runs on torch's current stream of the parameters' device (``stream``: CuPy's view of
+``torch.cuda.current_stream(device).cuda_stream``, by ``cupy.cuda.Stream.from_external`` on
+CuPy >= 14, ``cupy.cuda.ExternalStream``, deprecated there, before), so it is
 ordered after the backward pass that wrote the gradients and before whatever torch queues
 next, with no synchronization.
 
@@ -21,7 +22,28 @@ import torch
 __all__ = ["DTYPES", "array", "tensor", "plan", "module", "on", "stream", "check", "check_group"]
 
 DTYPES = (torch.float32, torch.float64)
-_STREAMS = {}           # (device index, stream pointer) -> cupy.cuda.ExternalStream
+_STREAMS = {}           # (device index, stream pointer) -> CuPy's stream over it
+
+
+class _Handle:
+    """A raw CUDA stream in the CUDA stream protocol (``__cuda_stream__``, version 0), which
+    ``cupy.cuda.Stream.from_external`` reads."""
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def _external(cupy, ptr, index):
+    """CuPy's stream over the raw stream `ptr` of device `index` (not owned by CuPy)."""
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is None:                   # CuPy < 14
+        return cupy.cuda.ExternalStream(ptr, index)
+    with cupy.cuda.Device(index):               # it takes the current device's id
+        return from_external(_Handle(ptr))
 
 
 def _cuda():
@@ -74,7 +96,7 @@ def stream(device):
     if s is None:
         if len(_STREAMS) > 64:
             _STREAMS.clear()
-        s = _STREAMS[key] = cupy.cuda.ExternalStream(ptr, index)
+        s = _STREAMS[key] = _external(cupy, ptr, index)
     return s
 
 
