@@ -56,10 +56,10 @@ static int64_t fo_lbfgs_block(int64_t n)
     }
 
 /* the pass's dot product: the block partials summed in block order, after every thread
- * wrote its own (the barrier) */
+ * wrote its own (the barrier; none on one thread, where it would bind to a caller's team) */
 #define FO_LBFGS_TOTAL(T, part, out)                                                          \
     do {                                                                                      \
-        FO_PRAGMA(omp barrier)                                                                \
+        if (team > 1) { FO_PRAGMA(omp barrier) }                                              \
         T sum_ = 0;                                                                           \
         for (int64_t b_ = 0; b_ < nb; ++b_) sum_ += (part)[b_];                               \
         (out) = sum_;                                                                         \
@@ -123,7 +123,7 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
             }                                                                                 \
         }                                                                                     \
     });                                                                                       \
-    return 0;                                                                                 \
+    return nt;                                                                                \
 }
 
 FO_LBFGS_STAMP(f32, float, fmaf)

@@ -303,6 +303,7 @@ def test_threads_give_the_same_bits(dtype):
             opt = fo.LBFGS([w], lr=0.5, max_iter=12, history_size=5, threads=threads)
             for _ in range(2):
                 opt.step(closure)
+            assert opt._hist.ran_on == threads          # the parallel path did run
             runs.append((w.copy(), list(opt.state[0]["al"]), opt.state[0]["d"].copy()))
     finally:
         fo._kernels.set_parallel_threshold(threshold)

@@ -284,6 +284,25 @@ def test_stochastic_rounding_without_step_counts_continues_after_a_state_dict(na
     with pytest.raises(ValueError, match="noise_calls"):
         b.load_state_dict(bad)
     assert b.param_groups[0]["noise_calls"] == 6
+    before = bits(q).clone()
+    b.param_groups[0]["noise_calls"] = 2.5          # set by hand: refused at the step
+    b._fo_records.clear()
+    q.grad = grads[0].clone()
+    with pytest.raises(ValueError, match="noise_calls"):
+        b.step()
+    assert torch.equal(bits(q), before)
+
+
+def test_noise_calls_only_where_the_noise_needs_it():
+    """Nearest rounding, and optimizers that count steps, leave the param groups alone."""
+    g = torch.full((64,), 1e-3, dtype=torch.bfloat16)
+    for cls, kw in ((ft.SGD, dict(rounding="nearest")), (ft.Adam, dict(rounding="stochastic"))):
+        p = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+        opt = cls([p], lr=0.1, master_weights=False, **kw)
+        p.grad = g.clone()
+        opt.step()
+        assert "noise_calls" not in opt.param_groups[0]
+        assert "noise_calls" not in opt.state_dict()["param_groups"][0]
 
 
 # --------------------------------------------------------------------- GradScaler

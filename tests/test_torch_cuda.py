@@ -134,6 +134,10 @@ def test_launches_run_on_torchs_stream_without_deprecated_api(fake, monkeypatch,
     assert {s for s in fk.log["streams"]} == {fc.STREAM}
     (made,) = _torch_cuda._STREAMS.values()
     assert made.ptr == fc.STREAM and made.device_id == 0
+    _torch_cuda._STREAMS.clear()               # made while another device is CuPy's current
+    with fk.cuda.Device(1):
+        made = _torch_cuda.stream(params[0].device)
+    assert made.device_id == 0
 
 
 def test_one_launch_per_group_and_reuse(fake):

@@ -6,7 +6,9 @@
  * 1 / (y . s); g: the gradient; d: the direction written, -H g; h_diag: the initial Hessian
  * scale; al[i]: the first loop's coefficient of the i-th oldest pair (written). k >= 1.
  * threshold, n_threads: the update loops' parallel threshold and thread count (serial when
- * n < threshold); the result does not depend on them. No allocation; returns 0.
+ * n < threshold); the result does not depend on them. No allocation; returns the number of
+ * threads that ran it. Callable from inside an OpenMP parallel region (it then runs serially
+ * or in a nested team, and never meets the caller's threads at a barrier).
  */
 #ifndef FASTOPT_LBFGS_H
 #define FASTOPT_LBFGS_H

@@ -9,7 +9,8 @@ subtracted from the step's. The history is filled before the samples. The yardst
 ``(history_size, n)`` arrays (operands streamed from memory as the history is), and, for
 reference, the same count of dots on two cache-resident n-vectors ("hot").
 
-The recursion runs on ``LBFGS(threads=...)`` = fastopt's thread count. With more than one,
+The recursion runs on ``LBFGS(threads=...)`` = fastopt's thread count (the threads column:
+those it ran on; serial below the parallel threshold). With more than one,
 the closure's BLAS is held to one thread (threadpoolctl; without it the recursion stays on
 one thread), as the class docstring advises: NumPy's OpenBLAS threads keep spinning after a
 call and a multi-threaded recursion, with a barrier per pass, would wait for them. The
@@ -87,7 +88,7 @@ def run_lbfgs(n, m, dtype, samples=5, iters=10, threads=None):
         for i in range(m):
             np.dot(a[0], b[0])
         hot.append((time.perf_counter() - t0) * 1e3)
-    row = {"n": n, "history_size": m, "dtype": dtype.name, "threads": threads,
+    row = {"n": n, "history_size": m, "dtype": dtype.name, "threads": opt._hist.ran_on,
            "lbfgs_ms": statistics.median(ours), "dot_ms": statistics.median(streamed),
            "dot_hot_ms": statistics.median(hot)}
     row["ratio"] = row["lbfgs_ms"] / row["dot_ms"]

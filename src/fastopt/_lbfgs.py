@@ -73,6 +73,7 @@ class History:
         self.start = 0
         self.count = 0
         self.threads = 1            # of the CPU recursion (LBFGS(threads=...))
+        self.ran_on = 1             # the threads the last CPU recursion ran on
 
     def order(self):
         """The slots from the oldest pair to the newest."""
@@ -100,7 +101,8 @@ class History:
         np.add(self._ages[:k], self.start, out=slots)
         np.remainder(slots, self.size, out=slots)
         if self.xp is np:
-            _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al, self.threads)
+            self.ran_on = _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al,
+                                          self.threads)
         else:
             from . import _lbfgs_cupy
             _lbfgs_cupy.two_loop(self.xp, self.buf, slots, self.ro, g, d, h_diag, self.al, tmp)

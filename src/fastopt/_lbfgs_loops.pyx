@@ -22,7 +22,8 @@ def two_loop(cnp.ndarray hist, cnp.ndarray order, cnp.ndarray ro, cnp.ndarray g,
     """d = -H g over the pairs hist[order[0]], ..., hist[order[-1]] (oldest first); al[i]: the
     first loop's coefficients. hist: (size, 2, n), g and d: (n,), all C-contiguous of one
     float dtype; order: int64 slots; ro: float64 (size,); al: float64, >= len(order). Runs on
-    `threads` threads above the parallel threshold, with the same result on any number."""
+    up to `threads` threads above the parallel threshold, with the same result on any number;
+    returns the number that ran it."""
     cdef int64_t k = order.shape[0], size = hist.shape[0], n = g.shape[0], i
     if hist.ndim != 3 or hist.shape[1] != 2 or hist.shape[2] != n or d.shape[0] != n \
             or g.ndim != 1 or d.ndim != 1 or hist.dtype != g.dtype or d.dtype != g.dtype \
@@ -45,13 +46,15 @@ def two_loop(cnp.ndarray hist, cnp.ndarray order, cnp.ndarray ro, cnp.ndarray g,
     cdef double *pa = <double *>cnp.PyArray_DATA(al)
     cdef int64_t threshold = _kernels.get_parallel_threshold()
     cdef int nt = threads if threads > 0 else 1
+    cdef int ran = 0
     if g.dtype == np.float64:
         with nogil:
-            fo_lbfgs_two_loop_f64(<const double *>ph, n, po, k, pr, <const double *>pg,
+            ran = fo_lbfgs_two_loop_f64(<const double *>ph, n, po, k, pr, <const double *>pg,
                                   <double *>pd, h_diag, pa, threshold, nt)
     elif g.dtype == np.float32:
         with nogil:
-            fo_lbfgs_two_loop_f32(<const float *>ph, n, po, k, pr, <const float *>pg,
+            ran = fo_lbfgs_two_loop_f32(<const float *>ph, n, po, k, pr, <const float *>pg,
                                   <float *>pd, h_diag, pa, threshold, nt)
     else:
         raise TypeError(f"two_loop: float32 or float64 buffers, got {g.dtype}")
+    return ran

@@ -296,7 +296,8 @@ class _Record:
         self.dist = any(map(_dt.is_dtensor, self.params))     # DTensor parameters
         # mixed and low-bit kernel calls: the noise counter of optimizers that count no
         # steps, kept in the group (NOISE_CALLS) so that a state_dict carries it
-        self.calls = int(group.get(NOISE_CALLS, 0))
+        self.calls = _validate.whole(f"param group's {NOISE_CALLS!r}",
+                                     _plain(group.get(NOISE_CALLS, 0)))
 
 
 class _Job:

@@ -132,7 +132,7 @@ class LBFGS(GroupedOptimizer):
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
                  tolerance_change=1e-9, history_size=100, line_search_fn=None, *, threads=1):
-        self.threads = _count("threads", threads)
+        self.threads = integer("threads", threads, low=1, high=1 << 16)
         if max_eval is None and isinstance(max_iter, numbers.Integral) \
                 and not isinstance(max_iter, (bool, np.bool_)):
             max_eval = int(max_iter) * 5 // 4
