@@ -312,3 +312,33 @@ def test_threads_give_the_same_bits(dtype):
         assert np.array_equal(d.view(np.uint8), runs[0][2].view(np.uint8))
         assert al == runs[0][1]
     assert not np.array_equal(runs[0][0], np.zeros(n, dtype))
+
+
+def test_torch_lbfgs_takes_threads():
+    """fastopt.torch.LBFGS(threads=k) hands k to the recursion: same bits as one thread."""
+    torch = pytest.importorskip("torch", reason="fastopt.torch needs torch")
+    import fastopt.torch as ft
+    with pytest.raises(ValueError, match="threads"):
+        ft.LBFGS([torch.nn.Parameter(torch.zeros(3))], threads=0)
+    gen = torch.Generator().manual_seed(3)
+    c = torch.rand(200_000, generator=gen, dtype=torch.float64) + 1
+    target = torch.randn(200_000, generator=gen, dtype=torch.float64)
+    threshold = fo._kernels.get_parallel_threshold()
+    finals = []
+    try:
+        fo._kernels.set_parallel_threshold(1000)
+        for threads in (1, 2):
+            w = torch.nn.Parameter(torch.zeros(200_000, dtype=torch.float64))
+            opt = ft.LBFGS([w], lr=0.5, max_iter=8, history_size=4, threads=threads)
+
+            def closure():
+                opt.zero_grad()
+                loss = 0.5 * ((w - target) ** 2 * c).sum()
+                loss.backward()
+                return loss
+            opt.step(closure)
+            assert opt._fo._hist.ran_on == threads
+            finals.append(w.detach().clone())
+    finally:
+        fo._kernels.set_parallel_threshold(threshold)
+    assert torch.equal(finals[0], finals[1]) and not torch.equal(finals[0], torch.zeros_like(w))

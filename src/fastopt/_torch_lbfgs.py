@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 import torch
 
-from . import _torch_cuda
+from . import _torch_cuda, _validate
 from .optim.lbfgs import LBFGS as _NumpyLBFGS
 
 __all__ = ["LBFGS"]
@@ -83,10 +83,13 @@ def _address(a):
 
 class LBFGS(torch.optim.Optimizer):
     """torch.optim.LBFGS running fastopt's L-BFGS (see the module docstring and
-    :class:`fastopt.LBFGS` for the algorithm)."""
+    :class:`fastopt.LBFGS` for the algorithm). ``threads`` (keyword-only, default 1): the CPU
+    recursion's threads, as :class:`fastopt.LBFGS`'s (raise it only where the closure leaves
+    the cores idle)."""
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
-                 tolerance_change=1e-9, history_size=100, line_search_fn=None):
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None, *, threads=1):
+        self._threads = _validate.integer("threads", threads, low=1, high=1 << 16)
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if isinstance(_plain(lr), numbers.Real) and not 0.0 <= _plain(lr):
@@ -120,7 +123,7 @@ class LBFGS(torch.optim.Optimizer):
         key = tuple((_address(a), a.shape, a.dtype.str) for a in arrays)
         hyper = self._group_values()
         if self._fo is None or key != self._fo_key:
-            inner = _NumpyLBFGS(arrays, **hyper)
+            inner = _NumpyLBFGS(arrays, **hyper, threads=self._threads)
             if self._fo is not None and inner.numel == self._fo.numel \
                     and arrays[0].dtype == self._fo._all_params()[0].dtype:
                 old = self._fo
