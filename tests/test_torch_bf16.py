@@ -229,28 +229,6 @@ def test_stochastic_rounding_without_step_counts_changes_noise_every_step():
     assert 0.99 < float(p.detach().float().mean()) < 0.9995     # E[p] = 1 - 3e-3
 
 
-def test_stochastic_noise_of_a_parameter_does_not_depend_on_the_others_gradients():
-    """A bfloat16 parameter rounded stochastically draws the noise of its own index in the
-    optimizer, also in a step where an earlier parameter of its group has no gradient (it
-    took its position among those with gradients)."""
-    kw = dict(lr=1e-2, master_weights=False, rounding="stochastic", seed=4)
-    gen = torch.Generator().manual_seed(1)
-    start = [torch.randn(5000, generator=gen).to(torch.bfloat16) for _ in range(3)]
-    grads = [[torch.randn(5000, generator=gen).to(torch.bfloat16) for _ in range(3)]
-             for _ in range(3)]
-    runs = []
-    for skip_middle in (False, True):
-        ps = [torch.nn.Parameter(s.clone()) for s in start]
-        opt = ft.Adam(ps, **kw)
-        for gs in grads:
-            for k, (p, x) in enumerate(zip(ps, gs)):
-                p.grad = None if skip_middle and k == 1 else x.clone()
-            opt.step()
-        runs.append(ps)
-    assert torch.equal(bits(runs[1][2]), bits(runs[0][2]))
-    assert torch.equal(bits(runs[1][0]), bits(runs[0][0]))
-
-
 @pytest.mark.parametrize("name", ["SGD", "ScheduleFreeSGD"])
 def test_stochastic_rounding_without_step_counts_continues_after_a_state_dict(name):
     """The noise counter of an optimizer that counts no steps (the group's stochastic kernel
