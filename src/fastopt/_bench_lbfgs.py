@@ -25,17 +25,7 @@ import numpy as np
 __all__ = ["run_lbfgs", "jobs", "describe", "run", "table"]
 
 
-def _blas_limiter():
-    """A function making a context that holds BLAS to one thread (threadpoolctl, which
-    applies the limit when the context is made), or None without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return lambda: threadpool_limits(limits=1, user_api="blas")
-
-
-def _lbfgs_sample(n, m, dtype, iters, threads):
+def _lbfgs_sample(n, m, dtype, iters, threads=1):
     from .optim.lbfgs import LBFGS
     w = np.ones(n, dtype)
     c = np.linspace(1.0, 4.0, n).astype(dtype)
@@ -59,11 +49,12 @@ def _lbfgs_sample(n, m, dtype, iters, threads):
 def run_lbfgs(n, m, dtype, samples=5, iters=10, threads=None):
     """Median per-iteration ms of fastopt.LBFGS (closure excluded) and of the yardsticks;
     `threads`: the recursion's (default: fastopt's thread count)."""
-    from . import _kernels
+    from . import _bench_blas, _kernels
     dtype = np.dtype(dtype)
     threads = _kernels.get_num_threads() if threads is None else threads
-    limiter = _blas_limiter() if threads > 1 else None
-    if limiter is None:
+    if threads > 1 and _bench_blas.available():
+        limiter = lambda: _bench_blas.limit(1)        # noqa: E731 (made anew per sample)
+    else:
         threads, limiter = 1, contextlib.nullcontext
     with limiter():
         opt, closure, spent = _lbfgs_sample(n, m, dtype, iters, threads)

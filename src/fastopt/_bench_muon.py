@@ -13,23 +13,18 @@ For one m-by-n float32 parameter and an iteration dtype (None: the bfloat16 emul
 * ``torch``: ``torch.optim.Muon.step`` on a tensor of the same values (when torch is
   installed), at the same thread count.
 
-BLAS threads are set with threadpoolctl when it is installed (else the BLAS default).
+BLAS threads are set with threadpoolctl when it is installed (fastopt._bench_blas; else the
+BLAS default).
 """
 import contextlib
 
 import numpy as np
 
+from . import _bench_blas
+
 QUICK_SHAPES = ((256, 512),)
 FULL_SHAPES = ((512, 512), (512, 2048), (2048, 512), (1024, 1024))
 NS_DTYPES = (None, "float32")
-
-
-def _blas_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
 
 
 def jobs(cfg):
@@ -66,7 +61,7 @@ def run(args, cfg, kit):
         Wt.grad = torch.from_numpy(G.copy())
         topt = torch.optim.Muon([Wt], lr=1e-4, weight_decay=0.0)
         contenders["torch"] = topt.step
-    with threads_ctx(threads), _blas_threads(threads):
+    with threads_ctx(threads), _bench_blas.limit(threads) or contextlib.nullcontext():
         times = measure(contenders, max(3, cfg.samples), batch_s=cfg.batch_ms / 1e3)
     flops = _muon.flops(m, n, steps)
     row = {"shape": list(shape), "ns_dtype": ns_dtype or "bfloat16", "threads": threads,
