@@ -95,12 +95,11 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
                 FO_LBFGS_BLOCKS(T, parts[ping],                                               \
                                 const T q = FMA(y[j], na, d[j]); d[j] = q; acc_ += sn[j] * q;) \
                 FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
-            } else {                                                                          \
+            } else {                   /* i = 0: then r = H_diag q and y_0 . r, one pass */ \
                 const T hd = (T)h_diag;                                                       \
-                const T *y0 = hist + (2 * order[0] + 1) * n;                                  \
                 FO_LBFGS_BLOCKS(T, parts[ping],                                               \
                                 const T r = FMA(y[j], na, d[j]) * hd; d[j] = r;               \
-                                acc_ += y0[j] * r;)                                           \
+                                acc_ += y[j] * r;)                                            \
                 FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
             }                                                                                 \
         }                                                                                     \

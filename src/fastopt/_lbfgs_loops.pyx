@@ -50,11 +50,11 @@ def two_loop(cnp.ndarray hist, cnp.ndarray order, cnp.ndarray ro, cnp.ndarray g,
     if g.dtype == np.float64:
         with nogil:
             ran = fo_lbfgs_two_loop_f64(<const double *>ph, n, po, k, pr, <const double *>pg,
-                                  <double *>pd, h_diag, pa, threshold, nt)
+                                        <double *>pd, h_diag, pa, threshold, nt)
     elif g.dtype == np.float32:
         with nogil:
             ran = fo_lbfgs_two_loop_f32(<const float *>ph, n, po, k, pr, <const float *>pg,
-                                  <float *>pd, h_diag, pa, threshold, nt)
+                                        <float *>pd, h_diag, pa, threshold, nt)
     else:
         raise TypeError(f"two_loop: float32 or float64 buffers, got {g.dtype}")
     return ran
