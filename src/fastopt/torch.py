@@ -813,9 +813,9 @@ class Optimizer(torch.optim.Optimizer):
                     _check_tensor(m, f"state[{_where(gi, j)}]['master']", like=p,
                                   dtype=torch.float32)
                 arrays.append(None if m is None else lay.state("master", _dt.local(m)))
+        first = sum(len(g["params"]) for g in self.param_groups[:gi])   # group's 1st index
         try:
             if fmt is not None:            # low-bit state (fastopt._torch_qstate)
-                first = sum(len(g["params"]) for g in self.param_groups[:gi])
                 plan = fmt.plan([lay.array for lay in layouts], first + js[0])[1]
                 if fmt.rounding == "stochastic":   # noise of each parameter's own index,
                     for k, j in enumerate(js):     # whichever others have gradients
@@ -825,7 +825,6 @@ class Optimizer(torch.optim.Optimizer):
             elif mixed is None:
                 plan = _kernels.Plan([lay.array for lay in layouts], "params", 0)
             else:
-                first = sum(len(g["params"]) for g in self.param_groups[:gi])
                 plan = _mixed.Plan([lay.array for lay in layouts], "params", first + js[0],
                                    master_weights=options[0], rounding=options[1],
                                    masters=arrays)
