@@ -88,11 +88,11 @@ typedef int fo_q8_atomic;
  * entry + (hit XOR negative). |x| is clamped below to 2^e, the largest power of two whose
  * first bucket lies below every threshold (there x and 0 share a code), and above to 2, the
  * bucket that answers NaN (v * (1 / absmax) is below 2 in magnitude, or NaN). For the dynamic
- * maps that is K = 6 (signed) or 7 (unsigned), 1473 or 3073 entries per sign; a 16-lane vector
- * gather reads them. A map for which no K works (unsorted, thresholds too close or too near
+ * maps that is K = 6 (signed) or 7 (unsigned), 1473 or 3073 entries per sign; a vector gather
+ * (16 lanes with AVX-512, 8 with AVX2) reads them. A map for which no K works (unsorted, thresholds too close or too near
  * zero) is encoded by counting.
  *
- * Decoding is m[code] * absmax: a 16-lane gather from the map, or, with AVX-512 VBMI, 64
+ * Decoding is m[code] * absmax: a gather from the map, or, with AVX-512 VBMI, 64
  * codes at a time by byte tables: byte q of m[code] for every q by two 128-entry byte
  * permutes (vpermi2b) and a select on the code's top bit, the four bytes interleaved back into
  * floats (the codes are first permuted so the interleave yields the floats in order).
@@ -249,15 +249,30 @@ FO_QI uint8_t fo_q8_code_count(float x, const fo_q8_table *T)
     return (uint8_t)j;
 }
 
-/* the code of x from the bucket table */
-FO_QI uint8_t fo_q8_code(float x, const fo_q8_table *T)
+/* The bucket table's constants as plain values: an encoder keeps them in registers (its
+ * byte stores could alias the table, so read through T they would be reloaded per code). */
+typedef struct {
+    const uint32_t *ent;             /* T->ent - ha: indexed by the bucket number */
+    uint32_t abits, topbits, lowmask, nb;
+    int shift;
+} fo_q8_buckets;
+
+FO_QI fo_q8_buckets fo_q8_buckets_of(const fo_q8_table *T)
+{
+    const fo_q8_buckets B = {T->ent - T->ha, T->abits, T->topbits, (1u << T->shift) - 1,
+                             (uint32_t)T->nb, T->shift};
+    return B;
+}
+
+/* the code of x from the bucket table (no branch on the sign: it is random in a moment) */
+FO_QI uint8_t fo_q8_code(float x, const fo_q8_buckets *B)
 {
     const uint32_t b = fo_bits(x), neg = b >> 31;
     uint32_t a = b & 0x7fffffffu;
-    a = a < T->abits ? T->abits : a;
-    a = a > T->topbits ? T->topbits : a;
-    const uint32_t e = T->ent[(int32_t)(a >> T->shift) - T->ha + (neg ? T->nb : 0)];
-    const uint32_t hit = (a & ((1u << T->shift) - 1)) >= (e >> 8);
+    a = a < B->abits ? B->abits : a;
+    a = a > B->topbits ? B->topbits : a;
+    const uint32_t e = B->ent[(a >> B->shift) + ((0u - neg) & B->nb)];
+    const uint32_t hit = (a & B->lowmask) >= (e >> 8);
     return (uint8_t)(e + (hit ^ neg));
 }
 
@@ -269,11 +284,16 @@ static void fo_q8_encode_scalar(const float *FO_RESTRICT v, int64_t m, float ama
                                 const fo_q8_table *T, uint8_t *FO_RESTRICT out)
 {
     const float r = 1.0f / amax;
-    const int divide = fo_q8_divides(amax);
-    for (int64_t i = 0; i < m; ++i) {
-        const float x = divide ? v[i] / amax : v[i] * r;
-        out[i] = T->fast ? fo_q8_code(x, T) : fo_q8_code_count(x, T);
+    if (!T->fast) {
+        const int divide = fo_q8_divides(amax);
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_q8_code_count(divide ? v[i] / amax : v[i] * r, T);
+        return;
     }
+    const fo_q8_buckets B = fo_q8_buckets_of(T);
+    if (fo_q8_divides(amax))
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_q8_code(v[i] / amax, &B);
+    else
+        for (int64_t i = 0; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &B);
 }
 
 static void fo_q8_decode_scalar(const uint8_t *FO_RESTRICT q, float absmax,
@@ -296,30 +316,30 @@ FO_QI void fo_bf16_encode_scalar(const float *FO_RESTRICT v, uint16_t *FO_RESTRI
 
 /* codec levels: what fo_q8_level says runs */
 #define FO_Q8_SCALAR 0
-#define FO_Q8_AVX512F 1      /* gather encode and decode */
-#define FO_Q8_AVX512VBMI 2   /* gather encode, byte-table decode (AVX-512 VBMI) */
+#define FO_Q8_AVX2 1         /* 8-lane gather encode and decode */
+#define FO_Q8_AVX512F 2      /* 16-lane gather encode and decode */
+#define FO_Q8_AVX512VBMI 3   /* gather encode, byte-table decode (AVX-512 VBMI) */
 
 #if FO_HAS_CLONES
 #include <immintrin.h>
 #define FO_T512 __attribute__((target("avx512f")))
 #define FO_TVBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+#define FO_TAVX2 __attribute__((target("avx2")))
 
 /* an int8 slot's encoder: the bucket table's constants in vector registers */
 typedef struct {
     __m512i lo, top, nb, lowmask, shift;
-    const int *ent;
-    const fo_q8_table *T;
+    fo_q8_buckets B;
 } fo_q8_coder;
 
 FO_T512 static inline void fo_q8_coder_init(fo_q8_coder *E, const fo_q8_table *T)
 {
-    E->T = T;
-    E->lo = _mm512_set1_epi32((int)T->abits);
-    E->top = _mm512_set1_epi32((int)T->topbits);
-    E->nb = _mm512_set1_epi32(T->nb);
-    E->lowmask = _mm512_set1_epi32((int)((1u << T->shift) - 1));
-    E->shift = _mm512_set1_epi32(T->shift);
-    E->ent = (const int *)T->ent - T->ha;
+    E->B = fo_q8_buckets_of(T);
+    E->lo = _mm512_set1_epi32((int)E->B.abits);
+    E->top = _mm512_set1_epi32((int)E->B.topbits);
+    E->nb = _mm512_set1_epi32((int)E->B.nb);
+    E->lowmask = _mm512_set1_epi32((int)E->B.lowmask);
+    E->shift = _mm512_set1_epi32(E->B.shift);
 }
 
 /* 16 values of a block encoded, r = 1 / absmax (a block with fo_q8_divides(absmax) or a map
@@ -332,7 +352,8 @@ FO_T512 static inline void fo_q8_enc16(const float *FO_RESTRICT v, __m512 r,
         _mm512_max_epu32(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), E->lo), E->top);
     const __mmask16 neg = _mm512_cmplt_epi32_mask(b, _mm512_setzero_si512());
     const __m512i h = _mm512_srlv_epi32(a, E->shift);
-    const __m512i e = _mm512_i32gather_epi32(_mm512_mask_add_epi32(h, neg, h, E->nb), E->ent, 4);
+    const __m512i e = _mm512_i32gather_epi32(_mm512_mask_add_epi32(h, neg, h, E->nb),
+                                              (const int *)E->B.ent, 4);
     const __mmask16 hit = _mm512_cmpge_epu32_mask(_mm512_and_si512(a, E->lowmask),
                                                   _mm512_srli_epi32(e, 8));
     const __m512i code = _mm512_mask_add_epi32(e, _kxor_mask16(hit, neg), e, _mm512_set1_epi32(1));
@@ -351,7 +372,7 @@ FO_T512 static void fo_q8_encode_avx512(const float *FO_RESTRICT v, int64_t m, f
     fo_q8_coder_init(&E, T);
     int64_t i = 0;
     for (; i + 16 <= m; i += 16) fo_q8_enc16(v + i, _mm512_set1_ps(r), &E, out + i);
-    for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, T);
+    for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &E.B);
 }
 
 FO_T512 static void fo_q8_decode_avx512(const uint8_t *FO_RESTRICT q, float absmax,
@@ -431,6 +452,96 @@ FO_T512 static void fo_bf16_encode_avx512(const float *FO_RESTRICT v, uint16_t *
     for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
 }
 
+/* The AVX2 codecs (CPUs without AVX-512): the AVX-512 ones on 8 lanes. AVX2 compares signed
+ * only; the bucket test compares values below 2^24, and the sign comes as a lane mask. */
+typedef struct {
+    __m256i lo, top, nb, lowmask, shift;
+    fo_q8_buckets B;
+} fo_q8_coder8;
+
+/* 8 values of a block encoded, r = 1 / absmax (as fo_q8_enc16) */
+FO_TAVX2 static inline void fo_q8_enc8(const float *FO_RESTRICT v, __m256 r,
+                                       const fo_q8_coder8 *E, uint8_t *FO_RESTRICT out)
+{
+    const __m256i b = _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(v), r));
+    const __m256i a = _mm256_min_epu32(
+        _mm256_max_epu32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), E->lo), E->top);
+    const __m256i neg = _mm256_srai_epi32(b, 31);                     /* -1 where negative */
+    const __m256i h = _mm256_add_epi32(_mm256_srlv_epi32(a, E->shift), _mm256_and_si256(neg, E->nb));
+    const __m256i e = _mm256_i32gather_epi32((const int *)E->B.ent, h, 4);
+    const __m256i miss = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8), _mm256_and_si256(a, E->lowmask));
+    /* code = e + (hit XOR negative) = e + 1 + (miss XOR neg): miss and neg are 0 or -1 */
+    const __m256i code = _mm256_add_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(1)),
+                                          _mm256_xor_si256(miss, neg));
+    const __m256i low = _mm256_shuffle_epi8(code, _mm256_setr_epi8(
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    _mm_storel_epi64((__m128i *)out, _mm_unpacklo_epi32(_mm256_castsi256_si128(low),
+                                                        _mm256_extracti128_si256(low, 1)));
+}
+
+FO_TAVX2 static void fo_q8_encode_avx2(const float *FO_RESTRICT v, int64_t m, float amax,
+                                       const fo_q8_table *T, uint8_t *FO_RESTRICT out)
+{
+    if (!T->fast || fo_q8_divides(amax)) {
+        fo_q8_encode_scalar(v, m, amax, T, out);
+        return;
+    }
+    const float r = 1.0f / amax;
+    fo_q8_coder8 E;
+    E.B = fo_q8_buckets_of(T);
+    E.lo = _mm256_set1_epi32((int)E.B.abits);
+    E.top = _mm256_set1_epi32((int)E.B.topbits);
+    E.nb = _mm256_set1_epi32((int)E.B.nb);
+    E.lowmask = _mm256_set1_epi32((int)E.B.lowmask);
+    E.shift = _mm256_set1_epi32(E.B.shift);
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) fo_q8_enc8(v + i, _mm256_set1_ps(r), &E, out + i);
+    for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &E.B);
+}
+
+FO_TAVX2 static void fo_q8_decode_avx2(const uint8_t *FO_RESTRICT q, float absmax,
+                                       const fo_q8_table *T, float *FO_RESTRICT out, int64_t m)
+{
+    const __m256 am = _mm256_set1_ps(absmax);
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(T->m, c, 4), am));
+    }
+    for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
+}
+
+FO_TAVX2 static void fo_bf16_decode_avx2(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out,
+                                         int64_t m)
+{
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_slli_epi32(w, 16));
+    }
+    for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
+}
+
+/* fo_f2bf of half.h, 8 at a time */
+FO_TAVX2 static void fo_bf16_encode_avx2(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out,
+                                         int64_t m)
+{
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        const __m256 x = _mm256_loadu_ps(v + i);
+        const __m256i b = _mm256_castps_si256(x), hi = _mm256_srli_epi32(b, 16);
+        const __m256i rne = _mm256_srli_epi32(
+            _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
+                             _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        const __m256i r = _mm256_blendv_epi8(rne, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+        const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_castsi256_si128(w));
+    }
+    for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
+}
+
 #if defined(__clang__) || __GNUC__ >= 10
 #define FO_HAS_BF16_INSN 1
 #define FO_TBF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16")))
@@ -473,7 +584,8 @@ static int fo_bf16_insn_here(void)
 static int fo_q8_best(void)
 {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f")) return FO_Q8_SCALAR;
+    if (!__builtin_cpu_supports("avx512f"))
+        return __builtin_cpu_supports("avx2") ? FO_Q8_AVX2 : FO_Q8_SCALAR;
     if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi"))
         return FO_Q8_AVX512VBMI;
     return FO_Q8_AVX512F;
@@ -483,6 +595,7 @@ static inline void fo_q8_encode(const float *v, int64_t m, float amax, const fo_
                                 uint8_t *out)
 {
     if (fo_q8_level >= FO_Q8_AVX512F) fo_q8_encode_avx512(v, m, amax, T, out);
+    else if (fo_q8_level == FO_Q8_AVX2) fo_q8_encode_avx2(v, m, amax, T, out);
     else fo_q8_encode_scalar(v, m, amax, T, out);
 }
 
@@ -491,12 +604,14 @@ static inline void fo_q8_decode(const uint8_t *q, float amax, const fo_q8_table 
 {
     if (fo_q8_level == FO_Q8_AVX512VBMI) fo_q8_decode_vbmi(q, amax, T, out, m);
     else if (fo_q8_level == FO_Q8_AVX512F) fo_q8_decode_avx512(q, amax, T, out, m);
+    else if (fo_q8_level == FO_Q8_AVX2) fo_q8_decode_avx2(q, amax, T, out, m);
     else fo_q8_decode_scalar(q, amax, T, out, m);
 }
 
 static inline void fo_bf16_decode(const uint16_t *s, float *out, int64_t m)
 {
     if (fo_q8_level >= FO_Q8_AVX512F) fo_bf16_decode_avx512(s, out, m);
+    else if (fo_q8_level == FO_Q8_AVX2) fo_bf16_decode_avx2(s, out, m);
     else fo_bf16_decode_scalar(s, out, m);
 }
 
@@ -507,6 +622,7 @@ static inline void fo_bf16_encode_nearest(const float *v, uint16_t *out, int64_t
     else
 #endif
     if (fo_q8_level >= FO_Q8_AVX512F) fo_bf16_encode_avx512(v, out, m);
+    else if (fo_q8_level == FO_Q8_AVX2) fo_bf16_encode_avx2(v, out, m);
     else fo_bf16_encode_scalar(v, out, m);
 }
 #else
@@ -534,7 +650,8 @@ int fo_qstate_vector_codecs(int use)
     fo_q8_init();
     if (use == 0) fo_q8_level = FO_Q8_SCALAR;
     else if (use == 1) fo_q8_level = best;
-    else if (use >= 2) fo_q8_level = best < FO_Q8_AVX512F ? best : FO_Q8_AVX512F;
+    else if (use == 2) fo_q8_level = best < FO_Q8_AVX512F ? best : FO_Q8_AVX512F;
+    else if (use >= 3) fo_q8_level = best < FO_Q8_AVX2 ? best : FO_Q8_AVX2;
     if (use >= 0) fo_bf16_insn = use == 1 && fo_bf16_insn_here();
     return fo_q8_level;
 }

@@ -5,7 +5,7 @@ above the exact midpoint of map entries k and k + 1 (the nearest entry, ties to 
 NaN: code 0). The C codecs read it from a bucket table (csrc/qstate.c); these tests compare
 them with that count, computed here in NumPy, on every value where the count can change: each
 threshold and its neighbours, each bucket edge, both signs, zeros, NaN and the extremes. Every
-codec level (scalar, AVX-512F, AVX-512 VBMI byte-table decoding) must write the same codes,
+codec level (scalar, AVX2, AVX-512F, AVX-512 VBMI byte-table decoding) must write the same codes,
 absmax and parameters.
 """
 import numpy as np
@@ -15,7 +15,20 @@ import fastopt as fo
 from fastopt import _qstate
 from fastopt.state_format import dynamic_map
 
-LEVELS = ["scalar"] + (["avx512f", "best"] if _qstate.vector_codecs() else [])
+
+
+def _levels():
+    """The scalar level, then every vector level this machine runs, then the best."""
+    out = ["scalar"]
+    for level in ("avx2", "avx512f"):
+        _qstate.use_codecs(level)
+        if _qstate.codec_level() == level:
+            out.append(level)
+    _qstate.use_codecs("best")
+    return out + (["best"] if _qstate.codec_level() != out[-1] else [])
+
+
+LEVELS = _levels()
 
 
 def thresholds(qmap):
@@ -229,7 +242,7 @@ CASES = [("Adam", dict(lr=1e-2)), ("AdamW", dict(lr=1e-2, amsgrad=True)),
                                           ("bfloat16", "stochastic")])
 @pytest.mark.parametrize("name,hyper", CASES, ids=[c[0] for c in CASES])
 def test_every_codec_level_steps_alike(name, hyper, fmt, rounding, threads):
-    """Scalar, AVX-512F and AVX-512 VBMI codecs: the same parameters, codes,
+    """Scalar, AVX2, AVX-512F and AVX-512 VBMI codecs: the same parameters, codes,
     absmax and bfloat16 bits, partial blocks, NaN gradients and threads included."""
     ref = run("scalar", fmt, rounding, threads, name, hyper)
     for level in LEVELS[1:]:
@@ -240,9 +253,28 @@ def test_every_codec_level_steps_alike(name, hyper, fmt, rounding, threads):
 
 
 def test_codec_level_names():
-    assert _qstate.codec_level() in ("scalar", "avx512f", "avx512vbmi")
+    assert _qstate.codec_level() in ("scalar", "avx2", "avx512f", "avx512vbmi")
     with pytest.raises(ValueError, match="level"):
+        _qstate.use_codecs("sse2")
+
+
+def test_levels_are_capped_at_the_machine():
+    """use_codecs("avx2") runs AVX2 where the CPU has it (every AVX-512 CPU does), the best
+    level below it elsewhere; "best" is the highest level of all."""
+    flags = _cpu_flags()
+    try:
         _qstate.use_codecs("avx2")
+        if flags is not None:
+            assert _qstate.codec_level() == ("avx2" if "avx2" in flags else "scalar")
+        capped = _qstate.codec_level()
+        _qstate.use_codecs("avx512f")
+        if flags is not None:
+            assert _qstate.codec_level() == ("avx512f" if "avx512f" in flags else capped)
+    finally:
+        _qstate.use_codecs("best")
+    order = ("scalar", "avx2", "avx512f", "avx512vbmi")
+    assert all(order.index(_qstate.codec_level()) >= order.index(level)
+               for level in LEVELS if level != "best")
 
 
 @pytest.mark.parametrize("fmt", ["int8", "bfloat16"])

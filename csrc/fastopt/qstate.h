@@ -74,9 +74,9 @@ int fo_qstate_decode(int32_t format, const void *src, const float *absmax, const
 int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
                      const float *qmap, int64_t n);
 
-/* The codec level running (0 scalar, 1 AVX-512F, 2 AVX-512 VBMI); use = 0 switches to the
- * scalar code, 1 back to the machine's best, 2 to AVX-512F, -1 only asks (every level writes
- * the same codes and bits). */
+/* The codec level running (0 scalar, 1 AVX2, 2 AVX-512F, 3 AVX-512 VBMI); use = 0 switches to
+ * the scalar code, 1 back to the machine's best, 2 to at most AVX-512F, 3 to at most AVX2, -1
+ * only asks (every level writes the same codes and bits). */
 int fo_qstate_vector_codecs(int use);
 
 /* Whether bfloat16 state is rounded to nearest by the AVX-512 BF16 instruction now (the best

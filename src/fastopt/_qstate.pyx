@@ -258,17 +258,18 @@ cdef class Plan(PlanBase):
         return o
 
 
-_CODEC_LEVELS = ("scalar", "avx512f", "avx512vbmi")
+_CODEC_LEVELS = ("scalar", "avx2", "avx512f", "avx512vbmi")
 
 
 def vector_codecs():
-    """Whether the int8 codecs run as AVX-512 vector code here (else scalar, same codes)."""
+    """Whether the int8 and bfloat16 codecs run as vector code here (AVX2 or AVX-512; else
+    scalar, with the same codes)."""
     return bool(fo_qstate_vector_codecs(-1))
 
 
 def codec_level():
-    """The codecs running now: "scalar", "avx512f" (vector gathers) or
-    "avx512vbmi" (AVX-512 with byte-table decoding)."""
+    """The codecs running now: "scalar", "avx2" (8-lane gathers), "avx512f" (16-lane gathers)
+    or "avx512vbmi" (AVX-512 with byte-table decoding)."""
     return _CODEC_LEVELS[fo_qstate_vector_codecs(-1)]
 
 
@@ -279,11 +280,12 @@ def bf16_instruction():
 
 
 def use_codecs(level):
-    """Run the codecs at `level`: "scalar", "avx512f" (where the machine has it) or "best"
-    (this machine's best); every level writes the same codes (tests, benchmarks)."""
-    cdef int use = {"scalar": 0, "best": 1, "avx512f": 2}.get(level, -1)
+    """Run the codecs at `level`: "scalar", "avx2" or "avx512f" (at most that level: the
+    machine's best below it) or "best" (this machine's best); every level writes the same
+    codes (tests, benchmarks)."""
+    cdef int use = {"scalar": 0, "best": 1, "avx512f": 2, "avx2": 3}.get(level, -1)
     if use < 0:
-        raise ValueError(f"level must be 'scalar', 'avx512f' or 'best', got {level!r}")
+        raise ValueError(f"level must be 'scalar', 'avx2', 'avx512f' or 'best', got {level!r}")
     fo_qstate_vector_codecs(use)
 
 
