@@ -89,8 +89,8 @@ typedef int fo_q8_atomic;
  * first bucket lies below every threshold (there x and 0 share a code), and above to 2, the
  * bucket that answers NaN (v * (1 / absmax) is below 2 in magnitude, or NaN). For the dynamic
  * maps that is K = 6 (signed) or 7 (unsigned), 1473 or 3073 entries per sign; a vector gather
- * (16 lanes with AVX-512, 8 with AVX2) reads them. A map for which no K works (unsorted, thresholds too close or too near
- * zero) is encoded by counting.
+ * (16 lanes with AVX-512, 8 with AVX2) reads them. A map for which no K works (unsorted,
+ * thresholds too close or too near zero) is encoded by counting.
  *
  * Decoding is m[code] * absmax: a gather from the map, or, with AVX-512 VBMI, 64
  * codes at a time by byte tables: byte q of m[code] for every q by two 128-entry byte
@@ -252,25 +252,28 @@ FO_QI uint8_t fo_q8_code_count(float x, const fo_q8_table *T)
 /* The bucket table's constants as plain values: an encoder keeps them in registers (its
  * byte stores could alias the table, so read through T they would be reloaded per code). */
 typedef struct {
-    const uint32_t *ent;             /* T->ent - ha: indexed by the bucket number */
+    const uint32_t *ent;
     uint32_t abits, topbits, lowmask, nb;
     int shift;
 } fo_q8_buckets;
 
 FO_QI fo_q8_buckets fo_q8_buckets_of(const fo_q8_table *T)
 {
-    const fo_q8_buckets B = {T->ent - T->ha, T->abits, T->topbits, (1u << T->shift) - 1,
+    const fo_q8_buckets B = {T->ent, T->abits, T->topbits, (1u << T->shift) - 1,
                              (uint32_t)T->nb, T->shift};
     return B;
 }
 
-/* the code of x from the bucket table (no branch on the sign: it is random in a moment) */
+/* the code of x from the bucket table (no branch on the sign: it is random in a moment).
+ * |x|'s bits are counted from the clamp 2^e, a multiple of 2^shift, so the bucket's entry is
+ * (a - abits) >> shift and its low bits are those of a. */
 FO_QI uint8_t fo_q8_code(float x, const fo_q8_buckets *B)
 {
     const uint32_t b = fo_bits(x), neg = b >> 31;
     uint32_t a = b & 0x7fffffffu;
     a = a < B->abits ? B->abits : a;
     a = a > B->topbits ? B->topbits : a;
+    a -= B->abits;
     const uint32_t e = B->ent[(a >> B->shift) + ((0u - neg) & B->nb)];
     const uint32_t hit = (a & B->lowmask) >= (e >> 8);
     return (uint8_t)(e + (hit ^ neg));
@@ -286,7 +289,8 @@ static void fo_q8_encode_scalar(const float *FO_RESTRICT v, int64_t m, float ama
     const float r = 1.0f / amax;
     if (!T->fast) {
         const int divide = fo_q8_divides(amax);
-        for (int64_t i = 0; i < m; ++i) out[i] = fo_q8_code_count(divide ? v[i] / amax : v[i] * r, T);
+        for (int64_t i = 0; i < m; ++i)
+            out[i] = fo_q8_code_count(divide ? v[i] / amax : v[i] * r, T);
         return;
     }
     const fo_q8_buckets B = fo_q8_buckets_of(T);
@@ -348,8 +352,9 @@ FO_T512 static inline void fo_q8_enc16(const float *FO_RESTRICT v, __m512 r,
                                        const fo_q8_coder *E, uint8_t *FO_RESTRICT out)
 {
     const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(v), r));
-    const __m512i a = _mm512_min_epu32(
-        _mm512_max_epu32(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), E->lo), E->top);
+    const __m512i abs = _mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff));
+    const __m512i a = _mm512_sub_epi32(_mm512_min_epu32(_mm512_max_epu32(abs, E->lo), E->top),
+                                       E->lo);                     /* as in fo_q8_code */
     const __mmask16 neg = _mm512_cmplt_epi32_mask(b, _mm512_setzero_si512());
     const __m512i h = _mm512_srlv_epi32(a, E->shift);
     const __m512i e = _mm512_i32gather_epi32(_mm512_mask_add_epi32(h, neg, h, E->nb),
@@ -464,12 +469,15 @@ FO_TAVX2 static inline void fo_q8_enc8(const float *FO_RESTRICT v, __m256 r,
                                        const fo_q8_coder8 *E, uint8_t *FO_RESTRICT out)
 {
     const __m256i b = _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(v), r));
-    const __m256i a = _mm256_min_epu32(
-        _mm256_max_epu32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), E->lo), E->top);
+    const __m256i abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff));
+    const __m256i a = _mm256_sub_epi32(_mm256_min_epu32(_mm256_max_epu32(abs, E->lo), E->top),
+                                       E->lo);
     const __m256i neg = _mm256_srai_epi32(b, 31);                     /* -1 where negative */
-    const __m256i h = _mm256_add_epi32(_mm256_srlv_epi32(a, E->shift), _mm256_and_si256(neg, E->nb));
+    const __m256i h = _mm256_add_epi32(_mm256_srlv_epi32(a, E->shift),
+                                       _mm256_and_si256(neg, E->nb));
     const __m256i e = _mm256_i32gather_epi32((const int *)E->B.ent, h, 4);
-    const __m256i miss = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8), _mm256_and_si256(a, E->lowmask));
+    const __m256i miss = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8),
+                                            _mm256_and_si256(a, E->lowmask));
     /* code = e + (hit XOR negative) = e + 1 + (miss XOR neg): miss and neg are 0 or -1 */
     const __m256i code = _mm256_add_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(1)),
                                           _mm256_xor_si256(miss, neg));
@@ -535,7 +543,8 @@ FO_TAVX2 static void fo_bf16_encode_avx2(const float *FO_RESTRICT v, uint16_t *F
             _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
                              _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
         const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-        const __m256i r = _mm256_blendv_epi8(rne, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+        const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+        const __m256i r = _mm256_blendv_epi8(rne, quiet, nan);
         const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
         _mm_storeu_si128((__m128i *)(out + i), _mm256_castsi256_si128(w));
     }
