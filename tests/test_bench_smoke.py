@@ -46,7 +46,8 @@ def test_every_section_has_rows(report):
         (d, t) for d in ("bfloat16", "float32") for t in cfg.threads}
     (row,) = report["lbfgs"]
     assert (row["n"], row["history_size"], row["dtype"]) == (2000, 5, "float64")
-    for key in ("lbfgs_ms", "dot_ms", "dot_hot_ms", "ratio", "ratio_hot"):
+    for key in ("lbfgs_ms", "dot_ms", "dot_hot_ms", "ratio", "ratio_hot", "recursion_ms",
+                "ratio_recursion"):
         assert _finite_positive(row[key]), (key, row)
     assert "L-BFGS per iteration" in bench.format_report(report)
 
