@@ -107,6 +107,9 @@ def test_state_format_rows(report):
         if "torch" in row:
             assert _finite_positive(row["torch"]["over_int8"])
     assert "Adam by state format" in bench.format_report(report)
+    from fastopt import _qstate
+    assert report["machine"]["state_codecs"].split("+")[0] == _qstate.codec_level()
+    assert f"state codecs: {report['machine']['state_codecs']}" in bench.format_report(report)
 
 
 def test_sparse_rows(report):

@@ -187,6 +187,12 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _state_codecs():
+    """The low-bit state codecs running ("avx512vbmi+bf16": the AVX-512 BF16 conversion too)."""
+    from . import _qstate
+    return _qstate.codec_level() + ("+bf16" if _qstate.bf16_instruction() else "")
+
+
 def machine_info():
     """Facts printed above the tables and stored in --json."""
     import fastopt
@@ -195,6 +201,7 @@ def machine_info():
         "fastopt": fastopt.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "openmp": _kernels.has_openmp(),
         "vector_isa": _kernels.vector_isa(), "isa_clones": _kernels.has_isa_clones(),
+        "state_codecs": _state_codecs(),
         "parallel_threshold": int(_kernels.get_parallel_threshold()),
         "max_threads": int(_kernels.get_num_threads()),
     }
@@ -802,7 +809,8 @@ def format_report(report):
     """The human-readable tables of a report (what `fastopt bench` prints)."""
     m = report["machine"]
     parts = [f"fastopt {m['fastopt']} | {m['cpu']} | {m['logical_cpus']} logical CPUs | "
-             f"vector ISA: {m['vector_isa']} | parallel threshold {m['parallel_threshold']} | "
+             f"vector ISA: {m['vector_isa']} | state codecs: {m.get('state_codecs', '?')} | "
+             f"parallel threshold {m['parallel_threshold']} | "
              f"numpy {m['numpy']} | torch {m['torch'] or 'not installed'}"]
     parts.append("ms: median ms per step (±: inter-quartile range / median); GB/s from the "
                  "minimal traffic; %bw: share of the stream kernel's GB/s in the same samples; "
