@@ -115,8 +115,8 @@ typedef struct FO_ALIGN64 {
     int fast;                        /* the bucket table below is valid */
     int shift;                       /* 23 - K */
     uint32_t abits, topbits;         /* clamp of |x|'s bits: 2^e, 2.0 */
-    int32_t ha, nb;                  /* first bucket (abits >> shift); buckets per sign */
-    uint32_t ent[2 * FO_Q8_NB_MAX];  /* [negative * nb + bucket - ha] */
+    int32_t nb;                      /* buckets per sign */
+    uint32_t ent[2 * FO_Q8_NB_MAX];  /* [negative * nb + ((bits - abits) >> shift)] */
 } fo_q8_table;
 
 /* #{ k < 255 : t_k <= x } (strict = 0) or #{ k < 255 : t_k < x } (strict = 1) of a sorted
@@ -163,7 +163,6 @@ static int fo_q8_fill(fo_q8_table *T, int k, int e)
     T->shift = shift;
     T->abits = abits;
     T->topbits = topbits;
-    T->ha = ha;
     T->nb = nb;
     return 1;
 }
@@ -464,6 +463,16 @@ typedef struct {
     fo_q8_buckets B;
 } fo_q8_coder8;
 
+FO_TAVX2 static inline void fo_q8_coder8_init(fo_q8_coder8 *E, const fo_q8_table *T)
+{
+    E->B = fo_q8_buckets_of(T);
+    E->lo = _mm256_set1_epi32((int)E->B.abits);
+    E->top = _mm256_set1_epi32((int)E->B.topbits);
+    E->nb = _mm256_set1_epi32((int)E->B.nb);
+    E->lowmask = _mm256_set1_epi32((int)E->B.lowmask);
+    E->shift = _mm256_set1_epi32(E->B.shift);
+}
+
 /* 8 values of a block encoded, r = 1 / absmax (as fo_q8_enc16) */
 FO_TAVX2 static inline void fo_q8_enc8(const float *FO_RESTRICT v, __m256 r,
                                        const fo_q8_coder8 *E, uint8_t *FO_RESTRICT out)
@@ -497,12 +506,7 @@ FO_TAVX2 static void fo_q8_encode_avx2(const float *FO_RESTRICT v, int64_t m, fl
     }
     const float r = 1.0f / amax;
     fo_q8_coder8 E;
-    E.B = fo_q8_buckets_of(T);
-    E.lo = _mm256_set1_epi32((int)E.B.abits);
-    E.top = _mm256_set1_epi32((int)E.B.topbits);
-    E.nb = _mm256_set1_epi32((int)E.B.nb);
-    E.lowmask = _mm256_set1_epi32((int)E.B.lowmask);
-    E.shift = _mm256_set1_epi32(E.B.shift);
+    fo_q8_coder8_init(&E, T);
     int64_t i = 0;
     for (; i + 8 <= m; i += 8) fo_q8_enc8(v + i, _mm256_set1_ps(r), &E, out + i);
     for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &E.B);
