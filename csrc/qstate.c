@@ -258,8 +258,13 @@ typedef struct {
 
 FO_QI fo_q8_buckets fo_q8_buckets_of(const fo_q8_table *T)
 {
-    const fo_q8_buckets B = {T->ent, T->abits, T->topbits, (1u << T->shift) - 1,
-                             (uint32_t)T->nb, T->shift};
+    fo_q8_buckets B;
+    B.ent = T->ent;
+    B.abits = T->abits;
+    B.topbits = T->topbits;
+    B.lowmask = (1u << T->shift) - 1;
+    B.nb = (uint32_t)T->nb;
+    B.shift = T->shift;
     return B;
 }
 
