@@ -22,18 +22,6 @@ from fastopt.bench import machine_info
 FORMATS = ("float32", "bfloat16", "int8")
 
 
-def levels():
-    out = ["scalar"]
-    for level in ("avx2", "avx512f"):
-        _qstate.use_codecs(level)
-        if _qstate.codec_level() == level:
-            out.append(level)
-    _qstate.use_codecs("best")
-    if _qstate.codec_level() != out[-1]:
-        out.append("best")
-    return out
-
-
 def sample(n, fmt, steps):
     rng = np.random.default_rng(0)
     w = rng.standard_normal(n).astype(np.float32)
@@ -57,7 +45,7 @@ def main():
     fo.set_num_threads(args.threads)
     info = machine_info()
     print(f"cpu: {info['cpu']} ({info['logical_cpus']} logical), threads {args.threads}")
-    names = levels()
+    names = _qstate.codec_levels()
     for n in (int(float(s)) for s in args.sizes.split(",")):
         steps = max(7, int(2e8 // (n * 50)))
         got = {(lv, f): [] for lv in names for f in FORMATS}

@@ -15,22 +15,7 @@ import fastopt as fo
 from fastopt import _kernels, _qstate
 from fastopt.state_format import dynamic_map
 
-
-
-def _levels():
-    """The scalar level, then every vector level this machine runs, then the best (which may
-    differ from the highest of them only by the bfloat16 instruction: kept whenever there is a
-    vector level)."""
-    out = ["scalar"]
-    for level in ("avx2", "avx512f"):
-        _qstate.use_codecs(level)
-        if _qstate.codec_level() == level:
-            out.append(level)
-    _qstate.use_codecs("best")
-    return out + (["best"] if len(out) > 1 or _qstate.codec_level() != "scalar" else [])
-
-
-LEVELS = _levels()
+LEVELS = _qstate.codec_levels()
 
 
 def thresholds(qmap):
@@ -279,6 +264,11 @@ def test_levels_are_capped_at_the_machine():
     order = ("scalar", "avx2", "avx512f", "avx512vbmi")
     assert all(order.index(_qstate.codec_level()) >= order.index(level)
                for level in LEVELS if level != "best")
+    if flags is not None:               # codec_levels: every level this machine runs, in order
+        vector = [lv for lv in ("avx2", "avx512f") if lv in flags]
+        assert _qstate.codec_levels() == ["scalar"] + vector + (["best"] if vector else [])
+        vbmi = "avx512vbmi" in flags and "avx512bw" in flags
+        assert _qstate.codec_level() == ("avx512vbmi" if vbmi else (["scalar"] + vector)[-1])
 
 
 @pytest.mark.parametrize("fmt", ["int8", "bfloat16"])

@@ -63,7 +63,8 @@ cdef extern from "fastopt/qstate.h" nogil:
 assert FO_QBLOCK == QBLOCK
 
 __all__ = ["Plan", "check_grads_disjoint", "ROUNDINGS", "FORMATS", "encode", "decode",
-           "format_of", "vector_codecs", "codec_level", "use_codecs", "bf16_instruction"]  # and the step functions (_qstate_steps.pxi)
+           "format_of", "vector_codecs", "codec_level", "codec_levels", "use_codecs",
+           "bf16_instruction"]  # and the step functions (_qstate_steps.pxi)
 
 ROUNDINGS = ("nearest", "stochastic")
 #: slot format of a state buffer -> FO_SF_*
@@ -271,6 +272,20 @@ def codec_level():
     """The codecs running now: "scalar", "avx2" (8-lane gathers), "avx512f" (16-lane gathers)
     or "avx512vbmi" (AVX-512 with byte-table decoding)."""
     return _CODEC_LEVELS[fo_qstate_vector_codecs(-1)]
+
+
+def codec_levels():
+    """The levels `use_codecs` runs on this machine, lowest first: "scalar", then "avx2" and
+    "avx512f" where the CPU (and the build) has them, then "best" wherever a vector level runs
+    (above "avx512f" it may add byte-table decoding and the bfloat16 instruction). Leaves the
+    best level running."""
+    out = ["scalar"]
+    for level in ("avx2", "avx512f"):
+        use_codecs(level)
+        if codec_level() == level:
+            out.append(level)
+    use_codecs("best")
+    return out + (["best"] if codec_level() != "scalar" else [])
 
 
 def bf16_instruction():
