@@ -18,6 +18,10 @@
  *      bitsandbytes' fmax), then per element the nearest map entry to v * (1 / absmax), read
  *      from a bucket table by the bits of the value (below), ties to the lower code.
  *
+ * Two bfloat16 moments with nearest rounding on AVX-512 (the common Adam-like case) skip the
+ * buffers: 16 elements at a time are decoded into registers, run through the rule and encoded
+ * (FO_QF_FAST), so the codecs' work overlaps the rule's divisions.
+ *
  * So codes and absmax are read and written once per step, and nothing but 2 (bfloat16) or
  * 1 + 4/256 (int8) bytes per element and slot moves for the state. Work is split over whole
  * blocks: a group's tensors are cut into blocks (the last of each tensor may be short), and
@@ -440,6 +444,12 @@ FO_T512 static void fo_bf16_decode_avx512(const uint16_t *FO_RESTRICT s, float *
     for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
 }
 
+FO_T512 static inline void fo_bf16_dec16(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out)
+{
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
+    _mm512_store_si512(out, _mm512_slli_epi32(w, 16));
+}
+
 /* fo_f2bf of half.h, 16 at a time */
 FO_T512 static inline void fo_bf16_encode16(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
 {
@@ -843,6 +853,48 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         break;                                                                                \
     }
 
+/* Two bfloat16 moments (slots 0 and 1, no slot 2, nearest rounding) on AVX-512: decoding,
+ * rule and encoding 16 elements at a time in registers and L1, so that the codecs' work
+ * overlaps the rule's divisions (0.94-0.97x the time of the three passes over the block);
+ * the same rule, the same bits (tests/test_state_codecs.py compares it with the scalar level). */
+#if FO_HAS_CLONES
+#define FO_QF_LOOP(OPT, K)                                                                    \
+    do {                                                                                      \
+        for (int64_t o = 0; o < m; o += 16) {                                                 \
+            FO_ALIGN64 float a[16], b[16];                                                    \
+            float *FO_RESTRICT pp = p + o;                                                    \
+            const float *FO_RESTRICT gg = g + o;                                              \
+            fo_bf16_dec16(h0 + o, a);                                                         \
+            fo_bf16_dec16(h1 + o, b);                                                         \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int i = 0; i < 16; ++i) fo_##OPT##_rule_f32(i, pp, gg, a, b, 0, (K));       \
+            fo_bf16_encode16(a, h0 + o);                                                      \
+            fo_bf16_encode16(b, h1 + o);                                                      \
+        }                                                                                     \
+    } while (0)
+#define FO_QF_CASE(OPT, SFX, V)                                                               \
+    case (V): {                                                                               \
+        fo_##OPT##_k_f32 kv = k;                                                              \
+        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
+        FO_QF_LOOP(OPT, kv);                                                                  \
+        break;                                                                                \
+    }
+#define FO_QF_FAST(OPT)                                                                       \
+    if (fo_q8_level >= FO_Q8_AVX512F && !stochastic && sg->state[0] && sg->state[1]          \
+        && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
+        && (m & 15) == 0) {                                                                   \
+        uint16_t *h0 = (uint16_t *)sg->state[0] + c, *h1 = (uint16_t *)sg->state[1] + c;      \
+        switch (k.flags & FO_MASK_##OPT) {                                                    \
+            FO_CASES_##OPT(FO_QF_CASE, OPT, f32)                                              \
+        default:                                                                              \
+            FO_QF_LOOP(OPT, k);                                                               \
+        }                                                                                     \
+        return;                                                                               \
+    }
+#else
+#define FO_QF_FAST(OPT)
+#endif
+
 /* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order), one at a time. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
     FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
@@ -853,6 +905,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         FO_ALIGN64 float buf[FO_MAX_STATE][FO_QBLOCK];                                        \
         float *FO_RESTRICT p = sg->param + c;                                                 \
         const float *FO_RESTRICT g = sg->grad + c;                                            \
+        FO_QF_FAST(OPT)                                                                       \
         float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
         float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
         float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
