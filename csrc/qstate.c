@@ -855,7 +855,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
 
 /* Two bfloat16 moments (slots 0 and 1, no slot 2, nearest rounding) on AVX-512: decoding,
  * rule and encoding 16 elements at a time in registers and L1, so that the codecs' work
- * overlaps the rule's divisions (0.94-0.97x the time of the three passes over the block);
+ * overlaps the rule's divisions (0.93-0.99x the time of three passes over the block);
  * the same rule, the same bits (tests/test_state_codecs.py compares it with the scalar level). */
 #if FO_HAS_CLONES
 #define FO_QF_LOOP(OPT, K)                                                                    \
