@@ -845,11 +845,12 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
             fo_##OPT##_rule_f32(i, p, g, s0, s1, s2, (K));                                    \
     } while (0)
 
-#define FO_Q_CASE(OPT, SFX, V)                                                                \
+/* one FO_CASES_<opt> instance: the flags V fixed at compile time, run by LOOP(OPT, k) */
+#define FO_Q_CASE(OPT, LOOP, V)                                                               \
     case (V): {                                                                               \
         fo_##OPT##_k_f32 kv = k;                                                              \
         kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
-        FO_Q_RULE_LOOP(OPT, kv);                                                              \
+        LOOP(OPT, kv);                                                                        \
         break;                                                                                \
     }
 
@@ -872,20 +873,13 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
             fo_bf16_encode16(b, h1 + o);                                                      \
         }                                                                                     \
     } while (0)
-#define FO_QF_CASE(OPT, SFX, V)                                                               \
-    case (V): {                                                                               \
-        fo_##OPT##_k_f32 kv = k;                                                              \
-        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
-        FO_QF_LOOP(OPT, kv);                                                                  \
-        break;                                                                                \
-    }
 #define FO_QF_FAST(OPT)                                                                       \
     if (fo_q8_level >= FO_Q8_AVX512F && !stochastic && sg->state[0] && sg->state[1]          \
         && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
         && (m & 15) == 0) {                                                                   \
         uint16_t *h0 = (uint16_t *)sg->state[0] + c, *h1 = (uint16_t *)sg->state[1] + c;      \
         switch (k.flags & FO_MASK_##OPT) {                                                    \
-            FO_CASES_##OPT(FO_QF_CASE, OPT, f32)                                              \
+            FO_CASES_##OPT(FO_Q_CASE, OPT, FO_QF_LOOP)                                        \
         default:                                                                              \
             FO_QF_LOOP(OPT, k);                                                               \
         }                                                                                     \
@@ -910,7 +904,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
         float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
         switch (k.flags & FO_MASK_##OPT) {                                                    \
-            FO_CASES_##OPT(FO_Q_CASE, OPT, f32)                                               \
+            FO_CASES_##OPT(FO_Q_CASE, OPT, FO_Q_RULE_LOOP)                                    \
         default:                                                                              \
             FO_Q_RULE_LOOP(OPT, k);                                                           \
         }                                                                                     \
