@@ -22,12 +22,15 @@ from fastopt.bench import machine_info
 FORMATS = ("float32", "bfloat16", "int8")
 
 
-def sample(n, fmt, steps):
+def sample(n, fmt, steps, warmup=1):
+    """Median ns per parameter of `steps` Adam steps with `fmt` state on n float32 values,
+    after `warmup` steps (also bench/state_ab.py's measurement)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(n).astype(np.float32)
     g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
     opt = fo.Adam([w], lr=1e-4, state_dtype=fmt)
-    opt.step([g])
+    for _ in range(warmup):
+        opt.step([g])
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@
 BEFORE_SRC and AFTER_SRC are the ``src`` folders of two built checkouts (``python setup.py
 build_ext --inplace`` in each; e.g. ``git worktree add /tmp/before <commit>``). Each round runs
 one subprocess per build, in alternating order, that warms up and then times ``--steps`` steps
-of ``fastopt.Adam(state_dtype=...)`` on one float32 tensor of ``--n`` elements; prints the
+of ``fastopt.Adam(state_dtype=...)`` on one float32 tensor of ``--n`` elements
+(``codec_levels.sample``, beside this script); prints the
 median ns per parameter of each build over the rounds and their ratio after / before, with the
 CPU model.
 """
@@ -18,40 +19,22 @@ import subprocess
 import sys
 
 CHILD = r'''
-import json, sys, time, statistics
-import numpy as np
+import json, sys
+sys.path.insert(0, sys.argv[5])
 import fastopt as fo
+from fastopt.bench import machine_info
+from codec_levels import sample
 fmt, n, threads, steps = sys.argv[1], int(float(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
 fo.set_num_threads(threads)
-rng = np.random.default_rng(0)
-w = rng.standard_normal(n).astype(np.float32)
-g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
-opt = fo.Adam([w], lr=1e-4, state_dtype=fmt)
-for _ in range(max(3, steps // 10)):
-    opt.step([g])
-times = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    opt.step([g])
-    times.append(time.perf_counter() - t0)
-print(json.dumps(statistics.median(times) / n * 1e9))
+print(json.dumps([sample(n, fmt, steps, warmup=max(3, steps // 10)), machine_info()["cpu"]]))
 '''
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or platform.machine()
 
 
 def _sample(src, args):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-c", CHILD, args.format, str(args.n),
-                          str(args.threads), str(args.steps)],
+                          str(args.threads), str(args.steps), here],
                          env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -70,9 +53,10 @@ def main():
     for r in range(args.rounds):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
         for which in order:
-            got[which].append(_sample(getattr(args, which), args))
+            ns, cpu = _sample(getattr(args, which), args)
+            got[which].append(ns)
     b, a = statistics.median(got["before"]), statistics.median(got["after"])
-    print(f"cpu: {_cpu()} | Adam, {args.format} state, N={args.n:.0e}, {args.threads} "
+    print(f"cpu: {cpu} | Adam, {args.format} state, N={args.n:.0e}, {args.threads} "
           f"thread(s), {args.rounds} rounds: before {b:.3f} ns/param, after {a:.3f} ns/param, "
           f"after/before {a / b:.3f}")
 
