@@ -6,6 +6,7 @@ thread, a gloo process group and a 1-D CPU device mesh over all of them; ``body`
 module-level function (it is pickled). ``CASES``: the optimizers and options both suites train
 with, against torch.optim's class of the same name.
 """
+import datetime
 import os
 import socket
 
@@ -21,6 +22,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 WORLD = 2
+BARRIER_S = 60
 CASES = {
     "Adam": {"lr": 1e-2, "betas": (0.8, 0.95), "weight_decay": 1e-2},
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
@@ -42,7 +44,13 @@ def _entry(rank, port, body, args):
         from torch.distributed.device_mesh import init_device_mesh
         body(init_device_mesh("cpu", (WORLD,)), rank, *args)
     finally:
-        dist.destroy_process_group()
+        # the ranks meet before either closes its connections (a worker aborted once,
+        # "terminate called without an active exception", on a loaded machine); bounded, so
+        # that a rank which failed between collectives does not hang the other
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=BARRIER_S))
+        finally:
+            dist.destroy_process_group()
 
 
 def spawn(body, *args):
