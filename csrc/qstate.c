@@ -591,6 +591,17 @@ FO_TBF16 static void fo_bf16_encode_insn(const float *FO_RESTRICT v, uint16_t *F
     }
     fo_bf16_encode_avx512(v + i, out + i, m - i);
 }
+
+/* 16 values by the instruction (64-byte aligned v), as fo_bf16_encode_insn: a subnormal among
+ * them takes fo_bf16_encode16 */
+FO_TBF16 static inline void fo_bf16_enc16_insn(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+{
+    const __m512 x = _mm512_load_ps(v);
+    if (_mm512_fpclass_ps_mask(x, 0x20))
+        fo_bf16_encode16(v, out);
+    else
+        _mm256_storeu_si256((__m256i *)out, (__m256i)_mm512_cvtneps_pbh(x));
+}
 #else
 #define FO_HAS_BF16_INSN 0
 #endif
@@ -859,7 +870,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
  * overlaps the rule's divisions (0.93-0.99x the time of three passes over the block);
  * the same rule, the same bits (tests/test_state_codecs.py compares it with the scalar level). */
 #if FO_HAS_CLONES
-#define FO_QF_LOOP(OPT, K)                                                                    \
+#define FO_QF_LOOP_BY(OPT, K, ENCODE16)                                                       \
     do {                                                                                      \
         for (int64_t o = 0; o < m; o += 16) {                                                 \
             FO_ALIGN64 float a[16], b[16];                                                    \
@@ -869,28 +880,56 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
             fo_bf16_dec16(h1 + o, b);                                                         \
             FO_PRAGMA(omp simd)                                                               \
             for (int i = 0; i < 16; ++i) fo_##OPT##_rule_f32(i, pp, gg, a, b, 0, (K));       \
-            fo_bf16_encode16(a, h0 + o);                                                      \
-            fo_bf16_encode16(b, h1 + o);                                                      \
+            ENCODE16(a, h0 + o);                                                              \
+            ENCODE16(b, h1 + o);                                                              \
         }                                                                                     \
     } while (0)
+#define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_encode16)
+#define FO_QF_SWITCH(OPT, LOOP)                                                               \
+    switch (k.flags & FO_MASK_##OPT) {                                                        \
+        FO_CASES_##OPT(FO_Q_CASE, OPT, LOOP)                                                  \
+    default:                                                                                  \
+        LOOP(OPT, k);                                                                         \
+    }
+#if FO_HAS_BF16_INSN
+/* the fused loop encoding by the AVX-512 BF16 instruction (fo_bf16_enc16_insn), compiled for
+ * that instruction set: the CPUs of the best codec level */
+#define FO_QF_LOOP_INSN(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_enc16_insn)
+#define FO_QF_INSN_STAMP(OPT)                                                                 \
+    FO_TBF16 static void fo_qstate_##OPT##_fused_insn(float *FO_RESTRICT p,                   \
+                                                      const float *FO_RESTRICT g,             \
+                                                      uint16_t *FO_RESTRICT h0,               \
+                                                      uint16_t *FO_RESTRICT h1, int64_t m,    \
+                                                      fo_##OPT##_k_f32 k)                     \
+    {                                                                                         \
+        FO_QF_SWITCH(OPT, FO_QF_LOOP_INSN)                                                    \
+    }
+#define FO_QF_INSN_CALL(OPT)                                                                  \
+    if (fo_bf16_insn) {                                                                       \
+        fo_qstate_##OPT##_fused_insn(p, g, h0, h1, m, k);                                     \
+        return;                                                                               \
+    }
+#else
+#define FO_QF_INSN_STAMP(OPT)
+#define FO_QF_INSN_CALL(OPT)
+#endif
 #define FO_QF_FAST(OPT)                                                                       \
     if (fo_q8_level >= FO_Q8_AVX512F && !stochastic && sg->state[0] && sg->state[1]          \
         && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
         && (m & 15) == 0) {                                                                   \
         uint16_t *h0 = (uint16_t *)sg->state[0] + c, *h1 = (uint16_t *)sg->state[1] + c;      \
-        switch (k.flags & FO_MASK_##OPT) {                                                    \
-            FO_CASES_##OPT(FO_Q_CASE, OPT, FO_QF_LOOP)                                        \
-        default:                                                                              \
-            FO_QF_LOOP(OPT, k);                                                               \
-        }                                                                                     \
+        FO_QF_INSN_CALL(OPT)                                                                  \
+        FO_QF_SWITCH(OPT, FO_QF_LOOP)                                                         \
         return;                                                                               \
     }
 #else
+#define FO_QF_INSN_STAMP(OPT)
 #define FO_QF_FAST(OPT)
 #endif
 
 /* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order), one at a time. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
+    FO_QF_INSN_STAMP(OPT)                                                                     \
     FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
                                                   int64_t m, fo_##OPT##_k_f32 k,              \
                                                   const fo_q8_table *const *T, int stochastic,\
