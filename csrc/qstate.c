@@ -597,7 +597,8 @@ FO_TBF16 static void fo_bf16_encode_insn(const float *FO_RESTRICT v, uint16_t *F
 
 /* 16 values by the instruction (64-byte aligned v), as fo_bf16_encode_insn: a subnormal among
  * them takes fo_bf16_encode16 */
-FO_TBF16 static inline void fo_bf16_enc16_insn(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+FO_TBF16 static inline void fo_bf16_enc16_insn(const float *FO_RESTRICT v,
+                                              uint16_t *FO_RESTRICT out)
 {
     const __m512 x = _mm512_load_ps(v);
     if (_mm512_fpclass_ps_mask(x, 0x20))
@@ -868,6 +869,14 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         break;                                                                                \
     }
 
+/* LOOP(OPT, k) with the flags of k fixed by one of the FO_CASES_<opt> instances (or as given) */
+#define FO_Q_SWITCH(OPT, LOOP)                                                                \
+    switch (k.flags & FO_MASK_##OPT) {                                                        \
+        FO_CASES_##OPT(FO_Q_CASE, OPT, LOOP)                                                  \
+    default:                                                                                  \
+        LOOP(OPT, k);                                                                         \
+    }
+
 /* Two bfloat16 moments (slots 0 and 1, no slot 2, nearest rounding) on AVX-512: decoding,
  * rule and encoding 16 elements at a time in registers and L1, so that the codecs' work
  * overlaps the rule's divisions (0.93-0.99x the time of three passes over the block);
@@ -901,12 +910,6 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
         }                                                                                     \
     } while (0)
 #define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_encode16)
-#define FO_QF_SWITCH(OPT, LOOP)                                                               \
-    switch (k.flags & FO_MASK_##OPT) {                                                        \
-        FO_CASES_##OPT(FO_Q_CASE, OPT, LOOP)                                                  \
-    default:                                                                                  \
-        LOOP(OPT, k);                                                                         \
-    }
 #if FO_HAS_BF16_INSN
 /* the fused loop encoding by the AVX-512 BF16 instruction (fo_bf16_enc16_insn), compiled for
  * that instruction set: the CPUs of the best codec level */
@@ -918,7 +921,7 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
                                                       uint16_t *FO_RESTRICT h1, int64_t m,    \
                                                       fo_##OPT##_k_f32 k)                     \
     {                                                                                         \
-        FO_QF_SWITCH(OPT, FO_QF_LOOP_INSN)                                                    \
+        FO_Q_SWITCH(OPT, FO_QF_LOOP_INSN)                                                     \
     }
 #define FO_QF_INSN_CALL(OPT)                                                                  \
     if (fo_bf16_insn) {                                                                       \
@@ -935,7 +938,7 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
         && (m & 15) == 0) {                                                                   \
         uint16_t *h0 = (uint16_t *)sg->state[0] + c, *h1 = (uint16_t *)sg->state[1] + c;      \
         FO_QF_INSN_CALL(OPT)                                                                  \
-        FO_QF_SWITCH(OPT, FO_QF_LOOP)                                                         \
+        FO_Q_SWITCH(OPT, FO_QF_LOOP)                                                          \
         return;                                                                               \
     }
 #else
@@ -958,11 +961,7 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
         float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
         float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
         float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
-        switch (k.flags & FO_MASK_##OPT) {                                                    \
-            FO_CASES_##OPT(FO_Q_CASE, OPT, FO_Q_RULE_LOOP)                                    \
-        default:                                                                              \
-            FO_Q_RULE_LOOP(OPT, k);                                                           \
-        }                                                                                     \
+        FO_Q_SWITCH(OPT, FO_Q_RULE_LOOP)                                                      \
         fo_q_store(sg, 0, c, m, buf[0], stochastic, key[0], T[0]);                            \
         fo_q_store(sg, 1, c, m, buf[1], stochastic, key[1], T[1]);                            \
         fo_q_store(sg, 2, c, m, buf[2], stochastic, key[2], T[2]);                            \
