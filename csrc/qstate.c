@@ -23,7 +23,7 @@
  * (FO_QF_FAST), so the codecs' work overlaps the rule's divisions. Where the CPU has AVX-512
  * BF16 a copy of that loop compiled for it encodes with the conversion instruction (fewer
  * operations on the ports the divisions also need), and the loop prefetches its streams
- * FO_QF_AHEAD elements ahead: together 0.79-0.84x the time at N=5e7.
+ * FO_QF_AHEAD elements ahead: together 0.70-0.84x the time at N=5e7.
  *
  * So codes and absmax are read and written once per step, and nothing but 2 (bfloat16) or
  * 1 + 4/256 (int8) bytes per element and slot moves for the state. Work is split over whole
