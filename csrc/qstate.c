@@ -340,6 +340,7 @@ FO_QI void fo_bf16_encode_scalar(const float *FO_RESTRICT v, uint16_t *FO_RESTRI
 #define FO_T512 __attribute__((target("avx512f")))
 #define FO_TVBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 #define FO_TAVX2 __attribute__((target("avx2")))
+#define FO_TAVX2FMA __attribute__((target("avx2,fma")))   /* the rules' fmaf inline */
 
 /* an int8 slot's encoder: the bucket table's constants in vector registers */
 typedef struct {
@@ -542,35 +543,54 @@ FO_TAVX2 static void fo_q8_decode_avx2(const uint8_t *FO_RESTRICT q, float absma
     for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
 }
 
+FO_TAVX2 static inline void fo_bf16_dec8(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out)
+{
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)s));
+    _mm256_storeu_si256((__m256i *)out, _mm256_slli_epi32(w, 16));
+}
+
 FO_TAVX2 static void fo_bf16_decode_avx2(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out,
                                          int64_t m)
 {
     int64_t i = 0;
-    for (; i + 8 <= m; i += 8) {
-        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
-        _mm256_storeu_si256((__m256i *)(out + i), _mm256_slli_epi32(w, 16));
-    }
+    for (; i + 8 <= m; i += 8) fo_bf16_dec8(s + i, out + i);
     for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
 }
 
 /* fo_f2bf of half.h, 8 at a time */
+FO_TAVX2 static inline void fo_bf16_enc8(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+{
+    const __m256 x = _mm256_loadu_ps(v);
+    const __m256i b = _mm256_castps_si256(x), hi = _mm256_srli_epi32(b, 16);
+    const __m256i rne = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
+                         _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+    const __m256i r = _mm256_blendv_epi8(rne, quiet, nan);
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(w));
+}
+
 FO_TAVX2 static void fo_bf16_encode_avx2(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out,
                                          int64_t m)
 {
     int64_t i = 0;
-    for (; i + 8 <= m; i += 8) {
-        const __m256 x = _mm256_loadu_ps(v + i);
-        const __m256i b = _mm256_castps_si256(x), hi = _mm256_srli_epi32(b, 16);
-        const __m256i rne = _mm256_srli_epi32(
-            _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
-                             _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
-        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-        const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
-        const __m256i r = _mm256_blendv_epi8(rne, quiet, nan);
-        const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-        _mm_storeu_si128((__m128i *)(out + i), _mm256_castsi256_si128(w));
-    }
+    for (; i + 8 <= m; i += 8) fo_bf16_enc8(v + i, out + i);
     for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
+}
+
+/* 16 values by two 8-lane halves: the fused loop's codecs on AVX2 */
+FO_TAVX2 static inline void fo_bf16_dec16_avx2(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out)
+{
+    fo_bf16_dec8(s, out);
+    fo_bf16_dec8(s + 8, out + 8);
+}
+
+FO_TAVX2 static inline void fo_bf16_enc16_avx2(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+{
+    fo_bf16_enc8(v, out);
+    fo_bf16_enc8(v + 8, out + 8);
 }
 
 #if defined(__clang__) || __GNUC__ >= 10
@@ -614,6 +634,7 @@ FO_TBF16 static inline void fo_bf16_enc16_insn(const float *FO_RESTRICT v,
  * bfloat16 encoder is the BF16 instruction (the best level, where the CPU has it) */
 static int fo_q8_level = -1;
 static int fo_bf16_insn = 0;
+static int fo_fma = 0;          /* the CPU has FMA (the AVX2 fused loop is compiled with it) */
 static int fo_bf16_insn_here(void)
 {
 #if FO_HAS_BF16_INSN
@@ -682,6 +703,10 @@ static int fo_q8_best(void) { return FO_Q8_SCALAR; }
 static void fo_q8_init(void)
 {
     if (fo_q8_level < 0) {
+#if FO_HAS_CLONES
+        __builtin_cpu_init();
+        fo_fma = __builtin_cpu_supports("fma");
+#endif
         fo_bf16_insn = fo_bf16_insn_here();
         fo_q8_level = fo_q8_best();
     }
@@ -886,7 +911,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
  * alone leave this divider-bound loop waiting on memory (Adam at N=5e7: 0.84-0.94x the time
  * with, on 1 and 2 threads). A prefetch never faults, past the end of an array included. */
 #define FO_QF_AHEAD 512
-FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t *h0,
+static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t *h0,
                                           const uint16_t *h1)
 {
     _mm_prefetch((const char *)(p + FO_QF_AHEAD), _MM_HINT_T0);
@@ -894,35 +919,39 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
     _mm_prefetch((const char *)(h0 + FO_QF_AHEAD), _MM_HINT_T0);
     _mm_prefetch((const char *)(h1 + FO_QF_AHEAD), _MM_HINT_T0);
 }
-#define FO_QF_LOOP_BY(OPT, K, ENCODE16)                                                       \
+#define FO_QF_LOOP_BY(OPT, K, DECODE16, ENCODE16)                                             \
     do {                                                                                      \
         for (int64_t o = 0; o < m; o += 16) {                                                 \
             FO_ALIGN64 float a[16], b[16];                                                    \
             float *FO_RESTRICT pp = p + o;                                                    \
             const float *FO_RESTRICT gg = g + o;                                              \
             fo_qf_prefetch(pp, gg, h0 + o, h1 + o);                                           \
-            fo_bf16_dec16(h0 + o, a);                                                         \
-            fo_bf16_dec16(h1 + o, b);                                                         \
+            DECODE16(h0 + o, a);                                                              \
+            DECODE16(h1 + o, b);                                                              \
             FO_PRAGMA(omp simd)                                                               \
             for (int i = 0; i < 16; ++i) fo_##OPT##_rule_f32(i, pp, gg, a, b, 0, (K));       \
             ENCODE16(a, h0 + o);                                                              \
             ENCODE16(b, h1 + o);                                                              \
         }                                                                                     \
     } while (0)
-#define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_encode16)
+#define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16, fo_bf16_encode16)
+/* the fused loop on AVX2 CPUs (8-lane codecs, compiled for AVX2 with FMA: every AVX2 CPU has
+ * FMA, checked at run time) */
+#define FO_QF_LOOP_AVX2(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16_avx2, fo_bf16_enc16_avx2)
+#define FO_QF_STAMP_BY(OPT, SFX, TARGET, LOOP)                                                \
+    TARGET static void fo_qstate_##OPT##_fused_##SFX(float *FO_RESTRICT p,                    \
+                                                     const float *FO_RESTRICT g,              \
+                                                     uint16_t *FO_RESTRICT h0,                \
+                                                     uint16_t *FO_RESTRICT h1, int64_t m,     \
+                                                     fo_##OPT##_k_f32 k)                      \
+    {                                                                                         \
+        FO_Q_SWITCH(OPT, LOOP)                                                                \
+    }
 #if FO_HAS_BF16_INSN
 /* the fused loop encoding by the AVX-512 BF16 instruction (fo_bf16_enc16_insn), compiled for
  * that instruction set: the CPUs of the best codec level */
-#define FO_QF_LOOP_INSN(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_enc16_insn)
-#define FO_QF_INSN_STAMP(OPT)                                                                 \
-    FO_TBF16 static void fo_qstate_##OPT##_fused_insn(float *FO_RESTRICT p,                   \
-                                                      const float *FO_RESTRICT g,             \
-                                                      uint16_t *FO_RESTRICT h0,               \
-                                                      uint16_t *FO_RESTRICT h1, int64_t m,    \
-                                                      fo_##OPT##_k_f32 k)                     \
-    {                                                                                         \
-        FO_Q_SWITCH(OPT, FO_QF_LOOP_INSN)                                                     \
-    }
+#define FO_QF_LOOP_INSN(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16, fo_bf16_enc16_insn)
+#define FO_QF_INSN_STAMP(OPT) FO_QF_STAMP_BY(OPT, insn, FO_TBF16, FO_QF_LOOP_INSN)
 #define FO_QF_INSN_CALL(OPT)                                                                  \
     if (fo_bf16_insn) {                                                                       \
         fo_qstate_##OPT##_fused_insn(p, g, h0, h1, m, k);                                     \
@@ -932,23 +961,30 @@ FO_T512 static inline void fo_qf_prefetch(const float *p, const float *g, const 
 #define FO_QF_INSN_STAMP(OPT)
 #define FO_QF_INSN_CALL(OPT)
 #endif
+#define FO_QF_STAMPS(OPT)                                                                     \
+    FO_QF_INSN_STAMP(OPT)                                                                     \
+    FO_QF_STAMP_BY(OPT, avx2, FO_TAVX2FMA, FO_QF_LOOP_AVX2)
 #define FO_QF_FAST(OPT)                                                                       \
-    if (fo_q8_level >= FO_Q8_AVX512F && !stochastic && sg->state[0] && sg->state[1]          \
+    if (fo_q8_level >= FO_Q8_AVX2 && !stochastic && sg->state[0] && sg->state[1]             \
         && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
-        && (m & 15) == 0) {                                                                   \
+        && (m & 15) == 0 && (fo_q8_level >= FO_Q8_AVX512F || fo_fma)) {                       \
         uint16_t *h0 = (uint16_t *)sg->state[0] + c, *h1 = (uint16_t *)sg->state[1] + c;      \
+        if (fo_q8_level == FO_Q8_AVX2) {                                                      \
+            fo_qstate_##OPT##_fused_avx2(p, g, h0, h1, m, k);                                 \
+            return;                                                                           \
+        }                                                                                     \
         FO_QF_INSN_CALL(OPT)                                                                  \
         FO_Q_SWITCH(OPT, FO_QF_LOOP)                                                          \
         return;                                                                               \
     }
 #else
-#define FO_QF_INSN_STAMP(OPT)
+#define FO_QF_STAMPS(OPT)
 #define FO_QF_FAST(OPT)
 #endif
 
 /* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order), one at a time. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
-    FO_QF_INSN_STAMP(OPT)                                                                     \
+    FO_QF_STAMPS(OPT)                                                                         \
     FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
                                                   int64_t m, fo_##OPT##_k_f32 k,              \
                                                   const fo_q8_table *const *T, int stochastic,\
