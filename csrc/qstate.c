@@ -437,21 +437,18 @@ FO_TVBMI static void fo_q8_decode_vbmi(const uint8_t *FO_RESTRICT q, float absma
     fo_q8_decode_avx512(q + i, absmax, T, out + i, m - i);
 }
 
+FO_T512 static inline void fo_bf16_dec16(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out)
+{
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
+    _mm512_storeu_si512(out, _mm512_slli_epi32(w, 16));
+}
+
 FO_T512 static void fo_bf16_decode_avx512(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out,
                                           int64_t m)
 {
     int64_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
-        _mm512_storeu_si512(out + i, _mm512_slli_epi32(w, 16));
-    }
+    for (; i + 16 <= m; i += 16) fo_bf16_dec16(s + i, out + i);
     for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
-}
-
-FO_T512 static inline void fo_bf16_dec16(const uint16_t *FO_RESTRICT s, float *FO_RESTRICT out)
-{
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
-    _mm512_store_si512(out, _mm512_slli_epi32(w, 16));
 }
 
 /* fo_f2bf of half.h, 16 at a time */
@@ -914,7 +911,7 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
  * with, on 1 and 2 threads). A prefetch never faults, past the end of an array included. */
 #define FO_QF_AHEAD 512
 static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t *h0,
-                                          const uint16_t *h1)
+                                  const uint16_t *h1)
 {
     _mm_prefetch((const char *)(p + FO_QF_AHEAD), _MM_HINT_T0);
     _mm_prefetch((const char *)(g + FO_QF_AHEAD), _MM_HINT_T0);
