@@ -27,6 +27,16 @@
  * them (at most 1024 additions) to get the next coefficient itself; the partials alternate
  * between two arrays, so a pass never overwrites the ones a slower thread is still summing.
  * Serial below the update loops' parallel threshold (fastopt.set_parallel_threshold).
+ *
+ * The rest of an iteration. Around the recursion, torch's step makes a dozen passes over n
+ * (y = g - g_prev, s = t d, y . s, y . y, copies of s and y into the history, g_prev = g,
+ * g . d, max |d|, the move p += t d after saving p, max |g|). Once the history is beyond the
+ * caches, so is every n-vector after the recursion streams it, and those passes cost about a
+ * sixth of the recursion. Here they are four, each one loop over the same blocks (so their
+ * sums are the same bits on any number of threads): fo_lbfgs_pair (y and s written straight
+ * into the history's spare slot, g_prev = g, y . s and y . y), fo_lbfgs_slope (g . d and
+ * max |d|), fo_lbfgs_move (p saved, then p += t d as torch's add with alpha: one fma) and
+ * fo_lbfgs_amax (max |g|).
  */
 #include <math.h>
 
@@ -127,3 +137,109 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
 
 FO_LBFGS_STAMP(f32, float, fmaf)
 FO_LBFGS_STAMP(f64, double, fma)
+
+/* The passes around the recursion (the design note): one parallel region each, over the
+ * recursion's blocks; the sums are block partials added in block order, as the recursion's. */
+
+/* max |x| of a block into `m`, NaN (in `nan`) when x has one */
+#define FO_LBFGS_AMAX_OF(T, x, j, m, nan)                                                     \
+    do {                                                                                      \
+        const T a_ = (x)[j] < 0 ? -(x)[j] : (x)[j];                                           \
+        nan |= a_ != a_;                                                                      \
+        m = a_ > m ? a_ : m;                                                                  \
+    } while (0)
+
+#define FO_LBFGS_PASSES(SFX, T, FMA)                                                          \
+FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s, T *y,        \
+                                  int64_t n, double *sums, int64_t threshold, int n_threads)  \
+{                                                                                             \
+    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    T ys_part[FO_LBFGS_MAX_BLOCKS], yy_part[FO_LBFGS_MAX_BLOCKS];                             \
+    const T tt = (T)t;                                                                        \
+    const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
+    FO_REGION(nt, , t_, team_, {                                                              \
+        int64_t blo, bhi;                                                                     \
+        fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
+        for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
+            const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                \
+            T ys = 0, yy = 0;                                                                 \
+            FO_PRAGMA(omp simd reduction(+ : ys, yy))                                         \
+            for (int64_t j = lo_; j < hi_; ++j) {                                             \
+                const T yj = g[j] - pg[j], sj = d[j] * tt;                                    \
+                y[j] = yj; s[j] = sj; pg[j] = g[j];                                           \
+                ys += yj * sj; yy += yj * yj;                                                 \
+            }                                                                                 \
+            ys_part[b_] = ys; yy_part[b_] = yy;                                               \
+        }                                                                                     \
+    });                                                                                       \
+    T ys = 0, yy = 0;                                                                         \
+    for (int64_t b_ = 0; b_ < nb; ++b_) { ys += ys_part[b_]; yy += yy_part[b_]; }             \
+    sums[0] = (double)ys; sums[1] = (double)yy;                                               \
+    return nt;                                                                                \
+}                                                                                             \
+                                                                                              \
+FO_CLONES int fo_lbfgs_slope_##SFX(const T *g, const T *d, int64_t n, double *out,           \
+                                   int64_t threshold, int n_threads)                          \
+{                                                                                             \
+    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    T gd_part[FO_LBFGS_MAX_BLOCKS], max_part[FO_LBFGS_MAX_BLOCKS];                            \
+    int nan_part[FO_LBFGS_MAX_BLOCKS];                                                        \
+    const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
+    FO_REGION(nt, , t_, team_, {                                                              \
+        int64_t blo, bhi;                                                                     \
+        fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
+        for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
+            const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                \
+            T gd = 0, m = 0;                                                                  \
+            int nan = 0;                                                                      \
+            FO_PRAGMA(omp simd reduction(+ : gd) reduction(max : m) reduction(| : nan))       \
+            for (int64_t j = lo_; j < hi_; ++j) {                                             \
+                gd += g[j] * d[j];                                                            \
+                FO_LBFGS_AMAX_OF(T, d, j, m, nan);                                            \
+            }                                                                                 \
+            gd_part[b_] = gd; max_part[b_] = m; nan_part[b_] = nan;                           \
+        }                                                                                     \
+    });                                                                                       \
+    T gd = 0, m = 0;                                                                          \
+    int nan = 0;                                                                              \
+    for (int64_t b_ = 0; b_ < nb; ++b_) {                                                     \
+        gd += gd_part[b_]; m = max_part[b_] > m ? max_part[b_] : m; nan |= nan_part[b_];      \
+    }                                                                                         \
+    out[0] = (double)gd; out[1] = nan ? (double)NAN : (double)m;                              \
+    return nt;                                                                                \
+}                                                                                             \
+                                                                                              \
+FO_CLONES int fo_lbfgs_move_##SFX(T *p, const T *d, double t, T *saved, int64_t n,            \
+                                  int64_t threshold, int n_threads)                           \
+{                                                                                             \
+    const T tt = (T)t;                                                                        \
+    const int nt = fo_team_size(n, threshold, n_threads);                                     \
+    FO_SHARE_REGION(nt, , n, 64, lo, hi, {                                                    \
+        if (saved) {                                                                          \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int64_t j = lo; j < hi; ++j) { saved[j] = p[j]; p[j] = FMA(d[j], tt, p[j]); } \
+        } else {                                                                              \
+            FO_PRAGMA(omp simd)                                                               \
+            for (int64_t j = lo; j < hi; ++j) p[j] = FMA(d[j], tt, p[j]);                     \
+        }                                                                                     \
+    });                                                                                       \
+    return nt;                                                                                \
+}                                                                                             \
+                                                                                              \
+FO_CLONES double fo_lbfgs_amax_##SFX(const T *x, int64_t n, int64_t threshold, int n_threads) \
+{                                                                                             \
+    T m = 0;                                                                                  \
+    int nan = 0;                                                                              \
+    const int nt = fo_team_size(n, threshold, n_threads);                                     \
+    FO_SHARE_REGION(nt, reduction(max : m) reduction(| : nan), n, 64, lo, hi, {               \
+        T mm = 0;                                                                             \
+        int nn = 0;                                                                           \
+        FO_PRAGMA(omp simd reduction(max : mm) reduction(| : nn))                             \
+        for (int64_t j = lo; j < hi; ++j) FO_LBFGS_AMAX_OF(T, x, j, mm, nn);                  \
+        m = mm > m ? mm : m; nan |= nn;                                                       \
+    });                                                                                       \
+    return nan ? (double)NAN : (double)m;                                                     \
+}
+
+FO_LBFGS_PASSES(f32, float, fmaf)
+FO_LBFGS_PASSES(f64, double, fma)

@@ -51,6 +51,15 @@ SPARSE_INFOS = [info for info in common.optim_db if info.optim_cls.__name__ == "
 UNSUPPORTED = ("differentiable", "capturable")    # True: not applicable to fastopt.torch
 N_STEPS = 6
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+#: float32 L-BFGS: its stopping tests compare float32 values that cancel, so its trajectory on
+#: these problems amplifies rounding: torch's own run moves by up to 1.6e-5 from a start 1 ulp
+#: away (8 random 1-ulp starts, "non-default lr" and "Tensor lr"), beyond TOL; fastopt's
+#: parameters are held to a few times that, as float64 holds them to 1e-10.
+LBFGS_TOL32 = 5e-5
+
+
+def tol(name, dtype):
+    return LBFGS_TOL32 if name == "LBFGS" and dtype == torch.float32 else TOL[dtype]
 
 
 def configs():
@@ -163,7 +172,7 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
     for schedulers in ((),) + with_schedulers:
         (w_ref, b_ref), opt_ref = train(info.optim_cls, kwargs, dtype, schedulers)
         (w, b), opt = train(ours, kwargs, dtype, schedulers)
-        assert max(rel(w, w_ref), rel(b, b_ref)) <= TOL[dtype]
+        assert max(rel(w, w_ref), rel(b, b_ref)) <= tol(info.name, dtype)
         assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt_ref.param_groups]
         for p, q in ((w, w_ref), (b, b_ref)):
             assert opt.state[p].keys() == opt_ref.state[q].keys()
@@ -194,7 +203,8 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
     (w1, b1), _ = train(ours, kwargs, dtype, state_dict=sd_ref, start=N_STEPS, at=at)
     (w2, b2), _ = train(info.optim_cls, kwargs, dtype, state_dict=sd, start=N_STEPS,
                         at=at_ours)
-    assert max(rel(w1, w_ref), rel(b1, b_ref), rel(w2, w_ref), rel(b2, b_ref)) <= TOL[dtype]
+    assert max(rel(w1, w_ref), rel(b1, b_ref), rel(w2, w_ref), rel(b2, b_ref)) \
+        <= tol(info.name, dtype)
 
 
 @pytest.mark.parametrize("info,index", ERRORS)

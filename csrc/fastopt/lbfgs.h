@@ -22,4 +22,26 @@ int fo_lbfgs_two_loop_f64(const double *hist, int64_t n, const int64_t *order, i
                           const double *ro, const double *g, double *d, double h_diag,
                           double *al, int64_t threshold, int n_threads);
 
+/*
+ * The passes around the recursion (one each, same threads rule; sums in the parameters' type,
+ * block partials added in block order, so the same bits on any number of threads):
+ * - fo_lbfgs_pair: y = g - pg, s = t d, then pg = g; sums[0] = y . s, sums[1] = y . y.
+ * - fo_lbfgs_slope: out[0] = g . d, out[1] = max |d| (NaN when d has a NaN).
+ * - fo_lbfgs_move: saved = p (when saved is not NULL), then p += t d, one fma per element
+ *   (torch's add with alpha).
+ * - fo_lbfgs_amax: max |x| (NaN when x has a NaN; 0 for n = 0).
+ * Each returns the number of threads that ran it (amax: the value).
+ */
+#define FO_LBFGS_DECLARE_PASSES(SFX, T)                                                       \
+    int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s, T *y, int64_t n,   \
+                            double *sums, int64_t threshold, int n_threads);                  \
+    int fo_lbfgs_slope_##SFX(const T *g, const T *d, int64_t n, double *out,                 \
+                             int64_t threshold, int n_threads);                               \
+    int fo_lbfgs_move_##SFX(T *p, const T *d, double t, T *saved, int64_t n,                  \
+                            int64_t threshold, int n_threads);                                \
+    double fo_lbfgs_amax_##SFX(const T *x, int64_t n, int64_t threshold, int n_threads);
+
+FO_LBFGS_DECLARE_PASSES(f32, float)
+FO_LBFGS_DECLARE_PASSES(f64, double)
+
 #endif

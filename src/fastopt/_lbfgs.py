@@ -5,13 +5,19 @@ through three callbacks.
 
 Design note
 -----------
-The history is one preallocated buffer of shape ``(history_size, 2, n)`` in the parameters'
-dtype: slot k holds ``s_k`` (torch's ``old_stps``) in row 0 and ``y_k`` (``old_dirs``) in
-row 1, used as a ring (the oldest pair is overwritten when the history is full). The two-loop
-recursion runs in C over the ring (csrc/lbfgs.c: torch's arithmetic, each dot product fused
-into the pass before it, 2k + 2 passes over n). Nothing of size n is allocated during a step:
-every n-vector is a preallocated buffer (the flat gradient, the previous one, d, s, y, a
-scratch vector, the line search's bracket gradients and the point it starts from).
+The history is one preallocated buffer of shape ``(history_size + 1, 2, n)`` in the
+parameters' dtype: slot k holds ``s_k`` (torch's ``old_stps``) in row 0 and ``y_k``
+(``old_dirs``) in row 1, used as a ring with one spare slot, into which each iteration writes
+its new pair directly (the oldest pair's slot becomes the spare when the history is full), so
+storing a pair copies nothing. The two-loop recursion runs in C over the ring (csrc/lbfgs.c:
+torch's arithmetic, each dot product fused into the pass before it, 2k + 2 passes over n).
+The rest of an iteration is four more passes on the CPU, each one C loop: the new pair with
+its two dot products and g_prev = g, g . d with max |d|, the move (the parameters saved, then
+p += t d) and max |g| after the closure; once the history outgrows the caches every n-vector
+comes from memory after the recursion, and torch's dozen separate passes there cost about a
+sixth of the recursion. Nothing of size n is allocated during a step: every n-vector is a
+preallocated buffer (the flat gradient, the previous one, d, a temporary, the line search's
+bracket gradients and the point it starts from).
 
 Why not the "vector-free" form (the recursion on the Gram matrices S^T Y, Y^T Y and S^T g,
 Y^T g, which reads the history only twice per iteration): it computes s_i . q as
@@ -61,45 +67,52 @@ def _div(a, b):
 
 class History:
     """The (s, y) pairs in a ring buffer and their curvatures ro = 1 / (y . s). `xp`: the
-    array module of the buffer (numpy or cupy); ro, al and the slot table stay on the host."""
+    array module of the buffer (numpy or cupy); ro, al and the slot table stay on the host.
+
+    The buffer has one slot more than `size`, the spare: an iteration writes its new pair
+    there (``spare()``) and ``commit`` makes it the newest, the slot of the oldest becoming the
+    spare when the history is full, so storing a pair copies nothing. ``ring[:count]`` are the
+    slots of the pairs, oldest first; ``ring[count]`` is the spare."""
 
     def __init__(self, size, n, dtype, xp=np):
         self.size, self.n, self.xp = size, n, xp
-        self.buf = xp.zeros((size, 2, n), dtype=dtype)
-        self.ro = np.zeros(size)
+        self.buf = xp.zeros((size + 1, 2, n), dtype=dtype)
+        self.ro = np.zeros(size + 1)
         self.al = np.zeros(size)
-        self.slots = np.zeros(size, np.int64)
-        self._ages = np.arange(size, dtype=np.int64)
-        self.start = 0
+        self.ring = np.arange(size + 1, dtype=np.int64)
         self.count = 0
         self.threads = 1            # of the CPU recursion (LBFGS(threads=...))
         self.ran_on = 1             # the threads the last CPU recursion ran on
 
     def order(self):
         """The slots from the oldest pair to the newest."""
-        return [(self.start + i) % self.size for i in range(self.count)]
+        return self.ring[:self.count].tolist()
 
-    def push(self, s, y, ys):
-        """Store a pair (copies of s and y) over the oldest one when full."""
+    def clear(self):
+        self.count = 0
+
+    def spare(self):
+        """(s, y): the spare slot's two vectors, where the next pair is written."""
+        k = int(self.ring[self.count])
+        return self.buf[k, 0], self.buf[k, 1]
+
+    def commit(self, ys):
+        """The pair written into the spare slot becomes the newest (the oldest is dropped when
+        the history is full); ro = 1 / ys."""
+        k = int(self.ring[self.count])
+        self.ro[k] = 1.0 / ys
         if self.count < self.size:
-            k = (self.start + self.count) % self.size
             self.count += 1
         else:
-            k = self.start
-            self.start = (self.start + 1) % self.size
-        self.xp.copyto(self.buf[k, 0], s)
-        self.xp.copyto(self.buf[k, 1], y)
-        self.ro[k] = 1.0 / ys
+            oldest = int(self.ring[0])
+            self.ring[:-1] = self.ring[1:].copy()
+            self.ring[-1] = oldest
 
     def direction(self, g, h_diag, d, al_out, tmp=None):
         """d = -H g by the two-loop recursion (csrc/lbfgs.c; CuPy: fastopt._lbfgs_cupy, with
-        `tmp` an n-vector of scratch); al_out[i] = al_i (by age). The slot table and al_out
-        are filled by whole-array calls, not a Python loop per pair (history_size is 100 by
-        default)."""
+        `tmp` an n-vector of scratch); al_out[i] = al_i (by age)."""
         k = self.count
-        slots = self.slots[:k]
-        np.add(self._ages[:k], self.start, out=slots)
-        np.remainder(slots, self.size, out=slots)
+        slots = self.ring[:k]
         if self.xp is np:
             self.ran_on = _loops.two_loop(self.buf, slots, self.ro, g, d, h_diag, self.al,
                                           self.threads)
@@ -122,7 +135,8 @@ class History:
     def load(self, dirs, stps, ro):
         """Fill from torch's lists (oldest first): old_dirs (y), old_stps (s), ro; host
         (NumPy) vectors, copied to the device for a CuPy history."""
-        self.start, self.count = 0, len(dirs)
+        self.ring[:] = np.arange(self.size + 1)
+        self.count = len(dirs)
         for i in range(len(dirs)):
             self.xp.copyto(self.buf[i, 0], self.xp.asarray(stps[i]))
             self.xp.copyto(self.buf[i, 1], self.xp.asarray(dirs[i]))
@@ -134,15 +148,15 @@ class Workspace:
 
     def __init__(self, n, dtype, xp=np):
         self.n, self.dtype, self.xp = n, np.dtype(dtype), xp
-        v = xp.zeros((11, n), dtype=dtype)
+        v = xp.zeros((9, n), dtype=dtype)
         self.flat_grad = v[0]      # the gradient at the current point
         self.prev_flat_grad = v[1]
         self.d = v[2]
-        self.scratch = v[3:6]      # a temporary, then s and y
-        self.x = v[6]              # the point a line search starts from / before a move
-        self.g_new = v[7]
-        self.g_prev = v[8]
-        self.bracket = v[9:11]
+        self.tmp = v[3]            # a temporary
+        self.x = v[4]              # the point a line search starts from / before a move
+        self.g_new = v[5]
+        self.g_prev = v[6]
+        self.bracket = v[7:9]
 
 
 def cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
@@ -165,13 +179,14 @@ def cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
 
 
 def strong_wolfe(obj_func, t, d, f, g, gtd, ws, c1=1e-4, c2=0.9, tolerance_change=1e-9,
-                 max_ls=25):
+                 max_ls=25, d_norm=None):
     """torch.optim.lbfgs._strong_wolfe on preallocated buffers. obj_func(t, out) evaluates
     the loss at x + t d with its gradient written into `out`. Returns (f_new, t, evals); the
     gradient at the returned point is in ``ws.flat_grad`` (g, which the search only reads
     until then)."""
     xp = ws.xp
-    d_norm = amax(d)
+    if d_norm is None:
+        d_norm = amax(d)
     g_new, g_prev_buf, B = ws.g_new, ws.g_prev, ws.bracket
     f_new = obj_func(t, g_new)
     ls_func_evals = 1
@@ -276,10 +291,19 @@ class Params:
         for v in views:
             self.slices.append(slice(start, start + v.size))
             start += v.size
+        self.threads = 1
+        self._fused = ws.xp is np and all(v.flags.c_contiguous for v in views)
 
-    def add(self, t, d):
-        """params += t * d (torch's _add_grad)."""
-        tmp = self.ws.scratch[0]
+    def add(self, t, d, saved=None):
+        """params += t * d (torch's _add_grad: an add with alpha, one fma per element on the
+        CPU), after copying the parameters into `saved` when it is given."""
+        if self._fused:
+            for v, sl in zip(self.views, self.slices):
+                _loops.move(v, d[sl], t, None if saved is None else saved[sl], self.threads)
+            return
+        if saved is not None:
+            self.save(saved)
+        tmp = self.ws.tmp
         self.ws.xp.multiply(d, t, out=tmp)
         for v, sl in zip(self.views, self.slices):
             v += tmp[sl]
@@ -291,6 +315,34 @@ class Params:
     def restore(self, src):
         for v, sl in zip(self.views, self.slices):
             v[...] = src[sl]
+
+
+def new_pair(hist, ws, t):
+    """The iteration's pair, written into the history's spare slot: y = g - g_prev, s = t d,
+    then g_prev = g; returns (y . s, y . y). One pass on the CPU (csrc/lbfgs.c)."""
+    xp, g, pg, d = ws.xp, ws.flat_grad, ws.prev_flat_grad, ws.d
+    s, y = hist.spare()
+    if xp is np:
+        return _loops.pair(g, pg, d, t, s, y, hist.threads)
+    xp.subtract(g, pg, out=y)
+    xp.multiply(d, t, out=s)
+    xp.copyto(pg, g)
+    return float(xp.dot(y, s)), float(xp.dot(y, y))
+
+
+def slope(ws, threads):
+    """(g . d, max |d|) for the iteration's direction; one pass on the CPU."""
+    xp, g, d = ws.xp, ws.flat_grad, ws.d
+    if xp is np:
+        return _loops.slope(g, d, threads)
+    return float(xp.dot(g, d)), amax(d)
+
+
+def amax_of(v, threads):
+    """max |v_i| (NaN if any is NaN): one pass on the CPU, `amax` on CuPy."""
+    if isinstance(v, np.ndarray):
+        return _loops.amax(v, threads)
+    return amax(v)
 
 
 def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
@@ -322,7 +374,8 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     loss = orig_loss
     current_evals = 1
     state["func_evals"] += 1
-    opt_cond = amax(flat_grad) <= tol_grad_t
+    threads = params.threads = hist.threads
+    opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
     if opt_cond:
         return orig_loss
 
@@ -331,7 +384,6 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     h_diag = state.get("H_diag", 1.0)
     prev_loss = state.get("prev_loss")
     have_prev = state.get("prev_flat_grad") is not None
-    s, y = ws.scratch[1], ws.scratch[2]
     n_iter = 0
     moved = False
     try:
@@ -340,36 +392,34 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
             state["n_iter"] += 1
             if state["n_iter"] == 1:
                 xp.negative(flat_grad, out=d)
-                hist.start = hist.count = 0
+                xp.copyto(ws.prev_flat_grad, flat_grad)
+                hist.clear()
                 h_diag = 1.0
             else:
-                xp.subtract(flat_grad, ws.prev_flat_grad, out=y)
-                xp.multiply(d, t, out=s)
-                ys = float(xp.dot(y, s))
+                ys, yy = new_pair(hist, ws, t)       # g_prev = g from here on
                 if ys > curvature_t:
-                    hist.push(s, y, ys)
-                    yy = float(xp.dot(y, y))
+                    hist.commit(ys)
                     h_diag = ys / yy if yy != 0 else _div(ys, yy)
                 al = state.setdefault("al", [None] * hist.size)
                 if hist.count == 0:
                     xp.multiply(flat_grad, -h_diag, out=d)
                 else:
-                    hist.direction(flat_grad, h_diag, d, al, ws.scratch[0])
-            xp.copyto(ws.prev_flat_grad, flat_grad)
+                    hist.direction(flat_grad, h_diag, d, al, ws.tmp)
             have_prev = True
             prev_loss = loss
             if state["n_iter"] == 1:
-                abs_sum = float(xp.abs(flat_grad, out=ws.scratch[0]).sum())
+                abs_sum = float(xp.abs(flat_grad, out=ws.tmp).sum())
                 t = min(1.0, _div(1.0, abs_sum)) * lr
             else:
                 t = lr
-            gtd = float(xp.dot(flat_grad, d))
+            gtd, d_max = slope(ws, threads)
             if gtd > -tol_change_t:
                 break
             ls_func_evals = 0
-            params.save(ws.x)
-            moved = True
             if line_search_fn is not None:
+                params.save(ws.x)
+                moved = True
+
                 def obj_func(step, out):
                     params.add(step, d)
                     try:
@@ -378,14 +428,16 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                         params.restore(ws.x)
 
                 loss, t, ls_func_evals = strong_wolfe(obj_func, t, d, loss, flat_grad, gtd,
-                                                      ws, max_ls=max_eval - current_evals)
+                                                      ws, max_ls=max_eval - current_evals,
+                                                      d_norm=d_max)
                 params.add(t, d)
-                opt_cond = amax(flat_grad) <= tol_grad_t
+                opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
             else:
-                params.add(t, d)
+                params.add(t, d, saved=ws.x)
+                moved = True
                 if n_iter != max_iter:
                     loss = evaluate(flat_grad)
-                    opt_cond = amax(flat_grad) <= tol_grad_t
+                    opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
                     ls_func_evals = 1
             moved = False
             current_evals += ls_func_evals
@@ -396,7 +448,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 break
             if opt_cond:
                 break
-            if float(as_dtype(amax(d) * abs(t))) <= tol_change_t:
+            if float(as_dtype(d_max * abs(t))) <= tol_change_t:
                 break
             if abs(loss - prev_loss) < tolerance_change:
                 break
