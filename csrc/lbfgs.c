@@ -19,7 +19,9 @@
  * rounding). Compiled per instruction set like the update loops (FO_CLONES).
  *
  * Threads. Every pass is cut into the same blocks, fixed by n alone (at most
- * FO_LBFGS_MAX_BLOCKS of them, each at least FO_LBFGS_MIN_BLOCK elements, a multiple of 64):
+ * FO_LBFGS_MAX_BLOCKS of them, of equal lengths cut on multiples of 64 elements, each at least
+ * FO_LBFGS_MIN_BLOCK; their count a multiple of 12 from 12 on, below that 6, 4, 2 or 1, so
+ * that 2, 3, 4 or 6 threads take equal shares: a pass waits for its slowest thread):
  * a block's dot product is its own vectorized partial sum, and a pass's dot product is the
  * sum of the block partials in block order. So the direction is the same bits on any number
  * of threads. One parallel region runs the whole recursion: each thread takes a contiguous
@@ -46,19 +48,29 @@
 #define FO_LBFGS_MAX_BLOCKS 1024
 #define FO_LBFGS_MIN_BLOCK 4096
 
-/* the block length for n elements: at most FO_LBFGS_MAX_BLOCKS blocks */
-static int64_t fo_lbfgs_block(int64_t n)
+/* The number of blocks for n elements: one per FO_LBFGS_MIN_BLOCK elements, at most
+ * FO_LBFGS_MAX_BLOCKS, rounded down to a multiple of 12 (from 12 on; below: to 6, 4, 2 or 1),
+ * so that 2, 3, 4 or 6 threads take equal shares (a pass waits for its slowest thread). */
+static int64_t fo_lbfgs_nblocks(int64_t n)
 {
-    int64_t b = (n + FO_LBFGS_MAX_BLOCKS - 1) / FO_LBFGS_MAX_BLOCKS;
-    b = (b + 63) & ~(int64_t)63;
-    return b < FO_LBFGS_MIN_BLOCK ? FO_LBFGS_MIN_BLOCK : b;
+    int64_t nb = n / FO_LBFGS_MIN_BLOCK;
+    if (nb > FO_LBFGS_MAX_BLOCKS) nb = FO_LBFGS_MAX_BLOCKS;
+    if (nb >= 12) return nb - nb % 12;
+    return nb >= 6 ? 6 : nb >= 4 ? 4 : nb >= 2 ? 2 : 1;
+}
+
+/* where block b of nb starts (b = nb: n): equal lengths, cut on multiples of 64 elements */
+static inline int64_t fo_lbfgs_edge(int64_t b, int64_t n, int64_t nb)
+{
+    return b >= nb ? n : (b * n / nb) & ~(int64_t)63;
 }
 
 /* Over this thread's blocks [blo, bhi): for every element j of block b, STATEMENT (which may
  * use j and accumulates the block's dot product into `acc_`), then part[b] = acc_. */
 #define FO_LBFGS_BLOCKS(T, part, STATEMENT)                                                   \
     for (int64_t b_ = blo; b_ < bhi; ++b_) {                                                  \
-        const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                    \
+        const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                         \
+        const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                     \
         T acc_ = 0;                                                                           \
         FO_PRAGMA(omp simd reduction(+ : acc_))                                               \
         for (int64_t j = lo_; j < hi_; ++j) { STATEMENT }                                     \
@@ -81,7 +93,7 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
                                       double h_diag, double *al, int64_t threshold,           \
                                       int n_threads)                                          \
 {                                                                                             \
-    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    const int64_t nb = fo_lbfgs_nblocks(n);                          \
     T parts[2][FO_LBFGS_MAX_BLOCKS];                                                          \
     const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
     FO_REGION(nt, , t, team, {                                                                \
@@ -125,7 +137,8 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
                 FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
             } else {                                                                          \
                 for (int64_t b_ = blo; b_ < bhi; ++b_) {                                      \
-                    const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;        \
+                    const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                             \
+                    const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                         \
                     FO_PRAGMA(omp simd)                                                       \
                     for (int64_t j = lo_; j < hi_; ++j) d[j] = FMA(si[j], c, d[j]);           \
                 }                                                                             \
@@ -153,7 +166,7 @@ FO_LBFGS_STAMP(f64, double, fma)
 FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s, T *y,        \
                                   int64_t n, double *sums, int64_t threshold, int n_threads)  \
 {                                                                                             \
-    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    const int64_t nb = fo_lbfgs_nblocks(n);                          \
     T ys_part[FO_LBFGS_MAX_BLOCKS], yy_part[FO_LBFGS_MAX_BLOCKS];                             \
     const T tt = (T)t;                                                                        \
     const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
@@ -161,7 +174,8 @@ FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s,
         int64_t blo, bhi;                                                                     \
         fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
         for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
-            const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                \
+            const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                     \
+            const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                 \
             T ys = 0, yy = 0;                                                                 \
             FO_PRAGMA(omp simd reduction(+ : ys, yy))                                         \
             for (int64_t j = lo_; j < hi_; ++j) {                                             \
@@ -181,7 +195,7 @@ FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s,
 FO_CLONES int fo_lbfgs_slope_##SFX(const T *g, const T *d, int64_t n, double *out,           \
                                    int64_t threshold, int n_threads)                          \
 {                                                                                             \
-    const int64_t blk = fo_lbfgs_block(n), nb = (n + blk - 1) / blk;                          \
+    const int64_t nb = fo_lbfgs_nblocks(n);                          \
     T gd_part[FO_LBFGS_MAX_BLOCKS], max_part[FO_LBFGS_MAX_BLOCKS];                            \
     int nan_part[FO_LBFGS_MAX_BLOCKS];                                                        \
     const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
@@ -189,7 +203,8 @@ FO_CLONES int fo_lbfgs_slope_##SFX(const T *g, const T *d, int64_t n, double *ou
         int64_t blo, bhi;                                                                     \
         fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
         for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
-            const int64_t lo_ = b_ * blk, hi_ = lo_ + blk < n ? lo_ + blk : n;                \
+            const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                     \
+            const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                 \
             T gd = 0, m = 0;                                                                  \
             int nan = 0;                                                                      \
             FO_PRAGMA(omp simd reduction(+ : gd) reduction(max : m) reduction(| : nan))       \
