@@ -981,9 +981,149 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
 #define FO_QF_FAST(OPT)
 #endif
 
+/* Two int8 moments (slots 0 and 1, no slot 2, both maps with a bucket table) on AVX-512, the
+ * full blocks of a thread's share pipelined: while the rule runs on block j, 64 elements at a
+ * time (decoded into L1 just before, its new absmax gathered on the way), the codes of block
+ * j - 1, whose absmax is known, are encoded in the same iterations, so that the encoder's
+ * gathers overlap the rule's divisions instead of following them. The same decoders, rule and
+ * encoder as the block loop, in the same order per element: the same bits (a block whose
+ * reciprocal overflows, fo_q8_divides, is encoded by fo_q8_encode_scalar after its turn). */
+#if FO_HAS_CLONES
+#define FO_T512FMA __attribute__((target("avx512f,fma")))
+#define FO_TVBMIFMA __attribute__((target("avx512f,avx512bw,avx512vbmi,fma")))
+
+/* 64 codes decoded by gathers (the AVX512F level's decoder, 16 at a time) */
+FO_T512FMA static inline void fo_q8_dec64_gather(const uint8_t *FO_RESTRICT q, float amax,
+                                                  const fo_q8_table *T, float *FO_RESTRICT out)
+{
+    const __m512 am = _mm512_set1_ps(amax);
+    for (int i = 0; i < 64; i += 16) {
+        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, T->m, 4), am));
+    }
+}
+
+/* The pipeline's four streams FO_QF_AHEAD elements ahead, into L1, as the bfloat16 loop's
+ * (64 elements: four lines of the parameter and of the gradient, one of each code array) */
+static inline void fo_q8f_prefetch(const float *p, const float *g, const uint8_t *q0,
+                                   const uint8_t *q1)
+{
+    for (int i = 0; i < 64; i += 16) {
+        _mm_prefetch((const char *)(p + FO_QF_AHEAD + i), _MM_HINT_T0);
+        _mm_prefetch((const char *)(g + FO_QF_AHEAD + i), _MM_HINT_T0);
+    }
+    _mm_prefetch((const char *)(q0 + FO_QF_AHEAD), _MM_HINT_T0);
+    _mm_prefetch((const char *)(q1 + FO_QF_AHEAD), _MM_HINT_T0);
+}
+
+/* max(acc, |v_i|) over 64 values, a NaN skipped as fo_q8_absmax skips it (MAXPS returns its
+ * second operand when either is NaN) */
+FO_T512FMA static inline __m512 fo_q8_absmax64(const float *FO_RESTRICT v, __m512 acc)
+{
+    for (int i = 0; i < 64; i += 16)
+        acc = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(v + i)), acc);
+    return acc;
+}
+
+#define FO_Q8F_LOOP_BY(OPT, K, DECODE64)                                                      \
+    do {                                                                                      \
+        FO_ALIGN64 float buf[2][2][FO_QBLOCK];        /* [block parity][slot] */              \
+        uint8_t *q0p = 0, *q1p = 0;                   /* the previous block's codes */        \
+        __m512 r0p = _mm512_setzero_ps(), r1p = r0p;  /* its 1 / absmax */                    \
+        int have = 0;                                                                         \
+        for (int64_t j = ja; j < jb; ++j) {                                                   \
+            const int64_t c = j * FO_QBLOCK;                                                  \
+            float *FO_RESTRICT p = sg->param + c;                                             \
+            const float *FO_RESTRICT g = sg->grad + c;                                        \
+            uint8_t *q0 = (uint8_t *)sg->state[0] + c, *q1 = (uint8_t *)sg->state[1] + c;    \
+            const float am0 = sg->absmax[0][j], am1 = sg->absmax[1][j];                       \
+            float *FO_RESTRICT a = buf[j & 1][0], *FO_RESTRICT b = buf[j & 1][1];            \
+            const float *FO_RESTRICT ap = buf[~j & 1][0], *FO_RESTRICT bp = buf[~j & 1][1];  \
+            __m512 x0 = _mm512_setzero_ps(), x1 = x0;                                         \
+            for (int o = 0; o < FO_QBLOCK; o += 64) {                                         \
+                fo_q8f_prefetch(p + o, g + o, q0 + o, q1 + o);                                \
+                DECODE64(q0 + o, am0, T0, a + o);                                             \
+                DECODE64(q1 + o, am1, T1, b + o);                                             \
+                float *FO_RESTRICT pp = p + o, *FO_RESTRICT ao = a + o, *FO_RESTRICT bo = b + o; \
+                const float *FO_RESTRICT gg = g + o;                                          \
+                FO_PRAGMA(omp simd)                                                           \
+                for (int i = 0; i < 64; ++i) fo_##OPT##_rule_f32(i, pp, gg, ao, bo, 0, (K)); \
+                x0 = fo_q8_absmax64(ao, x0);                                                  \
+                x1 = fo_q8_absmax64(bo, x1);                                                  \
+                if (have)                                                                     \
+                    for (int i = o; i < o + 64; i += 16) {                                    \
+                        fo_q8_enc16(ap + i, r0p, &E0, q0p + i);                               \
+                        fo_q8_enc16(bp + i, r1p, &E1, q1p + i);                               \
+                    }                                                                         \
+            }                                                                                 \
+            if (have) fo_q8f_finish(ap, bp, q0p, q1p, sg, j - 1, T0, T1);                     \
+            const float n0 = _mm512_reduce_max_ps(x0), n1 = _mm512_reduce_max_ps(x1);         \
+            sg->absmax[0][j] = n0;                                                            \
+            sg->absmax[1][j] = n1;                                                            \
+            r0p = _mm512_set1_ps(1.0f / n0);                                                  \
+            r1p = _mm512_set1_ps(1.0f / n1);                                                  \
+            q0p = q0; q1p = q1; have = 1;                                                     \
+        }                                                                                     \
+        if (have) {                                                                           \
+            const float *FO_RESTRICT ap = buf[~jb & 1][0], *FO_RESTRICT bp = buf[~jb & 1][1]; \
+            for (int i = 0; i < FO_QBLOCK; i += 16) {                                         \
+                fo_q8_enc16(ap + i, r0p, &E0, q0p + i);                                       \
+                fo_q8_enc16(bp + i, r1p, &E1, q1p + i);                                       \
+            }                                                                                 \
+            fo_q8f_finish(ap, bp, q0p, q1p, sg, jb - 1, T0, T1);                              \
+        }                                                                                     \
+    } while (0)
+
+/* a block encoded by the pipeline with a reciprocal that overflowed: encoded again, dividing */
+static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, uint8_t *q1,
+                                 const fo_qstate_segment *sg, int64_t j, const fo_q8_table *T0,
+                                 const fo_q8_table *T1)
+{
+    if (fo_q8_divides(sg->absmax[0][j]))
+        fo_q8_encode_scalar(a, FO_QBLOCK, sg->absmax[0][j], T0, q0);
+    if (fo_q8_divides(sg->absmax[1][j]))
+        fo_q8_encode_scalar(b, FO_QBLOCK, sg->absmax[1][j], T1, q1);
+}
+
+#define FO_Q8F_LOOP_GATHER(OPT, K) FO_Q8F_LOOP_BY(OPT, K, fo_q8_dec64_gather)
+#define FO_Q8F_LOOP_VBMI(OPT, K) FO_Q8F_LOOP_BY(OPT, K, fo_q8_dec64)
+#define FO_Q8F_STAMP_BY(OPT, SFX, TARGET, LOOP)                                               \
+    TARGET static void fo_qstate_##OPT##_q8f_##SFX(const fo_qstate_segment *sg, int64_t ja,   \
+                                                   int64_t jb, fo_##OPT##_k_f32 k,            \
+                                                   const fo_q8_table *T0,                     \
+                                                   const fo_q8_table *T1)                     \
+    {                                                                                         \
+        fo_q8_coder E0, E1;                                                                   \
+        fo_q8_coder_init(&E0, T0);                                                            \
+        fo_q8_coder_init(&E1, T1);                                                            \
+        FO_Q_SWITCH(OPT, LOOP)                                                                \
+    }
+#define FO_Q8F_STAMPS(OPT)                                                                    \
+    FO_Q8F_STAMP_BY(OPT, gather, FO_T512FMA, FO_Q8F_LOOP_GATHER)                              \
+    FO_Q8F_STAMP_BY(OPT, vbmi, FO_TVBMIFMA, FO_Q8F_LOOP_VBMI)
+/* the full blocks [ja, jb') of the segment by the pipeline, when it applies; ja = jb' after */
+#define FO_Q8F_RUN(OPT)                                                                       \
+    if (fo_q8_level >= FO_Q8_AVX512F && sg->state[0] && sg->state[1] && !sg->state[2]         \
+        && sg->format[0] == FO_SF_Q8 && sg->format[1] == FO_SF_Q8 && T[0]->fast               \
+        && T[1]->fast) {                                                                      \
+        const int64_t full = sg->n / FO_QBLOCK, je = jb < full ? jb : full;                   \
+        if (je > ja) {                                                                        \
+            if (fo_q8_level == FO_Q8_AVX512VBMI)                                              \
+                fo_qstate_##OPT##_q8f_vbmi(sg, ja, je, k, T[0], T[1]);                        \
+            else                                                                              \
+                fo_qstate_##OPT##_q8f_gather(sg, ja, je, k, T[0], T[1]);                      \
+            ja = je;                                                                          \
+        }                                                                                     \
+    }
+#else
+#define FO_Q8F_STAMPS(OPT)
+#define FO_Q8F_RUN(OPT)
+#endif
+
 /* Blocks [blo, bhi) of the group (the tensors' blocks numbered in order), one at a time. */
 #define FO_QSTATE_STAMP(OPT)                                                                  \
     FO_QF_STAMPS(OPT)                                                                         \
+    FO_Q8F_STAMPS(OPT)                                                                        \
     FO_CLONES static void fo_qstate_##OPT##_block(const fo_qstate_segment *sg, int64_t c,     \
                                                   int64_t m, fo_##OPT##_k_f32 k,              \
                                                   const fo_q8_table *const *T, int stochastic,\
@@ -1015,13 +1155,14 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
                 if (!((o->used >> q) & 1u)) used.state[q] = 0;                                \
             const fo_qstate_segment *sg = &used;                                              \
             const int64_t nb = fo_q_blocks(sg->n), last = first + nb;                         \
-            const int64_t ja = blo > first ? blo - first : 0;                                 \
+            int64_t ja = blo > first ? blo - first : 0;                                       \
             const int64_t jb = bhi < last ? bhi - first : nb;                                 \
             uint64_t key[FO_MAX_STATE] = {0};                                                 \
             if (stochastic)                                                                   \
                 for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
                     key[q] = fo_stream_key(o->seed, o->counter, sg->stream * 4 + q);          \
             fo_q_tables(sg, T, src, 0);            /* cached: the step checked them */        \
+            FO_Q8F_RUN(OPT)                                                                   \
             for (int64_t j = ja; j < jb; ++j) {                                               \
                 const int64_t c = j * FO_QBLOCK;                                              \
                 const int64_t m = sg->n - c < FO_QBLOCK ? sg->n - c : FO_QBLOCK;              \
