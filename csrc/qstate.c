@@ -25,6 +25,13 @@
  * operations on the ports the divisions also need), and the loop prefetches its streams
  * FO_QF_AHEAD elements ahead: together 0.70-0.84x the time at N=5e7.
  *
+ * Two int8 moments on AVX-512 (FO_Q8F_RUN) take the steps above on a thread's full blocks as
+ * a pipeline: while the rule runs on block j, 64 elements at a time just after their decoding,
+ * with the block's new absmax gathered on the way, the codes of block j - 1 (whose absmax is
+ * known) are encoded in the same iterations, so the encoder's gathers overlap the divisions
+ * instead of following them; the four streams are prefetched as in the bfloat16 loop. Adam at
+ * N=5e7: 0.85-0.89x the time of the three steps per block, 0.70x in cache.
+ *
  * So codes and absmax are read and written once per step, and nothing but 2 (bfloat16) or
  * 1 + 4/256 (int8) bytes per element and slot moves for the state. Work is split over whole
  * blocks: a group's tensors are cut into blocks (the last of each tensor may be short), and
