@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+from state_ab import alternate
+
 CHILD = r'''
 import json, sys
 import fastopt as fo
@@ -49,12 +51,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--samples", type=int, default=5)
     args = ap.parse_args()
-    got = {"before": [], "after": []}
-    for r in range(args.rounds):
-        order = ("before", "after") if r % 2 == 0 else ("after", "before")
-        for which in order:
-            row, cpu = _sample(getattr(args, which), args)
-            got[which].append(row)
+    got, cpu = alternate(args, _sample)
     med = {w: {k: statistics.median(r[k] for r in rows)
                for k in ("lbfgs_ms", "recursion_ms", "dot_ms", "ratio", "ratio_recursion")}
            for w, rows in got.items()}

@@ -39,6 +39,19 @@ def _sample(src, args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def alternate(args, sample):
+    """{"before": [...], "after": [...]} of `sample(src, args)`'s first value over
+    `args.rounds` rounds, the builds' order alternating each round, and the second value of the
+    last call (the CPU model); also bench/lbfgs_ab.py's."""
+    got = {"before": [], "after": []}
+    for r in range(args.rounds):
+        order = ("before", "after") if r % 2 == 0 else ("after", "before")
+        for which in order:
+            value, cpu = sample(getattr(args, which), args)
+            got[which].append(value)
+    return got, cpu
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("before")
@@ -49,12 +62,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=2000)
     args = ap.parse_args()
-    got = {"before": [], "after": []}
-    for r in range(args.rounds):
-        order = ("before", "after") if r % 2 == 0 else ("after", "before")
-        for which in order:
-            ns, cpu = _sample(getattr(args, which), args)
-            got[which].append(ns)
+    got, cpu = alternate(args, _sample)
     b, a = statistics.median(got["before"]), statistics.median(got["after"])
     print(f"cpu: {cpu} | Adam, {args.format} state, N={args.n:.0e}, {args.threads} "
           f"thread(s), {args.rounds} rounds: before {b:.3f} ns/param, after {a:.3f} ns/param, "

@@ -93,7 +93,7 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
                                       double h_diag, double *al, int64_t threshold,           \
                                       int n_threads)                                          \
 {                                                                                             \
-    const int64_t nb = fo_lbfgs_nblocks(n);                          \
+    const int64_t nb = fo_lbfgs_nblocks(n);                                                   \
     T parts[2][FO_LBFGS_MAX_BLOCKS];                                                          \
     const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
     FO_REGION(nt, , t, team, {                                                                \
@@ -162,29 +162,37 @@ FO_LBFGS_STAMP(f64, double, fma)
         m = a_ > m ? a_ : m;                                                                  \
     } while (0)
 
-#define FO_LBFGS_PASSES(SFX, T, FMA)                                                          \
-FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s, T *y,        \
-                                  int64_t n, double *sums, int64_t threshold, int n_threads)  \
-{                                                                                             \
-    const int64_t nb = fo_lbfgs_nblocks(n);                          \
-    T ys_part[FO_LBFGS_MAX_BLOCKS], yy_part[FO_LBFGS_MAX_BLOCKS];                             \
-    const T tt = (T)t;                                                                        \
-    const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
+/* On nt threads, for every block b_ of the thread's share of the nb blocks of the n elements in
+ * scope ([lo_, hi_) its elements): the statements (the passes around the recursion, which keep
+ * per-block partials) */
+#define FO_LBFGS_EACH_BLOCK(nt, nb, ...)                                                      \
     FO_REGION(nt, , t_, team_, {                                                              \
         int64_t blo, bhi;                                                                     \
         fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
         for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
             const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                     \
             const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                 \
-            T ys = 0, yy = 0;                                                                 \
-            FO_PRAGMA(omp simd reduction(+ : ys, yy))                                         \
-            for (int64_t j = lo_; j < hi_; ++j) {                                             \
-                const T yj = g[j] - pg[j], sj = d[j] * tt;                                    \
-                y[j] = yj; s[j] = sj; pg[j] = g[j];                                           \
-                ys += yj * sj; yy += yj * yj;                                                 \
-            }                                                                                 \
-            ys_part[b_] = ys; yy_part[b_] = yy;                                               \
+            __VA_ARGS__                                                                       \
         }                                                                                     \
+    })
+
+#define FO_LBFGS_PASSES(SFX, T, FMA)                                                          \
+FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s, T *y,        \
+                                  int64_t n, double *sums, int64_t threshold, int n_threads)  \
+{                                                                                             \
+    const int64_t nb = fo_lbfgs_nblocks(n);                                                   \
+    T ys_part[FO_LBFGS_MAX_BLOCKS], yy_part[FO_LBFGS_MAX_BLOCKS];                             \
+    const T tt = (T)t;                                                                        \
+    const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
+    FO_LBFGS_EACH_BLOCK(nt, nb, {                                                             \
+        T ys = 0, yy = 0;                                                                     \
+        FO_PRAGMA(omp simd reduction(+ : ys, yy))                                             \
+        for (int64_t j = lo_; j < hi_; ++j) {                                                 \
+            const T yj = g[j] - pg[j], sj = d[j] * tt;                                        \
+            y[j] = yj; s[j] = sj; pg[j] = g[j];                                               \
+            ys += yj * sj; yy += yj * yj;                                                     \
+        }                                                                                     \
+        ys_part[b_] = ys; yy_part[b_] = yy;                                                   \
     });                                                                                       \
     T ys = 0, yy = 0;                                                                         \
     for (int64_t b_ = 0; b_ < nb; ++b_) { ys += ys_part[b_]; yy += yy_part[b_]; }             \
@@ -195,25 +203,19 @@ FO_CLONES int fo_lbfgs_pair_##SFX(const T *g, T *pg, const T *d, double t, T *s,
 FO_CLONES int fo_lbfgs_slope_##SFX(const T *g, const T *d, int64_t n, double *out,           \
                                    int64_t threshold, int n_threads)                          \
 {                                                                                             \
-    const int64_t nb = fo_lbfgs_nblocks(n);                          \
+    const int64_t nb = fo_lbfgs_nblocks(n);                                                   \
     T gd_part[FO_LBFGS_MAX_BLOCKS], max_part[FO_LBFGS_MAX_BLOCKS];                            \
     int nan_part[FO_LBFGS_MAX_BLOCKS];                                                        \
     const int nt = fo_team_cap(n, threshold, n_threads, nb);                                  \
-    FO_REGION(nt, , t_, team_, {                                                              \
-        int64_t blo, bhi;                                                                     \
-        fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
-        for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
-            const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                     \
-            const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                 \
-            T gd = 0, m = 0;                                                                  \
-            int nan = 0;                                                                      \
-            FO_PRAGMA(omp simd reduction(+ : gd) reduction(max : m) reduction(| : nan))       \
-            for (int64_t j = lo_; j < hi_; ++j) {                                             \
-                gd += g[j] * d[j];                                                            \
-                FO_LBFGS_AMAX_OF(T, d, j, m, nan);                                            \
-            }                                                                                 \
-            gd_part[b_] = gd; max_part[b_] = m; nan_part[b_] = nan;                           \
+    FO_LBFGS_EACH_BLOCK(nt, nb, {                                                             \
+        T gd = 0, m = 0;                                                                      \
+        int nan = 0;                                                                          \
+        FO_PRAGMA(omp simd reduction(+ : gd) reduction(max : m) reduction(| : nan))           \
+        for (int64_t j = lo_; j < hi_; ++j) {                                                 \
+            gd += g[j] * d[j];                                                                \
+            FO_LBFGS_AMAX_OF(T, d, j, m, nan);                                                \
         }                                                                                     \
+        gd_part[b_] = gd; max_part[b_] = m; nan_part[b_] = nan;                               \
     });                                                                                       \
     T gd = 0, m = 0;                                                                          \
     int nan = 0;                                                                              \
