@@ -1,7 +1,7 @@
 """Adam's step with a low-bit state format in two builds (before / after), alternated.
 
     python bench/state_ab.py BEFORE_SRC AFTER_SRC [--format bfloat16] [--n 4e4] [--threads 1]
-                             [--rounds 6] [--steps 2000]
+                             [--rounds 6] [--steps 2000] [--level best]
 
 BEFORE_SRC and AFTER_SRC are the ``src`` folders of two built checkouts (``python setup.py
 build_ext --inplace`` in each; e.g. ``git worktree add /tmp/before <commit>``). Each round runs
@@ -26,6 +26,8 @@ from fastopt.bench import machine_info
 from codec_levels import sample
 fmt, n, threads, steps = sys.argv[1], int(float(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
 fo.set_num_threads(threads)
+from fastopt import _qstate
+_qstate.use_codecs(sys.argv[6])
 print(json.dumps([sample(n, fmt, steps, warmup=max(3, steps // 10)), machine_info()["cpu"]]))
 '''
 
@@ -34,7 +36,7 @@ def _sample(src, args):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-c", CHILD, args.format, str(args.n),
-                          str(args.threads), str(args.steps), here],
+                          str(args.threads), str(args.steps), here, args.level],
                          env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -61,11 +63,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--level", default="best", choices=("best", "avx512f", "avx2", "scalar"),
+                    help="the codec level (fastopt._qstate.use_codecs; capped at the CPU's)")
     args = ap.parse_args()
     got, cpu = alternate(args, _sample)
     b, a = statistics.median(got["before"]), statistics.median(got["after"])
     print(f"cpu: {cpu} | Adam, {args.format} state, N={args.n:.0e}, {args.threads} "
-          f"thread(s), {args.rounds} rounds: before {b:.3f} ns/param, after {a:.3f} ns/param, "
+          f"thread(s), codecs {args.level}, {args.rounds} rounds: before {b:.3f} ns/param, after {a:.3f} ns/param, "
           f"after/before {a / b:.3f}")
 
 

@@ -25,12 +25,13 @@
  * operations on the ports the divisions also need), and the loop prefetches its streams
  * FO_QF_AHEAD elements ahead: together 0.70-0.84x the time at N=5e7.
  *
- * Two int8 moments on AVX-512 (FO_Q8F_RUN) take the steps above on a thread's full blocks as
- * a pipeline: while the rule runs on block j, 64 elements at a time just after their decoding,
- * with the block's new absmax gathered on the way, the codes of block j - 1 (whose absmax is
- * known) are encoded in the same iterations, so the encoder's gathers overlap the divisions
- * instead of following them; the four streams are prefetched as in the bfloat16 loop. Adam at
- * N=5e7: 0.85-0.89x the time of the three steps per block, 0.70x in cache.
+ * Two int8 moments on AVX-512 or AVX2 (FO_Q8F_RUN) take the steps above on a thread's full
+ * blocks as a pipeline: while the rule runs on block j, 64 elements at a time just after their
+ * decoding, with the block's new absmax gathered on the way, the codes of block j - 1 (whose
+ * absmax is known) are encoded in the same iterations, so the encoder's gathers overlap the
+ * divisions instead of following them; the four streams are prefetched as in the bfloat16
+ * loop. Adam at N=5e7: 0.85-0.89x the time of the three steps per block, 0.70x in cache (AVX2:
+ * 0.86-0.88x, 0.80-0.99x).
  *
  * So codes and absmax are read and written once per step, and nothing but 2 (bfloat16) or
  * 1 + 4/256 (int8) bytes per element and slot moves for the state. Work is split over whole
@@ -535,15 +536,20 @@ FO_TAVX2 static void fo_q8_encode_avx2(const float *FO_RESTRICT v, int64_t m, fl
     for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &E.B);
 }
 
+/* 8 codes decoded by a gather from the map */
+FO_TAVX2 static inline void fo_q8_dec8(const uint8_t *FO_RESTRICT q, __m256 am,
+                                       const fo_q8_table *T, float *FO_RESTRICT out)
+{
+    const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_i32gather_ps(T->m, c, 4), am));
+}
+
 FO_TAVX2 static void fo_q8_decode_avx2(const uint8_t *FO_RESTRICT q, float absmax,
                                        const fo_q8_table *T, float *FO_RESTRICT out, int64_t m)
 {
     const __m256 am = _mm256_set1_ps(absmax);
     int64_t i = 0;
-    for (; i + 8 <= m; i += 8) {
-        const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(T->m, c, 4), am));
-    }
+    for (; i + 8 <= m; i += 8) fo_q8_dec8(q + i, am, T, out + i);
     for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
 }
 
@@ -988,13 +994,14 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
 #define FO_QF_FAST(OPT)
 #endif
 
-/* Two int8 moments (slots 0 and 1, no slot 2, both maps with a bucket table) on AVX-512, the
- * full blocks of a thread's share pipelined: while the rule runs on block j, 64 elements at a
- * time (decoded into L1 just before, its new absmax gathered on the way), the codes of block
- * j - 1, whose absmax is known, are encoded in the same iterations, so that the encoder's
- * gathers overlap the rule's divisions instead of following them. The same decoders, rule and
- * encoder as the block loop, in the same order per element: the same bits (a block whose
- * reciprocal overflows, fo_q8_divides, is encoded by fo_q8_encode_scalar after its turn). */
+/* Two int8 moments (slots 0 and 1, no slot 2, both maps with a bucket table) on AVX-512 or
+ * AVX2 (with FMA), the full blocks of a thread's share pipelined: while the rule runs on block
+ * j, 64 elements at a time (decoded into L1 just before, its new absmax gathered on the way),
+ * the codes of block j - 1, whose absmax is known, are encoded in the same iterations, so that
+ * the encoder's gathers overlap the rule's divisions instead of following them. The same
+ * decoders, rule and encoder as the block loop, in the same order per element: the same bits
+ * (a block whose reciprocal overflows, fo_q8_divides, is encoded by fo_q8_encode_scalar after
+ * its turn). */
 #if FO_HAS_CLONES
 #define FO_T512FMA __attribute__((target("avx512f,fma")))
 #define FO_TVBMIFMA __attribute__((target("avx512f,avx512bw,avx512vbmi,fma")))
@@ -1032,11 +1039,54 @@ FO_T512FMA static inline __m512 fo_q8_absmax64(const float *FO_RESTRICT v, __m51
     return acc;
 }
 
-#define FO_Q8F_LOOP_BY(OPT, K, DECODE64)                                                      \
+/* The pipeline's vector kits: AVX-512 (16 lanes) and AVX2 (8 lanes, compiled with FMA) */
+#define FO_Q8F_V512_T __m512
+#define FO_Q8F_V512_SET1(x) _mm512_set1_ps(x)
+#define FO_Q8F_V512_ABSMAX64 fo_q8_absmax64
+#define FO_Q8F_V512_REDUCE(v) _mm512_reduce_max_ps(v)
+#define FO_Q8F_V512_ENC16 fo_q8_enc16
+
+FO_TAVX2FMA static inline void fo_q8_dec64_avx2(const uint8_t *FO_RESTRICT q, float amax,
+                                                 const fo_q8_table *T, float *FO_RESTRICT out)
+{
+    const __m256 am = _mm256_set1_ps(amax);
+    for (int i = 0; i < 64; i += 8) fo_q8_dec8(q + i, am, T, out + i);
+}
+
+FO_TAVX2FMA static inline __m256 fo_q8_absmax64_avx2(const float *FO_RESTRICT v, __m256 acc)
+{
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int i = 0; i < 64; i += 8)
+        acc = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(v + i), magnitude), acc);
+    return acc;
+}
+
+FO_TAVX2FMA static inline float fo_q8_reduce_max_avx2(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+FO_TAVX2FMA static inline void fo_q8_enc16_avx2(const float *FO_RESTRICT v, __m256 r,
+                                                 const fo_q8_coder8 *E, uint8_t *FO_RESTRICT out)
+{
+    fo_q8_enc8(v, r, E, out);
+    fo_q8_enc8(v + 8, r, E, out + 8);
+}
+
+#define FO_Q8F_V256_T __m256
+#define FO_Q8F_V256_SET1(x) _mm256_set1_ps(x)
+#define FO_Q8F_V256_ABSMAX64 fo_q8_absmax64_avx2
+#define FO_Q8F_V256_REDUCE(v) fo_q8_reduce_max_avx2(v)
+#define FO_Q8F_V256_ENC16 fo_q8_enc16_avx2
+
+#define FO_Q8F_LOOP_BY(OPT, K, V, DECODE64)                                                   \
     do {                                                                                      \
         FO_ALIGN64 float buf[2][2][FO_QBLOCK];        /* [block parity][slot] */              \
         uint8_t *q0p = 0, *q1p = 0;                   /* the previous block's codes */        \
-        __m512 r0p = _mm512_setzero_ps(), r1p = r0p;  /* its 1 / absmax */                    \
+        FO_Q8F_##V##_T r0p = FO_Q8F_##V##_SET1(0.0f), r1p = r0p;   /* its 1 / absmax */       \
         int have = 0;                                                                         \
         for (int64_t j = ja; j < jb; ++j) {                                                   \
             const int64_t c = j * FO_QBLOCK;                                                  \
@@ -1046,7 +1096,7 @@ FO_T512FMA static inline __m512 fo_q8_absmax64(const float *FO_RESTRICT v, __m51
             const float am0 = sg->absmax[0][j], am1 = sg->absmax[1][j];                       \
             float *FO_RESTRICT a = buf[j & 1][0], *FO_RESTRICT b = buf[j & 1][1];            \
             const float *FO_RESTRICT ap = buf[~j & 1][0], *FO_RESTRICT bp = buf[~j & 1][1];  \
-            __m512 x0 = _mm512_setzero_ps(), x1 = x0;                                         \
+            FO_Q8F_##V##_T x0 = FO_Q8F_##V##_SET1(0.0f), x1 = x0;                             \
             for (int o = 0; o < FO_QBLOCK; o += 64) {                                         \
                 fo_q8f_prefetch(p + o, g + o, q0 + o, q1 + o);                                \
                 DECODE64(q0 + o, am0, T0, a + o);                                             \
@@ -1055,27 +1105,27 @@ FO_T512FMA static inline __m512 fo_q8_absmax64(const float *FO_RESTRICT v, __m51
                 const float *FO_RESTRICT gg = g + o;                                          \
                 FO_PRAGMA(omp simd)                                                           \
                 for (int i = 0; i < 64; ++i) fo_##OPT##_rule_f32(i, pp, gg, ao, bo, 0, (K)); \
-                x0 = fo_q8_absmax64(ao, x0);                                                  \
-                x1 = fo_q8_absmax64(bo, x1);                                                  \
+                x0 = FO_Q8F_##V##_ABSMAX64(ao, x0);                                           \
+                x1 = FO_Q8F_##V##_ABSMAX64(bo, x1);                                           \
                 if (have)                                                                     \
                     for (int i = o; i < o + 64; i += 16) {                                    \
-                        fo_q8_enc16(ap + i, r0p, &E0, q0p + i);                               \
-                        fo_q8_enc16(bp + i, r1p, &E1, q1p + i);                               \
+                        FO_Q8F_##V##_ENC16(ap + i, r0p, &E0, q0p + i);                        \
+                        FO_Q8F_##V##_ENC16(bp + i, r1p, &E1, q1p + i);                        \
                     }                                                                         \
             }                                                                                 \
             if (have) fo_q8f_finish(ap, bp, q0p, q1p, sg, j - 1, T0, T1);                     \
-            const float n0 = _mm512_reduce_max_ps(x0), n1 = _mm512_reduce_max_ps(x1);         \
+            const float n0 = FO_Q8F_##V##_REDUCE(x0), n1 = FO_Q8F_##V##_REDUCE(x1);           \
             sg->absmax[0][j] = n0;                                                            \
             sg->absmax[1][j] = n1;                                                            \
-            r0p = _mm512_set1_ps(1.0f / n0);                                                  \
-            r1p = _mm512_set1_ps(1.0f / n1);                                                  \
+            r0p = FO_Q8F_##V##_SET1(1.0f / n0);                                               \
+            r1p = FO_Q8F_##V##_SET1(1.0f / n1);                                               \
             q0p = q0; q1p = q1; have = 1;                                                     \
         }                                                                                     \
         if (have) {                                                                           \
             const float *FO_RESTRICT ap = buf[~jb & 1][0], *FO_RESTRICT bp = buf[~jb & 1][1]; \
             for (int i = 0; i < FO_QBLOCK; i += 16) {                                         \
-                fo_q8_enc16(ap + i, r0p, &E0, q0p + i);                                       \
-                fo_q8_enc16(bp + i, r1p, &E1, q1p + i);                                       \
+                FO_Q8F_##V##_ENC16(ap + i, r0p, &E0, q0p + i);                                \
+                FO_Q8F_##V##_ENC16(bp + i, r1p, &E1, q1p + i);                                \
             }                                                                                 \
             fo_q8f_finish(ap, bp, q0p, q1p, sg, jb - 1, T0, T1);                              \
         }                                                                                     \
@@ -1092,33 +1142,37 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         fo_q8_encode_scalar(b, FO_QBLOCK, sg->absmax[1][j], T1, q1);
 }
 
-#define FO_Q8F_LOOP_GATHER(OPT, K) FO_Q8F_LOOP_BY(OPT, K, fo_q8_dec64_gather)
-#define FO_Q8F_LOOP_VBMI(OPT, K) FO_Q8F_LOOP_BY(OPT, K, fo_q8_dec64)
-#define FO_Q8F_STAMP_BY(OPT, SFX, TARGET, LOOP)                                               \
+#define FO_Q8F_LOOP_GATHER(OPT, K) FO_Q8F_LOOP_BY(OPT, K, V512, fo_q8_dec64_gather)
+#define FO_Q8F_LOOP_VBMI(OPT, K) FO_Q8F_LOOP_BY(OPT, K, V512, fo_q8_dec64)
+#define FO_Q8F_LOOP_AVX2(OPT, K) FO_Q8F_LOOP_BY(OPT, K, V256, fo_q8_dec64_avx2)
+#define FO_Q8F_STAMP_BY(OPT, SFX, TARGET, LOOP, CODER)                                        \
     TARGET static void fo_qstate_##OPT##_q8f_##SFX(const fo_qstate_segment *sg, int64_t ja,   \
                                                    int64_t jb, fo_##OPT##_k_f32 k,            \
                                                    const fo_q8_table *T0,                     \
                                                    const fo_q8_table *T1)                     \
     {                                                                                         \
-        fo_q8_coder E0, E1;                                                                   \
-        fo_q8_coder_init(&E0, T0);                                                            \
-        fo_q8_coder_init(&E1, T1);                                                            \
+        CODER E0, E1;                                                                         \
+        CODER##_init(&E0, T0);                                                                \
+        CODER##_init(&E1, T1);                                                                \
         FO_Q_SWITCH(OPT, LOOP)                                                                \
     }
 #define FO_Q8F_STAMPS(OPT)                                                                    \
-    FO_Q8F_STAMP_BY(OPT, gather, FO_T512FMA, FO_Q8F_LOOP_GATHER)                              \
-    FO_Q8F_STAMP_BY(OPT, vbmi, FO_TVBMIFMA, FO_Q8F_LOOP_VBMI)
+    FO_Q8F_STAMP_BY(OPT, gather, FO_T512FMA, FO_Q8F_LOOP_GATHER, fo_q8_coder)                 \
+    FO_Q8F_STAMP_BY(OPT, vbmi, FO_TVBMIFMA, FO_Q8F_LOOP_VBMI, fo_q8_coder)                    \
+    FO_Q8F_STAMP_BY(OPT, avx2, FO_TAVX2FMA, FO_Q8F_LOOP_AVX2, fo_q8_coder8)
 /* the full blocks [ja, jb') of the segment by the pipeline, when it applies; ja = jb' after */
 #define FO_Q8F_RUN(OPT)                                                                       \
-    if (fo_q8_level >= FO_Q8_AVX512F && sg->state[0] && sg->state[1] && !sg->state[2]         \
+    if (fo_q8_level >= FO_Q8_AVX2 && sg->state[0] && sg->state[1] && !sg->state[2]            \
         && sg->format[0] == FO_SF_Q8 && sg->format[1] == FO_SF_Q8 && T[0]->fast               \
-        && T[1]->fast) {                                                                      \
+        && T[1]->fast && (fo_q8_level >= FO_Q8_AVX512F || fo_fma)) {                          \
         const int64_t full = sg->n / FO_QBLOCK, je = jb < full ? jb : full;                   \
         if (je > ja) {                                                                        \
             if (fo_q8_level == FO_Q8_AVX512VBMI)                                              \
                 fo_qstate_##OPT##_q8f_vbmi(sg, ja, je, k, T[0], T[1]);                        \
-            else                                                                              \
+            else if (fo_q8_level == FO_Q8_AVX512F)                                            \
                 fo_qstate_##OPT##_q8f_gather(sg, ja, je, k, T[0], T[1]);                      \
+            else                                                                              \
+                fo_qstate_##OPT##_q8f_avx2(sg, ja, je, k, T[0], T[1]);                        \
             ja = je;                                                                          \
         }                                                                                     \
     }
