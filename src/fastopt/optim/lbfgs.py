@@ -87,8 +87,10 @@ class LBFGS(GroupedOptimizer):
 
     The iterates are torch's to rounding. The two-loop recursion runs in C (each dot product
     fused into the pass before it, ``fastopt._lbfgs``): the history lives in a preallocated
-    ``(history_size, 2, n)`` ring buffer, read twice per iteration, and a step allocates
-    nothing proportional to the number of parameters. On CuPy arrays (parameters, the
+    ``(history_size + 1, 2, n)`` ring buffer (a spare slot takes each new pair in place), read
+    twice per iteration; the rest of an iteration is four C passes (the new pair, g.d with
+    max |d|, the move, max |g|); a step allocates nothing proportional to the number of
+    parameters. On CuPy arrays (parameters, the
     closure's gradients and the history on one GPU) the same iterations run as CuPy
     operations (``fastopt._lbfgs_cupy``: cuBLAS dot products, the recursion's scalars kept on
     the device); the closure's loss may be a float or a one-element CuPy array.
