@@ -400,15 +400,20 @@ FO_T512 static void fo_q8_encode_avx512(const float *FO_RESTRICT v, int64_t m, f
     for (; i < m; ++i) out[i] = fo_q8_code(v[i] * r, &E.B);
 }
 
+/* 16 codes decoded by a gather from the map */
+FO_T512 static inline void fo_q8_dec16(const uint8_t *FO_RESTRICT q, __m512 am,
+                                       const fo_q8_table *T, float *FO_RESTRICT out)
+{
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_i32gather_ps(c, T->m, 4), am));
+}
+
 FO_T512 static void fo_q8_decode_avx512(const uint8_t *FO_RESTRICT q, float absmax,
                                         const fo_q8_table *T, float *FO_RESTRICT out, int64_t m)
 {
     const __m512 am = _mm512_set1_ps(absmax);
     int64_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, T->m, 4), am));
-    }
+    for (; i + 16 <= m; i += 16) fo_q8_dec16(q + i, am, T, out + i);
     for (; i < m; ++i) out[i] = T->m[q[i]] * absmax;
 }
 
@@ -1011,10 +1016,7 @@ FO_T512FMA static inline void fo_q8_dec64_gather(const uint8_t *FO_RESTRICT q, f
                                                   const fo_q8_table *T, float *FO_RESTRICT out)
 {
     const __m512 am = _mm512_set1_ps(amax);
-    for (int i = 0; i < 64; i += 16) {
-        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, T->m, 4), am));
-    }
+    for (int i = 0; i < 64; i += 16) fo_q8_dec16(q + i, am, T, out + i);
 }
 
 /* The pipeline's four streams FO_QF_AHEAD elements ahead, into L1, as the bfloat16 loop's
