@@ -65,17 +65,24 @@ static inline int64_t fo_lbfgs_edge(int64_t b, int64_t n, int64_t nb)
     return b >= nb ? n : (b * n / nb) & ~(int64_t)63;
 }
 
-/* Over this thread's blocks [blo, bhi): for every element j of block b, STATEMENT (which may
- * use j and accumulates the block's dot product into `acc_`), then part[b] = acc_. */
-#define FO_LBFGS_BLOCKS(T, part, STATEMENT)                                                   \
+/* For every block b_ of this thread's [blo, bhi) of the nb blocks of the n elements in scope,
+ * the statements with [lo_, hi_) the block's elements */
+#define FO_LBFGS_FOR_BLOCKS(...)                                                              \
     for (int64_t b_ = blo; b_ < bhi; ++b_) {                                                  \
         const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                         \
         const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                     \
+        __VA_ARGS__                                                                           \
+    }
+
+/* Over this thread's blocks: for every element j of block b, STATEMENT (which may use j and
+ * accumulates the block's dot product into `acc_`), then part[b] = acc_. */
+#define FO_LBFGS_BLOCKS(T, part, STATEMENT)                                                   \
+    FO_LBFGS_FOR_BLOCKS(                                                                      \
         T acc_ = 0;                                                                           \
         FO_PRAGMA(omp simd reduction(+ : acc_))                                               \
         for (int64_t j = lo_; j < hi_; ++j) { STATEMENT }                                     \
         (part)[b_] = acc_;                                                                    \
-    }
+    )
 
 /* the pass's dot product: the block partials summed in block order, after every thread
  * wrote its own (the barrier; none on one thread, where it would bind to a caller's team) */
@@ -136,12 +143,10 @@ FO_CLONES int fo_lbfgs_two_loop_##SFX(const T *hist, int64_t n, const int64_t *o
                                 const T r = FMA(si[j], c, d[j]); d[j] = r; acc_ += yn[j] * r;) \
                 FO_LBFGS_TOTAL(T, parts[ping], acc);                                          \
             } else {                                                                          \
-                for (int64_t b_ = blo; b_ < bhi; ++b_) {                                      \
-                    const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                             \
-                    const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                         \
+                FO_LBFGS_FOR_BLOCKS(                                                          \
                     FO_PRAGMA(omp simd)                                                       \
                     for (int64_t j = lo_; j < hi_; ++j) d[j] = FMA(si[j], c, d[j]);           \
-                }                                                                             \
+                )                                                                             \
             }                                                                                 \
         }                                                                                     \
     });                                                                                       \
@@ -162,18 +167,13 @@ FO_LBFGS_STAMP(f64, double, fma)
         m = a_ > m ? a_ : m;                                                                  \
     } while (0)
 
-/* On nt threads, for every block b_ of the thread's share of the nb blocks of the n elements in
- * scope ([lo_, hi_) its elements): the statements (the passes around the recursion, which keep
- * per-block partials) */
+/* On nt threads, FO_LBFGS_FOR_BLOCKS over each thread's share of the nb blocks (the passes
+ * around the recursion, which keep per-block partials) */
 #define FO_LBFGS_EACH_BLOCK(nt, nb, ...)                                                      \
     FO_REGION(nt, , t_, team_, {                                                              \
         int64_t blo, bhi;                                                                     \
         fo_share(nb, t_, team_, 1, &blo, &bhi);                                               \
-        for (int64_t b_ = blo; b_ < bhi; ++b_) {                                              \
-            const int64_t lo_ = fo_lbfgs_edge(b_, n, nb);                                     \
-            const int64_t hi_ = fo_lbfgs_edge(b_ + 1, n, nb);                                 \
-            __VA_ARGS__                                                                       \
-        }                                                                                     \
+        FO_LBFGS_FOR_BLOCKS(__VA_ARGS__)                                                      \
     })
 
 #define FO_LBFGS_PASSES(SFX, T, FMA)                                                          \
