@@ -291,15 +291,15 @@ class Params:
         for v in views:
             self.slices.append(slice(start, start + v.size))
             start += v.size
-        self.threads = 1
         self._fused = ws.xp is np and all(v.flags.c_contiguous for v in views)
 
-    def add(self, t, d, saved=None):
+    def add(self, t, d, saved=None, threads=1):
         """params += t * d (torch's _add_grad: an add with alpha, one fma per element on the
-        CPU), after copying the parameters into `saved` when it is given."""
+        CPU, on up to `threads` threads), after copying the parameters into `saved` when it is
+        given."""
         if self._fused:
             for v, sl in zip(self.views, self.slices):
-                _loops.move(v, d[sl], t, None if saved is None else saved[sl], self.threads)
+                _loops.move(v, d[sl], t, None if saved is None else saved[sl], threads)
             return
         if saved is not None:
             self.save(saved)
@@ -374,7 +374,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     loss = orig_loss
     current_evals = 1
     state["func_evals"] += 1
-    threads = params.threads = hist.threads
+    threads = hist.threads
     opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
     if opt_cond:
         return orig_loss
@@ -421,7 +421,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 moved = True
 
                 def obj_func(step, out):
-                    params.add(step, d)
+                    params.add(step, d, threads=threads)
                     try:
                         return evaluate(out)
                     finally:
@@ -430,10 +430,10 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                 loss, t, ls_func_evals = strong_wolfe(obj_func, t, d, loss, flat_grad, gtd,
                                                       ws, max_ls=max_eval - current_evals,
                                                       d_norm=d_max)
-                params.add(t, d)
+                params.add(t, d, threads=threads)
                 opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
             else:
-                params.add(t, d, saved=ws.x)
+                params.add(t, d, saved=ws.x, threads=threads)
                 moved = True
                 if n_iter != max_iter:
                     loss = evaluate(flat_grad)
