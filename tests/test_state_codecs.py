@@ -204,6 +204,9 @@ def run(level, fmt, rounding, threads, name, hyper):
                      for s in shapes]
             if step == 2:
                 grads[1][5] = np.nan
+                # a NaN whose low bits would carry out of the rounding (all ones: it must
+                # stay a NaN, not become -0)
+                grads[1][6] = np.array(0x7FFFFFFF, np.uint32).view(np.float32)
             grads[2][: 4 * 256] *= 1e-18        # subnormal second moments (bfloat16 keeps them)
             opt.step(grads)
     finally:
