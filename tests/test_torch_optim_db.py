@@ -19,6 +19,7 @@ this harness drives the database itself, on CPU, for every optimizer fastopt.tor
   the database says.
 """
 import copy
+import math
 import re
 import sys
 import types
@@ -58,8 +59,23 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 LBFGS_TOL32 = 5e-5
 
 
-def tol(name, dtype):
-    return LBFGS_TOL32 if name == "LBFGS" and dtype == torch.float32 else TOL[dtype]
+#: Muon here runs its Newton-Schulz iteration in bfloat16, as torch's (fastopt emulates it,
+#: ns_dtype=None): where a float32 sum lies on a bfloat16 rounding boundary, the BLAS's summation
+#: order, which differs between CPUs (as torch's own bfloat16 kernels do), may round it the other
+#: way, at most one bfloat16 ulp (2^-8) of the orthogonalized update per step, times the adjusted
+#: learning rate (at most lr * sqrt(10) for these 10 x 5 and 10 x 1 matrices; README, Muon).
+#: Bit for bit on most configurations and CPUs; AMD EPYC (Zen 3): 4.5e-7 on "passing
+#: alternative ns_coefficients" in float64.
+def muon_bound(kwargs):
+    return N_STEPS * float(kwargs.get("lr", 1e-3)) * math.sqrt(10) * 2.0 ** -8
+
+
+def tol(name, dtype, kwargs=None):
+    if name == "LBFGS" and dtype == torch.float32:
+        return LBFGS_TOL32
+    if name == "Muon":
+        return max(TOL[dtype], muon_bound(kwargs or {}))
+    return TOL[dtype]
 
 
 def configs():
@@ -172,7 +188,7 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
     for schedulers in ((),) + with_schedulers:
         (w_ref, b_ref), opt_ref = train(info.optim_cls, kwargs, dtype, schedulers)
         (w, b), opt = train(ours, kwargs, dtype, schedulers)
-        assert max(rel(w, w_ref), rel(b, b_ref)) <= tol(info.name, dtype)
+        assert max(rel(w, w_ref), rel(b, b_ref)) <= tol(info.name, dtype, kwargs)
         assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt_ref.param_groups]
         for p, q in ((w, w_ref), (b, b_ref)):
             assert opt.state[p].keys() == opt_ref.state[q].keys()
@@ -186,7 +202,7 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
                 elif info.name == "LBFGS":
                     assert same_value(opt.state[p][key], value, dtype), key
                 elif isinstance(value, torch.Tensor) and key != "step":
-                    assert rel(opt.state[p][key], value) <= 10 * TOL[dtype], key
+                    assert rel(opt.state[p][key], value) <= 10 * tol(info.name, dtype, kwargs), key
                 else:
                     assert float(opt.state[p][key]) == float(value), key
         sd, sd_ref = opt.state_dict(), opt_ref.state_dict()
@@ -204,7 +220,7 @@ def test_optim_db_config_matches_torch(info, inp, dtype):
     (w2, b2), _ = train(info.optim_cls, kwargs, dtype, state_dict=sd, start=N_STEPS,
                         at=at_ours)
     assert max(rel(w1, w_ref), rel(b1, b_ref), rel(w2, w_ref), rel(b2, b_ref)) \
-        <= tol(info.name, dtype)
+        <= tol(info.name, dtype, kwargs)
 
 
 @pytest.mark.parametrize("info,index", ERRORS)
