@@ -981,8 +981,9 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
  * and run through the rule while group t - FO_QF_LAG, whose values are ready, is encoded, so the
  * encoder's operations fill the ports while the divisions of the rule run (the AVX-512 loop
  * above does one 16 at a time: there the codecs are a few operations per 16). AMD EPYC (Zen 3),
- * Adam: 0.85x the time of the loop above at N=5e7 on 2 threads; groups of 16 with a lag of 8,
- * 0.8x as fast as this. */
+ * Adam against that loop (with this encoder's predecessor), builds alternated: 0.91x the time at
+ * N=1e6 on 1 thread, 0.96x at N=5e7 on 1, the same at N=5e7 on 2 (both at the bandwidth);
+ * groups of 16 with a lag of 8 took 1.24-1.30x the time of these. */
 #define FO_QF_GROUP 64        /* elements the rule runs on at a time */
 #define FO_QF_LAG 2           /* groups between a group's rule and its encoding */
 #define FO_QF_PIPE_BY(OPT, K, DECODE16, ENCODE16)                                             \
@@ -1041,14 +1042,15 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
     FO_QF_STAMP_BY(OPT, avx512, __attribute__((target("avx512f,fma"))), FO_QF_LOOP)          \
     FO_QF_STAMP_BY(OPT, avx2, FO_TAVX2FMA, FO_QF_LOOP_AVX2)
 /* the blocks [ja, jb) of the segment by the fused loop, as one stretch of elements, when it
- * applies (the last block too where its length is a multiple of 16); ja = jb', the first
- * block left, after */
+ * applies (the last block too where its length is a multiple of FO_QF_GROUP); ja = jb', the
+ * first block left, after */
 #define FO_QF_RUN(OPT)                                                                        \
     if (fo_q8_level >= FO_Q8_AVX2 && !stochastic && sg->state[0] && sg->state[1]             \
         && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
         && (fo_q8_level >= FO_Q8_AVX512F || fo_fma)) {                                        \
-        const int64_t c = ja * FO_QBLOCK, end = jb * FO_QBLOCK < sg->n ? jb * FO_QBLOCK : sg->n; \
-        const int64_t m = (end - c) & (FO_QF_GROUP - 1) ? (end - c) / FO_QBLOCK * FO_QBLOCK : end - c;       \
+        const int64_t c = ja * FO_QBLOCK;                                                     \
+        const int64_t end = jb * FO_QBLOCK < sg->n ? jb * FO_QBLOCK : sg->n;                  \
+        const int64_t m = (end - c) % FO_QF_GROUP ? (end - c) / FO_QBLOCK * FO_QBLOCK : end - c; \
         if (m > 0) {                                                                          \
             float *p = sg->param + c;                                                         \
             const float *g = sg->grad + c;                                                    \
