@@ -69,8 +69,8 @@ def main():
     got, cpu = alternate(args, _sample)
     b, a = statistics.median(got["before"]), statistics.median(got["after"])
     print(f"cpu: {cpu} | Adam, {args.format} state, N={args.n:.0e}, {args.threads} "
-          f"thread(s), codecs {args.level}, {args.rounds} rounds: before {b:.3f} ns/param, after {a:.3f} ns/param, "
-          f"after/before {a / b:.3f}")
+          f"thread(s), codecs {args.level}, {args.rounds} rounds: before {b:.3f} ns/param, "
+          f"after {a:.3f} ns/param, after/before {a / b:.3f}")
 
 
 if __name__ == "__main__":

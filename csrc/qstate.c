@@ -575,39 +575,8 @@ FO_TAVX2 static void fo_bf16_decode_avx2(const uint16_t *FO_RESTRICT s, float *F
     for (; i < m; ++i) out[i] = fo_bf2f(s[i]);
 }
 
-/* fo_f2bf of half.h, 8 at a time */
-FO_TAVX2 static inline void fo_bf16_enc8(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
-{
-    const __m256 x = _mm256_loadu_ps(v);
-    const __m256i b = _mm256_castps_si256(x), hi = _mm256_srli_epi32(b, 16);
-    const __m256i rne = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
-                         _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
-    const __m256i r = _mm256_blendv_epi8(rne, quiet, nan);
-    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-    _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(w));
-}
-
-FO_TAVX2 static void fo_bf16_encode_avx2(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out,
-                                         int64_t m)
-{
-    int64_t i = 0;
-    for (; i + 8 <= m; i += 8) fo_bf16_enc8(v + i, out + i);
-    for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
-}
-
-/* 16 values by two 8-lane halves: the fused loop's codecs on AVX2 */
-FO_TAVX2 static inline void fo_bf16_dec16_avx2(const uint16_t *FO_RESTRICT s,
-                                              float *FO_RESTRICT out)
-{
-    fo_bf16_dec8(s, out);
-    fo_bf16_dec8(s + 8, out + 8);
-}
-
-/* fo_f2bf of half.h, 16 at a time on AVX2: both halves rounded, then packed by one pack and
- * one permute; a NaN (rare: one compare of both halves and a branch) takes the quiet form */
+/* fo_f2bf of half.h on 8 lanes, in two parts: rounded to nearest even (a NaN's bits may carry
+ * out of it), and the quiet NaN (the top half, OR 0x40) put in where x is NaN */
 FO_TAVX2 static inline __m256i fo_bf16_rne8(__m256i b)
 {
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
@@ -622,6 +591,33 @@ FO_TAVX2 static inline __m256i fo_bf16_quiet8(__m256i r, __m256 x)
     return _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
 }
 
+/* fo_f2bf of half.h, 8 at a time */
+FO_TAVX2 static inline void fo_bf16_enc8(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out)
+{
+    const __m256 x = _mm256_loadu_ps(v);
+    const __m256i r = fo_bf16_quiet8(fo_bf16_rne8(_mm256_castps_si256(x)), x);
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(w));
+}
+
+FO_TAVX2 static void fo_bf16_encode_avx2(const float *FO_RESTRICT v, uint16_t *FO_RESTRICT out,
+                                         int64_t m)
+{
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) fo_bf16_enc8(v + i, out + i);
+    for (; i < m; ++i) out[i] = fo_f2bf(v[i]);
+}
+
+/* 16 values decoded by two 8-lane halves: the fused loop's decoder on AVX2 */
+FO_TAVX2 static inline void fo_bf16_dec16_avx2(const uint16_t *FO_RESTRICT s,
+                                              float *FO_RESTRICT out)
+{
+    fo_bf16_dec8(s, out);
+    fo_bf16_dec8(s + 8, out + 8);
+}
+
+/* fo_f2bf of half.h, 16 at a time on AVX2: both halves rounded, then packed by one pack and
+ * one permute; a NaN (rare: one compare of both halves and a branch) takes the quiet form */
 FO_TAVX2 static inline void fo_bf16_enc16_avx2(const float *FO_RESTRICT v,
                                               uint16_t *FO_RESTRICT out)
 {

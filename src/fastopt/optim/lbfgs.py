@@ -90,10 +90,10 @@ class LBFGS(GroupedOptimizer):
     ``(history_size + 1, 2, n)`` ring buffer (a spare slot takes each new pair in place), read
     twice per iteration; the rest of an iteration is four C passes (the new pair, g.d with
     max |d|, the move, max |g|); a step allocates nothing proportional to the number of
-    parameters. On CuPy arrays (parameters, the
-    closure's gradients and the history on one GPU) the same iterations run as CuPy
-    operations (``fastopt._lbfgs_cupy``: cuBLAS dot products, the recursion's scalars kept on
-    the device); the closure's loss may be a float or a one-element CuPy array.
+    parameters. On CuPy arrays (parameters, the closure's gradients and the history on one
+    GPU) the same iterations run as CuPy operations (``fastopt._lbfgs_cupy``: cuBLAS dot
+    products, the recursion's scalars kept on the device); the closure's loss may be a float or
+    a one-element CuPy array.
 
     ``threads`` (keyword-only, default 1): the threads of the two-loop recursion on the CPU
     (serial for vectors below the update loops' parallel threshold; the direction is the
