@@ -24,9 +24,7 @@
  * codecs' work overlaps the rule's divisions. Where the CPU has AVX-512 BF16 a copy of that
  * loop compiled for it encodes with the conversion instruction (fewer operations on the ports
  * the divisions also need), and the loop prefetches its streams FO_QF_AHEAD elements ahead:
- * together 0.70-0.84x the time at N=5e7. On AVX2, whose codecs take more operations, the
- * stretch runs as a pipeline instead (FO_QF_PIPE_BY: the rule on one group of 64 while an
- * earlier group is encoded).
+ * together 0.70-0.84x the time at N=5e7. AVX2 runs the same loop with 8-lane codecs.
  *
  * Two int8 moments on AVX-512 or AVX2 (FO_Q8F_RUN) take the steps above on a thread's full
  * blocks as a pipeline: while the rule runs on block j, 64 elements at a time just after their
@@ -957,7 +955,7 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
     _mm_prefetch((const char *)(h0 + FO_QF_AHEAD), _MM_HINT_T0);
     _mm_prefetch((const char *)(h1 + FO_QF_AHEAD), _MM_HINT_T0);
 }
-/* The AVX-512 loop: 16 elements decoded, run through the rule and encoded at a time */
+/* 16 elements decoded, run through the rule and encoded at a time (the codecs of the level) */
 #define FO_QF_LOOP_BY(OPT, K, DECODE16, ENCODE16)                                             \
     do {                                                                                      \
         for (int64_t o = 0; o < m; o += 16) {                                                 \
@@ -973,47 +971,12 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
             ENCODE16(b, h1 + o);                                                              \
         }                                                                                     \
     } while (0)
-/* On AVX2 the same steps as a pipeline over groups of FO_QF_GROUP elements: group t is decoded
- * and run through the rule while group t - FO_QF_LAG, whose values are ready, is encoded, so the
- * encoder's operations fill the ports while the divisions of the rule run (the AVX-512 loop
- * above does one 16 at a time: there the codecs are a few operations per 16). AMD EPYC (Zen 3),
- * Adam against that loop (with this encoder's predecessor), builds alternated: 0.91x the time at
- * N=1e6 on 1 thread, 0.96x at N=5e7 on 1, the same at N=5e7 on 2 (both at the bandwidth);
- * groups of 16 with a lag of 8 took 1.24-1.30x the time of these. */
-#define FO_QF_GROUP 64        /* elements the rule runs on at a time */
-#define FO_QF_LAG 2           /* groups between a group's rule and its encoding */
-#define FO_QF_PIPE_BY(OPT, K, DECODE16, ENCODE16)                                             \
-    do {                                                                                      \
-        FO_ALIGN64 float a[2 * FO_QF_LAG][FO_QF_GROUP], b[2 * FO_QF_LAG][FO_QF_GROUP];        \
-        const int64_t groups = m / FO_QF_GROUP;                                               \
-        for (int64_t t = 0; t < groups + FO_QF_LAG; ++t) {                                    \
-            if (t < groups) {                                                                 \
-                const int64_t o = FO_QF_GROUP * t;                                            \
-                float *FO_RESTRICT pp = p + o, *FO_RESTRICT at = a[t % (2 * FO_QF_LAG)];      \
-                float *FO_RESTRICT bt = b[t % (2 * FO_QF_LAG)];                               \
-                const float *FO_RESTRICT gg = g + o;                                          \
-                for (int i = 0; i < FO_QF_GROUP; i += 16) {                                   \
-                    fo_qf_prefetch(pp + i, gg + i, h0 + o + i, h1 + o + i);                   \
-                    DECODE16(h0 + o + i, at + i);                                             \
-                    DECODE16(h1 + o + i, bt + i);                                             \
-                }                                                                             \
-                FO_PRAGMA(omp simd)                                                           \
-                for (int i = 0; i < FO_QF_GROUP; ++i)                                         \
-                    fo_##OPT##_rule_f32(i, pp, gg, at, bt, 0, (K));                           \
-            }                                                                                 \
-            if (t >= FO_QF_LAG) {                                                             \
-                const int64_t u = t - FO_QF_LAG;                                              \
-                for (int i = 0; i < FO_QF_GROUP; i += 16) {                                   \
-                    ENCODE16(a[u % (2 * FO_QF_LAG)] + i, h0 + FO_QF_GROUP * u + i);          \
-                    ENCODE16(b[u % (2 * FO_QF_LAG)] + i, h1 + FO_QF_GROUP * u + i);          \
-                }                                                                             \
-            }                                                                                 \
-        }                                                                                     \
-    } while (0)
 #define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16, fo_bf16_encode16)
 /* the fused loop on AVX2 CPUs (8-lane codecs, compiled for AVX2 with FMA: every AVX2 CPU has
- * FMA, checked at run time) */
-#define FO_QF_LOOP_AVX2(OPT, K) FO_QF_PIPE_BY(OPT, K, fo_bf16_dec16_avx2, fo_bf16_enc16_avx2)
+ * FMA, checked at run time). AMD EPYC (Zen 3), Adam, builds alternated: 0.90x the time of a
+ * pipeline that ran the rule on a group of 64 while encoding the group before last (N=1e6, 1
+ * thread, 16 rounds). */
+#define FO_QF_LOOP_AVX2(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16_avx2, fo_bf16_enc16_avx2)
 #define FO_QF_STAMP_BY(OPT, SFX, TARGET, LOOP)                                                \
     TARGET static void fo_qstate_##OPT##_fused_##SFX(float *FO_RESTRICT p,                    \
                                                      const float *FO_RESTRICT g,              \
@@ -1038,15 +1001,15 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
     FO_QF_STAMP_BY(OPT, avx512, __attribute__((target("avx512f,fma"))), FO_QF_LOOP)          \
     FO_QF_STAMP_BY(OPT, avx2, FO_TAVX2FMA, FO_QF_LOOP_AVX2)
 /* the blocks [ja, jb) of the segment by the fused loop, as one stretch of elements, when it
- * applies (the last block too where its length is a multiple of FO_QF_GROUP); ja = jb', the
- * first block left, after */
+ * applies (the last block too where its length is a multiple of 16); ja = jb', the first
+ * block left, after */
 #define FO_QF_RUN(OPT)                                                                        \
     if (fo_q8_level >= FO_Q8_AVX2 && !stochastic && sg->state[0] && sg->state[1]             \
         && !sg->state[2] && sg->format[0] == FO_SF_BF16 && sg->format[1] == FO_SF_BF16        \
         && (fo_q8_level >= FO_Q8_AVX512F || fo_fma)) {                                        \
         const int64_t c = ja * FO_QBLOCK;                                                     \
         const int64_t end = jb * FO_QBLOCK < sg->n ? jb * FO_QBLOCK : sg->n;                  \
-        const int64_t m = (end - c) % FO_QF_GROUP ? (end - c) / FO_QBLOCK * FO_QBLOCK : end - c; \
+        const int64_t m = (end - c) % 16 ? (end - c) / FO_QBLOCK * FO_QBLOCK : end - c;       \
         if (m > 0) {                                                                          \
             float *p = sg->param + c;                                                         \
             const float *g = sg->grad + c;                                                    \
