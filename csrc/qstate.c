@@ -929,11 +929,24 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         LOOP(OPT, kv);                                                                        \
         break;                                                                                \
     }
+/* the same, with the rule's common case (FO_PLAIN_<opt>, rules.h) as an instance of its own */
+#define FO_Q_CASE_PLAIN(OPT, LOOP, V)                                                         \
+    case (V): {                                                                               \
+        fo_##OPT##_k_f32 kv = k, kp;                                                          \
+        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
+        if (FO_PLAIN_##OPT(kv, kp, f32))                                                      \
+            LOOP(OPT, kp);                                                                    \
+        else                                                                                  \
+            LOOP(OPT, kv);                                                                    \
+        (void)kp;                                                                             \
+        break;                                                                                \
+    }
 
-/* LOOP(OPT, k) with the flags of k fixed by one of the FO_CASES_<opt> instances (or as given) */
-#define FO_Q_SWITCH(OPT, LOOP)                                                                \
+/* LOOP(OPT, k) with the flags of k fixed by one of the FO_CASES_<opt> instances (or as given),
+ * each instance made by CASE (FO_Q_CASE or FO_Q_CASE_PLAIN) */
+#define FO_Q_SWITCH_BY(OPT, LOOP, CASE)                                                       \
     switch (k.flags & FO_MASK_##OPT) {                                                        \
-        FO_CASES_##OPT(FO_Q_CASE, OPT, LOOP)                                                  \
+        FO_CASES_##OPT(CASE, OPT, LOOP)                                                       \
     default:                                                                                  \
         LOOP(OPT, k);                                                                         \
     }
@@ -984,7 +997,7 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
                                                      uint16_t *FO_RESTRICT h1, int64_t m,     \
                                                      fo_##OPT##_k_f32 k)                      \
     {                                                                                         \
-        FO_Q_SWITCH(OPT, LOOP)                                                                \
+        FO_Q_SWITCH_BY(OPT, LOOP, FO_Q_CASE_PLAIN)                                           \
     }
 #if FO_HAS_BF16_INSN
 /* the fused loop encoding by the AVX-512 BF16 instruction (fo_bf16_enc16_insn), compiled for
@@ -1184,7 +1197,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         CODER E0, E1;                                                                         \
         CODER##_init(&E0, T0);                                                                \
         CODER##_init(&E1, T1);                                                                \
-        FO_Q_SWITCH(OPT, LOOP)                                                                \
+        FO_Q_SWITCH_BY(OPT, LOOP, FO_Q_CASE)                                                 \
     }
 #define FO_Q8F_STAMPS(OPT)                                                                    \
     FO_Q8F_STAMP_BY(OPT, gather, FO_T512FMA, FO_Q8F_LOOP_GATHER, fo_q8_coder)                 \
@@ -1226,7 +1239,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
         float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
         float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
-        FO_Q_SWITCH(OPT, FO_Q_RULE_LOOP)                                                      \
+        FO_Q_SWITCH_BY(OPT, FO_Q_RULE_LOOP, FO_Q_CASE)                                        \
         fo_q_store(sg, 0, c, m, buf[0], stochastic, key[0], T[0]);                            \
         fo_q_store(sg, 1, c, m, buf[1], stochastic, key[1], T[1]);                            \
         fo_q_store(sg, 2, c, m, buf[2], stochastic, key[2], T[2]);                            \

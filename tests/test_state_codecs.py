@@ -222,16 +222,23 @@ def run(level, fmt, rounding, threads, name, hyper):
     return out
 
 
+# Adam's, RAdam's and NAdam's fused loops run their common case (no maximize, no coupled weight
+# decay, beta1 > 1/2) as an instance of its own (FO_PLAIN_<opt>, rules.h), the other cases
+# with the branches: both are here, against the scalar level's block loop
 CASES = [("Adam", dict(lr=1e-2)), ("AdamW", dict(lr=1e-2, amsgrad=True)),
+         ("Adam", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+         ("Adam", dict(lr=1e-2, betas=(0.3, 0.999))),
+         ("RAdam", dict(lr=1e-2, weight_decay=0.05)), ("NAdam", dict(lr=1e-2)),
          ("Lion", dict(lr=1e-3)), ("RMSprop", dict(lr=1e-2, momentum=0.9)),
          ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True)), ("Adagrad", dict(lr=1e-2))]
+CASE_IDS = ["-".join([name] + sorted(k for k in hyper if k != "lr")) for name, hyper in CASES]
 
 
 @pytest.mark.skipif(len(LEVELS) < 2, reason="this machine has only the scalar codecs")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fmt,rounding", [("int8", "nearest"), ("bfloat16", "nearest"),
                                           ("bfloat16", "stochastic")])
-@pytest.mark.parametrize("name,hyper", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
 def test_every_codec_level_steps_alike(name, hyper, fmt, rounding, threads):
     """Scalar, AVX2, AVX-512F and AVX-512 VBMI codecs: the same parameters, codes,
     absmax and bfloat16 bits, partial blocks, NaN gradients, subnormal moments and threads

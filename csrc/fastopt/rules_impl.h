@@ -149,6 +149,16 @@ FO_DEVICE FO_T FO_NAME(fo_moments)(fo_index i, FO_T p, FO_T g, FO_T *FO_RESTRICT
     return p;
 }
 
+/* The way fo_moments' loop-invariant branches go on most steps: no maximize, no coupled weight
+ * decay, the lerp taken from the moment (beta1 > 1/2). A CPU loop tests this once per call and
+ * runs that case as an instance of its own, in which the tested conditions fold away
+ * (FO_PLAIN_<opt> in rules.h); the other cases keep the branches. */
+FO_DEVICE int FO_NAME(fo_moments_plain)(int flags, FO_T weight_decay, FO_T one_minus_beta1)
+{
+    return !(flags & FO_MAXIMIZE) && ((flags & FO_DECOUPLED) || weight_decay == 0)
+           && one_minus_beta1 < (FO_T)0.5;
+}
+
 FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
                                      FO_T *FO_RESTRICT s2, FO_NAME(fo_adam_k) k)
