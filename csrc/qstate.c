@@ -24,7 +24,9 @@
  * codecs' work overlaps the rule's divisions. Where the CPU has AVX-512 BF16 a copy of that
  * loop compiled for it encodes with the conversion instruction (fewer operations on the ports
  * the divisions also need), and the loop prefetches its streams FO_QF_AHEAD elements ahead:
- * together 0.70-0.84x the time at N=5e7. AVX2 runs the same loop with 8-lane codecs.
+ * together 0.70-0.84x the time at N=5e7. AVX2 runs the same loop with 8-lane codecs. The
+ * rule's common case (FO_PLAIN_<opt>, rules.h: Adam, RAdam, NAdam without maximize or coupled
+ * weight decay) runs as an instance of its own with those branches folded (FO_Q_CASE_PLAIN).
  *
  * Two int8 moments on AVX-512 or AVX2 (FO_Q8F_RUN) take the steps above on a thread's full
  * blocks as a pipeline: while the rule runs on block j, 64 elements at a time just after their
