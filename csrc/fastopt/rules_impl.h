@@ -153,11 +153,13 @@ FO_DEVICE FO_T FO_NAME(fo_moments)(fo_index i, FO_T p, FO_T g, FO_T *FO_RESTRICT
  * decay, the lerp taken from the moment (beta1 > 1/2). A CPU loop tests this once per call and
  * runs that case as an instance of its own, in which the tested conditions fold away
  * (FO_PLAIN_<opt> in rules.h); the other cases keep the branches. */
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)   /* CPU loops only (unused on the GPU) */
 FO_DEVICE int FO_NAME(fo_moments_plain)(int flags, FO_T weight_decay, FO_T one_minus_beta1)
 {
     return !(flags & FO_MAXIMIZE) && ((flags & FO_DECOUPLED) || weight_decay == 0)
            && one_minus_beta1 < (FO_T)0.5;
 }
+#endif
 
 FO_DEVICE void FO_NAME(fo_adam_rule)(fo_index i, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g_,
                                      FO_T *FO_RESTRICT s0, FO_T *FO_RESTRICT s1,
