@@ -26,7 +26,7 @@
  * the divisions also need), and the loop prefetches its streams FO_QF_AHEAD elements ahead:
  * together 0.70-0.84x the time at N=5e7. AVX2 runs the same loop with 8-lane codecs. The
  * rule's common case (FO_PLAIN_<opt>, rules.h: Adam, RAdam, NAdam without maximize or coupled
- * weight decay) runs as an instance of its own with those branches folded (FO_Q_CASE_PLAIN).
+ * weight decay) runs as an instance of its own with those branches folded (FO_QF_LOOP_BY).
  *
  * Two int8 moments on AVX-512 or AVX2 (FO_Q8F_RUN) take the steps above on a thread's full
  * blocks as a pipeline: while the rule runs on block j, 64 elements at a time just after their
@@ -931,24 +931,11 @@ int fo_qstate_encode(int32_t format, const float *src, void *dst, float *absmax,
         LOOP(OPT, kv);                                                                        \
         break;                                                                                \
     }
-/* the same, with the rule's common case (FO_PLAIN_<opt>, rules.h) as an instance of its own */
-#define FO_Q_CASE_PLAIN(OPT, LOOP, V)                                                         \
-    case (V): {                                                                               \
-        fo_##OPT##_k_f32 kv = k, kp;                                                          \
-        kv.flags = (k.flags & ~FO_MASK_##OPT) | (V);                                          \
-        if (FO_PLAIN_##OPT(kv, kp, f32))                                                      \
-            LOOP(OPT, kp);                                                                    \
-        else                                                                                  \
-            LOOP(OPT, kv);                                                                    \
-        (void)kp;                                                                             \
-        break;                                                                                \
-    }
 
-/* LOOP(OPT, k) with the flags of k fixed by one of the FO_CASES_<opt> instances (or as given),
- * each instance made by CASE (FO_Q_CASE or FO_Q_CASE_PLAIN) */
-#define FO_Q_SWITCH_BY(OPT, LOOP, CASE)                                                       \
+/* LOOP(OPT, k) with the flags of k fixed by one of the FO_CASES_<opt> instances (or as given) */
+#define FO_Q_SWITCH(OPT, LOOP)                                                                \
     switch (k.flags & FO_MASK_##OPT) {                                                        \
-        FO_CASES_##OPT(CASE, OPT, LOOP)                                                       \
+        FO_CASES_##OPT(FO_Q_CASE, OPT, LOOP)                                                  \
     default:                                                                                  \
         LOOP(OPT, k);                                                                         \
     }
@@ -971,7 +958,7 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
     _mm_prefetch((const char *)(h1 + FO_QF_AHEAD), _MM_HINT_T0);
 }
 /* 16 elements decoded, run through the rule and encoded at a time (the codecs of the level) */
-#define FO_QF_LOOP_BY(OPT, K, DECODE16, ENCODE16)                                             \
+#define FO_QF_STRETCH(OPT, K, DECODE16, ENCODE16)                                             \
     do {                                                                                      \
         for (int64_t o = 0; o < m; o += 16) {                                                 \
             FO_ALIGN64 float a[16], b[16];                                                    \
@@ -986,6 +973,17 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
             ENCODE16(b, h1 + o);                                                              \
         }                                                                                     \
     } while (0)
+/* FO_QF_STRETCH with the rule's common case (FO_PLAIN_<opt>, rules.h) as an instance of its
+ * own, its branches folded */
+#define FO_QF_LOOP_BY(OPT, K, DECODE16, ENCODE16)                                             \
+    do {                                                                                      \
+        fo_##OPT##_k_f32 kp;                                                                  \
+        if (FO_PLAIN_##OPT((K), kp, f32))                                                     \
+            FO_QF_STRETCH(OPT, kp, DECODE16, ENCODE16);                                       \
+        else                                                                                  \
+            FO_QF_STRETCH(OPT, (K), DECODE16, ENCODE16);                                      \
+        (void)kp;                                                                             \
+    } while (0)
 #define FO_QF_LOOP(OPT, K) FO_QF_LOOP_BY(OPT, K, fo_bf16_dec16, fo_bf16_encode16)
 /* the fused loop on AVX2 CPUs (8-lane codecs, compiled for AVX2 with FMA: every AVX2 CPU has
  * FMA, checked at run time). AMD EPYC (Zen 3), Adam, builds alternated: 0.90x the time of a
@@ -999,7 +997,7 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
                                                      uint16_t *FO_RESTRICT h1, int64_t m,     \
                                                      fo_##OPT##_k_f32 k)                      \
     {                                                                                         \
-        FO_Q_SWITCH_BY(OPT, LOOP, FO_Q_CASE_PLAIN)                                           \
+        FO_Q_SWITCH(OPT, LOOP)                                                                \
     }
 #if FO_HAS_BF16_INSN
 /* the fused loop encoding by the AVX-512 BF16 instruction (fo_bf16_enc16_insn), compiled for
@@ -1199,7 +1197,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         CODER E0, E1;                                                                         \
         CODER##_init(&E0, T0);                                                                \
         CODER##_init(&E1, T1);                                                                \
-        FO_Q_SWITCH_BY(OPT, LOOP, FO_Q_CASE)                                                 \
+        FO_Q_SWITCH(OPT, LOOP)                                                                \
     }
 #define FO_Q8F_STAMPS(OPT)                                                                    \
     FO_Q8F_STAMP_BY(OPT, gather, FO_T512FMA, FO_Q8F_LOOP_GATHER, fo_q8_coder)                 \
@@ -1241,7 +1239,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         float *FO_RESTRICT s0 = fo_q_load(sg, 0, c, m, buf[0], T[0]);                         \
         float *FO_RESTRICT s1 = fo_q_load(sg, 1, c, m, buf[1], T[1]);                         \
         float *FO_RESTRICT s2 = fo_q_load(sg, 2, c, m, buf[2], T[2]);                         \
-        FO_Q_SWITCH_BY(OPT, FO_Q_RULE_LOOP, FO_Q_CASE)                                        \
+        FO_Q_SWITCH(OPT, FO_Q_RULE_LOOP)                                                      \
         fo_q_store(sg, 0, c, m, buf[0], stochastic, key[0], T[0]);                            \
         fo_q_store(sg, 1, c, m, buf[1], stochastic, key[1], T[1]);                            \
         fo_q_store(sg, 2, c, m, buf[2], stochastic, key[2], T[2]);                            \
