@@ -25,8 +25,9 @@
  * loop compiled for it encodes with the conversion instruction (fewer operations on the ports
  * the divisions also need), and the loop prefetches its streams FO_QF_AHEAD elements ahead:
  * together 0.70-0.84x the time at N=5e7. AVX2 runs the same loop with 8-lane codecs. The
- * rule's common case (FO_PLAIN_<opt>, rules.h: Adam, RAdam, NAdam without maximize or coupled
- * weight decay) runs as an instance of its own with those branches folded (FO_QF_LOOP_BY).
+ * rule's common case (FO_PLAIN_<opt>, instances.h, from the table's `plain`: Adam, RAdam,
+ * NAdam without maximize or coupled weight decay) runs as an instance of its own with those
+ * branches folded (FO_QF_LOOP_BY).
  *
  * Two int8 moments on AVX-512 or AVX2 (FO_Q8F_RUN) take the steps above on a thread's full
  * blocks as a pipeline: while the rule runs on block j, 64 elements at a time just after their
@@ -973,7 +974,7 @@ static inline void fo_qf_prefetch(const float *p, const float *g, const uint16_t
             ENCODE16(b, h1 + o);                                                              \
         }                                                                                     \
     } while (0)
-/* FO_QF_STRETCH with the rule's common case (FO_PLAIN_<opt>, rules.h) as an instance of its
+/* FO_QF_STRETCH with the rule's common case (FO_PLAIN_<opt>, instances.h) as an instance of its
  * own, its branches folded */
 #define FO_QF_LOOP_BY(OPT, K, DECODE16, ENCODE16)                                             \
     do {                                                                                      \

@@ -94,9 +94,12 @@ def missing_pieces(kernel, optimizers):
             miss.append(f"{name}: generated constants.h has no fo_{name}_constants_{sfx}; "
                         f"{REBUILD}")
     instances = header("instances.h")
-    for macro in (f"FO_MASK_{name}", f"FO_CASES_{name}", f"FO_COST_{name}"):
+    for macro in (f"FO_MASK_{name}", f"FO_CASES_{name}", f"FO_COST_{name}", f"FO_PLAIN_{name}"):
         if f"#define {macro}" not in instances:
             miss.append(f"{name}: generated instances.h has no {macro}; {REBUILD}")
+    if kernel.plain and f"#define FO_PLAIN_{kernel.plain}(" not in header("rules.h"):
+        miss.append(f"{name}: its common case `plain` FO_PLAIN_{kernel.plain} is not defined "
+                    f"in rules.h")
     lists = dict(re.findall(r"#define FO_(CPU|MIXED)_KERNELS\(X\) (.*)", instances))
     for backend, key in (("cpu", "CPU"), ("mixed", "MIXED")):
         if backend in kernel.backends and f"X({name})" not in lists.get(key, ""):
@@ -205,11 +208,12 @@ def test_every_optimizer_has_a_kernel_and_every_kernel_an_optimizer():
 
 def test_a_missing_piece_is_named():
     """A table entry that nothing was generated or written for is reported piece by piece."""
-    toy = _table.KERNELS["adamax"]._replace(name="toy")
+    toy = _table.KERNELS["adamax"]._replace(name="toy", plain="TOY")
     miss = "\n".join(missing_pieces(toy, [_table.OPTIMIZERS["adamax"]._replace(name="toy",
                                                                                kernel="toy")]))
     for piece in ("rules_impl.h has no rule fo_toy_rule", "generated hp.h has no fo_toy_hp",
-                  "fo_toy_constants_f32", "FO_CASES_toy", "FO_CPU_KERNELS",
+                  "fo_toy_constants_f32", "FO_CASES_toy", "FO_PLAIN_toy", "FO_PLAIN_TOY",
+                  "FO_CPU_KERNELS",
                   "FO_MIXED_KERNELS", "fastopt._runners.toy",
                   "C instance fo_toy_step_f32", "C instance fo_toy_step_f64",
                   "Cython wrapper fastopt._kernels.toy", "fo_mixed_toy_step",

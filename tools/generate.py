@@ -85,6 +85,8 @@ def _namespace(table, template):
         unknown = ({n for c in k.cases for n in c} | set(k.flags)) - set(bits)
         assert not unknown, f"{k.name}: flags {sorted(unknown)} are not in FLAGS"
         assert len(k.state) <= 3, f"{k.name}: a rule has at most 3 state slots"
+        assert k.plain is None or re.fullmatch(r"[A-Z][A-Z0-9_]*", k.plain), \
+            f"{k.name}: plain names an FO_PLAIN_X macro of rules.h, got {k.plain!r}"
 
     def banner(comment):
         return (f"{comment} GENERATED from {TABLE} by tools/generate.py ({template}); "

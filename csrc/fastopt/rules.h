@@ -84,28 +84,15 @@ typedef int64_t fo_index;
 #undef FO_FABS
 #undef FO_FMA
 
-/* FO_PLAIN_<opt>(kv, kp, SFX): whether a loop over rule <opt> with constants kv (type
- * fo_<opt>_k_SFX) takes the rule's common case; if so, kp is set to kv written so that the
- * branches on conditions that hold for the whole call fold away, and the loop runs kp as an
- * instance of its own (as the FO_CASES_<opt> instances fold their flags). 0 where the rule has
- * no such branches worth an instance. Adam, RAdam, NAdam: fo_moments_plain (no maximize, no
- * coupled weight decay, beta1 > 1/2), with weight_decay 0 and no maximize bit in kp. */
+/* FO_PLAIN_X(kv, kp, SFX): whether a loop over a rule with constants kv (type fo_<opt>_k_SFX)
+ * takes the rule's common case X; if so, kp is set to kv written so that the branches on
+ * conditions that hold for the whole call fold away, and the loop runs kp as an instance of
+ * its own (as the FO_CASES_<opt> instances fold their flags). The table's `plain` names the X
+ * of each rule that has one (FO_PLAIN_<opt> in instances.h). MOMENTS (Adam, RAdam, NAdam):
+ * fo_moments_plain (no maximize, no coupled weight decay, beta1 > 1/2), with weight_decay 0
+ * and no maximize bit in kp. */
 #define FO_PLAIN_MOMENTS(kv, kp, SFX)                                                         \
     (fo_moments_plain_##SFX((kv).flags, (kv).weight_decay, (kv).one_minus_beta1)             \
      && ((kp) = (kv), (kp).weight_decay = 0, (kp).flags &= ~FO_MAXIMIZE, 1))
-#define FO_PLAIN_adam(kv, kp, SFX) FO_PLAIN_MOMENTS(kv, kp, SFX)
-#define FO_PLAIN_radam(kv, kp, SFX) FO_PLAIN_MOMENTS(kv, kp, SFX)
-#define FO_PLAIN_nadam(kv, kp, SFX) FO_PLAIN_MOMENTS(kv, kp, SFX)
-#define FO_PLAIN_sgd(kv, kp, SFX) 0
-#define FO_PLAIN_adagrad(kv, kp, SFX) 0
-#define FO_PLAIN_rmsprop(kv, kp, SFX) 0
-#define FO_PLAIN_adadelta(kv, kp, SFX) 0
-#define FO_PLAIN_adamax(kv, kp, SFX) 0
-#define FO_PLAIN_lion(kv, kp, SFX) 0
-#define FO_PLAIN_schedule_free_adamw(kv, kp, SFX) 0
-#define FO_PLAIN_schedule_free_sgd(kv, kp, SFX) 0
-#define FO_PLAIN_schedule_free_radam(kv, kp, SFX) 0
-#define FO_PLAIN_rprop(kv, kp, SFX) 0
-#define FO_PLAIN_asgd(kv, kp, SFX) 0
 
 #endif /* FASTOPT_RULES_H */

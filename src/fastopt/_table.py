@@ -83,6 +83,10 @@ Fields
   ``cases``      the flag combinations that get their own branch-free loop instance (CPU and
                  mixed precision); the union of their flags is the instance mask.
   ``cost``       relative cost per element (SGD = 1) for the serial/parallel threshold.
+  ``plain``      the rule's common case, when the low-bit state loop runs it as an instance of
+                 its own (csrc/qstate.c): the X of ``FO_PLAIN_X(kv, kp, SFX)`` in
+                 ``csrc/fastopt/rules.h``, the test whether a call's constants are that case
+                 (Adam, RAdam, NAdam: "MOMENTS"); None: no such instance.
   ``backends``   where it is compiled: "cpu" (float32/float64), "mixed" (16-bit parameters,
                  float32 state), "cuda" (float32/float64 CuPy arrays).
 ``Optimizer``: one public optimizer (class, functional form, state_dict layout).
@@ -149,7 +153,7 @@ from collections import namedtuple
 
 Flag = namedtuple("Flag", "name bit doc")
 Kernel = namedtuple("Kernel", "name title inputs scalars consts flags state cases cost backends "
-                   "derived", defaults=((),))
+                   "derived plain", defaults=((), None))
 State = namedtuple("State", "name needs init arg quant", defaults=(None, None))
 Optimizer = namedtuple(
     "Optimizer",
@@ -252,6 +256,7 @@ KERNELS = {k.name: k for k in (
         state=(State("exp_avg", None, 0, quant=SIGNED), State("exp_avg_sq", None, 0, quant=UNSIGNED),
                State("max_exp_avg_sq", "AMSGRAD", 0, quant=UNSIGNED)),
         cases=((), ("AMSGRAD",), ("DECOUPLED",), ("AMSGRAD", "DECOUPLED")),
+        plain="MOMENTS",
         cost=3, backends=BACKENDS,
     ),
     Kernel(
@@ -358,6 +363,7 @@ KERNELS = {k.name: k for k in (
                "RECTIFY": "rho_t > 5"},
         state=(State("exp_avg", None, 0, quant=SIGNED), State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((), ("RECTIFY",), ("DECOUPLED",), ("DECOUPLED", "RECTIFY")),
+        plain="MOMENTS",
         cost=3, backends=BACKENDS,
     ),
     Kernel(
@@ -394,6 +400,7 @@ KERNELS = {k.name: k for k in (
         state=(State("exp_avg", None, 0, quant=SIGNED),
                State("exp_avg_sq", None, 0, quant=UNSIGNED)),
         cases=((), ("DECOUPLED",)),
+        plain="MOMENTS",
         cost=3, backends=BACKENDS,
     ),
     Kernel(
