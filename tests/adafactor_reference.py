@@ -20,7 +20,12 @@ def state_shapes(shape):
 
 
 def _lerp(a, b, w):
-    return a + w * (b - a)
+    """a + w (b - a), in the form torch's lerp takes for |w| >= 1/2 (b - (b - a)(1 - w)): the
+    same value, but exact at w = 1 (Adafactor's first step), where the other form loses b
+    under a large a."""
+    if abs(w) < 0.5:
+        return a + w * (b - a)
+    return b - (b - a) * (1.0 - w)
 
 
 def adafactor_step(p, g, s, t, lr, h, eps1):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import fastopt as fo
 from fastopt._specs import SPECS
-from fuzz_optim import CLASSES, NAMES, draw_case
+from fuzz_optim import CLASSES, NAMES, draw_case, mark_ill_conditioned
 from fuzzing import ERRORS, Masks, assert_close, entry_point, same_state_dict, spread_values
 from reference import GROUP_KEYS, GROUP_STEPS, reference_step
 
@@ -166,9 +166,7 @@ def fuzz_mixed_precision(ex, name):
             masks.add(g.reshape(-1))
             for v in state.values():
                 masks.add(v.reshape(-1))
-            wd = 0.0 if name == "adamw" or full.get("decoupled_weight_decay") \
-                else full.get("weight_decay", 0.0)
-            masks.add_decay(g, start, wd, full.get("maximize", False))
+            mark_ill_conditioned(masks, name, g, start, state_before, full)
             m = opt.master_params[i]
             if m is not None:
                 assert_close(m, ref, masks, f"{name} master {i} step {t}", scale_from=start)

@@ -40,7 +40,7 @@ def draw_case(ex, name, invalid_pct=10, fixed=()):
             keys = [k for k in SPECS[name].rules if k not in fixed
                     and not (name == "adamw" and k == "decoupled_weight_decay")]
             key = ex.draw(st.sampled_from(keys), "key")
-            hyper[key] = ex.invalid_value(key)
+            hyper[key] = ex.invalid_value(name, key)
         return hyper, False
     return hyper, True
 
@@ -90,6 +90,19 @@ def coupled_decay(name, group):
     if name == "adamw" or group.get("decoupled_weight_decay", False):
         return 0.0
     return group.get("weight_decay", 0.0)
+
+
+def mark_ill_conditioned(mask, name, g, p, state, group):
+    """Mark the elements of one parameter whose step is ill-conditioned in the code's own
+    precision (compared for finiteness only): coupled weight decay that cancels the gradient,
+    and Lion's sign argument beta1 m + (1 - beta1) g near a tie. `p`, `state`: the float64
+    reference's values before the step; `group`: the hyperparameters."""
+    maximize = group.get("maximize", False)
+    mask.add_decay(g, p, coupled_decay(name, group), maximize)
+    if name == "lion" and state.get("exp_avg") is not None:
+        beta1 = group.get("betas", SPECS[name].defaults["betas"])[0]
+        g = np.asarray(g, np.float64)
+        mask.add_cancel(beta1 * state["exp_avg"], (1 - beta1) * (-g if maximize else g))
 
 
 def reference_before(ref):
@@ -166,9 +179,10 @@ def fuzz_optimizer(ex, name):
                 opt.param_groups[gi][key] = value
                 ref.groups[gi][key] = value
             else:
-                key = ex.draw(st.sampled_from([k for k in SPECS[name].rules if k in KIND]), "bad key")
+                key = ex.draw(st.sampled_from([k for k in SPECS[name].rules
+                                               if k in KIND[name]]), "bad key")
                 undo = (gi, key, opt.param_groups[gi][key])
-                opt.param_groups[gi][key] = ex.invalid_value(key)
+                opt.param_groups[gi][key] = ex.invalid_value(name, key)
                 mutation_ok = False
         # -- gradients, maybe rejected forms or aliases of params, state or other grads
         grads = []
@@ -211,10 +225,9 @@ def fuzz_optimizer(ex, name):
         for m, g in zip(masks, grads):
             m.add(g)
         k = 0
-        for group in ref.groups:
-            for p in group["params"]:
-                masks[k].add_decay(grads[k], p, coupled_decay(name, group),
-                                   group.get("maximize", False))
+        for group, states in zip(ref.groups, ref.states):
+            for p, state in zip(group["params"], states):
+                mark_ill_conditioned(masks[k], name, grads[k], p, state, group)
                 k += 1
         before = reference_before(ref)
         ref.step([np.array(g, np.float64) for g in grads])
@@ -352,7 +365,7 @@ def fuzz_functional(ex, name):
             if name == "sgd" and not full["sutskever"] and t == 1:
                 st_.pop("momentum_buffer", None)     # torch's first step: the buffer becomes g
             masks[j].add(g)
-            masks[j].add_decay(g, refs[j], coupled_decay(name, full), full.get("maximize", False))
+            mark_ill_conditioned(masks[j], name, g, refs[j], st_, full)
             start, start_state = refs[j], {buf: v.copy() for buf, v in st_.items()}
             refs[j] = reference_step(name, refs[j], g, st_, step_hyper, t, step_lr)
             assert_close(p, refs[j], masks[j], f"{what}: param[{j}]", scale_from=start)
@@ -462,8 +475,8 @@ def fuzz_load_state_dict(ex, name):
     elif fault == "short group":
         sd["param_groups"][0]["params"] = sd["param_groups"][0]["params"] + [10**6]
     elif fault == "bad hyper":
-        key = ex.draw(st.sampled_from([k for k in SPECS[name].rules if k in KIND]), "key")
-        sd["param_groups"][0][key] = ex.invalid_value(key)
+        key = ex.draw(st.sampled_from([k for k in SPECS[name].rules if k in KIND[name]]), "key")
+        sd["param_groups"][0][key] = ex.invalid_value(name, key)
     elif fault in ("bad shape", "bad dtype", "unknown buffer", "missing buffer") and entries \
             and len(sd["state"][entries[0]]) > 1 and (fault != "missing buffer" or name != "sgd"):
         entry = sd["state"][entries[0]]

@@ -22,7 +22,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import fastopt as fo
-from fastopt import _table, _validate
+from fastopt import _validate
 from fastopt._specs import SPECS
 from fastopt import _kernels
 
@@ -63,12 +63,10 @@ _KIND_OF_RULE = {
     _validate.boolean: "bool",
     _validate.integer: "count", _validate.optional_boolean: "optional_bool",
 }
-# hyperparameter (or functional argument for one element of a pair: beta1, ...) -> its kind
-KIND = {key: _KIND_OF_RULE[rule] for spec in SPECS.values() for key, rule in spec.rules.items()}
-KIND.update({arg: _KIND_OF_RULE[_validate.PAIRS[SPECS[opt.name].rules[expr.split("[")[0]]]
-                                [int(expr[-2])]]
-             for opt in _table.OPTIMIZERS.values() for arg, expr in opt.inputs.items()
-             if expr.endswith(("[0]", "[1]"))})
+# optimizer -> hyperparameter -> its kind (per optimizer: one name can have different rules,
+# SGD's momentum >= 0 and Schedule-Free SGD's in (0, 1))
+KIND = {name: {key: _KIND_OF_RULE[rule] for key, rule in spec.rules.items()}
+        for name, spec in SPECS.items()}
 
 
 # ------------------------------------------------------------------------------ the contract
@@ -157,8 +155,9 @@ class Example:
             return self.draw(st.sampled_from(bad), label)
         return self.draw(good if isinstance(good, st.SearchStrategy) else st.sampled_from(good), label)
 
-    def invalid_value(self, key):
-        return self.draw(st.sampled_from(INVALID[KIND[key]]), f"invalid {key}")
+    def invalid_value(self, name, key):
+        """A value of optimizer `name`'s hyperparameter `key` that its rule refuses."""
+        return self.draw(st.sampled_from(INVALID[KIND[name][key]]), f"invalid {key}")
 
     # -------------------------------------------------------------------------- placement
     def _place(self, nbytes, gap):
@@ -363,6 +362,16 @@ class Masks:
         with np.errstate(all="ignore"):
             ill = np.abs((-g if maximize else g) + wp) * 100 < np.abs(g) + np.abs(wp)
         self.huge |= ill & np.isfinite(g) & np.isfinite(wp)
+
+    def add_cancel(self, a, b):
+        """Mark elements where a + b cancels to under 1e-4 of |a| + |b|, for a result that
+        takes the sign of that sum (Lion's update): the code under test forms it in its own
+        precision, so near a tie the sign follows its rounding; compared for finiteness only."""
+        a = np.asarray(a, np.float64).reshape(-1)
+        b = np.asarray(b, np.float64).reshape(-1)
+        with np.errstate(all="ignore"):
+            ill = np.abs(a + b) * 1e4 < np.abs(a) + np.abs(b)
+        self.huge |= ill & np.isfinite(a) & np.isfinite(b)
 
 
 def assert_close(actual, expected, masks, what, scale_from=None):

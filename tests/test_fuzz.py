@@ -39,7 +39,7 @@ import fuzz_optim  # noqa: F401  (registers its drivers)
 import fuzz_problems  # noqa: F401  (registers its drivers)
 import fuzz_second_order  # noqa: F401  (registers its drivers)
 import fuzz_sparse  # noqa: F401  (registers its drivers)
-from fuzzing import COUNTS, ENTRY_POINTS, run
+from fuzzing import COUNTS, ENTRY_POINTS, INVALID, KIND, run
 
 # the float64 references meet the same NaN/Inf/overflow as the code under test; numpy's
 # notes about it are noise
@@ -89,6 +89,18 @@ def test_every_public_entry_point_has_a_driver():
         elif name not in covered and name not in no_arguments:
             missing.append(name)
     assert not missing, f"public names without a fuzz driver: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_the_fuzzers_invalid_values_are_invalid_for_their_optimizer(name):
+    """Every value the drivers use as invalid for a hyperparameter is refused by that
+    optimizer (the kinds are per optimizer: SGD's momentum 0 is valid, Schedule-Free SGD's
+    is not)."""
+    cls = getattr(fo, SPECS[name].class_name)
+    for key, kind in KIND[name].items():
+        for value in INVALID[kind]:
+            with pytest.raises((ValueError, TypeError)):
+                cls([np.zeros(3)], **{key: value})
 
 
 @pytest.mark.slow
