@@ -565,6 +565,7 @@ def test_plain_float32_state_dict_loads_into_mixed():
     (dict(loss_scale=-1.0), ValueError, "loss_scale"),
     (dict(loss_scale="auto"), ValueError, "dynamic"),
     (dict(seed=-3), ValueError, "seed"),
+    (dict(seed=2 ** 64), ValueError, "seed"),
     (dict(master_weights="yes"), TypeError, "master_weights"),
 ])
 def test_bad_options(kwargs, error, match):

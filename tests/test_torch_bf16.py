@@ -428,7 +428,9 @@ def test_state_dict_with_bad_master_raises_and_changes_nothing():
     (dict(master_weights=1), TypeError, "master_weights"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(seed=1.5), TypeError, "seed"),
-], ids=["stochastic-with-master", "rounding", "master_weights", "seed-negative", "seed-float"])
+    (dict(seed=2 ** 64), ValueError, "seed"),
+], ids=["stochastic-with-master", "rounding", "master_weights", "seed-negative", "seed-float",
+        "seed-beyond-64-bits"])
 def test_bad_options_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         ft.Adam(mlp(torch.bfloat16).parameters(), **kwargs)

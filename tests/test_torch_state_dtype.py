@@ -182,6 +182,88 @@ def test_state_dtype_changed_in_group_converts_state():
     assert opt.state[tensors[2]]["exp_avg"].dtype == torch.float32      # below 4096
 
 
+def _decoded(st, name):
+    """The float32 values of slot `name` of a torch state entry, in any format."""
+    t = st[name]
+    if t.dtype == torch.uint8:
+        return torch.from_numpy(fo.state_format.Blockwise8(
+            t.numpy(), st[name + "_absmax"].numpy(), st[name + "_qmap"].numpy()).dequantize())
+    return t.float().clone()
+
+
+@pytest.mark.parametrize("start", ["int8", "bfloat16"])
+def test_state_dtype_changed_to_float32_decodes_state(start):
+    """Back to float32 state (the group's state_dtype set to "float32" between steps): the
+    low-bit buffers are decoded into float32 tensors and the step continues from them."""
+    tensors, opt, arrays, n_opt = _pair("adam", {}, start, "nearest")
+    _steps(tensors, opt, arrays, n_opt, 2)
+    m0 = [_decoded(opt.state[t], "exp_avg") for t in tensors]
+    opt.param_groups[0]["state_dtype"] = "float32"
+    grads = [torch.randn(t.shape, generator=torch.Generator().manual_seed(5)) for t in tensors]
+    for t, g in zip(tensors, grads):
+        t.grad = g
+    opt.step()
+    for t, m, g in zip(tensors, m0, grads):
+        st = opt.state[t]
+        assert st["exp_avg"].dtype == st["exp_avg_sq"].dtype == torch.float32
+        assert not any(k.endswith(("_absmax", "_qmap")) for k in st)
+        torch.testing.assert_close(st["exp_avg"], m.lerp(g, 0.1), rtol=1e-6, atol=1e-7)
+
+
+def test_loaded_options_are_checked_against_the_parameters():
+    """An int8 state_dict loaded into an optimizer whose parameter int8 state refuses (as the
+    constructor and add_param_group refuse it) is refused, nothing changed."""
+    src = torch.linspace(-1, 1, 5000)
+    opt = ft.Adam([src], lr=1e-2, state_dtype="int8")
+    src.grad = torch.ones(5000)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    for w, err in ((torch.linspace(-1, 1, 5000, dtype=torch.float64), TypeError),
+                   (torch.linspace(-1, 1, 10000)[::2], ValueError)):
+        other = ft.Adam([w], lr=1e-2)
+        w.grad = torch.ones_like(w)
+        other.step()
+        before = {k: v.clone() for k, v in other.state[w].items()}
+        with pytest.raises(err, match=r"param_groups\[0\]\['params'\]\[0\].*state_dtype='int8'"):
+            other.load_state_dict(copy.deepcopy(sd))
+        assert other.param_groups[0]["state_dtype"] == "float32"
+        for k, v in before.items():
+            torch.testing.assert_close(other.state[w][k], v, rtol=0, atol=0)
+        other.step()
+
+
+@pytest.mark.parametrize("fault", ["qmap out of [-1, 1]", "qmap constant", "absmax 2-d"])
+def test_saved_maps_and_absmax_are_checked_as_the_numpy_classes_check_them(fault):
+    tensors, opt, arrays, n_opt = _pair("adam", {}, "int8", "nearest")
+    _steps(tensors, opt, arrays, n_opt, 1)
+    sd = opt.state_dict()
+    bad = {**sd, "state": {**sd["state"], 0: {**sd["state"][0]}}}
+    entry = bad["state"][0]
+    if fault == "qmap out of [-1, 1]":
+        entry["exp_avg_qmap"] = entry["exp_avg_qmap"] * 2
+    elif fault == "qmap constant":
+        entry["exp_avg_qmap"] = torch.zeros(256)
+    else:
+        entry["exp_avg_absmax"] = entry["exp_avg_absmax"].reshape(-1, 1)
+    key = "exp_avg_absmax" if fault == "absmax 2-d" else "exp_avg_qmap"
+    before = {k: v.clone() for k, v in opt.state[tensors[0]].items()}
+    with pytest.raises(ValueError, match=key):
+        opt.load_state_dict(bad)
+    for k, v in before.items():
+        torch.testing.assert_close(opt.state[tensors[0]][k], v, rtol=0, atol=0)
+
+
+def test_seed_beyond_64_bits_is_refused():
+    """The noise takes a 64-bit seed: a larger one is an error, not a seed taken modulo 2^64."""
+    p = torch.zeros(5000)
+    for make in (lambda s: ft.Adam([p], state_dtype="bfloat16", rounding="stochastic", seed=s),
+                 lambda s: fo.Adam([np.zeros(5000, np.float32)], state_dtype="bfloat16",
+                                   rounding="stochastic", seed=s)):
+        make(2 ** 64 - 1)
+        with pytest.raises(ValueError, match="seed"):
+            make(2 ** 64)
+
+
 def test_errors_name_the_argument():
     p = torch.zeros(5000)
     with pytest.raises(ValueError, match="state_dtype"):

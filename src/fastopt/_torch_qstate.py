@@ -30,7 +30,7 @@ import torch
 
 from . import _qstate, _table, _torch_cuda, _validate
 from .optim._state_format import make_state_format
-from .state_format import Blockwise8, QBLOCK
+from .state_format import QBLOCK, Blockwise8, check_qmap
 
 __all__ = ["OPTIONS", "has_formats", "group_format", "check_param", "slot_format", "new_state",
            "conform", "conform_all", "attach", "detach", "current", "check_saved",
@@ -308,13 +308,11 @@ def check_saved_codes(where, entry, name, p):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ValueError(f"{where}[{name!r}] holds uint8 codes but "
                              f"{where}[{name + suffix!r}] is not a floating tensor")
-        if t.numel() != shape[0]:
-            raise ValueError(f"{where}[{name + suffix!r}] has {t.numel()} elements, expected "
-                             f"{shape[0]}")
-        if suffix == "_qmap":
-            q = t.detach().to(torch.float32).cpu().numpy()
-            if not (np.all(np.isfinite(q)) and np.all(np.diff(q) >= 0)):
-                raise ValueError(f"{where}[{name + suffix!r}] must be sorted and finite")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{where}[{name + suffix!r}] has shape {tuple(t.shape)}, expected "
+                             f"{shape}")
+        if suffix == "_qmap":           # as the NumPy classes check a map
+            check_qmap(t.detach().to(torch.float32).cpu().numpy(), f"{where}[{name + suffix!r}]")
 
 
 # ------------------------------------------------------------------------ bitsandbytes

@@ -539,8 +539,11 @@ class Optimizer(torch.optim.Optimizer):
                                  f"state_dict, {len(group['params'])} in the optimizer")
             hyper = {**self.spec.defaults, **_modes.defaults(self.spec), **self._fo_impl,
                      **{k: v for k, v in saved.items() if k != "params"}, **self._fo_fixed}
-            self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
+            checked = self._fo_hyper(hyper, f"state_dict['param_groups'][{gi}]")
             self._fo_torch_checks(hyper)
+            for j, p in enumerate(group["params"]):   # the saved options on these parameters
+                self._fo_check_param(p, f"{_where(gi, j)} (with state_dict['param_groups']"
+                                        f"[{gi}]'s options)", checked)
             if NOISE_CALLS in saved:
                 _validate.whole(f"state_dict['param_groups'][{gi}][{NOISE_CALLS!r}]",
                                 _plain(saved[NOISE_CALLS]))
@@ -887,6 +890,12 @@ class Optimizer(torch.optim.Optimizer):
             attached = entry.states[slot]
             if attached is not None and all(a is b for a, b in zip(attached, current)):
                 continue
+            if any(t.dtype in (torch.uint8, torch.bfloat16) and t.dtype != p.dtype
+                   for t, p in zip(current, entry.tensors)):
+                # low-bit state of a group whose state_dtype is now "float32": decoded
+                for j, p in zip(entry.idx, entry.tensors):
+                    _tq.conform(self.state[params[j]], p, None, self.spec.state, uses)
+                current = [self.state[params[j]][name] for j in entry.idx]
             for j, t in zip(entry.idx, current):
                 _check_tensor(t, f"state[{_where(gi, j)}][{name!r}]", like=params[j],
                               dtype=_tm.state_dtype(params[j]))
