@@ -106,3 +106,23 @@ def test_matches_live_torch(name, i, dtype):
     for g, values in groups.items():
         for k, v in values.items():
             assert np.allclose(v, state[g][k], rtol=1e-12, atol=0), (g, k)
+
+
+@pytest.mark.parametrize("name", ["radam", "rprop", "adam"])
+def test_a_torch_state_dict_as_is_names_the_entry(name):
+    """The NumPy classes take NumPy arrays: a torch.optim state_dict passed as it is (tensors)
+    is refused with a TypeError naming the entry, nothing changed."""
+    torch = pytest.importorskip("torch", reason="needs torch (pip install 'fastopt[torch]')")
+    cls = getattr(fo, fo._specs.SPECS[name].class_name)
+    w = np.ones((2, 3))
+    opt = cls([w], lr=0.1)
+    opt.step([np.ones((2, 3))])
+    before = {k: np.array(v, copy=True) for k, v in opt.state[0].items()}
+    tp = torch.ones((2, 3), dtype=torch.float64, requires_grad=True)
+    theirs = getattr(torch.optim, fo._specs.SPECS[name].class_name)([tp], lr=0.1)
+    tp.grad = torch.full((2, 3), 2.0, dtype=torch.float64)
+    theirs.step()
+    with pytest.raises(TypeError, match=r"state\[0\]\['\w+'\] must be .*Tensor"):
+        opt.load_state_dict(theirs.state_dict())
+    for k, v in before.items():
+        np.testing.assert_array_equal(opt.state[0][k], v)

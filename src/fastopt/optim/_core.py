@@ -334,9 +334,13 @@ class OptimizerCore:
             if shape is None or tuple(shape) != expected:
                 raise ValueError(f"state[{i}][{name!r}] has shape {shape}, expected "
                                  f"{expected}{like}")
-            if dtype is None or np.dtype(dtype).kind != "f":
-                raise TypeError(f"state[{i}][{name!r}] must be a floating array, got "
-                                f"dtype {dtype}")
+            try:
+                floating = dtype is not None and np.dtype(dtype).kind == "f"
+            except TypeError:           # not a NumPy dtype (a torch tensor's)
+                floating = False
+            if not floating:
+                raise TypeError(f"state[{i}][{name!r}] must be a floating NumPy array, got "
+                                f"{type(value).__name__} of dtype {dtype}")
             out[name] = value
         return out
 
