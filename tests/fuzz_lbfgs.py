@@ -49,7 +49,7 @@ def fuzz_lbfgs(ex, _):
         def closure():
             if grads is not None:
                 return 0.0, grads
-            g = [(ci * p).astype(p.dtype) for ci, p in zip(c, flat)]
+            g = [np.asarray(ci * p, p.dtype) for ci, p in zip(c, flat)]   # 0-d: an array
             return 0.5 * float(sum(np.dot(gi.reshape(-1), p.reshape(-1))
                                    for gi, p in zip(g, flat))), g
         snap = ex.snapshot()
