@@ -159,6 +159,27 @@ def test_load_refuses_a_checkpoint_of_another_size(tmp_path):
     assert other.state == {}
 
 
+@pytest.mark.parametrize("history_size", [2 ** 70, 10 ** 11])
+def test_a_history_size_that_cannot_be_allocated_is_refused_before_anything_changes(
+        history_size):
+    """The ring buffers of the loaded size are made while the state_dict is checked: a size
+    that cannot be allocated is a ValueError, the optimizer's state and groups unchanged."""
+    X, y = data()
+    prob = problem(X, y)
+    a = start(prob)
+    opt = fo.LBFGS(a, history_size=3)
+    opt.step(lambda: loss_and_grads(prob, a))
+    sd = opt.state_dict()
+    before = {k: (list(v) if isinstance(v, list) else v) for k, v in opt.state[0].items()}
+    bad = {**sd, "param_groups": [dict(sd["param_groups"][0], history_size=history_size)]}
+    with pytest.raises(ValueError, match="history_size"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["history_size"] == 3
+    assert sorted(opt.state[0]) == sorted(before)
+    assert len(opt.state[0]["old_dirs"]) == len(before["old_dirs"])
+    opt.step(lambda: loss_and_grads(prob, a))         # and it still steps
+
+
 def _quadratic(n, dtype):
     """A closure for f = sum(c_i w_i^2) / 2 that allocates nothing (buffers made once)."""
     w = np.ones(n, dtype)

@@ -175,16 +175,19 @@ class LBFGS(GroupedOptimizer):
         """The number of parameters (the length of the flat vectors)."""
         return sum(p.size for p in self._all_params())
 
-    def _buffers(self, history_size):
+    def _buffers(self, history_size, history=None):
         """The workspace and history, made on first use (and the history remade when
-        `history_size` changed)."""
+        `history_size` changed); `history`: a History of that size made already (a load's)."""
         params = self._all_params()
         with self._on_device():
             if self._ws is None:
                 n, dtype, xp = self.numel, params[0].dtype, self._xp
                 self._ws = _lbfgs.Workspace(n, dtype, xp)
-                self._hist = _lbfgs.History(history_size, n, dtype, xp)
+                self._hist = history if history is not None else \
+                    _lbfgs.History(history_size, n, dtype, xp)
                 self._flat = _lbfgs.Params([p.reshape(-1) for p in params], self._ws)
+            elif history is not None:
+                self._hist = history
             elif self._hist.size != history_size:
                 self._hist = self._hist.resized(history_size)
             self._hist.threads = self.threads
@@ -335,6 +338,20 @@ class LBFGS(GroupedOptimizer):
                                   or out["prev_flat_grad"] is None):
             raise ValueError(f"{where}: n_iter > 0 needs 'd', 't' and 'prev_flat_grad'")
         present = {k for k in _KEYS if k in entry}
+        # the history of the loaded size, made now: a size that cannot be allocated is refused
+        # before anything changes (the ring buffers hold history_size + 1 pairs)
+        size = hyper["history_size"]
+        out["history"] = None
+        try:
+            if self._hist is None or self._hist.size != size:
+                with self._on_device():
+                    out["history"] = _lbfgs.History(size, n, dtype, self._xp)
+            if "al" in present:
+                out["al"] = (out["al"] + [None] * size)[:size]
+        except (MemoryError, ValueError, OverflowError) as e:
+            raise ValueError(f"{where}: history_size={size} needs ring buffers of {size + 1} "
+                             f"pairs of {n}-element vectors, which cannot be allocated "
+                             f"({type(e).__name__})") from None
         return step, (out, present)
 
     def _load_state(self, rec, group, planned):
@@ -343,7 +360,7 @@ class LBFGS(GroupedOptimizer):
             return
         out, present = planned
         size = group["history_size"]
-        ws, hist, _ = self._buffers(size)
+        ws, hist, _ = self._buffers(size, out["history"])
         m = len(out["old_dirs"])
         keep = slice(max(0, m - size), m)
         with self._on_device():
@@ -361,7 +378,7 @@ class LBFGS(GroupedOptimizer):
             state["t"], state["H_diag"], state["prev_loss"] = \
                 out["t"], out["H_diag"] if out["H_diag"] is not None else 1.0, out["prev_loss"]
             if "al" in present:
-                state["al"] = (out["al"] + [None] * size)[:size]
+                state["al"] = out["al"]         # padded to history_size by _plan_state
             self._expose(state, hist)
         self.state[0] = state
 
