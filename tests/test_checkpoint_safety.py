@@ -218,6 +218,36 @@ def test_decompression_bomb_is_refused_before_inflating(bomb):
     assert elapsed < 1.0 and peak < 100e6, (elapsed, peak)
 
 
+def test_many_deflated_arrays_at_unknown_keys_are_refused_before_inflating(tmp_path):
+    """Every array fits a parameter's shape and the digest is right, but 60 deflated arrays
+    of zeros (1 MiB of file, 480 MB inflated) sit at a key Adam does not have: array members
+    must be stored uncompressed, so this is refused before any of them is read."""
+    shape = (1000, 1000)
+    opt, _ = _adam(shape)
+    zeros = np.zeros(shape)
+    arrays = {f"junk{i}": zeros for i in range(60)}
+    junk = [{"__array__": n, "dtype": "<f8", "shape": list(shape)} for n in arrays]
+    meta = {"format": checkpoint.FORMAT, "version": 2, "optimizer": "Adam",
+            "state_dict": {"state": {"__dict__": [[0, {"step": 3.0}]]},
+                           "param_groups": [{"lr": 0.01, "params": [0], "junk": junk}]}}
+    meta_bytes = json.dumps(meta).encode()
+    path = tmp_path / "many.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("__meta__.npy", _npy_bytes(np.frombuffer(meta_bytes, np.uint8)))
+        z.writestr("__sha256__.npy", _npy_bytes(np.frombuffer(
+            checkpoint._digest(meta_bytes, arrays).encode(), np.uint8)))
+        member = _npy_bytes(zeros)
+        for name in arrays:
+            z.writestr(name + ".npy", member)
+    del member, arrays, zeros
+    assert os.path.getsize(path) < 2 << 20
+    before = _fingerprint(opt, [opt.param_groups[0]["params"][0]])
+    elapsed, peak, message = _refusal_cost(opt, path)
+    assert "stored compressed" in message
+    assert elapsed < 1.0 and peak < 100e6, (elapsed, peak)
+    assert _fingerprint(opt, [opt.param_groups[0]["params"][0]]) == before
+
+
 def test_member_larger_than_its_declaration_is_refused(tmp_path, bomb):
     """The metadata declares the parameter's shape, the member holds 1 GiB: refused from the
     headers alone."""

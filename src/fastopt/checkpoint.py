@@ -17,7 +17,11 @@ metadata, its ``.npy`` header and the zip directory) are checked against each ot
 past the size its header declares. An int8 buffer's codes must be uint8 with a parameter's
 shape, its absmax float32 of ceil(size / 256) values and its map float32 of 256 values, all
 from the declarations; the map's values (finite, strictly increasing, in [-1, 1]) are checked
-once read, before the state_dict is built. A rejected file costs memory in proportion to its metadata.
+once read, before the state_dict is built. Array members must be stored uncompressed (as
+`save` writes them; the zip may deflate only the metadata), so the arrays read are never more
+bytes than the file holds: a file refused on its layout costs memory in proportion to its
+metadata, one refused after its arrays were read (keys the optimizer does not have) in
+proportion to its size.
 
 File format, version 2 (an uncompressed .npz, i.e. a zip of ``.npy`` members)
 ---------------------------------------------------------------------------
@@ -472,6 +476,12 @@ def _read(zf, expect):
     tied = set() if version == 1 else _check_q8_layout(declared, q8)
     if expect is not None:
         expect({k: v for k, v in declared.items() if k not in tied})
+    compressed = sorted(n for n in declared
+                        if archive.infos[n].compress_type != zipfile.ZIP_STORED)
+    if compressed:
+        raise _Refused(f"array {compressed[0]!r} is stored compressed; checkpoints are written "
+                       "uncompressed, so that reading one takes no more memory than the file's "
+                       "size")
     h = hashlib.sha256()
     h.update(meta_bytes)
     arrays = {}
