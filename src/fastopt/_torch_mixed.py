@@ -39,7 +39,7 @@ def options(group, where, low_state=False):
         if rounding == "stochastic" and mw and not low_state:
             raise ValueError("rounding='stochastic' needs master_weights=False (with a master "
                              "copy the 16-bit parameter is the master rounded to nearest even)")
-        seed = _validate.integer("seed", group.get("seed", 0), high=2 ** 64 - 1)
+        seed = _validate.seed("seed", group.get("seed", 0))
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from None
     return mw, rounding, seed

@@ -34,7 +34,7 @@ import numbers
 import numpy as np
 
 __all__ = ["real", "nonneg", "positive", "unit_open", "unit_closed", "open_unit", "boolean",
-           "optional_boolean", "integer", "whole", "learning_rate", "scheduled_lr", "betas",
+           "optional_boolean", "integer", "seed", "whole", "learning_rate", "scheduled_lr", "betas",
            "greater_than_one", "etas", "step_sizes", "PAIRS", "MAX_STEP"]
 
 MAX_STEP = 2 ** 53      # step counts stay exact as float64 (state_dict stores them as floats)
@@ -186,6 +186,12 @@ def integer(name, value, *, low=0, high=None):
     if not ok_type:
         raise TypeError(f"{name} must be an integer {bounds}, got {_kind(value)}")
     _fail_range(name, value, f"an integer {bounds}")
+
+
+def seed(name, value):
+    """A random seed: an integer in [0, 2^64 - 1], as int (the noise hashes take 64 bits; a
+    larger seed is an error, not a seed taken modulo 2^64)."""
+    return integer(name, value, high=2 ** 64 - 1)
 
 
 def whole(name, value, *, low=0, high=MAX_STEP):

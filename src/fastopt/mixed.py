@@ -221,7 +221,7 @@ class MixedPrecision(Optimizer):
     def _mp_init(self, params, *, master_weights=True, rounding="nearest", seed=0,
                  loss_scale=None, skip_nonfinite=None, **hyperparameters):
         master_weights = _validate.boolean("master_weights", master_weights)
-        seed = _validate.integer("seed", seed, high=2 ** 64 - 1)
+        seed = _validate.seed("seed", seed)
         skip_nonfinite = _validate.optional_boolean("skip_nonfinite", skip_nonfinite)
         if rounding not in _mixed.ROUNDINGS:
             raise ValueError(f"rounding must be one of {_mixed.ROUNDINGS}, got {rounding!r}")

@@ -35,7 +35,7 @@ def make_state_format(kernel, state_dtype, rounding, seed, min_8bit_size):
         raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
     if rounding == "stochastic" and state_dtype != "bfloat16":
         raise ValueError("rounding='stochastic' is for state_dtype='bfloat16'")
-    seed = _validate.integer("seed", seed, high=2 ** 64 - 1)
+    seed = _validate.seed("seed", seed)
     min_8bit_size = _validate.integer("min_8bit_size", min_8bit_size)
     if state_dtype == "float32":
         return None
