@@ -76,3 +76,40 @@ def test_tensor_lr_pickle_and_state_dict_cross_load():
         ref.step()
     for p, q in zip(mine, params):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_an_expanded_gradient_is_read_as_torch_reads_it():
+    # a gradient with zero strides (expand) is only read: accepted, as torch.optim.Adafactor
+    out = []
+    for cls in (torch.optim.Adafactor, ft.Adafactor):
+        p = torch.ones(6, 4, dtype=torch.float64)
+        opt = cls([p], lr=0.01)
+        for _ in range(3):
+            p.grad = torch.randn(1, 4, generator=torch.Generator().manual_seed(7),
+                                 dtype=torch.float64).expand(6, 4)
+            opt.step()
+        out.append(p.clone())
+    assert torch.allclose(out[0], out[1], rtol=1e-12, atol=0)
+
+
+def test_a_bad_hyperparameter_in_a_later_group_changes_nothing():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    opt = ft.Adafactor([{"params": [a]}, {"params": [b]}])
+    a.grad, b.grad = torch.randn(4, 3, generator=g, dtype=torch.float64), \
+        torch.randn(4, 3, generator=g, dtype=torch.float64)
+    opt.step()
+    before = ([a.clone(), b.clone()],
+              {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in (a, b)})
+    for key, value in (("lr", "oops"), ("beta2_decay", 0.5), ("eps", (None, -1.0)),
+                       ("d", 0.5), ("weight_decay", float("nan"))):
+        saved = opt.param_groups[1][key]
+        opt.param_groups[1][key] = value
+        with pytest.raises((TypeError, ValueError), match=r"param_groups\[1\]"):
+            opt.step()
+        opt.param_groups[1][key] = saved
+        assert torch.equal(a, before[0][0]) and torch.equal(b, before[0][1])
+        for p in (a, b):
+            for k, v in before[1][id(p)].items():
+                assert torch.equal(opt.state[p][k], v), (key, k)

@@ -117,3 +117,22 @@ def test_muon_param_groups_split_a_transformer_like_model():
                         model.fc2.bias, model.lm_head.weight)}
     ft.Muon([hidden])
     torch.optim.AdamW([rest])
+
+
+def test_a_parameter_listed_twice_shares_one_buffer_as_in_torch():
+    # torch warns about the duplicate and steps it twice with one momentum_buffer
+    import warnings
+    out = []
+    for mod in (torch.optim, ft):
+        g = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = mod.Muon([p, p], lr=0.02)
+        for _ in range(3):
+            p.grad = torch.randn(4, 3, generator=g, dtype=torch.float64)
+            opt.step()
+        out.append(p.detach().clone())
+    # (bfloat16 iterations: at most a bfloat16 ulp of each of the six updates apart, see
+    # tests/test_torch_optim_db.muon_bound; the same bits on most CPUs)
+    assert torch.allclose(out[0], out[1], rtol=0, atol=6 * 0.02 * 2 ** -8)

@@ -44,6 +44,7 @@ class Spec:
     mode_weight: Callable = None     # (group, "train" | "eval") -> the lerp weight of the move
     # per-parameter scalar state (the table's param_scalars: NAdam's mu_product, ASGD's eta):
     scalars: dict = field(default_factory=dict)       # name -> (group, lr) -> initial value
+    scalars_in_place: bool = False   # updated in place in the stored dtype (NAdam's mu_product)
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -217,6 +218,7 @@ def _spec(opt):
         copies=tuple(s.name for s in kernel.state if s.init == _table.PARAM),
         modes=opt.modes, mode_weight=_mode_weight_function(opt),
         scalars={p.name: _scalar_init_function(opt, p) for p in opt.param_scalars},
+        scalars_in_place=any(p.in_place for p in opt.param_scalars),
     )
 
 

@@ -142,7 +142,12 @@ Fields
                  per group and step, outside the element loop; ``as_stored(x)`` there is x
                  in the precision the reference stores these scalars in (float64; in
                  ``fastopt.torch`` torch's scalar dtype, to which each new value is also
-                 rounded, as torch's in-place updates of its 0-d tensors round). The classes keep one value per
+                 rounded, as torch's in-place updates of its 0-d tensors round).
+                 ``in_place``: the reference updates the stored tensor in place (NAdam's
+                 ``mu_product *= mu``), so after torch's load_state_dict, which casts it to
+                 the parameter's dtype, it is rounded to that dtype (``fastopt.torch``);
+                 otherwise each new value is made in torch's scalar dtype and copied in
+                 (ASGD's ``eta``), whatever the stored tensor's dtype. The classes keep one value per
                  group (like the step count) and save it in every parameter's state entry, in
                  the reference's layout (``state_dict``, ``fo.save``); loading refuses
                  parameters of one group with different values. ``fastopt.torch`` keeps them
@@ -163,7 +168,7 @@ Optimizer = namedtuple(
 Hyper = namedtuple("Hyper", "name default rule torch_error")
 GroupState = namedtuple("GroupState", "name init rule")
 Modes = namedtuple("Modes", "key initial state train eval")
-ParamScalar = namedtuple("ParamScalar", "name init")
+ParamScalar = namedtuple("ParamScalar", "name init in_place", defaults=(False,))
 
 #: State.init of a buffer that starts as a copy of its parameter
 PARAM = "param"
@@ -933,7 +938,7 @@ OPTIMIZERS = {o.name: o for o in (
                Hyper("decoupled_weight_decay", False, "boolean", None),
                Hyper("maximize", False, "boolean", None)),
         inputs=_BETA_INPUTS, checks=(),
-        param_scalars=(ParamScalar("mu_product", "1.0"),),
+        param_scalars=(ParamScalar("mu_product", "1.0", in_place=True),),
         # torch's momentum cache mu_t, mu_{t+1} and their running product
         advance=(("mu", "beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))"),
                  ("mu_next", "beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))"),

@@ -18,7 +18,7 @@ import torch
 
 from . import _adafactor, _kernels
 from . import _torch_dtensor as _dt
-from ._adafactor_hyper import adafactor_scalars, eps1_for
+from ._adafactor_hyper import RULES, adafactor_scalars, eps1_for
 from .optim.adafactor import Adafactor as _NumpyAdafactor
 
 __all__ = ["Adafactor"]
@@ -26,10 +26,11 @@ __all__ = ["Adafactor"]
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _check(t, what, like=None):
-    """fastopt.torch's checks of a tensor handed to the kernels (dense, CPU, not overlapping
-    itself; with `like`, its dtype and shape), then the dtypes this kernel has."""
-    Adafactor._fo_check_tensor(t, what, like)
+def _check(t, what, like=None, written=True):
+    """fastopt.torch's checks of a tensor handed to the kernels (dense, CPU; when `written`,
+    not overlapping itself; with `like`, its dtype and shape), then the dtypes this kernel
+    has."""
+    Adafactor._fo_check_tensor(t, what, like, written)
     if _dt.is_dtensor(t):
         raise TypeError(f"{what} is a DTensor; fastopt.torch.Adafactor steps plain CPU tensors")
     if t.dtype not in _DTYPES:
@@ -43,6 +44,25 @@ def _array(t):
     if t.is_contiguous():
         return t.numpy(), False
     return t.contiguous().numpy(), True
+
+
+def _validated(group, where):
+    """fastopt's rules (fastopt._adafactor_hyper.RULES) on a group's hyperparameters, a
+    one-element tensor lr read as its number; raises TypeError/ValueError naming `where`,
+    before anything is written."""
+    out = dict(group)
+    for key, rule in RULES.items():
+        if key in group:
+            value = group[key]
+            if key == "lr" and isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            try:
+                out[key] = rule(f"{where}[{key!r}]", value)
+            except (TypeError, ValueError) as e:
+                if str(e).startswith(where):
+                    raise
+                raise type(e)(f"{where}: {e}") from None    # torch's message, named
+    return out
 
 
 class Adafactor(torch.optim.Adafactor):
@@ -76,25 +96,30 @@ class Adafactor(torch.optim.Adafactor):
             with torch.enable_grad():
                 loss = closure()
         work = []
+        hypers = [_validated(group, f"param_groups[{gi}]")
+                  for gi, group in enumerate(self.param_groups)]
         for gi, group in enumerate(self.param_groups):
             params, grads, rows, cols, variances, steps = [], [], [], [], [], []
             self._init_group(group, params, grads, rows, cols, variances, steps)
             for j, (p, g) in enumerate(zip(params, grads)):
                 what = f"param_groups[{gi}]['params'][{j}]"
                 _check(p, what)
-                _check(g, f"{what}.grad", p)
+                _check(g, f"{what}.grad", p, written=False)     # read only: may be expanded
                 for t, name in ((rows[j], "row_var"), (cols[j], "col_var"),
                                 (variances[j], "variance")):
                     if t is not None:
                         _check(t, f"state of {what}[{name!r}]")
             if params:
-                work.append((group, params, grads, rows, cols, variances, steps))
+                work.append((hypers[gi], params, grads, rows, cols, variances, steps))
         shapes = [p.shape for item in work for p in item[1]]
         need = _adafactor.scratch_length(shapes, _kernels.get_num_threads())
         if self._fo_scratch.size < need:
             self._fo_scratch = np.zeros(need)
         for item in work:
             self._fo_group(*item)
+        stepped = [p for item in work for p in item[1]]
+        if stepped:                         # as torch's in-place updates: autograd sees them
+            torch.autograd.graph.increment_version(stepped)
         return loss
 
     def _fo_group(self, group, params, grads, rows, cols, variances, steps):

@@ -152,8 +152,11 @@ class LBFGS(torch.optim.Optimizer):
         arrays = inner._all_params()
         closure = torch.enable_grad()(closure)
         first = []
+        start = inner.state.get(0, {}).get("n_iter", 0)
 
         def array_closure():
+            if first:       # the parameters moved since the last evaluation: as torch's
+                self._fo_moved()    # in-place updates, autograd sees new versions
             loss = closure()
             if not first:
                 first.append(loss)
@@ -166,7 +169,14 @@ class LBFGS(torch.optim.Optimizer):
                 inner.step(array_closure)
         finally:
             self._publish()
+            if inner.state.get(0, {}).get("n_iter", 0) != start:   # the last move
+                self._fo_moved()
         return first[0]
+
+    def _fo_moved(self):
+        """Tell autograd the parameters changed in place (their version counters), as torch's
+        ``p.add_`` does: a graph that saved them before the move then refuses to run."""
+        torch.autograd.graph.increment_version(self._params)
 
     def _stream(self):
         """CUDA parameters: torch's current stream of their device as CuPy's current one."""

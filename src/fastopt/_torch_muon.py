@@ -153,6 +153,8 @@ class Muon(torch.optim.Optimizer):
         for hyper, lr, items in work:
             plain = hyper.pop("lr")
             for p, g, buf in items:
+                if buf is None:     # a parameter listed twice shares one buffer, as in torch
+                    buf = self.state[p].get("momentum_buffer")
                 if buf is None:
                     buf = torch.zeros_like(p, memory_format=torch.preserve_format)
                     self.state[p]["momentum_buffer"] = buf
@@ -160,6 +162,9 @@ class Muon(torch.optim.Optimizer):
                 _rules.step_one(kernel, p.detach().numpy(), g.detach().contiguous().numpy(),
                                 buf.numpy(), buffers[hyper["ns_dtype"]], lr=plain,
                                 decay=decay, step_size=size, **hyper)
+        stepped = [p for _, _, items in work for p, _, _ in items]
+        if stepped:                         # as torch's in-place updates: autograd sees them
+            torch.autograd.graph.increment_version(stepped)
         return loss
 
 

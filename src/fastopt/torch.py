@@ -120,6 +120,7 @@ from . import _torch_dtensor as _dt
 from . import _torch_layout as _layout
 from . import _torch_mixed as _tm
 from . import _torch_modes as _modes
+from . import _torch_scalars
 from . import _torch_qstate as _tq
 from . import optim as _optim
 
@@ -323,6 +324,7 @@ class Optimizer(torch.optim.Optimizer):
     _fo_impl = {}       # torch's implementation keywords the class takes, with their defaults
     _fo_fixed = {}      # hyperparameters the class does not take: kept at these values
     _fo_adam_like = False   # torch's class is (a subclass of) torch.optim.Adam
+    _fo_torch_math = False  # torch.optim's class: tensor lr/betas in 0-d tensor arithmetic
     _fo_qopts = {}      # the low-bit state options the class takes (fastopt._torch_qstate)
     _step_supports_amp_scaling = True   # GradScaler hands over grad_scale and found_inf
 
@@ -645,13 +647,32 @@ class Optimizer(torch.optim.Optimizer):
             self._fo_relink(rec)
         return rec
 
+    def _fo_scalar_dtype(self, rec, name, current):
+        """The dtype in which per-parameter scalar `name` is kept and rounded: for scalars
+        that torch updates in place (the table's ``in_place``: NAdam's mu_product), that of
+        the tensors found in the state (torch's load_state_dict casts them to the parameter's
+        dtype, and torch's step then computes in it; float64 if they differ), else
+        `current`."""
+        if not self.spec.scalars_in_place:
+            return current
+        found = set()
+        for j, p in enumerate(rec.params):
+            t = (self.state.get(p) or {}).get(name)
+            if isinstance(t, torch.Tensor) and t is not rec.scalar_views[name][j] \
+                    and t.dtype in (torch.float32, torch.float64):
+                found.add(_NUMPY_DTYPE[t.dtype])
+        if not found:
+            return current
+        return np.float64 if len(found) > 1 else found.pop()
+
     def _fo_relink(self, rec):
         """Point every 'step' of the group at views of a fresh counter buffer (see _Record)."""
         if not self.spec.counts_steps:           # torch.optim.SGD keeps no step count
             return
         steps = rec.steps.copy()
         views = list(torch.from_numpy(steps).unbind(0)) if len(steps) else []
-        scalars = {name: a.copy() for name, a in rec.scalars.items()}
+        scalars = {name: a.astype(self._fo_scalar_dtype(rec, name, a.dtype))
+                   for name, a in rec.scalars.items()}
         scalar_views = {name: list(torch.from_numpy(a).unbind(0)) if len(a) else []
                         for name, a in scalars.items()}
         linked = []
@@ -681,6 +702,8 @@ class Optimizer(torch.optim.Optimizer):
     def _fo_prepare(self, gi, group):
         """Check a group and plan its kernel calls; changes nothing the user can observe."""
         hyper = self._fo_hyper(group, f"param_groups[{gi}]")    # plain values for the kernels
+        if self._fo_torch_math:         # a tensor lr or betas: torch's 0-d tensor arithmetic
+            hyper = _torch_scalars.torch_math(group, hyper)
         lr = hyper["lr"]
         rec = self._fo_record(group)
         params = rec.params
@@ -911,7 +934,7 @@ class Optimizer(torch.optim.Optimizer):
         for slot, (name, used, new) in enumerate(zip(self.spec.state, uses, fresh)):
             if used and new and fmt is not None:        # low-bit state (fastopt._torch_qstate)
                 fill = 0.0 if name in self.spec.copies else \
-                    self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"])
+                    float(self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"]))
                 created[slot] = []
                 for j in js:
                     p = params[j]
@@ -924,7 +947,7 @@ class Optimizer(torch.optim.Optimizer):
                 created[slot] = [_modes.copy_of_param(params[j], self.state.get(params[j]))
                                  for j in js]
             elif used and new:
-                fill = self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"])
+                fill = float(self.spec.init.get(name, lambda g, lr: 0.0)(group, group["lr"]))
                 created[slot] = [torch.full_like(params[j], fill,
                                                  memory_format=torch.preserve_format,
                                                  dtype=_tm.state_dtype(params[j]))
@@ -1081,6 +1104,7 @@ def _adapter(fo_cls):
         "spec": fo_cls.spec, "__init__": __init__, "__doc__": _doc(fo_cls),
         "_fo_impl": impl, "_fo_fixed": fixed, "_fo_qopts": qopts,
         "_fo_adam_like": torch_cls is not None and issubclass(torch_cls, torch.optim.Adam),
+        "_fo_torch_math": fo_cls.spec.reference == f"torch.optim.{fo_cls.__name__}",
         "__module__": __name__, "__qualname__": fo_cls.__name__}
     if fo_cls.spec.modes is not None:
         members.update(_mode_methods(fo_cls))
