@@ -2,7 +2,6 @@
 the optim_db harness of tests/test_torch_optim_db.py)."""
 import pickle
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="fastopt.torch needs torch")

@@ -285,7 +285,7 @@ def test_nadam_resumes_from_a_state_dict_in_torchs_float64_mu_product(source):
     # torch's load_state_dict casts mu_product to the parameter's dtype (float64) and its step
     # then multiplies it in place in float64; a resumed fastopt.torch NAdam does the same
     ours, theirs = pair("NAdam")
-    first, m0 = model(), model()
+    first = model()
     opt0 = (theirs if source == "torch" else ours)(first.parameters(), lr=0.01)
     run(first, opt0, steps=4)
     sd = copy.deepcopy(opt0.state_dict())
