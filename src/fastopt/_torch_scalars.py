@@ -100,10 +100,12 @@ class TensorScalar:
         return f"TensorScalar({self.tensor!r})"
 
 
-def torch_math(group, values):
-    """`values` (a group's hyperparameters as plain numbers) with its tensor ``lr`` and betas
-    as TensorScalars, for the per-step scalars of a torch.optim optimizer's step; unchanged for
-    a fused group (torch's fused kernels read them as doubles) or without tensors."""
+def torch_math(group, values, betas=False):
+    """`values` (a group's hyperparameters as plain numbers) with its tensor ``lr`` (and, with
+    `betas`, its tensor betas: torch's Adam and AdamW, the classes of torch.optim that take
+    them) as TensorScalars, for the per-step scalars of a torch.optim optimizer's step;
+    unchanged for a fused group (torch's fused kernels read them as doubles) or without
+    tensors."""
     if values.get("fused"):
         return values
     out = values
@@ -112,7 +114,7 @@ def torch_math(group, values):
         lr = TensorScalar.of(lr)
         if lr is not None:
             out = {**out, "lr": lr}
-    betas = group.get("betas")
+    betas = group.get("betas") if betas else None
     if isinstance(betas, (tuple, list)) and any(isinstance(b, torch.Tensor) for b in betas):
         wrapped = [TensorScalar.of(b) if isinstance(b, torch.Tensor) else None for b in betas]
         out = {**out, "betas": tuple(v if w is None else w

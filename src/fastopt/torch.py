@@ -703,7 +703,7 @@ class Optimizer(torch.optim.Optimizer):
         """Check a group and plan its kernel calls; changes nothing the user can observe."""
         hyper = self._fo_hyper(group, f"param_groups[{gi}]")    # plain values for the kernels
         if self._fo_torch_math:         # a tensor lr or betas: torch's 0-d tensor arithmetic
-            hyper = _torch_scalars.torch_math(group, hyper)
+            hyper = _torch_scalars.torch_math(group, hyper, self._fo_adam_like)
         lr = hyper["lr"]
         rec = self._fo_record(group)
         params = rec.params
