@@ -288,7 +288,57 @@ def test_closure_failing_mid_step_restores_the_iteration_start():
     with pytest.raises(RuntimeError, match="boom"):
         opt.step(closure)
     np.testing.assert_array_equal(w, calls[1])      # where the failing iteration started
-    assert opt.state[0]["n_iter"] == 2
+    assert opt.state[0]["n_iter"] == 1              # the failed second one is not counted
+
+
+def quadratic(w):
+    c = np.linspace(1.0, 9.0, w.size)
+    return float(0.5 * (c * w) @ w), [c * w]
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_a_closure_failing_in_the_first_iteration_leaves_a_fresh_start(line_search_fn):
+    # the next step starts afresh (torch's first-iteration step size min(1, 1/|g|_1) lr),
+    # not with the failed iteration's direction and the plain lr
+    w, ref = np.linspace(-3.0, 4.0, 6), np.linspace(-3.0, 4.0, 6)
+    calls = []
+
+    def failing():
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("transient")
+        return quadratic(w)
+    opt = fo.LBFGS([w], max_iter=3, line_search_fn=line_search_fn)
+    with pytest.raises(RuntimeError, match="transient"):
+        opt.step(failing)
+    assert opt.state[0]["n_iter"] == 0 and opt.state[0]["d"] is None
+    np.testing.assert_array_equal(w, ref)
+    fresh = fo.LBFGS([ref], max_iter=3, line_search_fn=line_search_fn)
+    opt.step(lambda: quadratic(w))
+    fresh.step(lambda: quadratic(ref))
+    np.testing.assert_array_equal(w, ref)
+
+
+@pytest.mark.parametrize("fail_at", [3, 5])
+def test_a_step_after_a_failed_iteration_redoes_it(fail_at):
+    # a later failure: the next step redoes the failed iteration (its pair repeats with
+    # y = 0 and is skipped) and the run goes on as an uninterrupted one
+    w, ref = np.linspace(-3.0, 4.0, 6), np.linspace(-3.0, 4.0, 6)
+    calls = []
+
+    def failing():
+        calls.append(None)
+        if len(calls) == fail_at:
+            raise RuntimeError("transient")
+        return quadratic(w)
+    opt = fo.LBFGS([w], lr=0.5, max_iter=100, tolerance_grad=1e-12)
+    with pytest.raises(RuntimeError, match="transient"):
+        opt.step(failing)
+    assert opt.state[0]["n_iter"] == fail_at - 2      # evaluations after completed moves
+    opt.step(lambda: quadratic(w))
+    uninterrupted = fo.LBFGS([ref], lr=0.5, max_iter=100, tolerance_grad=1e-12)
+    uninterrupted.step(lambda: quadratic(ref))
+    np.testing.assert_array_equal(w, ref)
 
 
 def test_converges_like_newton_on_logistic_regression():

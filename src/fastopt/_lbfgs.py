@@ -353,7 +353,10 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     `evaluate(out)`: the closure's loss at the current parameters (float) with the gradient
     written into `out`. Returns the first loss. If an evaluation after the first raises, the
     parameters go back to where the iteration started and the state to the end of the last
-    completed iteration, then the error propagates.
+    completed iteration (``n_iter`` does not count the failed one, so a failure in the first
+    iteration ever leaves a state whose next step starts afresh, with torch's first-iteration
+    step size; a later one is redone by the next step: its pair repeats with y = 0 and is
+    skipped), then the error propagates.
     """
     max_iter = hyper["max_iter"]
     max_eval = hyper["max_eval"]
@@ -386,10 +389,12 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     have_prev = state.get("prev_flat_grad") is not None
     n_iter = 0
     moved = False
+    counted = False         # state["n_iter"] counts an iteration that has not completed
     try:
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
+            counted = True
             if state["n_iter"] == 1:
                 xp.negative(flat_grad, out=d)
                 xp.copyto(ws.prev_flat_grad, flat_grad)
@@ -439,7 +444,7 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
                     loss = evaluate(flat_grad)
                     opt_cond = amax_of(flat_grad, threads) <= tol_grad_t
                     ls_func_evals = 1
-            moved = False
+            moved = counted = False
             current_evals += ls_func_evals
             state["func_evals"] += ls_func_evals
             if n_iter == max_iter:
@@ -455,6 +460,8 @@ def lbfgs_step(state, hist, ws, params, evaluate, hyper, lr):
     except BaseException:
         if moved:
             params.restore(ws.x)
+        if counted:         # the failed iteration is not counted: the next step redoes it
+            state["n_iter"] -= 1
         raise
     finally:
         state["t"] = t
