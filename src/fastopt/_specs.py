@@ -45,6 +45,9 @@ class Spec:
     # per-parameter scalar state (the table's param_scalars: NAdam's mu_product, ASGD's eta):
     scalars: dict = field(default_factory=dict)       # name -> (group, lr) -> initial value
     scalars_in_place: bool = False   # updated in place in the stored dtype (NAdam's mu_product)
+    # (group, step, lr, fresh, scalars=None, rounding=None) -> None: the table's advance of
+    # `run` alone, raising its ValueError (None for optimizers without an advance)
+    check_advance: Callable = None
 
     def validate(self, group):
         """The group's hyperparameters checked and as plain Python values (see
@@ -132,11 +135,12 @@ def _run_function(opt):
             for name in kernel.inputs]
     scalars = [p.name for p in opt.param_scalars]
     state = [s.name for s in opt.group_state] + scalars
-    advance = ("    as_stored = _float if rounding is None else rounding\n"
-               if scalars else "") + "".join(f"    {name} = {expr}\n" + (
-        f"    if rounding is not None:\n        {name} = rounding({name})\n"
-        if name in scalars else "") for name, expr in opt.advance)
-    source = (f"def run(mod, plan, grads, g, step, lr, fresh, name=\"grads\""
+    advance = _steps.checked_advance(opt, ("    as_stored = _float if rounding is None "
+                                           "else rounding\n" if scalars else "") + "".join(
+        f"    _at = {name!r}\n    {name} = {expr}\n" + (
+            f"    if rounding is not None:\n        {name} = rounding({name})\n"
+            if name in scalars else "") for name, expr in opt.advance))
+    header = ("def {fn}({head}g, step, lr, fresh, name=\"grads\""
               + (", scalars=None, rounding=None" if scalars else "") + "):\n"
               f"{_bind(opt, exclude=special)}"
               + "".join(f"    {s.name} = g[{s.name!r}]\n" for s in opt.group_state)
@@ -146,12 +150,19 @@ def _run_function(opt):
               # the advance may read the kernel inputs mapped from hyperparameters (beta2)
               + "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items()
                         if opt.advance)
-              + advance +
+              + advance)
+    source = (header.format(fn="run", head="mod, plan, grads, ") +
               f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
               + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))
-    return _steps.compile_function("run", source, {"_runner": getattr(_runners, opt.kernel),
-                                                   "_float": float},
-                                   module=f"{__name__}.{opt.name}")
+    namespace = {"_runner": getattr(_runners, opt.kernel), "_float": float,
+                 **_steps.ADVANCE_NAMESPACE}
+    run = _steps.compile_function("run", source, namespace, module=f"{__name__}.{opt.name}")
+    if not opt.advance:
+        return run, None
+    check = _steps.compile_function("check_advance", header.format(fn="check_advance", head="")
+                                    + "    return None\n", namespace,
+                                    module=f"{__name__}.{opt.name}")
+    return run, check
 
 
 def _check_function(opt):
@@ -201,13 +212,15 @@ def _mode_weight_function(opt):
 
 def _spec(opt):
     kernel = _table.KERNELS[opt.kernel]
+    runner, check_advance = _run_function(opt)
     group_state = _group_state(opt)
     return Spec(
         name=opt.name, class_name=opt.class_name, kernel=opt.kernel,
         defaults={h.name: h.default for h in opt.hyper},
         rules={h.name: getattr(_validate, h.rule) for h in opt.hyper},
         state=tuple(s.name for s in kernel.state),
-        uses=_uses_function(opt), run=_run_function(opt), check=_check_function(opt),
+        uses=_uses_function(opt), run=runner, check_advance=check_advance,
+        check=_check_function(opt),
         init=_init(kernel.state),
         counts_steps="no_step" not in opt.torch,
         optional_state="optional_state" in opt.torch,

@@ -18,6 +18,7 @@ param group's hyperparameters (torch's names, ``betas`` included), and
 ``state_mask(kernel, flags)`` the state slots a rule uses under those flags.
 """
 import linecache
+import math
 
 from . import _table
 
@@ -99,9 +100,48 @@ def _values_function(kernel):
 
 def advance_lines(opt):
     """Source lines (indented once) of the table entry's per-step group computation
-    (``Optimizer.advance``), in order (``as_stored``: the identity)."""
-    return "".join([f"    as_stored = _as_stored\n" if opt.param_scalars else ""]
-                   + [f"    {name} = {expr}\n" for name, expr in opt.advance])
+    (``Optimizer.advance``), in order (``as_stored``: the identity), checked
+    (`checked_advance`)."""
+    return checked_advance(opt, "".join(
+        ["    as_stored = _as_stored\n" if opt.param_scalars else ""]
+        + [f"    _at = {name!r}\n    {name} = {expr}\n" for name, expr in opt.advance]))
+
+
+def checked_advance(opt, source):
+    """`source` (the lines of `opt`'s advance, each assignment after ``_at = <its name>``)
+    inside a try whose arithmetic errors become `advance_error`'s ValueError, then each
+    assigned value checked by `check_advanced` (names ``_advance_error``,
+    ``_check_advanced`` of the generated function's namespace: `ADVANCE_NAMESPACE`), so
+    that a step whose group computation fails raises before its kernel runs."""
+    if not opt.advance:
+        return source
+    kept = {g.name for g in opt.group_state} | {p.name for p in opt.param_scalars}
+    return ("    try:\n" + "".join(f"    {line}\n" for line in source.splitlines())
+            + "    except (ArithmeticError, ValueError, TypeError) as e:\n"
+            f"        _advance_error({opt.class_name!r}, step, _at, e)\n"
+            + "".join(f"    _check_advanced({opt.class_name!r}, step, {name!r}, {name}, "
+                      f"{name in kept})\n" for name, _ in opt.advance))
+
+
+def advance_error(optimizer, step, name, error):
+    """The ValueError of a per-step group computation (the table's ``advance``) that cannot
+    be done with these hyperparameters (an overflow, a division by zero)."""
+    raise ValueError(f"{optimizer}: at step {step}, {name} cannot be computed from the "
+                     f"hyperparameters ({type(error).__name__}: {error}); nothing was "
+                     "changed") from None
+
+
+def check_advanced(optimizer, step, name, value, kept):
+    """A value of the per-step group computation: a real number, and finite when it is kept
+    for the next step (group state, per-parameter scalars); else a ValueError (before the
+    kernel runs, so that nothing changes)."""
+    if isinstance(value, complex) or (kept and not math.isfinite(value)):
+        raise ValueError(f"{optimizer}: at step {step}, the hyperparameters make {name} = "
+                         f"{value!r}, not a finite real number; nothing was changed")
+
+
+#: the names `checked_advance`'s lines call
+ADVANCE_NAMESPACE = {"_advance_error": advance_error, "_check_advanced": check_advanced}
 
 
 def scalar_init(opt, group, lr):

@@ -249,7 +249,8 @@ def make_form(opt):
     """The functional form ``<name>_(param, grad, *state, step, lr, **hyperparameters)`` of
     the table entry `opt` (a fastopt._table.Optimizer)."""
     fn = _steps.compile_function(f"{opt.name}_", _form_source(opt),
-                                 {**globals(), "_as_stored": _steps.as_stored}, module=__name__)
+                                 {**globals(), "_as_stored": _steps.as_stored,
+                                  **_steps.ADVANCE_NAMESPACE}, module=__name__)
     fn.__doc__ = _form_doc(opt)
     return fn
 

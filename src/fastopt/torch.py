@@ -446,6 +446,9 @@ class Optimizer(torch.optim.Optimizer):
         if len(jobs) > 1 or (jobs and (jobs[0].creates_state or not jobs[0].entry.plain)):
             for job in jobs:              # check every gradient before anything is written
                 self._fo_check(job)
+        if self.spec.check_advance is not None:
+            for job in jobs:              # and the group computations (ASGD's eta, ...)
+                self._fo_check_advance(job)
         if scale is not None:
             for job in jobs:
                 job.scale = scale
@@ -1042,6 +1045,22 @@ class Optimizer(torch.optim.Optimizer):
             with _cuda.on(entry.device):
                 return self._fo_launch(mod, entry, job)
         return self._fo_launch(mod, entry, job)
+
+    def _fo_check_advance(self, job):
+        """The ValueError of the job's group computation (the table's ``advance``), before
+        anything is written."""
+        try:
+            if not self.spec.scalars:
+                self.spec.check_advance(job.group, job.step, job.lr, job.fresh)
+                return
+            rec, idx = job.rec, job.entry.idx
+            scalars = {name: float(a[idx[0]]) for name, a in rec.scalars.items()}
+            dtype = next(iter(rec.scalars.values())).dtype
+            self.spec.check_advance(
+                job.group, job.step, job.lr, job.fresh, "grads", None if job.link else scalars,
+                None if dtype == np.float64 else lambda v: float(dtype.type(v)))
+        except ValueError as e:
+            raise ValueError(f"param_groups[{job.gi}]: {e}") from None
 
     def _fo_launch(self, mod, entry, job):
         """Run the step's kernel from `mod` (the CPU, mixed or CUDA module); returns the

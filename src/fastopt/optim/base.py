@@ -228,7 +228,12 @@ class Optimizer(OptimizerCore):
         return True
 
     def _allocate(self, work):
-        """The state buffers each group's options need now (last part of the prepare phase)."""
+        """The state buffers each group's options need now (last part of the prepare phase),
+        after every group's per-step computation is checked (an error in a later group must
+        not leave an earlier one stepped or with new buffers)."""
+        if self.spec.check_advance is not None:
+            for item in work:
+                self._check_advance(item[0], item[1], item[2])
         for item in work:
             rec, hyper, lr, grads = item[0], item[1], item[2], item[3]
             uses = rec.uses                     # of rec.hyper, the snapshot `hyper`
@@ -239,6 +244,19 @@ class Optimizer(OptimizerCore):
                                          f"{len(rec.plan)} parameters")
                     rec.plan.check_grads(grads)
                 item[4] = self._ensure_state(rec, hyper, uses, lr)
+
+    def _check_advance(self, rec, hyper, lr):
+        """The ValueError the step's group computation (the table's ``advance``: ASGD's eta,
+        NAdam's mu_product, Schedule-Free's weights) would raise with these hyperparameters,
+        raised before anything is allocated (the kernel's runner raises it too, before the
+        kernel)."""
+        check = self.spec.check_advance
+        if check is None:
+            return
+        if self.spec.scalars:
+            check(hyper, rec.step + 1, lr, self._fresh_none, "grads", rec.scalars)
+        else:
+            check(hyper, rec.step + 1, lr, self._fresh_none)
 
     def _apply(self, work):
         """Phase 2 of a step: one kernel per group with its snapshot's values, then its step
