@@ -209,7 +209,9 @@ class LBFGS(GroupedOptimizer):
         `closure()` returns ``(loss, grads)`` at the current parameters. A bad first return
         (not a pair, a loss that is not a number, gradients unlike the parameters) raises
         TypeError/ValueError with nothing changed; if a later call raises, the parameters go
-        back to where that iteration started and the error propagates.
+        back to where that iteration started, the state to the end of the last completed
+        iteration (``n_iter`` does not count the failed one, so the next step redoes it, or
+        starts afresh when it was the first), and the error propagates.
         """
         if not callable(closure):
             raise TypeError("closure must be a callable returning (loss, grads), got "
