@@ -815,16 +815,35 @@ FO_CLONES static void fo_q_store(const fo_qstate_segment *sg, int k, int64_t c, 
     }
 }
 
+/* The tables a step prepared for maps the cache could not hold (fo_q_step_tables): `n` of
+ * them, searched by the map's values. */
+typedef struct {
+    fo_q8_table *t;
+    int64_t n;
+} fo_q8_extra;
+
+static const fo_q8_table *fo_q8_find_extra(const fo_q8_extra *extra, const float *map)
+{
+    for (int64_t i = 0; extra && i < extra->n; ++i)
+        if (memcmp(extra->t[i].key, map, sizeof extra->t[i].key) == 0)
+            return &extra->t[i];
+    return 0;
+}
+
 /* The tables of a segment's int8 slots: T[k] is kept while the map pointer stays `src[k]`;
- * a map the cache cannot hold is prepared into own[k] (allocated once per call; own NULL:
- * cached tables only). Returns 0, or -1 when a table is missing. */
+ * a map the cache cannot hold is taken from `extra` (a step's, prepared before its threads
+ * run) or prepared into own[k] (allocated once per call; own NULL: cached and extra tables
+ * only). Returns 0, or -1 when a table is missing. */
 static int fo_q_tables(const fo_qstate_segment *sg, const fo_q8_table *T[FO_MAX_STATE],
-                       const float *src[FO_MAX_STATE], fo_q8_table *own[FO_MAX_STATE])
+                       const float *src[FO_MAX_STATE], fo_q8_table *own[FO_MAX_STATE],
+                       const fo_q8_extra *extra)
 {
     for (int k = 0; k < FO_MAX_STATE; ++k) {
         if (!sg->state[k] || sg->format[k] != FO_SF_Q8 || src[k] == sg->qmap[k])
             continue;
         const fo_q8_table *got = fo_q8_get(sg->qmap[k]);
+        if (!got)
+            got = fo_q8_find_extra(extra, sg->qmap[k]);
         if (!got) {
             if (!own) return -1;
             if (!own[k] && !(own[k] = (fo_q8_table *)fo_q8_alloc(sizeof(fo_q8_table))))
@@ -838,15 +857,30 @@ static int fo_q_tables(const fo_qstate_segment *sg, const fo_q8_table *T[FO_MAX_
     return 0;
 }
 
-/* Every int8 map of the segments in the cache (built now, before any thread runs): 0, or -1
- * when the cache cannot hold them (FO_Q8_CACHE distinct maps). */
-static int fo_q_cache_maps(const fo_qstate_segment *segs, int64_t nseg)
+/* Every int8 map of the segments in the cache (built now, before any thread runs); the maps
+ * it cannot hold (FO_Q8_CACHE distinct maps in the process) are prepared into `extra`
+ * (allocated here, one table per distinct map; fo_q8_free(extra->t) after the step). 0, or
+ * -1 when that allocation fails (nothing has been written). */
+static int fo_q_step_tables(const fo_qstate_segment *segs, int64_t nseg, fo_q8_extra *extra)
 {
+    int64_t missing = 0;
+    extra->t = 0;
+    extra->n = 0;
     for (int64_t s = 0; s < nseg; ++s)
         for (int k = 0; k < FO_MAX_STATE; ++k)
             if (segs[s].n > 0 && segs[s].state[k] && segs[s].format[k] == FO_SF_Q8
                 && !fo_q8_get(segs[s].qmap[k]))
-                return -1;
+                ++missing;
+    if (missing == 0) return 0;
+    extra->t = (fo_q8_table *)fo_q8_alloc((size_t)missing * sizeof(fo_q8_table));
+    if (!extra->t) return -1;
+    for (int64_t s = 0; s < nseg; ++s)
+        for (int k = 0; k < FO_MAX_STATE; ++k) {
+            const float *map = segs[s].qmap[k];
+            if (segs[s].n > 0 && segs[s].state[k] && segs[s].format[k] == FO_SF_Q8
+                && !fo_q8_get(map) && !fo_q8_find_extra(extra, map))
+                fo_q8_prepare(&extra->t[extra->n++], map);
+        }
     return 0;
 }
 
@@ -870,7 +904,7 @@ static int fo_q_codec(fo_qstate_segment *sg, float *values, int encode)
     const float *src[FO_MAX_STATE] = {0};
     fo_q8_table *own[FO_MAX_STATE] = {0};
     fo_q8_init();
-    if (fo_q_tables(sg, T, src, own) != 0) return -1;
+    if (fo_q_tables(sg, T, src, own, 0) != 0) return -1;
     for (int64_t c = 0; c < sg->n; c += FO_QBLOCK) {
         const int64_t m = sg->n - c < FO_QBLOCK ? sg->n - c : FO_QBLOCK;
         if (encode && sg->format[0] == FO_SF_F32) {
@@ -1247,7 +1281,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
     }                                                                                         \
     static void fo_qstate_##OPT##_range(const fo_qstate_segment *segs, int64_t nseg,          \
                                         int64_t blo, int64_t bhi, fo_##OPT##_k_f32 k,         \
-                                        const fo_qstate_opts *o)                              \
+                                        const fo_qstate_opts *o, const fo_q8_extra *extra)    \
     {                                                                                         \
         const fo_q8_table *T[FO_MAX_STATE] = {0};                                             \
         const float *src[FO_MAX_STATE] = {0};                                                 \
@@ -1265,7 +1299,7 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
             if (stochastic)                                                                   \
                 for (int q = 0; q < FO_MAX_STATE; ++q)                                        \
                     key[q] = fo_stream_key(o->seed, o->counter, sg->stream * 4 + q);          \
-            fo_q_tables(sg, T, src, 0);            /* cached: the step checked them */        \
+            fo_q_tables(sg, T, src, 0, extra);     /* the step prepared them */               \
             FO_QF_RUN(OPT)                                                                    \
             FO_Q8F_RUN(OPT)                                                                   \
             for (int64_t j = ja; j < jb; ++j) {                                               \
@@ -1286,10 +1320,13 @@ static inline void fo_q8f_finish(const float *a, const float *b, uint8_t *q0, ui
         for (int64_t s = 0; s < nseg; ++s) blocks += fo_q_blocks(segs[s].n);                  \
         const fo_##OPT##_k_f32 k = fo_##OPT##_constants_f32(hp);                              \
         fo_q8_init();                                                                         \
-        if (fo_q_cache_maps(segs, nseg) != 0) return -1;                                      \
+        fo_q8_extra extra_;                                                                   \
+        if (fo_q_step_tables(segs, nseg, &extra_) != 0) return -1;                            \
+        const fo_q8_extra *extra = &extra_;                                                   \
         const int nt = fo_team_cap(total * (FO_COST_##OPT), threshold, n_threads, blocks);    \
         FO_SHARE_REGION(nt, , blocks, 1, lo, hi,                                              \
-                        fo_qstate_##OPT##_range(segs, nseg, lo, hi, k, o););                  \
+                        fo_qstate_##OPT##_range(segs, nseg, lo, hi, k, o, extra););           \
+        fo_q8_free(extra_.t);                                                                 \
         return 0;                                                                             \
     }
 

@@ -7,6 +7,8 @@ bfloat16 stochastic, int8} x {1, 2 threads}; parameters to the oracle's float32 
 state codes equal on almost every element and never more than one code (one bfloat16 unit)
 apart.
 """
+import pickle
+
 import numpy as np
 import pytest
 
@@ -278,3 +280,44 @@ def test_scalar_and_vector_codecs_give_the_same_codes():
         want, _ = np_q8_encode(v.astype(np.float64), qmap)
         assert (out[0][0] != want).mean() < 1e-3 and np.abs(out[0][0] - want.astype(int)).max() <= 1
         np.testing.assert_array_equal(out[0][0][:512], want[:512])     # midpoints, zeros
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_mixed_precision_refuses_a_low_bit_state_dtype(fmt, dtype):
+    # its state is float32 (and its plans take float32 buffers only): refused at construction,
+    # not accepted and then failing at every step
+    w = np.zeros(5000, dtype)
+    with pytest.raises(ValueError, match="MixedPrecision keeps its optimizer state in float32"):
+        fo.MixedPrecision(fo.Adam, [w], lr=1e-3, state_dtype=fmt)
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        fo.MixedPrecision(fo.Adam, [w], lr=1e-3, min_8bit_size=0)
+    opt = fo.MixedPrecision(fo.Adam, [w], lr=1e-3, state_dtype="float32")
+    opt.step([np.ones(5000, dtype)])
+
+
+@pytest.mark.parametrize("key,value", [("state_dtype", "int8"), ("state_dtype", "bfloat16"),
+                                       ("rounding", "stochastic"), ("seed", 3),
+                                       ("min_8bit_size", 0)])
+def test_a_param_group_cannot_ask_for_another_state_format(key, value):
+    # the NumPy classes' state format is the optimizer's: a group naming another is refused
+    # (it used to be kept in param_groups and silently ignored), at construction, in
+    # add_param_group and when set between steps, with nothing changed
+    a, b = np.zeros(5000, np.float32), np.zeros(5000, np.float32)
+    with pytest.raises(ValueError, match=f"{key}=.*in a param group"):
+        fo.Adam([{"params": [a], key: value}, {"params": [b]}], lr=1e-3)
+    fmt = "int8" if value == "bfloat16" else "bfloat16"
+    opt = fo.Adam([a], lr=1e-3, state_dtype=fmt)
+    with pytest.raises(ValueError, match=f"{key}=.*in a param group"):
+        opt.add_param_group({"params": [b], key: value})
+    opt.step([np.ones(5000, np.float32)])
+    before = (a.copy(), pickle.dumps(opt.state_dict()))
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=f"{key}=.*in a param group"):
+        opt.step([np.ones(5000, np.float32)])
+    del opt.param_groups[0][key]
+    assert np.array_equal(a, before[0]) and pickle.dumps(opt.state_dict()) == before[1]
+    # the optimizer's own values are accepted in a group
+    same = fo.Adam([{"params": [b], "state_dtype": "bfloat16", "rounding": "nearest"}],
+                   lr=1e-3, state_dtype="bfloat16")
+    same.step([np.ones(5000, np.float32)])

@@ -220,6 +220,13 @@ class MixedPrecision(Optimizer):
 
     def _mp_init(self, params, *, master_weights=True, rounding="nearest", seed=0,
                  loss_scale=None, skip_nonfinite=None, **hyperparameters):
+        fmt = hyperparameters.pop("state_dtype", "float32")
+        if fmt != "float32" or "min_8bit_size" in hyperparameters:
+            raise ValueError(
+                f"MixedPrecision keeps its optimizer state in float32 (state_dtype="
+                f"{fmt!r}{', min_8bit_size' if 'min_8bit_size' in hyperparameters else ''} "
+                "given): bfloat16/int8 state is for float32 parameters, through the optimizer "
+                "class itself (e.g. fastopt.Adam(params, state_dtype='int8'))")
         master_weights = _validate.boolean("master_weights", master_weights)
         seed = _validate.seed("seed", seed)
         skip_nonfinite = _validate.optional_boolean("skip_nonfinite", skip_nonfinite)

@@ -41,7 +41,7 @@ from .. import _table
 from ..flat import state_like
 from ..state_format import Blockwise8
 from ._core import OptimizerCore
-from ._state_format import saved_values, store_values
+from ._state_format import STATE_KEYWORDS, saved_values, store_values
 from ._groups import check_groups
 
 __all__ = ["Optimizer"]
@@ -113,7 +113,25 @@ class Optimizer(OptimizerCore):
         values = self.spec.validate(group)
         if self._state_format is not None:
             self._state_format.check(values)
+        self._check_format_keys(group)
         return values
+
+    def _check_format_keys(self, group):
+        """The state format is the optimizer's (``state_dtype``, ``rounding``, ``seed``,
+        ``min_8bit_size`` of the constructor): a param group that names one with another
+        value is refused (ValueError), not silently stepped in the optimizer's format
+        (fastopt.torch, whose groups are torch's, takes them per group)."""
+        fmt = self._state_format
+        for key, default in STATE_KEYWORDS.items():
+            if key in group:
+                mine = default if fmt is None else \
+                    getattr(fmt, "dtype" if key == "state_dtype" else key)
+                if group[key] != mine:
+                    raise ValueError(
+                        f"{key}={group[key]!r} in a param group: the state format is an option "
+                        f"of the whole optimizer in fastopt's NumPy classes (this one's: "
+                        f"{key}={mine!r}); pass it to the constructor (fastopt.torch takes it "
+                        "per group)")
 
     def _uses(self, hyper):
         return self.spec.uses(hyper)
