@@ -321,3 +321,22 @@ def test_a_param_group_cannot_ask_for_another_state_format(key, value):
     same = fo.Adam([{"params": [b], "state_dtype": "bfloat16", "rounding": "nearest"}],
                    lr=1e-3, state_dtype="bfloat16")
     same.step([np.ones(5000, np.float32)])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_a_saved_absmax_must_be_nonnegative(bad):
+    # a negative or NaN absmax is no state a step can make: refused on load, nothing changed
+    # (+inf is kept: an infinite gradient element taken into the state makes one)
+    w = np.zeros(5000, np.float32)
+    opt = fo.Adam([w], lr=1e-3, state_dtype="int8")
+    opt.step([np.ones(5000, np.float32)])
+    sd = opt.state_dict()
+    before = pickle.dumps(sd)
+    bad_sd = pickle.loads(before)
+    bad_sd["state"][0]["exp_avg"].absmax[3] = bad
+    with pytest.raises(ValueError, match=r"absmax must hold values >= 0.*block 3"):
+        opt.load_state_dict(bad_sd)
+    assert pickle.dumps(opt.state_dict()) == before
+    inf_sd = pickle.loads(before)
+    inf_sd["state"][0]["exp_avg"].absmax[3] = np.inf
+    opt.load_state_dict(inf_sd)

@@ -232,7 +232,8 @@ def test_loaded_options_are_checked_against_the_parameters():
         other.step()
 
 
-@pytest.mark.parametrize("fault", ["qmap out of [-1, 1]", "qmap constant", "absmax 2-d"])
+@pytest.mark.parametrize("fault", ["qmap out of [-1, 1]", "qmap constant", "absmax 2-d",
+                                   "absmax negative", "absmax NaN"])
 def test_saved_maps_and_absmax_are_checked_as_the_numpy_classes_check_them(fault):
     tensors, opt, arrays, n_opt = _pair("adam", {}, "int8", "nearest")
     _steps(tensors, opt, arrays, n_opt, 1)
@@ -243,9 +244,12 @@ def test_saved_maps_and_absmax_are_checked_as_the_numpy_classes_check_them(fault
         entry["exp_avg_qmap"] = entry["exp_avg_qmap"] * 2
     elif fault == "qmap constant":
         entry["exp_avg_qmap"] = torch.zeros(256)
-    else:
+    elif fault == "absmax 2-d":
         entry["exp_avg_absmax"] = entry["exp_avg_absmax"].reshape(-1, 1)
-    key = "exp_avg_absmax" if fault == "absmax 2-d" else "exp_avg_qmap"
+    else:
+        entry["exp_avg_absmax"] = entry["exp_avg_absmax"].clone()
+        entry["exp_avg_absmax"][0] = -1.0 if fault == "absmax negative" else float("nan")
+    key = "exp_avg_absmax" if fault.startswith("absmax") else "exp_avg_qmap"
     before = {k: v.clone() for k, v in opt.state[tensors[0]].items()}
     with pytest.raises(ValueError, match=key):
         opt.load_state_dict(bad)

@@ -30,7 +30,7 @@ import torch
 
 from . import _qstate, _table, _torch_cuda, _validate
 from .optim._state_format import make_state_format
-from .state_format import QBLOCK, Blockwise8, check_qmap
+from .state_format import QBLOCK, Blockwise8, check_absmax, check_qmap
 
 __all__ = ["OPTIONS", "has_formats", "group_format", "check_param", "slot_format", "new_state",
            "conform", "conform_all", "attach", "detach", "current", "check_saved",
@@ -311,8 +311,11 @@ def check_saved_codes(where, entry, name, p):
         if tuple(t.shape) != shape:
             raise ValueError(f"{where}[{name + suffix!r}] has shape {tuple(t.shape)}, expected "
                              f"{shape}")
-        if suffix == "_qmap":           # as the NumPy classes check a map
-            check_qmap(t.detach().to(torch.float32).cpu().numpy(), f"{where}[{name + suffix!r}]")
+        values = t.detach().to(torch.float32).cpu().numpy()   # as the NumPy classes check
+        if suffix == "_qmap":
+            check_qmap(values, f"{where}[{name + suffix!r}]")
+        else:
+            check_absmax(values, f"{where}[{name + suffix!r}]")
 
 
 # ------------------------------------------------------------------------ bitsandbytes

@@ -34,7 +34,7 @@ low-bit and convert it to the optimizer's own (codes copied when both are int8 w
 import numpy as np
 
 __all__ = ["Blockwise8", "dynamic_map", "QBLOCK", "MIN_8BIT_SIZE", "STATE_FORMATS",
-           "state_bytes", "n_blocks", "check_qmap"]
+           "state_bytes", "n_blocks", "check_qmap", "check_absmax"]
 
 from ._table import MIN_8BIT_SIZE, QBLOCK, STATE_FORMATS
 
@@ -101,6 +101,17 @@ def check_qmap(qmap, what="qmap"):
         raise ValueError(f"{what} must hold 256 strictly increasing values in [-1, 1]")
 
 
+def check_absmax(absmax, what="absmax"):
+    """ValueError unless every value of `absmax` is >= 0 (a block's largest magnitude; +inf
+    after an infinite value was taken into the state): a negative or NaN one is no state any
+    step can have made."""
+    bad = ~(np.asarray(absmax) >= 0)
+    if bad.any():
+        raise ValueError(f"{what} must hold values >= 0 (each block's largest magnitude), got "
+                         f"{np.asarray(absmax).reshape(-1)[bad.reshape(-1)][0]!r} at block "
+                         f"{int(np.flatnonzero(bad)[0])}")
+
+
 class Blockwise8:
     """An int8 blockwise state buffer of one tensor: ``codes`` (uint8, the tensor's shape),
     ``absmax`` (float32, one per block of 256 elements) and ``qmap`` (the 256-value map, read
@@ -134,6 +145,7 @@ class Blockwise8:
             raise ValueError(f"{what}.absmax must hold {n_blocks(codes.size)} values (one per "
                              f"block of {QBLOCK}), got shape {absmax.shape}")
         check_qmap(qmap, f"{what}.qmap")
+        check_absmax(absmax, f"{what}.absmax")
         return cls(codes, absmax, qmap)
 
     def dequantize(self):
