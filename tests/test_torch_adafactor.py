@@ -112,3 +112,17 @@ def test_a_bad_hyperparameter_in_a_later_group_changes_nothing():
         for p in (a, b):
             for k, v in before[1][id(p)].items():
                 assert torch.equal(opt.state[p][k], v), (key, k)
+
+
+@pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lr", [0.01, 2.0])     # 2.0: 1/sqrt(t) is the smaller, rho a float
+def test_a_tensor_lr_gives_torchs_numbers_on_float64_parameters(lr, lr_dtype):
+    # torch computes rho = min(lr, 1/sqrt(t)), alpha = max(eps2, rms) * rho, -alpha / denom
+    # and 1 - lr * weight_decay as 0-d tensor arithmetic in the lr's dtype; fastopt.torch too
+    params, grads = problem()
+    kw = dict(lr=torch.tensor(lr, dtype=lr_dtype), weight_decay=0.1)
+    ours = [p.clone() for p in params]
+    run(torch.optim.Adafactor, params, grads, **kw)
+    run(ft.Adafactor, ours, grads, **kw)
+    for p, q in zip(ours, params):
+        torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-15)

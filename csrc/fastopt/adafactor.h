@@ -51,6 +51,8 @@ typedef struct {
     double d;                 /* clipping threshold of the update's RMS */
     double decay;             /* 1 - lr * weight_decay */
     int maximize;
+    int f32_scalars;          /* alpha and -alpha / denom in float32 arithmetic, as torch's for
+                               * a float32 tensor lr (rho its value); else in double */
 } fo_adafactor_hp;
 
 typedef struct {

@@ -150,14 +150,19 @@ static FO_AF_T FO_AF_FN(scale)(double psq, double usq, int64_t numel,
 {
     const double root = sqrt((double)numel);
     double rms = (double)(FO_AF_T)sqrt(psq) / root;
-    const double alpha = (rms > hp->eps2 ? rms : hp->eps2) * hp->rho;
+    double alpha = (rms > hp->eps2 ? rms : hp->eps2) * hp->rho;
     double ratio = (double)(FO_AF_T)sqrt(usq) / (root * hp->d);
     const double denom = ratio > 1.0 ? ratio : 1.0;
+    double s = -alpha / denom;
+    if (hp->f32_scalars) {      /* torch's 0-d float32 tensor arithmetic (a tensor lr) */
+        const float a32 = (float)(rms > hp->eps2 ? rms : hp->eps2) * (float)hp->rho;
+        alpha = (double)a32;
+        s = (double)(-a32 / (float)denom);
+    }
     if (out) {
         out->alpha = alpha;
         out->denom = denom;
     }
-    const double s = -alpha / denom;
     return (FO_AF_T)(hp->maximize ? -s : s);
 }
 

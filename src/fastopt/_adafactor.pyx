@@ -28,6 +28,7 @@ cdef extern from "fastopt/adafactor.h" nogil:
         double d
         double decay
         int maximize
+        int f32_scalars
 
     ctypedef struct fo_adafactor_out:
         double alpha
@@ -116,7 +117,7 @@ def check(param, grad, row_var, col_var, variance, scratch, str name="param",
 
 def step(param, grad, row_var, col_var, variance, scratch, double one_minus_beta2, double rho,
          double eps1, double eps2, double d, double decay, bint maximize, str name="param",
-         str grad_name="grad", str state_name=""):
+         str grad_name="grad", str state_name="", bint f32_scalars=False):
     """One Adafactor step of one tensor in place (see `check` for the arrays and
     fastopt/adafactor.h for the scalars). Returns (alpha, denom): the step size before
     clipping and the clipping divisor (0.0, 0.0 for an empty tensor)."""
@@ -125,6 +126,7 @@ def step(param, grad, row_var, col_var, variance, scratch, double one_minus_beta
     cdef fo_adafactor_out out
     hp.one_minus_beta2, hp.rho, hp.eps1, hp.eps2 = one_minus_beta2, rho, eps1, eps2
     hp.d, hp.decay, hp.maximize = d, decay, maximize
+    hp.f32_scalars = f32_scalars
     cdef int nt = get_num_threads()
     cdef int64_t threshold = get_parallel_threshold()
     cdef cnp.ndarray p = param, g = grad, a, b, s

@@ -16,7 +16,7 @@ scratch is one NumPy buffer per optimizer, grown only when a wider parameter app
 import numpy as np
 import torch
 
-from . import _adafactor, _kernels
+from . import _adafactor, _kernels, _torch_scalars
 from . import _torch_dtensor as _dt
 from ._adafactor_hyper import RULES, adafactor_scalars, eps1_for
 from .optim.adafactor import Adafactor as _NumpyAdafactor
@@ -62,6 +62,8 @@ def _validated(group, where):
                 if str(e).startswith(where):
                     raise
                 raise type(e)(f"{where}: {e}") from None    # torch's message, named
+    if isinstance(group.get("lr"), torch.Tensor):   # torch's 0-d tensor arithmetic for it
+        out = _torch_scalars.torch_math(group, out)
     return out
 
 
@@ -123,8 +125,7 @@ class Adafactor(torch.optim.Adafactor):
         return loss
 
     def _fo_group(self, group, params, grads, rows, cols, variances, steps):
-        lr = group["lr"]
-        lr = float(lr) if isinstance(lr, torch.Tensor) else lr
+        lr = group["lr"]            # a number, or a tensor lr's TensorScalar
         eps1, eps2 = group["eps"]
         eps1 = eps1_for(eps1, np.float32 if params[0].dtype == torch.float32 else np.float64)
         arrays = []
@@ -136,9 +137,13 @@ class Adafactor(torch.optim.Adafactor):
             step_t += 1
             omb, rho, decay = adafactor_scalars(step_t.item(), lr, group["beta2_decay"],
                                                 group["weight_decay"])
+            # rho is the float32 tensor lr when that is the smaller: torch's step size is then
+            # float32 arithmetic (the kernel's f32_scalars)
+            f32 = isinstance(rho, _torch_scalars.TensorScalar) and \
+                rho.tensor.dtype == torch.float32
             (pa, pcopy), (ga, _), (ra, rcopy), (ca, ccopy), (va, vcopy) = views
-            _adafactor.step(pa, ga, ra, ca, va, self._fo_scratch, omb, rho, eps1, eps2,
-                            group["d"], decay, group["maximize"])
+            _adafactor.step(pa, ga, ra, ca, va, self._fo_scratch, omb, float(rho), eps1, eps2,
+                            group["d"], float(decay), group["maximize"], f32_scalars=f32)
             for t, a, copied in ((p, pa, pcopy), (r, ra, rcopy), (c, ca, ccopy),
                                  (v, va, vcopy)):
                 if copied:

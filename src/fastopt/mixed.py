@@ -65,6 +65,7 @@ import threading
 import numpy as np
 
 from . import _mixed, _table, _validate
+from .optim._state_format import STATE_KEYWORDS
 from .optim.base import Optimizer, _lerp_, _to_host
 
 __all__ = ["MixedPrecision", "DynamicLossScale"]
@@ -247,6 +248,11 @@ class MixedPrecision(Optimizer):
         self._gate_every_step = True    # the loss scale reaches the plans in `_gate`
 
     # ------------------------------------------------------------------- base class hooks
+    def _format_options(self):
+        """float32 state; ``rounding`` and ``seed`` are this class's own (the parameters'
+        rounding), which a param group may repeat (a group shared with fastopt.torch)."""
+        return {**STATE_KEYWORDS, "rounding": self._mp_rounding, "seed": self._mp_seed}
+
     def _plan_for(self, params, offset):
         plan = _mixed.Plan(params, "params", offset, master_weights=self._mp_master,
                            rounding=self._mp_rounding, seed=self._mp_seed)

@@ -116,16 +116,23 @@ class Optimizer(OptimizerCore):
         self._check_format_keys(group)
         return values
 
+    def _format_options(self):
+        """The optimizer's state-format options {state_dtype, rounding, seed, min_8bit_size}
+        (their defaults for float32 state)."""
+        fmt = self._state_format
+        if fmt is None:
+            return dict(STATE_KEYWORDS)
+        return {"state_dtype": fmt.dtype, "rounding": fmt.rounding, "seed": fmt.seed,
+                "min_8bit_size": fmt.min_8bit_size}
+
     def _check_format_keys(self, group):
         """The state format is the optimizer's (``state_dtype``, ``rounding``, ``seed``,
         ``min_8bit_size`` of the constructor): a param group that names one with another
         value is refused (ValueError), not silently stepped in the optimizer's format
         (fastopt.torch, whose groups are torch's, takes them per group)."""
-        fmt = self._state_format
-        for key, default in STATE_KEYWORDS.items():
+        options = self._format_options()
+        for key, mine in options.items():
             if key in group:
-                mine = default if fmt is None else \
-                    getattr(fmt, "dtype" if key == "state_dtype" else key)
                 if group[key] != mine:
                     raise ValueError(
                         f"{key}={group[key]!r} in a param group: the state format is an option "
