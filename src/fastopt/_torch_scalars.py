@@ -10,9 +10,10 @@ even when the parameters are float64 (the kernels then read the rounded value). 
 runners evaluate the same expressions (fastopt._table: a kernel's ``scalars``, an optimizer's
 ``advance``) on whatever numbers they are given, so handing them a :class:`TensorScalar`
 instead of the tensor's Python value reproduces torch's numbers: a TensorScalar does every
-operation as the 0-d tensor it wraps (torch's own kernels: its float32 ``sqrt`` and ``pow``
-are not those of NumPy or the C library, so they are not imitated), and ``float()`` gives the
-value the kernels take. Only a group with a tensor hyperparameter pays for it (a few
+operation on the 0-d tensor it wraps, with torch's own kernels (not imitated: torch's float32
+``x ** 0.5`` of a 0-d tensor, for one, is not always NumPy's correctly rounded square root),
+and ``float()`` gives the value the kernels take. Tensor betas are wrapped for Adam and AdamW,
+the torch.optim classes that take them. Only a group with a tensor hyperparameter pays for it (a few
 microseconds per operation, a dozen operations per group and step).
 
 torch's fused kernels read a tensor ``lr`` as a double (``lr.item()``), so a fused group keeps
