@@ -140,7 +140,9 @@ def _run_function(opt):
         f"    _at = {name!r}\n    {name} = {expr}\n" + (
             f"    if rounding is not None:\n        {name} = rounding({name})\n"
             if name in scalars else "") for name, expr in opt.advance))
-    header = ("def {fn}({head}g, step, lr, fresh, name=\"grads\""
+    # (the function's name and leading arguments are filled in below, by replace: the
+    # table's expressions are not format strings)
+    header = ("def @FN@(@HEAD@g, step, lr, fresh, name=\"grads\""
               + (", scalars=None, rounding=None" if scalars else "") + "):\n"
               f"{_bind(opt, exclude=special)}"
               + "".join(f"    {s.name} = g[{s.name!r}]\n" for s in opt.group_state)
@@ -151,7 +153,7 @@ def _run_function(opt):
               + "".join(f"    {name} = {expr}\n" for name, expr in opt.inputs.items()
                         if opt.advance)
               + advance)
-    source = (header.format(fn="run", head="mod, plan, grads, ") +
+    source = (header.replace("@FN@", "run").replace("@HEAD@", "mod, plan, grads, ") +
               f"    _runner(mod, plan, grads, {', '.join(args)}, name)\n"
               + (f"    return {{{', '.join(f'{n!r}: {n}' for n in state)}}}\n" if state else ""))
     namespace = {"_runner": getattr(_runners, opt.kernel), "_float": float,
@@ -159,7 +161,8 @@ def _run_function(opt):
     run = _steps.compile_function("run", source, namespace, module=f"{__name__}.{opt.name}")
     if not opt.advance:
         return run, None
-    check = _steps.compile_function("check_advance", header.format(fn="check_advance", head="")
+    check = _steps.compile_function("check_advance",
+                                    header.replace("@FN@", "check_advance").replace("@HEAD@", "")
                                     + "    return None\n", namespace,
                                     module=f"{__name__}.{opt.name}")
     return run, check
